@@ -1,0 +1,12 @@
+"""One router module per resource; ``ROUTERS`` is included under ``/api/ml``."""
+
+from mlrig.api.routers import approvals, audit, health, models, tokens, users
+
+ROUTERS = [
+    health.router,
+    models.router,
+    approvals.router,
+    users.router,
+    tokens.router,
+    audit.router,
+]

@@ -1,0 +1,69 @@
+"""``mlrig init``: write a commented starter ``mlrig.toml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+STARTER = '''\
+# mlrig configuration. Every key can be overridden from the environment as
+# MLRIG_<SECTION>__<KEY>, e.g. MLRIG_DATABASE__URL or MLRIG_STORAGE__BACKEND.
+# Relative paths are resolved against the folder of this file.
+# Reference: docs/configuration.md
+
+[database]
+# SQLite is embedded and needs nothing; for a team, use PostgreSQL:
+#   url = "postgresql://user:password@db.example.com:5432/mlrig"
+url = "sqlite:///.mlrig/mlrig.db"
+
+[storage]
+# Which storage backend holds artifacts: "local" or "s3" (`mlrig plugins list --kind storage`).
+backend = "local"
+# Compress artifacts at rest: "none" or "zstd".
+compression = "none"
+# Encrypt artifacts at rest with AES-256-GCM (a fresh data key per artifact, wrapped by
+# the master key). Keep the key out of this file: set MLRIG_STORAGE__MASTER_KEY.
+encryption = false
+
+[storage.local]
+root = ".mlrig/artifacts"
+
+# [storage.s3]
+# bucket = "my-models"
+# prefix = "mlrig"
+# endpoint_url = "http://127.0.0.1:9000"   # MinIO, moto...; omit for AWS
+# region = "eu-west-1"
+# credentials come from the usual AWS chain (env, ~/.aws, instance role)
+
+[executor]
+# Runs training jobs: "local" runs them as subprocesses of `mlrig worker`.
+backend = "local"
+
+[server]
+host = "127.0.0.1"
+port = 8080
+workers = 1
+
+[auth]
+# The server requires a token unless this is false AND it binds to loopback only.
+enabled = true
+'''
+
+
+@click.command()
+@click.option(
+    "--path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("mlrig.toml"),
+    show_default=True,
+    help="Where to write the file.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter mlrig.toml (SQLite and artifacts under ./.mlrig)."""
+    if path.exists() and not force:
+        msg = f"{path} already exists; use --force to overwrite it"
+        raise click.ClickException(msg)
+    path.write_text(STARTER, encoding="utf-8")
+    click.echo(f"wrote {path}; check it with: mlrig config show")

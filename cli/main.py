@@ -1,0 +1,91 @@
+"""The ``mlrig`` command: a click group whose commands are thin layers over the core.
+
+Start-up cost matters (``mlrig --help`` must stay well under 300 ms): command modules
+import only click at module level and import the core inside their bodies.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from mlrig import __version__
+from mlrig.cli.context import CliState
+from mlrig.errors import MlrigError
+
+# name -> "module:attribute" of the built-in commands, one module per command group
+BUILTIN_COMMANDS = {
+    "init": "mlrig.cli.init:init",
+    "config": "mlrig.cli.config:config",
+    "plugins": "mlrig.cli.plugins:plugins",
+    "server": "mlrig.cli.server:server",
+    "quickstart": "mlrig.cli.quickstart:quickstart",
+    "db": "mlrig.cli.db:db",
+    "users": "mlrig.cli.users:users",
+    "tokens": "mlrig.cli.tokens:tokens",
+    "audit": "mlrig.cli.audit:audit",
+}
+
+
+class MlrigGroup(click.Group):
+    """A group that turns :class:`MlrigError` into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlrigError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+@click.group(cls=MlrigGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MLRIG_CONFIG",
+    help="Config file (default: ./mlrig.toml, then the user config dir).",
+)
+@click.version_option(__version__, prog_name="mlrig")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """mlrig: model registry, training engine, tracking, serving and more, in one package.
+
+    Start with `mlrig quickstart`, or `mlrig init` to write a commented mlrig.toml.
+    """
+    state = ctx.ensure_object(CliState)
+    state.config_path = config_path
+
+
+def _add_builtin_commands(group: click.Group) -> None:
+    import importlib
+
+    for name, target in BUILTIN_COMMANDS.items():
+        module, _, attr = target.partition(":")
+        group.add_command(getattr(importlib.import_module(module), attr), name=name)
+
+
+def build_cli() -> tuple[click.Group, Any]:
+    """The CLI with built-in commands and the commands hook plugins add."""
+    from mlrig.hooks import Hooks, get_plugin_manager
+
+    _add_builtin_commands(cli)
+    pm = get_plugin_manager()
+    for failure in pm.failures:
+        click.echo(
+            f"warning: plugin {failure.name!r} failed to load ({failure.error}); "
+            "see `mlrig plugins list`",
+            err=True,
+        )
+    try:
+        Hooks(pm).register_commands(cli)
+    except Exception as exc:  # a plugin's hook must not take the whole CLI down
+        click.echo(f"warning: a plugin failed to add its commands: {exc!r}", err=True)
+    return cli, pm
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    group, pm = build_cli()
+    group.main(args=argv if argv is not None else sys.argv[1:], prog_name="mlrig", obj=CliState(pm=pm))

@@ -1,0 +1,43 @@
+"""``mlrig server``: run the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from mlrig.cli.context import get_platform
+
+
+@click.command()
+@click.option("--host", help="Interface to bind (default: [server] host, 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default: [server] port, 8080).")
+@click.option("--workers", type=int, help="Worker processes (default: [server] workers, 1).")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
+def server(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
+    """Run the REST API (under /api/ml, OpenAPI docs at /docs)."""
+    import uvicorn
+
+    platform = get_platform()
+    settings = platform.settings.server
+    host = host or settings.host
+    port = settings.port if port is None else port
+    workers = workers or settings.workers
+    platform.prepare_server(host=host, echo=click.echo)
+    click.echo(f"mlrig API on http://{host}:{port}/api/ml (docs: http://{host}:{port}/docs)")
+    if workers == 1:
+        from mlrig.api import create_app
+
+        uvicorn.run(create_app(platform), host=host, port=port, log_level=log_level)
+        return
+    # Several processes: each builds its own platform from the same config file.
+    if platform.settings.source:
+        os.environ["MLRIG_CONFIG"] = str(platform.settings.source)
+    uvicorn.run(
+        "mlrig.api.server:app_from_config",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

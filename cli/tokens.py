@@ -1,0 +1,61 @@
+"""``mlrig tokens``: API tokens (shown once, stored hashed)."""
+
+from __future__ import annotations
+
+import click
+
+from mlrig.cli.context import audit_cli, get_platform
+from mlrig.cli.output import json_option, print_json, print_table
+
+
+@click.group()
+def tokens() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@tokens.command("create")
+@click.option("--user", "user", required=True, help="The user the token acts as.")
+@click.option("--name", default="default", show_default=True, help="A label for the token.")
+@click.option("--ttl-days", type=click.IntRange(min=1), help="Expire after this many days.")
+@json_option
+def create(user: str, name: str, ttl_days: int | None, as_json: bool) -> None:
+    """Create a token for a user and print it once (--json: {"token": ...})."""
+    token = get_platform().security.create_token(user=user, name=name, ttl_days=ttl_days)
+    audit_cli("create_token", resource_type="tokens", resource_id=token["id"])
+    if as_json:
+        print_json(token)
+        return
+    click.echo(f"token for {user!r} (shown only now; store it safely):")
+    click.echo(token["token"])
+
+
+@tokens.command("list")
+@click.option("--user", help="Only this user's tokens.")
+@json_option
+def list_(user: str | None, as_json: bool) -> None:
+    """List tokens (never their secret part)."""
+    rows = get_platform().security.list_tokens(user=user)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "tokens", ["id", "prefix", "user", "name", "created", "last used", "expires", "revoked"],
+        (
+            [t["id"], t["prefix"], t["user"], t["name"], t["created_at"], t["last_used_at"],
+             t["expires_at"], t["revoked_at"]]
+            for t in rows
+        ),
+    )
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@json_option
+def revoke(token_id: str, as_json: bool) -> None:
+    """Revoke a token by its id or prefix."""
+    token = get_platform().security.revoke_token(token_id)
+    audit_cli("revoke_token", resource_type="tokens", resource_id=token["id"])
+    if as_json:
+        print_json(token)
+    else:
+        click.echo(f"revoked token {token['prefix']} of {token['user']!r}")

@@ -1,0 +1,67 @@
+"""mlrig: the whole model lifecycle in one package.
+
+``import mlrig`` stays light: the public names below are imported on first use, and no
+framework (torch, tensorflow, onnxruntime, boto) is ever imported by core.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily, PEP 562)
+_EXPORTS = {
+    "Platform": "mlrig.platform",
+    "Settings": "mlrig.config",
+    "load_settings": "mlrig.config",
+    "hookimpl": "mlrig.hooks",
+    "MlrigError": "mlrig.errors",
+    "StorageBackend": "mlrig.contracts",
+    "Trainer": "mlrig.contracts",
+    "TrainingContext": "mlrig.contracts",
+    "TrainResult": "mlrig.contracts",
+    "ModelRuntime": "mlrig.contracts",
+    "LoadedModel": "mlrig.contracts",
+    "SearchStrategy": "mlrig.contracts",
+    "Monitor": "mlrig.contracts",
+    "Executor": "mlrig.contracts",
+    "JobHandle": "mlrig.contracts",
+    "JobSpec": "mlrig.contracts",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from mlrig.config import Settings, load_settings
+    from mlrig.contracts import (
+        Executor,
+        JobHandle,
+        JobSpec,
+        LoadedModel,
+        ModelRuntime,
+        Monitor,
+        SearchStrategy,
+        StorageBackend,
+        Trainer,
+        TrainingContext,
+        TrainResult,
+    )
+    from mlrig.errors import MlrigError
+    from mlrig.hooks import hookimpl
+    from mlrig.platform import Platform
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'mlrig' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

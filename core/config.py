@@ -1,0 +1,308 @@
+"""The configuration: one pydantic-settings model read from ``mlrig.toml`` and ``MLRIG_*``.
+
+Lookup order of the file: ``--config``, ``$MLRIG_CONFIG``, ``./mlrig.toml``, then the
+user config dir (``platformdirs.user_config_dir("mlrig")/mlrig.toml``); with none found
+the embedded defaults apply (SQLite and artifacts under ``./.mlrig/``). Any key can be
+overridden from the environment as ``MLRIG_<SECTION>__<KEY>``, e.g.
+``MLRIG_DATABASE__URL`` or ``MLRIG_STORAGE__BACKEND``. Validation errors become one
+line naming the key, what was found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mlrig.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILENAME = "mlrig.toml"
+CONFIG_ENV = "MLRIG_CONFIG"
+DEFAULT_HOME = ".mlrig"
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are errors, values are validated strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackendSection(Section):
+    """A section that names a backend of ``_kind`` and holds per-backend option tables.
+
+    ``[storage] backend = "s3"`` picks the backend; ``[storage.s3]`` holds its options,
+    validated by the backend's own options model when it loads. Any other unknown key
+    is a typo and fails at start.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    _kind: str = ""
+    _section: str = ""
+    backend: str = "local"
+
+    @model_validator(mode="after")
+    def _only_backend_tables(self) -> BackendSection:
+        from mlrig.backends import backend_names
+
+        installed = backend_names(self._kind)
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                allowed = sorted(set(type(self).model_fields) | {f"[{self._section}.{n}]" for n in installed})
+                msg = f"unknown key (found {value!r}); allowed: {', '.join(allowed)}"
+                raise _KeyError(key, msg)
+            if key not in installed:
+                msg = (
+                    f"no {self._kind} backend named {key!r} is installed; "
+                    f"installed: {', '.join(installed) or 'none'}"
+                )
+                raise _KeyError(key, msg)
+        if self.backend not in installed:
+            msg = (
+                f"unknown {self._kind} backend {self.backend!r}; "
+                f"installed: {', '.join(installed) or 'none'}"
+            )
+            raise _KeyError("backend", msg)
+        return self
+
+    def backend_options(self, name: str | None = None) -> dict[str, Any]:
+        """The raw option table of backend ``name`` (default: the selected one)."""
+        return dict((self.model_extra or {}).get(name or self.backend, {}))
+
+
+class _KeyError(ValueError):
+    """Carries the offending sub-key out of a model validator."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class DatabaseSection(Section):
+    url: str = f"sqlite:///{DEFAULT_HOME}/mlrig.db"
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=20, ge=0)
+    echo: bool = False
+
+
+class StorageSection(BackendSection):
+    _kind = "storage"
+    _section = "storage"
+    compression: Literal["none", "zstd"] = "none"
+    compression_level: int = Field(default=3, ge=1, le=22)
+    encryption: bool = False
+    master_key: SecretStr | None = None
+    chunk_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+
+
+class ExecutorSection(BackendSection):
+    _kind = "executors"
+    _section = "executor"
+    max_cpus: int | None = Field(default=None, ge=1)
+    max_gpus: int | None = Field(default=None, ge=0)
+    max_memory_mb: int | None = Field(default=None, ge=1)
+
+
+class ServerSection(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    embedded_workers: int = Field(default=1, ge=0)
+
+
+class AuthSection(Section):
+    enabled: bool = True
+    token_ttl_days: int | None = Field(default=None, ge=1)
+
+
+class RegistrySection(Section):
+    #: stages a version can only reach through an approved request
+    approval_required_for: list[Literal["staging", "production", "archived"]] = ["production"]
+    #: the approver must be another user than the requester
+    approver_must_differ: bool = True
+    #: moving a version to production archives the model's previous production versions
+    archive_previous_production: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole effective configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLRIG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    server: ServerSection = Field(default_factory=ServerSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+
+    #: the file the settings were read from, if any (not a config key)
+    _source: Path | None = None
+    _base_dir: Path = Path()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @property
+    def source(self) -> Path | None:
+        """The config file these settings came from, or ``None`` for the defaults."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the config are resolved against."""
+        return self._base_dir
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        """``value`` as an absolute path, relative ones taken from :attr:`base_dir`."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self._base_dir / path)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against :attr:`base_dir`."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.resolve_path(url[len(prefix) :]))
+        return url
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret hidden."""
+        data = self.model_dump(mode="json")
+        data["database"]["url"] = redact_url(self.database.url)
+        if self.storage.master_key is not None:
+            data["storage"]["master_key"] = "********"
+        for section in ("storage", "executor"):
+            for key, table in data[section].items():
+                if isinstance(table, dict):
+                    data[section][key] = _redact_table(table)
+        return data
+
+
+_SECRET_KEY = re.compile(r"(secret|password|token|key)", re.I)
+
+
+def _redact_table(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("********" if _SECRET_KEY.search(k) and v else v) for k, v in table.items()}
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host`` URLs."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", url)
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, following the documented lookup order."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            msg = f"config file {str(path)!r} (from --config) does not exist; create it with: mlrig init"
+            raise ConfigError(msg)
+        return path
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            msg = f"config file {from_env!r} (from ${CONFIG_ENV}) does not exist"
+            raise ConfigError(msg)
+        return path
+    local = Path(CONFIG_FILENAME)
+    if local.is_file():
+        return local
+    user = user_config_path()
+    return user if user.is_file() else None
+
+
+def user_config_path() -> Path:
+    """``mlrig.toml`` in the user config dir (``~/.config/mlrig`` on Linux)."""
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("mlrig")) / CONFIG_FILENAME
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config file {str(path)!r} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"cannot read config file {str(path)!r}: {exc.strerror}"
+        raise ConfigError(msg) from None
+
+
+def _one_line(exc: PydanticValidationError, source: Path | None) -> str:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    found = first.get("input")
+    ctx_error = (first.get("ctx") or {}).get("error")
+    where = f" in {source}" if source else ""
+    if isinstance(ctx_error, _KeyError):
+        key = ".".join([*loc, ctx_error.key])
+        return f"config error{where}: {key}: {ctx_error.message}"
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"config error{where}: {key}: unknown key (found {found!r}); {_allowed(loc)}"
+    return f"config error{where}: {key}: {first['msg'].lower()} (found {found!r})"
+
+
+def _allowed(loc: list[str]) -> str:
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return ""
+        model = field.annotation
+    return "allowed: " + ", ".join(model.model_fields)
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Find, read and validate the configuration.
+
+    :param config: an explicit config file (the CLI's ``--config``).
+    :param overrides: extra values merged over the file's (tests, ``Platform.from_config``).
+    :raises ConfigError: with one line naming the bad key.
+    """
+    path = find_config_file(config)
+    data = _read_toml(path) if path else {}
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    try:
+        settings = Settings(**data)
+    except PydanticValidationError as exc:
+        raise ConfigError(_one_line(exc, path)) from None
+    settings._source = path.resolve() if path else None
+    settings._base_dir = path.resolve().parent if path else Path.cwd()
+    return settings

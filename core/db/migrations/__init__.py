@@ -1,0 +1,1 @@
+"""Alembic migration environment of mlrig (run through :mod:`mlrig.db.migrate`)."""

@@ -1,0 +1,1 @@
+"""Revision scripts, one per schema change, named ``NNNN_<slug>.py`` with revision ``NNNN``."""

@@ -1,0 +1,152 @@
+"""Training: experiments (which are also the job queue), their metrics and state
+changes, and AutoML jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Numeric, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mlrig.db.models.base import Base, created_at, json_object, updated_at, uuid_pk
+from mlrig.db.types import JSONType, UTCDateTime, utcnow
+
+#: The states of a training experiment.
+EXPERIMENT_STATUSES = ("created", "queued", "running", "completed", "failed", "cancelled")
+
+
+class TrainingExperiment(Base):
+    """A training run (the spec's ``training_experiments``) and its job-queue entry.
+
+    Workers claim ``queued`` rows by ``priority`` (highest first), then ``queued_at``
+    (oldest first), holding a lease (``lease_owner``, ``lease_expires_at``) that they
+    renew with heartbeats; an expired lease sends the job back to the queue.
+    """
+
+    __tablename__ = "training_experiments"
+
+    # --- the spec's columns
+    id: Mapped[uuid.UUID] = uuid_pk()
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ml_models.id"))
+    status: Mapped[str] = mapped_column(
+        String(50), nullable=True, default="created", server_default="created"
+    )
+    configuration: Mapped[dict[str, Any]] = json_object()
+    hyperparameters: Mapped[dict[str, Any]] = json_object()
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = created_at(nullable=True)
+    updated_at: Mapped[datetime] = updated_at(nullable=True)
+    # --- the training engine
+    trainer: Mapped[str | None] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    resources: Mapped[dict[str, Any]] = json_object(nullable=False)
+    checkpoint_interval_s: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    last_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    reproducibility: Mapped[dict[str, Any]] = json_object(nullable=False)
+
+
+Index("idx_training_experiments_model_id", TrainingExperiment.model_id)
+Index("idx_training_experiments_status", TrainingExperiment.status)
+# The claim query: WHERE status = 'queued' ORDER BY priority DESC, queued_at.
+Index(
+    "ix_training_experiments_claim",
+    TrainingExperiment.status,
+    TrainingExperiment.priority.desc(),
+    TrainingExperiment.queued_at,
+)
+# The requeue scan: running jobs whose lease has expired.
+Index(
+    "ix_training_experiments_lease",
+    TrainingExperiment.status,
+    TrainingExperiment.lease_expires_at,
+)
+
+
+class TrainingMetric(Base):
+    """One metric point of an experiment (the spec's ``training_metrics``)."""
+
+    __tablename__ = "training_metrics"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("training_experiments.id", ondelete="CASCADE")
+    )
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(Integer)
+    metric_name: Mapped[str] = mapped_column(String(100))
+    metric_value: Mapped[float | None] = mapped_column(Numeric(20, 10, asdecimal=False))
+    metric_type: Mapped[str | None] = mapped_column(String(50))
+    recorded_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, nullable=True, default=utcnow, server_default=func.now()
+    )
+
+
+Index("idx_training_metrics_experiment_epoch", TrainingMetric.experiment_id, TrainingMetric.epoch)
+# A metric's history: WHERE experiment_id = ? AND metric_name = ? ORDER BY step.
+Index(
+    "ix_training_metrics_experiment_name_step",
+    TrainingMetric.experiment_id,
+    TrainingMetric.metric_name,
+    TrainingMetric.step,
+)
+
+
+class ExperimentEvent(Base):
+    """A state change of an experiment, with its time and a reason."""
+
+    __tablename__ = "experiment_events"
+    __table_args__ = (Index("ix_experiment_events_experiment_at", "experiment_id", "at"),)
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("training_experiments.id", ondelete="CASCADE")
+    )
+    old_status: Mapped[str | None] = mapped_column(String(50))
+    new_status: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
+
+
+class AutoMLJob(Base):
+    """An AutoML search (the spec's ``automl_jobs``)."""
+
+    __tablename__ = "automl_jobs"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    name: Mapped[str] = mapped_column(String(255))
+    task_type: Mapped[str] = mapped_column(String(100))
+    dataset_config: Mapped[dict[str, Any]] = json_object()
+    target_column: Mapped[str | None] = mapped_column(String(255))
+    optimization_metric: Mapped[str | None] = mapped_column(String(100))
+    time_budget_minutes: Mapped[int | None] = mapped_column(
+        Integer, default=60, server_default="60"
+    )
+    status: Mapped[str] = mapped_column(
+        String(50), nullable=True, default="queued", server_default="queued"
+    )
+    best_model_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ml_models.id"))
+    results: Mapped[dict[str, Any]] = json_object()
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = created_at(nullable=True)
+    updated_at: Mapped[datetime] = updated_at(nullable=True)
+
+
+Index("idx_automl_jobs_status", AutoMLJob.status)
+Index("idx_automl_jobs_created_at", AutoMLJob.created_at.desc())

@@ -1,0 +1,78 @@
+"""The audit log: who did what to which resource, with what outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from mlrig.db.models.auth import AuditLog
+
+if TYPE_CHECKING:
+    from mlrig.db import Database
+    from mlrig.hooks import Hooks
+
+
+def entry_view(entry: AuditLog) -> dict[str, Any]:
+    return {
+        "id": str(entry.id),
+        "at": entry.at.isoformat(),
+        "actor": entry.actor,
+        "action": entry.action,
+        "resource_type": entry.resource_type,
+        "resource_id": entry.resource_id,
+        "outcome": entry.outcome,
+        "request_id": entry.request_id,
+        "details": entry.details or {},
+    }
+
+
+class AuditTrail:
+    """Writes and reads audit entries; every write also fires ``mlrig_audit_recorded``."""
+
+    def __init__(self, db: Database, hooks: Hooks) -> None:
+        self.db = db
+        self.hooks = hooks
+
+    def record(
+        self,
+        *,
+        actor: str | None,
+        action: str,
+        outcome: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        request_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one entry (its own transaction: it survives a failed operation)."""
+        with self.db.session() as session:
+            entry = AuditLog(
+                actor=actor, action=action, outcome=outcome, resource_type=resource_type,
+                resource_id=resource_id, request_id=request_id, details=details or {},
+            )
+            session.add(entry)
+            session.flush()
+            view = entry_view(entry)
+        self.hooks.audit_recorded(view)
+        return view
+
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Entries, newest first."""
+        stmt = select(AuditLog).order_by(AuditLog.at.desc()).limit(limit)
+        if since is not None:
+            stmt = stmt.where(AuditLog.at >= since)
+        if actor is not None:
+            stmt = stmt.where(AuditLog.actor == actor)
+        if action is not None:
+            stmt = stmt.where(AuditLog.action == action)
+        with self.db.session() as session:
+            return [entry_view(e) for e in session.scalars(stmt)]

@@ -1,0 +1,38 @@
+"""Roles and the permissions each one grants.
+
+Roles are cumulative: each includes the rights of the ones before it
+(viewer < developer < deployer < admin).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+ROLES = ("viewer", "developer", "deployer", "admin")
+
+
+class Permission(str, Enum):
+    """What an endpoint or a command needs."""
+
+    READ = "read"  # list and show anything but the audit log and users
+    WRITE = "write"  # create experiments, register models, log metrics, upload artifacts
+    DEPLOY = "deploy"  # deploy, scale, run A/B tests
+    APPROVE = "approve"  # decide approval requests, move versions to production
+    ADMIN = "admin"  # users, tokens of others, the audit log
+
+
+#: the lowest role that holds each permission
+PERMISSIONS: dict[Permission, str] = {
+    Permission.READ: "viewer",
+    Permission.WRITE: "developer",
+    Permission.DEPLOY: "deployer",
+    Permission.APPROVE: "deployer",
+    Permission.ADMIN: "admin",
+}
+
+
+def role_allows(role: str, permission: Permission) -> bool:
+    """Whether ``role`` holds ``permission``."""
+    if role not in ROLES:
+        return False
+    return ROLES.index(role) >= ROLES.index(PERMISSIONS[permission])

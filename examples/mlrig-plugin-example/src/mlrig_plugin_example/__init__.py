@@ -1,0 +1,1 @@
+"""An example mlrig plugin: a storage backend and a hook implementation."""

@@ -1,0 +1,12 @@
+"""The example backend passes mlrig's storage contract suite, like every backend must."""
+
+import pytest
+
+from mlrig.testing.storage import StorageContract
+from mlrig_plugin_example.storage import ShardedFolderStorage
+
+
+class TestShardedStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path):
+        return ShardedFolderStorage.from_options({"root": str(tmp_path)}, where="storage.sharded")

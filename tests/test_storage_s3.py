@@ -1,0 +1,130 @@
+"""The ``s3`` backend against moto's standalone server: the contract plus S3 specifics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mlrig.errors import ArtifactNotFoundError, ConfigError, StorageError
+from mlrig.plugins.storage_s3 import S3Storage
+from mlrig.testing.storage import MotoBucket, StorageContract, sample_bytes
+
+pytestmark = pytest.mark.s3
+
+MiB = 1024 * 1024
+
+
+def make_s3(bucket: MotoBucket, **options: object) -> S3Storage:
+    return S3Storage.from_options(bucket.options(block_size=5 * MiB, **options), where="storage.s3")
+
+
+class TestS3Contract(StorageContract):
+    # Above the 5 MiB part size: "large" objects go up as real multipart uploads.
+    large_size = 11 * MiB
+    write_piece = 1 * MiB
+
+    @pytest.fixture
+    def storage(self, s3_bucket: MotoBucket) -> S3Storage:
+        return make_s3(s3_bucket, prefix="team/artifacts")
+
+
+class TestS3BucketRootContract(StorageContract):
+    """Without a prefix, keys sit at the bucket root."""
+
+    large_size = 1 * MiB
+
+    @pytest.fixture
+    def storage(self, s3_bucket: MotoBucket) -> S3Storage:
+        return make_s3(s3_bucket)
+
+
+def test_failed_multipart_upload_is_aborted(s3_bucket: MotoBucket) -> None:
+    storage = make_s3(s3_bucket)
+    client = s3_bucket.client()
+    with pytest.raises(RuntimeError), storage.open_write("big.bin") as out:
+        out.write(sample_bytes(6 * MiB))  # one part uploaded: a multipart upload is open
+        assert len(client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", [])) == 1
+        raise RuntimeError
+    assert client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0
+
+
+def test_objects_live_under_the_prefix(s3_bucket: MotoBucket) -> None:
+    storage = make_s3(s3_bucket, prefix="/team/a/")
+    with storage.open_write("m/1.bin") as out:
+        out.write(b"1")
+    listed = s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)
+    assert [item["Key"] for item in listed["Contents"]] == ["team/a/m/1.bin"]
+    other = make_s3(s3_bucket, prefix="team/b")
+    assert list(other.list()) == []
+    with pytest.raises(ArtifactNotFoundError):
+        other.open_read("m/1.bin")
+
+
+def test_missing_bucket_fails_check(s3_bucket: MotoBucket) -> None:
+    storage = S3Storage.from_options(
+        {"bucket": "no-such-bucket-here", "endpoint_url": s3_bucket.endpoint_url}, where="s"
+    )
+    with pytest.raises(StorageError, match="no-such-bucket-here"):
+        storage.check()
+
+
+def test_unreachable_endpoint_is_storage_error(s3_bucket: MotoBucket) -> None:
+    storage = S3Storage.from_options(
+        {"bucket": s3_bucket.name, "endpoint_url": "http://127.0.0.1:9", "retries": 0},
+        where="storage.s3",
+    )
+    with pytest.raises(StorageError, match="cannot reach the endpoint"):
+        storage.check()
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="storage.s3.block_size"):
+        S3Storage.from_options({"bucket": "b-1", "block_size": 1024}, where="storage.s3")
+    with pytest.raises(ConfigError, match="storage.s3.bucket"):
+        S3Storage.from_options({}, where="storage.s3")
+
+
+def test_describe_has_no_secret(s3_bucket: MotoBucket) -> None:
+    storage = make_s3(s3_bucket, key="AKIAEXAMPLE", secret="very-secret")
+    text = repr(storage.describe()) + repr(storage.options)
+    assert "very-secret" not in text
+    assert storage.describe()["bucket"] == s3_bucket.name
+
+
+def test_platform_uses_s3_backend(s3_bucket: MotoBucket, tmp_path) -> None:
+    from mlrig.artifacts import generate_master_key
+    from mlrig.platform import Platform
+
+    (tmp_path / "mlrig.toml").write_text(
+        "[storage]\n"
+        'backend = "s3"\n'
+        'compression = "zstd"\n'
+        "encryption = true\n"
+        f'master_key = "{generate_master_key()}"\n'
+        "[storage.s3]\n"
+        f'bucket = "{s3_bucket.name}"\n'
+        f'endpoint_url = "{s3_bucket.endpoint_url}"\n'
+        'prefix = "mlrig"\n'
+    )
+    platform = Platform.from_config(tmp_path / "mlrig.toml")
+    stored = platform.artifacts.put("m/1/model.bin", b"weights" * 1000)
+    assert stored.encryption is not None
+    assert platform.artifacts.get_bytes("m/1/model.bin", expected_sha256=stored.sha256) == (
+        b"weights" * 1000
+    )
+    keys = [o["Key"] for o in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)["Contents"]]
+    assert keys == ["mlrig/m/1/model.bin"]
+
+
+def test_module_import_does_not_import_s3fs() -> None:
+    code = (
+        "import sys, mlrig.plugins.storage_s3 as m;"
+        "m.S3Storage.from_options({'bucket': 'b-1'}, where='s');"
+        "print(sorted(n for n in sys.modules"
+        " if n.split('.')[0] in ('s3fs', 'boto3', 'botocore', 'aiobotocore')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
