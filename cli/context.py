@@ -9,6 +9,7 @@ import click
 
 if TYPE_CHECKING:
     from mlrig.platform import Platform
+    from mlrig.security import Principal
 
 
 @dataclass
@@ -16,8 +17,10 @@ class CliState:
     """Carried in ``click.Context.obj`` from the top-level group to every command."""
 
     config_path: str | None = None
+    token: str | None = None
     pm: Any = None
     _platform: Platform | None = None
+    _principal: Principal | None = None
 
     def platform(self) -> Platform:
         """The platform built from the config (once per invocation)."""
@@ -26,6 +29,18 @@ class CliState:
 
             self._platform = Platform.from_config(self.config_path, plugin_manager=self.pm)
         return self._platform
+
+    def principal(self) -> Principal:
+        """Who runs this command: the user of ``--token``/``MLRIG_TOKEN``, else the local
+        operator (``cli:<login>``, admin: the embedded CLI has the database anyway)."""
+        if self._principal is None:
+            from mlrig.security import Principal
+
+            if self.token:
+                self._principal = self.platform().security.authenticate(self.token)
+            else:
+                self._principal = Principal(name=cli_actor(), role="admin")
+        return self._principal
 
 
 def get_state() -> CliState:
@@ -48,11 +63,16 @@ def cli_actor() -> str:
         return "cli:unknown"
 
 
+def get_principal() -> Principal:
+    """Who runs the current command (see :meth:`CliState.principal`)."""
+    return get_state().principal()
+
+
 def audit_cli(
     action: str, *, resource_type: str, resource_id: str | None, outcome: str = "success"
 ) -> None:
-    """Record a CLI action in the audit log."""
+    """Record a CLI action in the audit log, as the command's principal."""
     get_platform().audit.record(
-        actor=cli_actor(), action=action, outcome=outcome,
+        actor=get_principal().name, action=action, outcome=outcome,
         resource_type=resource_type, resource_id=resource_id,
     )

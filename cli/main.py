@@ -26,6 +26,7 @@ BUILTIN_COMMANDS = {
     "users": "mlrig.cli.users:users",
     "tokens": "mlrig.cli.tokens:tokens",
     "audit": "mlrig.cli.audit:audit",
+    "models": "mlrig.cli.models:models",
 }
 
 
@@ -47,15 +48,21 @@ class MlrigGroup(click.Group):
     envvar="MLRIG_CONFIG",
     help="Config file (default: ./mlrig.toml, then the user config dir).",
 )
+@click.option(
+    "--token",
+    envvar="MLRIG_TOKEN",
+    help="Act as this token's user (default: the local operator).",
+)
 @click.version_option(__version__, prog_name="mlrig")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, token: str | None) -> None:
     """mlrig: model registry, training engine, tracking, serving and more, in one package.
 
     Start with `mlrig quickstart`, or `mlrig init` to write a commented mlrig.toml.
     """
     state = ctx.ensure_object(CliState)
     state.config_path = config_path
+    state.token = token
 
 
 def _add_builtin_commands(group: click.Group) -> None:

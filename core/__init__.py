@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_settings": "mlrig.config",
     "hookimpl": "mlrig.hooks",
     "MlrigError": "mlrig.errors",
+    "log_model": "mlrig.registry.packaging",
     "StorageBackend": "mlrig.contracts",
     "Trainer": "mlrig.contracts",
     "TrainingContext": "mlrig.contracts",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from mlrig.errors import MlrigError
     from mlrig.hooks import hookimpl
     from mlrig.platform import Platform
+    from mlrig.registry.packaging import log_model
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlrig.contracts import Executor, StorageBackend
     from mlrig.db import Database
     from mlrig.registry import ModelRegistry
+    from mlrig.registry.evaluation import Evaluator
     from mlrig.registry.lifecycle import ModelLifecycle
     from mlrig.security import AuditTrail, SecurityService
 
@@ -112,6 +113,13 @@ class Platform:
         from mlrig.registry.lifecycle import ModelLifecycle
 
         return ModelLifecycle(self.registry, self.settings.registry, self.hooks)
+
+    @cached_property
+    def evaluator(self) -> Evaluator:
+        """Benchmarks and comparisons of model versions."""
+        from mlrig.registry.evaluation import Evaluator
+
+        return Evaluator(self.registry)
 
     # --- serving --------------------------------------------------------------------
 

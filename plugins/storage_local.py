@@ -56,7 +56,9 @@ class LocalStorage(StorageBackend):
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+            )
         except OSError as exc:
             raise _storage_error("create", key, exc) from exc
         try:
@@ -138,7 +140,10 @@ class LocalStorage(StorageBackend):
         except OSError as exc:
             raise _storage_error("create the root folder", str(self.root), exc) from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
-            msg = f"artifact root {str(self.root)!r} is not writable; fix its permissions or change [storage.local] root"
+            msg = (
+                f"artifact root {str(self.root)!r} is not writable; fix its permissions "
+                "or change [storage.local] root"
+            )
             raise StorageError(msg)
 
 

@@ -134,7 +134,7 @@ class S3Storage(StorageBackend):
     def list(self, prefix: str = "") -> Iterator[str]:
         # s3fs's ``prefix`` filters on the server: only matching keys are listed.
         with _translated("list", prefix or "/"):
-            found = self._fs.find(self._root, prefix=prefix) if prefix else self._fs.find(self._root)
+            found = self._fs.find(self._root, prefix=prefix)
         start = len(self._root) + 1
         keys = (name[start:] for name in found if not name.endswith("/"))
         return iter(sorted(k for k in keys if k.startswith(prefix)))

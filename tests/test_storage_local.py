@@ -79,7 +79,7 @@ def test_write_error_becomes_storage_error(tmp_path: Path) -> None:
     with storage.open_write("file.bin") as out:
         out.write(b"a file")
     # "file.bin" is a file, so nothing can live below it.
-    with pytest.raises(StorageError, match="file.bin/below.bin"):
+    with pytest.raises(StorageError, match=r"file\.bin/below\.bin"):
         storage.open_write("file.bin/below.bin").__enter__()
 
 

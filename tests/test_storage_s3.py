@@ -81,9 +81,9 @@ def test_unreachable_endpoint_is_storage_error(s3_bucket: MotoBucket) -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ConfigError, match="storage.s3.block_size"):
+    with pytest.raises(ConfigError, match=r"storage\.s3\.block_size"):
         S3Storage.from_options({"bucket": "b-1", "block_size": 1024}, where="storage.s3")
-    with pytest.raises(ConfigError, match="storage.s3.bucket"):
+    with pytest.raises(ConfigError, match=r"storage\.s3\.bucket"):
         S3Storage.from_options({}, where="storage.s3")
 
 

@@ -1,10 +1,11 @@
 """One router module per resource; ``ROUTERS`` is included under ``/api/ml``."""
 
-from mlrig.api.routers import approvals, audit, health, models, tokens, users
+from mlrig.api.routers import approvals, audit, health, models, tokens, users, versions
 
 ROUTERS = [
     health.router,
     models.router,
+    versions.router,
     approvals.router,
     users.router,
     tokens.router,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
@@ -249,3 +249,31 @@ def delete_alias(id: str, alias: str, platform: PlatformDep, actor: Writer) -> A
 def change_stage(id: str, version: str, body: StageChange, platform: PlatformDep,
                  actor: Writer) -> Any:
     return platform.lifecycle.transition(id, version, body.stage, actor=actor, comment=body.comment)
+
+
+class EvaluationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_uri: str = Field(min_length=1, description="CSV or parquet, a path or fsspec URL.")
+    target: str = Field(min_length=1, description="The label column.")
+    task: Literal["classification", "regression"] | None = None
+    runtime: str | None = Field(default=None, description="Default: onnx if exported.")
+
+
+@router.post("/{id}/versions/{version}/evaluations", status_code=status.HTTP_201_CREATED,
+             summary="Benchmark a version on a dataset (quality and speed)")
+def evaluate_version(id: str, version: str, body: EvaluationRequest, platform: PlatformDep,
+                     _: Writer) -> Any:
+    return platform.evaluator.evaluate(
+        id, [version], dataset_uri=body.dataset_uri, target=body.target, task=body.task,
+        runtime=body.runtime,
+    )[0]
+
+
+@router.get("/{id}/compare", summary="Compare versions side by side")
+def compare_versions(
+    id: str,
+    platform: PlatformDep,
+    _: Reader,
+    versions: list[str] = Query(description="Versions to compare, repeatable."),
+) -> Any:
+    return platform.evaluator.compare(id, versions)

@@ -80,7 +80,8 @@ class ArtifactStore:
             msg = f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}"
             raise ValidationError(msg)
         if not _SEGMENT_BOUNDS[0] <= segment_size <= _SEGMENT_BOUNDS[1]:
-            msg = f"segment_size {segment_size} is outside {_SEGMENT_BOUNDS[0]}..{_SEGMENT_BOUNDS[1]}"
+            low, high = _SEGMENT_BOUNDS
+            msg = f"segment_size {segment_size} is outside {low}..{high}"
             raise ValidationError(msg)
         if chunk_size < 1:
             msg = f"chunk_size must be positive, not {chunk_size}"

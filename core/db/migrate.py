@@ -68,12 +68,17 @@ def head() -> str:
 
 def revisions() -> list[str]:
     """Every revision this mlrig ships, oldest first."""
-    return [s.revision for s in reversed(list(_script().walk_revisions()))]
+    return list(_revisions())
+
+
+@lru_cache(maxsize=1)
+def _revisions() -> tuple[str, ...]:
+    return tuple(s.revision for s in reversed(list(_script().walk_revisions())))
 
 
 def is_known(revision: str | None) -> bool:
     """Whether ``revision`` is one of ours (``None``, the empty database, always is)."""
-    return revision is None or all(r in revisions() for r in revision.split(","))
+    return revision is None or all(r in _revisions() for r in revision.split(","))
 
 
 def current(db_or_url: Database | str | URL) -> str | None:

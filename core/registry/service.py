@@ -354,6 +354,7 @@ class ModelRegistry:
                 code_version=code_version,
             )
             prefix = self.artifact_prefix(row)
+            model_name, version_name = model.name, row.version
             try:
                 with self.artifacts.atomic() as tx:
                     for path in sorted(files):
@@ -374,7 +375,8 @@ class ModelRegistry:
                     # written (a duplicate version, a lost connection), the objects go too
                     session.commit()
             except IntegrityError:
-                msg = f"model {model.name!r} already has a version {row.version!r}"
+                session.rollback()
+                msg = f"model {model_name!r} already has a version {version_name!r}"
                 raise ConflictError(msg) from None
             artifacts = [artifact_view(a, prefix) for a in row.artifacts]
             view = version_view(row, creator=actor.name, aliases=[], artifacts=artifacts)

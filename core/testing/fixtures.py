@@ -159,3 +159,12 @@ def make_token(platform: Platform) -> Callable[[str, str], dict[str, str]]:
 def admin_headers(make_token: Callable[[str, str], dict[str, str]]) -> dict[str, str]:
     """Headers authenticating as a fresh admin user."""
     return make_token("root-admin", "admin")
+
+
+@pytest.fixture
+def db_platform(tmp_path: Path, db_url: str, database: Any) -> Iterator[Platform]:
+    """A platform on each database of ``db_url`` (SQLite, then PostgreSQL; migrated by the
+    ``database`` fixture), with local storage."""
+    plat = make_platform(tmp_path / "home", database={"url": db_url})
+    yield plat
+    plat.close()

@@ -351,7 +351,9 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
                 process.wait()
 
 
-def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes], log: Any, timeout: float) -> None:
+def _wait_until_up(
+    endpoint: str, process: subprocess.Popen[bytes], log: Any, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -108,6 +108,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
     )
     _index("ix_api_tokens_token_prefix", "api_tokens", ["token_prefix"])
+    _index("ix_api_tokens_user_id", "api_tokens", ["user_id"])
     _create_table(
         "audit_log",
         _id(),
