@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from mlrig.cli.context import audit_cli, get_platform, get_principal
-from mlrig.security.roles import Permission
 from mlrig.cli.output import json_option, print_json, print_mapping, print_table
+from mlrig.security.roles import Permission
 
 STAGES = ["none", "staging", "production", "archived"]
 

@@ -32,7 +32,26 @@ _EXPORTS = {
     "JobSpec": "mlrig.contracts",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "Executor",
+    "JobHandle",
+    "JobSpec",
+    "LoadedModel",
+    "MlrigError",
+    "ModelRuntime",
+    "Monitor",
+    "Platform",
+    "SearchStrategy",
+    "Settings",
+    "StorageBackend",
+    "TrainResult",
+    "Trainer",
+    "TrainingContext",
+    "__version__",
+    "hookimpl",
+    "load_settings",
+    "log_model",
+]
 
 if TYPE_CHECKING:
     from mlrig.config import Settings, load_settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from typing import Any
 
@@ -149,7 +149,7 @@ def _missing_extra_error(info: BackendInfo) -> MissingExtraError:
     return MissingExtraError(msg, details={"missing": list(info.missing)})
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_backend(kind: str, name: str) -> type:
     """Import and return the class of backend ``name`` of ``kind``, through stevedore.
 

@@ -39,8 +39,9 @@ class S3StorageOptions(BaseModel):
     profile: str | None = None
     key: str | None = None
     secret: SecretStr | None = None
-    #: multipart part size; S3 needs at least 5 MiB, and allows 10,000 parts per object
-    block_size: int = Field(default=16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
+    #: first multipart part size (S3 needs >= 5 MiB); it doubles every 1,000 parts, so
+    #: memory stays at about two parts for common sizes and 5 TiB objects still fit
+    block_size: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
     #: retries of a failed request (connection errors, throttling) before giving up
     retries: int = Field(default=4, ge=0, le=20)
 
@@ -154,16 +155,28 @@ class S3Storage(StorageBackend):
             self._fs.call_s3("head_bucket", Bucket=self.bucket)
 
 
+#: S3 allows 10,000 parts per upload; the part size doubles after each this many parts
+PARTS_PER_SIZE = 1000
+
+
 class _Writer:
-    """The s3fs file, with S3 failures reported as :class:`StorageError`."""
+    """The s3fs file, with S3 failures reported as :class:`StorageError`.
+
+    It also grows the part size as the upload grows: a fixed part size either wastes
+    memory on every upload or caps the object size (8 MiB x 10,000 parts = 78 GiB).
+    """
 
     def __init__(self, handle: Any, key: str) -> None:
         self._handle = handle
         self._key = key
+        self._base = handle.blocksize
 
     def write(self, data: bytes) -> int:
         with _translated("write", self._key):
-            return self._handle.write(data)
+            written = self._handle.write(data)
+        parts = len(getattr(self._handle, "parts", None) or ())
+        self._handle.blocksize = self._base * 2 ** (parts // PARTS_PER_SIZE)
+        return written
 
     def writable(self) -> bool:
         return True

@@ -36,8 +36,8 @@ def _paths(template):
         return
     for combo in itertools.product(*(PARAM_VALUES.get(n, ["x"]) for n in names)):
         path = template
-        for name, value in zip(names, combo):
-            path = re.sub(r"{%s(?::\w+)?}" % name, value, path)
+        for name, value in zip(names, combo, strict=True):
+            path = re.sub(r"{" + name + r"(?::\w+)?}", value, path)
         yield path
 
 

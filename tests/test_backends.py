@@ -100,7 +100,7 @@ def test_broken_backend_reports_the_reason(fake_site):
 
 
 def test_backend_must_implement_the_contract(fake_site):
-    with pytest.raises(PluginError, match="is not a subclass of mlrig.contracts.storage"):
+    with pytest.raises(PluginError, match=r"is not a subclass of mlrig\.contracts\.storage"):
         load_backend("storage", "not-a-backend")
 
 

@@ -41,7 +41,7 @@ def test_versions_are_numbered_and_keep_their_artifacts(db_platform, users):
 
 def test_named_versions_are_unique(db_platform, users):
     _register(db_platform, users["dev"], version="v1.0")
-    with pytest.raises(ConflictError, match="already has a version 'v1.0'"):
+    with pytest.raises(ConflictError, match=r"already has a version 'v1\.0'"):
         _register(db_platform, users["dev"], version="v1.0")
     with pytest.raises(ValidationError):
         _register(db_platform, users["dev"], version="../etc")

@@ -47,5 +47,6 @@ def test_import_mlrig_is_light():
 def test_public_api_is_lazy_and_complete():
     import mlrig
 
+    assert set(mlrig.__all__) == {"__version__", *mlrig._EXPORTS}
     for name in mlrig.__all__:
         assert getattr(mlrig, name) is not None, name

@@ -128,3 +128,26 @@ def test_module_import_does_not_import_s3fs() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_part_size_grows_with_the_upload(
+    s3_bucket: MotoBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlrig.plugins.storage_s3 as plugin
+
+    monkeypatch.setattr(plugin, "PARTS_PER_SIZE", 1)  # double after every part
+    storage = make_s3(s3_bucket)
+    data = sample_bytes(20 * MiB, seed=7)
+    with storage.open_write("growing.bin") as out:
+        for start in range(0, len(data), MiB):
+            out.write(data[start : start + MiB])
+    client = s3_bucket.client()
+    sizes = [
+        client.head_object(Bucket=s3_bucket.name, Key="growing.bin", PartNumber=n)[
+            "ContentLength"
+        ]
+        for n in (1, 2, 3)
+    ]
+    assert sizes == [5 * MiB, 10 * MiB, 5 * MiB]  # 5, then 10, then the 5 MiB rest
+    with storage.open_read("growing.bin") as back:
+        assert back.read() == data

@@ -14,7 +14,7 @@ from mlrig.errors import MissingExtraError
 ONNX_OPSET = 17
 
 
-class SkipExport(Exception):  # noqa: N818 - a signal, not an error
+class SkipExport(Exception):
     """Raised by an exporter when no ONNX export is possible; the reason is recorded."""
 
 

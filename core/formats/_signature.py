@@ -18,7 +18,8 @@ SAMPLE_ROWS = 5
 
 def is_dataframe(obj: Any) -> bool:
     """Whether ``obj`` is a pandas DataFrame (without importing pandas)."""
-    return type(obj).__module__.startswith("pandas.") and type(obj).__name__ == "DataFrame"
+    cls = type(obj)
+    return cls.__name__ == "DataFrame" and cls.__module__.split(".")[0] == "pandas"
 
 
 def as_array(value: Any) -> Any:

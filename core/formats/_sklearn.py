@@ -60,7 +60,8 @@ class SklearnFormat(FrameworkFormat):
         x: Any = None
         initial_types = None
         if sample is not None and is_dataframe(sample) and not _all_numeric(sample):
-            x = head(sample)  # one ONNX input per column, typed from the column
+            rows = head(sample)  # one ONNX input per column, typed from the column
+            x = rows.astype({c: "float32" for c, t in rows.dtypes.items() if t.kind in "biuf"})
         elif sample is not None:
             array = as_array(head(sample))
             if array.dtype.kind in "biuf":

@@ -8,9 +8,11 @@ importable to load) plus ``state_dict.pt``; a TorchScript module is stored as
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +148,15 @@ class TorchFormat(FrameworkFormat):
         return tensor
 
 
-class _eval:  # noqa: N801 - used as a context manager
-    """Put a module in eval mode for the block, then restore its training flag."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-        self.training = bool(getattr(module, "training", False))
-
-    def __enter__(self) -> None:
-        self.module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.module.train(self.training)
+@contextlib.contextmanager
+def _eval(module: Any) -> Iterator[None]:
+    """Put ``module`` in eval mode for the block, then restore its training flag."""
+    training = bool(getattr(module, "training", False))
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -13,6 +13,17 @@ from typing import Any
 from mlrig.errors import ValidationError
 from mlrig.formats._signature import is_dataframe
 
+__all__ = [
+    "ONNX_DTYPES",
+    "fit_shape",
+    "is_dataframe",
+    "is_records",
+    "onnx_feeds",
+    "signature_columns",
+    "to_array",
+    "to_frame",
+]
+
 #: ONNX tensor element type (as onnxruntime names it) -> numpy dtype name
 ONNX_DTYPES: dict[str, str] = {
     "tensor(float)": "float32",
@@ -116,7 +127,8 @@ def onnx_feeds(inputs: Sequence[Any], batch: Any, columns: Sequence[str] | None)
 def _select(frame: Any, columns: Sequence[str]) -> Any:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        msg = f"batch is missing column(s) {', '.join(map(repr, missing))}; expected {list(columns)}"
+        names = ", ".join(map(repr, missing))
+        msg = f"batch is missing column(s) {names}; expected {list(columns)}"
         raise ValidationError(msg)
     return frame[list(columns)]
 

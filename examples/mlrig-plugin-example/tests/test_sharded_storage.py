@@ -1,9 +1,9 @@
 """The example backend passes mlrig's storage contract suite, like every backend must."""
 
 import pytest
+from mlrig_plugin_example.storage import ShardedFolderStorage
 
 from mlrig.testing.storage import StorageContract
-from mlrig_plugin_example.storage import ShardedFolderStorage
 
 
 class TestShardedStorage(StorageContract):

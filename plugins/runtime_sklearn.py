@@ -1,0 +1,125 @@
+"""The ``sklearn`` runtime: serve a packaged scikit-learn estimator (``model.joblib``).
+
+Needs ``pip install 'mlrig[sklearn]'``; scikit-learn, joblib and pandas are imported on
+load, never when this module is imported. A batch may be rows (list of lists or a numpy
+array), records (list of dicts) or a DataFrame; records and DataFrames are ordered by the
+columns the model was fitted on (or the signature's). Predictions come back as a list.
+A classifier's loaded model also has ``predict_proba``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlrig.contracts.runtime import LoadedModel, ModelRuntime
+from mlrig.errors import MissingExtraError, NotFoundError, ValidationError
+from mlrig.formats import complete_metadata
+from mlrig.formats.batches import (
+    is_dataframe,
+    is_records,
+    signature_columns,
+    to_array,
+    to_frame,
+)
+
+
+class SklearnRuntimeOptions(BaseModel):
+    """``[runtimes.sklearn]`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: cap on the BLAS/OpenMP threads one prediction uses (None: the libraries' default)
+    threads: int | None = Field(default=None, ge=1)
+
+
+class SklearnModel(LoadedModel):
+    """A scikit-learn estimator held in memory."""
+
+    def __init__(self, model: Any, *, columns: list[str] | None, threads: int | None) -> None:
+        import threadpoolctl
+
+        self.model = model
+        fitted = getattr(model, "feature_names_in_", None)
+        #: names of the columns, when the estimator was fitted on a DataFrame
+        self.feature_names = None if fitted is None else [str(n) for n in fitted]
+        self.columns = self.feature_names or columns
+        self._controller = threadpoolctl.ThreadpoolController()
+        self._threads = threads
+
+    def predict(self, batch: Any) -> list[Any]:
+        """One prediction per row of ``batch``."""
+        return self._call("predict", batch)
+
+    def describe(self) -> dict[str, Any]:
+        pools = [p.num_threads for p in self._controller.lib_controllers]
+        return {
+            "runtime": "sklearn",
+            "threads": self._threads or max(pools, default=os.cpu_count() or 1),
+            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "n_jobs": getattr(self.model, "n_jobs", None),
+        }
+
+    def _call(self, method: str, batch: Any) -> list[Any]:
+        x = self._input(batch)
+        limits = (
+            self._controller.limit(limits=self._threads)
+            if self._threads
+            else contextlib.nullcontext()
+        )
+        try:
+            with limits:
+                result = getattr(self.model, method)(x)
+        except (ValueError, TypeError, KeyError) as exc:
+            msg = f"the batch does not fit the model's input: {exc}"
+            raise ValidationError(msg) from exc
+        return result.tolist() if hasattr(result, "tolist") else list(result)
+
+    def _input(self, batch: Any) -> Any:
+        if self.feature_names is not None:  # fitted on a DataFrame: give it one
+            return to_frame(batch, self.feature_names)
+        if is_dataframe(batch) or is_records(batch):
+            return to_array(batch, self.columns)
+        return to_array(batch)
+
+
+class SklearnClassifierModel(SklearnModel):
+    """A scikit-learn estimator that also predicts class probabilities."""
+
+    def predict_proba(self, batch: Any) -> list[list[float]]:
+        """Per row, the probability of each class (in the order of ``classes``)."""
+        return self._call("predict_proba", batch)
+
+    @property
+    def classes(self) -> list[Any]:
+        """The class labels, in the order of :meth:`predict_proba`'s columns."""
+        return self.model.classes_.tolist()
+
+
+class SklearnRuntime(ModelRuntime):
+    """Loads ``model.joblib`` from a model package folder (or the file itself)."""
+
+    Options = SklearnRuntimeOptions
+    formats = ("sklearn",)
+
+    def load(self, path: Path, metadata: dict[str, Any]) -> LoadedModel:
+        """Load the estimator; ``metadata`` may carry the manifest's ``signature``/``native``."""
+        try:
+            import joblib
+        except ModuleNotFoundError as exc:
+            msg = f"runtime 'sklearn' needs: pip install 'mlrig[sklearn]' ({exc.name} is missing)"
+            raise MissingExtraError(msg, details={"missing": [exc.name]}) from exc
+        path = Path(path)
+        metadata = complete_metadata(path, metadata)
+        native = metadata.get("native", {}).get("path", "model.joblib")
+        file = path if path.is_file() else path / native
+        if not file.is_file():
+            msg = f"no scikit-learn model at {str(file)!r}"
+            raise NotFoundError(msg)
+        model = joblib.load(file)
+        cls = SklearnClassifierModel if hasattr(model, "predict_proba") else SklearnModel
+        columns = signature_columns(metadata.get("signature"))
+        return cls(model, columns=columns, threads=self.options.threads)

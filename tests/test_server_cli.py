@@ -1,0 +1,69 @@
+"""`mlrig server` as a user runs it: first start prints an admin token; stale schemas and
+unsafe auth settings are refused."""
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from mlrig.testing.fixtures import free_port
+
+
+def _start(tmp_path, *args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlrig.cli", "server", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+    )
+
+
+def _wait_for_token(proc, deadline=60):
+    lines = []
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip().startswith("mlr_"):
+            return line.strip(), lines
+    raise AssertionError("no token printed:\n" + "".join(lines))
+
+
+def test_first_start_prints_an_admin_token_that_works(tmp_path):
+    port = free_port()
+    proc = _start(tmp_path, "--port", str(port))
+    try:
+        token, _ = _wait_for_token(proc)
+        base = f"http://127.0.0.1:{port}/api/ml"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(f"{base}/users/me").status_code == 401
+        me = httpx.get(f"{base}/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.json() == {"name": "admin", "role": "admin"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_auth_off_is_refused_on_a_public_bind(tmp_path, run_cli):
+    (tmp_path / "mlrig.toml").write_text("[auth]\nenabled = false\n")
+    result = run_cli("server", "--host", "0.0.0.0", "--port", str(free_port()), cwd=tmp_path)
+    assert result.exit_code != 0
+    assert "only honoured on a loopback bind" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.postgres
+def test_server_refuses_a_database_behind_the_code(tmp_path, pg_url, run_cli):
+    result = run_cli("server", "--port", str(free_port()), cwd=tmp_path,
+                     env={"MLRIG_DATABASE__URL": pg_url})
+    assert result.exit_code != 0
+    assert "run `mlrig db upgrade`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
