@@ -27,6 +27,7 @@ BUILTIN_COMMANDS = {
     "tokens": "mlrig.cli.tokens:tokens",
     "audit": "mlrig.cli.audit:audit",
     "models": "mlrig.cli.models:models",
+    "storage": "mlrig.cli.storage:storage",
 }
 
 

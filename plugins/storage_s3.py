@@ -97,15 +97,11 @@ class S3Storage(StorageBackend):
             handle = self._fs.open(path, "wb", block_size=self.options.block_size)
         try:
             yield _Writer(handle, key)  # type: ignore[misc]
+            with _translated("write", key):
+                handle.close()  # completes the upload: only now is the object visible
         except BaseException:
-            # Aborts the multipart upload (if one started) and drops the buffer: the key
-            # keeps its old object, or stays absent.
-            with contextlib.suppress(Exception):
-                handle.discard()
-            handle.closed = True  # else s3fs tries to upload the dropped buffer when collected
+            _discard(handle)
             raise
-        with _translated("write", key):
-            handle.close()  # completes the upload: only now is the object visible
 
     def open_read(self, key: str) -> BinaryIO:
         path = self._path(key)
@@ -209,6 +205,17 @@ class _Reader(io.RawIOBase):
             with contextlib.suppress(Exception):
                 self._handle.close()
             super().close()
+
+
+def _discard(handle: Any) -> None:
+    """Abort the multipart upload (if one started) and drop the buffer.
+
+    The key keeps its old object, or stays absent. Errors are ignored: the caller is
+    already raising the reason the write failed, which matters more.
+    """
+    with contextlib.suppress(Exception):
+        handle.discard()
+    handle.closed = True  # else s3fs tries to upload the dropped buffer when collected
 
 
 def _not_found(key: str) -> ArtifactNotFoundError:

@@ -1,9 +1,14 @@
 """Artifact storage above the backends: keys, streaming, hashing, compression, encryption.
 
->>> store = platform.artifacts
->>> stored = store.put("models/churn/3/model.onnx", Path("model.onnx"))
->>> row.metadata = stored.to_metadata()          # size, sha256, compression, encryption
->>> with store.open(stored.key, expected_sha256=stored.sha256) as f: ...
+Typical use (``platform.artifacts`` is the store built from the config)::
+
+    with store.atomic() as tx:
+        stored = tx.put("models/churn/3/model.onnx", Path("model.onnx"))
+        save_row(stored.to_metadata())  # size, sha256, compression, wrapped data key
+    with store.open(stored.key, expected_sha256=stored.sha256) as f:
+        ...
+
+See ``docs/storage.md`` for the configuration, the object format and the key rules.
 """
 
 from mlrig.artifacts.atomic import ArtifactTransaction

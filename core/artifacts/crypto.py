@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mlrig.errors import CorruptArtifactError, EncryptionKeyError
+from mlrig.errors import CorruptArtifactError, EncryptionKeyError, ValidationError
 
 ALGORITHM = "AES-256-GCM"
 KEY_WRAP = "AES-256-GCM"
@@ -39,10 +39,7 @@ _KEY_ID_LABEL = b"mlrig master key id v1"
 #: a segment counter fills the last four bytes of the nonce
 MAX_SEGMENTS = 2**32 - 1
 
-KEY_HELP = (
-    "generate one with: python -c "
-    "'from mlrig.artifacts import generate_master_key; print(generate_master_key())'"
-)
+KEY_HELP = "generate one with: mlrig storage gen-key"
 
 
 def generate_master_key() -> str:
@@ -144,8 +141,11 @@ class SegmentEncryptor:
 
     def _seal(self, plain: bytes | memoryview, final: bool) -> bytes:
         if self._index > MAX_SEGMENTS:
-            msg = f"artifact too large for {self._size}-byte encryption segments"
-            raise ValueError(msg)
+            msg = (
+                f"artifact too large for {self._size}-byte encryption segments "
+                f"({MAX_SEGMENTS} at most); use a larger segment_size"
+            )
+            raise ValidationError(msg)
         sealed = self._aead.encrypt(
             _nonce(self._prefix, self._index), bytes(plain), _aad(self._digest, self._index, final)
         )

@@ -151,10 +151,9 @@ class ArtifactStore:
                     emit = lambda data: sink.write_all(encryptor.update(data))  # noqa: E731
                 while True:
                     chunk = reader.read(self.chunk_size)
-                    if not chunk:
-                        _check_chunk(chunk)
-                        break
                     _check_chunk(chunk)
+                    if not chunk:
+                        break
                     digest.update(chunk)
                     size += len(chunk)
                     emit(compressor.compress(chunk))

@@ -8,7 +8,6 @@ Keras 3 models).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from mlrig.formats._base import ONNX_OPSET, FrameworkFormat, SkipExport, require
 from mlrig.formats._signature import as_array, head, signature_from_run
+from mlrig.formats.stdio import captured_stderr
 
 
 class TensorflowFormat(FrameworkFormat):
@@ -57,8 +57,10 @@ class TensorflowFormat(FrameworkFormat):
 
     def signature(self, obj: Any, sample: Any) -> dict[str, Any]:
         if sample is None:
-            return {"inputs": None, "outputs": None}
-        rows = head(sample)
+            if not _is_keras(obj) or not getattr(obj, "inputs", None):
+                return {"inputs": None, "outputs": None}
+            return {"inputs": _declared(obj.inputs), "outputs": _declared(obj.outputs)}
+        rows = _input_array(head(sample))  # as the model gets it: floats as float32
         return signature_from_run(rows, self.predict(obj, rows))
 
     def export_onnx(self, obj: Any, target: Path, sample: Any) -> dict[str, Any]:
@@ -70,9 +72,10 @@ class TensorflowFormat(FrameworkFormat):
         else:
             serving, name = _serving(obj)
             function = tf.function(lambda x: _first(serving(**{name: x})), input_signature=spec)
-        tf2onnx.convert.from_function(
-            function, input_signature=spec, opset=ONNX_OPSET, output_path=str(target)
-        )
+        with captured_stderr():  # grappler's start-up lines
+            tf2onnx.convert.from_function(
+                function, input_signature=spec, opset=ONNX_OPSET, output_path=str(target)
+            )
         return {"converter": f"tf2onnx {tf2onnx.__version__}", "opset": ONNX_OPSET}
 
     def load_native(self, folder: Path, manifest: dict[str, Any]) -> Any:
@@ -85,11 +88,11 @@ class TensorflowFormat(FrameworkFormat):
 
 
 def _tf() -> Any:
-    """Import tensorflow, keeping its C++ start-up logging quiet unless asked otherwise."""
-    if "tensorflow" not in sys.modules:
-        # TensorFlow reads this once, at import; the user's own setting wins
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return require("tensorflow", extra="tensorflow")
+    """Import tensorflow, keeping its C++ start-up lines (absl logging) off stderr."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with captured_stderr():
+        return require("tensorflow", extra="tensorflow")
 
 
 def _is_keras(obj: Any) -> bool:
@@ -126,6 +129,19 @@ def _input_spec(obj: Any, sample: Any) -> Any:
         return tf.TensorSpec(shape, tf.as_dtype(inputs[0].dtype), name="input")
     msg = "cannot tell the model's input shape: pass sample= to export ONNX"
     raise SkipExport(msg)
+
+
+def _declared(tensors: list[Any]) -> dict[str, Any]:
+    """Schema of a Keras model's declared inputs or outputs (``None`` dims become -1)."""
+    items = [
+        {
+            "kind": "tensor",
+            "dtype": str(t.dtype),
+            "shape": [-1 if d is None else int(d) for d in tuple(t.shape)],
+        }
+        for t in tensors
+    ]
+    return items[0] if len(items) == 1 else {"kind": "tensors", "items": items}
 
 
 def _first(outputs: Any) -> Any:

@@ -83,7 +83,7 @@ class TorchFormat(FrameworkFormat):
     def signature(self, obj: Any, sample: Any) -> dict[str, Any]:
         if sample is None:
             return {"inputs": None, "outputs": None}
-        rows = head(sample)
+        rows = self._tensor(obj, head(sample))  # as the model gets it: float params' dtype
         return signature_from_run(rows, self.predict(obj, rows))
 
     def export_onnx(self, obj: Any, target: Path, sample: Any) -> dict[str, Any]:
