@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
     from mlrig.contracts import Executor, StorageBackend
     from mlrig.db import Database
+    from mlrig.engine.queue import JobQueue
     from mlrig.registry import ModelRegistry
     from mlrig.registry.evaluation import Evaluator
     from mlrig.registry.lifecycle import ModelLifecycle
@@ -120,6 +121,13 @@ class Platform:
         from mlrig.registry.evaluation import Evaluator
 
         return Evaluator(self.registry)
+
+    @cached_property
+    def queue(self) -> JobQueue:
+        """The training job queue."""
+        from mlrig.engine.queue import JobQueue
+
+        return JobQueue(self.db, self.hooks)
 
     # --- serving --------------------------------------------------------------------
 

@@ -73,14 +73,20 @@ class SklearnFormat(FrameworkFormat):
         else:
             msg = "the model has no n_features_in_: pass sample= to export ONNX"
             raise SkipExport(msg)
+        from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
+
         options = {"zipmap": False} if _is_classifier(obj) else None
-        proto = skl2onnx.to_onnx(
-            obj,
-            X=x,
-            initial_types=initial_types,
-            options=options,
-            target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
-        )
+        try:
+            proto = skl2onnx.to_onnx(
+                obj,
+                X=x,
+                initial_types=initial_types,
+                options=options,
+                target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
+            )
+        except (MissingConverter, MissingShapeCalculator) as exc:
+            msg = f"no skl2onnx converter: {_first_line(exc)}"
+            raise SkipExport(msg) from exc
         target.write_bytes(proto.SerializeToString())
         return {"converter": f"skl2onnx {skl2onnx.__version__}", "opset": ONNX_OPSET}
 
@@ -115,6 +121,11 @@ def _is_classifier(obj: Any) -> bool:
     from sklearn.base import is_classifier
 
     return bool(is_classifier(obj))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _all_numeric(frame: Any) -> bool:

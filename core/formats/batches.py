@@ -64,7 +64,12 @@ def to_frame(batch: Any, columns: Sequence[str] | None) -> Any:
     if is_records(batch):
         frame = pandas.DataFrame.from_records(list(batch))
         return frame if columns is None else _select(frame, columns)
-    return pandas.DataFrame(to_array(batch), columns=list(columns) if columns else None)
+    array = to_array(batch)
+    try:
+        return pandas.DataFrame(array, columns=list(columns) if columns else None)
+    except ValueError as exc:
+        msg = f"batch of shape {list(array.shape)} does not fit the columns {list(columns or [])}"
+        raise ValidationError(msg) from exc
 
 
 def to_array(batch: Any, columns: Sequence[str] | None = None, dtype: Any = None) -> Any:
@@ -137,5 +142,5 @@ def _field(row: Mapping[str, Any], name: str) -> Any:
     try:
         return row[name]
     except KeyError:
-        msg = f"a batch row has no {name!r}: {dict(row)!r}"
+        msg = f"batch is missing column {name!r} in row {dict(row)!r}"
         raise ValidationError(msg) from None

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 __all__ = ["captured_stderr", "plain_lines"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# onnxruntime's log prefix: "2026-01-01 10:00:00.000 [E:onnxruntime:Default, file.cc:12 f] "
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \[[^\]]*\] ")
 
 
 @contextlib.contextmanager
@@ -42,6 +44,10 @@ def captured_stderr() -> Iterator[list[str]]:
 
 
 def plain_lines(texts: list[str]) -> list[str]:
-    """The non-empty lines of ``texts`` without terminal colour codes."""
-    lines = (_ANSI.sub("", line).strip() for text in texts for line in text.splitlines())
+    """The non-empty lines of ``texts`` without colour codes and log-line prefixes."""
+    lines = (
+        _LOG_PREFIX.sub("", _ANSI.sub("", line).strip())
+        for text in texts
+        for line in text.splitlines()
+    )
     return [line for line in lines if line]
