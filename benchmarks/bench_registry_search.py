@@ -44,8 +44,18 @@ from typing import Any
 
 GOAL_P99_MS = 50.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-FAMILIES = ("fraud", "churn", "ranker", "vision", "speech", "nlp", "forecast", "recsys",
-            "anomaly", "pricing")
+FAMILIES = (
+    "fraud",
+    "churn",
+    "ranker",
+    "vision",
+    "speech",
+    "nlp",
+    "forecast",
+    "recsys",
+    "anomaly",
+    "pricing",
+)
 FRAMEWORKS = ("sklearn", "pytorch", "tensorflow", "onnx", "xgboost", "lightgbm")
 MODEL_TYPES = ("classifier", "regressor", "ranker", "embedding")
 TEAMS = ("risk", "growth", "search", "perception", "platform")
@@ -74,8 +84,11 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2),
-            "mean_ms": round(statistics.fmean(ms), 2)}
+    return {
+        "p50_ms": round(statistics.median(ms), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+    }
 
 
 # --- databases --------------------------------------------------------------------------
@@ -96,12 +109,15 @@ def database_url(kind: str, tmp: Path, admin_url: str) -> Iterator[str]:
     name = f"mlrig_bench_{uuid.uuid4().hex[:12]}"
     libpq = make_url(admin_url).set(drivername="postgresql")
     try:
-        with psycopg.connect(libpq.render_as_string(hide_password=False), autocommit=True,
-                             connect_timeout=5) as conn:
+        with psycopg.connect(
+            libpq.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
-        msg = (f"cannot create a database on {make_url(admin_url).render_as_string()}: "
-               f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite")
+        msg = (
+            f"cannot create a database on {make_url(admin_url).render_as_string()}: "
+            f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite"
+        )
         raise SystemExit(msg) from None
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
@@ -150,10 +166,15 @@ class Dataset:
         return {
             "framework": framework,
             "model_type": model["model_type"],
-            "tags": {"team": model["team"], "env": rng.choice(ENVS),
-                     "dataset": f"ds-{rng.randrange(20):02d}"},
-            "params": {"learning_rate": round(rng.uniform(1e-4, 0.3), 5),
-                       "depth": rng.randrange(2, 12)},
+            "tags": {
+                "team": model["team"],
+                "env": rng.choice(ENVS),
+                "dataset": f"ds-{rng.randrange(20):02d}",
+            },
+            "params": {
+                "learning_rate": round(rng.uniform(1e-4, 0.3), 5),
+                "depth": rng.randrange(2, 12),
+            },
             "metrics": {"accuracy": rng.random(), "f1": rng.random()},
         }
 
@@ -168,11 +189,19 @@ def bulk_insert(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
     start = time.perf_counter()
     model_ids = {m["name"]: uuid.uuid4() for m in data.models}
     with platform.db.session() as session:
-        session.execute(insert(RegisteredModel), [
-            {"id": model_ids[m["name"]], "name": m["name"], "tags": {"team": m["team"]},
-             "created_by": data.user_ids[rng.choice(USERS)], "created_at": data.start}
-            for m in data.models
-        ])
+        session.execute(
+            insert(RegisteredModel),
+            [
+                {
+                    "id": model_ids[m["name"]],
+                    "name": m["name"],
+                    "tags": {"team": m["team"]},
+                    "created_by": data.user_ids[rng.choice(USERS)],
+                    "created_at": data.start,
+                }
+                for m in data.models
+            ],
+        )
     span = (data.end - data.start).total_seconds()
     per_model: dict[str, list[datetime]] = {}
     for _ in range(count):
@@ -181,14 +210,19 @@ def bulk_insert(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
     rows = []
     for model in data.models:
         for number, created in enumerate(sorted(per_model.get(model["name"], [])), start=1):
-            rows.append({
-                "id": uuid.uuid4(), "registered_model_id": model_ids[model["name"]],
-                "name": model["name"], "version": str(number),
-                "created_by": data.user_ids[rng.choice(USERS)],
-                "created_at": created, "updated_at": created,
-                "stage": rng.choices(STAGES, STAGE_WEIGHTS)[0],
-                **data.version_fields(model),
-            })
+            rows.append(
+                {
+                    "id": uuid.uuid4(),
+                    "registered_model_id": model_ids[model["name"]],
+                    "name": model["name"],
+                    "version": str(number),
+                    "created_by": data.user_ids[rng.choice(USERS)],
+                    "created_at": created,
+                    "updated_at": created,
+                    "stage": rng.choices(STAGES, STAGE_WEIGHTS)[0],
+                    **data.version_fields(model),
+                }
+            )
     for first in range(0, len(rows), BATCH):
         with platform.db.session() as session:
             session.execute(insert(MLModel), rows[first : first + BATCH])
@@ -199,8 +233,12 @@ def bulk_insert(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
         with platform.db.engine.connect() as conn:
             conn.execute(text("ANALYZE"))
             conn.commit()
-    return {"rows": len(rows), "models": len(data.models), "seconds": round(seconds, 2),
-            "rows_per_s": round(len(rows) / seconds, 1) if seconds else None}
+    return {
+        "rows": len(rows),
+        "models": len(data.models),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(len(rows) / seconds, 1) if seconds else None,
+    }
 
 
 def register(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
@@ -215,15 +253,21 @@ def register(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
         files = {"model.pkl": rng.randbytes(16 * 1024), "requirements.txt": b"scikit-learn\n"}
         start = time.perf_counter()
         platform.registry.create_version(
-            model["name"], files=files, actor=rng.choice(actors), create_model=True,
+            model["name"],
+            files=files,
+            actor=rng.choice(actors),
+            create_model=True,
             **data.version_fields(model),
         )
         times.append((time.perf_counter() - start) * 1000)
     total = sum(times) / 1000
-    return {"versions": count, "seconds": round(total, 2),
-            "versions_per_s": round(count / total, 1) if total else None,
-            "p50_ms": round(statistics.median(times), 1) if times else None,
-            "artifacts": "model.pkl (16 KiB) + requirements.txt"}
+    return {
+        "versions": count,
+        "seconds": round(total, 2),
+        "versions_per_s": round(count / total, 1) if total else None,
+        "p50_ms": round(statistics.median(times), 1) if times else None,
+        "artifacts": "model.pkl (16 KiB) + requirements.txt",
+    }
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -237,23 +281,28 @@ def make_queries(platform: Any, data: Dataset, n: int) -> dict[str, list[dict[st
     def one(kind: str) -> dict[str, Any]:
         path, params = "/api/ml/model-versions", {}
         if kind == "prefix_framework":
-            params = {"name_prefix": rng.choice(FAMILIES) + "-",
-                      "framework": rng.choice(FRAMEWORKS)}
+            params = {
+                "name_prefix": rng.choice(FAMILIES) + "-",
+                "framework": rng.choice(FRAMEWORKS),
+            }
         elif kind == "metric_threshold":
             params = {"metric": "accuracy>0.9"}
         elif kind == "tag_creator":
             params = {"tag": f"team:{rng.choice(TEAMS)}", "created_by": rng.choice(USERS)}
         elif kind == "created_range":
             after = data.start + timedelta(seconds=rng.random() * span)
-            params = {"created_after": after.isoformat(),
-                      "created_before": (after + timedelta(days=7)).isoformat()}
+            params = {
+                "created_after": after.isoformat(),
+                "created_before": (after + timedelta(days=7)).isoformat(),
+            }
         elif kind == "sort_metric":
             params = {"sort": "-metrics.accuracy"}
         elif kind == "second_page":
-            params = rng.choice([{}, {"framework": rng.choice(FRAMEWORKS)},
-                                 {"tag": f"team:{rng.choice(TEAMS)}"}])
-            page = platform.registry.search_versions(to_query(params))
-            params = {**params, "cursor": page["next_cursor"]}
+            params = rng.choice(
+                [{}, {"framework": rng.choice(FRAMEWORKS)}, {"tag": f"team:{rng.choice(TEAMS)}"}]
+            )
+            cursor = platform.registry.search_versions(to_query(params))["next_cursor"]
+            params = {**params, "cursor": cursor} if cursor else params  # tiny runs: no page 2
         else:
             path = f"/api/ml/models/{rng.choice(data.models)['name']}/versions"
         return {"path": path, "params": params}
@@ -266,13 +315,21 @@ def to_query(params: dict[str, Any], model_id: uuid.UUID | None = None) -> Any:
     from mlrig.registry.search import MetricFilter, VersionQuery
 
     tags = dict([params["tag"].split(":", 1)]) if "tag" in params else {}
-    times = {k: datetime.fromisoformat(params[k]) for k in ("created_after", "created_before")
-             if k in params}
+    times = {
+        k: datetime.fromisoformat(params[k])
+        for k in ("created_after", "created_before")
+        if k in params
+    }
     return VersionQuery(
-        model_id=model_id, name_prefix=params.get("name_prefix"),
-        framework=params.get("framework"), tags=tags, created_by=params.get("created_by"),
+        model_id=model_id,
+        name_prefix=params.get("name_prefix"),
+        framework=params.get("framework"),
+        tags=tags,
+        created_by=params.get("created_by"),
         metrics=(MetricFilter.parse(params["metric"]),) if "metric" in params else (),
-        sort=params.get("sort", "-created_at"), cursor=params.get("cursor"), **times,
+        sort=params.get("sort", "-created_at"),
+        cursor=params.get("cursor"),
+        **times,
     )
 
 
@@ -284,8 +341,9 @@ def in_process(platform: Any, query: dict[str, Any]) -> int:
     return len(platform.registry.search_versions(to_query(query["params"], model_id))["items"])
 
 
-def timed(run: Callable[[dict[str, Any]], int], queries: list[dict[str, Any]],
-          warmup: int) -> tuple[list[float], list[int]]:
+def timed(
+    run: Callable[[dict[str, Any]], int], queries: list[dict[str, Any]], warmup: int
+) -> tuple[list[float], list[int]]:
     for query in queries[:warmup]:
         run(query)
     ms, counts = [], []
@@ -305,8 +363,9 @@ def capture_plans(platform: Any) -> Iterator[list[str]]:
     sqlite = platform.db.dialect == "sqlite"
     prefix = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN (ANALYZE, BUFFERS) "
 
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-               executemany: bool) -> None:
+    def before(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "FROM ml_models" in statement:
             cursor.execute(prefix + statement, parameters)
             rows = cursor.fetchall()
@@ -337,7 +396,8 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
             data = Dataset(args.models, args.seed)
             for name in USERS:
                 data.user_ids[name] = uuid.UUID(
-                    platform.security.create_user(name=name, role="developer")["id"])
+                    platform.security.create_user(name=name, role="developer")["id"]
+                )
             token = platform.security.create_token(user=USERS[0])["token"]
             n_register = min(args.register, args.versions)
             bulk = bulk_insert(platform, data, args.versions - n_register)
@@ -348,12 +408,21 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
                 ms, counts = timed(lambda q: in_process(platform, q), batch, args.warmup)
                 with capture_plans(platform) as plan:
                     in_process(platform, batch[0])
-                results[name] = {"kind": name, "query": KINDS[name], "example": batch[0],
-                                 "mean_items": round(statistics.fmean(counts), 1),
-                                 "service": summary(ms), "plan": plan, "_service": ms}
-            with serve(create_app(platform)) as base, Client(
-                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as client:
+                results[name] = {
+                    "kind": name,
+                    "query": KINDS[name],
+                    "example": batch[0],
+                    "mean_items": round(statistics.fmean(counts), 1),
+                    "service": summary(ms),
+                    "plan": plan,
+                    "_service": ms,
+                }
+            with (
+                serve(create_app(platform)) as base,
+                Client(
+                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+                ) as client,
+            ):
 
                 def over_http(query: dict[str, Any]) -> int:
                     response = client.get(query["path"], params=query["params"])
@@ -367,16 +436,23 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
                     row = results[name]
                     row["http"] = summary(ms)
                     row["http_overhead_p50_ms"] = round(
-                        row["http"]["p50_ms"] - row["service"]["p50_ms"], 2)
+                        row["http"]["p50_ms"] - row["service"]["p50_ms"], 2
+                    )
                     row["goal_met"] = row["http"]["p99_ms"] < GOAL_P99_MS
                     row["_http"] = ms
-            everything = {side: [t for r in results.values() for t in r.pop(f"_{side}")]
-                          for side in ("service", "http")}
+            everything = {
+                side: [t for r in results.values() for t in r.pop(f"_{side}")]
+                for side in ("service", "http")
+            }
             return {
-                "database": kind, "server": server_version(platform),
-                "versions": bulk["rows"] + n_register, "models": len(data.models),
-                "bulk_insert": bulk, "registration": registration,
-                "queries_per_kind": args.queries, "limit": 50,
+                "database": kind,
+                "server": server_version(platform),
+                "versions": bulk["rows"] + n_register,
+                "models": len(data.models),
+                "bulk_insert": bulk,
+                "registration": registration,
+                "queries_per_kind": args.queries,
+                "limit": 50,
                 "kinds": list(results.values()),
                 "overall": {side: summary(ms) for side, ms in everything.items()}
                 | {"goal_met": all(r["goal_met"] for r in results.values())},
@@ -402,8 +478,10 @@ def _table(report: dict[str, Any], explain: bool) -> str:
             f"{db['queries_per_kind']} queries per kind, limit {db['limit']}; "
             f"goal: HTTP p99 < {report['goal_p99_ms']:.0f} ms",
         ]
-        head = (f"{'kind':<17} {'items':>6} {'service p50':>12} {'p99':>8} {'HTTP p50':>9} "
-                f"{'p99':>8}  goal")
+        head = (
+            f"{'kind':<17} {'items':>6} {'service p50':>12} {'p99':>8} {'HTTP p50':>9} "
+            f"{'p99':>8}  goal"
+        )
         lines += [head, "-" * len(head)]
         rows = [*db["kinds"], {"kind": "overall", "mean_items": None, **db["overall"]}]
         for r in rows:
@@ -425,14 +503,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--versions", type=int, default=10_000, help="versions in all")
     parser.add_argument("--models", type=int, default=200, help="models they are spread over")
-    parser.add_argument("--register", type=int, default=None,
-                        help="of which registered through the service with artifacts "
-                        "(default: 200, or a tenth of --versions if less)")
+    parser.add_argument(
+        "--register",
+        type=int,
+        default=None,
+        help="of which registered through the service with artifacts "
+        "(default: 200, or a tenth of --versions if less)",
+    )
     parser.add_argument("--queries", type=int, default=500, help="timed queries per kind")
     parser.add_argument("--warmup", type=int, default=5, help="untimed queries per kind first")
     parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
-                        help="PostgreSQL database to run CREATE DATABASE from")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL database to run CREATE DATABASE from",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--explain", action="store_true", help="print every kind's plan")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -446,8 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.register is None:
         args.register = min(200, args.versions // 10)
     with tempfile.TemporaryDirectory(prefix="mlrig-bench-") as tmp:
-        report = {"goal_p99_ms": GOAL_P99_MS, "seed": args.seed,
-                  "databases": [run_database(kind, args, Path(tmp)) for kind in kinds]}
+        report = {
+            "goal_p99_ms": GOAL_P99_MS,
+            "seed": args.seed,
+            "databases": [run_database(kind, args, Path(tmp)) for kind in kinds],
+        }
     print(json.dumps(report, indent=2) if args.json else _table(report, args.explain))
     missed = [db for db in report["databases"] if not db["overall"]["goal_met"]]
     return 1 if args.check and missed else 0

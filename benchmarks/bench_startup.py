@@ -55,8 +55,9 @@ def commands() -> dict[str, list[str]]:
 
 def _run_once(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-                   timeout=60)
+    subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60
+    )
     return (time.perf_counter() - start) * 1000
 
 
@@ -66,7 +67,11 @@ def import_profile(command: list[str]) -> dict[str, Any]:
         command = [sys.executable, *command]
     done = subprocess.run(
         [command[0], "-X", "importtime", *command[1:]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True, timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=60,
     )
     modules: set[str] = set()
     top: list[tuple[int, str]] = []
@@ -124,8 +129,11 @@ def _table(report: dict[str, Any]) -> str:
         f"{'command':<16} {'min ms':>8} {'median ms':>10} {'p90 ms':>8} {'x python':>9}  "
         f"{'heavy modules':<14} goal"
     )
-    lines = [f"{report['runs']} runs each, after {report['warmup']} warm-up runs", head,
-             "-" * len(head)]
+    lines = [
+        f"{report['runs']} runs each, after {report['warmup']} warm-up runs",
+        head,
+        "-" * len(head),
+    ]
     for r in report["results"]:
         heavy = ", ".join(r.get("heavy_modules", [])) or ("none" if "heavy_modules" in r else "-")
         goal = ""
@@ -137,8 +145,9 @@ def _table(report: dict[str, Any]) -> str:
         )
     for r in report["results"]:
         if r.get("slowest_imports"):
-            slow = ", ".join(f"{s['module']} {s['cumulative_ms']:.0f} ms"
-                             for s in r["slowest_imports"][:3])
+            slow = ", ".join(
+                f"{s['module']} {s['cumulative_ms']:.0f} ms" for s in r["slowest_imports"][:3]
+            )
             lines.append(f"slowest imports of {r['name']!r} (one -X importtime run): {slow}")
     return "\n".join(lines)
 

@@ -27,7 +27,9 @@ BUILTIN_COMMANDS = {
     "tokens": "mlrig.cli.tokens:tokens",
     "audit": "mlrig.cli.audit:audit",
     "models": "mlrig.cli.models:models",
+    "experiments": "mlrig.cli.experiments:experiments",
     "storage": "mlrig.cli.storage:storage",
+    "worker": "mlrig.cli.worker:worker",
 }
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlrig.cli.context import get_state
+
+if TYPE_CHECKING:
+    from mlrig.platform import Platform
+    from mlrig.security import Principal
+
+MODEL = "iris-quickstart"
 
 
 def _step(title: str) -> None:
@@ -17,7 +26,8 @@ def _step(title: str) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("."), show_default=True, help="Project folder to set up.")
 def quickstart(directory: Path) -> None:
-    """Initialise ./.mlrig (config, database, artifacts) and run the tour."""
+    """Initialise ./.mlrig (config, database, artifacts) and run the tour: train on the
+    engine, register, promote with an approval, compare, download."""
     from mlrig.cli.init import STARTER
     from mlrig.platform import Platform
 
@@ -34,26 +44,127 @@ def quickstart(directory: Path) -> None:
     platform = Platform.from_config(config, plugin_manager=state.pm)
     state._platform = platform
 
-    _step("database")
+    _step("database and artifact storage")
     facts = platform.db.check()
     click.echo(f"{facts.get('dialect')} database at schema revision {facts.get('revision')}")
-
-    _step("artifact storage")
     stored = platform.artifacts.put("quickstart/hello.txt", b"hello from mlrig\n")
     back = platform.artifacts.get_bytes("quickstart/hello.txt", expected_sha256=stored.sha256)
-    click.echo(
-        f"stored and read back {stored.size} bytes with backend "
-        f"{platform.settings.storage.backend!r} (sha256 {stored.sha256[:12]}..., "
-        f"read back {'identical' if back == b'hello from mlrig' + bytes([10]) else 'DIFFERENT'})"
-    )
+    click.echo(f"stored and read back {stored.size} bytes through the "
+               f"{platform.settings.storage.backend!r} backend "
+               f"({'identical' if back == b'hello from mlrig' + bytes([10]) else 'DIFFERENT'})")
 
-    _step("plugins")
-    from mlrig.backends import available_backends
-
-    for info in available_backends():
-        click.echo(f"{info.kind:<10} {info.name:<12} from {info.distribution} {info.version}")
+    operator = state.principal()
+    versions = _train(platform, operator)
+    _promote(platform, versions)
+    _compare_and_download(platform, versions)
 
     _step("next")
-    click.echo("mlrig server           # the REST API, docs at http://127.0.0.1:8080/docs")
-    click.echo("mlrig plugins list     # installed backends and hook plugins")
-    click.echo("mlrig config show      # the effective configuration")
+    for command, what in [
+        ("mlrig experiments list", "the runs, their metrics and logs"),
+        (f"mlrig models versions {MODEL}", "the registered versions"),
+        (f"mlrig models show {MODEL} champion", "the champion with its lineage"),
+        ("mlrig server", "REST API + job worker; docs at http://127.0.0.1:8080/docs"),
+        ("mlrig plugins list", "installed backends and hook plugins"),
+    ]:
+        click.echo(f"{command:<40} # {what}")
+
+
+def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
+    """Train two models on the bundled iris data, as experiments run by the job engine."""
+    from mlrig import datasets
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+
+    _step("training: two experiments on the job engine (sklearn trainer, bundled iris data)")
+    data = {"uri": str(datasets.path("iris")), "target": "species"}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs = {
+        "random-forest": {"estimator": "sklearn.ensemble.RandomForestClassifier",
+                          "n_estimators": 50},
+        "logistic": {"estimator": "sklearn.linear_model.LogisticRegression", "C": 0.05,
+                     "max_iter": 500},
+    }
+    ids = []
+    for label, params in runs.items():
+        experiment = platform.experiments.create(
+            name=f"quickstart-{stamp}-{label}", trainer="sklearn", actor=operator,
+            hyperparameters=params, dataset=data, model_name=MODEL, seed=42, start=True,
+        )
+        ids.append(experiment["id"])
+        click.echo(f"queued experiment {experiment['name']}")
+    worker = Worker(platform, concurrency=2, capacity=Capacity(cpus=(0, 0)))
+    from rich.console import Console
+
+    with Console().status("running the jobs (each in its own process)..."):
+        worker.run(exit_when_idle=True)
+    versions = []
+    for experiment_id in ids:
+        experiment = platform.experiments.get(experiment_id)
+        if experiment["status"] != "completed":
+            msg = f"experiment {experiment['name']} ended {experiment['status']}: " \
+                  f"{experiment.get('status_detail')}; see: mlrig experiments logs {experiment_id}"
+            raise click.ClickException(msg)
+        version_id = experiment["result"]["model_version_id"]
+        version = platform.registry.get_version(MODEL, version_id)
+        versions.append(version)
+        click.echo(f"{experiment['name']}: completed, val_accuracy "
+                   f"{version['metrics'].get('val_accuracy', float('nan')):.3f} -> registered "
+                   f"{MODEL} version {version['version']}")
+    return versions
+
+
+def _user(platform: Platform, name: str, role: str) -> Principal:
+    from mlrig.errors import ConflictError
+
+    try:
+        platform.security.create_user(name=name, role=role)
+    except ConflictError:
+        pass
+    token = platform.security.create_token(user=name, name="quickstart")["token"]
+    return platform.security.authenticate(token)
+
+
+def _promote(platform: Platform, versions: list[dict[str, Any]]) -> None:
+    _step("registry: alias the best version 'champion', promote it with an approval")
+    best = max(versions, key=lambda v: v["metrics"].get("val_accuracy", 0.0))
+    alice = _user(platform, "alice", "developer")
+    bob = _user(platform, "bob", "deployer")
+    platform.lifecycle.set_alias(MODEL, "champion", best["version"], actor=alice)
+    click.echo(f"{MODEL}@champion -> version {best['version']}")
+    request = platform.lifecycle.transition(MODEL, best["version"], "production", actor=alice,
+                                            comment="best validation accuracy")["request"]
+    click.echo(f"alice (developer) asked for production: request {request['id']}")
+    decided = platform.lifecycle.decide(request["id"], approve=True, actor=bob, comment="ok")
+    click.echo(f"bob (deployer) approved: version {decided['version']} is in "
+               f"{decided['target_stage']}")
+
+
+def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) -> None:
+    import numpy as np
+
+    from mlrig import datasets
+    from mlrig.formats import load_native
+
+    _step("benchmark and compare the versions on the dataset")
+    refs = [v["version"] for v in versions]
+    results = platform.evaluator.evaluate(MODEL, refs, dataset_uri=str(datasets.path("iris")),
+                                          target="species")
+    measured = {r["version"]: r["metrics"]["accuracy"] for r in results}
+    for r in results:
+        m = r["metrics"]
+        click.echo(f"version {r['version']} ({r['runtime']}): accuracy {m['accuracy']:.3f}, "
+                   f"f1 {m['f1']:.3f}, p50 {m['latency_p50_ms']:.2f} ms, "
+                   f"{m['batch_rows_per_s']:,.0f} rows/s")
+
+    _step("download the champion and load it back")
+    frame = datasets.load("iris")
+    features, labels = frame.drop(columns=["species"]), frame["species"].to_numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        platform.registry.download_version(MODEL, "champion", Path(tmp))
+        model = load_native(Path(tmp))
+        champion = platform.registry.get_version(MODEL, "champion")
+        files = ", ".join(a["path"] for a in champion["artifacts"])
+        accuracy = float(np.mean(np.asarray(model.predict(features)) == labels))
+        click.echo(f"downloaded {files} (sha256 verified); the {type(model).__name__} scores "
+                   f"accuracy {accuracy:.3f} here, the registry measured "
+                   f"{measured[champion['version']]:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import click
 
@@ -28,7 +29,11 @@ def server(host: str | None, port: int | None, workers: int | None, log_level: s
     if workers == 1:
         from mlrig.api import create_app
 
-        uvicorn.run(create_app(platform), host=host, port=port, log_level=log_level)
+        stop = _start_embedded_workers(platform, settings.embedded_workers)
+        try:
+            uvicorn.run(create_app(platform), host=host, port=port, log_level=log_level)
+        finally:
+            stop.set()
         return
     # Several processes: each builds its own platform from the same config file.
     if platform.settings.source:
@@ -41,3 +46,17 @@ def server(host: str | None, port: int | None, workers: int | None, log_level: s
         workers=workers,
         log_level=log_level,
     )
+
+
+def _start_embedded_workers(platform: object, concurrency: int) -> threading.Event:
+    """Run a job worker inside the server (``[server] embedded_workers``; 0 disables it)."""
+    stop = threading.Event()
+    if concurrency < 1:
+        return stop
+    from mlrig.engine.worker import Worker
+
+    engine = Worker(platform, concurrency=concurrency)  # type: ignore[arg-type]
+    threading.Thread(target=engine.run, kwargs={"stop": stop}, name="mlrig-worker",
+                     daemon=True).start()
+    click.echo(f"running {concurrency} embedded job worker slot(s); `mlrig worker` adds more")
+    return stop

@@ -29,6 +29,8 @@ else:  # pragma: no cover
 
 CONFIG_FILENAME = "mlrig.toml"
 CONFIG_ENV = "MLRIG_CONFIG"
+#: the effective settings handed from a worker to its job processes (see Settings.to_json)
+INHERITED_ENV = "MLRIG_SETTINGS_JSON"
 DEFAULT_HOME = ".mlrig"
 
 
@@ -192,6 +194,20 @@ class Settings(BaseSettings):
             return prefix + str(self.resolve_path(url[len(prefix) :]))
         return url
 
+    def to_json(self) -> str:
+        """The effective settings, secrets included, for a child process of this one.
+
+        Workers pass this to their jobs (``MLRIG_SETTINGS_JSON``) so that a job sees exactly
+        the worker's configuration, overrides and resolved paths included.
+        """
+        import json
+
+        data = self.model_dump(mode="json")
+        if self.storage.master_key is not None:
+            data["storage"]["master_key"] = self.storage.master_key.get_secret_value()
+        return json.dumps({"settings": data, "source": str(self._source) if self._source else None,
+                           "base_dir": str(self._base_dir)})
+
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret hidden."""
         data = self.model_dump(mode="json")
@@ -292,6 +308,9 @@ def load_settings(
     :param overrides: extra values merged over the file's (tests, ``Platform.from_config``).
     :raises ConfigError: with one line naming the bad key.
     """
+    inherited = os.environ.get(INHERITED_ENV)
+    if inherited and config is None and not overrides:
+        return _from_json(inherited)
     path = find_config_file(config)
     data = _read_toml(path) if path else {}
     for section, values in (overrides or {}).items():
@@ -305,4 +324,15 @@ def load_settings(
         raise ConfigError(_one_line(exc, path)) from None
     settings._source = path.resolve() if path else None
     settings._base_dir = path.resolve().parent if path else Path.cwd()
+    return settings
+
+
+def _from_json(text: str) -> Settings:
+    """Settings handed down by a parent process (:meth:`Settings.to_json`)."""
+    import json
+
+    payload = json.loads(text)
+    settings = Settings(**payload["settings"])
+    settings._source = Path(payload["source"]) if payload["source"] else None
+    settings._base_dir = Path(payload["base_dir"])
     return settings

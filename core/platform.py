@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlrig.contracts import Executor, StorageBackend
     from mlrig.db import Database
     from mlrig.engine.queue import JobQueue
+    from mlrig.experiments import ExperimentService
     from mlrig.registry import ModelRegistry
     from mlrig.registry.evaluation import Evaluator
     from mlrig.registry.lifecycle import ModelLifecycle
@@ -128,6 +129,13 @@ class Platform:
         from mlrig.engine.queue import JobQueue
 
         return JobQueue(self.db, self.hooks)
+
+    @cached_property
+    def experiments(self) -> ExperimentService:
+        """Training experiments: create, start, stop, rerun, compare; metrics and logs."""
+        from mlrig.experiments import ExperimentService
+
+        return ExperimentService(self.db, self.queue, self.artifacts, self.hooks)
 
     # --- serving --------------------------------------------------------------------
 

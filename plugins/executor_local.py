@@ -26,10 +26,31 @@ class LocalExecutorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: inherit the worker's environment (plus the job's own variables)
     inherit_env: bool = True
+    #: kill a job when the process that launched it dies (Linux)
+    die_with_parent: bool = True
 
 
-def _limit_resources(resources: Resources) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the job when the worker that started it dies (even by SIGKILL).
+
+    Without it a killed worker leaves its job running while the job is requeued and run
+    again elsewhere: two attempts at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _limit_resources(resources: Resources, die_with_parent: bool) -> None:
     """Runs in the child between fork and exec: apply memory and CPU limits."""
+    if die_with_parent:
+        _die_with_parent()
     if resources.memory_bytes:
         import resource
 
@@ -100,7 +121,9 @@ class LocalExecutor(Executor):
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=(lambda: _limit_resources(spec.resources))
+                preexec_fn=(
+                    lambda: _limit_resources(spec.resources, self.options.die_with_parent)
+                )
                 if sys.platform != "win32"
                 else None,
             )

@@ -23,7 +23,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlrig.contracts.runtime import LoadedModel, ModelRuntime
-from mlrig.errors import MissingExtraError, MlrigError, NotFoundError, PluginError, ValidationError
+from mlrig.errors import (
+    ConfigError,
+    MissingExtraError,
+    MlrigError,
+    NotFoundError,
+    PluginError,
+    ValidationError,
+)
 from mlrig.formats import complete_metadata
 from mlrig.formats.batches import onnx_feeds, signature_columns
 from mlrig.formats.stdio import captured_stderr, plain_lines
@@ -59,6 +66,9 @@ class OnnxModel(LoadedModel):
         self.inputs = session.get_inputs()
         self.output_names = [o.name for o in session.get_outputs()]
         self._options = options
+        from onnxruntime.capi import onnxruntime_pybind11_state
+
+        self._state = onnxruntime_pybind11_state  # its exception classes
 
     def predict(self, batch: Any) -> list[Any]:
         """The model's first output, one entry per row of ``batch``."""
@@ -80,9 +90,8 @@ class OnnxModel(LoadedModel):
         return facts
 
     def _run(self, output: str, batch: Any) -> Any:
-        from onnxruntime.capi import onnxruntime_pybind11_state as state
-
         feeds = onnx_feeds(self.inputs, batch, self.columns)
+        state = self._state
         try:
             return self.session.run([output], feeds)[0]
         except state.InvalidArgument as exc:
@@ -114,19 +123,25 @@ class OnnxRuntime(ModelRuntime):
         path = Path(path)
         metadata = complete_metadata(path, metadata)
         file = path if path.is_file() else path / metadata.get("onnx", {}).get("path", "model.onnx")
+        export = metadata.get("onnx") or {}
+        if not file.is_file() and export.get("status") in ("skipped", "failed"):
+            msg = f"this model has no ONNX export ({export['status']}: {export.get('reason')})"
+            raise NotFoundError(msg)
         if not file.is_file():
             msg = f"no ONNX model at {str(file)!r}"
             raise NotFoundError(msg)
         providers = self._providers(ort)
-        session = _session(ort, str(file), self._session_options(ort), providers)
         asked = self.options.providers or []
-        created = session.get_providers()
-        if any(p in _GPU_PROVIDERS for p in asked) and not any(
-            p in _GPU_PROVIDERS for p in created
-        ):
+        gpu_asked = any(p in _GPU_PROVIDERS for p in asked)
+        # a GPU provider that fails to load prints why: keep it for the error
+        quiet = captured_stderr() if gpu_asked else contextlib.nullcontext([])
+        with quiet as captured:
+            session = _session(ort, str(file), self._session_options(ort), providers)
+        if gpu_asked and not any(p in _GPU_PROVIDERS for p in session.get_providers()):
+            why = " | ".join(plain_lines(captured))[:600] or "no GPU, or CUDA libraries missing"
             msg = (
                 f"runtime 'onnx': providers {asked} were asked for but onnxruntime could only "
-                "create the CPU provider (no GPU, or its CUDA/cuDNN libraries are missing)"
+                f"create the CPU provider: {why}"
             )
             raise PluginError(msg)
         outputs = {o.name for o in session.get_outputs()}
@@ -143,10 +158,10 @@ class OnnxRuntime(ModelRuntime):
             unknown = [p for p in wanted if p not in available]
             if unknown:
                 msg = (
-                    f"config error: runtimes.onnx.providers: {unknown} not available in this "
-                    f"onnxruntime; available: {available}"
+                    f"runtime 'onnx': providers {unknown} are not in this onnxruntime; "
+                    f"available: {available}"
                 )
-                raise PluginError(msg)
+                raise ConfigError(msg)
         return [(p, {"device_id": self.options.device_id}) if p == CUDA else p for p in wanted]
 
     def _session_options(self, ort: Any) -> Any:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "mlrig.testing.fixtures",
     "mlrig.testing.database",
     "mlrig.testing.storage",
+    "mlrig.testing.gpu",
 ]

@@ -194,6 +194,17 @@ def test_a_failing_export_is_recorded_not_raised(tmp_path, monkeypatch, iris, cl
     assert load_manifest(tmp_path / "pkg")["onnx"]["status"] == "failed"
 
 
+def test_records_sample_and_cleanup_on_error(tmp_path, iris, classifier):
+    x, _ = iris
+    package = package_model(classifier, tmp_path / "pkg", sample=x.head(3).to_dict("records"))
+    assert package.signature["inputs"]["kind"] == "dataframe"
+    numpy_sample = package_model(classifier, tmp_path / "np", sample=x.to_numpy())
+    assert numpy_sample.signature == package.signature  # fitted with names: they are kept
+    with pytest.raises(ValidationError, match="does not fit the columns"):
+        package_model(classifier, tmp_path / "bad", sample=[[1.0, 2.0]])
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing half-written is left
+
+
 def test_package_folder_must_be_empty(tmp_path, classifier):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "stale.txt").write_text("x")

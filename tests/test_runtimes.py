@@ -145,7 +145,7 @@ def test_onnx_errors(iris_package, tmp_path):
         loaded.predict([[1.0, 2.0, 3.0]])
     with pytest.raises(ValidationError, match="missing column"):
         loaded.predict([{"sepal_length": 1.0}])
-    with pytest.raises(PluginError, match="not available"):
+    with pytest.raises(ConfigError, match="are not in this onnxruntime"):
         _runtime("onnx", providers=["NoSuchExecutionProvider"]).load(package.folder, {})
     if not cuda_available():
         with pytest.raises(PluginError, match="could only create the CPU provider"):
@@ -155,6 +155,56 @@ def test_onnx_errors(iris_package, tmp_path):
         _runtime("onnx").load(tmp_path, {})
     with pytest.raises(ConfigError, match=r"runtimes\.onnx\.graph_optimization"):
         _runtime("onnx", graph_optimization="max")
+
+
+@pytest.mark.heavy
+def test_onnx_serves_a_mixed_type_dataframe_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = datasets.load("iris")
+    x = frame[IRIS_FEATURES].assign(color=["red", "green", "blue"] * 50)
+    encode = ColumnTransformer([("color", OneHotEncoder(), ["color"])], remainder="passthrough")
+    model = make_pipeline(encode, LogisticRegression(max_iter=1000)).fit(x, frame["species"])
+    package = package_model(model, tmp_path / "pkg", sample=x)
+    assert [i["name"] for i in package.onnx["inputs"]] == [*IRIS_FEATURES, "color"]
+    assert package.onnx["check"]["status"] == "ok"
+    loaded = _runtime("onnx").load(package.folder, {})
+    assert loaded.predict(x.to_dict("records")) == model.predict(x).tolist()
+    assert loaded.predict(x) == model.predict(x).tolist()
+
+
+@pytest.mark.heavy
+def test_onnx_serves_a_packaged_onnx_file(iris_package, tmp_path):
+    pytest.importorskip("onnxruntime")
+    package, model, x = iris_package
+    onnx_package = package_model(package.folder / "model.onnx", tmp_path / "pkg")
+    assert onnx_package.framework == "onnx"
+    assert onnx_package.formats == ["onnx"]
+    assert onnx_package.signature["inputs"] == {
+        "kind": "tensor",
+        "name": "input",
+        "dtype": "float32",
+        "shape": [-1, 4],
+    }
+    loaded = _runtime("onnx").load(onnx_package.folder, {})
+    assert loaded.predict(x.to_numpy()) == model.predict(x).tolist()
+
+
+@pytest.mark.heavy
+def test_onnx_says_when_a_model_has_no_export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mlrig.formats import load_manifest
+
+    frame = datasets.load("iris")
+    model = LogisticRegression(max_iter=1000).fit(frame[IRIS_FEATURES], frame["species"])
+    package_model(model, tmp_path / "pkg")
+    (tmp_path / "pkg" / "model.onnx").unlink()
+    manifest = {**load_manifest(tmp_path / "pkg"), "onnx": {"status": "skipped", "reason": "x"}}
+    with pytest.raises(NotFoundError, match="no ONNX export"):
+        _runtime("onnx").load(tmp_path / "pkg", manifest)
 
 
 @pytest.mark.heavy

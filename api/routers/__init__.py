@@ -1,6 +1,6 @@
 """One router module per resource; ``ROUTERS`` is included under ``/api/ml``."""
 
-from mlrig.api.routers import approvals, audit, health, models, tokens, users, versions
+from mlrig.api.routers import approvals, audit, experiments, health, models, tokens, users, versions
 
 ROUTERS = [
     health.router,
@@ -10,4 +10,5 @@ ROUTERS = [
     users.router,
     tokens.router,
     audit.router,
+    experiments.router,
 ]

@@ -17,6 +17,14 @@ class TrainingContext(Protocol):
 
     params: dict[str, Any]
     workdir: Path
+    #: ``{"uri": ..., "target": ...}`` as given to the experiment (may be empty)
+    dataset: dict[str, Any]
+    seed: int | None
+    last_step: int | None
+
+    def read_dataset(self, uri: str | None = None) -> Any:
+        """Read a CSV/parquet dataset (default: ``dataset["uri"]``) through the storage
+        layer as a pandas DataFrame, recording its hash for lineage."""
 
     def log_metrics(
         self,

@@ -58,7 +58,18 @@ def _script() -> ScriptDirectory:
 
 
 def head() -> str:
-    """The newest revision this mlrig ships (what ``upgrade`` goes to)."""
+    """The newest revision this mlrig ships (what ``upgrade`` goes to).
+
+    A constant, so that checking a schema costs no alembic import (job processes start
+    often); ``tests/test_db_head.py`` keeps it equal to the migration scripts' head.
+    """
+    from mlrig.db.migrations import HEAD_REVISION
+
+    return HEAD_REVISION
+
+
+def script_head() -> str:
+    """The head revision as alembic computes it from the migration scripts."""
     revision = _script().get_current_head()
     if revision is None:  # pragma: no cover - the package always ships revisions
         msg = f"no migrations found in {MIGRATIONS_DIR}"

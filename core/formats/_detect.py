@@ -69,7 +69,11 @@ def detect_framework_of_path(path: str | os.PathLike[str]) -> str:
         raise NotFoundError(msg)
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return str(json.loads((path / MANIFEST).read_text())["framework"])
+            try:
+                return str(json.loads((path / MANIFEST).read_text())["framework"])
+            except (ValueError, KeyError, TypeError) as exc:
+                msg = f"{str(path / MANIFEST)!r} is not a valid mlrig model manifest: {exc!r}"
+                raise ValidationError(msg) from exc
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "tensorflow"
         msg = f"{str(path)!r} is a folder but neither a SavedModel nor an mlrig model package"

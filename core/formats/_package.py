@@ -6,19 +6,24 @@ import importlib
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mlrig.errors import MissingExtraError, NotFoundError, ValidationError
-from mlrig.formats._base import FrameworkFormat, SkipExport
+from mlrig.formats._base import FrameworkFormat, SkipExport, require
+from mlrig.formats._check import check_export
 from mlrig.formats._detect import (
     FRAMEWORKS,
     MANIFEST,
     detect_framework,
     detect_framework_of_path,
 )
+from mlrig.formats._onnx import graph_io
+from mlrig.formats._signature import is_dataframe
+from mlrig.formats.batches import is_records
 
 #: version of the manifest layout
 MANIFEST_VERSION = 1
@@ -89,8 +94,19 @@ def package_model(
             obj = framework_format(framework).load_file(source)
     framework = framework or detect_framework(obj)
     fmt = framework_format(framework)
+    sample = _records_as_frame(sample)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(fmt, obj, folder, source=source, sample=sample)
+    except BaseException:
+        _empty(folder)  # no half-written package is left behind
+        raise
 
+
+def _write(
+    fmt: FrameworkFormat, obj: Any, folder: Path, *, source: Path | None, sample: Any
+) -> ModelPackage:
+    framework = fmt.name
     native = fmt.save_native(obj, folder, source=source, sample=sample)
     signature = _signature(fmt, obj, sample)
     onnx = _export(fmt, obj, folder, sample, signature)
@@ -175,14 +191,10 @@ def _signature(fmt: FrameworkFormat, obj: Any, sample: Any) -> dict[str, Any]:
 def _export(
     fmt: FrameworkFormat, obj: Any, folder: Path, sample: Any, signature: dict[str, Any]
 ) -> dict[str, Any]:
-    from mlrig.formats._check import check_export
-
     target = folder / ONNX_FILE
     try:
         facts = fmt.export_onnx(obj, target, sample)
-        from mlrig.formats._onnx import graph_io
-
-        io = graph_io(require_onnx().load(str(target)))
+        io = graph_io(require("onnx", extra="onnx").load(str(target)))
     except (SkipExport, MissingExtraError) as exc:
         target.unlink(missing_ok=True)
         return {"status": "skipped", "reason": str(exc)}
@@ -193,13 +205,6 @@ def _export(
     if fmt.name != "onnx":
         result["check"] = check_export(fmt, obj, target, sample, signature)
     return result
-
-
-def require_onnx() -> Any:
-    """The onnx module (installed with every ONNX converter)."""
-    from mlrig.formats._base import require
-
-    return require("onnx", extra="onnx")
 
 
 def _requirements(fmt: FrameworkFormat, obj: Any, signature: dict[str, Any]) -> list[str]:
@@ -216,6 +221,22 @@ def _requirements(fmt: FrameworkFormat, obj: Any, signature: dict[str, Any]) -> 
             continue
         found.setdefault(dist.metadata["Name"].lower(), dist.version.split("+")[0])
     return [f"{name}=={version}" for name, version in found.items()]
+
+
+def _records_as_frame(sample: Any) -> Any:
+    """A sample given as records (a list of dicts) becomes a DataFrame."""
+    if sample is None or is_dataframe(sample) or not is_records(sample):
+        return sample
+    pandas = require("pandas", extra="sklearn")
+    return pandas.DataFrame.from_records(list(sample))
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _files(folder: Path) -> list[str]:

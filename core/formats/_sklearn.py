@@ -8,6 +8,7 @@ from typing import Any
 from mlrig.errors import ValidationError
 from mlrig.formats._base import ONNX_OPSET, FrameworkFormat, SkipExport, require
 from mlrig.formats._signature import as_array, head, is_dataframe, signature_from_run
+from mlrig.formats.batches import to_frame
 
 NATIVE = "model.joblib"
 
@@ -36,11 +37,11 @@ class SklearnFormat(FrameworkFormat):
 
     def predict(self, obj: Any, sample: Any) -> Any:
         method = obj.predict if hasattr(obj, "predict") else obj.transform
-        return method(sample)
+        return method(_named(obj, sample))
 
     def signature(self, obj: Any, sample: Any) -> dict[str, Any]:
         if sample is not None:
-            rows = head(sample)
+            rows = _named(obj, head(sample))
             return signature_from_run(rows, self.predict(obj, rows))
         names = getattr(obj, "feature_names_in_", None)
         n_features = getattr(obj, "n_features_in_", None)
@@ -56,6 +57,7 @@ class SklearnFormat(FrameworkFormat):
     def export_onnx(self, obj: Any, target: Path, sample: Any) -> dict[str, Any]:
         skl2onnx = require("skl2onnx", extra=self.extra)
         from skl2onnx.common.data_types import FloatTensorType
+        from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 
         x: Any = None
         initial_types = None
@@ -73,8 +75,6 @@ class SklearnFormat(FrameworkFormat):
         else:
             msg = "the model has no n_features_in_: pass sample= to export ONNX"
             raise SkipExport(msg)
-        from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
-
         options = {"zipmap": False} if _is_classifier(obj) else None
         try:
             proto = skl2onnx.to_onnx(
@@ -115,6 +115,14 @@ class SklearnFormat(FrameworkFormat):
 
 def _is_estimator(obj: Any) -> bool:
     return any(c.__module__.startswith("sklearn.") for c in type(obj).__mro__)
+
+
+def _named(obj: Any, sample: Any) -> Any:
+    """Rows for a model fitted on a DataFrame, as a DataFrame with its column names."""
+    names = getattr(obj, "feature_names_in_", None)
+    if names is None or is_dataframe(sample):
+        return sample
+    return to_frame(sample, [str(n) for n in names])
 
 
 def _is_classifier(obj: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ class TensorflowFormat(FrameworkFormat):
         self, obj: Any, folder: Path, *, source: Path | None, sample: Any
     ) -> dict[str, Any]:
         if _is_keras(obj):
-            obj.save(folder / "model.keras")
+            with warnings.catch_warnings():
+                # Keras 3 on numpy 2 warns about its own __array__; nothing the user can do
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj.save(folder / "model.keras")
             return {"flavor": "keras", "path": "model.keras"}
         if source is not None and source.is_dir():
             shutil.copytree(source, folder / "saved_model", dirs_exist_ok=True)

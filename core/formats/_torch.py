@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
+import logging
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import Any
 
 from mlrig.errors import ValidationError
 from mlrig.formats._base import ONNX_OPSET, FrameworkFormat, SkipExport, require
-from mlrig.formats._signature import head, signature_from_run
+from mlrig.formats._signature import as_array, head, is_dataframe, signature_from_run
 
 
 class TorchFormat(FrameworkFormat):
@@ -93,25 +95,15 @@ class TorchFormat(FrameworkFormat):
             msg = "torch.onnx.export traces the model: pass sample= to export ONNX"
             raise SkipExport(msg)
         args = (self._tensor(obj, head(sample)),)
-        names = {"input_names": ["input"], "output_names": ["output"]}
-        dynamo = importlib.util.find_spec("onnxscript") is not None
-        with warnings.catch_warnings(), _eval(obj):
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-            if dynamo:
-                batch = torch.export.Dim("batch")
-                torch.onnx.export(
-                    obj, args, str(target), dynamo=True, external_data=False,
-                    dynamic_shapes=({0: batch},), opset_version=max(ONNX_OPSET, 18), **names,
-                )  # fmt: skip
-            else:
-                axes = {"input": {0: "batch"}, "output": {0: "batch"}}
-                torch.onnx.export(
-                    obj, args, str(target), dynamo=False, dynamic_axes=axes,
-                    opset_version=ONNX_OPSET, **names,
-                )  # fmt: skip
-        exporter = "dynamo" if dynamo else "torchscript"
-        opset = max(ONNX_OPSET, 18) if dynamo else ONNX_OPSET
-        return {"converter": f"torch.onnx {torch.__version__} ({exporter})", "opset": opset}
+        version = torch.__version__.split("+")[0]
+        if importlib.util.find_spec("onnxscript") and not isinstance(obj, torch.jit.ScriptModule):
+            try:  # the new exporter, when its onnxscript is installed
+                opset = _export(torch, obj, args, target, dynamo=True)
+                return {"converter": f"torch.onnx {version} (dynamo)", "opset": opset}
+            except Exception:
+                target.unlink(missing_ok=True)  # the TorchScript exporter may manage
+        opset = _export(torch, obj, args, target, dynamo=False)
+        return {"converter": f"torch.onnx {version} (torchscript)", "opset": opset}
 
     def load_native(self, folder: Path, manifest: dict[str, Any]) -> Any:
         torch = require("torch", extra=self.extra)
@@ -135,8 +127,6 @@ class TorchFormat(FrameworkFormat):
     def _tensor(self, obj: Any, sample: Any) -> Any:
         """``sample`` as a tensor; floats take the dtype of the module's parameters."""
         torch = require("torch", extra=self.extra)
-        from mlrig.formats._signature import as_array, is_dataframe
-
         if isinstance(sample, torch.Tensor):
             tensor = sample
         else:
@@ -146,6 +136,43 @@ class TorchFormat(FrameworkFormat):
         if param is not None and tensor.is_floating_point() and param.is_floating_point():
             tensor = tensor.to(param.dtype)
         return tensor
+
+
+def _export(torch: Any, obj: Any, args: tuple[Any, ...], target: Path, *, dynamo: bool) -> int:
+    """Export with a dynamic batch dimension; return the opset used."""
+    names = {"input_names": ["input"], "output_names": ["output"]}
+    with (
+        warnings.catch_warnings(),
+        _eval(obj),
+        contextlib.redirect_stdout(io.StringIO()),  # the new exporter's progress lines
+        _quiet_logger("torch.onnx"),  # and its notes ("torchvision is not installed...")
+    ):
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        if dynamo:
+            opset = max(ONNX_OPSET, 18)  # the lowest the new exporter writes
+            torch.onnx.export(
+                obj, args, str(target), dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, **names,
+            )  # fmt: skip
+            return opset
+        axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+        torch.onnx.export(
+            obj, args, str(target), dynamo=False, dynamic_axes=axes, opset_version=ONNX_OPSET,
+            **names,
+        )  # fmt: skip
+        return ONNX_OPSET
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Show only errors of logger ``name`` (and its children) for the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

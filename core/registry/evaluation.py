@@ -91,6 +91,8 @@ def quality_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None) -> d
         }
         if proba is not None:
             proba = np.asarray(proba, dtype=float)
+            # float32 runtimes (ONNX) return rows that sum to 1 only within rounding
+            proba = proba / np.clip(proba.sum(axis=1, keepdims=True), 1e-12, None)
             labels = np.arange(proba.shape[1])
             try:
                 if proba.shape[1] == 2:

@@ -1,0 +1,209 @@
+"""``/api/ml/experiments``: training experiments, their metrics (batched ingest, history),
+logs (streamed while the job runs), state timeline and comparisons."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlrig.api.deps import PlatformDep
+from mlrig.api.security import Reader, Writer
+from mlrig.engine.states import FINAL
+from mlrig.errors import ValidationError
+from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
+from mlrig.experiments.metrics import MAX_POINTS
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+#: how often a followed log is polled for new bytes
+FOLLOW_POLL_SECONDS = 0.5
+Kind = Literal["train", "validation", "test"]
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: int = Field(default=1, ge=0)
+    gpus: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=0, ge=0, description="0: no memory limit.")
+
+
+class EarlyStoppingRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    monitor: str = Field(min_length=1, max_length=100, description="Metric name, e.g. val_loss.")
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(default=3, ge=1, description="Evaluations without improvement.")
+    min_delta: float = Field(default=0.0, ge=0)
+    kind: Kind = "validation"
+
+
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    trainer: str = Field(min_length=1, description="An installed trainer backend, e.g. sklearn.")
+    description: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    dataset: dict[str, Any] | None = Field(
+        default=None, description='{"uri": "data/train.csv", "target": "label", ...}'
+    )
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    checkpoint_interval_s: int = Field(default=600, ge=0, le=7 * 86400)
+    early_stopping: EarlyStoppingRule | None = None
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default: random.")
+    model_name: str | None = Field(default=None, description="Default: the experiment name.")
+    start: bool = Field(default=False, description="Queue it right away.")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create training experiment")
+def create_experiment(body: ExperimentCreate, request: Request, platform: PlatformDep,
+                      actor: Writer) -> Any:
+    fields = body.model_dump()
+    view = platform.experiments.create(actor=actor, **fields)
+    request.state.audit_resource_id = view["id"]
+    return view
+
+
+@router.get("", summary="List experiments")
+def list_experiments(
+    platform: PlatformDep,
+    _: Reader,
+    status: Literal["created", "queued", "running", "completed", "failed", "cancelled"]
+    | None = None,
+    name_prefix: str | None = Query(default=None, description="Names starting with this."),
+    trainer: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> list[dict[str, Any]]:
+    return platform.experiments.list(status=status, name_prefix=name_prefix, trainer=trainer,
+                                     limit=limit, offset=offset)
+
+
+# Before /{id}: "compare" is not an experiment id.
+@router.get("/compare", summary="Compare experiments: hyperparameters and last metric values")
+def compare_experiments(
+    platform: PlatformDep,
+    _: Reader,
+    ids: list[str] = Query(description="Ids or names: repeat the parameter or separate by commas."),
+) -> Any:
+    refs = [ref.strip() for value in ids for ref in value.split(",") if ref.strip()]
+    return platform.experiments.compare(refs)
+
+
+@router.get("/{id}", summary="Get experiment details")
+def get_experiment(id: str, platform: PlatformDep, _: Reader) -> Any:
+    return platform.experiments.get(id)
+
+
+@router.post("/{id}/start", summary="Start training (queue the experiment)")
+def start_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
+    return platform.experiments.start(id)
+
+
+@router.post("/{id}/stop", summary="Stop training")
+def stop_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
+    return platform.experiments.stop(id)
+
+
+@router.post("/{id}/rerun", status_code=status.HTTP_201_CREATED,
+             summary="Queue an identical run (same trainer, parameters, dataset, seed)")
+def rerun_experiment(id: str, request: Request, platform: PlatformDep, actor: Writer) -> Any:
+    view = platform.experiments.rerun(id, actor=actor)
+    request.state.audit_resource_id = view["id"]
+    return view
+
+
+@router.get("/{id}/events", summary="State changes of an experiment")
+def experiment_events(id: str, platform: PlatformDep, _: Reader) -> Any:
+    return platform.experiments.events(id)
+
+
+@router.get("/{id}/metrics", summary="Get training metrics (columnar history per metric)")
+def get_metrics(
+    id: str,
+    platform: PlatformDep,
+    _: Reader,
+    name: str | None = Query(default=None, description="Only this metric."),
+    kind: Kind | None = None,
+    after_step: int | None = Query(default=None, description="Only points after this step."),
+    limit: int | None = Query(default=None, ge=1, le=10_000_000,
+                              description="At most this many points (by name, then step)."),
+) -> Response:
+    data = platform.experiments.metrics(id, name=name, kind=kind, after_step=after_step,
+                                        limit=limit)
+    # json.dumps straight to bytes: FastAPI's encoder would walk every point again.
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return Response(body, media_type="application/json")
+
+
+def parse_points(body: bytes) -> list[Any]:
+    """The ``points`` of an ingest body, checked for shape only (the service checks each)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        msg = f"the body is not valid JSON ({exc}); send {{\"points\": [...]}}"
+        raise ValidationError(msg) from None
+    if not isinstance(data, dict) or set(data) != {"points"} \
+            or not isinstance(data["points"], list):
+        msg = 'the body must be {"points": [{"name", "value", "step", "epoch", "kind"}, ...]}'
+        raise ValidationError(msg)
+    if len(data["points"]) > MAX_POINTS:
+        msg = f"{len(data['points']):,} points: at most {MAX_POINTS:,} per request; split the batch"
+        raise ValidationError(msg)
+    return data["points"]
+
+
+@router.post("/{id}/metrics", summary="Log a batch of metric points (all or nothing)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"type": "object", "required": ["points"], "properties": {
+                     "points": {"type": "array", "maxItems": MAX_POINTS, "items": {
+                         "type": "object", "required": ["name", "value"]}}}}}}}})
+async def log_metrics(id: str, request: Request, platform: PlatformDep, _: Writer) -> Any:
+    body = await request.body()
+    points = await run_in_threadpool(parse_points, body)
+    return await run_in_threadpool(platform.experiments.log_metrics, id, points)
+
+
+@router.get("/{id}/logs", summary="Get training logs (follow=true streams until the job ends)",
+            response_class=Response)
+def get_logs(
+    id: str,
+    platform: PlatformDep,
+    _: Reader,
+    offset: int = Query(default=0, ge=0, description="First byte to return."),
+    limit: int = Query(default=DEFAULT_READ_BYTES, ge=1, le=MAX_READ_BYTES),
+    follow: bool = Query(default=False, description="Stream new output until a final state."),
+    timeout: float = Query(default=3600, gt=0, le=86400,
+                           description="Longest a followed stream stays open, in seconds."),
+) -> Response:
+    service = platform.experiments
+    key = service.resolve(id)
+    if not follow:
+        data, next_offset = service.read_logs(key, offset, limit)
+        return Response(data, media_type="text/plain; charset=utf-8",
+                        headers={"X-Next-Offset": str(next_offset)})
+
+    async def stream() -> AsyncIterator[bytes]:
+        position = offset
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # The status first: a final state seen before an empty read means drained.
+            state = await anyio.to_thread.run_sync(service.status, key)
+            data, position = await anyio.to_thread.run_sync(service.read_logs, key, position,
+                                                            limit)
+            if data:
+                yield data
+            elif state in FINAL:
+                return
+            else:
+                await anyio.sleep(FOLLOW_POLL_SECONDS)
+
+    return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")

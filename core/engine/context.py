@@ -1,0 +1,222 @@
+"""The :class:`JobContext` a trainer gets: metrics, checkpoints, early stopping, artifacts,
+model registration. It lives in the job's own process (see :mod:`mlrig.engine.runner`).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete
+
+from mlrig.db.models import TrainingMetric
+from mlrig.engine.early_stopping import EarlyStopping
+from mlrig.errors import MlrigError
+
+if TYPE_CHECKING:
+    from mlrig.engine.queue import ClaimedJob
+    from mlrig.platform import Platform
+
+METRIC_KINDS = ("train", "validation", "test")
+#: metric points are written when this many are buffered, or after FLUSH_SECONDS
+FLUSH_POINTS = 1000
+FLUSH_SECONDS = 1.0
+
+
+class LeaseLostError(MlrigError):
+    """This attempt no longer holds the job (cancelled, or requeued after a lost lease)."""
+
+    code = "lease_lost"
+    http_status = 409
+
+
+class JobContext:
+    """What a trainer reports through. See :class:`mlrig.contracts.TrainingContext`."""
+
+    def __init__(self, platform: Platform, job: ClaimedJob, *, workdir: Path,
+                 experiment: dict[str, Any]) -> None:
+        self.platform = platform
+        self.job = job
+        self.workdir = workdir
+        self.experiment_id = str(job.id)
+        self.name = experiment["name"]
+        self.params: dict[str, Any] = dict(experiment.get("hyperparameters") or {})
+        self.dataset: dict[str, Any] = dict(experiment.get("dataset") or {})
+        self.seed: int | None = experiment.get("seed")
+        self.model_name: str = experiment.get("model_name") or experiment["name"]
+        self.checkpoint_interval = float(experiment.get("checkpoint_interval_s") or 0)
+        self.early_stopping = EarlyStopping.from_rule(experiment.get("early_stopping"))
+        self._last_checkpoint: dict[str, Any] | None = experiment.get("last_checkpoint")
+        self._last_saved = time.monotonic()
+        self._buffer: list[tuple[Any, ...]] = []
+        self._last_flush = time.monotonic()
+        self._sigterm = False
+        self.last_metrics: dict[str, float] = {}
+        self.last_step: int | None = None
+        self.last_epoch: int | None = None
+        self.resumed_from_step: int | None = None
+        self.datasets: list[dict[str, str | None]] = []
+        self.model_version_id: str | None = None
+
+    # --- signals ------------------------------------------------------------------------
+
+    def install_signal_handler(self) -> None:
+        """SIGTERM: checkpoint at the next chance and stop (the worker's grace period)."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, _signum: int, _frame: Any) -> None:
+        self._sigterm = True
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int | None = None,
+                    epoch: int | None = None, kind: str = "train") -> None:
+        """Record metric values (batched to the database)."""
+        if kind not in METRIC_KINDS:
+            msg = f"metric kind must be one of {', '.join(METRIC_KINDS)}, got {kind!r}"
+            raise MlrigError(msg)
+        for name, value in metrics.items():
+            value = float(value)
+            self._buffer.append((name, value, step, epoch, kind))
+            self.last_metrics[name] = value
+            stopper = self.early_stopping
+            if stopper and name == stopper.monitor and kind == stopper.kind:
+                stopper.update(value, step if step is not None else epoch)
+        self.last_step = step if step is not None else self.last_step
+        self.last_epoch = epoch if epoch is not None else self.last_epoch
+        if len(self._buffer) >= FLUSH_POINTS or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered metric points now."""
+        if not self._buffer:
+            return
+        from mlrig.experiments.metrics import write_points
+
+        points, self._buffer = self._buffer, []
+        count = write_points(self.platform.db, self.job.id, points)
+        self._last_flush = time.monotonic()
+        self.platform.hooks.metrics_logged(self.experiment_id, count)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, state: dict[str, Any], *, force: bool = False) -> bool:
+        """Save ``state`` if ``force``, on SIGTERM, or once ``checkpoint_interval`` passed
+        since the last save. Call it every step; returns whether it saved."""
+        due = time.monotonic() - self._last_saved >= self.checkpoint_interval
+        if not (force or due or self._sigterm):
+            return False
+        self.flush()
+        step = state.get("step", self.last_step)
+        payload = {"state": state, "step": step, "epoch": self.last_epoch,
+                   "early_stopping": self.early_stopping.state() if self.early_stopping else None}
+        buffer = io.BytesIO()
+        pickle.dump(payload, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        key = f"experiments/{self.experiment_id}/checkpoints/{self.job.attempt:03d}-{uuid.uuid4().hex}.pkl"
+        stored = self.platform.artifacts.put(key, buffer.getvalue())
+        record = {"key": key, "sha256": stored.sha256, "size": stored.size, "step": step,
+                  "epoch": self.last_epoch, "attempt": self.job.attempt,
+                  "at": time.time()}
+        if not self.platform.queue.save_checkpoint(self.job, record):
+            self.platform.artifacts.delete(key)
+            msg = "this attempt lost the job; stopping"
+            raise LeaseLostError(msg)
+        previous, self._last_checkpoint = self._last_checkpoint, record
+        if previous and previous.get("key") != key:
+            self.platform.artifacts.delete(previous["key"])
+        self._last_saved = time.monotonic()
+        return True
+
+    def restore(self) -> dict[str, Any] | None:
+        """The last checkpointed state, or ``None`` on a fresh start.
+
+        Metric points a lost attempt wrote after that checkpoint are removed, so the
+        resumed run's history has no duplicates.
+        """
+        record = self._last_checkpoint
+        if not record:
+            return None
+        raw = self.platform.artifacts.get_bytes(record["key"], expected_sha256=record["sha256"])
+        payload = pickle.loads(raw)  # our own checkpoint, read back from our own store
+        step = payload.get("step")
+        if self.early_stopping:
+            self.early_stopping.load(payload.get("early_stopping"))
+        if step is not None:
+            with self.platform.db.session() as session:
+                session.execute(
+                    delete(TrainingMetric).where(
+                        TrainingMetric.experiment_id == self.job.id, TrainingMetric.step > step
+                    )
+                )
+        self.resumed_from_step = step
+        self.last_step, self.last_epoch = step, payload.get("epoch")
+        return payload["state"]
+
+    # --- control -------------------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        """Whether early stopping (or a SIGTERM) asks the trainer to end now."""
+        return self._sigterm or bool(self.early_stopping and self.early_stopping.triggered)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a SIGTERM asked this attempt to end (it must not count as completed)."""
+        return self._sigterm
+
+    @property
+    def stop_reason(self) -> str | None:
+        if self.early_stopping and self.early_stopping.triggered:
+            return self.early_stopping.reason()
+        return "stopped by SIGTERM" if self._sigterm else None
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def read_dataset(self, uri: str | None = None) -> Any:
+        """Read a CSV/parquet dataset (default: the experiment's) through the storage layer;
+        its hash goes into the lineage of the model and the reproducibility record."""
+        from mlrig.registry.evaluation import read_dataset
+
+        uri = uri or self.dataset.get("uri")
+        if not uri:
+            msg = "this experiment has no dataset: create it with --data URI --target COLUMN"
+            raise MlrigError(msg)
+        frame, digest = read_dataset(uri, self.platform.artifacts)
+        self.record_dataset(uri, digest)
+        return frame
+
+    def record_dataset(self, uri: str, digest: str | None) -> None:
+        """Note a dataset the run read (for lineage and reproducibility)."""
+        entry = {"uri": uri, "hash": digest}
+        if entry not in self.datasets:
+            self.datasets.append(entry)
+
+    def log_artifact(self, path: Path, *, name: str | None = None) -> str:
+        """Store a file the run produced; return its key in the artifact store."""
+        key = f"experiments/{self.experiment_id}/artifacts/{name or Path(path).name}"
+        self.platform.artifacts.put(key, Path(path))
+        return key
+
+    def register_model(self, model: Any, *, name: str | None = None, sample: Any = None,
+                       **metadata: Any) -> dict[str, Any]:
+        """Register ``model`` as a new version with lineage to this experiment."""
+        from mlrig.registry.packaging import register_model
+        from mlrig.security import Principal
+
+        self.flush()
+        metadata.setdefault("params", {k: v for k, v in self.params.items()
+                                       if isinstance(v, (str, int, float, bool))})
+        metadata.setdefault("metrics", dict(self.last_metrics))
+        metadata.setdefault("datasets", list(self.datasets))
+        version = register_model(
+            self.platform, model, name=name or self.model_name,
+            actor=Principal(name=f"experiment:{self.name}", role="developer"),
+            sample=sample, source_experiment_id=self.experiment_id,
+            source_run=f"attempt-{self.job.attempt}", **metadata,
+        )
+        self.model_version_id = version["id"]
+        return version

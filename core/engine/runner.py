@@ -1,0 +1,180 @@
+"""The job process: ``python -m mlrig.engine.runner EXPERIMENT_ID ATTEMPT OWNER``.
+
+Started by a worker through its executor, with the worker's config in the environment.
+It loads the experiment, builds the :class:`JobContext`, runs the trainer and records the
+outcome itself, fenced by the attempt it was given: a job whose worker died is killed with
+it (the executor sets a parent-death signal), and a stale attempt cannot complete a job
+that another worker has since taken over.
+
+Exit codes: 0 completed; 3 the attempt lost the job (nothing recorded); 4 interrupted by
+SIGTERM after checkpointing; 1 the trainer failed. On 1 and 4 the worker records the
+failed attempt and requeues the job while attempts remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform as pyplatform
+import random
+import subprocess
+import sys
+import traceback
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+EXIT_LEASE_LOST = 3
+EXIT_INTERRUPTED = 4
+
+
+def _package_versions() -> dict[str, str]:
+    wanted = ["mlrig", "numpy", "pandas", "scikit-learn", "torch", "tensorflow", "onnxruntime"]
+    found = {}
+    for name in wanted:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit(folder: str | None) -> str | None:
+    if not folder:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def config_hash(experiment: dict[str, Any]) -> str:
+    """sha256 of what defines a run: trainer, hyperparameters, dataset, resources, seed."""
+    keys = ("trainer", "hyperparameters", "dataset", "resources", "seed")
+    canonical = json.dumps({k: experiment.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seed_everything(seed: int | None) -> None:
+    """Seed Python's, NumPy's and (when already imported) torch's generators."""
+    if seed is None:
+        return
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
+    from mlrig.db.models import TrainingExperiment
+
+    with platform.db.session() as session:
+        row = session.get(TrainingExperiment, job_id)
+        if row is None:
+            msg = f"no experiment {job_id}"
+            raise SystemExit(msg)
+        config = dict(row.configuration or {})
+        return {
+            "id": str(row.id), "name": row.name, "trainer": row.trainer,
+            "hyperparameters": dict(row.hyperparameters or {}),
+            "dataset": config.get("dataset"), "model_name": config.get("model_name"),
+            "resources": dict(row.resources or {}), "seed": row.seed,
+            "checkpoint_interval_s": row.checkpoint_interval_s,
+            "early_stopping": row.early_stopping, "last_checkpoint": row.last_checkpoint,
+            "max_attempts": row.max_attempts, "reproducibility": dict(row.reproducibility or {}),
+        }
+
+
+def record_reproducibility(platform: Any, job_id: uuid.UUID, experiment: dict[str, Any],
+                           datasets: list[dict[str, Any]]) -> None:
+    from mlrig.db.models import TrainingExperiment
+
+    facts = {
+        "seed": experiment["seed"],
+        "python": pyplatform.python_version(),
+        "platform": pyplatform.platform(),
+        "packages": _package_versions(),
+        "git_commit": _git_commit(os.environ.get("MLRIG_ORIGIN_DIR")),
+        "config_hash": config_hash(experiment),
+        "datasets": datasets,
+    }
+    with platform.db.session() as session:
+        row = session.get(TrainingExperiment, job_id)
+        if row is not None:
+            row.reproducibility = {**(row.reproducibility or {}), **facts}
+
+
+def run(job_id: str, attempt: int, owner: str) -> int:
+    """Run one attempt of a job; return the process exit code."""
+    from mlrig.backends import load_backend
+    from mlrig.engine.context import JobContext, LeaseLostError
+    from mlrig.engine.queue import ClaimedJob
+    from mlrig.platform import Platform
+
+    # The worker hands down its effective settings (MLRIG_SETTINGS_JSON).
+    platform = Platform.from_config()
+    key = uuid.UUID(job_id)
+    experiment = load_experiment(platform, key)
+    job = ClaimedJob(id=key, name=experiment["name"], trainer=experiment["trainer"],
+                     attempt=attempt, max_attempts=experiment["max_attempts"],
+                     resources=experiment["resources"], owner=owner)
+    context = JobContext(platform, job, workdir=Path.cwd(), experiment=experiment)
+    context.install_signal_handler()
+    seed_everything(experiment["seed"])
+    try:
+        trainer_cls = load_backend("trainers", experiment["trainer"])
+        trainer = trainer_cls.from_options({}, where=f"trainers.{experiment['trainer']}")
+        print(f"[mlrig] {experiment['name']}: attempt {attempt} with trainer "
+              f"{experiment['trainer']!r}", flush=True)
+        result = trainer.train(context)
+        context.flush()
+        record_reproducibility(platform, key, experiment, context.datasets)
+    except LeaseLostError as exc:
+        print(f"[mlrig] {exc}", flush=True)
+        return EXIT_LEASE_LOST
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        context.flush()
+        return 1
+    if context.interrupted:
+        print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)
+        return EXIT_INTERRUPTED
+    detail = context.stop_reason if context.early_stopping and context.early_stopping.triggered \
+        else None
+    if context.resumed_from_step is not None:
+        resumed = f"resumed from checkpoint step {context.resumed_from_step}"
+        detail = f"{detail}; {resumed}" if detail else resumed
+    outcome = {"metrics": getattr(result, "metrics", None) or context.last_metrics,
+               "model_version_id": getattr(result, "model_version_id", None)
+               or context.model_version_id,
+               "resumed_from_step": context.resumed_from_step}
+    if not platform.queue.complete(job, detail=detail, result=outcome):
+        print("[mlrig] this attempt lost the job before completing it", flush=True)
+        return EXIT_LEASE_LOST
+    print(f"[mlrig] completed{': ' + detail if detail else ''}", flush=True)
+    platform.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m mlrig.engine.runner EXPERIMENT_ID ATTEMPT OWNER", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(run(args[0], int(args[1]), args[2]))
+
+
+if __name__ == "__main__":
+    main()

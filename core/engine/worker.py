@@ -1,0 +1,221 @@
+"""``mlrig worker``: claim jobs from the queue and run each in its own process.
+
+One loop per worker: claim while slots and resources are free, launch through the
+configured executor, heartbeat every running job (a cancelled or lost job is killed),
+ship each job's output to the log store, record failures, and requeue jobs whose worker
+died (their lease expired).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlrig.config import INHERITED_ENV
+from mlrig.contracts.executor import JobHandle, JobSpec
+from mlrig.engine.allocator import Capacity, ResourceAllocator
+from mlrig.engine.runner import EXIT_LEASE_LOST
+from mlrig.engine.states import COMPLETED
+
+if TYPE_CHECKING:
+    from mlrig.engine.queue import ClaimedJob
+    from mlrig.experiments.logs import LogStore
+    from mlrig.platform import Platform
+
+#: ship job output to the log store at most this often (seconds)
+LOG_SHIP_SECONDS = 1.0
+STOP_GRACE_SECONDS = 2.0
+#: a job that recorded its completion gets this long to exit on its own
+EXIT_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class RunningJob:
+    job: ClaimedJob
+    handle: JobHandle
+    log_path: Path
+    shipped: int = 0
+    shipped_at: float = 0.0
+    #: when the job was seen completed while its process was still exiting
+    completed_at: float | None = None
+
+
+class Worker:
+    """Runs up to ``concurrency`` jobs at a time on this machine."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        concurrency: int = 1,
+        capacity: Capacity | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float = 1.0,
+        poll_seconds: float = 0.2,
+        workdir: Path | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.platform = platform
+        self.concurrency = concurrency
+        self.allocator = ResourceAllocator(capacity or Capacity())
+        self.owner = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = min(heartbeat_seconds, lease_seconds / 3)
+        self.poll_seconds = poll_seconds
+        self.workdir = workdir or platform.settings.resolve_path(".mlrig/work")
+        self.echo = echo or (lambda _line: None)
+        self.running: dict[uuid.UUID, RunningJob] = {}
+        self.finished = 0
+        self._logs: LogStore | None = None
+
+    @property
+    def logs(self) -> LogStore:
+        if self._logs is None:
+            from mlrig.experiments.logs import LogStore
+
+            self._logs = LogStore(self.platform.artifacts)
+        return self._logs
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self, *, stop: threading.Event | None = None, max_jobs: int | None = None,
+            exit_when_idle: bool = False) -> int:
+        """Work until ``stop`` is set, ``max_jobs`` finished, or (``exit_when_idle``) the
+        queue is empty and nothing runs. Returns how many jobs this worker finished."""
+        stop = stop or threading.Event()
+        last_beat = last_sweep = 0.0
+        self.echo(f"worker {self.owner}: concurrency {self.concurrency}, "
+                  f"free {self.allocator.free()}")
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now - last_sweep >= self.lease_seconds / 2:
+                    self.platform.queue.requeue_expired()
+                    last_sweep = now
+                self._reap()  # first: a failed attempt may requeue its job for this claim
+                claimed = self._claim_while_free(max_jobs)
+                if now - last_beat >= self.heartbeat_seconds:
+                    self._heartbeat()
+                    last_beat = now
+                if max_jobs is not None and self.finished >= max_jobs and not self.running:
+                    break
+                if exit_when_idle and not claimed and not self.running:
+                    break
+                stop.wait(self.poll_seconds if not claimed else 0)
+        finally:
+            self._shutdown()
+        return self.finished
+
+    def _claim_while_free(self, max_jobs: int | None) -> int:
+        claimed = 0
+        while len(self.running) < self.concurrency:
+            if max_jobs is not None and self.finished + len(self.running) >= max_jobs:
+                break
+            job = self.platform.queue.claim(self.owner, lease_seconds=self.lease_seconds,
+                                            fits=self.allocator.fits)
+            if job is None:
+                break
+            self._start(job)
+            claimed += 1
+        return claimed
+
+    def _start(self, job: ClaimedJob) -> None:
+        resources = self.allocator.allocate(job.id, job.resources)
+        folder = self.workdir / str(job.id) / f"attempt-{job.attempt}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / "output.log"
+        settings = self.platform.settings
+        env = {"PYTHONUNBUFFERED": "1", "MLRIG_ORIGIN_DIR": str(settings.base_dir),
+               INHERITED_ENV: settings.to_json()}
+        spec = JobSpec(
+            argv=(sys.executable, "-m", "mlrig.engine.runner", str(job.id), str(job.attempt),
+                  self.owner),
+            workdir=folder, env=env, resources=resources, stdout_path=log_path,
+            stderr_path=log_path,
+        )
+        try:
+            handle = self.platform.executor.launch(spec)
+        except Exception as exc:
+            self.allocator.release(job.id)
+            self.platform.queue.fail(job, f"could not launch: {exc}")
+            return
+        self.running[job.id] = RunningJob(job, handle, log_path)
+        self.echo(f"started {job.name} ({job.id}) attempt {job.attempt}, cpus {resources.cpus}")
+
+    def _ship_logs(self, running: RunningJob, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - running.shipped_at < LOG_SHIP_SECONDS:
+            return
+        try:
+            with running.log_path.open("rb") as fh:
+                fh.seek(running.shipped)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        if data:
+            self.logs.append(str(running.job.id), data)
+            running.shipped += len(data)
+        running.shipped_at = now
+
+    def _reap(self) -> None:
+        for job_id, running in list(self.running.items()):
+            self._ship_logs(running)
+            code = running.handle.poll()
+            if code is None:
+                continue
+            self._ship_logs(running, final=True)
+            del self.running[job_id]
+            self.allocator.release(job_id)
+            self.finished += 1
+            job = running.job
+            if code in (0, EXIT_LEASE_LOST):
+                self.echo(f"finished {job.name} attempt {job.attempt} (exit {code})")
+                continue
+            if running.completed_at is not None:
+                self.echo(f"finished {job.name} attempt {job.attempt} (completed; exit {code})")
+                continue
+            reason = self._last_line(running.log_path) or f"exit code {code}"
+            status = self.platform.queue.fail(job, reason)
+            outcome = status or "no longer this worker's job"
+            self.echo(f"{job.name} attempt {job.attempt} failed (exit {code}) -> {outcome}")
+
+    @staticmethod
+    def _last_line(path: Path) -> str | None:
+        try:
+            lines = path.read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return None
+        return lines[-1][:500] if lines else None
+
+    def _heartbeat(self) -> None:
+        for running in list(self.running.values()):
+            if running.completed_at is not None:
+                if time.monotonic() - running.completed_at > EXIT_GRACE_SECONDS:
+                    running.handle.terminate(grace_seconds=STOP_GRACE_SECONDS)
+                continue
+            beat = self.platform.queue.heartbeat(running.job, lease_seconds=self.lease_seconds)
+            if beat.held:
+                continue
+            if beat.status == COMPLETED:  # the job recorded it; its process is exiting
+                running.completed_at = time.monotonic()
+                continue
+            self.echo(f"{running.job.name}: {beat.status}; ending its processes")
+            running.handle.terminate(grace_seconds=STOP_GRACE_SECONDS)
+
+    def _shutdown(self) -> None:
+        """Stop: end running jobs (they checkpoint on SIGTERM) and hand them back."""
+        for job_id, running in list(self.running.items()):
+            running.handle.terminate(grace_seconds=STOP_GRACE_SECONDS)
+            self._ship_logs(running, final=True)
+            self.allocator.release(job_id)
+            self.platform.queue.fail(running.job, "worker shut down")
+        self.running.clear()

@@ -1,0 +1,231 @@
+"""The training engine: queue semantics on both databases, and a real worker running real
+job processes (sklearn on the bundled iris data, checkpoints, early stopping, stop)."""
+
+import os
+import threading
+import time
+import uuid
+
+import pytest
+from _trainers import install_test_trainers
+
+from mlrig import datasets
+from mlrig.backends import forget_loaded_backends
+from mlrig.db.models import ExperimentEvent, TrainingExperiment, TrainingMetric
+from mlrig.engine.allocator import Capacity
+from mlrig.engine.worker import Worker
+
+
+def add_job(platform, name="job", *, trainer="steps", priority=0, params=None, dataset=None,
+            resources=None, max_attempts=3, early_stopping=None, interval=0, queue=True):
+    with platform.db.session() as session:
+        job = TrainingExperiment(
+            name=name, trainer=trainer, priority=priority, hyperparameters=params or {},
+            configuration={"dataset": dataset} if dataset else {}, resources=resources or {},
+            max_attempts=max_attempts, early_stopping=early_stopping,
+            checkpoint_interval_s=interval, seed=7,
+        )
+        session.add(job)
+        session.flush()
+        events = platform.queue.record_created(session, job)
+        job_id = job.id
+    assert events[0]["new"] == "created"
+    if queue:
+        platform.queue.enqueue(job_id)
+    return job_id
+
+
+def job_row(platform, job_id):
+    with platform.db.session() as session:
+        return session.get(TrainingExperiment, job_id)
+
+
+@pytest.fixture
+def test_trainers(tmp_path, monkeypatch):
+    site = install_test_trainers(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    forget_loaded_backends()
+    yield
+    forget_loaded_backends()
+
+
+# --- the queue ---------------------------------------------------------------------------
+
+
+def test_claims_by_priority_then_age(db_platform):
+    low = add_job(db_platform, "low", priority=0)
+    high_old = add_job(db_platform, "high-old", priority=5)
+    high_new = add_job(db_platform, "high-new", priority=5)
+    queue = db_platform.queue
+    order = [queue.claim("w", lease_seconds=30).id for _ in range(3)]
+    assert order == [high_old, high_new, low]
+    assert queue.claim("w", lease_seconds=30) is None
+
+
+def test_claim_skips_jobs_that_do_not_fit(db_platform):
+    big = add_job(db_platform, "big", priority=9, resources={"gpus": 1})
+    small = add_job(db_platform, "small")
+    claimed = db_platform.queue.claim("w", lease_seconds=30,
+                                      fits=lambda r: r.get("gpus", 0) == 0)
+    assert claimed.id == small
+    assert job_row(db_platform, big).status == "queued"
+
+
+def test_fencing_and_requeue_after_a_lost_lease(db_platform):
+    job_id = add_job(db_platform, max_attempts=2)
+    queue = db_platform.queue
+    first = queue.claim("w1", lease_seconds=0.01)
+    time.sleep(0.05)
+    assert queue.requeue_expired() == 1
+    assert job_row(db_platform, job_id).status == "queued"
+    second = queue.claim("w2", lease_seconds=30)
+    assert second.attempt == 2
+    # the first attempt is stale: it can neither complete nor checkpoint
+    assert queue.complete(first) is False
+    assert queue.save_checkpoint(first, {"step": 1}) is False
+    assert queue.heartbeat(first, lease_seconds=30).held is False
+    assert queue.complete(second, detail="done") is True
+    row = job_row(db_platform, job_id)
+    assert (row.status, row.status_detail, row.attempts) == ("completed", "done", 2)
+    with db_platform.db.session() as session:
+        events = [e.new_status for e in session.query(ExperimentEvent)
+                  .filter_by(experiment_id=job_id).order_by(ExperimentEvent.at)]
+    assert events == ["created", "queued", "running", "queued", "running", "completed"]
+
+
+def test_failures_retry_until_max_attempts(db_platform):
+    job_id = add_job(db_platform, max_attempts=2)
+    queue = db_platform.queue
+    assert queue.fail(queue.claim("w", lease_seconds=30), "oops") == "queued"
+    assert queue.fail(queue.claim("w", lease_seconds=30), "oops again") == "failed"
+    row = job_row(db_platform, job_id)
+    assert row.status == "failed" and "after 2 attempt(s): oops again" in row.status_detail
+
+
+def test_cancel_revokes_the_lease(db_platform):
+    job_id = add_job(db_platform)
+    claimed = db_platform.queue.claim("w", lease_seconds=30)
+    db_platform.queue.cancel(job_id)
+    beat = db_platform.queue.heartbeat(claimed, lease_seconds=30)
+    assert (beat.held, beat.status) == (False, "cancelled")
+    assert db_platform.queue.complete(claimed) is False
+
+
+def test_concurrent_claims_never_share_a_job(db_platform):
+    ids = {add_job(db_platform, f"j{i}") for i in range(40)}
+    taken: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def claim_all(owner):
+        while (job := db_platform.queue.claim(owner, lease_seconds=30)) is not None:
+            with lock:
+                taken.append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(taken) == sorted(ids)
+
+
+# --- a real worker --------------------------------------------------------------------------
+
+
+def run_worker(platform, *, max_jobs=None, exit_when_idle=True, timeout=120, **kw):
+    worker = Worker(platform, concurrency=kw.pop("concurrency", 2),
+                    capacity=kw.pop("capacity", Capacity(cpus=(0, 0, 0, 0))),
+                    lease_seconds=kw.pop("lease_seconds", 10), **kw)
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    try:
+        return worker.run(stop=stop, max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    finally:
+        timer.cancel()
+
+
+def test_worker_runs_the_sklearn_trainer_end_to_end(platform):
+    job_id = add_job(platform, "iris-rf", trainer="sklearn",
+                     params={"n_estimators": 20},
+                     dataset={"uri": str(datasets.path("iris")), "target": "species"})
+    assert run_worker(platform) == 1
+    row = job_row(platform, job_id)
+    assert row.status == "completed", row.status_detail
+    version_id = row.configuration["result"]["model_version_id"]
+    version = platform.registry.get_version("iris-rf", version_id)
+    assert version["lineage"]["experiment"]["id"] == str(job_id)
+    assert version["lineage"]["datasets"][0]["hash"]
+    assert version["params"]["n_estimators"] == 20
+    assert version["metrics"]["val_accuracy"] > 0.8
+    repro = row.reproducibility
+    assert repro["seed"] == 7 and repro["config_hash"] and repro["packages"]["scikit-learn"]
+    with platform.db.session() as session:
+        names = {m.metric_name for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)}
+    assert {"accuracy", "val_accuracy", "val_f1"} <= names
+    from mlrig.experiments.logs import LogStore
+
+    log, _ = LogStore(platform.artifacts).read(str(job_id))
+    assert b"attempt 1 with trainer 'sklearn'" in log
+
+
+def test_early_stopping_ends_a_stalled_run(platform):
+    job_id = add_job(
+        platform, "stalls", trainer="sklearn",
+        params={"estimator": "sklearn.linear_model.SGDClassifier", "loss": "log_loss",
+                "learning_rate": "constant", "eta0": 1e-7, "epochs": 40},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
+        early_stopping={"monitor": "val_loss", "mode": "min", "patience": 3, "min_delta": 0.01},
+    )
+    run_worker(platform)
+    row = job_row(platform, job_id)
+    assert row.status == "completed"
+    assert "early stopped: val_loss did not improve" in row.status_detail
+    with platform.db.session() as session:
+        epochs = {m.epoch for m in session.query(TrainingMetric)
+                  .filter_by(experiment_id=job_id, metric_name="val_loss")}
+    assert 3 <= len(epochs) < 40
+
+
+def test_a_crashing_trainer_is_retried_then_failed(platform, test_trainers):
+    job_id = add_job(platform, "crash", trainer="crashing", max_attempts=2)
+    run_worker(platform)
+    row = job_row(platform, job_id)
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert "boom from the trainer" in row.status_detail
+
+
+def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path):
+    job_id = add_job(platform, "sleepy", trainer="sleepy")
+    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)), lease_seconds=10,
+                    workdir=tmp_path / "work")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop})
+    thread.start()
+    try:
+        log = tmp_path / "work" / str(job_id) / "attempt-1" / "output.log"
+        deadline = time.monotonic() + 60
+        while "job" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.1)
+        pids = {line.split()[0]: int(line.split()[1]) for line in log.read_text().splitlines()
+                if line.split()[:1] in (["child"], ["job"])}
+        started = time.monotonic()
+        platform.queue.cancel(job_id)
+        while any(_alive(pid) for pid in pids.values()):
+            assert time.monotonic() - started < 5, "processes outlived the stop by 5 s"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert job_row(platform, job_id).status == "cancelled"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/status") as fh:
+        return "zombie" not in next(line for line in fh if line.startswith("State:"))

@@ -1,0 +1,346 @@
+"""The experiment service on SQLite and PostgreSQL: create/list/get/start/stop/rerun/compare,
+validation, the events timeline, metric ingest and history, and the log store."""
+
+import math
+from datetime import datetime, timezone
+
+import pytest
+from _distributions import make_distribution
+
+from mlrig import hookimpl
+from mlrig.backends import backend_names, forget_loaded_backends
+from mlrig.errors import ConflictError, NotFoundError, ValidationError
+from mlrig.experiments import LogStore, metrics
+from mlrig.experiments import logs as logs_module
+from mlrig.security import Principal
+
+ACTOR = Principal(name="alice", role="developer")
+
+
+@pytest.fixture
+def trainer(tmp_path, monkeypatch):
+    """The name of an installed trainer: the bundled sklearn one, else a stand-in."""
+    installed = backend_names("trainers")
+    if installed:
+        yield "sklearn" if "sklearn" in installed else installed[0]
+        return
+    site = make_distribution(
+        tmp_path / "site", "mlrig-test-trainer",
+        entry_points={"mlrig.trainers": {"sklearn": "fake_trainer:Fake"}},
+        modules={"fake_trainer": "class Fake:\n    pass\n"},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    forget_loaded_backends()
+    yield "sklearn"
+    forget_loaded_backends()
+
+
+class Recorder:
+    """A hook plugin that remembers what it was told."""
+
+    def __init__(self):
+        self.states, self.batches = [], []
+
+    @hookimpl
+    def mlrig_experiment_state_changed(self, platform, event):
+        self.states.append(event)
+
+    @hookimpl
+    def mlrig_metrics_logged(self, platform, experiment_id, count):
+        self.batches.append((experiment_id, count))
+
+
+@pytest.fixture
+def recorder(db_platform):
+    plugin = Recorder()
+    db_platform.pm.register(plugin)
+    yield plugin
+    db_platform.pm.unregister(plugin)
+
+
+def _create(platform, trainer, name="exp", **kw):
+    return platform.experiments.create(name=name, trainer=trainer, actor=ACTOR, **kw)
+
+
+# --- experiments -------------------------------------------------------------------------
+
+
+def test_create_records_everything_and_fires_the_hook(db_platform, trainer, recorder):
+    view = _create(
+        db_platform, trainer, hyperparameters={"C": 0.5, "kernel": "rbf"},
+        dataset={"uri": "data/iris.csv", "target": "species"},
+        resources={"cpus": 2, "memory_mb": 512}, priority=5, checkpoint_interval_s=60,
+        early_stopping={"monitor": "val_loss", "patience": 2}, max_attempts=2,
+        model_name="iris-clf", description="baseline",
+    )
+    assert view["status"] == "created" and view["trainer"] == trainer
+    assert view["resources"] == {"cpus": 2, "gpus": 0, "memory_mb": 512}
+    assert view["early_stopping"] == {"monitor": "val_loss", "mode": "min", "patience": 2,
+                                      "min_delta": 0.0, "kind": "validation"}
+    assert view["dataset"] == {"uri": "data/iris.csv", "target": "species"}
+    assert view["model_name"] == "iris-clf" and view["created_by"] == "alice"
+    assert isinstance(view["seed"], int)
+    assert view["reproducibility"] == {"seed": view["seed"], "seed_source": "random"}
+    assert [(e["old"], e["new"]) for e in view["events"]] == [(None, "created")]
+    assert recorder.states[-1]["new"] == "created"
+    assert recorder.states[-1]["experiment_id"] == view["id"]
+    assert view["metrics"] == {} and view["result"] is None
+    assert db_platform.experiments.get("exp")["id"] == view["id"]
+    assert db_platform.experiments.get(view["id"])["name"] == "exp"
+
+
+def test_names_are_unique_and_lookups_fail_clearly(db_platform, trainer):
+    _create(db_platform, trainer, seed=3)
+    with pytest.raises(ConflictError, match="already exists"):
+        _create(db_platform, trainer)
+    with pytest.raises(NotFoundError, match="no experiment 'nope'"):
+        db_platform.experiments.get("nope")
+    with pytest.raises(NotFoundError):
+        db_platform.experiments.start("6f1c1f0e-0000-4000-8000-000000000000")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("trainer", "no-such-trainer", r"unknown trainer 'no-such-trainer'; installed trainers: "),
+        ("resources", {"cpus": -1}, r"resources\.cpus must be an integer"),
+        ("resources", {"gpus": 1.5}, r"resources\.gpus"),
+        ("resources", {"disk": 3}, r"unknown keys \['disk'\]"),
+        ("early_stopping", {"monitor": "val_loss", "mode": "sideways"}, "'min' or 'max'"),
+        ("early_stopping", {"monitor": "val_loss", "patience": 0}, "positive integer"),
+        ("early_stopping", {"monitor": "val_loss", "kind": "eval"}, "early_stopping.kind"),
+        ("early_stopping", {"mode": "min"}, "must name a metric"),
+        ("early_stopping", {"monitor": "l", "typo": 1}, "unknown keys"),
+        ("early_stopping", "val_loss", "must be an object"),
+        ("name", "has space", "invalid experiment name"),
+        ("name", "6f1c1f0e-0000-4000-8000-000000000000", "looks like an id"),
+        ("seed", -1, "seed must be an integer"),
+        ("priority", 10**6, "priority must be"),
+        ("max_attempts", 0, "max_attempts"),
+        ("hyperparameters", {"lr": float("nan")}, "no NaN"),
+        ("dataset", {"target": "y"}, "needs|with a 'uri'"),
+        ("model_name", "bad/name", "invalid model name"),
+    ],
+)
+def test_invalid_input_is_a_validation_error(platform, trainer, field, value, match):
+    kw = {"name": "ok", "trainer": trainer, field: value}
+    with pytest.raises(ValidationError, match=match):
+        platform.experiments.create(actor=ACTOR, **kw)
+    assert platform.experiments.list() == []
+
+
+def test_list_filters_and_pages(db_platform, trainer):
+    for name in ("a1", "a2", "b1"):
+        _create(db_platform, trainer, name=name)
+    db_platform.experiments.start("a2")
+    service = db_platform.experiments
+    assert [e["name"] for e in service.list()] == ["b1", "a2", "a1"]
+    assert [e["name"] for e in service.list(name_prefix="a")] == ["a2", "a1"]
+    assert [e["name"] for e in service.list(status="queued")] == ["a2"]
+    assert [e["name"] for e in service.list(limit=1, offset=1)] == ["a2"]
+    assert service.list(trainer="other") == []
+    with pytest.raises(ValidationError, match="unknown status 'done'"):
+        service.list(status="done")
+
+
+def test_start_stop_and_the_events_timeline(db_platform, trainer, recorder):
+    _create(db_platform, trainer)
+    service = db_platform.experiments
+    assert service.start("exp")["status"] == "queued"
+    with pytest.raises(ConflictError, match="only created, failed or cancelled"):
+        service.start("exp")
+    stopped = service.stop("exp")
+    assert stopped["status"] == "cancelled" and stopped["status_detail"] == "stop requested"
+    with pytest.raises(ConflictError, match="already cancelled"):
+        service.stop("exp")
+    assert service.start("exp")["status"] == "queued"  # a cancelled run can go again
+    timeline = service.events("exp")
+    assert [(e["old"], e["new"]) for e in timeline] == [
+        (None, "created"), ("created", "queued"), ("queued", "cancelled"),
+        ("cancelled", "queued"),
+    ]
+    assert all(datetime.fromisoformat(e["at"]).tzinfo for e in timeline)
+    assert [e["new"] for e in recorder.states] == ["created", "queued", "cancelled", "queued"]
+    assert service.status("exp") == "queued"
+
+
+def test_create_with_start_queues_it(db_platform, trainer):
+    view = _create(db_platform, trainer, start=True)
+    assert view["status"] == "queued" and view["queued_at"]
+    assert [e["new"] for e in view["events"]] == ["created", "queued"]
+
+
+def test_rerun_copies_the_run_and_queues_it(db_platform, trainer):
+    source = _create(db_platform, trainer, hyperparameters={"C": 2}, seed=42,
+                     dataset={"uri": "d.csv", "target": "y"}, resources={"gpus": 1},
+                     early_stopping={"monitor": "val_loss"})
+    first = db_platform.experiments.rerun("exp", actor=ACTOR)
+    assert first["name"] == "exp-rerun-1" and first["status"] == "queued"
+    for key in ("trainer", "hyperparameters", "dataset", "resources", "seed", "early_stopping",
+                "priority", "max_attempts", "checkpoint_interval_s"):
+        assert first[key] == source[key], key
+    assert first["reproducibility"]["rerun_of"] == source["id"]
+    second = db_platform.experiments.rerun(first["id"], actor=ACTOR)
+    assert second["name"] == "exp-rerun-2"
+    assert db_platform.experiments.rerun("exp", actor=ACTOR)["name"] == "exp-rerun-3"
+
+
+def test_compare_puts_runs_side_by_side(db_platform, trainer):
+    a = _create(db_platform, trainer, name="a", hyperparameters={"C": 1, "kernel": "rbf"})
+    b = _create(db_platform, trainer, name="b", hyperparameters={"C": 2, "kernel": "rbf"})
+    db_platform.experiments.log_metrics("a", [("acc", 0.5, 1, 0, "validation"),
+                                              ("acc", 0.8, 2, 0, "validation"),
+                                              ("loss", 0.3, 2, 0, "train")])
+    db_platform.experiments.log_metrics(b["id"], [("acc", 0.9, 5, 1, "validation")])
+    data = db_platform.experiments.compare(["a", b["id"]])
+    assert [e["id"] for e in data["experiments"]] == [a["id"], b["id"]]
+    assert data["hyperparameters"] == {"C": [1, 2], "kernel": ["rbf", "rbf"]}
+    assert data["differing"] == ["C"]
+    assert data["metrics"] == {"loss": [0.3, None], "validation/acc": [0.8, 0.9]}
+    with pytest.raises(ValidationError, match="2 to 50"):
+        db_platform.experiments.compare(["a"])
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def test_metrics_round_trip_and_history_filters(db_platform, trainer, recorder):
+    exp = _create(db_platform, trainer)
+    service = db_platform.experiments
+    written = service.log_metrics("exp", [
+        {"name": "loss", "value": 0.5, "step": 2, "epoch": 0, "kind": "train"},
+        ("loss", 0.9, 1, 0, "train"),  # out of order: history comes back by step
+        ["loss", 1, 3, 1, "train"],  # an int value is stored as a float
+        {"name": "val_loss", "value": 0.7, "step": 3, "epoch": 1, "kind": "validation"},
+        {"name": "note", "value": -2.25},
+        ("loss", 0.25, 4, 1, "train", "2024-05-01T12:00:00+02:00"),
+    ])
+    assert written == {"experiment_id": exp["id"], "written": 6}
+    assert recorder.batches == [(exp["id"], 6)]
+    data = service.metrics("exp")
+    assert data["count"] == 6 and list(data["metrics"]) == ["loss", "note", "val_loss"]
+    loss = data["metrics"]["loss"]
+    assert loss["steps"] == [1, 2, 3, 4] and loss["values"] == [0.9, 0.5, 1.0, 0.25]
+    assert all(isinstance(v, float) for v in loss["values"])
+    assert loss["epochs"] == [0, 0, 1, 1] and loss["kinds"] == ["train"] * 4
+    assert datetime.fromisoformat(loss["times"][3]) == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+    assert datetime.fromisoformat(loss["times"][0]).tzinfo is not None
+    assert data["metrics"]["note"] == {"steps": [None], "values": [-2.25], "epochs": [None],
+                                       "kinds": [None], "times": data["metrics"]["note"]["times"]}
+    assert list(service.metrics("exp", name="loss")["metrics"]) == ["loss"]
+    assert list(service.metrics("exp", kind="validation")["metrics"]) == ["val_loss"]
+    assert service.metrics("exp", name="loss", after_step=2)["metrics"]["loss"]["steps"] == [3, 4]
+    assert service.metrics("exp", name="loss", limit=2)["metrics"]["loss"]["steps"] == [1, 2]
+    assert service.metrics("exp", name="nope")["metrics"] == {}
+    latest = service.latest_metrics("exp")
+    assert latest["loss"]["value"] == 0.25 and latest["loss"]["step"] == 4
+    assert latest["validation/val_loss"]["value"] == 0.7
+    assert latest["note"]["value"] == -2.25 and latest["note"]["step"] is None
+    assert service.get("exp")["metrics"] == latest
+
+
+BAD_POINTS = [
+    ({"name": "loss", "value": float("nan")}, r"points\[1\]\.value: nan must be finite"),
+    ({"name": "loss", "value": math.inf}, r"points\[1\]\.value: inf"),
+    ({"name": "loss", "value": 1e10}, "within ±1e10"),
+    ({"name": "loss", "value": "0.5"}, r"value: '0\.5' is not a number"),
+    ({"name": "loss", "value": True}, "value: True is not a number"),
+    ({"name": "loss"}, r"points\[1\]\.value: missing"),
+    ({"name": "", "value": 1.0}, r"points\[1\]\.name"),
+    ({"name": "x" * 101, "value": 1.0}, "at most 100 characters"),
+    ({"name": 5, "value": 1.0}, r"points\[1\]\.name"),
+    ({"name": "loss", "value": 1.0, "step": 1.5}, r"points\[1\]\.step: 1\.5"),
+    ({"name": "loss", "value": 1.0, "step": -1}, r"step: -1 must be an integer"),
+    ({"name": "loss", "value": 1.0, "epoch": "3"}, r"points\[1\]\.epoch"),
+    ({"name": "loss", "value": 1.0, "step": 2**31}, "step"),
+    ({"name": "loss", "value": 1.0, "kind": "eval"}, r"kind: 'eval' must be one of"),
+    ({"name": "loss", "value": 1.0, "metric": "x"}, r"unknown keys \['metric'\]"),
+    ({"name": "loss", "value": 1.0, "recorded_at": "2024-05-01T12:00:00"}, "needs a time zone"),
+    ({"name": "loss", "value": 1.0, "recorded_at": "yesterday"}, "not an ISO 8601 time"),
+    (("loss", 1.0), r"points\[1\]: \('loss', 1\.0\) is not a point"),
+    ("loss", r"points\[1\]: 'loss' is not a point"),
+    (None, "is not a point"),
+]
+
+
+@pytest.mark.parametrize(("point", "match"), BAD_POINTS)
+def test_bad_points_are_refused_with_the_reason(point, match):
+    with pytest.raises(ValidationError, match=match) as exc:
+        metrics.check_points([{"name": "ok", "value": 1.0}, point])
+    assert exc.value.details["index"] == 1
+
+
+def test_a_bad_batch_writes_nothing(db_platform, trainer, recorder):
+    exp = _create(db_platform, trainer)
+    service = db_platform.experiments
+    service.log_metrics("exp", [("loss", 1.0, 0, 0, "train")])
+    good = [("loss", float(i), i, 0, "train") for i in range(1, 1000)]
+    for bad in (("loss", float("nan"), 1000, 0, "train"), ("loss", 1.0, 1000, 0, "bogus")):
+        with pytest.raises(ValidationError, match=r"points\[999\]"):
+            service.log_metrics("exp", [*good, bad])
+    assert service.metrics("exp")["count"] == 1
+    assert recorder.batches == [(exp["id"], 1)]
+    assert service.log_metrics("exp", []) == {"experiment_id": exp["id"], "written": 0}
+    with pytest.raises(NotFoundError):
+        metrics.write_points(db_platform.db, "6f1c1f0e-0000-4000-8000-000000000000",
+                             [("loss", 1.0, 0, 0, "train")])
+    with pytest.raises(NotFoundError):
+        service.log_metrics("no-such-experiment", [("loss", 1.0, 0, 0, "train")])
+
+
+def test_bulk_ingest_and_history_of_many_points(db_platform, trainer):
+    exp = _create(db_platform, trainer)
+    points = [("loss", i / 7, i, i // 100, "train") for i in range(20_000)]
+    assert metrics.write_points(db_platform.db, exp["id"], points) == 20_000
+    history = metrics.read_history(db_platform.db, exp["id"], name="loss")["loss"]
+    assert history["steps"] == list(range(20_000))
+    assert history["values"][7] == pytest.approx(1.0)
+    assert metrics.latest_values(db_platform.db, exp["id"])["loss"]["step"] == 19_999
+
+
+def test_new_ids_are_time_ordered_uuids():
+    import uuid
+
+    ids = metrics.new_ids(3)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert metrics.new_ids(1)[0][:12] >= ids[-1][:12]
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+
+def test_log_store_appends_and_reads_by_offset(platform, monkeypatch):
+    monkeypatch.setattr(logs_module, "MAX_CHUNK_BYTES", 4)
+    key = "6f1c1f0e-0000-4000-8000-000000000001"
+    store = LogStore(platform.artifacts)
+    assert store.size(key) == 0 and store.read(key) == (b"", 0)
+    assert store.append(key, b"hello ") == 6  # split in chunks of 4 bytes
+    assert store.append(key, b"world\n") == 12
+    assert [(c.start, c.end) for c in store.chunks(key)] == [(0, 4), (4, 6), (6, 10), (10, 12)]
+    assert store.read(key) == (b"hello world\n", 12)
+    assert store.read(key, 3, 5) == (b"lo wo", 8)
+    assert store.read(key, 8) == (b"rld\n", 12)
+    assert store.read(key, 12) == (b"", 12)
+    assert store.read(key, 50) == (b"", 50)
+    # a fresh store (another process) continues from the listing alone
+    assert LogStore(platform.artifacts).append(key, b"more") == 16
+    assert store.size(key) == 16 and store.read(key, 10)[0] == b"d\nmore"
+    keys = list(platform.artifacts.list(f"experiments/{key}/logs/"))
+    assert keys[0].endswith("/00000000-000000000000-000000000004")
+    with pytest.raises(ValidationError, match="offset must be"):
+        store.read(key, -1)
+    with pytest.raises(ValidationError, match="limit must be"):
+        store.read(key, 0, 0)
+    with pytest.raises(ValidationError, match="not a UUID"):
+        store.append("../etc", b"x")
+    with pytest.raises(ValidationError, match="must be bytes"):
+        store.append(key, "text")
+
+
+def test_service_reads_logs_by_name(platform, trainer):
+    exp = platform.experiments.create(name="exp", trainer=trainer, actor=ACTOR)
+    platform.experiments.logs.append(exp["id"], b"epoch 1\nepoch 2\n")
+    assert platform.experiments.read_logs("exp", 8) == (b"epoch 2\n", 16)
+    with pytest.raises(NotFoundError):
+        platform.experiments.read_logs("nope")
