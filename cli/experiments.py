@@ -223,9 +223,8 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
 
     since = time.time()
     view = service.get(key)
-    console = Console(stderr=True)
-    with Live(Text(_progress(view, since)), console=console, refresh_per_second=4,
-              transient=False, disable=quiet) as live:
+    console = Console(stderr=True, quiet=quiet)
+    with Live(Text(_progress(view, since)), console=console, refresh_per_second=4) as live:
         while view["status"] not in FINAL:
             time.sleep(POLL_SECONDS)
             view = service.get(key)

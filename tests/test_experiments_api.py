@@ -89,23 +89,25 @@ def test_auth_401_and_403(api_client, make_token, trainer):
     assert api_client.get(f"{BASE}/x/events", headers=viewer).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("body", "where"),
-    [
-        ({"name": "x", "trainer": "no-such-trainer"}, "unknown trainer 'no-such-trainer'"),
-        ({"name": "x", "trainer": "{trainer}", "resources": {"cpus": -1}}, "resources.cpus"),
-        ({"name": "x", "trainer": "{trainer}", "resources": {"tpus": 1}}, "resources.tpus"),
-        ({"name": "x", "trainer": "{trainer}", "early_stopping": {"monitor": "l",
-                                                                  "mode": "up"}}, "mode"),
-        ({"name": "x", "trainer": "{trainer}", "surprise": 1}, "surprise"),
-        ({"name": "x y", "trainer": "{trainer}"}, "invalid experiment name"),
-        ({"trainer": "{trainer}"}, "name"),
-    ],
-)
-def test_create_422(client, trainer, body, where):
-    body = {k: trainer if v == "{trainer}" else v for k, v in body.items()}
-    error = _error(client.post(BASE, json=body), 422, "validation_error")
-    assert where in error["message"]
+BAD_CREATES = [
+    ({"name": "x", "trainer": "no-such-trainer"}, "unknown trainer 'no-such-trainer'"),
+    ({"name": "x", "resources": {"cpus": -1}}, "resources.cpus"),
+    ({"name": "x", "resources": {"tpus": 1}}, "resources.tpus"),
+    ({"name": "x", "early_stopping": {"monitor": "l", "mode": "up"}}, "mode"),
+    ({"name": "x", "early_stopping": {"monitor": "l", "patience": 0}}, "patience"),
+    ({"name": "x", "surprise": 1}, "surprise"),
+    ({"name": "x y"}, "invalid experiment name"),
+    ({"name": "x", "seed": -5}, "seed"),
+    ({}, "name"),
+]
+
+
+def test_create_422(client, trainer):
+    for fields, where in BAD_CREATES:
+        response = client.post(BASE, json={"trainer": trainer, **fields})
+        error = _error(response, 422, "validation_error")
+        assert where in error["message"], (fields, error)
+    assert client.get(BASE).json() == []
 
 
 def test_404_and_409(client, trainer):
@@ -168,28 +170,28 @@ def test_metric_ingest_of_10k_points_and_history(client, trainer):
     assert client.get(f"{BASE}/exp").json()["metrics"]["loss"]["step"] == 9_000
 
 
-@pytest.mark.parametrize(
-    ("content", "where"),
-    [
-        (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "the body must be"),
-        (b'{"points": {}}', "the body must be"),
-        (b'{"points": [], "extra": 1}', "the body must be"),
-        (b'{"points": [{"name": "a", "value": NaN}]}', "points[0].value: nan"),
-        (b'{"points": [{"name": "a", "value": 1}, {"name": "a", "value": Infinity}]}',
-         "points[1].value: inf"),
-        (b'{"points": [{"name": "a", "value": "1"}]}', "is not a number"),
-        (b'{"points": [{"name": "a", "value": 1, "step": 1.5}]}', "points[0].step"),
-        (b'{"points": [{"value": 1}]}', "points[0].name: missing"),
-        (b'{"points": [7]}', "is not a point"),
-    ],
-)
-def test_malformed_ingest_is_422_and_writes_nothing(client, trainer, content, where):
+BAD_BODIES = [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "the body must be"),
+    (b'{"points": {}}', "the body must be"),
+    (b'{"points": [], "extra": 1}', "the body must be"),
+    (b'{"points": [{"name": "a", "value": NaN}]}', "points[0].value: nan"),
+    (b'{"points": [{"name": "a", "value": 1}, {"name": "a", "value": Infinity}]}',
+     "points[1].value: inf"),
+    (b'{"points": [{"name": "a", "value": "1"}]}', "is not a number"),
+    (b'{"points": [{"name": "a", "value": 1, "step": 1.5}]}', "points[0].step"),
+    (b'{"points": [{"value": 1}]}', "points[0].name: missing"),
+    (b'{"points": [7]}', "is not a point"),
+]
+
+
+def test_malformed_ingest_is_422_and_writes_nothing(client, trainer):
     _create(client, trainer)
-    response = client.post(f"{BASE}/exp/metrics", content=content,
-                           headers={"Content-Type": "application/json"})
-    error = _error(response, 422, "validation_error")
-    assert where in error["message"]
+    for content, where in BAD_BODIES:
+        response = client.post(f"{BASE}/exp/metrics", content=content,
+                               headers={"Content-Type": "application/json"})
+        error = _error(response, 422, "validation_error")
+        assert where in error["message"], (content, error)
     assert client.get(f"{BASE}/exp/metrics").json()["count"] == 0
 
 
