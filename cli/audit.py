@@ -30,8 +30,9 @@ def parse_since(value: str) -> datetime:
 @click.option("--action", help="Only this action.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @json_option
-def audit(since: str | None, actor: str | None, action: str | None, limit: int,
-          as_json: bool) -> None:
+def audit(
+    since: str | None, actor: str | None, action: str | None, limit: int, as_json: bool
+) -> None:
     """Show the audit log, newest first."""
     rows = get_platform().audit.query(
         since=parse_since(since) if since else None, actor=actor, action=action, limit=limit
@@ -40,10 +41,17 @@ def audit(since: str | None, actor: str | None, action: str | None, limit: int,
         print_json(rows)
         return
     print_table(
-        "audit log", ["at", "actor", "action", "resource", "outcome", "request"],
+        "audit log",
+        ["at", "actor", "action", "resource", "outcome", "request"],
         (
-            [e["at"], e["actor"], e["action"],
-             f"{e['resource_type'] or ''}/{e['resource_id'] or ''}", e["outcome"], e["request_id"]]
+            [
+                e["at"],
+                e["actor"],
+                e["action"],
+                f"{e['resource_type'] or ''}/{e['resource_id'] or ''}",
+                e["outcome"],
+                e["request_id"],
+            ]
             for e in rows
         ),
     )

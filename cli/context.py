@@ -73,6 +73,9 @@ def audit_cli(
 ) -> None:
     """Record a CLI action in the audit log, as the command's principal."""
     get_platform().audit.record(
-        actor=get_principal().name, action=action, outcome=outcome,
-        resource_type=resource_type, resource_id=resource_id,
+        actor=get_principal().name,
+        action=action,
+        outcome=outcome,
+        resource_type=resource_type,
+        resource_id=resource_id,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-STARTER = '''\
+STARTER = """\
 # mlrig configuration. Every key can be overridden from the environment as
 # MLRIG_<SECTION>__<KEY>, e.g. MLRIG_DATABASE__URL or MLRIG_STORAGE__BACKEND.
 # Relative paths are resolved against the folder of this file.
@@ -48,7 +48,7 @@ workers = 1
 [auth]
 # The server requires a token unless this is false AND it binds to loopback only.
 enabled = true
-'''
+"""
 
 
 @click.command()

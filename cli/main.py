@@ -98,4 +98,6 @@ def build_cli() -> tuple[click.Group, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     group, pm = build_cli()
-    group.main(args=argv if argv is not None else sys.argv[1:], prog_name="mlrig", obj=CliState(pm=pm))
+    group.main(
+        args=argv if argv is not None else sys.argv[1:], prog_name="mlrig", obj=CliState(pm=pm)
+    )

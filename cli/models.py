@@ -52,8 +52,16 @@ def _show(data: Any, as_json: bool, done: str | None = None) -> None:
 def _version_rows(items: list[dict[str, Any]]) -> Any:
     for v in items:
         metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v["metrics"].items())[:3])
-        yield [v["name"], v["version"], v["stage"], ",".join(v.get("aliases", [])),
-               v["framework"], metrics, v["created_by"], v["created_at"][:19]]
+        yield [
+            v["name"],
+            v["version"],
+            v["stage"],
+            ",".join(v.get("aliases", [])),
+            v["framework"],
+            metrics,
+            v["created_by"],
+            v["created_at"][:19],
+        ]
 
 
 VERSION_COLUMNS = ["model", "version", "stage", "aliases", "framework", "metrics", "by", "created"]
@@ -87,8 +95,9 @@ def create(name: str, description: str | None, tags: tuple[str, ...], as_json: b
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @json_option
-def list_(prefix: str | None, query: str | None, tags: tuple[str, ...], limit: int,
-          as_json: bool) -> None:
+def list_(
+    prefix: str | None, query: str | None, tags: tuple[str, ...], limit: int, as_json: bool
+) -> None:
     """List registered models."""
     rows = get_platform().registry.list_models(
         name_prefix=prefix, name_contains=query, tag=_pairs(tags, "tag"), limit=limit
@@ -96,9 +105,14 @@ def list_(prefix: str | None, query: str | None, tags: tuple[str, ...], limit: i
     if as_json:
         print_json(rows)
         return
-    print_table("models", ["name", "versions", "description", "by", "created"],
-                ([m["name"], m["version_count"], m["description"], m["created_by"],
-                  m["created_at"][:19]] for m in rows))
+    print_table(
+        "models",
+        ["name", "versions", "description", "by", "created"],
+        (
+            [m["name"], m["version_count"], m["description"], m["created_by"], m["created_at"][:19]]
+            for m in rows
+        ),
+    )
 
 
 @models.command("show")
@@ -118,8 +132,9 @@ def show(model: str, version: str | None, as_json: bool) -> None:
 @click.option("--description", help="New description.")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE (replaces all tags), repeatable.")
 @json_option
-def update(model: str, version: str | None, description: str | None, tags: tuple[str, ...],
-           as_json: bool) -> None:
+def update(
+    model: str, version: str | None, description: str | None, tags: tuple[str, ...], as_json: bool
+) -> None:
     """Edit the description or tags of a model or of one VERSION (the rest is frozen)."""
     _writer()
     registry = get_platform().registry
@@ -159,7 +174,8 @@ def _read_sample(path: Path, target: str | None, rows: int = 5) -> Any:
     frame = frame.head(rows)
     if target:
         if target not in frame.columns:
-            msg = f"--target {target!r} is not a column of {path}; columns: {', '.join(frame.columns)}"
+            columns = ", ".join(frame.columns)
+            msg = f"--target {target!r} is not a column of {path}; columns: {columns}"
             raise click.BadParameter(msg)
         frame = frame.drop(columns=[target])
     return frame
@@ -169,11 +185,17 @@ def _read_sample(path: Path, target: str | None, rows: int = 5) -> Any:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True, help="Model name (created if new).")
 @click.option("--version", "version_name", help="Version name (default: the next number).")
-@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV/parquet of inputs: infers the signature, enables the ONNX export.")
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV/parquet of inputs: infers the signature, enables the ONNX export.",
+)
 @click.option("--target", help="Column of --sample to drop (the label).")
-@click.option("--framework", type=click.Choice(["sklearn", "torch", "tensorflow", "onnx"]),
-              help="Default: detected from the file.")
+@click.option(
+    "--framework",
+    type=click.Choice(["sklearn", "torch", "tensorflow", "onnx"]),
+    help="Default: detected from the file.",
+)
 @click.option("--model-type", help="classification, regression... (default: detected).")
 @click.option("--description")
 @click.option("--metric", "metrics", multiple=True, help="NAME=NUMBER, repeatable.")
@@ -183,21 +205,42 @@ def _read_sample(path: Path, target: str | None, rows: int = 5) -> Any:
 @click.option("--dataset", "datasets", multiple=True, help="URI of a training dataset.")
 @click.option("--code-version", help="Commit or tag of the training code.")
 @json_option
-def register(path: Path, name: str, version_name: str | None, sample: Path | None,
-             target: str | None, framework: str | None, model_type: str | None,
-             description: str | None, metrics: tuple[str, ...], params: tuple[str, ...],
-             tags: tuple[str, ...], parent: str | None, datasets: tuple[str, ...],
-             code_version: str | None, as_json: bool) -> None:
+def register(
+    path: Path,
+    name: str,
+    version_name: str | None,
+    sample: Path | None,
+    target: str | None,
+    framework: str | None,
+    model_type: str | None,
+    description: str | None,
+    metrics: tuple[str, ...],
+    params: tuple[str, ...],
+    tags: tuple[str, ...],
+    parent: str | None,
+    datasets: tuple[str, ...],
+    code_version: str | None,
+    as_json: bool,
+) -> None:
     """Register the model file or folder PATH as a new version of --name."""
     from mlrig.registry.packaging import register_model
 
     dataset_refs = [{"uri": uri, "hash": _file_hash(uri)} for uri in datasets]
     version = register_model(
-        get_platform(), path, name=name, actor=_writer(),
-        sample=_read_sample(sample, target) if sample else None, framework=framework,
-        version=version_name, model_type=model_type, description=description,
-        metrics=_pairs(metrics, "metric", number=True), params=_pairs(params, "param"),
-        tags=_pairs(tags, "tag"), parent_version=parent, datasets=dataset_refs,
+        get_platform(),
+        path,
+        name=name,
+        actor=_writer(),
+        sample=_read_sample(sample, target) if sample else None,
+        framework=framework,
+        version=version_name,
+        model_type=model_type,
+        description=description,
+        metrics=_pairs(metrics, "metric", number=True),
+        params=_pairs(params, "param"),
+        tags=_pairs(tags, "tag"),
+        parent_version=parent,
+        datasets=dataset_refs,
         code_version=code_version,
     )
     audit_cli("create_version", resource_type="models", resource_id=version["id"])
@@ -229,15 +272,31 @@ def _file_hash(uri: str) -> str | None:
 @click.option("--created-by", help="User name.")
 @click.option("--since", help="Created since: 30m, 2h, 7d or an ISO time.")
 @click.option("--metric", "metrics", multiple=True, help="e.g. 'accuracy>0.9', repeatable.")
-@click.option("--sort", default="-created_at", show_default=True,
-              help="created_at, name, metrics.NAME; '-' for descending.")
+@click.option(
+    "--sort",
+    default="-created_at",
+    show_default=True,
+    help="created_at, name, metrics.NAME; '-' for descending.",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="next_cursor of the previous page.")
 @json_option
-def versions(model: str | None, prefix: str | None, query: str | None, framework: str | None,
-             model_type: str | None, stage: str | None, tags: tuple[str, ...],
-             created_by: str | None, since: str | None, metrics: tuple[str, ...], sort: str,
-             limit: int, cursor: str | None, as_json: bool) -> None:
+def versions(
+    model: str | None,
+    prefix: str | None,
+    query: str | None,
+    framework: str | None,
+    model_type: str | None,
+    stage: str | None,
+    tags: tuple[str, ...],
+    created_by: str | None,
+    since: str | None,
+    metrics: tuple[str, ...],
+    sort: str,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
     """Search versions (of MODEL, or of all models) with filters, sorting and paging."""
     from mlrig.cli.audit import parse_since
     from mlrig.registry.search import MetricFilter, VersionQuery
@@ -245,11 +304,18 @@ def versions(model: str | None, prefix: str | None, query: str | None, framework
     registry = get_platform().registry
     page = registry.search_versions(
         VersionQuery(
-            model_id=registry.model_id(model) if model else None, name_prefix=prefix,
-            name_contains=query, framework=framework, model_type=model_type, stage=stage,
-            tags=_pairs(tags, "tag"), created_by=created_by,
+            model_id=registry.model_id(model) if model else None,
+            name_prefix=prefix,
+            name_contains=query,
+            framework=framework,
+            model_type=model_type,
+            stage=stage,
+            tags=_pairs(tags, "tag"),
+            created_by=created_by,
             created_after=parse_since(since) if since else None,
-            metrics=tuple(MetricFilter.parse(m) for m in metrics), sort=sort, limit=limit,
+            metrics=tuple(MetricFilter.parse(m) for m in metrics),
+            sort=sort,
+            limit=limit,
             cursor=cursor,
         )
     )
@@ -271,16 +337,26 @@ def artifacts(model: str, version: str, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    print_table(f"{model} {version}", ["path", "type", "size", "sha256", "compression", "encrypted"],
-                ([a["path"], a["type"], a["size"], a["sha256"][:16], a["compression"],
-                  a["encrypted"]] for a in rows))
+    print_table(
+        f"{model} {version}",
+        ["path", "type", "size", "sha256", "compression", "encrypted"],
+        (
+            [a["path"], a["type"], a["size"], a["sha256"][:16], a["compression"], a["encrypted"]]
+            for a in rows
+        ),
+    )
 
 
 @models.command("download")
 @click.argument("model")
 @click.argument("version")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Folder to write the files to.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to write the files to.",
+)
 @json_option
 def download(model: str, version: str, out: Path, as_json: bool) -> None:
     """Download every artifact of a version (verified against its sha256)."""
@@ -322,20 +398,27 @@ def unalias(model: str, alias: str, as_json: bool) -> None:
 @json_option
 def stage(model: str, version: str, stage: str, comment: str | None, as_json: bool) -> None:
     """Move VERSION to STAGE; production opens an approval request instead."""
-    data = get_platform().lifecycle.transition(model, version, stage, actor=_writer(),
-                                               comment=comment)
+    data = get_platform().lifecycle.transition(
+        model, version, stage, actor=_writer(), comment=comment
+    )
     audit_cli("change_stage", resource_type="models", resource_id=f"{model}/{version}")
     if data["status"] == "pending_approval":
-        done = (f"approval request {data['request']['id']} opened: another user with the "
-                f"deployer role runs `mlrig models approve {data['request']['id']}`")
+        done = (
+            f"approval request {data['request']['id']} opened: another user with the "
+            f"deployer role runs `mlrig models approve {data['request']['id']}`"
+        )
     else:
         done = f"{model} {version}: {data['from']} -> {data['to']}"
     _show(data, as_json, done)
 
 
 @models.command("approvals")
-@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "all"]),
-              default="pending", show_default=True)
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "rejected", "all"]),
+    default="pending",
+    show_default=True,
+)
 @click.option("--model", help="Only this model.")
 @json_option
 def approvals(status: str, model: str | None, as_json: bool) -> None:
@@ -346,19 +429,36 @@ def approvals(status: str, model: str | None, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    print_table("approval requests", ["id", "model", "version", "to", "status", "by", "decided by"],
-                ([r["id"], r["model"], r["version"], r["target_stage"], r["status"],
-                  r["requested_by"], r["decided_by"]] for r in rows))
+    print_table(
+        "approval requests",
+        ["id", "model", "version", "to", "status", "by", "decided by"],
+        (
+            [
+                r["id"],
+                r["model"],
+                r["version"],
+                r["target_stage"],
+                r["status"],
+                r["requested_by"],
+                r["decided_by"],
+            ]
+            for r in rows
+        ),
+    )
 
 
 def _decide(request_id: str, approve: bool, comment: str | None, as_json: bool) -> None:
-    data = get_platform().lifecycle.decide(request_id, approve=approve, actor=get_principal(),
-                                           comment=comment)
-    audit_cli("approve" if approve else "reject", resource_type="approvals",
-              resource_id=request_id)
-    _show(data, as_json,
-          f"{data['status']}: {data['model']} {data['version']} is now in {data['target_stage']}"
-          if approve else f"rejected: {data['model']} {data['version']} stays where it was")
+    data = get_platform().lifecycle.decide(
+        request_id, approve=approve, actor=get_principal(), comment=comment
+    )
+    audit_cli("approve" if approve else "reject", resource_type="approvals", resource_id=request_id)
+    _show(
+        data,
+        as_json,
+        f"{data['status']}: {data['model']} {data['version']} is now in {data['target_stage']}"
+        if approve
+        else f"rejected: {data['model']} {data['version']} stays where it was",
+    )
 
 
 @models.command("approve")
@@ -384,12 +484,22 @@ def reject(request_id: str, comment: str | None, as_json: bool) -> None:
 @click.argument("versions", nargs=-1, required=True)
 @click.option("--data", "dataset_uri", required=True, help="CSV/parquet path or fsspec URL.")
 @click.option("--target", required=True, help="The label column.")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
-              help="Default: the version's model type.")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    help="Default: the version's model type.",
+)
 @click.option("--runtime", help="Runtime backend (default: onnx when exported).")
 @json_option
-def evaluate(model: str, versions: tuple[str, ...], dataset_uri: str, target: str,
-             task: str | None, runtime: str | None, as_json: bool) -> None:
+def evaluate(
+    model: str,
+    versions: tuple[str, ...],
+    dataset_uri: str,
+    target: str,
+    task: str | None,
+    runtime: str | None,
+    as_json: bool,
+) -> None:
     """Benchmark VERSIONS of MODEL on a dataset: quality metrics and latency/throughput."""
     from rich.progress import Progress
 
@@ -399,16 +509,19 @@ def evaluate(model: str, versions: tuple[str, ...], dataset_uri: str, target: st
     with Progress(transient=True, disable=as_json) as progress:
         task_id = progress.add_task("evaluating", total=len(versions))
         for version in versions:
-            results += evaluator.evaluate(model, [version], dataset_uri=dataset_uri,
-                                          target=target, task=task, runtime=runtime)
+            results += evaluator.evaluate(
+                model, [version], dataset_uri=dataset_uri, target=target, task=task, runtime=runtime
+            )
             progress.advance(task_id)
     if as_json:
         print_json(results)
         return
     names = sorted({k for r in results for k in r["metrics"]})
-    print_table(f"{model} on {dataset_uri}", ["metric", *[f"v{r['version']} ({r['runtime']})"
-                                                          for r in results]],
-                ([n, *[_fmt(r["metrics"].get(n)) for r in results]] for n in names))
+    print_table(
+        f"{model} on {dataset_uri}",
+        ["metric", *[f"v{r['version']} ({r['runtime']})" for r in results]],
+        ([n, *[_fmt(r["metrics"].get(n)) for r in results]] for n in names),
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -425,7 +538,11 @@ def compare(model: str, versions: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    print_table(f"{model}: " + " vs ".join(versions),
-                ["metric", *[c["version"] for c in data["versions"]]],
-                ([name, *[_fmt(row.get(c["version"])) for c in data["versions"]]]
-                 for name, row in data["metrics"].items()))
+    print_table(
+        f"{model}: " + " vs ".join(versions),
+        ["metric", *[c["version"] for c in data["versions"]]],
+        (
+            [name, *[_fmt(row.get(c["version"])) for c in data["versions"]]]
+            for name, row in data["metrics"].items()
+        ),
+    )

@@ -78,8 +78,14 @@ def list_(kind: str | None, no_check: bool, as_json: bool) -> None:
         "mlrig plugins",
         ["kind", "name", "distribution", "version", "status", "note"],
         (
-            [r["kind"], r["name"], r["distribution"], r["version"], r["status"],
-             r["install"] or r["error"] or ""]
+            [
+                r["kind"],
+                r["name"],
+                r["distribution"],
+                r["version"],
+                r["status"],
+                r["install"] or r["error"] or "",
+            ]
             for r in rows
         ),
     )
@@ -99,9 +105,7 @@ def show(kind: str, name: str, as_json: bool) -> None:
         data = rows[0]
         plugin = get_state().pm.get_plugin(name)
         if plugin is not None:
-            data["hooks"] = sorted(
-                c.name for c in get_state().pm.get_hookcallers(plugin) or []
-            )
+            data["hooks"] = sorted(c.name for c in get_state().pm.get_hookcallers(plugin) or [])
     else:
         from mlrig.backends import CONTRACTS, backend_info, load_backend
 

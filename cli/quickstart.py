@@ -23,8 +23,14 @@ def _step(title: str) -> None:
 
 
 @click.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), show_default=True, help="Project folder to set up.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Project folder to set up.",
+)
 def quickstart(directory: Path) -> None:
     """Initialise ./.mlrig (config, database, artifacts) and run the tour: train on the
     engine, register, promote with an approval, compare, download."""
@@ -49,9 +55,11 @@ def quickstart(directory: Path) -> None:
     click.echo(f"{facts.get('dialect')} database at schema revision {facts.get('revision')}")
     stored = platform.artifacts.put("quickstart/hello.txt", b"hello from mlrig\n")
     back = platform.artifacts.get_bytes("quickstart/hello.txt", expected_sha256=stored.sha256)
-    click.echo(f"stored and read back {stored.size} bytes through the "
-               f"{platform.settings.storage.backend!r} backend "
-               f"({'identical' if back == b'hello from mlrig' + bytes([10]) else 'DIFFERENT'})")
+    click.echo(
+        f"stored and read back {stored.size} bytes through the "
+        f"{platform.settings.storage.backend!r} backend "
+        f"({'identical' if back == b'hello from mlrig' + bytes([10]) else 'DIFFERENT'})"
+    )
 
     operator = state.principal()
     versions = _train(platform, operator)
@@ -79,16 +87,27 @@ def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
     data = {"uri": str(datasets.path("iris")), "target": "species"}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = {
-        "random-forest": {"estimator": "sklearn.ensemble.RandomForestClassifier",
-                          "n_estimators": 50},
-        "logistic": {"estimator": "sklearn.linear_model.LogisticRegression", "C": 0.05,
-                     "max_iter": 500},
+        "random-forest": {
+            "estimator": "sklearn.ensemble.RandomForestClassifier",
+            "n_estimators": 50,
+        },
+        "logistic": {
+            "estimator": "sklearn.linear_model.LogisticRegression",
+            "C": 0.05,
+            "max_iter": 500,
+        },
     }
     ids = []
     for label, params in runs.items():
         experiment = platform.experiments.create(
-            name=f"quickstart-{stamp}-{label}", trainer="sklearn", actor=operator,
-            hyperparameters=params, dataset=data, model_name=MODEL, seed=42, start=True,
+            name=f"quickstart-{stamp}-{label}",
+            trainer="sklearn",
+            actor=operator,
+            hyperparameters=params,
+            dataset=data,
+            model_name=MODEL,
+            seed=42,
+            start=True,
         )
         ids.append(experiment["id"])
         click.echo(f"queued experiment {experiment['name']}")
@@ -101,15 +120,19 @@ def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
     for experiment_id in ids:
         experiment = platform.experiments.get(experiment_id)
         if experiment["status"] != "completed":
-            msg = f"experiment {experiment['name']} ended {experiment['status']}: " \
-                  f"{experiment.get('status_detail')}; see: mlrig experiments logs {experiment_id}"
+            msg = (
+                f"experiment {experiment['name']} ended {experiment['status']}: "
+                f"{experiment.get('status_detail')}; see: mlrig experiments logs {experiment_id}"
+            )
             raise click.ClickException(msg)
         version_id = experiment["result"]["model_version_id"]
         version = platform.registry.get_version(MODEL, version_id)
         versions.append(version)
-        click.echo(f"{experiment['name']}: completed, val_accuracy "
-                   f"{version['metrics'].get('val_accuracy', float('nan')):.3f} -> registered "
-                   f"{MODEL} version {version['version']}")
+        click.echo(
+            f"{experiment['name']}: completed, val_accuracy "
+            f"{version['metrics'].get('val_accuracy', float('nan')):.3f} -> registered "
+            f"{MODEL} version {version['version']}"
+        )
     return versions
 
 
@@ -131,12 +154,14 @@ def _promote(platform: Platform, versions: list[dict[str, Any]]) -> None:
     bob = _user(platform, "bob", "deployer")
     platform.lifecycle.set_alias(MODEL, "champion", best["version"], actor=alice)
     click.echo(f"{MODEL}@champion -> version {best['version']}")
-    request = platform.lifecycle.transition(MODEL, best["version"], "production", actor=alice,
-                                            comment="best validation accuracy")["request"]
+    request = platform.lifecycle.transition(
+        MODEL, best["version"], "production", actor=alice, comment="best validation accuracy"
+    )["request"]
     click.echo(f"alice (developer) asked for production: request {request['id']}")
     decided = platform.lifecycle.decide(request["id"], approve=True, actor=bob, comment="ok")
-    click.echo(f"bob (deployer) approved: version {decided['version']} is in "
-               f"{decided['target_stage']}")
+    click.echo(
+        f"bob (deployer) approved: version {decided['version']} is in {decided['target_stage']}"
+    )
 
 
 def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) -> None:
@@ -147,14 +172,17 @@ def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) ->
 
     _step("benchmark and compare the versions on the dataset")
     refs = [v["version"] for v in versions]
-    results = platform.evaluator.evaluate(MODEL, refs, dataset_uri=str(datasets.path("iris")),
-                                          target="species")
+    results = platform.evaluator.evaluate(
+        MODEL, refs, dataset_uri=str(datasets.path("iris")), target="species"
+    )
     measured = {r["version"]: r["metrics"]["accuracy"] for r in results}
     for r in results:
         m = r["metrics"]
-        click.echo(f"version {r['version']} ({r['runtime']}): accuracy {m['accuracy']:.3f}, "
-                   f"f1 {m['f1']:.3f}, p50 {m['latency_p50_ms']:.2f} ms, "
-                   f"{m['batch_rows_per_s']:,.0f} rows/s")
+        click.echo(
+            f"version {r['version']} ({r['runtime']}): accuracy {m['accuracy']:.3f}, "
+            f"f1 {m['f1']:.3f}, p50 {m['latency_p50_ms']:.2f} ms, "
+            f"{m['batch_rows_per_s']:,.0f} rows/s"
+        )
 
     _step("download the champion and load it back")
     frame = datasets.load("iris")
@@ -165,6 +193,8 @@ def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) ->
         champion = platform.registry.get_version(MODEL, "champion")
         files = ", ".join(a["path"] for a in champion["artifacts"])
         accuracy = float(np.mean(np.asarray(model.predict(features)) == labels))
-        click.echo(f"downloaded {files} (sha256 verified); the {type(model).__name__} scores "
-                   f"accuracy {accuracy:.3f} here, the registry measured "
-                   f"{measured[champion['version']]:.3f}")
+        click.echo(
+            f"downloaded {files} (sha256 verified); the {type(model).__name__} scores "
+            f"accuracy {accuracy:.3f} here, the registry measured "
+            f"{measured[champion['version']]:.3f}"
+        )

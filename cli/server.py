@@ -56,7 +56,8 @@ def _start_embedded_workers(platform: object, concurrency: int) -> threading.Eve
     from mlrig.engine.worker import Worker
 
     engine = Worker(platform, concurrency=concurrency)  # type: ignore[arg-type]
-    threading.Thread(target=engine.run, kwargs={"stop": stop}, name="mlrig-worker",
-                     daemon=True).start()
+    threading.Thread(
+        target=engine.run, kwargs={"stop": stop}, name="mlrig-worker", daemon=True
+    ).start()
     click.echo(f"running {concurrency} embedded job worker slot(s); `mlrig worker` adds more")
     return stop

@@ -19,8 +19,11 @@ def gen_key() -> None:
     from mlrig.artifacts import generate_master_key
 
     click.echo(generate_master_key())
-    click.echo("set it as MLRIG_STORAGE__MASTER_KEY and keep a copy: artifacts encrypted with "
-               "it cannot be read without it", err=True)
+    click.echo(
+        "set it as MLRIG_STORAGE__MASTER_KEY and keep a copy: artifacts encrypted with "
+        "it cannot be read without it",
+        err=True,
+    )
 
 
 @storage.command("info")

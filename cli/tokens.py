@@ -39,10 +39,19 @@ def list_(user: str | None, as_json: bool) -> None:
         print_json(rows)
         return
     print_table(
-        "tokens", ["id", "prefix", "user", "name", "created", "last used", "expires", "revoked"],
+        "tokens",
+        ["id", "prefix", "user", "name", "created", "last used", "expires", "revoked"],
         (
-            [t["id"], t["prefix"], t["user"], t["name"], t["created_at"], t["last_used_at"],
-             t["expires_at"], t["revoked_at"]]
+            [
+                t["id"],
+                t["prefix"],
+                t["user"],
+                t["name"],
+                t["created_at"],
+                t["last_used_at"],
+                t["expires_at"],
+                t["revoked_at"],
+            ]
             for t in rows
         ),
     )

@@ -40,6 +40,7 @@ def list_(as_json: bool) -> None:
         print_json(rows)
         return
     print_table(
-        "users", ["name", "role", "email", "created"],
+        "users",
+        ["name", "role", "email", "created"],
         ([u["name"], u["role"], u["email"], u["created_at"]] for u in rows),
     )

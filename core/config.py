@@ -60,7 +60,9 @@ class BackendSection(Section):
         installed = backend_names(self._kind)
         for key, value in (self.model_extra or {}).items():
             if not isinstance(value, dict):
-                allowed = sorted(set(type(self).model_fields) | {f"[{self._section}.{n}]" for n in installed})
+                allowed = sorted(
+                    set(type(self).model_fields) | {f"[{self._section}.{n}]" for n in installed}
+                )
                 msg = f"unknown key (found {value!r}); allowed: {', '.join(allowed)}"
                 raise _KeyError(key, msg)
             if key not in installed:
@@ -205,8 +207,13 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         if self.storage.master_key is not None:
             data["storage"]["master_key"] = self.storage.master_key.get_secret_value()
-        return json.dumps({"settings": data, "source": str(self._source) if self._source else None,
-                           "base_dir": str(self._base_dir)})
+        return json.dumps(
+            {
+                "settings": data,
+                "source": str(self._source) if self._source else None,
+                "base_dir": str(self._base_dir),
+            }
+        )
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret hidden."""
@@ -238,7 +245,10 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            msg = f"config file {str(path)!r} (from --config) does not exist; create it with: mlrig init"
+            msg = (
+                f"config file {str(path)!r} (from --config) does not exist; "
+                "create it with: mlrig init"
+            )
             raise ConfigError(msg)
         return path
     from_env = os.environ.get(CONFIG_ENV)

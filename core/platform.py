@@ -159,8 +159,11 @@ class Platform:
         created = self.security.bootstrap_admin()
         if created is not None:
             self.audit.record(
-                actor="system", action="bootstrap_admin", outcome="success",
-                resource_type="users", resource_id="admin",
+                actor="system",
+                action="bootstrap_admin",
+                outcome="success",
+                resource_type="users",
+                resource_id="admin",
             )
             echo("first start: created user 'admin'. Its token, shown only this once:")
             echo(f"  {created['token']}")
@@ -174,9 +177,7 @@ class Platform:
         checks["database"] = _check(lambda: self.db.check())
         checks["storage"] = _check(lambda: self.storage_backend.check())
         checks["storage"]["backend"] = self.settings.storage.backend
-        failures = [
-            {"name": s.name, "error": s.error} for s in self.pm.failures
-        ]
+        failures = [{"name": s.name, "error": s.error} for s in self.pm.failures]
         checks["plugins"] = {
             "status": "degraded" if failures else "ok",
             "loaded": sorted(n for n, _ in self.pm.list_name_plugin() if n),

@@ -107,12 +107,8 @@ class LocalExecutor(Executor):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.resources.gpus)
         spec.workdir.mkdir(parents=True, exist_ok=True)
         with ExitStack() as files:
-            stdout = (
-                files.enter_context(spec.stdout_path.open("ab")) if spec.stdout_path else None
-            )
-            stderr = (
-                files.enter_context(spec.stderr_path.open("ab")) if spec.stderr_path else None
-            )
+            stdout = files.enter_context(spec.stdout_path.open("ab")) if spec.stdout_path else None
+            stderr = files.enter_context(spec.stderr_path.open("ab")) if spec.stderr_path else None
             process = subprocess.Popen(
                 list(spec.argv),
                 cwd=spec.workdir,
@@ -121,9 +117,7 @@ class LocalExecutor(Executor):
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=(
-                    lambda: _limit_resources(spec.resources, self.options.die_with_parent)
-                )
+                preexec_fn=(lambda: _limit_resources(spec.resources, self.options.die_with_parent))
                 if sys.platform != "win32"
                 else None,
             )

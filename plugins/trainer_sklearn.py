@@ -49,7 +49,9 @@ def infer_task(target: Any) -> str:
     return "classification"
 
 
-def evaluate(task: str, model: Any, features: Any, labels: Any, prefix: str = "") -> dict[str, float]:
+def evaluate(
+    task: str, model: Any, features: Any, labels: Any, prefix: str = ""
+) -> dict[str, float]:
     """The task's metrics of ``model`` on one split."""
     import numpy as np
     from sklearn import metrics
@@ -99,26 +101,39 @@ class SklearnTrainer(Trainer):
         if "random_state" in cls().get_params() and "random_state" not in kwargs:
             kwargs["random_state"] = None if seed is None else seed % 2**32
         x_train, x_val, y_train, y_val = train_test_split(
-            features, labels, test_size=float(params.get("test_size", 0.2)),
+            features,
+            labels,
+            test_size=float(params.get("test_size", 0.2)),
             random_state=None if seed is None else seed % 2**32,
             stratify=labels if task == "classification" else None,
         )
         epochs = params.get("epochs")
         if epochs and hasattr(cls, "partial_fit"):
-            model = self._train_epochs(context, cls(**kwargs), task, int(epochs),
-                                       x_train, y_train, x_val, y_val, labels)
+            model = self._train_epochs(
+                context, cls(**kwargs), task, int(epochs), x_train, y_train, x_val, y_val, labels
+            )
         else:
             model = cls(**kwargs).fit(x_train, y_train)
             context.log_metrics(evaluate(task, model, x_train, y_train), step=0, kind="train")
         final = evaluate(task, model, x_val, y_val, prefix="val_")
         context.log_metrics(final, step=context.last_step, kind="validation")
-        version = context.register_model(model, sample=x_train.head(5), model_type=task,
-                                         metrics=final)
+        version = context.register_model(
+            model, sample=x_train.head(5), model_type=task, metrics=final
+        )
         return TrainResult(metrics=final, model_version_id=version["id"])
 
     @staticmethod
-    def _train_epochs(context: TrainingContext, model: Any, task: str, epochs: int,
-                      x_train: Any, y_train: Any, x_val: Any, y_val: Any, labels: Any) -> Any:
+    def _train_epochs(
+        context: TrainingContext,
+        model: Any,
+        task: str,
+        epochs: int,
+        x_train: Any,
+        y_train: Any,
+        x_val: Any,
+        y_val: Any,
+        labels: Any,
+    ) -> Any:
         import numpy as np
 
         start = 0
@@ -128,10 +143,15 @@ class SklearnTrainer(Trainer):
         fit_kwargs = {"classes": np.unique(labels)} if task == "classification" else {}
         for epoch in range(start, epochs):
             model.partial_fit(x_train, y_train, **fit_kwargs)
-            context.log_metrics(evaluate(task, model, x_train, y_train), step=epoch,
-                                epoch=epoch, kind="train")
-            context.log_metrics(evaluate(task, model, x_val, y_val, prefix="val_"), step=epoch,
-                                epoch=epoch, kind="validation")
+            context.log_metrics(
+                evaluate(task, model, x_train, y_train), step=epoch, epoch=epoch, kind="train"
+            )
+            context.log_metrics(
+                evaluate(task, model, x_val, y_val, prefix="val_"),
+                step=epoch,
+                epoch=epoch,
+                kind="validation",
+            )
             context.checkpoint({"model": model, "epoch": epoch, "step": epoch})
             if context.should_stop():
                 break

@@ -52,10 +52,12 @@ def install_test_trainers(site: Path) -> Path:
     return make_distribution(
         site,
         "mlrig-test-trainers",
-        entry_points={"mlrig.trainers": {
-            "steps": "mlrig_test_trainers:Steps",
-            "sleepy": "mlrig_test_trainers:Sleepy",
-            "crashing": "mlrig_test_trainers:Crashing",
-        }},
+        entry_points={
+            "mlrig.trainers": {
+                "steps": "mlrig_test_trainers:Steps",
+                "sleepy": "mlrig_test_trainers:Sleepy",
+                "crashing": "mlrig_test_trainers:Crashing",
+            }
+        },
         modules={"mlrig_test_trainers": STEPS_TRAINER},
     )

@@ -71,7 +71,10 @@ def test_no_route_returns_500_for_bad_input(platform, api_client, admin_headers,
             for body in BAD_BODIES if method in {"POST", "PUT", "PATCH"} else [None]:
                 for query in BAD_QUERIES:
                     response = api_client.request(
-                        method, path, content=body, params=query,
+                        method,
+                        path,
+                        content=body,
+                        params=query,
                         headers={**headers, "Content-Type": "application/json"},
                     )
                     status = response.status_code

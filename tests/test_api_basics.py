@@ -16,7 +16,11 @@ def test_health_reports_parts(api_client):
     body = response.json()
     assert body["status"] == "ok"
     assert body["checks"]["database"]["status"] == "ok"
-    assert body["checks"]["storage"] == {"status": "ok", "backend": "local", **body["checks"]["storage"]}
+    assert body["checks"]["storage"] == {
+        "status": "ok",
+        "backend": "local",
+        **body["checks"]["storage"],
+    }
     assert body["checks"]["plugins"]["failed"] == []
 
 

@@ -25,16 +25,33 @@ KILLS = 12
 
 def _start_worker(home, env):
     return subprocess.Popen(
-        [sys.executable, "-m", "mlrig.cli", "worker", "--concurrency", "2", "--cpus", "2",
-         "--lease-seconds", "4", "--quiet"],
-        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "mlrig.cli",
+            "worker",
+            "--concurrency",
+            "2",
+            "--cpus",
+            "2",
+            "--lease-seconds",
+            "4",
+            "--quiet",
+        ],
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_sigkilled_workers_lose_no_job_and_complete_none_twice(tmp_path, db, request):
-    url = (f"sqlite:///{tmp_path / 'home' / 'mlrig.db'}" if db == "sqlite"
-           else request.getfixturevalue("pg_url"))
+    url = (
+        f"sqlite:///{tmp_path / 'home' / 'mlrig.db'}"
+        if db == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
     if db == "postgresql":
         from mlrig.db import migrate
 
@@ -45,12 +62,22 @@ def test_sigkilled_workers_lose_no_job_and_complete_none_twice(tmp_path, db, req
         f'[database]\nurl = "{url}"\n[storage.local]\nroot = "{home / "artifacts"}"\n'
     )
     site = install_test_trainers(tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
 
     with platform.db.session() as session:
-        rows = [TrainingExperiment(name=f"chaos-{i}", trainer="steps", max_attempts=25,
-                                   hyperparameters={"steps": 8, "sleep": 0.1},
-                                   checkpoint_interval_s=0) for i in range(JOBS)]
+        rows = [
+            TrainingExperiment(
+                name=f"chaos-{i}",
+                trainer="steps",
+                max_attempts=25,
+                hyperparameters={"steps": 8, "sleep": 0.1},
+                checkpoint_interval_s=0,
+            )
+            for i in range(JOBS)
+        ]
         session.add_all(rows)
         session.flush()
         for row in rows:
@@ -65,8 +92,11 @@ def test_sigkilled_workers_lose_no_job_and_complete_none_twice(tmp_path, db, req
 
     def unfinished():
         with platform.db.session() as session:
-            return session.scalar(select(func.count()).select_from(TrainingExperiment).where(
-                TrainingExperiment.status.not_in(["completed", "failed", "cancelled"])))
+            return session.scalar(
+                select(func.count())
+                .select_from(TrainingExperiment)
+                .where(TrainingExperiment.status.not_in(["completed", "failed", "cancelled"]))
+            )
 
     try:
         while unfinished() and time.monotonic() < deadline:
@@ -88,20 +118,27 @@ def test_sigkilled_workers_lose_no_job_and_complete_none_twice(tmp_path, db, req
 
     assert kills == KILLS
     with platform.db.session() as session:
-        statuses = dict(session.execute(
-            select(TrainingExperiment.status, func.count())
-            .group_by(TrainingExperiment.status)).all())
-        completions = dict(session.execute(
-            select(ExperimentEvent.experiment_id, func.count())
-            .where(ExperimentEvent.new_status == "completed")
-            .group_by(ExperimentEvent.experiment_id)).all())
-        details = [(row.attempts, row.status_detail, row.configuration)
-                   for row in session.scalars(select(TrainingExperiment))]
+        statuses = dict(
+            session.execute(
+                select(TrainingExperiment.status, func.count()).group_by(TrainingExperiment.status)
+            ).all()
+        )
+        completions = dict(
+            session.execute(
+                select(ExperimentEvent.experiment_id, func.count())
+                .where(ExperimentEvent.new_status == "completed")
+                .group_by(ExperimentEvent.experiment_id)
+            ).all()
+        )
+        details = [
+            (row.attempts, row.status_detail, row.configuration)
+            for row in session.scalars(select(TrainingExperiment))
+        ]
     assert statuses == {"completed": JOBS}
     assert len(completions) == JOBS and set(completions.values()) == {1}
     resumed = [d for a, d, _ in details if a > 1 and d and "resumed from checkpoint step" in d]
     assert resumed, "no job resumed from a checkpoint: the kills hit no running job"
-    for attempts, detail, config in details:
+    for attempts, _detail, config in details:
         if config["result"]["resumed_from_step"] is not None:
             assert attempts > 1
             assert config["result"]["resumed_from_step"] >= 0

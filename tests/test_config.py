@@ -97,11 +97,12 @@ def test_init_writes_a_valid_commented_file(tmp_path, run_cli):
 
 
 def test_config_show_json_redacts_secrets(tmp_path, run_cli):
-    (tmp_path / "mlrig.toml").write_text(
-        '[database]\nurl = "postgresql://me:hunter2@db:5432/x"\n'
-    )
+    (tmp_path / "mlrig.toml").write_text('[database]\nurl = "postgresql://me:hunter2@db:5432/x"\n')
     result = run_cli(
-        "config", "show", "--json", cwd=tmp_path,
+        "config",
+        "show",
+        "--json",
+        cwd=tmp_path,
         env={"MLRIG_STORAGE__MASTER_KEY": "c2VjcmV0", "MLRIG_SERVER__PORT": "7000"},
     )
     assert result.exit_code == 0, result.stderr

@@ -23,8 +23,18 @@ def test_ci_runs_the_readme_test_command():
 
 def test_top_level_layout():
     expected = {
-        "pyproject.toml", "core", "plugins", "api", "cli", "tests", "tox.ini", "docs",
-        "README.md", ".ci", "benchmarks", "examples",
+        "pyproject.toml",
+        "core",
+        "plugins",
+        "api",
+        "cli",
+        "tests",
+        "tox.ini",
+        "docs",
+        "README.md",
+        ".ci",
+        "benchmarks",
+        "examples",
     }
     present = {p.name for p in ROOT.iterdir()}
     assert expected <= present

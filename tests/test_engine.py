@@ -16,14 +16,32 @@ from mlrig.engine.allocator import Capacity
 from mlrig.engine.worker import Worker
 
 
-def add_job(platform, name="job", *, trainer="steps", priority=0, params=None, dataset=None,
-            resources=None, max_attempts=3, early_stopping=None, interval=0, queue=True):
+def add_job(
+    platform,
+    name="job",
+    *,
+    trainer="steps",
+    priority=0,
+    params=None,
+    dataset=None,
+    resources=None,
+    max_attempts=3,
+    early_stopping=None,
+    interval=0,
+    queue=True,
+):
     with platform.db.session() as session:
         job = TrainingExperiment(
-            name=name, trainer=trainer, priority=priority, hyperparameters=params or {},
-            configuration={"dataset": dataset} if dataset else {}, resources=resources or {},
-            max_attempts=max_attempts, early_stopping=early_stopping,
-            checkpoint_interval_s=interval, seed=7,
+            name=name,
+            trainer=trainer,
+            priority=priority,
+            hyperparameters=params or {},
+            configuration={"dataset": dataset} if dataset else {},
+            resources=resources or {},
+            max_attempts=max_attempts,
+            early_stopping=early_stopping,
+            checkpoint_interval_s=interval,
+            seed=7,
         )
         session.add(job)
         session.flush()
@@ -66,8 +84,7 @@ def test_claims_by_priority_then_age(db_platform):
 def test_claim_skips_jobs_that_do_not_fit(db_platform):
     big = add_job(db_platform, "big", priority=9, resources={"gpus": 1})
     small = add_job(db_platform, "small")
-    claimed = db_platform.queue.claim("w", lease_seconds=30,
-                                      fits=lambda r: r.get("gpus", 0) == 0)
+    claimed = db_platform.queue.claim("w", lease_seconds=30, fits=lambda r: r.get("gpus", 0) == 0)
     assert claimed.id == small
     assert job_row(db_platform, big).status == "queued"
 
@@ -89,8 +106,12 @@ def test_fencing_and_requeue_after_a_lost_lease(db_platform):
     row = job_row(db_platform, job_id)
     assert (row.status, row.status_detail, row.attempts) == ("completed", "done", 2)
     with db_platform.db.session() as session:
-        events = [e.new_status for e in session.query(ExperimentEvent)
-                  .filter_by(experiment_id=job_id).order_by(ExperimentEvent.at)]
+        events = [
+            e.new_status
+            for e in session.query(ExperimentEvent)
+            .filter_by(experiment_id=job_id)
+            .order_by(ExperimentEvent.at)
+        ]
     assert events == ["created", "queued", "running", "queued", "running", "completed"]
 
 
@@ -134,9 +155,13 @@ def test_concurrent_claims_never_share_a_job(db_platform):
 
 
 def run_worker(platform, *, max_jobs=None, exit_when_idle=True, timeout=120, **kw):
-    worker = Worker(platform, concurrency=kw.pop("concurrency", 2),
-                    capacity=kw.pop("capacity", Capacity(cpus=(0, 0, 0, 0))),
-                    lease_seconds=kw.pop("lease_seconds", 10), **kw)
+    worker = Worker(
+        platform,
+        concurrency=kw.pop("concurrency", 2),
+        capacity=kw.pop("capacity", Capacity(cpus=(0, 0, 0, 0))),
+        lease_seconds=kw.pop("lease_seconds", 10),
+        **kw,
+    )
     stop = threading.Event()
     timer = threading.Timer(timeout, stop.set)
     timer.start()
@@ -147,9 +172,13 @@ def run_worker(platform, *, max_jobs=None, exit_when_idle=True, timeout=120, **k
 
 
 def test_worker_runs_the_sklearn_trainer_end_to_end(platform):
-    job_id = add_job(platform, "iris-rf", trainer="sklearn",
-                     params={"n_estimators": 20},
-                     dataset={"uri": str(datasets.path("iris")), "target": "species"})
+    job_id = add_job(
+        platform,
+        "iris-rf",
+        trainer="sklearn",
+        params={"n_estimators": 20},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
+    )
     assert run_worker(platform) == 1
     row = job_row(platform, job_id)
     assert row.status == "completed", row.status_detail
@@ -162,7 +191,9 @@ def test_worker_runs_the_sklearn_trainer_end_to_end(platform):
     repro = row.reproducibility
     assert repro["seed"] == 7 and repro["config_hash"] and repro["packages"]["scikit-learn"]
     with platform.db.session() as session:
-        names = {m.metric_name for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)}
+        names = {
+            m.metric_name for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)
+        }
     assert {"accuracy", "val_accuracy", "val_f1"} <= names
     from mlrig.experiments.logs import LogStore
 
@@ -172,9 +203,16 @@ def test_worker_runs_the_sklearn_trainer_end_to_end(platform):
 
 def test_early_stopping_ends_a_stalled_run(platform):
     job_id = add_job(
-        platform, "stalls", trainer="sklearn",
-        params={"estimator": "sklearn.linear_model.SGDClassifier", "loss": "log_loss",
-                "learning_rate": "constant", "eta0": 1e-7, "epochs": 40},
+        platform,
+        "stalls",
+        trainer="sklearn",
+        params={
+            "estimator": "sklearn.linear_model.SGDClassifier",
+            "loss": "log_loss",
+            "learning_rate": "constant",
+            "eta0": 1e-7,
+            "epochs": 40,
+        },
         dataset={"uri": str(datasets.path("iris")), "target": "species"},
         early_stopping={"monitor": "val_loss", "mode": "min", "patience": 3, "min_delta": 0.01},
     )
@@ -183,8 +221,12 @@ def test_early_stopping_ends_a_stalled_run(platform):
     assert row.status == "completed"
     assert "early stopped: val_loss did not improve" in row.status_detail
     with platform.db.session() as session:
-        epochs = {m.epoch for m in session.query(TrainingMetric)
-                  .filter_by(experiment_id=job_id, metric_name="val_loss")}
+        epochs = {
+            m.epoch
+            for m in session.query(TrainingMetric).filter_by(
+                experiment_id=job_id, metric_name="val_loss"
+            )
+        }
     assert 3 <= len(epochs) < 40
 
 
@@ -198,8 +240,13 @@ def test_a_crashing_trainer_is_retried_then_failed(platform, test_trainers):
 
 def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path):
     job_id = add_job(platform, "sleepy", trainer="sleepy")
-    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)), lease_seconds=10,
-                    workdir=tmp_path / "work")
+    worker = Worker(
+        platform,
+        concurrency=1,
+        capacity=Capacity(cpus=(0,)),
+        lease_seconds=10,
+        workdir=tmp_path / "work",
+    )
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, kwargs={"stop": stop})
     thread.start()
@@ -209,8 +256,11 @@ def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path)
         while "job" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, "the job did not start"
             time.sleep(0.1)
-        pids = {line.split()[0]: int(line.split()[1]) for line in log.read_text().splitlines()
-                if line.split()[:1] in (["child"], ["job"])}
+        pids = {
+            line.split()[0]: int(line.split()[1])
+            for line in log.read_text().splitlines()
+            if line.split()[:1] in (["child"], ["job"])
+        }
         started = time.monotonic()
         platform.queue.cancel(job_id)
         while any(_alive(pid) for pid in pids.values()):

@@ -13,7 +13,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugin_hooks.md"
 
 
 def _specs():
-    return [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("mlrig_")]
+    return [
+        n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("mlrig_")
+    ]
 
 
 def test_every_spec_has_a_docstring_and_a_doc_heading():
@@ -44,7 +46,9 @@ def test_event_hooks_reach_plugins(platform, register_plugin):
 
     register_plugin(Recorder())
     platform.hooks.model_version_created({"name": "iris", "version": "1"})
-    platform.hooks.experiment_state_changed({"experiment_id": "x", "old": "queued", "new": "running"})
+    platform.hooks.experiment_state_changed(
+        {"experiment_id": "x", "old": "queued", "new": "running"}
+    )
     assert seen == [("created", "iris"), ("state", "running", True)]
 
 

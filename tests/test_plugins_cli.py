@@ -74,9 +74,7 @@ def test_broken_plugin_does_not_break_the_cli(run_cli, broken_site):
 def example_plugin():
     """pip-install the example plugin into this environment for the module's tests."""
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run(
-        [*pip, "install", "-q", "--no-deps", str(EXAMPLE)], check=True, timeout=300
-    )
+    subprocess.run([*pip, "install", "-q", "--no-deps", str(EXAMPLE)], check=True, timeout=300)
     yield
     subprocess.run([*pip, "uninstall", "-q", "-y", "mlrig-plugin-example"], check=True)
 
@@ -111,7 +109,9 @@ def test_example_plugin_is_listed_selectable_and_its_hook_runs(example_plugin, t
 def test_example_plugin_passes_the_storage_contract(example_plugin):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout

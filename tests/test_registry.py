@@ -51,8 +51,12 @@ def test_failed_registration_leaves_no_row_and_no_object(db_platform, users):
     _register(db_platform, users["dev"], version="a")
     before = set(db_platform.artifacts.list("models/"))
     with pytest.raises(ConflictError):
-        _register(db_platform, users["dev"], version="a",
-                  files={"big.bin": b"x" * 100_000, "other.bin": b"y"})
+        _register(
+            db_platform,
+            users["dev"],
+            version="a",
+            files={"big.bin": b"x" * 100_000, "other.bin": b"y"},
+        )
     assert set(db_platform.artifacts.list("models/")) == before
     assert db_platform.registry.get_model("iris")["version_count"] == 1
 
@@ -61,22 +65,26 @@ def test_a_version_is_immutable_but_tags_and_description_edit(db_platform, users
     _register(db_platform, users["dev"], metrics={"accuracy": 0.9})
     with pytest.raises(ConflictError, match="immutable: metrics"):
         db_platform.registry.update_version("iris", "1", frozen={"metrics": {"accuracy": 1.0}})
-    updated = db_platform.registry.update_version("iris", "1", tags={"team": "a"},
-                                                  description="better")
+    updated = db_platform.registry.update_version(
+        "iris", "1", tags={"team": "a"}, description="better"
+    )
     assert updated["tags"] == {"team": "a"} and updated["description"] == "better"
     assert updated["metrics"] == {"accuracy": 0.9}
 
 
 def test_lineage_both_ways(db_platform, users):
-    _register(db_platform, users["dev"], datasets=[{"uri": "s3://d/train.csv", "hash": "abc"}],
-              code_version="deadbeef", params={"C": 1.0})
+    _register(
+        db_platform,
+        users["dev"],
+        datasets=[{"uri": "s3://d/train.csv", "hash": "abc"}],
+        code_version="deadbeef",
+        params={"C": 1.0},
+    )
     _register(db_platform, users["dev"], parent_version="1")
     parent = db_platform.registry.get_version("iris", "1")
     child = db_platform.registry.get_version("iris", "2")
     assert child["lineage"]["parent"]["version"] == "1"
-    assert parent["lineage"]["derived"] == [
-        {"id": child["id"], "name": "iris", "version": "2"}
-    ]
+    assert parent["lineage"]["derived"] == [{"id": child["id"], "name": "iris", "version": "2"}]
     assert parent["lineage"]["datasets"] == [{"uri": "s3://d/train.csv", "hash": "abc"}]
     assert parent["lineage"]["code_version"] == "deadbeef"
     assert parent["params"] == {"C": 1.0}
@@ -85,16 +93,22 @@ def test_lineage_both_ways(db_platform, users):
 
 def test_search_filters_sorting_and_cursor(db_platform, users):
     for i in range(7):
-        _register(db_platform, users["dev"], name="churn" if i % 2 else "iris-big",
-                  metrics={"accuracy": round(0.8 + i / 100, 2)}, framework="sklearn" if i < 5 else "torch",
-                  tags={"team": "a" if i < 3 else "b"})
+        _register(
+            db_platform,
+            users["dev"],
+            name="churn" if i % 2 else "iris-big",
+            metrics={"accuracy": round(0.8 + i / 100, 2)},
+            framework="sklearn" if i < 5 else "torch",
+            tags={"team": "a" if i < 3 else "b"},
+        )
     registry = db_platform.registry
     page = registry.search_versions(VersionQuery(name_prefix="iris", limit=2))
     assert [v["name"] for v in page["items"]] == ["iris-big", "iris-big"]
     seen = [v["id"] for v in page["items"]]
     while page["next_cursor"]:
         page = registry.search_versions(
-            VersionQuery(name_prefix="iris", limit=2, cursor=page["next_cursor"]))
+            VersionQuery(name_prefix="iris", limit=2, cursor=page["next_cursor"])
+        )
         seen += [v["id"] for v in page["items"]]
     assert len(seen) == len(set(seen)) == 4
     good = registry.search_versions(VersionQuery(metrics=(MetricFilter.parse("accuracy > 0.83"),)))
@@ -104,7 +118,8 @@ def test_search_filters_sorting_and_cursor(db_platform, users):
     best = registry.search_versions(VersionQuery(sort="-metrics.accuracy", limit=1))
     assert best["items"][0]["metrics"]["accuracy"] == 0.86
     second = registry.search_versions(
-        VersionQuery(sort="-metrics.accuracy", limit=1, cursor=best["next_cursor"]))
+        VersionQuery(sort="-metrics.accuracy", limit=1, cursor=best["next_cursor"])
+    )
     assert second["items"][0]["metrics"]["accuracy"] == 0.85
     assert registry.search_versions(VersionQuery(name_contains="URN"))["items"]
     assert registry.search_versions(VersionQuery(created_by="dev", limit=100))["items"]
@@ -164,7 +179,9 @@ def test_production_needs_another_users_approval(db_platform, users, register_pl
     assert rejected["status"] == "rejected"
     assert db_platform.registry.get_version("iris", "2")["stage"] == "none"
     third = lifecycle.transition("iris", "2", "production", actor=users["dev"])["request"]
-    assert lifecycle.decide(third["id"], approve=True, actor=users["ops"])["archived_versions"] == ["1"]
+    assert lifecycle.decide(third["id"], approve=True, actor=users["ops"])["archived_versions"] == [
+        "1"
+    ]
     assert db_platform.registry.get_version("iris", "1")["stage"] == "archived"
     with pytest.raises(ConflictError, match="already approved"):
         lifecycle.decide(third["id"], approve=True, actor=users["ops2"])
@@ -180,8 +197,11 @@ def test_delete_is_soft_and_refused_while_deployed(db_platform, users):
     from mlrig.db.models import ModelDeployment
 
     with db_platform.db.session() as session:
-        session.add(ModelDeployment(name="live", model_id=uuid.UUID(version["id"]), version="1",
-                                    status="active"))
+        session.add(
+            ModelDeployment(
+                name="live", model_id=uuid.UUID(version["id"]), version="1", status="active"
+            )
+        )
     with pytest.raises(ConflictError, match="deployed"):
         db_platform.registry.delete_version("iris", "1")
     with pytest.raises(ConflictError, match="deployed"):

@@ -43,10 +43,30 @@ def test_cli_end_to_end_on_the_embedded_default(tmp_path, run_cli):
     def as_json(*args, token=None):
         return json.loads(cli(*args, "--json", token=token).stdout)
 
-    v1 = as_json("models", "register", str(path_a), "--name", "iris", "--sample", "sample.csv",
-                 "--metric", "train_accuracy=0.97", "--dataset", data)
-    v2 = as_json("models", "register", str(path_b), "--name", "iris", "--sample", "sample.csv",
-                 "--parent", "1")
+    v1 = as_json(
+        "models",
+        "register",
+        str(path_a),
+        "--name",
+        "iris",
+        "--sample",
+        "sample.csv",
+        "--metric",
+        "train_accuracy=0.97",
+        "--dataset",
+        data,
+    )
+    v2 = as_json(
+        "models",
+        "register",
+        str(path_b),
+        "--name",
+        "iris",
+        "--sample",
+        "sample.csv",
+        "--parent",
+        "1",
+    )
     assert (v1["version"], v2["version"]) == ("1", "2")
     assert v1["framework"] == "sklearn" and v1["model_type"] == "classification"
     assert {"model.joblib", "model.onnx"} <= {a["path"] for a in v1["artifacts"]}
@@ -62,8 +82,9 @@ def test_cli_end_to_end_on_the_embedded_default(tmp_path, run_cli):
     cli("users", "create", "bob", "--role", "deployer")
     alice = as_json("tokens", "create", "--user", "alice")["token"]
     bob = as_json("tokens", "create", "--user", "bob")["token"]
-    pending = as_json("models", "stage", "iris", "2", "production", "--comment", "better",
-                      token=alice)
+    pending = as_json(
+        "models", "stage", "iris", "2", "production", "--comment", "better", token=alice
+    )
     assert pending["status"] == "pending_approval"
     request_id = pending["request"]["id"]
     own = cli("models", "approve", request_id, token=alice, ok=False)
@@ -73,8 +94,19 @@ def test_cli_end_to_end_on_the_embedded_default(tmp_path, run_cli):
     assert approved["status"] == "approved" and approved["decided_by"] == "bob"
     assert as_json("models", "show", "iris", "2")["stage"] == "production"
 
-    evaluated = as_json("models", "evaluate", "iris", "1", "2", "--data", data,
-                        "--target", "species", "--runtime", "sklearn")
+    evaluated = as_json(
+        "models",
+        "evaluate",
+        "iris",
+        "1",
+        "2",
+        "--data",
+        data,
+        "--target",
+        "species",
+        "--runtime",
+        "sklearn",
+    )
     assert [e["version"] for e in evaluated] == ["1", "2"]
     for e in evaluated:
         assert 0.5 < e["metrics"]["accuracy"] <= 1.0
@@ -110,8 +142,13 @@ def test_rest_end_to_end_on_postgres_and_s3(tmp_path, pg_url, s3_bucket, run_cli
     platform = make_platform(
         tmp_path / "home",
         database={"url": pg_url},
-        storage={"backend": "s3", "s3": s3_bucket.options(prefix="mlrig"),
-                 "compression": "zstd", "encryption": True, "master_key": generate_master_key()},
+        storage={
+            "backend": "s3",
+            "s3": s3_bucket.options(prefix="mlrig"),
+            "compression": "zstd",
+            "encryption": True,
+            "master_key": generate_master_key(),
+        },
     )
     security = platform.security
     tokens = {}
@@ -125,43 +162,68 @@ def test_rest_end_to_end_on_postgres_and_s3(tmp_path, pg_url, s3_bucket, run_cli
     csv = datasets.path("iris").read_bytes()
     platform.artifacts.put("datasets/iris.csv", csv)
 
-    with serve(create_app(platform)) as url, httpx.Client(base_url=f"{url}/api/ml",
-                                                          timeout=60) as http:
+    with (
+        serve(create_app(platform)) as url,
+        httpx.Client(base_url=f"{url}/api/ml", timeout=60) as http,
+    ):
         dev, ops = tokens["dev"], tokens["ops"]
         assert http.post("/models", json={"name": "iris"}).status_code == 401
         created = http.post("/models", json={"name": "iris", "tags": {"team": "ml"}}, headers=dev)
         assert created.status_code == 201, created.text
         for n in (1, 2):
             files = [("files", (rel, (package_dir / rel).read_bytes())) for rel in package.files]
-            meta = {"framework": "sklearn", "model_type": "classification",
-                    "signature": package.signature, "metrics": {"n": n}}
-            response = http.post("/models/iris/versions", files=files,
-                                 data={"metadata": json.dumps(meta)}, headers=dev)
+            meta = {
+                "framework": "sklearn",
+                "model_type": "classification",
+                "signature": package.signature,
+                "metrics": {"n": n},
+            }
+            response = http.post(
+                "/models/iris/versions",
+                files=files,
+                data={"metadata": json.dumps(meta)},
+                headers=dev,
+            )
             assert response.status_code == 201, response.text
             assert response.json()["version"] == str(n)
         # the bytes in the bucket are compressed and encrypted, not the model
-        keys = [o["Key"] for o in s3_bucket.client().list_objects_v2(
-            Bucket=s3_bucket.name, Prefix="mlrig/models/")["Contents"]]
+        keys = [
+            o["Key"]
+            for o in s3_bucket.client().list_objects_v2(
+                Bucket=s3_bucket.name, Prefix="mlrig/models/"
+            )["Contents"]
+        ]
         assert len(keys) == 2 * len(package.files)
         stored = s3_bucket.client().get_object(Bucket=s3_bucket.name, Key=keys[0])["Body"].read()
         assert not any((package_dir / rel).read_bytes()[:64] in stored for rel in package.files)
 
         put = http.put("/models/iris/aliases/champion", json={"version": "1"}, headers=dev)
         assert put.status_code == 200, put.text
-        stage = http.post("/models/iris/versions/1/stage", json={"stage": "production"},
-                          headers=dev).json()
+        stage = http.post(
+            "/models/iris/versions/1/stage", json={"stage": "production"}, headers=dev
+        ).json()
         assert stage["status"] == "pending_approval"
-        assert http.post(f"/approvals/{stage['request']['id']}/approve", headers=dev).status_code == 403
-        approved = http.post(f"/approvals/{stage['request']['id']}/approve",
-                             json={"comment": "ship it"}, headers=ops)
+        assert (
+            http.post(f"/approvals/{stage['request']['id']}/approve", headers=dev).status_code
+            == 403
+        )
+        approved = http.post(
+            f"/approvals/{stage['request']['id']}/approve", json={"comment": "ship it"}, headers=ops
+        )
         assert approved.status_code == 200, approved.text
         version = http.get("/models/iris/versions/champion", headers=dev).json()
         assert version["stage"] == "production" and version["aliases"] == ["champion"]
 
         for n in ("1", "2"):
-            evaluation = http.post(f"/models/iris/versions/{n}/evaluations", headers=dev, json={
-                "dataset_uri": "artifact://datasets/iris.csv", "target": "species",
-                "runtime": "sklearn"})
+            evaluation = http.post(
+                f"/models/iris/versions/{n}/evaluations",
+                headers=dev,
+                json={
+                    "dataset_uri": "artifact://datasets/iris.csv",
+                    "target": "species",
+                    "runtime": "sklearn",
+                },
+            )
             assert evaluation.status_code == 201, evaluation.text
             assert evaluation.json()["metrics"]["accuracy"] > 0.8
         compared = http.get("/models/iris/compare", params={"versions": ["1", "2"]}, headers=dev)
@@ -175,6 +237,10 @@ def test_rest_end_to_end_on_postgres_and_s3(tmp_path, pg_url, s3_bucket, run_cli
         (tmp_path / "back.joblib").write_bytes(download.content)
         restored = joblib.load(tmp_path / "back.joblib")
         assert np.array_equal(restored.predict(features), model.predict(features))
-        assert download.headers["x-checksum-sha256"] == version["artifacts"][
-            [a["path"] for a in version["artifacts"]].index("model.joblib")]["sha256"]
+        assert (
+            download.headers["x-checksum-sha256"]
+            == version["artifacts"][
+                [a["path"] for a in version["artifacts"]].index("model.joblib")
+            ]["sha256"]
+        )
     platform.close()

@@ -69,7 +69,8 @@ def test_no_token_is_401_and_audited(api_client, admin_headers):
     _error(api_client.get("/api/ml/users"), 401, "unauthenticated")
     _error(
         api_client.get("/api/ml/users", headers={"Authorization": "Bearer nonsense"}),
-        401, "unauthenticated",
+        401,
+        "unauthenticated",
     )
     entries = api_client.get("/api/ml/audit", headers=admin_headers).json()
     denied = [e for e in entries if e["outcome"] == "denied"]
@@ -99,8 +100,13 @@ def test_mutations_are_audited_with_resource_ids(api_client, admin_headers):
         "/api/ml/tokens", json={"user": "dev1", "name": "ci"}, headers=admin_headers
     ).json()
     dev = {"Authorization": f"Bearer {token['token']}"}
-    assert api_client.get("/api/ml/users/me", headers=dev).json() == {"name": "dev1", "role": "developer"}
-    assert api_client.delete(f"/api/ml/tokens/{token['id']}", headers=admin_headers).status_code == 200
+    assert api_client.get("/api/ml/users/me", headers=dev).json() == {
+        "name": "dev1",
+        "role": "developer",
+    }
+    assert (
+        api_client.delete(f"/api/ml/tokens/{token['id']}", headers=admin_headers).status_code == 200
+    )
     _error(api_client.get("/api/ml/users/me", headers=dev), 401, "unauthenticated")
     entries = api_client.get("/api/ml/audit", headers=admin_headers).json()
     by_action = {e["action"]: e for e in entries}

@@ -14,7 +14,10 @@ from mlrig.testing.fixtures import free_port
 def _start(tmp_path, *args, env=None):
     return subprocess.Popen(
         [sys.executable, "-m", "mlrig.cli", "server", *args],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=env,
     )
 
@@ -62,8 +65,9 @@ def test_auth_off_is_refused_on_a_public_bind(tmp_path, run_cli):
 
 @pytest.mark.postgres
 def test_server_refuses_a_database_behind_the_code(tmp_path, pg_url, run_cli):
-    result = run_cli("server", "--port", str(free_port()), cwd=tmp_path,
-                     env={"MLRIG_DATABASE__URL": pg_url})
+    result = run_cli(
+        "server", "--port", str(free_port()), cwd=tmp_path, env={"MLRIG_DATABASE__URL": pg_url}
+    )
     assert result.exit_code != 0
     assert "run `mlrig db upgrade`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

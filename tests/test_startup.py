@@ -21,7 +21,10 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.std
 def _imported_after(args: list[str]) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
@@ -50,3 +53,12 @@ def test_public_api_is_lazy_and_complete():
     assert set(mlrig.__all__) == {"__version__", *mlrig._EXPORTS}
     for name in mlrig.__all__:
         assert getattr(mlrig, name) is not None, name
+
+
+def test_help_stays_off_the_database_and_web_stacks():
+    # Not frameworks, but each costs 100+ ms: `mlrig --help` must not pay for them.
+    code = PROBE.format(args=["--help"], heavy=["sqlalchemy", "fastapi", "alembic", "pandas"])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []

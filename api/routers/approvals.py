@@ -30,11 +30,13 @@ def list_requests(
 
 @router.post("/{id}/approve", summary="Approve a request (another user, deployer role)")
 def approve(id: str, platform: PlatformDep, actor: Approver, body: Decision | None = None) -> Any:
-    return platform.lifecycle.decide(id, approve=True, actor=actor,
-                                     comment=body.comment if body else None)
+    return platform.lifecycle.decide(
+        id, approve=True, actor=actor, comment=body.comment if body else None
+    )
 
 
 @router.post("/{id}/reject", summary="Reject a request")
 def reject(id: str, platform: PlatformDep, actor: Approver, body: Decision | None = None) -> Any:
-    return platform.lifecycle.decide(id, approve=False, actor=actor,
-                                     comment=body.comment if body else None)
+    return platform.lifecycle.decide(
+        id, approve=False, actor=actor, comment=body.comment if body else None
+    )

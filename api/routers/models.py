@@ -95,8 +95,6 @@ def version_query(**kw: Any) -> VersionQuery:
     return VersionQuery(metrics=metrics, tags=tags, **kw)
 
 
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Register a new model")
 def create_model(body: ModelCreate, request: Request, platform: PlatformDep, actor: Writer) -> Any:
     model = platform.registry.create_model(
@@ -136,14 +134,19 @@ def delete_model(id: str, platform: PlatformDep, _: Writer) -> Any:
     return platform.registry.delete_model(id)
 
 
-@router.post("/{id}/versions", status_code=status.HTTP_201_CREATED,
-             summary="Create a new model version (multipart: metadata + files)")
+@router.post(
+    "/{id}/versions",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a new model version (multipart: metadata + files)",
+)
 def create_version(
     id: str,
     request: Request,
     platform: PlatformDep,
     actor: Writer,
-    files: Annotated[list[UploadFile], File(description="Artifact files; the filename is the path.")],
+    files: Annotated[
+        list[UploadFile], File(description="Artifact files; the filename is the path.")
+    ],
     metadata: Annotated[str, Form(description="VersionMetadata as JSON.")] = "{}",
 ) -> Any:
     try:
@@ -181,9 +184,18 @@ def list_versions(
     cursor: str | None = None,
 ) -> Any:
     query = version_query(
-        model_id=platform.registry.model_id(id), framework=framework, model_type=model_type,
-        stage=stage, tag=tag, created_by=created_by, created_after=created_after,
-        created_before=created_before, metric=metric, sort=sort, limit=limit, cursor=cursor,
+        model_id=platform.registry.model_id(id),
+        framework=framework,
+        model_type=model_type,
+        stage=stage,
+        tag=tag,
+        created_by=created_by,
+        created_after=created_after,
+        created_before=created_before,
+        metric=metric,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
     )
     return platform.registry.search_versions(query)
 
@@ -194,8 +206,9 @@ def get_version(id: str, version: str, platform: PlatformDep, _: Reader) -> Any:
 
 
 @router.put("/{id}/versions/{version}", summary="Edit a version's description or tags")
-def update_version(id: str, version: str, body: VersionUpdate, platform: PlatformDep,
-                   _: Writer) -> Any:
+def update_version(
+    id: str, version: str, body: VersionUpdate, platform: PlatformDep, _: Writer
+) -> Any:
     return platform.registry.update_version(
         id, version, description=body.description, tags=body.tags, frozen=body.model_extra
     )
@@ -211,10 +224,13 @@ def list_artifacts(id: str, version: str, platform: PlatformDep, _: Reader) -> A
     return platform.registry.list_artifacts(id, version)
 
 
-@router.get("/{id}/versions/{version}/artifacts/{path:path}",
-            summary="Download an artifact (streamed, verified)")
-def download_artifact(id: str, version: str, path: str, platform: PlatformDep,
-                      _: Reader) -> StreamingResponse:
+@router.get(
+    "/{id}/versions/{version}/artifacts/{path:path}",
+    summary="Download an artifact (streamed, verified)",
+)
+def download_artifact(
+    id: str, version: str, path: str, platform: PlatformDep, _: Reader
+) -> StreamingResponse:
     info, stream = platform.registry.open_artifact(id, version, path)
 
     def chunks() -> Any:
@@ -244,10 +260,13 @@ def delete_alias(id: str, alias: str, platform: PlatformDep, actor: Writer) -> A
     return platform.lifecycle.delete_alias(id, alias, actor=actor)
 
 
-@router.post("/{id}/versions/{version}/stage",
-             summary="Move a version to a stage (production: opens an approval request)")
-def change_stage(id: str, version: str, body: StageChange, platform: PlatformDep,
-                 actor: Writer) -> Any:
+@router.post(
+    "/{id}/versions/{version}/stage",
+    summary="Move a version to a stage (production: opens an approval request)",
+)
+def change_stage(
+    id: str, version: str, body: StageChange, platform: PlatformDep, actor: Writer
+) -> Any:
     return platform.lifecycle.transition(id, version, body.stage, actor=actor, comment=body.comment)
 
 
@@ -259,12 +278,20 @@ class EvaluationRequest(BaseModel):
     runtime: str | None = Field(default=None, description="Default: onnx if exported.")
 
 
-@router.post("/{id}/versions/{version}/evaluations", status_code=status.HTTP_201_CREATED,
-             summary="Benchmark a version on a dataset (quality and speed)")
-def evaluate_version(id: str, version: str, body: EvaluationRequest, platform: PlatformDep,
-                     _: Writer) -> Any:
+@router.post(
+    "/{id}/versions/{version}/evaluations",
+    status_code=status.HTTP_201_CREATED,
+    summary="Benchmark a version on a dataset (quality and speed)",
+)
+def evaluate_version(
+    id: str, version: str, body: EvaluationRequest, platform: PlatformDep, _: Writer
+) -> Any:
     return platform.evaluator.evaluate(
-        id, [version], dataset_uri=body.dataset_uri, target=body.target, task=body.task,
+        id,
+        [version],
+        dataset_uri=body.dataset_uri,
+        target=body.target,
+        task=body.task,
         runtime=body.runtime,
     )[0]
 

@@ -29,15 +29,27 @@ def search_versions(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     metric: list[str] | None = Query(default=None, description="e.g. 'accuracy>0.9'."),
-    sort: str = Query(default="-created_at", description="created_at, name, metrics.NAME; '-' descending."),
+    sort: str = Query(
+        default="-created_at", description="created_at, name, metrics.NAME; '-' descending."
+    ),
     limit: int = Query(default=50, ge=1, le=1000),
     cursor: str | None = None,
 ) -> Any:
     """One page of versions: ``{"items": [...], "next_cursor": "..." | null}``."""
     query = version_query(
-        name=name, name_prefix=name_prefix, name_contains=q, framework=framework,
-        model_type=model_type, stage=stage, tag=tag, created_by=created_by,
-        created_after=created_after, created_before=created_before, metric=metric, sort=sort,
-        limit=limit, cursor=cursor,
+        name=name,
+        name_prefix=name_prefix,
+        name_contains=q,
+        framework=framework,
+        model_type=model_type,
+        stage=stage,
+        tag=tag,
+        created_by=created_by,
+        created_after=created_after,
+        created_before=created_before,
+        metric=metric,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
     )
     return platform.registry.search_versions(query)

@@ -13,9 +13,7 @@ class Monitor(Backend, ABC):
     """Observe predictions and metrics of deployments; report findings and alerts."""
 
     @abstractmethod
-    def observe(
-        self, deployment_id: str, inputs: Sequence[Any], outputs: Sequence[Any]
-    ) -> None:
+    def observe(self, deployment_id: str, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
         """Take one served batch into account; must be cheap (called off the request path)."""
 
     @abstractmethod

@@ -120,5 +120,8 @@ class ResourceAllocator:
 
     def free(self) -> dict[str, Any]:
         with self._lock:
-            return {"cpus": list(self._free_cpus), "gpus": list(self._free_gpus),
-                    "memory_mb": self._free_memory}
+            return {
+                "cpus": list(self._free_cpus),
+                "gpus": list(self._free_gpus),
+                "memory_mb": self._free_memory,
+            }

@@ -38,8 +38,9 @@ class LeaseLostError(MlrigError):
 class JobContext:
     """What a trainer reports through. See :class:`mlrig.contracts.TrainingContext`."""
 
-    def __init__(self, platform: Platform, job: ClaimedJob, *, workdir: Path,
-                 experiment: dict[str, Any]) -> None:
+    def __init__(
+        self, platform: Platform, job: ClaimedJob, *, workdir: Path, experiment: dict[str, Any]
+    ) -> None:
         self.platform = platform
         self.job = job
         self.workdir = workdir
@@ -74,8 +75,14 @@ class JobContext:
 
     # --- metrics ---------------------------------------------------------------------------
 
-    def log_metrics(self, metrics: dict[str, float], *, step: int | None = None,
-                    epoch: int | None = None, kind: str = "train") -> None:
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        kind: str = "train",
+    ) -> None:
         """Record metric values (batched to the database)."""
         if kind not in METRIC_KINDS:
             msg = f"metric kind must be one of {', '.join(METRIC_KINDS)}, got {kind!r}"
@@ -113,15 +120,26 @@ class JobContext:
             return False
         self.flush()
         step = state.get("step", self.last_step)
-        payload = {"state": state, "step": step, "epoch": self.last_epoch,
-                   "early_stopping": self.early_stopping.state() if self.early_stopping else None}
+        payload = {
+            "state": state,
+            "step": step,
+            "epoch": self.last_epoch,
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+        }
         buffer = io.BytesIO()
         pickle.dump(payload, buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        key = f"experiments/{self.experiment_id}/checkpoints/{self.job.attempt:03d}-{uuid.uuid4().hex}.pkl"
+        name = f"{self.job.attempt:03d}-{uuid.uuid4().hex}.pkl"
+        key = f"experiments/{self.experiment_id}/checkpoints/{name}"
         stored = self.platform.artifacts.put(key, buffer.getvalue())
-        record = {"key": key, "sha256": stored.sha256, "size": stored.size, "step": step,
-                  "epoch": self.last_epoch, "attempt": self.job.attempt,
-                  "at": time.time()}
+        record = {
+            "key": key,
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "step": step,
+            "epoch": self.last_epoch,
+            "attempt": self.job.attempt,
+            "at": time.time(),
+        }
         if not self.platform.queue.save_checkpoint(self.job, record):
             self.platform.artifacts.delete(key)
             msg = "this attempt lost the job; stopping"
@@ -201,22 +219,29 @@ class JobContext:
         self.platform.artifacts.put(key, Path(path))
         return key
 
-    def register_model(self, model: Any, *, name: str | None = None, sample: Any = None,
-                       **metadata: Any) -> dict[str, Any]:
+    def register_model(
+        self, model: Any, *, name: str | None = None, sample: Any = None, **metadata: Any
+    ) -> dict[str, Any]:
         """Register ``model`` as a new version with lineage to this experiment."""
         from mlrig.registry.packaging import register_model
         from mlrig.security import Principal
 
         self.flush()
-        metadata.setdefault("params", {k: v for k, v in self.params.items()
-                                       if isinstance(v, (str, int, float, bool))})
+        metadata.setdefault(
+            "params",
+            {k: v for k, v in self.params.items() if isinstance(v, (str, int, float, bool))},
+        )
         metadata.setdefault("metrics", dict(self.last_metrics))
         metadata.setdefault("datasets", list(self.datasets))
         version = register_model(
-            self.platform, model, name=name or self.model_name,
+            self.platform,
+            model,
+            name=name or self.model_name,
             actor=Principal(name=f"experiment:{self.name}", role="developer"),
-            sample=sample, source_experiment_id=self.experiment_id,
-            source_run=f"attempt-{self.job.attempt}", **metadata,
+            sample=sample,
+            source_experiment_id=self.experiment_id,
+            source_run=f"attempt-{self.job.attempt}",
+            **metadata,
         )
         self.model_version_id = version["id"]
         return version

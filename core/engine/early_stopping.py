@@ -48,8 +48,13 @@ class EarlyStopping:
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
             msg = f"early_stopping.min_delta must be a number >= 0, got {min_delta!r}"
             raise ValidationError(msg)
-        return cls(monitor=rule["monitor"], mode=mode, patience=patience,
-                   min_delta=float(min_delta), kind=rule.get("kind", "validation"))
+        return cls(
+            monitor=rule["monitor"],
+            mode=mode,
+            patience=patience,
+            min_delta=float(min_delta),
+            kind=rule.get("kind", "validation"),
+        )
 
     def update(self, value: float, step: int | None) -> bool:
         """Take one evaluation into account; return whether the run should stop now."""

@@ -67,22 +67,40 @@ class JobQueue:
 
     # --- state changes ----------------------------------------------------------------
 
-    def _record(self, session: Session, job: TrainingExperiment, new: str,
-                detail: str | None, events: list[dict[str, Any]]) -> None:
+    def _record(
+        self,
+        session: Session,
+        job: TrainingExperiment,
+        new: str,
+        detail: str | None,
+        events: list[dict[str, Any]],
+    ) -> None:
         old = job.status
         job.status = new
         job.status_detail = detail
         now = utcnow()
-        session.add(ExperimentEvent(experiment_id=job.id, old_status=old, new_status=new,
-                                    detail=detail, at=now))
-        events.append({"experiment_id": str(job.id), "old": old, "new": new, "detail": detail,
-                       "at": now.isoformat()})
+        session.add(
+            ExperimentEvent(
+                experiment_id=job.id, old_status=old, new_status=new, detail=detail, at=now
+            )
+        )
+        events.append(
+            {
+                "experiment_id": str(job.id),
+                "old": old,
+                "new": new,
+                "detail": detail,
+                "at": now.isoformat(),
+            }
+        )
 
     def _fire(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.hooks.experiment_state_changed(event)
 
-    def _job(self, session: Session, job_id: uuid.UUID, *, lock: bool = False) -> TrainingExperiment:
+    def _job(
+        self, session: Session, job_id: uuid.UUID, *, lock: bool = False
+    ) -> TrainingExperiment:
         stmt = select(TrainingExperiment).where(TrainingExperiment.id == job_id)
         if lock and self.db.dialect == "postgresql":
             stmt = stmt.with_for_update()
@@ -111,8 +129,10 @@ class JobQueue:
             self._begin_write(session)
             job = self._job(session, job_id, lock=True)
             if states.QUEUED not in states.TRANSITIONS.get(job.status or "", frozenset()):
-                msg = f"experiment {job.name!r} is {job.status}; only created, failed or " \
-                      "cancelled experiments can be started"
+                msg = (
+                    f"experiment {job.name!r} is {job.status}; only created, failed or "
+                    "cancelled experiments can be started"
+                )
                 raise ConflictError(msg)
             job.queued_at = utcnow()
             job.lease_owner = None
@@ -171,8 +191,13 @@ class JobQueue:
             detail = f"attempt {job.attempts} on {owner}"
             self._record(session, job, states.RUNNING, detail, events)
             claimed = ClaimedJob(
-                id=job.id, name=job.name, trainer=job.trainer, attempt=job.attempts,
-                max_attempts=job.max_attempts, resources=dict(job.resources or {}), owner=owner,
+                id=job.id,
+                name=job.name,
+                trainer=job.trainer,
+                attempt=job.attempts,
+                max_attempts=job.max_attempts,
+                resources=dict(job.resources or {}),
+                owner=owner,
             )
         self._fire(events)
         return claimed
@@ -201,8 +226,9 @@ class JobQueue:
             )
             return Heartbeat(False, status)
 
-    def complete(self, job: ClaimedJob, *, detail: str | None = None,
-                 result: dict[str, Any] | None = None) -> bool:
+    def complete(
+        self, job: ClaimedJob, *, detail: str | None = None, result: dict[str, Any] | None = None
+    ) -> bool:
         """Mark the job completed, if this attempt still holds it. Returns whether it did."""
         return self._finish(job, states.COMPLETED, detail, result=result)
 
@@ -214,13 +240,15 @@ class JobQueue:
         again = retry and job.attempt < job.max_attempts
         new = states.QUEUED if again else states.FAILED
         detail = (
-            f"attempt {job.attempt} failed: {reason}; requeued" if again
+            f"attempt {job.attempt} failed: {reason}; requeued"
+            if again
             else f"failed after {job.attempt} attempt(s): {reason}"
         )
         return new if self._finish(job, new, detail) else None
 
-    def _finish(self, job: ClaimedJob, new: str, detail: str | None,
-                result: dict[str, Any] | None = None) -> bool:
+    def _finish(
+        self, job: ClaimedJob, new: str, detail: str | None, result: dict[str, Any] | None = None
+    ) -> bool:
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
             self._begin_write(session)
@@ -264,14 +292,23 @@ class JobQueue:
                 job.lease_expires_at = None
                 if job.attempts < job.max_attempts:
                     job.queued_at = now
-                    self._record(session, job, states.QUEUED,
-                                 f"lease of {owner} expired during attempt {job.attempts}; "
-                                 "requeued", events)
+                    self._record(
+                        session,
+                        job,
+                        states.QUEUED,
+                        f"lease of {owner} expired during attempt {job.attempts}; requeued",
+                        events,
+                    )
                 else:
                     job.completed_at = now
-                    self._record(session, job, states.FAILED,
-                                 f"lease of {owner} expired on the last attempt "
-                                 f"({job.attempts}/{job.max_attempts})", events)
+                    self._record(
+                        session,
+                        job,
+                        states.FAILED,
+                        f"lease of {owner} expired on the last attempt "
+                        f"({job.attempts}/{job.max_attempts})",
+                        events,
+                    )
         self._fire(events)
         return len(events)
 

@@ -45,8 +45,13 @@ def _git_commit(folder: str | None) -> str | None:
     if not folder:
         return None
     try:
-        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "-C", folder, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -86,18 +91,25 @@ def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
             raise SystemExit(msg)
         config = dict(row.configuration or {})
         return {
-            "id": str(row.id), "name": row.name, "trainer": row.trainer,
+            "id": str(row.id),
+            "name": row.name,
+            "trainer": row.trainer,
             "hyperparameters": dict(row.hyperparameters or {}),
-            "dataset": config.get("dataset"), "model_name": config.get("model_name"),
-            "resources": dict(row.resources or {}), "seed": row.seed,
+            "dataset": config.get("dataset"),
+            "model_name": config.get("model_name"),
+            "resources": dict(row.resources or {}),
+            "seed": row.seed,
             "checkpoint_interval_s": row.checkpoint_interval_s,
-            "early_stopping": row.early_stopping, "last_checkpoint": row.last_checkpoint,
-            "max_attempts": row.max_attempts, "reproducibility": dict(row.reproducibility or {}),
+            "early_stopping": row.early_stopping,
+            "last_checkpoint": row.last_checkpoint,
+            "max_attempts": row.max_attempts,
+            "reproducibility": dict(row.reproducibility or {}),
         }
 
 
-def record_reproducibility(platform: Any, job_id: uuid.UUID, experiment: dict[str, Any],
-                           datasets: list[dict[str, Any]]) -> None:
+def record_reproducibility(
+    platform: Any, job_id: uuid.UUID, experiment: dict[str, Any], datasets: list[dict[str, Any]]
+) -> None:
     from mlrig.db.models import TrainingExperiment
 
     facts = {
@@ -126,17 +138,26 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     platform = Platform.from_config()
     key = uuid.UUID(job_id)
     experiment = load_experiment(platform, key)
-    job = ClaimedJob(id=key, name=experiment["name"], trainer=experiment["trainer"],
-                     attempt=attempt, max_attempts=experiment["max_attempts"],
-                     resources=experiment["resources"], owner=owner)
+    job = ClaimedJob(
+        id=key,
+        name=experiment["name"],
+        trainer=experiment["trainer"],
+        attempt=attempt,
+        max_attempts=experiment["max_attempts"],
+        resources=experiment["resources"],
+        owner=owner,
+    )
     context = JobContext(platform, job, workdir=Path.cwd(), experiment=experiment)
     context.install_signal_handler()
     seed_everything(experiment["seed"])
     try:
         trainer_cls = load_backend("trainers", experiment["trainer"])
         trainer = trainer_cls.from_options({}, where=f"trainers.{experiment['trainer']}")
-        print(f"[mlrig] {experiment['name']}: attempt {attempt} with trainer "
-              f"{experiment['trainer']!r}", flush=True)
+        print(
+            f"[mlrig] {experiment['name']}: attempt {attempt} with trainer "
+            f"{experiment['trainer']!r}",
+            flush=True,
+        )
         result = trainer.train(context)
         context.flush()
         record_reproducibility(platform, key, experiment, context.datasets)
@@ -151,15 +172,17 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     if context.interrupted:
         print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)
         return EXIT_INTERRUPTED
-    detail = context.stop_reason if context.early_stopping and context.early_stopping.triggered \
-        else None
+    detail = (
+        context.stop_reason if context.early_stopping and context.early_stopping.triggered else None
+    )
     if context.resumed_from_step is not None:
         resumed = f"resumed from checkpoint step {context.resumed_from_step}"
         detail = f"{detail}; {resumed}" if detail else resumed
-    outcome = {"metrics": getattr(result, "metrics", None) or context.last_metrics,
-               "model_version_id": getattr(result, "model_version_id", None)
-               or context.model_version_id,
-               "resumed_from_step": context.resumed_from_step}
+    outcome = {
+        "metrics": getattr(result, "metrics", None) or context.last_metrics,
+        "model_version_id": getattr(result, "model_version_id", None) or context.model_version_id,
+        "resumed_from_step": context.resumed_from_step,
+    }
     if not platform.queue.complete(job, detail=detail, result=outcome):
         print("[mlrig] this attempt lost the job before completing it", flush=True)
         return EXIT_LEASE_LOST

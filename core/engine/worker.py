@@ -87,14 +87,20 @@ class Worker:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def run(self, *, stop: threading.Event | None = None, max_jobs: int | None = None,
-            exit_when_idle: bool = False) -> int:
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        max_jobs: int | None = None,
+        exit_when_idle: bool = False,
+    ) -> int:
         """Work until ``stop`` is set, ``max_jobs`` finished, or (``exit_when_idle``) the
         queue is empty and nothing runs. Returns how many jobs this worker finished."""
         stop = stop or threading.Event()
         last_beat = last_sweep = 0.0
-        self.echo(f"worker {self.owner}: concurrency {self.concurrency}, "
-                  f"free {self.allocator.free()}")
+        self.echo(
+            f"worker {self.owner}: concurrency {self.concurrency}, free {self.allocator.free()}"
+        )
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -120,8 +126,9 @@ class Worker:
         while len(self.running) < self.concurrency:
             if max_jobs is not None and self.finished + len(self.running) >= max_jobs:
                 break
-            job = self.platform.queue.claim(self.owner, lease_seconds=self.lease_seconds,
-                                            fits=self.allocator.fits)
+            job = self.platform.queue.claim(
+                self.owner, lease_seconds=self.lease_seconds, fits=self.allocator.fits
+            )
             if job is None:
                 break
             self._start(job)
@@ -134,12 +141,24 @@ class Worker:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "output.log"
         settings = self.platform.settings
-        env = {"PYTHONUNBUFFERED": "1", "MLRIG_ORIGIN_DIR": str(settings.base_dir),
-               INHERITED_ENV: settings.to_json()}
+        env = {
+            "PYTHONUNBUFFERED": "1",
+            "MLRIG_ORIGIN_DIR": str(settings.base_dir),
+            INHERITED_ENV: settings.to_json(),
+        }
         spec = JobSpec(
-            argv=(sys.executable, "-m", "mlrig.engine.runner", str(job.id), str(job.attempt),
-                  self.owner),
-            workdir=folder, env=env, resources=resources, stdout_path=log_path,
+            argv=(
+                sys.executable,
+                "-m",
+                "mlrig.engine.runner",
+                str(job.id),
+                str(job.attempt),
+                self.owner,
+            ),
+            workdir=folder,
+            env=env,
+            resources=resources,
+            stdout_path=log_path,
             stderr_path=log_path,
         )
         try:

@@ -166,8 +166,9 @@ class Evaluator:
         self.registry = registry
         self.db = registry.db
 
-    def load(self, model_ref: str, version_ref: str, folder: Path, runtime: str | None = None
-             ) -> tuple[dict[str, Any], str, LoadedModel]:
+    def load(
+        self, model_ref: str, version_ref: str, folder: Path, runtime: str | None = None
+    ) -> tuple[dict[str, Any], str, LoadedModel]:
         """Download a version into ``folder`` and load it with a runtime."""
         from mlrig.formats import load_manifest
 
@@ -178,8 +179,14 @@ class Evaluator:
         return version, name, runtime_backend.load(folder, load_manifest(folder))
 
     def evaluate(
-        self, model_ref: str, version_refs: list[str], *, dataset_uri: str, target: str,
-        task: str | None = None, runtime: str | None = None,
+        self,
+        model_ref: str,
+        version_refs: list[str],
+        *,
+        dataset_uri: str,
+        target: str,
+        task: str | None = None,
+        runtime: str | None = None,
     ) -> list[dict[str, Any]]:
         """Evaluate each version on the dataset; store and return the results."""
         frame, digest = read_dataset(dataset_uri, self.registry.artifacts)
@@ -201,19 +208,37 @@ class Evaluator:
             results.append(self._store(version, dataset_uri, digest, used, kind, metrics, info))
         return results
 
-    def _store(self, version: dict[str, Any], uri: str, digest: str, runtime: str, task: str,
-               metrics: dict[str, float], info: dict[str, Any]) -> dict[str, Any]:
+    def _store(
+        self,
+        version: dict[str, Any],
+        uri: str,
+        digest: str,
+        runtime: str,
+        task: str,
+        metrics: dict[str, float],
+        info: dict[str, Any],
+    ) -> dict[str, Any]:
         with self.db.session() as session:
             row = ModelEvaluation(
-                model_version_id=uuid.UUID(version["id"]), dataset_uri=uri, dataset_hash=digest,
-                runtime=runtime, metrics={**metrics},
+                model_version_id=uuid.UUID(version["id"]),
+                dataset_uri=uri,
+                dataset_hash=digest,
+                runtime=runtime,
+                metrics={**metrics},
             )
             session.add(row)
             session.flush()
             return {
-                "id": str(row.id), "model": version["name"], "version": version["version"],
-                "dataset_uri": uri, "dataset_hash": digest, "runtime": runtime, "task": task,
-                "runtime_info": info, "metrics": metrics, "created_at": iso(row.created_at),
+                "id": str(row.id),
+                "model": version["name"],
+                "version": version["version"],
+                "dataset_uri": uri,
+                "dataset_hash": digest,
+                "runtime": runtime,
+                "task": task,
+                "runtime_info": info,
+                "metrics": metrics,
+                "created_at": iso(row.created_at),
             }
 
     def compare(self, model_ref: str, version_refs: list[str]) -> dict[str, Any]:
@@ -232,15 +257,29 @@ class Evaluator:
                     .order_by(ModelEvaluation.created_at.desc())
                     .limit(1)
                 )
-                latest = None if evaluation is None else {
-                    "dataset_uri": evaluation.dataset_uri, "runtime": evaluation.runtime,
-                    "metrics": evaluation.metrics, "created_at": iso(evaluation.created_at),
+                latest = (
+                    None
+                    if evaluation is None
+                    else {
+                        "dataset_uri": evaluation.dataset_uri,
+                        "runtime": evaluation.runtime,
+                        "metrics": evaluation.metrics,
+                        "created_at": iso(evaluation.created_at),
+                    }
+                )
+            columns.append(
+                {
+                    "version": version["version"],
+                    "stage": version["stage"],
+                    "aliases": version["aliases"],
+                    "registered_metrics": version["metrics"],
+                    "evaluation": latest,
                 }
-            columns.append({"version": version["version"], "stage": version["stage"],
-                            "aliases": version["aliases"], "registered_metrics": version["metrics"],
-                            "evaluation": latest})
-        names = sorted({k for c in columns for k in c["registered_metrics"]} |
-                       {k for c in columns if c["evaluation"] for k in c["evaluation"]["metrics"]})
+            )
+        names = sorted(
+            {k for c in columns for k in c["registered_metrics"]}
+            | {k for c in columns if c["evaluation"] for k in c["evaluation"]["metrics"]}
+        )
         table = {name: {c["version"]: _metric(c, name) for c in columns} for name in names}
         return {"model": model_ref, "versions": columns, "metrics": table}
 

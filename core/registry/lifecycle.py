@@ -32,7 +32,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def request_view(request: ApprovalRequest, version: MLModel, names: dict[Any, str]) -> dict[str, Any]:
+def request_view(
+    request: ApprovalRequest, version: MLModel, names: dict[Any, str]
+) -> dict[str, Any]:
     return {
         "id": str(request.id),
         "model": version.name,
@@ -57,8 +59,15 @@ class ModelLifecycle:
         self.hooks = hooks
         self.db = registry.db
 
-    def _event(self, version: MLModel, action: str, old: str | None, new: str | None,
-               actor: Principal, **extra: Any) -> None:
+    def _event(
+        self,
+        version: MLModel,
+        action: str,
+        old: str | None,
+        new: str | None,
+        actor: Principal,
+        **extra: Any,
+    ) -> None:
         self.hooks.model_stage_changed(
             {
                 "model_id": str(version.registered_model_id),
@@ -75,7 +84,9 @@ class ModelLifecycle:
 
     # --- aliases -------------------------------------------------------------------------
 
-    def set_alias(self, model_ref: str, alias: str, version_ref: str, *, actor: Principal) -> dict[str, Any]:
+    def set_alias(
+        self, model_ref: str, alias: str, version_ref: str, *, actor: Principal
+    ) -> dict[str, Any]:
         """Point ``alias`` at a version (moving it if it pointed elsewhere)."""
         check_alias(alias)
         if alias == "latest":
@@ -92,7 +103,9 @@ class ModelLifecycle:
             old = None
             if row is None:
                 session.add(
-                    ModelAlias(registered_model_id=model.id, alias=alias, model_version_id=version.id)
+                    ModelAlias(
+                        registered_model_id=model.id, alias=alias, model_version_id=version.id
+                    )
                 )
             else:
                 old_version = session.get(MLModel, row.model_version_id)
@@ -104,8 +117,12 @@ class ModelLifecycle:
                 msg = f"alias {alias!r} of {model.name!r} was set concurrently; try again"
                 raise ConflictError(msg) from None
             self._event(version, "alias_set", old, version.version, actor, alias=alias)
-            return {"model": model.name, "alias": alias, "version": version.version,
-                    "previous": old}
+            return {
+                "model": model.name,
+                "alias": alias,
+                "version": version.version,
+                "previous": old,
+            }
 
     def delete_alias(self, model_ref: str, alias: str, *, actor: Principal) -> dict[str, Any]:
         with self.db.session() as session:
@@ -127,7 +144,12 @@ class ModelLifecycle:
     # --- stages ---------------------------------------------------------------------------
 
     def transition(
-        self, model_ref: str, version_ref: str, stage: str, *, actor: Principal,
+        self,
+        model_ref: str,
+        version_ref: str,
+        stage: str,
+        *,
+        actor: Principal,
         comment: str | None = None,
     ) -> dict[str, Any]:
         """Move a version to ``stage``, or open an approval request where policy says so.
@@ -139,12 +161,16 @@ class ModelLifecycle:
             msg = f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}"
             raise ValidationError(msg)
         if stage in self.policy.approval_required_for:
-            return {"status": "pending_approval",
-                    "request": self.request_approval(model_ref, version_ref, stage,
-                                                     actor=actor, comment=comment)}
+            return {
+                "status": "pending_approval",
+                "request": self.request_approval(
+                    model_ref, version_ref, stage, actor=actor, comment=comment
+                ),
+            }
         with self.db.session() as session:
-            version = self.registry._version(session, self.registry._model(session, model_ref),
-                                             version_ref)
+            version = self.registry._version(
+                session, self.registry._model(session, model_ref), version_ref
+            )
             old = version.stage
             version.stage = stage
             session.flush()
@@ -152,13 +178,19 @@ class ModelLifecycle:
             return {"status": "moved", "version": version.version, "from": old, "to": stage}
 
     def request_approval(
-        self, model_ref: str, version_ref: str, stage: str, *, actor: Principal,
+        self,
+        model_ref: str,
+        version_ref: str,
+        stage: str,
+        *,
+        actor: Principal,
         comment: str | None = None,
     ) -> dict[str, Any]:
         """Open a pending request to move a version to ``stage``."""
         with self.db.session() as session:
-            version = self.registry._version(session, self.registry._model(session, model_ref),
-                                             version_ref)
+            version = self.registry._version(
+                session, self.registry._model(session, model_ref), version_ref
+            )
             if version.stage == stage:
                 msg = f"version {version.version!r} of {version.name!r} is already in {stage}"
                 raise ConflictError(msg)
@@ -173,18 +205,23 @@ class ModelLifecycle:
                 msg = f"a request to move it to {stage} is already pending: {pending.id}"
                 raise ConflictError(msg, details={"request_id": str(pending.id)})
             request = ApprovalRequest(
-                model_version_id=version.id, target_stage=stage, requested_by=actor.user_id,
+                model_version_id=version.id,
+                target_stage=stage,
+                requested_by=actor.user_id,
                 comment=comment,
             )
             session.add(request)
             session.flush()
             names = {actor.user_id: actor.name}
             view = request_view(request, version, names)
-            self._event(version, "approval_requested", version.stage, stage, actor,
-                        request_id=view["id"])
+            self._event(
+                version, "approval_requested", version.stage, stage, actor, request_id=view["id"]
+            )
             return view
 
-    def list_requests(self, *, status: str | None = "pending", model: str | None = None) -> list[dict[str, Any]]:
+    def list_requests(
+        self, *, status: str | None = "pending", model: str | None = None
+    ) -> list[dict[str, Any]]:
         stmt = (
             select(ApprovalRequest, MLModel)
             .join(MLModel, MLModel.id == ApprovalRequest.model_version_id)
@@ -255,6 +292,13 @@ class ModelLifecycle:
             names[actor.user_id] = actor.name
             view = request_view(request, version, names)
             view["archived_versions"] = archived
-            self._event(version, "approved" if approve else "rejected", old,
-                        version.stage, actor, request_id=request_id, comment=comment)
+            self._event(
+                version,
+                "approved" if approve else "rejected",
+                old,
+                version.stage,
+                actor,
+                request_id=request_id,
+                comment=comment,
+            )
             return view

@@ -38,8 +38,18 @@ ArtifactSource = BinaryIO | bytes | Path
 LIVE_DEPLOYMENT_STATES = ("pending", "deploying", "active")
 #: version fields that are frozen once registered
 FROZEN_FIELDS = frozenset(
-    {"version", "framework", "model_type", "params", "metrics", "signature", "requirements",
-     "lineage", "artifacts", "name"}
+    {
+        "version",
+        "framework",
+        "model_type",
+        "params",
+        "metrics",
+        "signature",
+        "requirements",
+        "lineage",
+        "artifacts",
+        "name",
+    }
 )
 
 
@@ -120,7 +130,9 @@ class ModelRegistry:
             return {}
         return dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all())
 
-    def _aliases_of(self, session: Session, version_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    def _aliases_of(
+        self, session: Session, version_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, list[str]]:
         found: dict[uuid.UUID, list[str]] = {}
         if not version_ids:
             return found
@@ -140,7 +152,11 @@ class ModelRegistry:
     # --- registered models -------------------------------------------------------------
 
     def create_model(
-        self, *, name: str, actor: Principal, description: str | None = None,
+        self,
+        *,
+        name: str,
+        actor: Principal,
+        description: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Register a model name; :class:`ConflictError` if it exists."""
@@ -148,7 +164,9 @@ class ModelRegistry:
         try:
             with self.db.session() as session:
                 model = RegisteredModel(
-                    name=name, description=description, tags=dict(tags or {}),
+                    name=name,
+                    description=description,
+                    tags=dict(tags or {}),
                     created_by=actor.user_id,
                 )
                 session.add(model)
@@ -178,8 +196,11 @@ class ModelRegistry:
         )
         names = self._user_names(session, {model.created_by})
         view = model_view(
-            model, creator=names.get(model.created_by), latest=versions[-1] if versions else None,
-            version_count=len(versions), aliases=aliases,
+            model,
+            creator=names.get(model.created_by),
+            latest=versions[-1] if versions else None,
+            version_count=len(versions),
+            aliases=aliases,
         )
         view["versions"] = [
             {"version": v.version, "stage": v.stage, "created_at": v.created_at.isoformat()}
@@ -188,8 +209,13 @@ class ModelRegistry:
         return view
 
     def list_models(
-        self, *, name_prefix: str | None = None, name_contains: str | None = None,
-        tag: dict[str, str] | None = None, limit: int = 100, offset: int = 0,
+        self,
+        *,
+        name_prefix: str | None = None,
+        name_contains: str | None = None,
+        tag: dict[str, str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """Registered models, by name."""
         if not (1 <= limit <= 1000) or offset < 0:
@@ -347,7 +373,9 @@ class ModelRegistry:
                 metrics={k: float(v) for k, v in (metrics or {}).items()},
                 signature=signature,
                 requirements=list(requirements or []),
-                source_experiment_id=_as_uuid(source_experiment_id) if source_experiment_id else None,
+                source_experiment_id=_as_uuid(source_experiment_id)
+                if source_experiment_id
+                else None,
                 source_run=source_run,
                 parent_version_id=parent_id,
                 datasets=list(datasets or []),
@@ -394,7 +422,8 @@ class ModelRegistry:
         names = self._user_names(session, {version.created_by})
         prefix = self.artifact_prefix(version)
         artifacts = session.scalars(
-            select(ModelArtifact).where(ModelArtifact.model_id == version.id)
+            select(ModelArtifact)
+            .where(ModelArtifact.model_id == version.id)
             .order_by(ModelArtifact.storage_path)
         ).all()
         view = version_view(
@@ -423,9 +452,12 @@ class ModelRegistry:
             )
         ).all()
         deployments = session.execute(
-            select(ModelDeployment.id, ModelDeployment.name, ModelDeployment.status,
-                   ModelDeployment.environment)
-            .where(ModelDeployment.model_id == version.id)
+            select(
+                ModelDeployment.id,
+                ModelDeployment.name,
+                ModelDeployment.status,
+                ModelDeployment.environment,
+            ).where(ModelDeployment.model_id == version.id)
         ).all()
         return {
             "parent": parent,
@@ -438,8 +470,13 @@ class ModelRegistry:
         }
 
     def update_version(
-        self, model_ref: str, version_ref: str, *, description: str | None = None,
-        tags: dict[str, str] | None = None, frozen: Mapping[str, Any] | None = None,
+        self,
+        model_ref: str,
+        version_ref: str,
+        *,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        frozen: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Edit a version's description or tags; anything else is frozen (409)."""
         if frozen:
@@ -472,8 +509,12 @@ class ModelRegistry:
             session.execute(
                 ModelAlias.__table__.delete().where(ModelAlias.model_version_id == version.id)
             )
-            return {"id": str(version.id), "name": version.name, "version": version.version,
-                    "deleted": True}
+            return {
+                "id": str(version.id),
+                "name": version.name,
+                "version": version.version,
+                "deleted": True,
+            }
 
     def search_versions(self, query: VersionQuery) -> dict[str, Any]:
         """One page of versions matching ``query``: ``{"items", "next_cursor"}``."""
@@ -513,7 +554,9 @@ class ModelRegistry:
                 raise NotFoundError(msg)
             return row
 
-    def open_artifact(self, model_ref: str, version_ref: str, path: str) -> tuple[dict[str, Any], BinaryIO]:
+    def open_artifact(
+        self, model_ref: str, version_ref: str, path: str
+    ) -> tuple[dict[str, Any], BinaryIO]:
         """``(info, stream)``: the stream verifies size and sha256 as it is read."""
         row = self._artifact_row(model_ref, version_ref, path)
         stream = self.artifacts.open(

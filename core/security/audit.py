@@ -49,8 +49,13 @@ class AuditTrail:
         """Write one entry (its own transaction: it survives a failed operation)."""
         with self.db.session() as session:
             entry = AuditLog(
-                actor=actor, action=action, outcome=outcome, resource_type=resource_type,
-                resource_id=resource_id, request_id=request_id, details=details or {},
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                request_id=request_id,
+                details=details or {},
             )
             session.add(entry)
             session.flush()

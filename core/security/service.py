@@ -140,7 +140,10 @@ class SecurityService:
             owner = self._user(session, user)
             expires = _now() + timedelta(days=ttl_days) if ttl_days else None
             token = ApiToken(
-                user_id=owner.id, name=name, token_prefix=prefix, token_hash=digest,
+                user_id=owner.id,
+                name=name,
+                token_prefix=prefix,
+                token_hash=digest,
                 expires_at=expires,
             )
             session.add(token)

@@ -82,8 +82,9 @@ def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
     ``run_cli("plugins", "list", "--json", cwd=..., env={...})``.
     """
 
-    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> CliResult:
+    def run(
+        *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> CliResult:
         full_env = {**os.environ, **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "mlrig.cli", *args],

@@ -13,7 +13,9 @@ def example_hello() -> None:
     from mlrig.cli.context import get_platform
 
     platform = get_platform()
-    click.echo(f"hello from mlrig-plugin-example (storage backend: {platform.settings.storage.backend})")
+    click.echo(
+        f"hello from mlrig-plugin-example (storage backend: {platform.settings.storage.backend})"
+    )
 
 
 @hookimpl
