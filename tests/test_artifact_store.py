@@ -98,7 +98,7 @@ def test_bad_master_key_is_clear_and_not_echoed(text: str) -> None:
     with pytest.raises(EncryptionKeyError, match="32-byte key") as info:
         parse_master_key(text)
     assert text not in info.value.message
-    assert "generate_master_key" in info.value.message
+    assert "mlrig storage gen-key" in info.value.message
 
 
 def test_key_id_is_stable_and_distinct() -> None:

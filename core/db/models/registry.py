@@ -124,6 +124,8 @@ class MLModel(Base):
 Index("idx_ml_models_name_version", MLModel.name, MLModel.version)
 Index("idx_ml_models_created_at", MLModel.created_at.desc())
 Index("idx_ml_models_framework", MLModel.framework)
+# Search by creator, newest first (migration 0002).
+Index("ix_ml_models_created_by_created_at", MLModel.created_by, MLModel.created_at.desc())
 
 
 class ModelArtifact(Base):
