@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -58,8 +59,9 @@ def parse_early_stopping(text: str | None) -> dict[str, Any] | None:
                 "'monitor=val_loss,mode=min,patience=3,min_delta=0'"
             )
             raise click.BadParameter(msg)
-        rule[key.strip()] = value.strip() if key.strip() in ("monitor", "mode", "kind") \
-            else _value(value.strip())
+        rule[key.strip()] = (
+            value.strip() if key.strip() in ("monitor", "mode", "kind") else _value(value.strip())
+        )
     return rule
 
 
@@ -73,9 +75,12 @@ def _show(data: Any, as_json: bool, done: str | None = None) -> None:
 
 
 def _fmt(value: Any) -> str:
+    """A table cell: short numbers, and text that rich must not read as markup."""
+    from rich.markup import escape
+
     if value is None:
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
 
 
 @click.group()
@@ -86,42 +91,85 @@ def experiments() -> None:
 @experiments.command("create")
 @click.argument("name")
 @click.option("--trainer", required=True, help="Trainer backend (see `mlrig plugins list`).")
-@click.option("--param", "params", multiple=True,
-              help="Hyperparameter KEY=VALUE (JSON-parsed: 0.1, true, [1,2]), repeatable.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    help="Hyperparameter KEY=VALUE (JSON-parsed: 0.1, true, [1,2]), repeatable.",
+)
 @click.option("--data", "data_uri", help="Dataset: CSV/parquet path or URL.")
 @click.option("--target", help="The dataset's label column.")
 @click.option("--cpus", type=click.IntRange(0), help="CPUs to reserve (default 1).")
 @click.option("--gpus", type=click.IntRange(0), help="GPUs to reserve (default 0).")
 @click.option("--memory-mb", type=click.IntRange(0), help="Memory limit in MiB (0: none).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
-@click.option("--checkpoint-interval", type=click.IntRange(0), default=600, show_default=True,
-              help="Seconds between automatic checkpoints.")
+@click.option(
+    "--checkpoint-interval",
+    type=click.IntRange(0),
+    default=600,
+    show_default=True,
+    help="Seconds between automatic checkpoints.",
+)
 @click.option("--early-stopping", help="e.g. 'monitor=val_loss,mode=min,patience=3,min_delta=0'.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Default: random (recorded).")
 @click.option("--model-name", help="Registry model the trainer registers (default: NAME).")
 @click.option("--description")
 @click.option("--start", is_flag=True, help="Queue it right away.")
+@click.option("--wait", is_flag=True, help="With --start: show progress until it ends.")
 @json_option
-def create(name: str, trainer: str, params: tuple[str, ...], data_uri: str | None,
-           target: str | None, cpus: int | None, gpus: int | None, memory_mb: int | None,
-           priority: int, checkpoint_interval: int, early_stopping: str | None,
-           max_attempts: int, seed: int | None, model_name: str | None,
-           description: str | None, start: bool, as_json: bool) -> None:
+def create(
+    name: str,
+    trainer: str,
+    params: tuple[str, ...],
+    data_uri: str | None,
+    target: str | None,
+    cpus: int | None,
+    gpus: int | None,
+    memory_mb: int | None,
+    priority: int,
+    checkpoint_interval: int,
+    early_stopping: str | None,
+    max_attempts: int,
+    seed: int | None,
+    model_name: str | None,
+    description: str | None,
+    start: bool,
+    wait: bool,
+    as_json: bool,
+) -> None:
     """Create experiment NAME (and queue it with --start)."""
+    if wait and not start:
+        raise click.BadParameter("--wait needs --start")
     if target and not data_uri:
         raise click.BadParameter("--target needs --data")
-    resources = {k: v for k, v in {"cpus": cpus, "gpus": gpus, "memory_mb": memory_mb}.items()
-                 if v is not None}
+    resources = {
+        k: v
+        for k, v in {"cpus": cpus, "gpus": gpus, "memory_mb": memory_mb}.items()
+        if v is not None
+    }
+    if data_uri and "://" not in data_uri and Path(data_uri).exists():
+        data_uri = str(Path(data_uri).resolve())  # jobs run in their own folder
     view = get_platform().experiments.create(
-        name=name, trainer=trainer, actor=_writer(), description=description,
+        name=name,
+        trainer=trainer,
+        actor=_writer(),
+        description=description,
         hyperparameters=_params(params),
         dataset={"uri": data_uri, "target": target} if data_uri else None,
-        resources=resources, priority=priority, checkpoint_interval_s=checkpoint_interval,
-        early_stopping=parse_early_stopping(early_stopping), max_attempts=max_attempts,
-        seed=seed, model_name=model_name, start=start,
+        resources=resources,
+        priority=priority,
+        checkpoint_interval_s=checkpoint_interval,
+        early_stopping=parse_early_stopping(early_stopping),
+        max_attempts=max_attempts,
+        seed=seed,
+        model_name=model_name,
+        start=start,
     )
     audit_cli("create_experiment", resource_type="experiments", resource_id=view["id"])
+    if wait:
+        _wait_and_exit(get_platform().experiments, view["id"], as_json)
+        return
     _show(view, as_json, f"created experiment {name!r} ({view['id']}), {view['status']}")
 
 
@@ -131,19 +179,33 @@ def create(name: str, trainer: str, params: tuple[str, ...], data_uri: str | Non
 @click.option("--trainer")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @json_option
-def list_(status: str | None, prefix: str | None, trainer: str | None, limit: int,
-          as_json: bool) -> None:
+def list_(
+    status: str | None, prefix: str | None, trainer: str | None, limit: int, as_json: bool
+) -> None:
     """List experiments, newest first."""
-    rows = get_platform().experiments.list(status=status, name_prefix=prefix, trainer=trainer,
-                                           limit=limit)
+    rows = get_platform().experiments.list(
+        status=status, name_prefix=prefix, trainer=trainer, limit=limit
+    )
     if as_json:
         print_json(rows)
         return
-    print_table("experiments", ["name", "status", "trainer", "priority", "attempts", "by",
-                                "created", "id"],
-                ([r["name"], r["status"], r["trainer"], r["priority"],
-                  f"{r['attempts']}/{r['max_attempts']}", r["created_by"],
-                  (r["created_at"] or "")[:19], r["id"]] for r in rows))
+    print_table(
+        "experiments",
+        ["name", "status", "trainer", "priority", "attempts", "by", "created", "id"],
+        (
+            [
+                _fmt(r["name"]),
+                r["status"],
+                r["trainer"],
+                r["priority"],
+                f"{r['attempts']}/{r['max_attempts']}",
+                r["created_by"],
+                (r["created_at"] or "")[:19],
+                r["id"],
+            ]
+            for r in rows
+        ),
+    )
 
 
 @experiments.command("show")
@@ -157,20 +219,27 @@ def show(experiment: str, as_json: bool) -> None:
         return
     events, latest = view.pop("events"), view.pop("metrics")
     print_mapping(view)
-    print_table("metrics (last value)", ["metric", "value", "step", "epoch"],
-                ([k, _fmt(m["value"]), m["step"], m["epoch"]] for k, m in latest.items()))
+    print_table(
+        "metrics (last value)",
+        ["metric", "value", "step", "epoch"],
+        ([_fmt(k), _fmt(m["value"]), m["step"], m["epoch"]] for k, m in latest.items()),
+    )
     _event_table(events)
 
 
 def _event_table(events: list[dict[str, Any]]) -> None:
-    print_table("events", ["at", "from", "to", "detail"],
-                ([(e["at"] or "")[:23], e["old"], e["new"], e["detail"]] for e in events))
+    print_table(
+        "events",
+        ["at", "from", "to", "detail"],
+        ([(e["at"] or "")[:23], e["old"], e["new"], _fmt(e["detail"])] for e in events),
+    )
 
 
 @experiments.command("start")
 @click.argument("experiment")
-@click.option("--wait", is_flag=True,
-              help="Show live progress until it ends; exit 0 only when it completed.")
+@click.option(
+    "--wait", is_flag=True, help="Show live progress until it ends; exit 0 only when it completed."
+)
 @json_option
 def start(experiment: str, wait: bool, as_json: bool) -> None:
     """Queue EXPERIMENT (created, failed or cancelled) for a worker to run."""
@@ -181,7 +250,12 @@ def start(experiment: str, wait: bool, as_json: bool) -> None:
     if not wait:
         _show(view, as_json, f"queued {view['name']} ({view['id']})")
         return
-    final = _watch(service, view["id"], quiet=as_json)
+    _wait_and_exit(service, view["id"], as_json)
+
+
+def _wait_and_exit(service: Any, key: str, as_json: bool) -> None:
+    """Watch until a final state; exit 1 with the status detail unless it completed."""
+    final = _watch(service, key, quiet=as_json)
     if as_json:
         print_json(final)
     elif final["status"] == "completed":
@@ -203,8 +277,10 @@ def _progress(view: dict[str, Any], since: float) -> str:
     started = view.get("started_at")
     begin = datetime.fromisoformat(started).timestamp() if started else since
     elapsed = int(max(0.0, datetime.now(timezone.utc).timestamp() - begin))
-    parts = [f"{view['name']}: {view['status']}",
-             f"attempt {view['attempts']}/{view['max_attempts']}"]
+    parts = [
+        f"{view['name']}: {view['status']}",
+        f"attempt {view['attempts']}/{view['max_attempts']}",
+    ]
     if epochs:
         parts.append(f"epoch {max(epochs)}")
     if steps:
@@ -229,6 +305,8 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
             time.sleep(POLL_SECONDS)
             view = service.get(key)
             live.update(Text(_progress(view, since)))
+    if not console.is_terminal:
+        console.line()  # end the last progress line before the verdict
     return view
 
 
@@ -257,11 +335,15 @@ def rerun(experiment: str, as_json: bool) -> None:
 @click.argument("experiment")
 @click.option("--name", help="Only this metric (a table of its points).")
 @click.option("--kind", type=click.Choice(["train", "validation", "test"]))
-@click.option("--tail", type=click.IntRange(1), default=50, show_default=True,
-              help="With --name: how many of the last points to show.")
+@click.option(
+    "--tail",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="With --name: how many of the last points to show.",
+)
 @json_option
-def metrics(experiment: str, name: str | None, kind: str | None, tail: int,
-            as_json: bool) -> None:
+def metrics(experiment: str, name: str | None, kind: str | None, tail: int, as_json: bool) -> None:
     """Show an experiment's metrics: a summary per metric, or the points of --name."""
     data = get_platform().experiments.metrics(experiment, name=name, kind=kind)
     if as_json:
@@ -269,19 +351,45 @@ def metrics(experiment: str, name: str | None, kind: str | None, tail: int,
         return
     history = data["metrics"]
     if name:
-        series = history.get(name) or {"steps": [], "epochs": [], "kinds": [], "values": [],
-                                       "times": []}
-        rows = list(zip(series["steps"], series["epochs"], series["kinds"], series["values"],
-                        series["times"], strict=True))[-tail:]
-        print_table(f"{name} (last {len(rows)} of {len(series['steps'])})",
-                    ["step", "epoch", "kind", "value", "time"],
-                    ([s, e, k, _fmt(v), (t or "")[:23]] for s, e, k, v, t in rows))
+        series = history.get(name) or {
+            "steps": [],
+            "epochs": [],
+            "kinds": [],
+            "values": [],
+            "times": [],
+        }
+        rows = list(
+            zip(
+                series["steps"],
+                series["epochs"],
+                series["kinds"],
+                series["values"],
+                series["times"],
+                strict=True,
+            )
+        )[-tail:]
+        print_table(
+            _fmt(f"{name} (last {len(rows)} of {len(series['steps'])})"),
+            ["step", "epoch", "kind", "value", "time"],
+            ([s, e, k, _fmt(v), (t or "")[:23]] for s, e, k, v, t in rows),
+        )
         return
-    print_table(f"metrics ({data['count']} points)",
-                ["metric", "kinds", "points", "last step", "last", "min", "max"],
-                ([n, ",".join(sorted({k or "-" for k in s["kinds"]})), len(s["values"]),
-                  s["steps"][-1], _fmt(s["values"][-1]), _fmt(min(s["values"])),
-                  _fmt(max(s["values"]))] for n, s in history.items()))
+    print_table(
+        f"metrics ({data['count']} points)",
+        ["metric", "kinds", "points", "last step", "last", "min", "max"],
+        (
+            [
+                _fmt(n),
+                ",".join(sorted({k or "-" for k in s["kinds"]})),
+                len(s["values"]),
+                s["steps"][-1],
+                _fmt(s["values"][-1]),
+                _fmt(min(s["values"])),
+                _fmt(max(s["values"])),
+            ]
+            for n, s in history.items()
+        ),
+    )
 
 
 @experiments.command("logs")
@@ -292,7 +400,7 @@ def logs(experiment: str, follow: bool, offset: int) -> None:
     """Print the job's stdout/stderr (like tail -f with --follow)."""
     service = get_platform().experiments
     key = service.resolve(experiment)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     while True:
         state = service.status(key) if follow else None
         data, offset = service.read_logs(key, offset)
@@ -327,8 +435,10 @@ def compare(experiments_: tuple[str, ...], as_json: bool) -> None:
         print_json(data)
         return
     names = [e["name"] for e in data["experiments"]]
-    rows = [[f"{p}{' *' if p in data['differing'] else ''}", *map(_fmt, values)]
-            for p, values in data["hyperparameters"].items()]
-    rows += [[f"[{m}]", *map(_fmt, values)] for m, values in data["metrics"].items()]
+    rows = [
+        [_fmt(f"{p}{' *' if p in data['differing'] else ''}"), *map(_fmt, values)]
+        for p, values in data["hyperparameters"].items()
+    ]
+    rows += [[_fmt(f"{m} (last)"), *map(_fmt, values)] for m, values in data["metrics"].items()]
     rows.append(["status", *[e["status"] for e in data["experiments"]]])
-    print_table("compare (* differs, [metric] last value)", ["", *names], rows)
+    print_table("compare (* = differs)", ["", *map(_fmt, names)], rows)

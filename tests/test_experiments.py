@@ -25,7 +25,8 @@ def trainer(tmp_path, monkeypatch):
         yield "sklearn" if "sklearn" in installed else installed[0]
         return
     site = make_distribution(
-        tmp_path / "site", "mlrig-test-trainer",
+        tmp_path / "site",
+        "mlrig-test-trainer",
         entry_points={"mlrig.trainers": {"sklearn": "fake_trainer:Fake"}},
         modules={"fake_trainer": "class Fake:\n    pass\n"},
     )
@@ -67,16 +68,27 @@ def _create(platform, trainer, name="exp", **kw):
 
 def test_create_records_everything_and_fires_the_hook(db_platform, trainer, recorder):
     view = _create(
-        db_platform, trainer, hyperparameters={"C": 0.5, "kernel": "rbf"},
+        db_platform,
+        trainer,
+        hyperparameters={"C": 0.5, "kernel": "rbf"},
         dataset={"uri": "data/iris.csv", "target": "species"},
-        resources={"cpus": 2, "memory_mb": 512}, priority=5, checkpoint_interval_s=60,
-        early_stopping={"monitor": "val_loss", "patience": 2}, max_attempts=2,
-        model_name="iris-clf", description="baseline",
+        resources={"cpus": 2, "memory_mb": 512},
+        priority=5,
+        checkpoint_interval_s=60,
+        early_stopping={"monitor": "val_loss", "patience": 2},
+        max_attempts=2,
+        model_name="iris-clf",
+        description="baseline",
     )
     assert view["status"] == "created" and view["trainer"] == trainer
     assert view["resources"] == {"cpus": 2, "gpus": 0, "memory_mb": 512}
-    assert view["early_stopping"] == {"monitor": "val_loss", "mode": "min", "patience": 2,
-                                      "min_delta": 0.0, "kind": "validation"}
+    assert view["early_stopping"] == {
+        "monitor": "val_loss",
+        "mode": "min",
+        "patience": 2,
+        "min_delta": 0.0,
+        "kind": "validation",
+    }
     assert view["dataset"] == {"uri": "data/iris.csv", "target": "species"}
     assert view["model_name"] == "iris-clf" and view["created_by"] == "alice"
     assert isinstance(view["seed"], int)
@@ -156,7 +168,9 @@ def test_start_stop_and_the_events_timeline(db_platform, trainer, recorder):
     assert service.start("exp")["status"] == "queued"  # a cancelled run can go again
     timeline = service.events("exp")
     assert [(e["old"], e["new"]) for e in timeline] == [
-        (None, "created"), ("created", "queued"), ("queued", "cancelled"),
+        (None, "created"),
+        ("created", "queued"),
+        ("queued", "cancelled"),
         ("cancelled", "queued"),
     ]
     assert all(datetime.fromisoformat(e["at"]).tzinfo for e in timeline)
@@ -171,13 +185,28 @@ def test_create_with_start_queues_it(db_platform, trainer):
 
 
 def test_rerun_copies_the_run_and_queues_it(db_platform, trainer):
-    source = _create(db_platform, trainer, hyperparameters={"C": 2}, seed=42,
-                     dataset={"uri": "d.csv", "target": "y"}, resources={"gpus": 1},
-                     early_stopping={"monitor": "val_loss"})
+    source = _create(
+        db_platform,
+        trainer,
+        hyperparameters={"C": 2},
+        seed=42,
+        dataset={"uri": "d.csv", "target": "y"},
+        resources={"gpus": 1},
+        early_stopping={"monitor": "val_loss"},
+    )
     first = db_platform.experiments.rerun("exp", actor=ACTOR)
     assert first["name"] == "exp-rerun-1" and first["status"] == "queued"
-    for key in ("trainer", "hyperparameters", "dataset", "resources", "seed", "early_stopping",
-                "priority", "max_attempts", "checkpoint_interval_s"):
+    for key in (
+        "trainer",
+        "hyperparameters",
+        "dataset",
+        "resources",
+        "seed",
+        "early_stopping",
+        "priority",
+        "max_attempts",
+        "checkpoint_interval_s",
+    ):
         assert first[key] == source[key], key
     assert first["reproducibility"]["rerun_of"] == source["id"]
     second = db_platform.experiments.rerun(first["id"], actor=ACTOR)
@@ -188,9 +217,14 @@ def test_rerun_copies_the_run_and_queues_it(db_platform, trainer):
 def test_compare_puts_runs_side_by_side(db_platform, trainer):
     a = _create(db_platform, trainer, name="a", hyperparameters={"C": 1, "kernel": "rbf"})
     b = _create(db_platform, trainer, name="b", hyperparameters={"C": 2, "kernel": "rbf"})
-    db_platform.experiments.log_metrics("a", [("acc", 0.5, 1, 0, "validation"),
-                                              ("acc", 0.8, 2, 0, "validation"),
-                                              ("loss", 0.3, 2, 0, "train")])
+    db_platform.experiments.log_metrics(
+        "a",
+        [
+            ("acc", 0.5, 1, 0, "validation"),
+            ("acc", 0.8, 2, 0, "validation"),
+            ("loss", 0.3, 2, 0, "train"),
+        ],
+    )
     db_platform.experiments.log_metrics(b["id"], [("acc", 0.9, 5, 1, "validation")])
     data = db_platform.experiments.compare(["a", b["id"]])
     assert [e["id"] for e in data["experiments"]] == [a["id"], b["id"]]
@@ -207,26 +241,37 @@ def test_compare_puts_runs_side_by_side(db_platform, trainer):
 def test_metrics_round_trip_and_history_filters(db_platform, trainer, recorder):
     exp = _create(db_platform, trainer)
     service = db_platform.experiments
-    written = service.log_metrics("exp", [
-        {"name": "loss", "value": 0.5, "step": 2, "epoch": 0, "kind": "train"},
-        ("loss", 0.9, 1, 0, "train"),  # out of order: history comes back by step
-        ["loss", 1, 3, 1, "train"],  # an int value is stored as a float
-        {"name": "val_loss", "value": 0.7, "step": 3, "epoch": 1, "kind": "validation"},
-        {"name": "note", "value": -2.25},
-        ("loss", 0.25, 4, 1, "train", "2024-05-01T12:00:00+02:00"),
-    ])
-    assert written == {"experiment_id": exp["id"], "written": 6}
-    assert recorder.batches == [(exp["id"], 6)]
+    written = service.log_metrics(
+        "exp",
+        [
+            {"name": "loss", "value": 0.5, "step": 2, "epoch": 0, "kind": "train"},
+            ("loss", 0.9, 1, 0, "train"),  # out of order: history comes back by step
+            ["loss", 1, 3, 1, "train"],  # an int value is stored as a float
+            {"name": "val_loss", "value": 0.7, "step": 3, "epoch": 1, "kind": "validation"},
+            {"name": "note", "value": -2.25},
+            ("loss", 0.25, 4, 1, "train", "2024-05-01T12:00:00+02:00"),
+            ("odd\tname\\with\nescapes é", 1e-07, 0, None, None),
+        ],
+    )
+    assert written == {"experiment_id": exp["id"], "written": 7}
+    assert recorder.batches == [(exp["id"], 7)]
     data = service.metrics("exp")
-    assert data["count"] == 6 and list(data["metrics"]) == ["loss", "note", "val_loss"]
+    assert data["count"] == 7
+    assert list(data["metrics"]) == ["loss", "note", "odd\tname\\with\nescapes é", "val_loss"]
+    assert data["metrics"]["odd\tname\\with\nescapes é"]["values"] == [1e-07]
     loss = data["metrics"]["loss"]
     assert loss["steps"] == [1, 2, 3, 4] and loss["values"] == [0.9, 0.5, 1.0, 0.25]
     assert all(isinstance(v, float) for v in loss["values"])
     assert loss["epochs"] == [0, 0, 1, 1] and loss["kinds"] == ["train"] * 4
     assert datetime.fromisoformat(loss["times"][3]) == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
     assert datetime.fromisoformat(loss["times"][0]).tzinfo is not None
-    assert data["metrics"]["note"] == {"steps": [None], "values": [-2.25], "epochs": [None],
-                                       "kinds": [None], "times": data["metrics"]["note"]["times"]}
+    assert data["metrics"]["note"] == {
+        "steps": [None],
+        "values": [-2.25],
+        "epochs": [None],
+        "kinds": [None],
+        "times": data["metrics"]["note"]["times"],
+    }
     assert list(service.metrics("exp", name="loss")["metrics"]) == ["loss"]
     assert list(service.metrics("exp", kind="validation")["metrics"]) == ["val_loss"]
     assert service.metrics("exp", name="loss", after_step=2)["metrics"]["loss"]["steps"] == [3, 4]
@@ -270,6 +315,16 @@ def test_bad_points_are_refused_with_the_reason(point, match):
     assert exc.value.details["index"] == 1
 
 
+def test_numpy_scalars_and_huge_numbers():
+    np = pytest.importorskip("numpy")
+    rows = metrics.check_points([("a", np.float32(0.5), np.int64(3), np.int32(1), "train")])
+    assert rows[0][:5] == ("a", 0.5, 3, 1, "train") and type(rows[0][2]) is int
+    with pytest.raises(ValidationError, match=r"value: 1000.* must be finite"):
+        metrics.check_points([("a", 10**400, 1, 1, None)])
+    with pytest.raises(ValidationError, match=r"step: np\.float64\(1\.5\)"):
+        metrics.check_points([("a", 1.0, np.float64(1.5), 1, None)])
+
+
 def test_a_bad_batch_writes_nothing(db_platform, trainer, recorder):
     exp = _create(db_platform, trainer)
     service = db_platform.experiments
@@ -282,8 +337,9 @@ def test_a_bad_batch_writes_nothing(db_platform, trainer, recorder):
     assert recorder.batches == [(exp["id"], 1)]
     assert service.log_metrics("exp", []) == {"experiment_id": exp["id"], "written": 0}
     with pytest.raises(NotFoundError):
-        metrics.write_points(db_platform.db, "6f1c1f0e-0000-4000-8000-000000000000",
-                             [("loss", 1.0, 0, 0, "train")])
+        metrics.write_points(
+            db_platform.db, "6f1c1f0e-0000-4000-8000-000000000000", [("loss", 1.0, 0, 0, "train")]
+        )
     with pytest.raises(NotFoundError):
         service.log_metrics("no-such-experiment", [("loss", 1.0, 0, 0, "train")])
 
@@ -344,3 +400,137 @@ def test_service_reads_logs_by_name(platform, trainer):
     assert platform.experiments.read_logs("exp", 8) == (b"epoch 2\n", 16)
     with pytest.raises(NotFoundError):
         platform.experiments.read_logs("nope")
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_run(tmp_path):
+    """``mlrig --config ... ARGS`` through the real click group, in this process."""
+    from click.testing import CliRunner
+
+    from mlrig.cli.context import CliState
+    from mlrig.cli.experiments import experiments
+    from mlrig.cli.main import cli
+
+    config = tmp_path / "mlrig.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "cli.db"}"\n'
+        f'[storage.local]\nroot = "{tmp_path / "artifacts"}"\n'
+    )
+    if "experiments" not in cli.commands:
+        cli.add_command(experiments, name="experiments")
+    states = []
+
+    def run(*args):
+        state = CliState()
+        states.append(state)
+        return CliRunner().invoke(
+            cli, ["--config", str(config), "experiments", *args], obj=state, catch_exceptions=False
+        )
+
+    yield run
+    for state in states:
+        if state._platform is not None:
+            state._platform.close()
+
+
+def test_cli_commands(cli_run, trainer, tmp_path):
+    import json
+
+    (tmp_path / "d.csv").write_text("x,y\n1,0\n")
+    made = cli_run(
+        "create",
+        "c1",
+        "--trainer",
+        trainer,
+        "--param",
+        "C=0.5",
+        "--param",
+        "kernel=rbf",
+        "--param",
+        "layers=[1,2]",
+        "--data",
+        str(tmp_path / "d.csv"),
+        "--target",
+        "y",
+        "--cpus",
+        "2",
+        "--early-stopping",
+        "monitor=val_loss,mode=max,patience=4,min_delta=0.01",
+        "--seed",
+        "9",
+        "--json",
+    )
+    assert made.exit_code == 0, made.output
+    view = json.loads(made.output)
+    assert view["hyperparameters"] == {"C": 0.5, "kernel": "rbf", "layers": [1, 2]}
+    assert view["early_stopping"] == {
+        "monitor": "val_loss",
+        "mode": "max",
+        "patience": 4,
+        "min_delta": 0.01,
+        "kind": "validation",
+    }
+    assert view["resources"]["cpus"] == 2 and view["seed"] == 9
+    bad = cli_run("create", "c2", "--trainer", trainer, "--early-stopping", "patience")
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+    unknown = cli_run("create", "c2", "--trainer", "nope")
+    assert unknown.exit_code == 1 and "unknown trainer 'nope'" in unknown.output
+    assert "c1" in cli_run("list").output
+    assert "events" in cli_run("show", "c1").output
+    assert "queued" in cli_run("start", "c1").output
+    assert "cancelled" in cli_run("stop", "c1").output
+    assert [e["new"] for e in json.loads(cli_run("events", "c1", "--json").output)] == [
+        "created",
+        "queued",
+        "cancelled",
+    ]
+    rerun = cli_run("rerun", "c1")
+    assert "c1-rerun-1" in rerun.output and "seed 9" in rerun.output
+    compared = cli_run("compare", "c1", "c1-rerun-1", "--json")
+    assert json.loads(compared.output)["differing"] == []
+    assert "C" in cli_run("compare", "c1", "c1-rerun-1").output
+    assert "0 points" in cli_run("metrics", "c1").output
+
+
+def test_cli_wait_exit_codes_metrics_and_logs(cli_run, trainer, tmp_path):
+    import threading
+    import time
+
+    from mlrig.platform import Platform
+
+    for name in ("w1", "w2"):
+        assert cli_run("create", name, "--trainer", trainer, "--max-attempts", "1").exit_code == 0
+    platform = Platform.from_config(tmp_path / "mlrig.toml")
+    exp = platform.experiments.get("w1")
+    platform.experiments.log_metrics(
+        "w1", [("loss", 0.5, 1, 0, "train"), ("loss", 0.25, 2, 0, "train")]
+    )
+    platform.experiments.logs.append(exp["id"], b"hello\nworld\n")
+
+    def finish(complete):
+        time.sleep(0.6)
+        job = platform.queue.claim("test-worker", lease_seconds=30)
+        assert job is not None
+        if complete:
+            platform.queue.complete(job, detail="done")
+        else:
+            platform.queue.fail(job, "boom\nwith a second line", retry=False)
+
+    for name, complete, code in (("w1", True, 0), ("w2", False, 1)):
+        thread = threading.Thread(target=finish, args=(complete,))
+        thread.start()
+        result = cli_run("start", name, "--wait")
+        thread.join()
+        assert result.exit_code == code, result.output
+        if complete:
+            assert "completed loss=0.25" in result.output
+        else:
+            assert "failed: failed after 1 attempt(s): boom with a second line" in result.output
+    metrics_out = cli_run("metrics", "w1", "--name", "loss").output
+    assert "0.25" in metrics_out and "last 2 of 2" in metrics_out
+    assert cli_run("logs", "w1").output == "hello\nworld\n"
+    assert cli_run("logs", "w1", "-f", "--offset", "6").output == "world\n"
+    platform.close()

@@ -22,7 +22,8 @@ def trainer(tmp_path, monkeypatch):
         yield "sklearn" if "sklearn" in installed else installed[0]
         return
     site = make_distribution(
-        tmp_path / "site", "mlrig-test-trainer",
+        tmp_path / "site",
+        "mlrig-test-trainer",
         entry_points={"mlrig.trainers": {"sklearn": "fake_trainer:Fake"}},
         modules={"fake_trainer": "class Fake:\n    pass\n"},
     )
@@ -53,11 +54,16 @@ def _create(client, trainer, name="exp", **kw):
 
 
 def test_create_get_list_and_audit(client, trainer, platform):
-    created = _create(client, trainer, hyperparameters={"C": 1.5},
-                      dataset={"uri": "data/iris.csv", "target": "species"},
-                      resources={"cpus": 2}, priority=3,
-                      early_stopping={"monitor": "val_loss", "mode": "min", "patience": 2},
-                      seed=11)
+    created = _create(
+        client,
+        trainer,
+        hyperparameters={"C": 1.5},
+        dataset={"uri": "data/iris.csv", "target": "species"},
+        resources={"cpus": 2},
+        priority=3,
+        early_stopping={"monitor": "val_loss", "mode": "min", "patience": 2},
+        seed=11,
+    )
     assert created["status"] == "created" and created["created_by"] == "root-admin"
     assert created["resources"] == {"cpus": 2, "gpus": 0, "memory_mb": 0}
     assert created["seed"] == 11 and created["priority"] == 3
@@ -77,10 +83,14 @@ def test_auth_401_and_403(api_client, make_token, trainer):
     _error(api_client.get(BASE), 401, "unauthenticated")
     viewer = make_token("vic", "viewer")
     assert api_client.get(BASE, headers=viewer).status_code == 200
-    _error(api_client.post(BASE, json={"name": "x", "trainer": trainer}, headers=viewer),
-           403, "forbidden")
-    _error(api_client.post(f"{BASE}/x/metrics", json={"points": []}, headers=viewer),
-           403, "forbidden")
+    _error(
+        api_client.post(BASE, json={"name": "x", "trainer": trainer}, headers=viewer),
+        403,
+        "forbidden",
+    )
+    _error(
+        api_client.post(f"{BASE}/x/metrics", json={"points": []}, headers=viewer), 403, "forbidden"
+    )
     developer = make_token("dev", "developer")
     exp = api_client.post(BASE, json={"name": "x", "trainer": trainer}, headers=developer)
     assert exp.status_code == 201
@@ -111,13 +121,23 @@ def test_create_422(client, trainer):
 
 
 def test_404_and_409(client, trainer):
-    for method, path in [("get", MISSING), ("get", "nope"), ("post", "nope/start"),
-                         ("post", "nope/stop"), ("post", "nope/rerun"), ("get", "nope/events"),
-                         ("get", "nope/metrics"), ("get", "nope/logs"),
-                         ("get", "nope/logs?follow=true")]:
+    for method, path in [
+        ("get", MISSING),
+        ("get", "nope"),
+        ("post", "nope/start"),
+        ("post", "nope/stop"),
+        ("post", "nope/rerun"),
+        ("get", "nope/events"),
+        ("get", "nope/metrics"),
+        ("get", "nope/logs"),
+        ("get", "nope/logs?follow=true"),
+    ]:
         _error(getattr(client, method)(f"{BASE}/{path}"), 404, "not_found")
-    _error(client.post(f"{BASE}/nope/metrics", json={"points": [{"name": "a", "value": 1}]}),
-           404, "not_found")
+    _error(
+        client.post(f"{BASE}/nope/metrics", json={"points": [{"name": "a", "value": 1}]}),
+        404,
+        "not_found",
+    )
     _create(client, trainer)
     _error(client.post(BASE, json={"name": "exp", "trainer": trainer}), 409, "conflict")
     assert client.post(f"{BASE}/exp/start").json()["status"] == "queued"
@@ -148,10 +168,20 @@ def test_rerun_events_and_compare(client, trainer):
 
 def test_metric_ingest_of_10k_points_and_history(client, trainer):
     exp = _create(client, trainer)
-    points = [{"name": "loss", "value": 1 / (i + 1), "step": i, "epoch": i // 1000,
-               "kind": "train"} for i in range(9_000)]
-    points += [{"name": "val_acc", "value": i / 1000, "step": i * 9, "epoch": i // 111,
-                "kind": "validation"} for i in range(1_000)]
+    points = [
+        {"name": "loss", "value": 1 / (i + 1), "step": i, "epoch": i // 1000, "kind": "train"}
+        for i in range(9_000)
+    ]
+    points += [
+        {
+            "name": "val_acc",
+            "value": i / 1000,
+            "step": i * 9,
+            "epoch": i // 111,
+            "kind": "validation",
+        }
+        for i in range(1_000)
+    ]
     response = client.post(f"{BASE}/exp/metrics", json={"points": points})
     assert response.status_code == 200, response.text
     assert response.json() == {"experiment_id": exp["id"], "written": 10_000}
@@ -159,8 +189,9 @@ def test_metric_ingest_of_10k_points_and_history(client, trainer):
     assert body["count"] == 10_000 and sorted(body["metrics"]) == ["loss", "val_acc"]
     assert body["metrics"]["loss"]["steps"] == list(range(9_000))
     assert body["metrics"]["val_acc"]["values"][-1] == 0.999
-    page = client.get(f"{BASE}/exp/metrics",
-                      params={"name": "loss", "after_step": 8_990, "limit": 5}).json()
+    page = client.get(
+        f"{BASE}/exp/metrics", params={"name": "loss", "after_step": 8_990, "limit": 5}
+    ).json()
     assert page["metrics"]["loss"]["steps"] == [8_991, 8_992, 8_993, 8_994, 8_995]
     only_val = client.get(f"{BASE}/exp/metrics", params={"kind": "validation"}).json()
     assert list(only_val["metrics"]) == ["val_acc"]
@@ -176,8 +207,10 @@ BAD_BODIES = [
     (b'{"points": {}}', "the body must be"),
     (b'{"points": [], "extra": 1}', "the body must be"),
     (b'{"points": [{"name": "a", "value": NaN}]}', "points[0].value: nan"),
-    (b'{"points": [{"name": "a", "value": 1}, {"name": "a", "value": Infinity}]}',
-     "points[1].value: inf"),
+    (
+        b'{"points": [{"name": "a", "value": 1}, {"name": "a", "value": Infinity}]}',
+        "points[1].value: inf",
+    ),
     (b'{"points": [{"name": "a", "value": "1"}]}', "is not a number"),
     (b'{"points": [{"name": "a", "value": 1, "step": 1.5}]}', "points[0].step"),
     (b'{"points": [{"value": 1}]}', "points[0].name: missing"),
@@ -188,8 +221,9 @@ BAD_BODIES = [
 def test_malformed_ingest_is_422_and_writes_nothing(client, trainer):
     _create(client, trainer)
     for content, where in BAD_BODIES:
-        response = client.post(f"{BASE}/exp/metrics", content=content,
-                               headers={"Content-Type": "application/json"})
+        response = client.post(
+            f"{BASE}/exp/metrics", content=content, headers={"Content-Type": "application/json"}
+        )
         error = _error(response, 422, "validation_error")
         assert where in error["message"], (content, error)
     assert client.get(f"{BASE}/exp/metrics").json()["count"] == 0
@@ -201,8 +235,9 @@ def test_too_many_points_is_422(client, trainer, monkeypatch):
     monkeypatch.setattr(routes, "MAX_POINTS", 3)
     _create(client, trainer)
     points = [{"name": "a", "value": 1}] * 4
-    error = _error(client.post(f"{BASE}/exp/metrics", json={"points": points}), 422,
-                   "validation_error")
+    error = _error(
+        client.post(f"{BASE}/exp/metrics", json={"points": points}), 422, "validation_error"
+    )
     assert "at most 3 per request" in error["message"]
 
 
@@ -219,8 +254,9 @@ def test_logs_by_offset(client, trainer, platform):
     _error(client.get(f"{BASE}/exp/logs", params={"offset": -1}), 422, "validation_error")
 
 
-def test_logs_follow_on_a_finished_experiment_returns_everything_and_ends(client, trainer,
-                                                                          platform):
+def test_logs_follow_on_a_finished_experiment_returns_everything_and_ends(
+    client, trainer, platform
+):
     exp = _create(client, trainer, start=True)
     for i in range(3):
         platform.experiments.logs.append(exp["id"], f"step {i}\n".encode())
@@ -265,10 +301,16 @@ def test_follow_gives_up_after_its_timeout(client, trainer):
 def test_openapi_lists_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
-        ("post", BASE), ("get", BASE), ("get", f"{BASE}/compare"), ("get", f"{BASE}/{{id}}"),
-        ("post", f"{BASE}/{{id}}/start"), ("post", f"{BASE}/{{id}}/stop"),
-        ("post", f"{BASE}/{{id}}/rerun"), ("get", f"{BASE}/{{id}}/events"),
-        ("get", f"{BASE}/{{id}}/metrics"), ("post", f"{BASE}/{{id}}/metrics"),
+        ("post", BASE),
+        ("get", BASE),
+        ("get", f"{BASE}/compare"),
+        ("get", f"{BASE}/{{id}}"),
+        ("post", f"{BASE}/{{id}}/start"),
+        ("post", f"{BASE}/{{id}}/stop"),
+        ("post", f"{BASE}/{{id}}/rerun"),
+        ("get", f"{BASE}/{{id}}/events"),
+        ("get", f"{BASE}/{{id}}/metrics"),
+        ("post", f"{BASE}/{{id}}/metrics"),
         ("get", f"{BASE}/{{id}}/logs"),
     }
     present = {(m, p) for p, ops in paths.items() for m in ops if p.startswith(BASE)}

@@ -64,8 +64,9 @@ class ExperimentCreate(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create training experiment")
-def create_experiment(body: ExperimentCreate, request: Request, platform: PlatformDep,
-                      actor: Writer) -> Any:
+def create_experiment(
+    body: ExperimentCreate, request: Request, platform: PlatformDep, actor: Writer
+) -> Any:
     fields = body.model_dump()
     view = platform.experiments.create(actor=actor, **fields)
     request.state.audit_resource_id = view["id"]
@@ -83,8 +84,9 @@ def list_experiments(
     limit: int = Query(default=100, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
 ) -> list[dict[str, Any]]:
-    return platform.experiments.list(status=status, name_prefix=name_prefix, trainer=trainer,
-                                     limit=limit, offset=offset)
+    return platform.experiments.list(
+        status=status, name_prefix=name_prefix, trainer=trainer, limit=limit, offset=offset
+    )
 
 
 # Before /{id}: "compare" is not an experiment id.
@@ -113,8 +115,11 @@ def stop_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
     return platform.experiments.stop(id)
 
 
-@router.post("/{id}/rerun", status_code=status.HTTP_201_CREATED,
-             summary="Queue an identical run (same trainer, parameters, dataset, seed)")
+@router.post(
+    "/{id}/rerun",
+    status_code=status.HTTP_201_CREATED,
+    summary="Queue an identical run (same trainer, parameters, dataset, seed)",
+)
 def rerun_experiment(id: str, request: Request, platform: PlatformDep, actor: Writer) -> Any:
     view = platform.experiments.rerun(id, actor=actor)
     request.state.audit_resource_id = view["id"]
@@ -134,11 +139,16 @@ def get_metrics(
     name: str | None = Query(default=None, description="Only this metric."),
     kind: Kind | None = None,
     after_step: int | None = Query(default=None, description="Only points after this step."),
-    limit: int | None = Query(default=None, ge=1, le=10_000_000,
-                              description="At most this many points (by name, then step)."),
+    limit: int | None = Query(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="At most this many points (by name, then step).",
+    ),
 ) -> Response:
-    data = platform.experiments.metrics(id, name=name, kind=kind, after_step=after_step,
-                                        limit=limit)
+    data = platform.experiments.metrics(
+        id, name=name, kind=kind, after_step=after_step, limit=limit
+    )
     # json.dumps straight to bytes: FastAPI's encoder would walk every point again.
     body = json.dumps(data, separators=(",", ":"), allow_nan=False)
     return Response(body, media_type="application/json")
@@ -149,10 +159,13 @@ def parse_points(body: bytes) -> list[Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        msg = f"the body is not valid JSON ({exc}); send {{\"points\": [...]}}"
+        msg = f'the body is not valid JSON ({exc}); send {{"points": [...]}}'
         raise ValidationError(msg) from None
-    if not isinstance(data, dict) or set(data) != {"points"} \
-            or not isinstance(data["points"], list):
+    if (
+        not isinstance(data, dict)
+        or set(data) != {"points"}
+        or not isinstance(data["points"], list)
+    ):
         msg = 'the body must be {"points": [{"name", "value", "step", "epoch", "kind"}, ...]}'
         raise ValidationError(msg)
     if len(data["points"]) > MAX_POINTS:
@@ -161,19 +174,41 @@ def parse_points(body: bytes) -> list[Any]:
     return data["points"]
 
 
-@router.post("/{id}/metrics", summary="Log a batch of metric points (all or nothing)",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"type": "object", "required": ["points"], "properties": {
-                     "points": {"type": "array", "maxItems": MAX_POINTS, "items": {
-                         "type": "object", "required": ["name", "value"]}}}}}}}})
+@router.post(
+    "/{id}/metrics",
+    summary="Log a batch of metric points (all or nothing)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["points"],
+                        "properties": {
+                            "points": {
+                                "type": "array",
+                                "maxItems": MAX_POINTS,
+                                "items": {"type": "object", "required": ["name", "value"]},
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
 async def log_metrics(id: str, request: Request, platform: PlatformDep, _: Writer) -> Any:
     body = await request.body()
     points = await run_in_threadpool(parse_points, body)
     return await run_in_threadpool(platform.experiments.log_metrics, id, points)
 
 
-@router.get("/{id}/logs", summary="Get training logs (follow=true streams until the job ends)",
-            response_class=Response)
+@router.get(
+    "/{id}/logs",
+    summary="Get training logs (follow=true streams until the job ends)",
+    response_class=Response,
+)
 def get_logs(
     id: str,
     platform: PlatformDep,
@@ -181,15 +216,22 @@ def get_logs(
     offset: int = Query(default=0, ge=0, description="First byte to return."),
     limit: int = Query(default=DEFAULT_READ_BYTES, ge=1, le=MAX_READ_BYTES),
     follow: bool = Query(default=False, description="Stream new output until a final state."),
-    timeout: float = Query(default=3600, gt=0, le=86400,
-                           description="Longest a followed stream stays open, in seconds."),
+    timeout: float = Query(
+        default=3600,
+        gt=0,
+        le=86400,
+        description="Longest a followed stream stays open, in seconds.",
+    ),
 ) -> Response:
     service = platform.experiments
     key = service.resolve(id)
     if not follow:
         data, next_offset = service.read_logs(key, offset, limit)
-        return Response(data, media_type="text/plain; charset=utf-8",
-                        headers={"X-Next-Offset": str(next_offset)})
+        return Response(
+            data,
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Next-Offset": str(next_offset)},
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         position = offset
@@ -197,8 +239,7 @@ def get_logs(
         while time.monotonic() < deadline:
             # The status first: a final state seen before an empty read means drained.
             state = await anyio.to_thread.run_sync(service.status, key)
-            data, position = await anyio.to_thread.run_sync(service.read_logs, key, position,
-                                                            limit)
+            data, position = await anyio.to_thread.run_sync(service.read_logs, key, position, limit)
             if data:
                 yield data
             elif state in FINAL:

@@ -5,6 +5,7 @@ model registration. It lives in the job's own process (see :mod:`mlrig.engine.ru
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import signal
 import time
@@ -61,6 +62,8 @@ class JobContext:
         self.last_step: int | None = None
         self.last_epoch: int | None = None
         self.resumed_from_step: int | None = None
+        #: metric values dropped because they were NaN or infinite
+        self.skipped_points = 0
         self.datasets: list[dict[str, str | None]] = []
         self.model_version_id: str | None = None
 
@@ -87,13 +90,18 @@ class JobContext:
         if kind not in METRIC_KINDS:
             msg = f"metric kind must be one of {', '.join(METRIC_KINDS)}, got {kind!r}"
             raise MlrigError(msg)
-        for name, value in metrics.items():
-            value = float(value)
-            self._buffer.append((name, value, step, epoch, kind))
-            self.last_metrics[name] = value
+        for name, raw in metrics.items():
+            value = float(raw)
             stopper = self.early_stopping
             if stopper and name == stopper.monitor and kind == stopper.kind:
                 stopper.update(value, step if step is not None else epoch)
+            if not math.isfinite(value):
+                # a diverging run (NaN loss) must not fail on the way to the database,
+                # which keeps finite values only; early stopping saw it above
+                self.skipped_points += 1
+                continue
+            self._buffer.append((name, value, step, epoch, kind))
+            self.last_metrics[name] = value
         self.last_step = step if step is not None else self.last_step
         self.last_epoch = epoch if epoch is not None else self.last_epoch
         if len(self._buffer) >= FLUSH_POINTS or time.monotonic() - self._last_flush > FLUSH_SECONDS:
@@ -203,6 +211,9 @@ class JobContext:
         if not uri:
             msg = "this experiment has no dataset: create it with --data URI --target COLUMN"
             raise MlrigError(msg)
+        if "://" not in uri and not Path(uri).is_absolute():
+            # the job runs in its own folder: a relative path means the config's folder
+            uri = str(self.platform.settings.resolve_path(uri))
         frame, digest = read_dataset(uri, self.platform.artifacts)
         self.record_dataset(uri, digest)
         return frame

@@ -74,8 +74,10 @@ class JobQueue:
         new: str,
         detail: str | None,
         events: list[dict[str, Any]],
+        *,
+        initial: bool = False,
     ) -> None:
-        old = job.status
+        old = None if initial else job.status
         job.status = new
         job.status_detail = detail
         now = utcnow()
@@ -116,10 +118,10 @@ class JobQueue:
             session.execute(text("BEGIN IMMEDIATE"))
 
     def record_created(self, session: Session, job: TrainingExperiment) -> list[dict[str, Any]]:
-        """Log the ``created`` event of a new, not yet flushed experiment (in the caller's
-        transaction); the caller fires the returned events after committing."""
+        """Log the ``created`` event (``None -> created``) of a new experiment, in the
+        caller's transaction; the caller fires the returned events after committing."""
         events: list[dict[str, Any]] = []
-        self._record(session, job, states.CREATED, None, events)
+        self._record(session, job, states.CREATED, None, events, initial=True)
         return events
 
     def enqueue(self, job_id: uuid.UUID) -> dict[str, Any]:

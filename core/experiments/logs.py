@@ -105,8 +105,11 @@ class LogStore:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             msg = f"offset must be an integer >= 0, got {offset!r}"
             raise ValidationError(msg)
-        if isinstance(limit, bool) or not isinstance(limit, int) \
-                or not 1 <= limit <= MAX_READ_BYTES:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_READ_BYTES
+        ):
             msg = f"limit must be an integer from 1 to {MAX_READ_BYTES}, got {limit!r}"
             raise ValidationError(msg)
         chunks = self.chunks(experiment_id)

@@ -106,16 +106,24 @@ def check_early_stopping(rule: object) -> dict[str, Any] | None:
             "100 characters"
         )
         raise ValidationError(msg)
-    return {"monitor": parsed.monitor, "mode": parsed.mode, "patience": parsed.patience,
-            "min_delta": parsed.min_delta, "kind": parsed.kind}
+    return {
+        "monitor": parsed.monitor,
+        "mode": parsed.mode,
+        "patience": parsed.patience,
+        "min_delta": parsed.min_delta,
+        "kind": parsed.kind,
+    }
 
 
 def check_dataset(dataset: object) -> dict[str, Any] | None:
     """``{"uri": ..., "target": ..., ...}`` (extra keys are kept for the trainer)."""
     if dataset is None:
         return None
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("uri"), str) \
-            or not dataset["uri"].strip():
+    if (
+        not isinstance(dataset, dict)
+        or not isinstance(dataset.get("uri"), str)
+        or not dataset["uri"].strip()
+    ):
         msg = f"dataset must be an object with a 'uri' (and usually a 'target'), got {dataset!r}"
         raise ValidationError(msg)
     target = dataset.get("target")

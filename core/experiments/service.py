@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from mlrig.db.models import EXPERIMENT_STATUSES, ExperimentEvent, TrainingExperiment, User
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
@@ -50,8 +49,9 @@ class ExperimentService:
     :param hooks: the hook facade (``experiment_state_changed``, ``metrics_logged``).
     """
 
-    def __init__(self, db: Database, queue: JobQueue, artifacts: ArtifactStore,
-                 hooks: Hooks) -> None:
+    def __init__(
+        self, db: Database, queue: JobQueue, artifacts: ArtifactStore, hooks: Hooks
+    ) -> None:
         self.db = db
         self.queue = queue
         self.artifacts = artifacts
@@ -154,11 +154,13 @@ class ExperimentService:
             "model_name": rules.check_model_name(model_name),
         }
         fields["seed"], source = rules.check_seed(seed)
-        return self._create(fields, actor, {"seed": fields["seed"], "seed_source": source},
-                            start=start)
+        return self._create(
+            fields, actor, {"seed": fields["seed"], "seed_source": source}, start=start
+        )
 
-    def _create(self, fields: dict[str, Any], actor: Principal, facts: dict[str, Any], *,
-                start: bool) -> View:
+    def _create(
+        self, fields: dict[str, Any], actor: Principal, facts: dict[str, Any], *, start: bool
+    ) -> View:
         with self.db.session() as session:
             taken = session.scalar(
                 select(TrainingExperiment.id).where(TrainingExperiment.name == fields["name"])
@@ -175,8 +177,11 @@ class ExperimentService:
                 description=fields["description"],
                 trainer=fields["trainer"],
                 hyperparameters=fields["hyperparameters"],
-                configuration={"dataset": fields["dataset"], "model_name": fields["model_name"],
-                               "submitted_by": actor.name},
+                configuration={
+                    "dataset": fields["dataset"],
+                    "model_name": fields["model_name"],
+                    "submitted_by": actor.name,
+                },
                 resources=fields["resources"],
                 priority=fields["priority"],
                 checkpoint_interval_s=fields["checkpoint_interval_s"],
@@ -188,7 +193,6 @@ class ExperimentService:
             )
             session.add(row)
             session.flush()  # the event row refers to it
-            set_committed_value(row, "status", None)  # the event reads None -> created
             events = self.queue.record_created(session, row)
         for event in events:
             self.hooks.experiment_state_changed(event)
@@ -207,8 +211,11 @@ class ExperimentService:
                     TrainingExperiment.name.startswith(f"{base}-rerun-", autoescape=True)
                 )
             )
-            numbers = [int(m.group(1)) for n in siblings
-                       if (m := _RERUN_SUFFIX.search(n)) and n == f"{base}-rerun-{m.group(1)}"]
+            numbers = [
+                int(m.group(1))
+                for n in siblings
+                if (m := _RERUN_SUFFIX.search(n)) and n == f"{base}-rerun-{m.group(1)}"
+            ]
             config = source.configuration or {}
             fields = {
                 "name": f"{base}-rerun-{max(numbers, default=0) + 1}",
@@ -236,8 +243,12 @@ class ExperimentService:
             row = self._row(session, ref)
             creators = self._creators(session, [row])
             events = self._events(session, row.id)
-        return experiment_view(row, creator=creators.get(row.created_by), events=events,
-                               metrics=metrics.latest_values(self.db, row.id))
+        return experiment_view(
+            row,
+            creator=creators.get(row.created_by),
+            events=events,
+            metrics=metrics.latest_values(self.db, row.id),
+        )
 
     def list(
         self,
@@ -288,8 +299,10 @@ class ExperimentService:
         names = sorted({k for values in latest for k in values})
         table = {p: [(row.hyperparameters or {}).get(p) for row in rows] for p in params}
         return {
-            "experiments": [{"id": str(r.id), "name": r.name, "status": r.status,
-                             "trainer": r.trainer} for r in rows],
+            "experiments": [
+                {"id": str(r.id), "name": r.name, "status": r.status, "trainer": r.trainer}
+                for r in rows
+            ],
             "hyperparameters": table,
             "metrics": {n: [v[n]["value"] if n in v else None for v in latest] for n in names},
             "differing": [p for p, values in table.items() if any(v != values[0] for v in values)],
@@ -329,8 +342,9 @@ class ExperimentService:
         """``{"experiment_id", "count", "metrics": history}`` (see
         :func:`mlrig.experiments.metrics.read_history`)."""
         key = self.resolve(ref)
-        history = metrics.read_history(self.db, key, name=name, kind=kind,
-                                       after_step=after_step, limit=limit)
+        history = metrics.read_history(
+            self.db, key, name=name, kind=kind, after_step=after_step, limit=limit
+        )
         count = sum(len(series["steps"]) for series in history.values())
         return {"experiment_id": str(key), "count": count, "metrics": history}
 
@@ -338,8 +352,9 @@ class ExperimentService:
         """The last point of each metric (see :func:`metrics.latest_values`)."""
         return metrics.latest_values(self.db, self.resolve(ref))
 
-    def read_logs(self, ref: str | uuid.UUID, offset: int = 0,
-                  limit: int = DEFAULT_READ_BYTES) -> tuple[bytes, int]:
+    def read_logs(
+        self, ref: str | uuid.UUID, offset: int = 0, limit: int = DEFAULT_READ_BYTES
+    ) -> tuple[bytes, int]:
         """Log bytes from ``offset``, and the offset to read next."""
         key = _as_uuid(ref) or self.resolve(ref)
         return self.logs.read(key, offset, limit)

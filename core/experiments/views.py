@@ -74,5 +74,9 @@ def experiment_view(
 
 def event_view(event: ExperimentEvent) -> dict[str, Any]:
     """One state change: ``{"old", "new", "detail", "at"}``."""
-    return {"old": event.old_status, "new": event.new_status, "detail": event.detail,
-            "at": iso(event.at)}
+    return {
+        "old": event.old_status,
+        "new": event.new_status,
+        "detail": event.detail,
+        "at": iso(event.at),
+    }
