@@ -68,6 +68,15 @@ def get_principal() -> Principal:
     return get_state().principal()
 
 
+def require_writer() -> Principal:
+    """The command's principal, who must hold the write permission."""
+    from mlrig.security.roles import Permission
+
+    principal = get_principal()
+    principal.require(Permission.WRITE)
+    return principal
+
+
 def audit_cli(
     action: str, *, resource_type: str, resource_id: str | None, outcome: str = "success"
 ) -> None:

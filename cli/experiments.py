@@ -11,20 +11,12 @@ from typing import Any
 
 import click
 
-from mlrig.cli.context import audit_cli, get_platform, get_principal
-from mlrig.cli.output import json_option, print_json, print_mapping, print_table
-from mlrig.security.roles import Permission
+from mlrig.cli.context import audit_cli, get_platform, require_writer
+from mlrig.cli.output import json_option, print_json, print_mapping, print_table, show_result
 
 STATUSES = ["created", "queued", "running", "completed", "failed", "cancelled"]
 FINAL = frozenset({"completed", "failed", "cancelled"})
 POLL_SECONDS = 0.5
-
-
-def _writer() -> Any:
-    """The command's principal, who must hold the write permission."""
-    principal = get_principal()
-    principal.require(Permission.WRITE)
-    return principal
 
 
 def _value(text: str) -> Any:
@@ -63,15 +55,6 @@ def parse_early_stopping(text: str | None) -> dict[str, Any] | None:
             value.strip() if key.strip() in ("monitor", "mode", "kind") else _value(value.strip())
         )
     return rule
-
-
-def _show(data: Any, as_json: bool, done: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-    elif done:
-        click.echo(done)
-    else:
-        print_mapping(data)
 
 
 def _fmt(value: Any) -> str:
@@ -153,7 +136,7 @@ def create(
     view = get_platform().experiments.create(
         name=name,
         trainer=trainer,
-        actor=_writer(),
+        actor=require_writer(),
         description=description,
         hyperparameters=_params(params),
         dataset={"uri": data_uri, "target": target} if data_uri else None,
@@ -170,7 +153,7 @@ def create(
     if wait:
         _wait_and_exit(get_platform().experiments, view["id"], as_json)
         return
-    _show(view, as_json, f"created experiment {name!r} ({view['id']}), {view['status']}")
+    show_result(view, as_json, f"created experiment {name!r} ({view['id']}), {view['status']}")
 
 
 @experiments.command("list")
@@ -244,11 +227,11 @@ def _event_table(events: list[dict[str, Any]]) -> None:
 def start(experiment: str, wait: bool, as_json: bool) -> None:
     """Queue EXPERIMENT (created, failed or cancelled) for a worker to run."""
     service = get_platform().experiments
-    _writer()
+    require_writer()
     view = service.start(experiment)
     audit_cli("start_experiment", resource_type="experiments", resource_id=view["id"])
     if not wait:
-        _show(view, as_json, f"queued {view['name']} ({view['id']})")
+        show_result(view, as_json, f"queued {view['name']} ({view['id']})")
         return
     _wait_and_exit(service, view["id"], as_json)
 
@@ -315,10 +298,10 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
 @json_option
 def stop(experiment: str, as_json: bool) -> None:
     """Stop EXPERIMENT: dequeue it, or end its running job within seconds."""
-    _writer()
+    require_writer()
     view = get_platform().experiments.stop(experiment)
     audit_cli("stop_experiment", resource_type="experiments", resource_id=view["id"])
-    _show(view, as_json, f"{view['name']}: {view['status']}")
+    show_result(view, as_json, f"{view['name']}: {view['status']}")
 
 
 @experiments.command("rerun")
@@ -326,9 +309,9 @@ def stop(experiment: str, as_json: bool) -> None:
 @json_option
 def rerun(experiment: str, as_json: bool) -> None:
     """Queue an identical run of EXPERIMENT (same trainer, parameters, data, seed)."""
-    view = get_platform().experiments.rerun(experiment, actor=_writer())
+    view = get_platform().experiments.rerun(experiment, actor=require_writer())
     audit_cli("rerun_experiment", resource_type="experiments", resource_id=view["id"])
-    _show(view, as_json, f"queued {view['name']} ({view['id']}), seed {view['seed']}")
+    show_result(view, as_json, f"queued {view['name']} ({view['id']}), seed {view['seed']}")
 
 
 @experiments.command("metrics")

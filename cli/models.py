@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from mlrig.cli.context import audit_cli, get_platform, get_principal
-from mlrig.cli.output import json_option, print_json, print_mapping, print_table
-from mlrig.security.roles import Permission
+from mlrig.cli.context import audit_cli, get_platform, get_principal, require_writer
+from mlrig.cli.output import json_option, print_json, print_table, show_result
 
 STAGES = ["none", "staging", "production", "archived"]
 
@@ -31,22 +30,6 @@ def _pairs(values: tuple[str, ...], what: str, *, number: bool = False) -> dict[
         else:
             out[key] = value
     return out
-
-
-def _writer() -> Any:
-    """The command's principal, who must hold the write permission."""
-    principal = get_principal()
-    principal.require(Permission.WRITE)
-    return principal
-
-
-def _show(data: Any, as_json: bool, done: str | None = None) -> None:
-    if as_json:
-        print_json(data)
-    elif done:
-        click.echo(done)
-    elif isinstance(data, dict):
-        print_mapping(data)
 
 
 def _version_rows(items: list[dict[str, Any]]) -> Any:
@@ -83,10 +66,10 @@ def models() -> None:
 def create(name: str, description: str | None, tags: tuple[str, ...], as_json: bool) -> None:
     """Register a model NAME (versions come with `mlrig models register`)."""
     model = get_platform().registry.create_model(
-        name=name, description=description, tags=_pairs(tags, "tag"), actor=_writer()
+        name=name, description=description, tags=_pairs(tags, "tag"), actor=require_writer()
     )
     audit_cli("create_model", resource_type="models", resource_id=model["id"])
-    _show(model, as_json, f"created model {name!r}")
+    show_result(model, as_json, f"created model {name!r}")
 
 
 @models.command("list")
@@ -123,7 +106,7 @@ def show(model: str, version: str | None, as_json: bool) -> None:
     """Show a model, or one VERSION of it (a number, an alias or 'latest') with lineage."""
     registry = get_platform().registry
     data = registry.get_version(model, version) if version else registry.get_model(model)
-    _show(data, as_json)
+    show_result(data, as_json)
 
 
 @models.command("update")
@@ -136,7 +119,7 @@ def update(
     model: str, version: str | None, description: str | None, tags: tuple[str, ...], as_json: bool
 ) -> None:
     """Edit the description or tags of a model or of one VERSION (the rest is frozen)."""
-    _writer()
+    require_writer()
     registry = get_platform().registry
     new_tags = _pairs(tags, "tag") if tags else None
     if version:
@@ -144,7 +127,7 @@ def update(
     else:
         data = registry.update_model(model, description=description, tags=new_tags)
     audit_cli("update_model", resource_type="models", resource_id=data["id"])
-    _show(data, as_json, f"updated {model}{' ' + version if version else ''}")
+    show_result(data, as_json, f"updated {model}{' ' + version if version else ''}")
 
 
 @models.command("delete")
@@ -157,11 +140,11 @@ def delete(model: str, version: str | None, yes: bool, as_json: bool) -> None:
     what = f"version {version} of {model}" if version else f"model {model} and all its versions"
     if not yes and not click.confirm(f"delete {what}?"):
         raise click.Abort
-    _writer()
+    require_writer()
     registry = get_platform().registry
     data = registry.delete_version(model, version) if version else registry.delete_model(model)
     audit_cli("delete_model", resource_type="models", resource_id=data["id"])
-    _show(data, as_json, f"deleted {what}")
+    show_result(data, as_json, f"deleted {what}")
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -230,7 +213,7 @@ def register(
         get_platform(),
         path,
         name=name,
-        actor=_writer(),
+        actor=require_writer(),
         sample=_read_sample(sample, target) if sample else None,
         framework=framework,
         version=version_name,
@@ -245,7 +228,7 @@ def register(
     )
     audit_cli("create_version", resource_type="models", resource_id=version["id"])
     files = ", ".join(a["path"] for a in version["artifacts"])
-    _show(version, as_json, f"registered {name} version {version['version']} ({files})")
+    show_result(version, as_json, f"registered {name} version {version['version']} ({files})")
 
 
 def _file_hash(uri: str) -> str | None:
@@ -361,7 +344,7 @@ def artifacts(model: str, version: str, as_json: bool) -> None:
 def download(model: str, version: str, out: Path, as_json: bool) -> None:
     """Download every artifact of a version (verified against its sha256)."""
     written = get_platform().registry.download_version(model, version, out)
-    _show([str(p) for p in written], as_json, f"wrote {len(written)} files to {out}")
+    show_result([str(p) for p in written], as_json, f"wrote {len(written)} files to {out}")
 
 
 # --- aliases, stages, approvals -------------------------------------------------------------
@@ -374,9 +357,9 @@ def download(model: str, version: str, out: Path, as_json: bool) -> None:
 @json_option
 def alias(model: str, alias: str, version: str, as_json: bool) -> None:
     """Point ALIAS (e.g. champion) of MODEL at VERSION."""
-    data = get_platform().lifecycle.set_alias(model, alias, version, actor=_writer())
+    data = get_platform().lifecycle.set_alias(model, alias, version, actor=require_writer())
     audit_cli("set_alias", resource_type="models", resource_id=f"{model}@{alias}")
-    _show(data, as_json, f"{model}@{alias} -> version {data['version']}")
+    show_result(data, as_json, f"{model}@{alias} -> version {data['version']}")
 
 
 @models.command("unalias")
@@ -385,9 +368,9 @@ def alias(model: str, alias: str, version: str, as_json: bool) -> None:
 @json_option
 def unalias(model: str, alias: str, as_json: bool) -> None:
     """Remove ALIAS from MODEL."""
-    data = get_platform().lifecycle.delete_alias(model, alias, actor=_writer())
+    data = get_platform().lifecycle.delete_alias(model, alias, actor=require_writer())
     audit_cli("delete_alias", resource_type="models", resource_id=f"{model}@{alias}")
-    _show(data, as_json, f"removed {model}@{alias}")
+    show_result(data, as_json, f"removed {model}@{alias}")
 
 
 @models.command("stage")
@@ -399,7 +382,7 @@ def unalias(model: str, alias: str, as_json: bool) -> None:
 def stage(model: str, version: str, stage: str, comment: str | None, as_json: bool) -> None:
     """Move VERSION to STAGE; production opens an approval request instead."""
     data = get_platform().lifecycle.transition(
-        model, version, stage, actor=_writer(), comment=comment
+        model, version, stage, actor=require_writer(), comment=comment
     )
     audit_cli("change_stage", resource_type="models", resource_id=f"{model}/{version}")
     if data["status"] == "pending_approval":
@@ -409,7 +392,7 @@ def stage(model: str, version: str, stage: str, comment: str | None, as_json: bo
         )
     else:
         done = f"{model} {version}: {data['from']} -> {data['to']}"
-    _show(data, as_json, done)
+    show_result(data, as_json, done)
 
 
 @models.command("approvals")
@@ -452,7 +435,7 @@ def _decide(request_id: str, approve: bool, comment: str | None, as_json: bool) 
         request_id, approve=approve, actor=get_principal(), comment=comment
     )
     audit_cli("approve" if approve else "reject", resource_type="approvals", resource_id=request_id)
-    _show(
+    show_result(
         data,
         as_json,
         f"{data['status']}: {data['model']} {data['version']} is now in {data['target_stage']}"
@@ -503,7 +486,7 @@ def evaluate(
     """Benchmark VERSIONS of MODEL on a dataset: quality metrics and latency/throughput."""
     from rich.progress import Progress
 
-    _writer()
+    require_writer()
     evaluator = get_platform().evaluator
     results = []
     with Progress(transient=True, disable=as_json) as progress:

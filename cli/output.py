@@ -37,3 +37,14 @@ def print_mapping(data: dict[str, Any], *, indent: int = 0) -> None:
             print_mapping(value, indent=indent + 2)
         else:
             click.echo(f"{' ' * indent}{key}: {value}")
+
+
+def show_result(data: Any, as_json: bool, done: str | None = None) -> None:
+    """A command's result: JSON with ``--json``, else the one-line ``done`` summary, else
+    the data as an outline."""
+    if as_json:
+        print_json(data)
+    elif done:
+        click.echo(done)
+    elif isinstance(data, dict):
+        print_mapping(data)

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from _processes import alive
 from _trainers import install_test_trainers
 
 from mlrig import datasets
@@ -263,19 +264,10 @@ def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path)
         }
         started = time.monotonic()
         platform.queue.cancel(job_id)
-        while any(_alive(pid) for pid in pids.values()):
+        while any(alive(pid) for pid in pids.values()):
             assert time.monotonic() - started < 5, "processes outlived the stop by 5 s"
             time.sleep(0.05)
     finally:
         stop.set()
         thread.join(30)
     assert job_row(platform, job_id).status == "cancelled"
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/status") as fh:
-        return "zombie" not in next(line for line in fh if line.startswith("State:"))

@@ -1,10 +1,10 @@
 """The local executor: environment, CPU affinity, memory limit, killing a process tree."""
 
-import os
 import sys
 import time
 
 import pytest
+from _processes import alive
 
 from mlrig.backends import load_backend
 from mlrig.contracts import JobSpec, Resources
@@ -64,15 +64,4 @@ def test_terminate_ends_the_whole_tree_within_5s(executor, tmp_path):
     assert time.monotonic() - started < 5
     assert code is not None and code < 0
     time.sleep(0.2)
-    assert not _alive(child_pid)
-
-
-def _alive(pid):
-    """Running, not merely a zombie waiting for a reaper (PID 1 in a container may not reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/status") as fh:
-        state = next(line for line in fh if line.startswith("State:"))
-    return "zombie" not in state
+    assert not alive(child_pid)

@@ -5,35 +5,14 @@ import math
 from datetime import datetime, timezone
 
 import pytest
-from _distributions import make_distribution
 
 from mlrig import hookimpl
-from mlrig.backends import backend_names, forget_loaded_backends
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.experiments import LogStore, metrics
 from mlrig.experiments import logs as logs_module
 from mlrig.security import Principal
 
 ACTOR = Principal(name="alice", role="developer")
-
-
-@pytest.fixture
-def trainer(tmp_path, monkeypatch):
-    """The name of an installed trainer: the bundled sklearn one, else a stand-in."""
-    installed = backend_names("trainers")
-    if installed:
-        yield "sklearn" if "sklearn" in installed else installed[0]
-        return
-    site = make_distribution(
-        tmp_path / "site",
-        "mlrig-test-trainer",
-        entry_points={"mlrig.trainers": {"sklearn": "fake_trainer:Fake"}},
-        modules={"fake_trainer": "class Fake:\n    pass\n"},
-    )
-    monkeypatch.syspath_prepend(str(site))
-    forget_loaded_backends()
-    yield "sklearn"
-    forget_loaded_backends()
 
 
 class Recorder:

@@ -6,31 +6,9 @@ import threading
 import time
 
 import pytest
-from _distributions import make_distribution
-
-from mlrig.backends import backend_names, forget_loaded_backends
 
 BASE = "/api/ml/experiments"
 MISSING = "6f1c1f0e-0000-4000-8000-000000000000"
-
-
-@pytest.fixture
-def trainer(tmp_path, monkeypatch):
-    """The name of an installed trainer: the bundled sklearn one, else a stand-in."""
-    installed = backend_names("trainers")
-    if installed:
-        yield "sklearn" if "sklearn" in installed else installed[0]
-        return
-    site = make_distribution(
-        tmp_path / "site",
-        "mlrig-test-trainer",
-        entry_points={"mlrig.trainers": {"sklearn": "fake_trainer:Fake"}},
-        modules={"fake_trainer": "class Fake:\n    pass\n"},
-    )
-    monkeypatch.syspath_prepend(str(site))
-    forget_loaded_backends()
-    yield "sklearn"
-    forget_loaded_backends()
 
 
 @pytest.fixture

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
@@ -89,10 +90,38 @@ def parse_tags(values: list[str] | None) -> dict[str, str]:
     return tags
 
 
-def version_query(**kw: Any) -> VersionQuery:
-    metrics = tuple(MetricFilter.parse(m) for m in kw.pop("metric") or [])
-    tags = parse_tags(kw.pop("tag"))
-    return VersionQuery(metrics=metrics, tags=tags, **kw)
+def version_filters(
+    framework: str | None = None,
+    model_type: str | None = None,
+    stage: str | None = None,
+    tag: list[str] | None = Query(default=None, description="key:value, repeatable."),
+    created_by: str | None = Query(default=None, description="User name."),
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    metric: list[str] | None = Query(default=None, description="e.g. 'accuracy>0.9'."),
+    sort: str = Query(
+        default="-created_at", description="created_at, name, metrics.NAME; '-' descending."
+    ),
+    limit: int = Query(default=50, ge=1, le=1000),
+    cursor: str | None = Query(default=None, description="next_cursor of the previous page."),
+) -> VersionQuery:
+    """The version filters shared by the search routes (one model or all models)."""
+    return VersionQuery(
+        framework=framework,
+        model_type=model_type,
+        stage=stage,
+        tags=parse_tags(tag),
+        created_by=created_by,
+        created_after=created_after,
+        created_before=created_before,
+        metrics=tuple(MetricFilter.parse(m) for m in metric or []),
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+VersionFilters = Annotated[VersionQuery, Depends(version_filters)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Register a new model")
@@ -167,36 +196,9 @@ def create_version(
 
 
 @router.get("/{id}/versions", summary="List model versions")
-def list_versions(
-    id: str,
-    platform: PlatformDep,
-    _: Reader,
-    framework: str | None = None,
-    model_type: str | None = None,
-    stage: str | None = None,
-    tag: list[str] | None = Query(default=None, description="key:value, repeatable."),
-    created_by: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    metric: list[str] | None = Query(default=None, description="e.g. 'accuracy>0.9'."),
-    sort: str = "-created_at",
-    limit: int = Query(default=50, ge=1, le=1000),
-    cursor: str | None = None,
-) -> Any:
-    query = version_query(
-        model_id=platform.registry.model_id(id),
-        framework=framework,
-        model_type=model_type,
-        stage=stage,
-        tag=tag,
-        created_by=created_by,
-        created_after=created_after,
-        created_before=created_before,
-        metric=metric,
-        sort=sort,
-        limit=limit,
-        cursor=cursor,
-    )
+def list_versions(id: str, platform: PlatformDep, _: Reader, filters: VersionFilters) -> Any:
+    """One page of the model's versions: ``{"items": [...], "next_cursor": ...}``."""
+    query = dataclasses.replace(filters, model_id=platform.registry.model_id(id))
     return platform.registry.search_versions(query)
 
 
