@@ -226,9 +226,18 @@ def _event_table(events: list[dict[str, Any]]) -> None:
 @json_option
 def start(experiment: str, wait: bool, as_json: bool) -> None:
     """Queue EXPERIMENT (created, failed or cancelled) for a worker to run."""
+    from mlrig.errors import ConflictError
+
     service = get_platform().experiments
     require_writer()
-    view = service.start(experiment)
+    try:
+        view = service.start(experiment)
+    except ConflictError as exc:
+        # --wait on a run that is already queued or running just watches it
+        if not (wait and exc.details.get("status") in ("queued", "running")):
+            raise
+        _wait_and_exit(service, service.resolve(experiment), as_json)
+        return
     audit_cli("start_experiment", resource_type="experiments", resource_id=view["id"])
     if not wait:
         show_result(view, as_json, f"queued {view['name']} ({view['id']})")

@@ -271,3 +271,13 @@ def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path)
         stop.set()
         thread.join(30)
     assert job_row(platform, job_id).status == "cancelled"
+
+
+def test_starting_a_running_job_does_not_requeue_it(db_platform):
+    from mlrig.errors import ConflictError
+
+    job_id = add_job(db_platform)
+    claimed = db_platform.queue.claim("w", lease_seconds=30)
+    with pytest.raises(ConflictError, match="is running"):
+        db_platform.queue.enqueue(job_id)
+    assert db_platform.queue.heartbeat(claimed, lease_seconds=30).held

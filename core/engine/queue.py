@@ -130,12 +130,12 @@ class JobQueue:
         with self.db.session() as session:
             self._begin_write(session)
             job = self._job(session, job_id, lock=True)
-            if states.QUEUED not in states.TRANSITIONS.get(job.status or "", frozenset()):
+            if job.status not in states.STARTABLE:
                 msg = (
                     f"experiment {job.name!r} is {job.status}; only created, failed or "
                     "cancelled experiments can be started"
                 )
-                raise ConflictError(msg)
+                raise ConflictError(msg, details={"status": job.status})
             job.queued_at = utcnow()
             job.lease_owner = None
             job.lease_expires_at = None

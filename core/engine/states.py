@@ -10,13 +10,6 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 
 FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-#: state -> states it may move to
-TRANSITIONS: dict[str, frozenset[str]] = {
-    CREATED: frozenset({QUEUED, CANCELLED}),
-    QUEUED: frozenset({RUNNING, CANCELLED}),
-    RUNNING: frozenset({COMPLETED, FAILED, CANCELLED, QUEUED}),
-    COMPLETED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    CANCELLED: frozenset({QUEUED}),
-}
+#: states a user may start (queue) an experiment from; a running job is requeued only
+#: by the engine itself (a lost lease, a failed attempt)
+STARTABLE = frozenset({CREATED, FAILED, CANCELLED})
