@@ -17,7 +17,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: the scripts this file runs; a new benchmark needs a smoke test here
-SMOKE_TESTED = {"bench_startup.py", "bench_registry_search.py", "bench_artifacts.py"}
+SMOKE_TESTED = {"bench_startup.py", "bench_registry_search.py", "bench_artifacts.py",
+                "bench_metrics_ingest.py", "bench_metric_history.py", "bench_scheduler.py"}
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
@@ -116,3 +117,81 @@ def test_bench_artifacts(backend: str):
             assert positive(row[key]), (key, row)
         for key in ("peak_rss_up_mib", "peak_rss_down_mib"):
             assert row[key] >= 0, (key, row)
+
+
+# --- the engine's benchmarks: metric ingest, metric history, scheduler ---------------------
+# bench_metrics_ingest.py runs MLflow beside mlrig, installing it into a virtual environment
+# of its own the first time; the smoke run passes --no-peer, so CI never installs MLflow.
+
+DATABASES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+
+
+def _database_args(database: str, request: pytest.FixtureRequest) -> list[str]:
+    args = ["--databases", database]
+    if database == "postgresql":
+        # fails, saying so, when the server is down (see mlrig.testing.database)
+        args += ["--postgres-url", request.getfixturevalue("postgres_admin_url")]
+    return args
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp_path: Path):
+    """mlrig's side only: ``--no-peer`` skips MLflow (no virtual environment, no install)."""
+    venv = tmp_path / "mlflow-venv"
+    report = run_benchmark("bench_metrics_ingest.py", "--points", "2000", "--batch", "1000",
+                           "--no-peer", "--peer-venv", str(venv),
+                           *_database_args(database, request))
+    assert not venv.exists(), "--no-peer must not create MLflow's environment"
+    assert report["peer"] is None
+    assert positive(report["goal_points_per_s"]) and positive(report["goal_ratio"])
+    [row] = report["results"]
+    assert row["system"] == "mlrig" and row["database"] == database
+    assert row["points"] == 2000 and row["batch"] == 1000 and row["batches"] == 2
+    for key in ("seconds", "median_points_per_s", "overall_points_per_s", "batch_p50_ms",
+                "batch_p99_ms", "client_encode_p50_ms", "round_trip_median_points_per_s"):
+        assert positive(row[key]), (key, row)
+    [comparison] = report["comparisons"]
+    assert comparison["database"] == database and comparison["ratio"] is None
+    assert comparison["mlrig_points_per_s"] == row["median_points_per_s"]
+    assert isinstance(comparison["goal_met"], bool)
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_bench_metric_history(database: str, request: pytest.FixtureRequest):
+    report = run_benchmark("bench_metric_history.py", "--points", "1000", "--batch", "500",
+                           "--fetches", "3", "--warmup", "1", *_database_args(database, request))
+    assert positive(report["goal_ms"])
+    [row] = report["databases"]
+    assert row["database"] == database and row["points"] == 1000
+    assert row["stored_points"] == 2000 and row["fetches"] == 3
+    assert positive(row["body_bytes"]) and positive(row["write"]["points_per_s"])
+    for side in ("service", "http", "client_decode"):
+        assert all(positive(row[side][k]) for k in ("p50_ms", "p99_ms", "mean_ms")), row
+    assert isinstance(row["goal_met"], bool)
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_bench_scheduler(database: str, request: pytest.FixtureRequest):
+    report = run_benchmark("bench_scheduler.py", "--jobs", "5", "--workers", "2",
+                           *_database_args(database, request), timeout=300)
+    assert positive(report["goal_ms"]) and report["workers"] == 2
+    [row] = report["databases"]
+    assert row["database"] == database
+    queue = row["queue"]
+    assert queue["jobs"] == 5 and positive(queue["per_job_ms"])
+    for call in ("enqueue", "claim", "complete", "heartbeat"):
+        assert positive(queue[call]["p50_ms"]) and positive(queue[call]["p99_ms"]), call
+    assert isinstance(queue["goal_met"], bool)
+    threads = row["queue_concurrent"]
+    assert positive(threads["per_job_ms"]) and sum(threads["jobs_per_thread"]) == 5
+    e2e = row["end_to_end"]
+    assert e2e["jobs"] == 5 and e2e["workers"] == 2
+    for key in ("wall_s", "wall_per_job_ms", "cpu_s_per_job", "python_start_ms"):
+        assert positive(e2e[key]), (key, e2e)
+    for phase in ("runner_startup", "finish", "claimed_to_completed"):
+        assert positive(e2e["phases_mean_ms"][phase]), (phase, e2e)
+    # the process start time has /proc's 10 ms resolution: launch may round to 0
+    assert isinstance(e2e["phases_mean_ms"]["launch"], float)
