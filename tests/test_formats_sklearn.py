@@ -5,20 +5,16 @@ from __future__ import annotations
 import json
 from importlib import metadata
 
+# The core test environment installs the sklearn extra: a missing package is a failure.
+import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression
 
-np = pytest.importorskip("numpy")
-pytest.importorskip("sklearn")
-pytest.importorskip("skl2onnx")
-pytest.importorskip("pandas")
-
-from sklearn.base import BaseEstimator, RegressorMixin  # noqa: E402
-from sklearn.ensemble import RandomForestRegressor  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-
-from mlrig import datasets  # noqa: E402
-from mlrig.errors import NotFoundError, ValidationError  # noqa: E402
-from mlrig.formats import (  # noqa: E402
+from mlrig import datasets
+from mlrig.errors import NotFoundError, ValidationError
+from mlrig.formats import (
     FRAMEWORKS,
     MANIFEST,
     detect_framework,
