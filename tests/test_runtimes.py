@@ -10,10 +10,6 @@ import textwrap
 # The core test environment installs the sklearn extra: a missing package is a failure.
 import numpy as np
 import pytest
-
-pytest.importorskip("skl2onnx")
-pytest.importorskip("pandas")
-
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
