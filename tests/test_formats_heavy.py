@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def _onnx_predict(folder, x):
 
 @pytest.fixture(scope="module")
 def torch():
-    return pytest.importorskip("torch")
+    return importlib.import_module("torch")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def sample():
 
 @pytest.mark.heavy
 def test_package_a_torch_module(tmp_path, torch, net, sample):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     import numpy as np
 
     package = package_model(net, tmp_path / "pkg", sample=sample)
@@ -153,12 +154,12 @@ def test_package_torchscript_and_no_sample(tmp_path, torch, net, sample):
 
 @pytest.fixture(scope="module")
 def keras():
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tf2onnx")
+    importlib.import_module("tensorflow")
+    importlib.import_module("tf2onnx")
     from mlrig.formats._tensorflow import _tf
 
     _tf()  # imports tensorflow quietly
-    return pytest.importorskip("keras")
+    return importlib.import_module("keras")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def keras_model(keras):
 
 @pytest.mark.heavy
 def test_package_a_keras_model(tmp_path, keras, keras_model, sample):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     import numpy as np
 
     package = package_model(keras_model, tmp_path / "pkg", sample=sample)

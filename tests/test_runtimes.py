@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_sklearn_errors(iris_package, tmp_path):
 
 @pytest.mark.heavy
 def test_onnx_predictions_match_sklearn(iris_package, diabetes_package):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     package, model, x = iris_package
     loaded = _runtime("onnx").load(package.folder, package.manifest)
     expected = model.predict(x).tolist()
@@ -111,7 +112,7 @@ def test_onnx_predictions_match_sklearn(iris_package, diabetes_package):
 
 @pytest.mark.heavy
 def test_onnx_describe_and_options(iris_package):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from mlrig.plugins.runtime_onnx import cuda_available
 
     package, _, x = iris_package
@@ -132,7 +133,7 @@ def test_onnx_describe_and_options(iris_package):
 
 @pytest.mark.heavy
 def test_onnx_errors(iris_package, tmp_path):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from mlrig.plugins.runtime_onnx import cuda_available
 
     package, _, _ = iris_package
@@ -155,7 +156,7 @@ def test_onnx_errors(iris_package, tmp_path):
 
 @pytest.mark.heavy
 def test_onnx_serves_a_mixed_type_dataframe_model(tmp_path):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
@@ -174,7 +175,7 @@ def test_onnx_serves_a_mixed_type_dataframe_model(tmp_path):
 
 @pytest.mark.heavy
 def test_onnx_serves_a_packaged_onnx_file(iris_package, tmp_path):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     package, model, x = iris_package
     onnx_package = package_model(package.folder / "model.onnx", tmp_path / "pkg")
     assert onnx_package.framework == "onnx"
@@ -191,7 +192,7 @@ def test_onnx_serves_a_packaged_onnx_file(iris_package, tmp_path):
 
 @pytest.mark.heavy
 def test_onnx_says_when_a_model_has_no_export(tmp_path):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from mlrig.formats import load_manifest
 
     frame = datasets.load("iris")
@@ -206,7 +207,7 @@ def test_onnx_says_when_a_model_has_no_export(tmp_path):
 @pytest.mark.heavy
 def test_onnx_cpu_fallback_is_quiet(iris_package):
     """A fresh process loads and predicts with the default providers: nothing on stderr."""
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     package, _, x = iris_package
     script = textwrap.dedent(
         f"""
@@ -232,7 +233,7 @@ def test_onnx_cpu_fallback_is_quiet(iris_package):
 @pytest.mark.heavy
 @pytest.mark.gpu
 def test_onnx_runs_on_cuda_when_usable(iris_package):
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from mlrig.plugins.runtime_onnx import cuda_probe
 
     usable, reason = cuda_probe()
