@@ -25,76 +25,20 @@ fetch has to pick one metric out of two. It then fetches ``loss``:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
-import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import fresh_database, server_version, summary  # benchmarks/_common.py
+
 GOAL_MS = 200.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (``pct`` in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2),
-            "mean_ms": round(statistics.fmean(ms), 2)}
-
-
-@contextlib.contextmanager
-def database_url(kind: str, tmp: Path, admin_url: str) -> Iterator[str]:
-    """An empty, migrated database of ``kind``; dropped afterwards (PostgreSQL)."""
-    from mlrig.db import migrate
-
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / kind / 'mlrig.db'}"
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from mlrig.testing.database import drop_postgres_database
-
-    name = f"mlrig_bench_{uuid.uuid4().hex[:12]}"
-    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        msg = (
-            f"cannot create a database on {make_url(admin_url).render_as_string()}: "
-            f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite"
-        )
-        raise SystemExit(msg) from None
-    try:
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        migrate.upgrade(url)
-        yield url
-    finally:
-        drop_postgres_database(admin_url, name)
-
-
-def server_version(db: Any) -> str:
-    if db.dialect == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    from sqlalchemy import text
-
-    with db.session() as session:
-        return f"PostgreSQL {str(session.scalar(text('SHOW server_version'))).split()[0]}"
 
 
 def write_history(platform: Any, experiment_id: str, points: int, batch: int) -> dict[str, Any]:
@@ -110,8 +54,11 @@ def write_history(platform: Any, experiment_id: str, points: int, batch: int) ->
         start = time.perf_counter()
         written += metrics.write_points(platform.db, experiment_id, rows)
         seconds += time.perf_counter() - start
-    return {"points": written, "seconds": round(seconds, 2),
-            "points_per_s": round(written / seconds) if seconds else None}
+    return {
+        "points": written,
+        "seconds": round(seconds, 2),
+        "points_per_s": round(written / seconds) if seconds else None,
+    }
 
 
 def timed(fetch: Callable[[], Any], fetches: int, warmup: int) -> tuple[list[float], Any]:
@@ -133,14 +80,15 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     from mlrig.security import Principal
     from mlrig.testing.fixtures import make_platform, serve
 
-    with database_url(kind, tmp, args.postgres_url) as url:
+    with fresh_database(kind, tmp / kind, args.postgres_url) as url:
         platform = make_platform(tmp / kind / "home", database={"url": url})
         try:
             user = platform.security.create_user(name="bench", role="developer")
             token = platform.security.create_token(user="bench")["token"]
             actor = Principal("bench", "developer", uuid.UUID(user["id"]))
-            experiment = platform.experiments.create(name="history", trainer="sklearn",
-                                                     actor=actor)["id"]
+            experiment = platform.experiments.create(
+                name="history", trainer="sklearn", actor=actor
+            )["id"]
             written = write_history(platform, experiment, args.points, args.batch)
 
             def in_process() -> int:
@@ -150,13 +98,17 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
             if count != args.points:
                 msg = f"the service returned {count} points of loss, expected {args.points}"
                 raise SystemExit(msg)
-            with serve(create_app(platform)) as base, Client(
-                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-            ) as client:
+            with (
+                serve(create_app(platform)) as base,
+                Client(
+                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+                ) as client,
+            ):
 
                 def over_http() -> bytes:
-                    response = client.get(f"/api/ml/experiments/{experiment}/metrics",
-                                          params={"name": "loss"})
+                    response = client.get(
+                        f"/api/ml/experiments/{experiment}/metrics", params={"name": "loss"}
+                    )
                     if response.status_code != 200:
                         msg = f"HTTP {response.status_code}: {response.text[:500]}"
                         raise SystemExit(msg)
@@ -188,9 +140,11 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
 
 
 def _table(report: dict[str, Any]) -> str:
-    head = (f"{'database':<11} {'points':>8} {'MiB':>6} {'service p50':>12} {'p99':>7} "
-            f"{'HTTP p50':>9} {'p99':>7} {'decode p50':>11}  goal (HTTP p99 < "
-            f"{report['goal_ms']:.0f} ms)")
+    head = (
+        f"{'database':<11} {'points':>8} {'MiB':>6} {'service p50':>12} {'p99':>7} "
+        f"{'HTTP p50':>9} {'p99':>7} {'decode p50':>11}  goal (HTTP p99 < "
+        f"{report['goal_ms']:.0f} ms)"
+    )
     lines = [head, "-" * len(head)]
     for r in report["databases"]:
         lines.append(
@@ -201,21 +155,30 @@ def _table(report: dict[str, Any]) -> str:
         )
     for r in report["databases"]:
         w = r["write"]
-        lines.append(f"{r['database']}: wrote {w['points']:,} points ({r['points']:,} of loss) "
-                     f"through write_points in {w['seconds']} s ({w['points_per_s']:,} points/s)")
+        lines.append(
+            f"{r['database']}: wrote {w['points']:,} points ({r['points']:,} of loss) "
+            f"through write_points in {w['seconds']} s ({w['points_per_s']:,} points/s)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--points", type=int, default=100_000,
-                        help="points in the fetched history (as many of a second metric)")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=100_000,
+        help="points in the fetched history (as many of a second metric)",
+    )
     parser.add_argument("--batch", type=int, default=10_000, help="steps per write_points call")
     parser.add_argument("--fetches", type=int, default=100, help="timed fetches per side")
     parser.add_argument("--warmup", type=int, default=3, help="untimed fetches first")
     parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
-                        help="PostgreSQL database to run CREATE DATABASE from")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL database to run CREATE DATABASE from",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args(argv)

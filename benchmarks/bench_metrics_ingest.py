@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -57,24 +56,33 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from _common import percentile, server_version  # benchmarks/_common.py
+
 GOAL_POINTS_PER_S = 100_000
 GOAL_RATIO = 10.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_PEER_VENV = Path.home() / ".cache" / "mlrig-bench" / "mlflow-venv"
 #: MLflow refuses more metrics than this in one log_batch call
 MLFLOW_MAX_METRICS = 1000
-NAMES = ("loss", "accuracy", "learning_rate", "grad_norm", "val_loss", "val_accuracy",
-         "precision", "recall", "f1", "throughput", "auc", "mse", "mae", "r2", "epoch_time",
-         "gpu_util")
+NAMES = (
+    "loss",
+    "accuracy",
+    "learning_rate",
+    "grad_norm",
+    "val_loss",
+    "val_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "throughput",
+    "auc",
+    "mse",
+    "mae",
+    "r2",
+    "epoch_time",
+    "gpu_util",
+)
 PEER_PACKAGES = ("mlflow", "psycopg2-binary")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (``pct`` in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def point_fields(index: int, names: int) -> tuple[str, float, int, int]:
@@ -111,9 +119,16 @@ def client_mlrig(args: argparse.Namespace) -> dict[str, Any]:
     points = []
     for i in range(args.offset, args.offset + total):
         name, value, step, epoch = point_fields(i, args.names)
-        points.append({"name": name, "value": value, "step": step, "epoch": epoch,
-                       "kind": kinds[name.startswith("val_")]})
-    batches = [points[i: i + args.batch] for i in range(0, total, args.batch)]
+        points.append(
+            {
+                "name": name,
+                "value": value,
+                "step": step,
+                "epoch": epoch,
+                "kind": kinds[name.startswith("val_")],
+            }
+        )
+    batches = [points[i : i + args.batch] for i in range(0, total, args.batch)]
     path = f"/api/ml/experiments/{args.experiment}/metrics"
     headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/json"}
     with httpx.Client(base_url=args.url, headers=headers, timeout=300) as client:
@@ -148,9 +163,10 @@ def client_mlflow(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.offset, args.offset + total):
         name, value, step, _epoch = point_fields(i, args.names)
         metrics.append(Metric(key=name, value=value, timestamp=base_ms + i, step=step))
-    batches = [metrics[i: i + args.batch] for i in range(0, total, args.batch)]
-    report = _timed_batches(lambda batch: client.log_batch(run_id, metrics=batch), batches,
-                            args.warmup)
+    batches = [metrics[i : i + args.batch] for i in range(0, total, args.batch)]
+    report = _timed_batches(
+        lambda batch: client.log_batch(run_id, metrics=batch), batches, args.warmup
+    )
     # A spot check that the points landed: the full history of the first metric so far.
     history = client.get_metric_history(run_id, NAMES[0])
     expected = len(range(0, args.offset + total, args.names))
@@ -200,37 +216,55 @@ def postgres_version(url: str) -> str:
     return f"PostgreSQL {str(row[0] if row else '?').split()[0]}"
 
 
-def server_version(db: Any) -> str:
-    if db.dialect == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    from sqlalchemy import text
-
-    with db.session() as session:
-        return f"PostgreSQL {str(session.scalar(text('SHOW server_version'))).split()[0]}"
-
-
 # --- the two sides --------------------------------------------------------------------
 
 
-def _client(python: str, args: argparse.Namespace, side: str, url: str, *, batch: int,
-            points: int, offset: int, warmup: int, env: dict[str, str] | None = None,
-            **extra: str | None) -> dict[str, Any]:
-    command = [python, __file__, "--client", side, "--url", url, "--batch", str(batch),
-               "--points", str(points), "--offset", str(offset), "--warmup", str(warmup),
-               "--names", str(args.names)]
+def _client(
+    python: str,
+    args: argparse.Namespace,
+    side: str,
+    url: str,
+    *,
+    batch: int,
+    points: int,
+    offset: int,
+    warmup: int,
+    env: dict[str, str] | None = None,
+    **extra: str | None,
+) -> dict[str, Any]:
+    command = [
+        python,
+        __file__,
+        "--client",
+        side,
+        "--url",
+        url,
+        "--batch",
+        str(batch),
+        "--points",
+        str(points),
+        "--offset",
+        str(offset),
+        "--warmup",
+        str(warmup),
+        "--names",
+        str(args.names),
+    ]
     for key, value in extra.items():
         if value is not None:
             command += [f"--{key.replace('_', '-')}", value]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env,
-                          timeout=args.timeout)
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=env, timeout=args.timeout
+    )
     if done.returncode != 0:
         msg = f"the {side} client failed:\n{done.stderr[-3000:]}"
         raise SystemExit(msg)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _row(system: str, database: str, server: str, batch: int, timed: dict[str, Any],
-         **extra: Any) -> dict[str, Any]:
+def _row(
+    system: str, database: str, server: str, batch: int, timed: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     seconds, counts = timed["seconds"], timed["counts"]
     rates = [n / s for n, s in zip(counts, seconds, strict=True)]
     ms = [s * 1000 for s in seconds]
@@ -239,8 +273,9 @@ def _row(system: str, database: str, server: str, batch: int, timed: dict[str, A
         round_trips = [s - e for s, e in zip(seconds, encode, strict=True)]
         extra = {
             "client_encode_p50_ms": round(statistics.median(encode) * 1000, 2),
-            "round_trip_median_points_per_s": round(statistics.median(
-                n / s for n, s in zip(counts, round_trips, strict=True))),
+            "round_trip_median_points_per_s": round(
+                statistics.median(n / s for n, s in zip(counts, round_trips, strict=True))
+            ),
             **extra,
         }
     return {
@@ -265,8 +300,9 @@ class MlrigSide:
 
     system = "mlrig"
 
-    def __init__(self, database: str, args: argparse.Namespace, tmp: Path,
-                 stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self, database: str, args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack
+    ) -> None:
         from mlrig.api import create_app
         from mlrig.db import migrate
         from mlrig.security import Principal
@@ -283,15 +319,25 @@ class MlrigSide:
         user = self.platform.security.create_user(name="bench", role="developer")
         self.token = self.platform.security.create_token(user="bench")["token"]
         actor = Principal("bench", "developer", uuid.UUID(user["id"]))
-        self.experiment = self.platform.experiments.create(name="ingest", trainer="sklearn",
-                                                           actor=actor)["id"]
+        self.experiment = self.platform.experiments.create(
+            name="ingest", trainer="sklearn", actor=actor
+        )["id"]
         self.server = server_version(self.platform.db)
         self.url = stack.enter_context(serve(create_app(self.platform)))
 
     def round(self, points: int, warmup: int) -> dict[str, Any]:
-        timed = _client(sys.executable, self.args, "mlrig", self.url, batch=self.args.batch,
-                        points=points, offset=self.sent, warmup=warmup,
-                        experiment=self.experiment, token=self.token)
+        timed = _client(
+            sys.executable,
+            self.args,
+            "mlrig",
+            self.url,
+            batch=self.args.batch,
+            points=points,
+            offset=self.sent,
+            warmup=warmup,
+            experiment=self.experiment,
+            token=self.token,
+        )
         self.sent += points + warmup * self.args.batch
         return timed
 
@@ -312,8 +358,14 @@ class MlflowSide:
 
     system = "mlflow"
 
-    def __init__(self, database: str, args: argparse.Namespace, tmp: Path, python: str,
-                 stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        database: str,
+        args: argparse.Namespace,
+        tmp: Path,
+        python: str,
+        stack: contextlib.ExitStack,
+    ) -> None:
         self.args, self.python, self.sent = args, python, 0
         self.run_id: str | None = None
         self.version: str | None = None
@@ -325,16 +377,28 @@ class MlflowSide:
             from sqlalchemy.engine import make_url
 
             url = stack.enter_context(postgres_database(args.postgres_url, "mlrig_bench_mlflow_"))
-            backend = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(
-                hide_password=False)
+            backend = (
+                make_url(url)
+                .set(drivername="postgresql+psycopg2")
+                .render_as_string(hide_password=False)
+            )
             self.server = f"{postgres_version(url)} (psycopg2)"
         self.url = stack.enter_context(mlflow_server(Path(python).parent.parent, backend, root))
 
     def round(self, points: int, warmup: int) -> dict[str, Any]:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        timed = _client(self.python, self.args, "mlflow", self.url, batch=self.args.peer_batch,
-                        points=points, offset=self.sent, warmup=warmup, env=env,
-                        run_id=self.run_id)
+        timed = _client(
+            self.python,
+            self.args,
+            "mlflow",
+            self.url,
+            batch=self.args.peer_batch,
+            points=points,
+            offset=self.sent,
+            warmup=warmup,
+            env=env,
+            run_id=self.run_id,
+        )
         self.run_id, self.version = timed["run_id"], timed["mlflow_version"]
         self.sent += points + warmup * self.args.peer_batch
         return timed
@@ -343,24 +407,28 @@ class MlflowSide:
 def _split(total: int, batch: int, rounds: int) -> list[int]:
     """``total`` points in whole batches over ``rounds`` rounds (fewer if too few batches)."""
     batches = [min(batch, total - first) for first in range(0, total, batch)]
-    per_round = [len(batches) // rounds + (1 if i < len(batches) % rounds else 0)
-                 for i in range(rounds)]
+    per_round = [
+        len(batches) // rounds + (1 if i < len(batches) % rounds else 0) for i in range(rounds)
+    ]
     out, taken = [], 0
     for count in per_round:
-        out.append(sum(batches[taken: taken + count]))
+        out.append(sum(batches[taken : taken + count]))
         taken += count
     return out
 
 
-def run_database(database: str, args: argparse.Namespace, tmp: Path, python: str | None
-                 ) -> list[dict[str, Any]]:
+def run_database(
+    database: str, args: argparse.Namespace, tmp: Path, python: str | None
+) -> list[dict[str, Any]]:
     """Both servers up on ``database``; the clients take turns, ``--rounds`` each."""
     with contextlib.ExitStack() as stack:
         sides: list[Any] = [MlrigSide(database, args, tmp, stack)]
         if python:
             sides.append(MlflowSide(database, args, tmp, python, stack))
-        plan = {"mlrig": _split(args.points, args.batch, args.rounds),
-                "mlflow": _split(args.peer_points, args.peer_batch, args.rounds)}
+        plan = {
+            "mlrig": _split(args.points, args.batch, args.rounds),
+            "mlflow": _split(args.peer_points, args.peer_batch, args.rounds),
+        }
         timed: dict[str, dict[str, list[float]]] = {
             side.system: {"seconds": [], "counts": [], "encode_seconds": []} for side in sides
         }
@@ -373,14 +441,25 @@ def run_database(database: str, args: argparse.Namespace, tmp: Path, python: str
                 got = side.round(points, args.warmup if number == 0 else 0)
                 for key, values in timed[side.system].items():
                     values += got.get(key, [])
-                medians[side.system].append(statistics.median(
-                    n / s for n, s in zip(got["counts"], got["seconds"], strict=True)))
+                medians[side.system].append(
+                    statistics.median(
+                        n / s for n, s in zip(got["counts"], got["seconds"], strict=True)
+                    )
+                )
         sides[0].check()
         rows = [_row("mlrig", database, sides[0].server, args.batch, timed["mlrig"])]
         if python:
             peer = sides[1]
-            rows.append(_row("mlflow", database, peer.server, args.peer_batch, timed["mlflow"],
-                             mlflow_version=peer.version))
+            rows.append(
+                _row(
+                    "mlflow",
+                    database,
+                    peer.server,
+                    args.peer_batch,
+                    timed["mlflow"],
+                    mlflow_version=peer.version,
+                )
+            )
             ratios = [a / b for a, b in zip(medians["mlrig"], medians["mlflow"], strict=False)]
             rows[0]["round_ratios"] = [round(r, 1) for r in ratios]
         return rows
@@ -394,8 +473,11 @@ def ensure_peer_venv(venv: Path) -> str:
         return str(python)
     print(f"installing {', '.join(PEER_PACKAGES)} into {venv} (first run only)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES],
-                   check=True, stdout=sys.stderr)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES],
+        check=True,
+        stdout=sys.stderr,
+    )
     return str(python)
 
 
@@ -451,10 +533,25 @@ def mlflow_server(venv: Path, backend_uri: str, root: Path) -> Iterator[str]:
     log = (root / "server.log").open("wb")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     proc = subprocess.Popen(
-        [str(venv / "bin" / "mlflow"), "server", "--backend-store-uri", backend_uri,
-         "--default-artifact-root", (root / "artifacts").as_uri(), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(venv / "bin" / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--default-artifact-root",
+            (root / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -491,28 +588,34 @@ def mlflow_server(venv: Path, backend_uri: str, root: Path) -> Iterator[str]:
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for mine in (r for r in rows if r["system"] == "mlrig"):
-        peer = next((r for r in rows if r["system"] == "mlflow"
-                     and r["database"] == mine["database"]), None)
-        ratio = (round(mine["median_points_per_s"] / peer["median_points_per_s"], 1)
-                 if peer else None)
+        peer = next(
+            (r for r in rows if r["system"] == "mlflow" and r["database"] == mine["database"]), None
+        )
+        ratio = (
+            round(mine["median_points_per_s"] / peer["median_points_per_s"], 1) if peer else None
+        )
         fast = mine["median_points_per_s"] >= GOAL_POINTS_PER_S
-        out.append({
-            "database": mine["database"],
-            "mlrig_points_per_s": mine["median_points_per_s"],
-            "mlflow_points_per_s": peer["median_points_per_s"] if peer else None,
-            "ratio": ratio,
-            "round_ratios": mine.pop("round_ratios", None),
-            "points_per_s_goal_met": fast,
-            "ratio_goal_met": None if ratio is None else ratio >= GOAL_RATIO,
-            "goal_met": fast and (ratio is None or ratio >= GOAL_RATIO),
-        })
+        out.append(
+            {
+                "database": mine["database"],
+                "mlrig_points_per_s": mine["median_points_per_s"],
+                "mlflow_points_per_s": peer["median_points_per_s"] if peer else None,
+                "ratio": ratio,
+                "round_ratios": mine.pop("round_ratios", None),
+                "points_per_s_goal_met": fast,
+                "ratio_goal_met": None if ratio is None else ratio >= GOAL_RATIO,
+                "goal_met": fast and (ratio is None or ratio >= GOAL_RATIO),
+            }
+        )
     return out
 
 
 def _table(report: dict[str, Any]) -> str:
-    head = (f"{'system':<7} {'database':<10} {'points':>9} {'batch':>6} {'median pts/s':>13} "
-            f"{'overall pts/s':>14} {'batch p50 ms':>13} {'p99 ms':>9} {'encode ms':>10} "
-            f"{'round-trip pts/s':>17}")
+    head = (
+        f"{'system':<7} {'database':<10} {'points':>9} {'batch':>6} {'median pts/s':>13} "
+        f"{'overall pts/s':>14} {'batch p50 ms':>13} {'p99 ms':>9} {'encode ms':>10} "
+        f"{'round-trip pts/s':>17}"
+    )
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         encode = r.get("client_encode_p50_ms")
@@ -524,11 +627,16 @@ def _table(report: dict[str, Any]) -> str:
             f"{'-' if encode is None else f'{encode:.1f}':>10} "
             f"{'-' if trip is None else f'{trip:,}':>17}"
         )
-    lines.append("encode ms: the client's json.dumps of a batch (p50), inside the timed call; "
-                 "round-trip pts/s: the median without it")
+    lines.append(
+        "encode ms: the client's json.dumps of a batch (p50), inside the timed call; "
+        "round-trip pts/s: the median without it"
+    )
     for c in report["comparisons"]:
-        ratio = (f"{c['ratio']}x MLflow (by round: {', '.join(map(str, c['round_ratios']))})"
-                 if c["ratio"] is not None else "MLflow not run")
+        ratio = (
+            f"{c['ratio']}x MLflow (by round: {', '.join(map(str, c['round_ratios']))})"
+            if c["ratio"] is not None
+            else "MLflow not run"
+        )
         lines.append(
             f"{c['database']}: mlrig {c['mlrig_points_per_s']:,} points/s, {ratio}; goal "
             f">= {GOAL_POINTS_PER_S:,} points/s and >= {GOAL_RATIO:.0f}x: "
@@ -542,22 +650,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=1_000_000, help="timed points (mlrig)")
     parser.add_argument("--batch", type=int, default=10_000, help="points per request (mlrig)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
-                        help="PostgreSQL database to run CREATE DATABASE from")
-    parser.add_argument("--names", type=int, default=10, choices=range(1, len(NAMES) + 1),
-                        metavar=f"1-{len(NAMES)}", help="metric names the points cycle over")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL database to run CREATE DATABASE from",
+    )
+    parser.add_argument(
+        "--names",
+        type=int,
+        default=10,
+        choices=range(1, len(NAMES) + 1),
+        metavar=f"1-{len(NAMES)}",
+        help="metric names the points cycle over",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches first, each side")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="the two clients take turns, each sending its points in this many "
-                        "rounds, so that both see the same load on a shared machine")
-    parser.add_argument("--no-peer", action="store_true",
-                        help="skip MLflow (no virtual environment, no install)")
-    parser.add_argument("--peer-venv", type=Path, default=DEFAULT_PEER_VENV,
-                        help="MLflow's own virtual environment (created the first time)")
-    parser.add_argument("--peer-points", type=int, default=None,
-                        help="timed points for MLflow (default: --points, at most 100,000)")
-    parser.add_argument("--peer-batch", type=int, default=MLFLOW_MAX_METRICS,
-                        help=f"metrics per log_batch call (MLflow's maximum: {MLFLOW_MAX_METRICS})")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="the two clients take turns, each sending its points in this many "
+        "rounds, so that both see the same load on a shared machine",
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="skip MLflow (no virtual environment, no install)"
+    )
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=DEFAULT_PEER_VENV,
+        help="MLflow's own virtual environment (created the first time)",
+    )
+    parser.add_argument(
+        "--peer-points",
+        type=int,
+        default=None,
+        help="timed points for MLflow (default: --points, at most 100,000)",
+    )
+    parser.add_argument(
+        "--peer-batch",
+        type=int,
+        default=MLFLOW_MAX_METRICS,
+        help=f"metrics per log_batch call (MLflow's maximum: {MLFLOW_MAX_METRICS})",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="per client run, seconds")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from _common import fresh_database, percentile, server_version  # benchmarks/_common.py
 
 GOAL_P99_MS = 50.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -75,14 +76,6 @@ KINDS = {
 BATCH = 2000
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (``pct`` in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def summary(ms: list[float]) -> dict[str, float]:
     return {
         "p50_ms": round(statistics.median(ms), 2),
@@ -92,49 +85,6 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 # --- databases --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database_url(kind: str, tmp: Path, admin_url: str) -> Iterator[str]:
-    """An empty, migrated database of ``kind``; dropped afterwards (PostgreSQL)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'sqlite' / 'mlrig.db'}"
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from mlrig.db import migrate
-    from mlrig.testing.database import drop_postgres_database
-
-    name = f"mlrig_bench_{uuid.uuid4().hex[:12]}"
-    libpq = make_url(admin_url).set(drivername="postgresql")
-    try:
-        with psycopg.connect(
-            libpq.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        msg = (
-            f"cannot create a database on {make_url(admin_url).render_as_string()}: "
-            f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite"
-        )
-        raise SystemExit(msg) from None
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        drop_postgres_database(admin_url, name)
-
-
-def server_version(platform: Any) -> str:
-    if platform.db.dialect == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    from sqlalchemy import text
-
-    with platform.db.session() as session:
-        version = str(session.scalar(text("SHOW server_version")))
-    return f"PostgreSQL {version.split()[0]}"
 
 
 # --- data -------------------------------------------------------------------------------
@@ -390,7 +340,7 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     from mlrig.api import create_app
     from mlrig.testing.fixtures import make_platform, serve
 
-    with database_url(kind, tmp, args.postgres_url) as url:
+    with fresh_database(kind, tmp / "sqlite", args.postgres_url) as url:
         platform = make_platform(tmp / kind / "home", database={"url": url})
         try:
             data = Dataset(args.models, args.seed)
@@ -446,7 +396,7 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
             }
             return {
                 "database": kind,
-                "server": server_version(platform),
+                "server": server_version(platform.db),
                 "versions": bulk["rows"] + n_register,
                 "models": len(data.models),
                 "bulk_insert": bulk,

@@ -42,11 +42,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import resource
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -54,11 +52,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+from _common import fresh_database, server_version, summary  # benchmarks/_common.py
 
 GOAL_MS = 20.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -88,62 +88,7 @@ class Noop(Trainer):
 '''
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (``pct`` in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2),
-            "mean_ms": round(statistics.fmean(ms), 2)}
-
-
 # --- databases and jobs ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database_url(kind: str, folder: Path, admin_url: str) -> Iterator[str]:
-    """An empty, migrated database of ``kind``; dropped afterwards (PostgreSQL)."""
-    from mlrig.db import migrate
-
-    if kind == "sqlite":
-        folder.mkdir(parents=True, exist_ok=True)
-        yield f"sqlite:///{folder / 'mlrig.db'}"
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from mlrig.testing.database import drop_postgres_database
-
-    name = f"mlrig_bench_{uuid.uuid4().hex[:12]}"
-    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        msg = (
-            f"cannot create a database on {make_url(admin_url).render_as_string()}: "
-            f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite"
-        )
-        raise SystemExit(msg) from None
-    try:
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        migrate.upgrade(url)
-        yield url
-    finally:
-        drop_postgres_database(admin_url, name)
-
-
-def server_version(db: Any) -> str:
-    if db.dialect == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    from sqlalchemy import text
-
-    with db.session() as session:
-        return f"PostgreSQL {str(session.scalar(text('SHOW server_version'))).split()[0]}"
 
 
 def create_jobs(platform: Any, count: int, prefix: str) -> list[uuid.UUID]:
@@ -152,9 +97,17 @@ def create_jobs(platform: Any, count: int, prefix: str) -> list[uuid.UUID]:
     from mlrig.db.models import TrainingExperiment
 
     with platform.db.session() as session:
-        rows = [TrainingExperiment(name=f"{prefix}-{i:05d}", trainer=TRAINER, max_attempts=1,
-                                   hyperparameters={}, checkpoint_interval_s=0,
-                                   resources={"cpus": 1}) for i in range(count)]
+        rows = [
+            TrainingExperiment(
+                name=f"{prefix}-{i:05d}",
+                trainer=TRAINER,
+                max_attempts=1,
+                hyperparameters={},
+                checkpoint_interval_s=0,
+                resources={"cpus": 1},
+            )
+            for i in range(count)
+        ]
         session.add_all(rows)
         session.flush()
         for row in rows:
@@ -232,8 +185,13 @@ def queue_concurrent(platform: Any, jobs: int, workers: int) -> dict[str, Any]:
     if errors or sum(counts) != jobs:
         msg = f"{sum(counts)} of {jobs} jobs done by the threads; errors: {errors[:3]!r}"
         raise SystemExit(msg)
-    return {"jobs": jobs, "threads": workers, "seconds": round(seconds, 2),
-            "per_job_ms": round(seconds * 1000 / jobs, 2), "jobs_per_thread": counts}
+    return {
+        "jobs": jobs,
+        "threads": workers,
+        "seconds": round(seconds, 2),
+        "per_job_ms": round(seconds * 1000 / jobs, 2),
+        "jobs_per_thread": counts,
+    }
 
 
 # --- (b) real workers -----------------------------------------------------------------
@@ -243,8 +201,9 @@ def install_trainer(site: Path) -> Path:
     """Write the no-op trainer as an installed distribution under ``site``."""
     info = site / "mlrig_bench_trainers-0.1.0.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlrig-bench-trainers\n"
-                                   "Version: 0.1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: mlrig-bench-trainers\nVersion: 0.1.0\n"
+    )
     (info / "entry_points.txt").write_text(
         f"[mlrig.trainers]\n{TRAINER} = mlrig_bench_trainers:Noop\n"
     )
@@ -267,11 +226,27 @@ def _python_start_ms(runs: int = 5) -> float:
 
 
 def _start_workers(count: int, home: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    command = [sys.executable, "-m", "mlrig.cli", "worker", "--concurrency", "1",
-               "--exit-when-idle", "--quiet"]
-    return [subprocess.Popen(command, cwd=home, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
-            for _ in range(count)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlrig.cli",
+        "worker",
+        "--concurrency",
+        "1",
+        "--exit-when-idle",
+        "--quiet",
+    ]
+    return [
+        subprocess.Popen(
+            command,
+            cwd=home,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for _ in range(count)
+    ]
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -288,8 +263,9 @@ def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(5)
 
 
-def end_to_end(platform: Any, url: str, home: Path, site: Path, args: argparse.Namespace
-               ) -> dict[str, Any]:
+def end_to_end(
+    platform: Any, url: str, home: Path, site: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """Run ``args.jobs`` no-op jobs on ``args.workers`` worker processes."""
     from sqlalchemy import select
 
@@ -298,9 +274,10 @@ def end_to_end(platform: Any, url: str, home: Path, site: Path, args: argparse.N
     (home / "mlrig.toml").write_text(
         f'[database]\nurl = "{url}"\n[storage.local]\nroot = "{home / "artifacts"}"\n'
     )
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH"))
-                                         if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
+    }
     ids = create_jobs(platform, args.jobs, "e2e")
     for job_id in ids:
         platform.queue.enqueue(job_id)
@@ -317,21 +294,27 @@ def end_to_end(platform: Any, url: str, home: Path, site: Path, args: argparse.N
         _stop(workers)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    failed = [p.stderr.read().decode(errors="replace")[-2000:] for p in workers
-              if p.returncode != 0 and p.stderr]
+    failed = [
+        p.stderr.read().decode(errors="replace")[-2000:]
+        for p in workers
+        if p.returncode != 0 and p.stderr
+    ]
     if failed:
         msg = f"a worker failed:\n{failed[0]}"
         raise SystemExit(msg)
     with platform.db.session() as session:
         rows = session.execute(
-            select(TrainingExperiment.id, TrainingExperiment.status,
-                   TrainingExperiment.configuration)
-            .where(TrainingExperiment.id.in_(ids))
+            select(
+                TrainingExperiment.id, TrainingExperiment.status, TrainingExperiment.configuration
+            ).where(TrainingExperiment.id.in_(ids))
         ).all()
         events = session.execute(
-            select(ExperimentEvent.experiment_id, ExperimentEvent.new_status,
-                   ExperimentEvent.detail, ExperimentEvent.at)
-            .where(ExperimentEvent.experiment_id.in_(ids))
+            select(
+                ExperimentEvent.experiment_id,
+                ExperimentEvent.new_status,
+                ExperimentEvent.detail,
+                ExperimentEvent.at,
+            ).where(ExperimentEvent.experiment_id.in_(ids))
         ).all()
     status = {row.id: row.status for row in rows}
     if sorted(set(status.values())) != ["completed"]:
@@ -343,8 +326,9 @@ def end_to_end(platform: Any, url: str, home: Path, site: Path, args: argparse.N
         "workers": args.workers,
         "worker_kind": "mlrig worker processes (--concurrency 1), one process per job",
         "wall_s": round(wall, 2),
-        "cpu_s_per_job": round((after.ru_utime + after.ru_stime - before.ru_utime
-                                - before.ru_stime) / args.jobs, 3),
+        "cpu_s_per_job": round(
+            (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.jobs, 3
+        ),
         "python_start_ms": _python_start_ms(),
         **phases(rows, events, args.jobs),
     }
@@ -367,8 +351,14 @@ def phases(rows: list[Any], events: list[Any], jobs: int) -> dict[str, Any]:
         found = ((row.configuration or {}).get("result") or {}).get("metrics") or {}
         timeline[row.id]["process_started"] = found["process_started"]
         timeline[row.id]["trainer_called"] = found["trainer_called"]
-    spans: dict[str, list[float]] = {"queue_wait": [], "launch": [], "runner_startup": [],
-                                     "finish": [], "turnaround": [], "claimed_to_completed": []}
+    spans: dict[str, list[float]] = {
+        "queue_wait": [],
+        "launch": [],
+        "runner_startup": [],
+        "finish": [],
+        "turnaround": [],
+        "claimed_to_completed": [],
+    }
     for t in timeline.values():
         spans["queue_wait"].append(t["claimed"] - t["queued"])
         spans["launch"].append(t["process_started"] - t["claimed"])
@@ -386,10 +376,12 @@ def phases(rows: list[Any], events: list[Any], jobs: int) -> dict[str, Any]:
     return {
         "first_claim_to_last_completion_s": round(last - first, 2),
         "wall_per_job_ms": round((last - first) * 1000 / jobs, 1),
-        "phases_mean_ms": {k: round(statistics.fmean(v) * 1000, 1) if v else None
-                           for k, v in spans.items()},
-        "phases_p50_ms": {k: round(statistics.median(v) * 1000, 1) if v else None
-                          for k, v in spans.items()},
+        "phases_mean_ms": {
+            k: round(statistics.fmean(v) * 1000, 1) if v else None for k, v in spans.items()
+        },
+        "phases_p50_ms": {
+            k: round(statistics.median(v) * 1000, 1) if v else None for k, v in spans.items()
+        },
     }
 
 
@@ -400,7 +392,7 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     from mlrig.testing.fixtures import make_platform
 
     report: dict[str, Any] = {"database": kind}
-    with database_url(kind, tmp / f"{kind}-queue", args.postgres_url) as url:
+    with fresh_database(kind, tmp / f"{kind}-queue", args.postgres_url) as url:
         platform = make_platform(tmp / f"{kind}-queue" / "home", database={"url": url})
         try:
             report["server"] = server_version(platform.db)
@@ -412,7 +404,7 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
     if args.no_processes:
         return report
     site = tmp / "site" if (tmp / "site").exists() else install_trainer(tmp / "site")
-    with database_url(kind, tmp / f"{kind}-e2e", args.postgres_url) as url:
+    with fresh_database(kind, tmp / f"{kind}-e2e", args.postgres_url) as url:
         home = tmp / f"{kind}-e2e" / "home"
         platform = make_platform(home, database={"url": url})
         try:
@@ -423,11 +415,15 @@ def run_database(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"goal: scheduler overhead under {report['goal_ms']:.0f} ms per job = (a) "
-             "enqueue + claim + complete per job"]
-    head = (f"{'database':<11} {'jobs':>5} {'enqueue p50':>12} {'claim p50':>10} "
-            f"{'complete p50':>13} {'heartbeat p50':>14} {'(a) per job':>12} "
-            f"{'threads/job':>12}  goal")
+    lines = [
+        f"goal: scheduler overhead under {report['goal_ms']:.0f} ms per job = (a) "
+        "enqueue + claim + complete per job"
+    ]
+    head = (
+        f"{'database':<11} {'jobs':>5} {'enqueue p50':>12} {'claim p50':>10} "
+        f"{'complete p50':>13} {'heartbeat p50':>14} {'(a) per job':>12} "
+        f"{'threads/job':>12}  goal"
+    )
     lines += [head, "-" * len(head)]
     for r in report["databases"]:
         q, c = r["queue"], r["queue_concurrent"]
@@ -437,8 +433,9 @@ def _table(report: dict[str, Any]) -> str:
             f"{q['heartbeat']['p50_ms']:>14.2f} {q['per_job_ms']:>12.2f} "
             f"{c['per_job_ms']:>12.2f}  {'ok' if q['goal_met'] else 'MISSED'}"
         )
-    lines.append("(all in ms; threads/job: wall per job with "
-                 f"{report['workers']} threads claiming at once)")
+    lines.append(
+        f"(all in ms; threads/job: wall per job with {report['workers']} threads claiming at once)"
+    )
     for r in report["databases"]:
         e = r.get("end_to_end")
         if not e:
@@ -459,12 +456,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in each part")
     parser.add_argument("--workers", type=int, default=4, help="workers (threads in (a))")
     parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
-                        help="PostgreSQL database to run CREATE DATABASE from")
-    parser.add_argument("--no-processes", action="store_true",
-                        help="only (a), the queue; no worker or job processes")
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="longest the workers may take in (b), seconds")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL database to run CREATE DATABASE from",
+    )
+    parser.add_argument(
+        "--no-processes",
+        action="store_true",
+        help="only (a), the queue; no worker or job processes",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="longest the workers may take in (b), seconds"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args(argv)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import percentile  # benchmarks/_common.py
+
 GOAL_MS = 300.0
 HEAVY = ("torch", "tensorflow", "onnxruntime", "boto3", "s3fs")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Linear-interpolated percentile (``pct`` in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def commands() -> dict[str, list[str]]:
