@@ -133,8 +133,12 @@ class OnnxRuntime(ModelRuntime):
         providers = self._providers(ort)
         asked = self.options.providers or []
         gpu_asked = any(p in _GPU_PROVIDERS for p in asked)
-        # a GPU provider that fails to load prints why: keep it for the error
-        quiet = captured_stderr() if gpu_asked else contextlib.nullcontext([])
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        # A GPU session prints notices to stderr as it is created (onnxruntime 1.31: "No
+        # registered plugin EP device found ..."), or why its provider failed to load:
+        # keep them off the user's terminal, and use them as the reason of an error.
+        on_gpu = any(p in _GPU_PROVIDERS for p in names)
+        quiet = captured_stderr() if on_gpu else contextlib.nullcontext([])
         with quiet as captured:
             session = _session(ort, str(file), self._session_options(ort), providers)
         if gpu_asked and not any(p in _GPU_PROVIDERS for p in session.get_providers()):
