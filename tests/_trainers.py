@@ -44,6 +44,17 @@ class Crashing(Trainer):
 
     def train(self, ctx):
         raise RuntimeError("boom from the trainer")
+
+
+class CudaReport(Trainer):
+    """Logs how many CUDA devices the job process sees and a sum computed on one."""
+
+    def train(self, ctx):
+        import torch
+        seen = torch.cuda.device_count()
+        total = torch.ones(64, device="cuda").sum().item() if seen else 0.0
+        ctx.log_metrics({"gpus_seen": float(seen), "cuda_sum": float(total)}, step=0)
+        return TrainResult(metrics={"gpus_seen": float(seen)})
 '''
 
 
@@ -57,6 +68,7 @@ def install_test_trainers(site: Path) -> Path:
                 "steps": "mlrig_test_trainers:Steps",
                 "sleepy": "mlrig_test_trainers:Sleepy",
                 "crashing": "mlrig_test_trainers:Crashing",
+                "cuda-report": "mlrig_test_trainers:CudaReport",
             }
         },
         modules={"mlrig_test_trainers": STEPS_TRAINER},

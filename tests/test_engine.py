@@ -239,6 +239,25 @@ def test_a_crashing_trainer_is_retried_then_failed(platform, test_trainers):
     assert "boom from the trainer" in row.status_detail
 
 
+@pytest.mark.heavy
+@pytest.mark.gpu
+def test_a_gpu_job_gets_a_gpu_of_the_worker(platform, test_trainers):
+    """The allocator hands the worker's GPU to the job that asked for one, and only to it."""
+    wants = add_job(platform, "wants-gpu", trainer="cuda-report", resources={"gpus": 1})
+    cpu_only = add_job(platform, "cpu-only", trainer="cuda-report")
+    assert run_worker(platform, capacity=Capacity(cpus=(0, 0), gpus=(0,))) == 2
+    seen = {}
+    for job_id in (wants, cpu_only):
+        assert job_row(platform, job_id).status == "completed", job_row(platform, job_id)
+        with platform.db.session() as session:
+            seen[job_id] = {
+                m.metric_name: m.metric_value
+                for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)
+            }
+    assert seen[wants] == {"gpus_seen": 1.0, "cuda_sum": 64.0}
+    assert seen[cpu_only] == {"gpus_seen": 0.0, "cuda_sum": 0.0}
+
+
 def test_stop_ends_the_process_tree_within_5s(platform, test_trainers, tmp_path):
     job_id = add_job(platform, "sleepy", trainer="sleepy")
     worker = Worker(

@@ -65,3 +65,23 @@ def test_terminate_ends_the_whole_tree_within_5s(executor, tmp_path):
     assert code is not None and code < 0
     time.sleep(0.2)
     assert not alive(child_pid)
+
+
+_CUDA_REPORT = (
+    "import os, torch;"
+    "print(os.environ['CUDA_VISIBLE_DEVICES'] or '-'); print(torch.cuda.device_count());"
+    "print(int(torch.ones(64, device='cuda').sum().item()) if torch.cuda.device_count() else 0)"
+)
+
+
+@pytest.mark.heavy
+@pytest.mark.gpu
+def test_a_job_sees_exactly_the_gpus_it_was_given(executor, tmp_path):
+    """GPU 0 handed out: torch in the job sees one device and computes on it; none: zero."""
+    given = executor.launch(_spec(tmp_path / "given", _CUDA_REPORT, resources=Resources(gpus=(0,))))
+    assert given.wait(120) == 0, (tmp_path / "given" / "err.log").read_text()
+    assert (tmp_path / "given" / "out.log").read_text().split() == ["0", "1", "64"]
+
+    withheld = executor.launch(_spec(tmp_path / "none", _CUDA_REPORT, resources=Resources()))
+    assert withheld.wait(120) == 0, (tmp_path / "none" / "err.log").read_text()
+    assert (tmp_path / "none" / "out.log").read_text().split() == ["-", "0", "0"]
