@@ -17,8 +17,15 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: the scripts this file runs; a new benchmark needs a smoke test here
-SMOKE_TESTED = {"bench_startup.py", "bench_registry_search.py", "bench_artifacts.py",
-                "bench_metrics_ingest.py", "bench_metric_history.py", "bench_scheduler.py"}
+SMOKE_TESTED = {
+    "bench_startup.py",
+    "bench_registry_search.py",
+    "bench_artifacts.py",
+    "bench_metrics_ingest.py",
+    "bench_metric_history.py",
+    "bench_scheduler.py",
+    "bench_onnx_runtime.py",
+}
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
@@ -140,17 +147,32 @@ def _database_args(database: str, request: pytest.FixtureRequest) -> list[str]:
 def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp_path: Path):
     """mlrig's side only: ``--no-peer`` skips MLflow (no virtual environment, no install)."""
     venv = tmp_path / "mlflow-venv"
-    report = run_benchmark("bench_metrics_ingest.py", "--points", "2000", "--batch", "1000",
-                           "--no-peer", "--peer-venv", str(venv),
-                           *_database_args(database, request))
+    report = run_benchmark(
+        "bench_metrics_ingest.py",
+        "--points",
+        "2000",
+        "--batch",
+        "1000",
+        "--no-peer",
+        "--peer-venv",
+        str(venv),
+        *_database_args(database, request),
+    )
     assert not venv.exists(), "--no-peer must not create MLflow's environment"
     assert report["peer"] is None
     assert positive(report["goal_points_per_s"]) and positive(report["goal_ratio"])
     [row] = report["results"]
     assert row["system"] == "mlrig" and row["database"] == database
     assert row["points"] == 2000 and row["batch"] == 1000 and row["batches"] == 2
-    for key in ("seconds", "median_points_per_s", "overall_points_per_s", "batch_p50_ms",
-                "batch_p99_ms", "client_encode_p50_ms", "round_trip_median_points_per_s"):
+    for key in (
+        "seconds",
+        "median_points_per_s",
+        "overall_points_per_s",
+        "batch_p50_ms",
+        "batch_p99_ms",
+        "client_encode_p50_ms",
+        "round_trip_median_points_per_s",
+    ):
         assert positive(row[key]), (key, row)
     [comparison] = report["comparisons"]
     assert comparison["database"] == database and comparison["ratio"] is None
@@ -160,8 +182,18 @@ def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp
 
 @pytest.mark.parametrize("database", DATABASES)
 def test_bench_metric_history(database: str, request: pytest.FixtureRequest):
-    report = run_benchmark("bench_metric_history.py", "--points", "1000", "--batch", "500",
-                           "--fetches", "3", "--warmup", "1", *_database_args(database, request))
+    report = run_benchmark(
+        "bench_metric_history.py",
+        "--points",
+        "1000",
+        "--batch",
+        "500",
+        "--fetches",
+        "3",
+        "--warmup",
+        "1",
+        *_database_args(database, request),
+    )
     assert positive(report["goal_ms"])
     [row] = report["databases"]
     assert row["database"] == database and row["points"] == 1000
@@ -174,8 +206,15 @@ def test_bench_metric_history(database: str, request: pytest.FixtureRequest):
 
 @pytest.mark.parametrize("database", DATABASES)
 def test_bench_scheduler(database: str, request: pytest.FixtureRequest):
-    report = run_benchmark("bench_scheduler.py", "--jobs", "5", "--workers", "2",
-                           *_database_args(database, request), timeout=300)
+    report = run_benchmark(
+        "bench_scheduler.py",
+        "--jobs",
+        "5",
+        "--workers",
+        "2",
+        *_database_args(database, request),
+        timeout=300,
+    )
     assert positive(report["goal_ms"]) and report["workers"] == 2
     [row] = report["databases"]
     assert row["database"] == database
@@ -194,3 +233,22 @@ def test_bench_scheduler(database: str, request: pytest.FixtureRequest):
         assert positive(e2e["phases_mean_ms"][phase]), (phase, e2e)
     # the process start time has /proc's 10 ms resolution: launch may round to 0
     assert isinstance(e2e["phases_mean_ms"]["launch"], float)
+
+
+@pytest.mark.heavy
+def test_bench_onnx_runtime():
+    args = ["--features", "8", "--hidden", "16", "--rows", "256", "--batches", "2"]
+    report = run_benchmark("bench_onnx_runtime.py", *args, "--singles", "5", "--warmup", "1")
+    assert report["model"] == "MLP 8-16-16-10" and report["rows_per_batch"] == 256
+    rows = {r["name"]: r for r in report["results"]}
+    assert set(rows) == {"sklearn", "onnx cpu", "onnx cuda"}
+    measured = [rows["sklearn"], rows["onnx cpu"]]
+    if report["cuda_usable"]:
+        measured.append(rows["onnx cuda"])
+    else:
+        assert rows["onnx cuda"]["skipped"]
+    for row in measured:
+        assert positive(row["batch_rows_per_s"]), row
+        assert positive(row["single_row"]["p50_ms"]), row
+        assert row["agreement"] > 0.95, row
+    assert rows["onnx cpu"]["providers"] == ["CPUExecutionProvider"]
