@@ -3,12 +3,13 @@ logs (streamed while the job runs), state timeline and comparisons."""
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import anyio
+import orjson
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -149,17 +150,22 @@ def get_metrics(
     data = platform.experiments.metrics(
         id, name=name, kind=kind, after_step=after_step, limit=limit
     )
-    # json.dumps straight to bytes: FastAPI's encoder would walk every point again.
-    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return Response(body, media_type="application/json")
+    # Straight to bytes with orjson: FastAPI's encoder would walk every point again, and
+    # json.dumps takes 6x as long for a 100,000-point history (docs/benchmarks.md).
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+_NON_FINITE = re.compile(rb"[:\[,]\s*-?(NaN|Infinity)\b")
 
 
 def parse_points(body: bytes) -> list[Any]:
     """The ``points`` of an ingest body, checked for shape only (the service checks each)."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(body)  # 3x json.loads on a 10,000-point batch
+    except orjson.JSONDecodeError as exc:
         msg = f'the body is not valid JSON ({exc}); send {{"points": [...]}}'
+        if _NON_FINITE.search(body):  # what Python's json.dumps writes for nan and inf
+            msg += "; NaN and Infinity are not JSON: metric values must be finite numbers"
         raise ValidationError(msg) from None
     if (
         not isinstance(data, dict)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -206,8 +204,8 @@ def read_history(
         msg = f"kind {kind!r} must be one of train, validation, test"
         raise ValidationError(msg)
     postgres = db.dialect == "postgresql"
-    mark, value, time_iso = _dialect_sql(db)
-    columns = f"metric_name, step, {value}, epoch, metric_type, {time_iso}"
+    mark, value, time_text = _history_sql(db)
+    columns = f"metric_name, step, {value}, epoch, metric_type, {time_text}"
     where = [f"experiment_id = {mark}"]
     params: list[Any] = [key if postgres else key.hex]
     for column, wanted in (("metric_name", name), ("metric_type", kind)):
@@ -223,26 +221,64 @@ def read_history(
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    history: dict[str, dict[str, list[Any]]] = {}
     with db.engine.connect() as conn, _gc_paused():
-        cursor = conn.connection.driver_connection.cursor()
+        driver = conn.connection.driver_connection
+        # psycopg's binary protocol: about half the time of text for 100,000 rows
+        cursor = driver.cursor(binary=True) if postgres else driver.cursor()
         try:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
         finally:
             cursor.close()
         conn.rollback()
-        for metric, group in itertools.groupby(rows, key=itemgetter(0)):
-            _, steps, values, epochs, kinds, times = zip(*group, strict=True)
-            history[metric] = {
-                "steps": list(steps),
-                "values": list(values),
-                "epochs": list(epochs),
-                "kinds": list(kinds),
-                "times": list(times),
-            }
+        history = _columns(rows)
         del rows
     return history
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, list[Any]]]:
+    """Rows ``(name, step, value, epoch, kind, time text)`` ordered by name, as columns.
+
+    One list comprehension per column and slice: several times faster than ``zip(*rows)``
+    over 100,000 tuples. The database's time text (``YYYY-MM-DD HH:MM:SS[.ffffff]`` in
+    UTC) becomes ISO 8601 here, once per distinct time: a batch shares one time.
+    """
+    iso: dict[str, str] = {}
+
+    def to_iso(text: str | None) -> str | None:
+        if text is None:
+            return None
+        made = iso[text] = text.replace(" ", "T", 1) + "+00:00"
+        return made
+
+    history: dict[str, dict[str, list[Any]]] = {}
+    begin = 0
+    while begin < len(rows):
+        name = rows[begin][0]
+        end = _run_end(rows, begin)
+        group = rows if (begin, end) == (0, len(rows)) else rows[begin:end]
+        history[name] = {
+            "steps": [r[1] for r in group],
+            "values": [r[2] for r in group],
+            "epochs": [r[3] for r in group],
+            "kinds": [r[4] for r in group],
+            "times": [iso.get(r[5]) or to_iso(r[5]) for r in group],
+        }
+        begin = end
+    return history
+
+
+def _run_end(rows: list[tuple[Any, ...]], begin: int) -> int:
+    """The end of the run of rows named like ``rows[begin]``, by bisection: each name is
+    one contiguous run (ORDER BY metric_name), whatever order the collation gives."""
+    name, low, high = rows[begin][0], begin + 1, len(rows)
+    while low < high:
+        middle = (low + high) // 2
+        if rows[middle][0] == name:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def series_key(name: str, kind: str | None) -> str:
@@ -261,6 +297,14 @@ def _dialect_sql(db: Database) -> tuple[str, str, str]:
         time_iso = "replace((recorded_at AT TIME ZONE 'UTC')::text, ' ', 'T') || '+00:00'"
         return "%s", "metric_value::float8", time_iso
     return "?", "CAST(metric_value AS REAL)", "replace(recorded_at, ' ', 'T') || '+00:00'"
+
+
+def _history_sql(db: Database) -> tuple[str, str, str]:
+    """Like :func:`_dialect_sql`, but the time as the database's UTC text; history reads
+    turn it into ISO 8601 in Python, once per distinct time (cheaper for many rows)."""
+    if db.dialect == "postgresql":
+        return "%s", "metric_value::float8", "(recorded_at AT TIME ZONE 'UTC')::text"
+    return "?", "CAST(metric_value AS REAL)", "recorded_at"
 
 
 def latest_values(db: Database, experiment_id: uuid.UUID | str) -> dict[str, dict[str, Any]]:
