@@ -10,7 +10,8 @@ platform, creates one experiment and a user with a bearer token, and serves the 
 uvicorn on loopback (``mlrig.testing.fixtures.serve``, one process). A client *process*
 (this script, ``--client mlrig``) then sends ``--points`` points in batches of ``--batch``
 to ``POST /api/ml/experiments/{id}/metrics`` with httpx, one request at a time; the time
-of each request includes the client's ``json.dumps`` of the batch, authentication, the
+of each request includes the client's ``orjson.dumps`` of the batch (mlrig depends on
+orjson; its server decodes with it too), authentication, the
 audit middleware, validation and the insert.
 
 **MLflow** (the peer; ``--no-peer`` skips it): the script creates a virtual environment
@@ -32,7 +33,7 @@ that a shared, noisy machine weighs on both alike. Both sides log the same shape
 (name, step) is new; ``--warmup`` batches go first, untimed. Reported: points/s as the
 median over batches and overall (all points over the time of all timed calls), batch
 p50/p99 ms, mlrig's median over MLflow's (``ratio``) and that ratio round by round; for
-mlrig also the client's ``json.dumps`` time and the points/s without it (``round_trip``).
+mlrig also the client's ``orjson.dumps`` time and the points/s without it (``round_trip``).
 Goal: mlrig at least 100,000 points/s and at least 10x MLflow, on each database.
 ``--check`` exits 1 when a goal is missed.
 """
@@ -129,13 +130,15 @@ def client_mlrig(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     batches = [points[i : i + args.batch] for i in range(0, total, args.batch)]
+    import orjson
+
     path = f"/api/ml/experiments/{args.experiment}/metrics"
     headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/json"}
     with httpx.Client(base_url=args.url, headers=headers, timeout=300) as client:
 
         def send(batch: list[dict[str, Any]]) -> float:
             start = time.perf_counter()
-            body = json.dumps({"points": batch}, separators=(",", ":")).encode()
+            body = orjson.dumps({"points": batch})  # mlrig depends on orjson
             encoded = time.perf_counter()
             response = client.post(path, content=body)
             if response.status_code != 200:
@@ -628,7 +631,7 @@ def _table(report: dict[str, Any]) -> str:
             f"{'-' if trip is None else f'{trip:,}':>17}"
         )
     lines.append(
-        "encode ms: the client's json.dumps of a batch (p50), inside the timed call; "
+        "encode ms: the client's orjson.dumps of a batch (p50), inside the timed call; "
         "round-trip pts/s: the median without it"
     )
     for c in report["comparisons"]:
