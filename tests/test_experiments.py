@@ -2,7 +2,7 @@
 validation, the events timeline, metric ingest and history, and the log store."""
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -296,6 +296,7 @@ def test_bad_points_are_refused_with_the_reason(point, match):
 
 def test_numpy_scalars_and_huge_numbers():
     import numpy as np
+
     rows = metrics.check_points([("a", np.float32(0.5), np.int64(3), np.int32(1), "train")])
     assert rows[0][:5] == ("a", 0.5, 3, 1, "train") and type(rows[0][2]) is int
     with pytest.raises(ValidationError, match=r"value: 1000.* must be finite"):
@@ -331,6 +332,20 @@ def test_bulk_ingest_and_history_of_many_points(db_platform, trainer):
     assert history["steps"] == list(range(20_000))
     assert history["values"][7] == pytest.approx(1.0)
     assert metrics.latest_values(db_platform.db, exp["id"])["loss"]["step"] == 19_999
+
+
+def test_a_batch_without_times_is_stamped_with_one_time_of_now(db_platform, trainer):
+    exp = _create(db_platform, trainer)
+    before = datetime.now(timezone.utc)
+    metrics.write_points(db_platform.db, exp["id"], [("a", 1.0, i, 0, "train") for i in range(50)])
+    after = datetime.now(timezone.utc)
+    times = {
+        datetime.fromisoformat(t)
+        for t in metrics.read_history(db_platform.db, exp["id"])["a"]["times"]
+    }
+    assert len(times) == 1  # PostgreSQL: the transaction's now(); SQLite: the batch's time
+    [stamp] = times
+    assert before - timedelta(seconds=1) <= stamp <= after + timedelta(seconds=1)
 
 
 def test_new_ids_are_time_ordered_uuids():
