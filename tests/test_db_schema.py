@@ -577,3 +577,31 @@ def test_cli_unknown_revision_is_one_line(tmp_path: Path) -> None:
         .splitlines()[-1]
         .startswith("Error: Can't locate revision identified by 'nope'")
     )
+
+
+def test_upgrade_to_unique_experiment_names_stops_on_duplicates(tmp_path: Path) -> None:
+    """0003 adds a unique index on experiment names; duplicates already there (from the
+    race it closes) stop it with their names, and nothing is changed."""
+    from mlrig.errors import ConflictError
+
+    url = f"sqlite:///{tmp_path / 'dupes.db'}"
+    migrate.upgrade(url, "0002")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for ident in ("a" * 32, "b" * 32):
+            conn.execute(
+                text(
+                    "INSERT INTO training_experiments (id, name, status, resources, "
+                    "reproducibility) VALUES (:id, 'twin', 'created', '{}', '{}')"
+                ),
+                {"id": ident},
+            )
+    with pytest.raises(ConflictError, match=r"'twin' \(2x\); rename all but one"):
+        migrate.upgrade(url)
+    assert migrate.current(url) == "0002"
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE training_experiments SET name = 'twin-2' WHERE id = :id"), {"id": "b" * 32}
+        )
+    assert migrate.upgrade(url) == migrate.head()
+    engine.dispose()

@@ -90,6 +90,31 @@ def test_names_are_unique_and_lookups_fail_clearly(db_platform, trainer):
         db_platform.experiments.start("6f1c1f0e-0000-4000-8000-000000000000")
 
 
+def test_a_name_taken_between_the_check_and_the_insert_is_a_conflict(db_platform, trainer):
+    """The race of two creates with one name: the unique index refuses the second."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from mlrig.db.models import TrainingExperiment
+
+    raced = []
+
+    def take_the_name_first(session, _context, _instances):
+        if not raced and any(getattr(o, "name", None) == "race" for o in session.new):
+            raced.append(True)
+            with db_platform.db.session() as other:  # another request, committed first
+                other.add(TrainingExperiment(name="race", trainer=trainer))
+
+    event.listen(Session, "before_flush", take_the_name_first)
+    try:
+        with pytest.raises(ConflictError, match="just created by another request"):
+            _create(db_platform, trainer, name="race")
+    finally:
+        event.remove(Session, "before_flush", take_the_name_first)
+    assert raced
+    assert [e["name"] for e in db_platform.experiments.list()] == ["race"]
+
+
 INVALID = [
     ("trainer", "no-such-trainer", r"unknown trainer 'no-such-trainer'; installed trainers: "),
     ("resources", {"cpus": -1}, r"resources\.cpus must be an integer"),

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mlrig.db.models import EXPERIMENT_STATUSES, ExperimentEvent, TrainingExperiment, User
@@ -192,7 +193,14 @@ class ExperimentService:
                 created_by=actor.user_id,
             )
             session.add(row)
-            session.flush()  # the event row refers to it
+            try:
+                session.flush()  # the event row refers to it
+            except IntegrityError:  # a concurrent create took the name since the check
+                msg = (
+                    f"an experiment named {fields['name']!r} was just created by another "
+                    "request; pick another name"
+                )
+                raise ConflictError(msg, details={"name": fields["name"]}) from None
             events = self.queue.record_created(session, row)
         for event in events:
             self.hooks.experiment_state_changed(event)

@@ -61,6 +61,8 @@ class TrainingExperiment(Base):
 
 
 Index("idx_training_experiments_model_id", TrainingExperiment.model_id)
+# Experiments are looked up by name: two with one name would make that ambiguous.
+Index("uq_training_experiments_name", TrainingExperiment.name, unique=True)
 Index("idx_training_experiments_status", TrainingExperiment.status)
 # The claim query: WHERE status = 'queued' ORDER BY priority DESC, queued_at.
 Index(
