@@ -154,6 +154,8 @@ def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp
         "--batch",
         "1000",
         "--no-peer",
+        "--concurrency",
+        "2",
         "--peer-venv",
         str(venv),
         *_database_args(database, request),
@@ -164,6 +166,7 @@ def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp
     [row] = report["results"]
     assert row["system"] == "mlrig" and row["database"] == database
     assert row["points"] == 2000 and row["batch"] == 1000 and row["batches"] == 2
+    assert row["concurrency"] == 2
     for key in (
         "seconds",
         "median_points_per_s",
@@ -176,7 +179,8 @@ def test_bench_metrics_ingest(database: str, request: pytest.FixtureRequest, tmp
         assert positive(row[key]), (key, row)
     [comparison] = report["comparisons"]
     assert comparison["database"] == database and comparison["ratio"] is None
-    assert comparison["mlrig_points_per_s"] == row["median_points_per_s"]
+    assert comparison["mlrig_points_per_s"] == row["overall_points_per_s"]
+    assert comparison["concurrency"] == 2
     assert isinstance(comparison["goal_met"], bool)
 
 
