@@ -12,6 +12,7 @@ import click
 
 from mlrig.cli.context import get_state
 from mlrig.cli.output import json_option, print_json
+from mlrig.errors import MlrigError
 
 if TYPE_CHECKING:
     from mlrig.db import Database
@@ -25,6 +26,35 @@ def _database() -> Database:
 
     settings = load_settings(get_state().config_path)
     return Database.from_settings(settings, ensure_schema=False)
+
+
+def _audit(
+    database: Database, action: str, before: str | None, after: str | None, error: str = ""
+) -> None:
+    """Record a migration in the audit log, when the schema has one (any revision but
+    none). The actor is the operator's login (``cli:<name>``): a token could not be
+    checked against a schema in the middle of changing. A failure to record is a warning:
+    the migration itself is done (or failed) already."""
+    from mlrig.cli.context import cli_actor
+    from mlrig.db.models.auth import AuditLog
+
+    if database.schema_revision() is None:
+        return  # base: no audit_log table (downgrade base dropped it with the rest)
+    details = {"from": before, "to": after, **({"error": error} if error else {})}
+    try:
+        with database.session() as session:
+            session.add(
+                AuditLog(
+                    actor=cli_actor(),
+                    action=action,
+                    outcome="failure" if error else "success",
+                    resource_type="database",
+                    resource_id=after,
+                    details=details,
+                )
+            )
+    except Exception as exc:  # reported; never hides the migration's own result
+        click.echo(f"warning: the audit log entry was not written: {exc}", err=True)
 
 
 def _describe(revision: str | None) -> str:
@@ -55,7 +85,15 @@ def upgrade(revision: str) -> None:
         click.echo(f"database: {database.display_url}")
         before = database.schema_revision()
         click.echo(f"current revision: {_describe(before)}")
-        after = migrate.upgrade(database, revision, progress=lambda line: click.echo(f"  {line}"))
+        try:
+            after = migrate.upgrade(
+                database, revision, progress=lambda line: click.echo(f"  {line}")
+            )
+        except MlrigError as exc:
+            _audit(database, "db_upgrade", before, database.schema_revision(), exc.message)
+            raise
+        if after != before:
+            _audit(database, "db_upgrade", before, after)
         if after == before:
             click.echo(f"already at {_describe(after)}; nothing to do")
         else:
@@ -85,7 +123,15 @@ def downgrade(revision: str, yes: bool) -> None:
             click.confirm(
                 f"downgrade to {revision!r}? data in the reverted tables is lost", abort=True
             )
-        after = migrate.downgrade(database, revision, progress=lambda line: click.echo(f"  {line}"))
+        try:
+            after = migrate.downgrade(
+                database, revision, progress=lambda line: click.echo(f"  {line}")
+            )
+        except MlrigError as exc:
+            _audit(database, "db_downgrade", before, database.schema_revision(), exc.message)
+            raise
+        if after != before:
+            _audit(database, "db_downgrade", before, after)
         if after == before:
             click.echo(f"already at {_describe(after)}; nothing to do")
         else:

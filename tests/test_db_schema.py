@@ -605,3 +605,49 @@ def test_upgrade_to_unique_experiment_names_stops_on_duplicates(tmp_path: Path) 
         )
     assert migrate.upgrade(url) == migrate.head()
     engine.dispose()
+
+
+def _audit_rows(url: str) -> list[tuple[str, str, str | None, str]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT action, outcome, resource_id, details FROM audit_log ORDER BY at")
+        ).all()
+    engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+def test_db_migrations_are_in_the_audit_log(tmp_path: Path) -> None:
+    """upgrade and downgrade are CLI actions that change the database: audited, with the
+    revisions before and after, and a failed one with its reason."""
+    import json
+
+    url = f"sqlite:///{tmp_path / 'audited.db'}"
+    config = write_config(tmp_path, url)
+    migrate.upgrade(url, "0002")
+    with create_engine(url).begin() as conn:  # duplicates stop 0003 (see the test above)
+        for ident in ("a" * 32, "b" * 32):
+            conn.execute(
+                text(
+                    "INSERT INTO training_experiments (id, name, status, resources, "
+                    "reproducibility) VALUES (:id, 'twin', 'created', '{}', '{}')"
+                ),
+                {"id": ident},
+            )
+    failed = run_cli(["db", "upgrade"], config)
+    assert failed.exit_code != 0 and "rename all but one" in failed.output
+    with create_engine(url).begin() as conn:
+        conn.execute(text("DELETE FROM training_experiments WHERE id = :id"), {"id": "b" * 32})
+    assert run_cli(["db", "upgrade"], config).exit_code == 0
+    assert run_cli(["db", "upgrade"], config).exit_code == 0  # nothing to do: not recorded
+    assert run_cli(["db", "downgrade", "-1", "--yes"], config).exit_code == 0
+    rows = _audit_rows(url)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("db_upgrade", "failure", "0002"),
+        ("db_upgrade", "success", migrate.head()),
+        ("db_downgrade", "success", "0002"),
+    ]
+    details = [r[3] if isinstance(r[3], dict) else json.loads(r[3]) for r in rows]
+    assert details[0]["from"] == "0002" and "twin" in details[0]["error"]
+    assert details[1] == {"from": "0002", "to": migrate.head()}
+    assert details[2] == {"from": migrate.head(), "to": "0002"}
