@@ -373,6 +373,32 @@ def test_a_batch_without_times_is_stamped_with_one_time_of_now(db_platform, trai
     assert before - timedelta(seconds=1) <= stamp <= after + timedelta(seconds=1)
 
 
+def test_concurrent_batches_all_land(db_platform, trainer):
+    """Threads writing batches at once (SQLite: they take turns on the bulk-write lock)."""
+    import threading
+
+    exp = _create(db_platform, trainer)
+    failures = []
+
+    def writer(first):
+        try:
+            for batch in range(5):
+                step = first + batch * 1000
+                rows = [("loss", 0.5, step + i, 0, "train") for i in range(1000)]
+                metrics.write_points(db_platform.db, exp["id"], rows)
+        except Exception as exc:  # reported below, with the thread's start step
+            failures.append((first, exc))
+
+    threads = [threading.Thread(target=writer, args=(n * 100_000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    steps = metrics.read_history(db_platform.db, exp["id"], name="loss")["loss"]["steps"]
+    assert len(steps) == 20_000 and len(set(steps)) == 20_000
+
+
 def test_new_ids_are_time_ordered_uuids():
     import uuid
 

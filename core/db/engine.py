@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,13 @@ class Database:
         )
         #: the session factory: sessions keep loaded values readable after commit
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        #: SQLite has one writer at a time: threads of this process writing big batches
+        #: take turns on this lock instead of in SQLite's busy handler, which sleeps and
+        #: retries with back-off (a waiting request could wait seconds while others got
+        #: in first). Other processes still meet at SQLite's own lock.
+        self.bulk_write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, ensure_schema: bool = True) -> Database:

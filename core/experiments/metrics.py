@@ -83,7 +83,7 @@ def write_points(db: Database, experiment_id: uuid.UUID | str, points: Iterable[
         rows = check_points(points, now=now)
         if not rows:
             return 0
-        with db.session() as session:
+        with db.bulk_write_lock, db.session() as session:
             _require_experiment(session, key)
             raw = session.connection().connection.driver_connection
             if db.dialect == "postgresql":
