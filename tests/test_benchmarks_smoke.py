@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from mlrig.experiments.metrics import HISTORY_FIELDS
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: the scripts this file runs; a new benchmark needs a smoke test here
 SMOKE_TESTED = {
@@ -196,11 +198,15 @@ def test_bench_metric_history(database: str, request: pytest.FixtureRequest):
         "3",
         "--warmup",
         "1",
+        # PostgreSQL fetches the default columns, SQLite only what a plot needs
+        *(["--fields", "steps,values"] if database == "sqlite" else []),
         *_database_args(database, request),
     )
     assert positive(report["goal_ms"])
     [row] = report["databases"]
     assert row["database"] == database and row["points"] == 1000
+    expected = ["steps", "values"] if database == "sqlite" else sorted(HISTORY_FIELDS)
+    assert row["http_fields"] == expected
     assert row["stored_points"] == 2000 and row["fetches"] == 3
     assert positive(row["body_bytes"]) and positive(row["write"]["points_per_s"])
     for side in ("service", "http", "client_decode"):

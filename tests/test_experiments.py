@@ -359,6 +359,27 @@ def test_bulk_ingest_and_history_of_many_points(db_platform, trainer):
     assert metrics.latest_values(db_platform.db, exp["id"])["loss"]["step"] == 19_999
 
 
+def test_history_fields_pick_the_columns(db_platform, trainer):
+    _create(db_platform, trainer)
+    service = db_platform.experiments
+    service.log_metrics("exp", [("loss", 0.5, 1, 0, "train"), ("acc", 0.9, 1, 0, "validation")])
+    data = service.metrics("exp", fields=["values", "steps"])
+    assert data["metrics"] == {
+        "acc": {"steps": [1], "values": [0.9]},
+        "loss": {"steps": [1], "values": [0.5]},
+    }
+    assert data["count"] == 2
+    times = service.metrics("exp", name="acc", fields=["times"])["metrics"]["acc"]
+    assert list(times) == ["times"] and times["times"][0].endswith("+00:00")
+    assert list(service.metrics("exp", fields=None)["metrics"]["acc"]) == list(
+        metrics.HISTORY_FIELDS
+    )
+    with pytest.raises(ValidationError, match=r"\['colour'\] are not history columns"):
+        service.metrics("exp", fields=["steps", "colour"])
+    with pytest.raises(ValidationError, match=r"\(none\)"):
+        service.metrics("exp", fields=[" "])
+
+
 def test_a_batch_without_times_is_stamped_with_one_time_of_now(db_platform, trainer):
     exp = _create(db_platform, trainer)
     before = datetime.now(timezone.utc)

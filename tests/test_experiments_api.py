@@ -174,6 +174,18 @@ def test_metric_ingest_of_10k_points_and_history(client, trainer):
     only_val = client.get(f"{BASE}/exp/metrics", params={"kind": "validation"}).json()
     assert list(only_val["metrics"]) == ["val_acc"]
     _error(client.get(f"{BASE}/exp/metrics", params={"kind": "eval"}), 422, "validation_error")
+    plot = client.get(f"{BASE}/exp/metrics", params={"name": "val_acc", "fields": "values,steps"})
+    assert plot.json()["metrics"]["val_acc"] == {
+        "steps": [i * 9 for i in range(1_000)],
+        "values": [i / 1000 for i in range(1_000)],
+    }
+    assert plot.json()["count"] == 1_000
+    bad = _error(
+        client.get(f"{BASE}/exp/metrics", params={"fields": "steps,colour"}),
+        422,
+        "validation_error",
+    )
+    assert "['colour'] are not history columns" in bad["message"]
     tuples = client.post(f"{BASE}/exp/metrics", json={"points": [["loss", 0.1, 9_000, 9, "train"]]})
     assert tuples.json()["written"] == 1
     assert client.get(f"{BASE}/exp").json()["metrics"]["loss"]["step"] == 9_000

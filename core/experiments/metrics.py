@@ -28,9 +28,11 @@ from mlrig.errors import NotFoundError, ValidationError
 from mlrig.experiments.points import KINDS, MAX_POINTS, Point, check_points
 
 __all__ = [
+    "HISTORY_FIELDS",
     "MAX_POINTS",
     "Point",
     "check_points",
+    "history_fields",
     "latest_values",
     "new_ids",
     "read_history",
@@ -198,6 +200,7 @@ def read_history(
     kind: str | None = None,
     after_step: int | None = None,
     limit: int | None = None,
+    fields: Iterable[str] | None = None,
 ) -> dict[str, dict[str, list[Any]]]:
     """The points of an experiment, by metric name, in step order, columnar::
 
@@ -209,14 +212,24 @@ def read_history(
     :param after_step: only points with a step greater than this (for paging and polling).
     :param limit: at most this many points in all (ordered by name, then step); to page
         through one metric, give ``name`` and the last step seen as ``after_step``.
+    :param fields: only these columns (of :data:`HISTORY_FIELDS`; always in that order):
+        a plot needs ``steps`` and ``values``, at about half the cost of all five.
     """
     key = as_uuid(experiment_id)
     if kind is not None and kind not in KINDS:
         msg = f"kind {kind!r} must be one of train, validation, test"
         raise ValidationError(msg)
+    chosen = history_fields(fields)
     postgres = db.dialect == "postgresql"
     mark, value, time_text = _history_sql(db)
-    columns = f"metric_name, step, {value}, epoch, metric_type, {time_text}"
+    expressions = {
+        "steps": "step",
+        "values": value,
+        "epochs": "epoch",
+        "kinds": "metric_type",
+        "times": time_text,
+    }
+    columns = ", ".join(["metric_name", *(expressions[f] for f in chosen)])
     where = [f"experiment_id = {mark}"]
     params: list[Any] = [key if postgres else key.hex]
     for column, wanted in (("metric_name", name), ("metric_type", kind)):
@@ -242,13 +255,37 @@ def read_history(
         finally:
             cursor.close()
         conn.rollback()
-        history = _columns(rows)
+        history = _columns(rows, chosen)
         del rows
     return history
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, list[Any]]]:
-    """Rows ``(name, step, value, epoch, kind, time text)`` ordered by name, as columns.
+#: the columns of a metric history, in the order they come back
+HISTORY_FIELDS = ("steps", "values", "epochs", "kinds", "times")
+
+
+def history_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
+    """The history columns asked for, in :data:`HISTORY_FIELDS` order (all for ``None``).
+
+    :raises ValidationError: an unknown column, or none at all.
+    """
+    if fields is None:
+        return HISTORY_FIELDS
+    wanted = {f.strip() for f in fields} - {""}
+    unknown = sorted(wanted - set(HISTORY_FIELDS))
+    if unknown or not wanted:
+        msg = (
+            f"fields {unknown or '(none)'} are not history columns; pick from "
+            f"{', '.join(HISTORY_FIELDS)}"
+        )
+        raise ValidationError(msg, details={"allowed": list(HISTORY_FIELDS)})
+    return tuple(f for f in HISTORY_FIELDS if f in wanted)
+
+
+def _columns(
+    rows: list[tuple[Any, ...]], fields: tuple[str, ...] = HISTORY_FIELDS
+) -> dict[str, dict[str, list[Any]]]:
+    """Rows ``(name, *fields)`` ordered by name, as columns per name.
 
     One list comprehension per column and slice: several times faster than ``zip(*rows)``
     over 100,000 tuples. The database's time text (``YYYY-MM-DD HH:MM:SS[.ffffff]`` in
@@ -268,13 +305,13 @@ def _columns(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, list[Any]]]:
         name = rows[begin][0]
         end = _run_end(rows, begin)
         group = rows if (begin, end) == (0, len(rows)) else rows[begin:end]
-        history[name] = {
-            "steps": [r[1] for r in group],
-            "values": [r[2] for r in group],
-            "epochs": [r[3] for r in group],
-            "kinds": [r[4] for r in group],
-            "times": [iso.get(r[5]) or to_iso(r[5]) for r in group],
-        }
+        series: dict[str, list[Any]] = {}
+        for index, field in enumerate(fields, start=1):
+            if field == "times":
+                series[field] = [iso.get(r[index]) or to_iso(r[index]) for r in group]
+            else:
+                series[field] = [r[index] for r in group]
+        history[name] = series
         begin = end
     return history
 

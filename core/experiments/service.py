@@ -346,14 +346,16 @@ class ExperimentService:
         kind: str | None = None,
         after_step: int | None = None,
         limit: int | None = None,
+        fields: Iterable[str] | None = None,
     ) -> View:
         """``{"experiment_id", "count", "metrics": history}`` (see
         :func:`mlrig.experiments.metrics.read_history`)."""
+        chosen = metrics.history_fields(fields)  # a bad field fails before any lookup
         key = self.resolve(ref)
         history = metrics.read_history(
-            self.db, key, name=name, kind=kind, after_step=after_step, limit=limit
+            self.db, key, name=name, kind=kind, after_step=after_step, limit=limit, fields=chosen
         )
-        count = sum(len(series["steps"]) for series in history.values())
+        count = sum(len(series[chosen[0]]) for series in history.values())
         return {"experiment_id": str(key), "count": count, "metrics": history}
 
     def latest_metrics(self, ref: str | uuid.UUID) -> dict[str, Any]:
