@@ -24,6 +24,8 @@ backend = "local"
 compression = "none"
 # Encrypt artifacts at rest with AES-256-GCM (a fresh data key per artifact, wrapped by
 # the master key). Keep the key out of this file: set MLRIG_STORAGE__MASTER_KEY.
+# To rotate it, list the old key in MLRIG_STORAGE__PREVIOUS_MASTER_KEYS='["..."]' and
+# run `mlrig storage rotate-key`.
 encryption = false
 
 [storage.local]

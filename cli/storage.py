@@ -38,3 +38,52 @@ def info(as_json: bool) -> None:
         print_json(data)
     else:
         print_mapping(data)
+
+
+@storage.command("rotate-key")
+@click.option("--prefix", default="", help="Only artifacts whose key starts with this.")
+@click.option("--dry-run", is_flag=True, help="Count what would be rewritten; change nothing.")
+@json_option
+def rotate_key(prefix: str, dry_run: bool, as_json: bool) -> None:
+    """Re-encrypt the artifacts an older master key protects with the current one.
+
+    First make the new key [storage] master_key and list the old one in
+    [storage] previous_master_keys; after a run that reports nothing left to rewrite
+    (and no failures), the old key can go.
+    """
+    from rich.progress import Progress
+
+    from mlrig.artifacts.rotation import rotate_master_key
+    from mlrig.cli.context import audit_cli
+
+    platform = get_platform()
+    store = platform.artifacts
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task("checking artifacts", total=None)
+        report = rotate_master_key(
+            store,
+            prefix=prefix,
+            dry_run=dry_run,
+            on_rewritten=platform.registry.record_rewritten_artifact,
+            on_checked=lambda _key: progress.advance(task),
+        )
+    if not dry_run:
+        audit_cli(
+            "rotate_master_key",
+            resource_type="storage",
+            resource_id=report["master_key_id"],
+            outcome="failure" if report["failed"] else "success",
+        )
+    if as_json:
+        print_json(report)
+    else:
+        verb = "would rewrite" if dry_run else "rewrote"
+        click.echo(
+            f"checked {report['checked']} artifacts: {verb} {report['rewritten']} under master "
+            f"key {report['master_key_id']}, {report['current']} already under it, "
+            f"{report['unencrypted']} not encrypted, {len(report['failed'])} failed"
+        )
+        for failure in report["failed"][:20]:
+            click.echo(f"  failed: {failure['key']}: {failure['error']}", err=True)
+    if report["failed"]:
+        raise click.exceptions.Exit(1)

@@ -107,6 +107,9 @@ class StorageSection(BackendSection):
     compression_level: int = Field(default=3, ge=1, le=22)
     encryption: bool = False
     master_key: SecretStr | None = None
+    #: keys artifacts may still be encrypted with: readable, and re-encrypted with
+    #: master_key by `mlrig storage rotate-key`
+    previous_master_keys: list[SecretStr] = Field(default_factory=list)
     chunk_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
 
@@ -207,6 +210,9 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         if self.storage.master_key is not None:
             data["storage"]["master_key"] = self.storage.master_key.get_secret_value()
+        data["storage"]["previous_master_keys"] = [
+            key.get_secret_value() for key in self.storage.previous_master_keys
+        ]
         return json.dumps(
             {
                 "settings": data,
@@ -221,6 +227,9 @@ class Settings(BaseSettings):
         data["database"]["url"] = redact_url(self.database.url)
         if self.storage.master_key is not None:
             data["storage"]["master_key"] = "********"
+        data["storage"]["previous_master_keys"] = ["********"] * len(
+            self.storage.previous_master_keys
+        )
         for section in ("storage", "executor"):
             for key, table in data[section].items():
                 if isinstance(table, dict):

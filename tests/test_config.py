@@ -103,12 +103,31 @@ def test_config_show_json_redacts_secrets(tmp_path, run_cli):
         "show",
         "--json",
         cwd=tmp_path,
-        env={"MLRIG_STORAGE__MASTER_KEY": "c2VjcmV0", "MLRIG_SERVER__PORT": "7000"},
+        env={
+            "MLRIG_STORAGE__MASTER_KEY": "c2VjcmV0",
+            "MLRIG_STORAGE__PREVIOUS_MASTER_KEYS": '["b2xka2V5", "b2xkZXI="]',
+            "MLRIG_SERVER__PORT": "7000",
+        },
     )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert "hunter2" not in result.stdout and "c2VjcmV0" not in result.stdout
+    assert "b2xka2V5" not in result.stdout and "b2xkZXI=" not in result.stdout
     assert data["database"]["url"] == "postgresql://me:********@db:5432/x"
     assert data["storage"]["master_key"] == "********"
+    assert data["storage"]["previous_master_keys"] == ["********", "********"]
     assert data["server"]["port"] == 7000
     assert data["source"].endswith("mlrig.toml")
+
+
+def test_job_processes_inherit_the_previous_master_keys(monkeypatch):
+    """A job reads artifacts its worker can read: the old keys travel with the settings."""
+    from mlrig.config import INHERITED_ENV, load_settings
+
+    settings = load_settings(
+        overrides={"storage": {"master_key": "bmV3", "previous_master_keys": ["b2xk"]}}
+    )
+    monkeypatch.setenv(INHERITED_ENV, settings.to_json())
+    inherited = load_settings()
+    assert [k.get_secret_value() for k in inherited.storage.previous_master_keys] == ["b2xk"]
+    assert inherited.storage.master_key.get_secret_value() == "bmV3"

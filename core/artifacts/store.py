@@ -15,7 +15,8 @@ import io
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -73,6 +74,7 @@ class ArtifactStore:
         compression_level: int = 3,
         encrypt: bool = False,
         master_key: bytes | str | None = None,
+        previous_master_keys: Sequence[bytes | str] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
     ) -> None:
@@ -86,11 +88,8 @@ class ArtifactStore:
         if chunk_size < 1:
             msg = f"chunk_size must be positive, not {chunk_size}"
             raise ValidationError(msg)
-        if isinstance(master_key, str):
-            master_key = crypto.parse_master_key(master_key) if master_key.strip() else None
-        if master_key is not None and len(master_key) != crypto.KEY_BYTES:
-            msg = f"master key must be {crypto.KEY_BYTES} bytes, not {len(master_key)}"
-            raise EncryptionKeyError(msg)
+        master_key = _master_key(master_key)
+        previous = [k for k in map(_master_key, previous_master_keys) if k is not None]
         if encrypt and master_key is None:
             msg = (
                 "[storage] encryption = true needs a master key: set [storage] master_key "
@@ -104,6 +103,9 @@ class ArtifactStore:
         self.chunk_size = chunk_size
         self.segment_size = segment_size
         self._master_key = master_key
+        #: every key an object may be encrypted with, by fingerprint (the current one too)
+        keys = [*previous, master_key] if master_key is not None else previous
+        self._keyring = {crypto.master_key_id(k): k for k in keys}
 
     @classmethod
     def from_settings(cls, backend: StorageBackend, section: StorageSection) -> ArtifactStore:
@@ -115,6 +117,7 @@ class ArtifactStore:
             compression_level=section.compression_level,
             encrypt=section.encryption,
             master_key=secret or None,
+            previous_master_keys=[k.get_secret_value() for k in section.previous_master_keys],
             chunk_size=section.chunk_size,
         )
 
@@ -123,10 +126,16 @@ class ArtifactStore:
         return {
             "compression": self.compression,
             "encryption": self.encrypt,
-            "master_key_id": crypto.master_key_id(self._master_key) if self._master_key else None,
+            "master_key_id": self.master_key_id,
+            "previous_master_key_ids": sorted(set(self._keyring) - {self.master_key_id}),
             "chunk_size": self.chunk_size,
             "backend": self.backend.describe(),
         }
+
+    @property
+    def master_key_id(self) -> str | None:
+        """The fingerprint of the master key new artifacts are encrypted with."""
+        return crypto.master_key_id(self._master_key) if self._master_key else None
 
     # --- writing ------------------------------------------------------------------------
 
@@ -254,19 +263,19 @@ class ArtifactStore:
     def _decryptor(self, header: Header, key: str) -> crypto.SegmentDecryptor:
         enc = header.encryption or {}
         written_id = enc.get("master_key_id")
-        if self._master_key is None:
+        if not self._keyring:
             msg = (
                 f"artifact {key!r} is encrypted (master key {written_id}) but no master key "
                 "is configured; set [storage] master_key or MLRIG_STORAGE__MASTER_KEY to "
                 "the key it was written with"
             )
             raise EncryptionKeyError(msg, details={"key": key, "master_key_id": written_id})
-        configured_id = crypto.master_key_id(self._master_key)
-        if written_id != configured_id:
+        master_key = self._keyring.get(str(written_id))
+        if master_key is None:
             msg = (
                 f"artifact {key!r} was encrypted with master key {written_id}, but the "
-                f"configured master key is {configured_id}; configure the key it was "
-                "written with"
+                f"configured master keys are {', '.join(sorted(self._keyring))}; configure "
+                "the key it was written with (as master_key, or in previous_master_keys)"
             )
             raise EncryptionKeyError(msg, details={"key": key, "master_key_id": written_id})
         try:
@@ -282,8 +291,32 @@ class ArtifactStore:
         except (KeyError, TypeError, ValueError, binascii.Error):
             msg = f"artifact {key!r} has a damaged or unsupported encryption header"
             raise CorruptArtifactError(msg, details={"key": key}) from None
-        data_key = crypto.unwrap_data_key(self._master_key, wrapped, key=key)
+        data_key = crypto.unwrap_data_key(master_key, wrapped, key=key)
         return crypto.SegmentDecryptor(data_key, prefix, header.digest, segment_size, key=key)
+
+    def header(self, key: str) -> Header:
+        """The header of ``key`` alone: how it is compressed and encrypted (no key needed)."""
+        key = normalize_key(key)
+        with self.backend.open_read(key) as raw:
+            return read_header(raw, key=key)
+
+    def needs_rewrite(self, key: str) -> bool:
+        """Whether ``key`` is encrypted with a master key other than the current one."""
+        encryption = self.header(key).encryption
+        return encryption is not None and encryption.get("master_key_id") != self.master_key_id
+
+    def rewrite(self, key: str) -> StoredArtifact:
+        """Store ``key`` again under the current settings (compression, master key).
+
+        The original bytes are read, verified to the end, through a temporary file that
+        spills to disk past 64 MiB, and only then written back over the key: a failed read
+        (a missing key, corruption) leaves the object as it was.
+        """
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+            with self.open(key) as original:
+                shutil.copyfileobj(original, spool, self.chunk_size)
+            spool.seek(0)
+            return self.put(key, spool)
 
     def get_bytes(
         self, key: str, *, expected_sha256: str | None = None, expected_size: int | None = None
@@ -380,6 +413,16 @@ def _open_source(source: Source) -> Iterator[BinaryIO]:
     else:
         msg = f"source must be bytes, a binary file or a Path, not {type(source).__name__}"
         raise ValidationError(msg)
+
+
+def _master_key(key: bytes | str | None) -> bytes | None:
+    """A master key as 32 raw bytes (from bytes, base64 or hex text); ``None`` if unset."""
+    if isinstance(key, str):
+        key = crypto.parse_master_key(key) if key.strip() else None
+    if key is not None and len(key) != crypto.KEY_BYTES:
+        msg = f"master key must be {crypto.KEY_BYTES} bytes, not {len(key)}"
+        raise EncryptionKeyError(msg)
+    return key
 
 
 def _b64(data: bytes) -> str:

@@ -29,6 +29,7 @@ from mlrig.registry.views import artifact_view, model_view, version_view
 
 if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
+    from mlrig.artifacts.record import StoredArtifact
     from mlrig.db import Database
     from mlrig.hooks import Hooks
     from mlrig.security import Principal
@@ -82,6 +83,19 @@ class ModelRegistry:
         self.db = db
         self.artifacts = artifacts
         self.hooks = hooks
+
+    def record_rewritten_artifact(self, stored: StoredArtifact) -> int:
+        """Bring the rows of an artifact rewritten in place (a master-key rotation) up to
+        date: compression, encryption facts, stored record. Returns how many rows."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(ModelArtifact).where(ModelArtifact.storage_path == stored.key)
+            ).all()
+            for row in rows:
+                row.compression = stored.compression
+                row.encryption = stored.encryption
+                row.metadata_ = stored.to_metadata()
+            return len(rows)
 
     # --- lookups ------------------------------------------------------------------------
 
