@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported lazily, PEP 562)
 _EXPORTS = {
     "Platform": "mlrig.platform",
+    "Client": "mlrig.client",
     "Settings": "mlrig.config",
     "load_settings": "mlrig.config",
     "hookimpl": "mlrig.hooks",
@@ -33,6 +34,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Client",
     "Executor",
     "JobHandle",
     "JobSpec",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mlrig.client import Client
     from mlrig.config import Settings, load_settings
     from mlrig.contracts import (
         Executor,

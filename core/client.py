@@ -1,0 +1,304 @@
+"""``mlrig.Client``: the REST API of an mlrig server from Python.
+
+For notebooks, scripts and trainers that run outside the job engine: create and follow
+experiments, log metrics in batches, read histories, find models and versions, register
+a version from files and download its artifacts::
+
+    import mlrig
+
+    with mlrig.Client("http://mlrig.internal:8080", token=os.environ["MLRIG_TOKEN"]) as ml:
+        ml.create_experiment("notebook-run", trainer="sklearn")
+        ml.log_metrics("notebook-run", [{"name": "loss", "value": 0.4, "step": 1}])
+        history = ml.metrics("notebook-run", name="loss", fields=["steps", "values"])
+
+The URL and token default to ``MLRIG_URL`` and ``MLRIG_TOKEN``. Every error the server
+reports comes back as the matching :class:`~mlrig.errors.MlrigError` subclass (404 ->
+:class:`~mlrig.errors.NotFoundError`, 422 -> :class:`~mlrig.errors.ValidationError`...)
+with the server's message and details. httpx and orjson are imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from mlrig import errors
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["DEFAULT_URL", "Client"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+#: points per ingest request when log_metrics splits a long list
+DEFAULT_BATCH = 10_000
+
+
+def _error_classes() -> dict[str, type[errors.MlrigError]]:
+    """Every MlrigError subclass by its ``code``, so a server error is re-raised as itself."""
+    found: dict[str, type[errors.MlrigError]] = {}
+    pending: list[type[errors.MlrigError]] = [errors.MlrigError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+class Client:
+    """A connection to one mlrig server (``/api/ml``), usable as a context manager.
+
+    :param url: the server's base URL (default ``MLRIG_URL``, else ``http://127.0.0.1:8080``).
+    :param token: an API token (default ``MLRIG_TOKEN``); ``mlrig tokens create`` makes one.
+    :param timeout: seconds per request.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0
+    ) -> None:
+        import httpx
+
+        self.url = (url or os.environ.get("MLRIG_URL") or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get("MLRIG_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=f"{self.url}/api/ml", headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            msg = f"cannot reach the mlrig server at {self.url}: {exc}; is `mlrig server` running?"
+            raise errors.MlrigError(msg, details={"url": self.url}) from None
+        _raise_for_error(response)
+        return response.json() if response.content else None
+
+    # --- server -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The server's health report (database, storage, plugins)."""
+        return self._request("GET", "/health")
+
+    def me(self) -> dict[str, Any]:
+        """The user the token belongs to."""
+        return self._request("GET", "/users/me")
+
+    # --- experiments ------------------------------------------------------------------------
+
+    def create_experiment(self, name: str, *, trainer: str, **fields: Any) -> dict[str, Any]:
+        """Create an experiment (``hyperparameters``, ``dataset``, ``resources``,
+        ``priority``, ``start``... as in ``POST /experiments``)."""
+        return self._request(
+            "POST", "/experiments", json={"name": name, "trainer": trainer, **fields}
+        )
+
+    def get_experiment(self, ref: str) -> dict[str, Any]:
+        """An experiment by name or id, with its latest metric values."""
+        return self._request("GET", f"/experiments/{ref}")
+
+    def list_experiments(self, **filters: Any) -> Any:
+        """Experiments (``status``, ``name_prefix``, ``trainer``, ``limit``, ``offset``)."""
+        return self._request("GET", "/experiments", params=_params(filters))
+
+    def start_experiment(self, ref: str) -> dict[str, Any]:
+        """Queue an experiment for the workers."""
+        return self._request("POST", f"/experiments/{ref}/start")
+
+    def stop_experiment(self, ref: str) -> dict[str, Any]:
+        """Cancel a queued or running experiment (its process tree is ended)."""
+        return self._request("POST", f"/experiments/{ref}/stop")
+
+    def log_metrics(
+        self,
+        ref: str,
+        points: Iterable[Mapping[str, Any] | Iterable[Any]],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> int:
+        """Send metric points (dicts ``{name, value, step?, epoch?, kind?, recorded_at?}``
+        or ``[name, value, step, epoch, kind]``), ``batch_size`` per request; returns how
+        many were written. Each request is all or nothing: a bad point fails its batch
+        with a :class:`~mlrig.errors.ValidationError` naming it; earlier batches stay."""
+        import orjson
+
+        if batch_size < 1:
+            msg = f"batch_size must be at least 1, not {batch_size}"
+            raise errors.ValidationError(msg)
+        written = 0
+        for batch in _batches(points, batch_size):
+            try:
+                body = orjson.dumps({"points": batch}, option=orjson.OPT_SERIALIZE_NUMPY)
+            except TypeError as exc:
+                msg = f"a metric point is not JSON-serialisable: {exc}"
+                raise errors.ValidationError(msg) from None
+            result = self._request(
+                "POST",
+                f"/experiments/{ref}/metrics",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            written += result["written"]
+        return written
+
+    def log_metric(
+        self,
+        ref: str,
+        name: str,
+        value: float,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        kind: str | None = None,
+    ) -> None:
+        """One point (prefer :meth:`log_metrics` with a batch: one request per point is slow)."""
+        point = {"name": name, "value": value, "step": step, "epoch": epoch, "kind": kind}
+        self.log_metrics(ref, [{k: v for k, v in point.items() if v is not None}])
+
+    def metrics(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        after_step: int | None = None,
+        limit: int | None = None,
+        fields: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """Metric history, columnar per metric (``{"count", "metrics": {name: {"steps",
+        "values", ...}}}``); ``fields`` picks the columns (``["steps", "values"]`` for a plot)."""
+        params = _params(
+            {
+                "name": name,
+                "kind": kind,
+                "after_step": after_step,
+                "limit": limit,
+                "fields": ",".join(fields) if fields is not None else None,
+            }
+        )
+        return self._request("GET", f"/experiments/{ref}/metrics", params=params)
+
+    # --- models -----------------------------------------------------------------------------
+
+    def list_models(self, **filters: Any) -> Any:
+        """Registered models (``name_prefix``, ``q``, ``tag``, ``limit``, ``offset``)."""
+        return self._request("GET", "/models", params=_params(filters))
+
+    def get_model(self, ref: str) -> dict[str, Any]:
+        """A registered model by name or id."""
+        return self._request("GET", f"/models/{ref}")
+
+    def list_versions(self, model: str, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every version of ``model`` matching the filters (``framework``, ``stage``,
+        ``tag``, ``metric="accuracy>0.9"``, ``sort``...), following the pages."""
+        params = _params(filters)
+        while True:
+            page = self._request("GET", f"/models/{model}/versions", params=params)
+            yield from page["items"]
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+
+    def get_version(self, model: str, version: str) -> dict[str, Any]:
+        """A version (number, name, alias or id) with its lineage."""
+        return self._request("GET", f"/models/{model}/versions/{version}")
+
+    def register_version(
+        self, model: str, files: Mapping[str, str | os.PathLike[str] | bytes], **metadata: Any
+    ) -> dict[str, Any]:
+        """Create a version of ``model`` from files (``{path in the version: local file or
+        bytes}``) and metadata (``version``, ``framework``, ``params``, ``metrics``,
+        ``tags``, ``datasets``...); the model must exist (``POST /models``)."""
+        import orjson
+
+        with contextlib.ExitStack() as opened:
+            uploads = []
+            for path, source in files.items():
+                content: IO[bytes] | bytes = (
+                    source
+                    if isinstance(source, bytes)
+                    else opened.enter_context(Path(source).open("rb"))
+                )
+                uploads.append(("files", (path, content, "application/octet-stream")))
+            return self._request(
+                "POST",
+                f"/models/{model}/versions",
+                files=uploads,
+                data={"metadata": orjson.dumps(metadata).decode()},
+            )
+
+    def create_model(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Register a model name (``description``, ``tags``)."""
+        return self._request("POST", "/models", json={"name": name, **fields})
+
+    def download_artifact(
+        self, model: str, version: str, path: str, destination: str | os.PathLike[str]
+    ) -> Path:
+        """Stream one artifact of a version to ``destination`` (a file path); returns it.
+        The server verifies the bytes as it sends them; a partial file is removed."""
+        import httpx
+
+        target = Path(destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        url = f"/models/{model}/versions/{version}/artifacts/{path}"
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        out.write(chunk)
+            partial.replace(target)
+        except httpx.HTTPError as exc:
+            msg = f"download of {path!r} from {self.url} broke off: {exc}"
+            raise errors.StorageError(msg) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if not response.is_error:
+        return
+    try:
+        error = response.json()["error"]
+        code, message, details = error["code"], error["message"], error.get("details") or {}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "error", f"HTTP {response.status_code}: {response.text[:300]}", {}
+    cls = _error_classes().get(code, errors.MlrigError)
+    raise cls(message, details={**details, "status": response.status_code})
+
+
+def _params(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _batches(points: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for point in points:
+        batch.append(point)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
