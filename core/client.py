@@ -249,6 +249,32 @@ class Client:
         """Register a model name (``description``, ``tags``)."""
         return self._request("POST", "/models", json={"name": name, **fields})
 
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def set_alias(self, model: str, alias: str, version: str) -> dict[str, Any]:
+        """Point ``alias`` (``champion``...) at ``version``."""
+        return self._request("PUT", f"/models/{model}/aliases/{alias}", json={"version": version})
+
+    def set_stage(
+        self, model: str, version: str, stage: str, *, comment: str | None = None
+    ) -> dict[str, Any]:
+        """Move a version to a stage; ``production`` opens an approval request instead
+        (when the policy asks for one), which the result describes."""
+        body = {"stage": stage, "comment": comment}
+        return self._request("POST", f"/models/{model}/versions/{version}/stage", json=body)
+
+    def list_approvals(self, **filters: Any) -> Any:
+        """Approval requests (``status``, ``model``)."""
+        return self._request("GET", "/approvals", params=_params(filters))
+
+    def approve(self, request_id: str, *, comment: str | None = None) -> dict[str, Any]:
+        """Approve a request (as another user than the requester, with the deployer role)."""
+        return self._request("POST", f"/approvals/{request_id}/approve", json={"comment": comment})
+
+    def reject(self, request_id: str, *, comment: str | None = None) -> dict[str, Any]:
+        """Reject a request."""
+        return self._request("POST", f"/approvals/{request_id}/reject", json={"comment": comment})
+
     def download_artifact(
         self, model: str, version: str, path: str, destination: str | os.PathLike[str]
     ) -> Path:

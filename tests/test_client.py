@@ -120,3 +120,24 @@ def test_import_mlrig_does_not_import_httpx():
     code = "import mlrig, sys; mlrig.Client; print('httpx' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_alias_stage_and_a_second_users_approval(client, live_server, make_token):
+    client.create_model("gated")
+    version = client.register_version("gated", {"model.bin": b"w"})["version"]
+    assert client.set_alias("gated", "champion", version)
+    assert client.get_version("gated", "champion")["aliases"] == ["champion"]
+    asked = client.set_stage("gated", version, "production", comment="ready")
+    assert asked["status"] == "pending_approval"
+    request_id = asked["request"]["id"]
+    with pytest.raises(PermissionDeniedError):
+        client.approve(request_id)  # the requester, and only a developer
+    pending = client.list_approvals(status="pending")
+    assert [r["id"] for r in _items(pending)] == [request_id]
+    with mlrig.Client(live_server, token=_token(make_token, "ops", "deployer")) as ops:
+        ops.approve(request_id, comment="ship it")
+    assert client.get_version("gated", "champion")["stage"] == "production"
+
+
+def _items(listing):
+    return listing["items"] if isinstance(listing, dict) else listing
