@@ -6,6 +6,7 @@ reports the schema as it is and ``downgrade`` is never undone by a first-use upg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -57,6 +58,25 @@ def _audit(
         click.echo(f"warning: the audit log entry was not written: {exc}", err=True)
 
 
+def _audited(
+    database: Database,
+    action: str,
+    before: str | None,
+    migrate: Callable[..., str | None],
+    revision: str,
+) -> str | None:
+    """``migrate(database, revision)`` with progress lines; record it (or its failure) in
+    the audit log; return the revision the schema is at."""
+    try:
+        after = migrate(database, revision, progress=lambda line: click.echo(f"  {line}"))
+    except MlrigError as exc:
+        _audit(database, action, before, database.schema_revision(), exc.message)
+        raise
+    if after != before:
+        _audit(database, action, before, after)
+    return after
+
+
 def _describe(revision: str | None) -> str:
     return "none (empty database)" if revision is None else revision
 
@@ -85,15 +105,7 @@ def upgrade(revision: str) -> None:
         click.echo(f"database: {database.display_url}")
         before = database.schema_revision()
         click.echo(f"current revision: {_describe(before)}")
-        try:
-            after = migrate.upgrade(
-                database, revision, progress=lambda line: click.echo(f"  {line}")
-            )
-        except MlrigError as exc:
-            _audit(database, "db_upgrade", before, database.schema_revision(), exc.message)
-            raise
-        if after != before:
-            _audit(database, "db_upgrade", before, after)
+        after = _audited(database, "db_upgrade", before, migrate.upgrade, revision)
         if after == before:
             click.echo(f"already at {_describe(after)}; nothing to do")
         else:
@@ -123,15 +135,7 @@ def downgrade(revision: str, yes: bool) -> None:
             click.confirm(
                 f"downgrade to {revision!r}? data in the reverted tables is lost", abort=True
             )
-        try:
-            after = migrate.downgrade(
-                database, revision, progress=lambda line: click.echo(f"  {line}")
-            )
-        except MlrigError as exc:
-            _audit(database, "db_downgrade", before, database.schema_revision(), exc.message)
-            raise
-        if after != before:
-            _audit(database, "db_downgrade", before, after)
+        after = _audited(database, "db_downgrade", before, migrate.downgrade, revision)
         if after == before:
             click.echo(f"already at {_describe(after)}; nothing to do")
         else:

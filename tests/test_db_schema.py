@@ -579,12 +579,8 @@ def test_cli_unknown_revision_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_upgrade_to_unique_experiment_names_stops_on_duplicates(tmp_path: Path) -> None:
-    """0003 adds a unique index on experiment names; duplicates already there (from the
-    race it closes) stop it with their names, and nothing is changed."""
-    from mlrig.errors import ConflictError
-
-    url = f"sqlite:///{tmp_path / 'dupes.db'}"
+def _twins_at_0002(url: str) -> None:
+    """A database at revision 0002 holding two experiments named ``twin`` (ids a..., b...)."""
     migrate.upgrade(url, "0002")
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -596,6 +592,17 @@ def test_upgrade_to_unique_experiment_names_stops_on_duplicates(tmp_path: Path) 
                 ),
                 {"id": ident},
             )
+    engine.dispose()
+
+
+def test_upgrade_to_unique_experiment_names_stops_on_duplicates(tmp_path: Path) -> None:
+    """0003 adds a unique index on experiment names; duplicates already there (from the
+    race it closes) stop it with their names, and nothing is changed."""
+    from mlrig.errors import ConflictError
+
+    url = f"sqlite:///{tmp_path / 'dupes.db'}"
+    _twins_at_0002(url)
+    engine = create_engine(url)
     with pytest.raises(ConflictError, match=r"'twin' \(2x\); rename all but one"):
         migrate.upgrade(url)
     assert migrate.current(url) == "0002"
@@ -624,16 +631,7 @@ def test_db_migrations_are_in_the_audit_log(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'audited.db'}"
     config = write_config(tmp_path, url)
-    migrate.upgrade(url, "0002")
-    with create_engine(url).begin() as conn:  # duplicates stop 0003 (see the test above)
-        for ident in ("a" * 32, "b" * 32):
-            conn.execute(
-                text(
-                    "INSERT INTO training_experiments (id, name, status, resources, "
-                    "reproducibility) VALUES (:id, 'twin', 'created', '{}', '{}')"
-                ),
-                {"id": ident},
-            )
+    _twins_at_0002(url)  # duplicates stop 0003 (see the test above)
     failed = run_cli(["db", "upgrade"], config)
     assert failed.exit_code != 0 and "rename all but one" in failed.output
     with create_engine(url).begin() as conn:
