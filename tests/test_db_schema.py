@@ -649,3 +649,37 @@ def test_db_migrations_are_in_the_audit_log(tmp_path: Path) -> None:
     assert details[0]["from"] == "0002" and "twin" in details[0]["error"]
     assert details[1] == {"from": "0002", "to": migrate.head()}
     assert details[2] == {"from": migrate.head(), "to": "0002"}
+
+
+def test_connections_racing_to_open_a_new_sqlite_database_all_get_wal(tmp_path: Path) -> None:
+    """The first connections to a new file race to switch it to WAL; the losers used to
+    get "database is locked" at once (no busy handler for that), failing a first use."""
+    import sqlite3
+
+    from mlrig.db.engine import _enter_wal_mode
+
+    failures: list[str] = []
+    for trial in range(30):
+        path = tmp_path / f"race-{trial}.db"
+        start = threading.Barrier(8)
+
+        def connect(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+                try:
+                    _enter_wal_mode(conn.cursor())
+                    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    if mode != "wal":
+                        failures.append(f"journal_mode {mode}")
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=connect) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
