@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from mlrig.cli.context import get_platform
@@ -51,6 +53,7 @@ def rotate_key(prefix: str, dry_run: bool, as_json: bool) -> None:
     [storage] previous_master_keys; after a run that reports nothing left to rewrite
     (and no failures), the old key can go.
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     from mlrig.artifacts.rotation import rotate_master_key
@@ -58,7 +61,9 @@ def rotate_key(prefix: str, dry_run: bool, as_json: bool) -> None:
 
     platform = get_platform()
     store = platform.artifacts
-    with Progress(transient=True, disable=as_json) as progress:
+    # a progress line only on a terminal (a pipe or a log gets the summary alone)
+    quiet = as_json or not sys.stderr.isatty()
+    with Progress(transient=True, disable=quiet, console=Console(stderr=True)) as progress:
         task = progress.add_task("checking artifacts", total=None)
         report = rotate_master_key(
             store,
