@@ -1,7 +1,9 @@
-"""Helpers the benchmark scripts share: percentiles, a throwaway database, versions."""
+"""Helpers the benchmark scripts share: percentiles, throwaway databases and the options
+that choose them, server versions."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import sqlite3
@@ -10,6 +12,27 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATABASES = ("sqlite", "postgresql")
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """``--databases`` (comma-separated, default both) and ``--postgres-url``."""
+    parser.add_argument("--databases", default=",".join(DATABASES), help="comma-separated")
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL database to run CREATE DATABASE from",
+    )
+
+
+def chosen_databases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The ``--databases`` asked for; an unknown one is a usage error."""
+    kinds = [d for d in args.databases.split(",") if d]
+    if unknown := set(kinds) - set(DATABASES):
+        parser.error(f"unknown database {sorted(unknown)}: use sqlite and/or postgresql")
+    return kinds
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -39,12 +62,21 @@ def fresh_database(kind: str, folder: Path, admin_url: str) -> Iterator[str]:
         folder.mkdir(parents=True, exist_ok=True)
         yield f"sqlite:///{folder / 'mlrig.db'}"
         return
+    with postgres_database(admin_url, "mlrig_bench_") as url:
+        migrate.upgrade(url)
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database next to ``admin_url`` (its SQLAlchemy URL), named
+    ``prefix`` plus random hex, dropped afterwards."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     from mlrig.testing.database import drop_postgres_database
 
-    name = f"mlrig_bench_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
     try:
         with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
@@ -56,9 +88,7 @@ def fresh_database(kind: str, folder: Path, admin_url: str) -> Iterator[str]:
         )
         raise SystemExit(msg) from None
     try:
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        migrate.upgrade(url)
-        yield url
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         drop_postgres_database(admin_url, name)
 

@@ -38,10 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import fresh_database, server_version, summary  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    add_database_options,
+    chosen_databases,
+    fresh_database,
+    server_version,
+    summary,
+)
 
 GOAL_MS = 200.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def write_history(platform: Any, experiment_id: str, points: int, batch: int) -> dict[str, Any]:
@@ -215,12 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10_000, help="steps per write_points call")
     parser.add_argument("--fetches", type=int, default=100, help="timed fetches per side")
     parser.add_argument("--warmup", type=int, default=3, help="untimed fetches first")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="PostgreSQL database to run CREATE DATABASE from",
-    )
+    add_database_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     parser.add_argument(
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch_from:
         print(json.dumps(client(args)))
         return 0
-    kinds = [d for d in args.databases.split(",") if d]
-    if unknown := set(kinds) - {"sqlite", "postgresql"}:
-        parser.error(f"unknown database {sorted(unknown)}: use sqlite and/or postgresql")
+    kinds = chosen_databases(parser, args)
     if args.points < 1 or args.batch < 1 or args.fetches < 1 or args.warmup < 0:
         parser.error("--points, --batch and --fetches must be at least 1, --warmup at least 0")
     with tempfile.TemporaryDirectory(prefix="mlrig-bench-") as tmp:

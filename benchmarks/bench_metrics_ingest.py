@@ -62,11 +62,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import percentile, server_version  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    add_database_options,
+    chosen_databases,
+    percentile,
+    postgres_database,
+    server_version,
+)
 
 GOAL_POINTS_PER_S = 100_000
 GOAL_RATIO = 10.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_PEER_VENV = Path.home() / ".cache" / "mlrig-bench" / "mlflow-venv"
 #: MLflow refuses more metrics than this in one log_batch call
 MLFLOW_MAX_METRICS = 1000
@@ -222,31 +227,6 @@ def client_mlflow(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- databases ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str, prefix: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database (a SQLAlchemy URL), dropped afterwards."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from mlrig.testing.database import drop_postgres_database
-
-    name = f"{prefix}{uuid.uuid4().hex[:12]}"
-    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        msg = (
-            f"cannot create a database on {make_url(admin_url).render_as_string()}: "
-            f"{str(exc).strip().splitlines()[0]}; pass --postgres-url or --databases sqlite"
-        )
-        raise SystemExit(msg) from None
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        drop_postgres_database(admin_url, name)
 
 
 def postgres_version(url: str) -> str:
@@ -705,12 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, default=1_000_000, help="timed points (mlrig)")
     parser.add_argument("--batch", type=int, default=10_000, help="points per request (mlrig)")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="PostgreSQL database to run CREATE DATABASE from",
-    )
+    add_database_options(parser)
     parser.add_argument(
         "--names",
         type=int,
@@ -770,9 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client == "mlflow":
         print(json.dumps(client_mlflow(args)))
         return 0
-    databases = [d for d in args.databases.split(",") if d]
-    if unknown := set(databases) - {"sqlite", "postgresql"}:
-        parser.error(f"unknown database {sorted(unknown)}: use sqlite and/or postgresql")
+    databases = chosen_databases(parser, args)
     if min(args.points, args.batch, args.rounds, args.concurrency) < 1:
         parser.error("--points, --batch, --rounds and --concurrency must be at least 1")
     if not 1 <= args.peer_batch <= MLFLOW_MAX_METRICS:

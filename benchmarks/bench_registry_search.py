@@ -41,10 +41,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from _common import fresh_database, percentile, server_version  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    add_database_options,
+    chosen_databases,
+    fresh_database,
+    percentile,
+    server_version,
+)
 
 GOAL_P99_MS = 50.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 FAMILIES = (
     "fraud",
     "churn",
@@ -462,20 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--queries", type=int, default=500, help="timed queries per kind")
     parser.add_argument("--warmup", type=int, default=5, help="untimed queries per kind first")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="PostgreSQL database to run CREATE DATABASE from",
-    )
+    add_database_options(parser)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--explain", action="store_true", help="print every kind's plan")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when a kind misses the goal")
     args = parser.parse_args(argv)
-    kinds = [d for d in args.databases.split(",") if d]
-    if unknown := set(kinds) - {"sqlite", "postgresql"}:
-        parser.error(f"unknown database {sorted(unknown)}: use sqlite and/or postgresql")
+    kinds = chosen_databases(parser, args)
     if args.versions < 1 or args.models < 1 or args.queries < 1:
         parser.error("--versions, --models and --queries must be at least 1")
     if args.register is None:

@@ -58,10 +58,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from _common import fresh_database, server_version, summary  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    add_database_options,
+    chosen_databases,
+    fresh_database,
+    server_version,
+    summary,
+)
 
 GOAL_MS = 20.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TRAINER = "bench-noop"
 TRAINER_MODULE = '''"""A trainer that does nothing but say when its process started and ran."""
 
@@ -455,12 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in each part")
     parser.add_argument("--workers", type=int, default=4, help="workers (threads in (a))")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="PostgreSQL database to run CREATE DATABASE from",
-    )
+    add_database_options(parser)
     parser.add_argument(
         "--no-processes",
         action="store_true",
@@ -472,9 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args(argv)
-    kinds = [d for d in args.databases.split(",") if d]
-    if unknown := set(kinds) - {"sqlite", "postgresql"}:
-        parser.error(f"unknown database {sorted(unknown)}: use sqlite and/or postgresql")
+    kinds = chosen_databases(parser, args)
     if args.jobs < 1 or args.workers < 1:
         parser.error("--jobs and --workers must be at least 1")
     with tempfile.TemporaryDirectory(prefix="mlrig-bench-") as tmp:
