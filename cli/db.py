@@ -39,7 +39,7 @@ def _audit(
     from mlrig.cli.context import cli_actor
     from mlrig.db.models.auth import AuditLog
 
-    if database.schema_revision() is None:
+    if after is None:
         return  # base: no audit_log table (downgrade base dropped it with the rest)
     details = {"from": before, "to": after, **({"error": error} if error else {})}
     try:
