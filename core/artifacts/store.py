@@ -300,11 +300,6 @@ class ArtifactStore:
         with self.backend.open_read(key) as raw:
             return read_header(raw, key=key)
 
-    def needs_rewrite(self, key: str) -> bool:
-        """Whether ``key`` is encrypted with a master key other than the current one."""
-        encryption = self.header(key).encryption
-        return encryption is not None and encryption.get("master_key_id") != self.master_key_id
-
     def rewrite(self, key: str) -> StoredArtifact:
         """Store ``key`` again under the current settings (compression, master key).
 
