@@ -20,6 +20,7 @@ with the server's message and details. httpx and orjson are imported on first us
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -37,6 +38,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_BATCH = 10_000
 
 
+@functools.cache
 def _error_classes() -> dict[str, type[errors.MlrigError]]:
     """Every MlrigError subclass by its ``code``, so a server error is re-raised as itself."""
     found: dict[str, type[errors.MlrigError]] = {}
