@@ -221,13 +221,13 @@ def read_history(
         raise ValidationError(msg)
     chosen = history_fields(fields)
     postgres = db.dialect == "postgresql"
-    mark, value, time_text = _history_sql(db)
+    mark, value, _ = _dialect_sql(db)
     expressions = {
         "steps": "step",
         "values": value,
         "epochs": "epoch",
         "kinds": "metric_type",
-        "times": time_text,
+        "times": _time_text(db),
     }
     columns = ", ".join(["metric_name", *(expressions[f] for f in chosen)])
     where = [f"experiment_id = {mark}"]
@@ -347,12 +347,12 @@ def _dialect_sql(db: Database) -> tuple[str, str, str]:
     return "?", "CAST(metric_value AS REAL)", "replace(recorded_at, ' ', 'T') || '+00:00'"
 
 
-def _history_sql(db: Database) -> tuple[str, str, str]:
-    """Like :func:`_dialect_sql`, but the time as the database's UTC text; history reads
-    turn it into ISO 8601 in Python, once per distinct time (cheaper for many rows)."""
+def _time_text(db: Database) -> str:
+    """The time as the database's UTC text; history reads turn it into ISO 8601 in Python,
+    once per distinct time (cheaper for many rows than :func:`_dialect_sql`'s per row)."""
     if db.dialect == "postgresql":
-        return "%s", "metric_value::float8", "(recorded_at AT TIME ZONE 'UTC')::text"
-    return "?", "CAST(metric_value AS REAL)", "recorded_at"
+        return "(recorded_at AT TIME ZONE 'UTC')::text"
+    return "recorded_at"
 
 
 def latest_values(db: Database, experiment_id: uuid.UUID | str) -> dict[str, dict[str, Any]]:
