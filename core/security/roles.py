@@ -18,6 +18,7 @@ class Permission(str, Enum):
     WRITE = "write"  # create experiments, register models, log metrics, upload artifacts
     DEPLOY = "deploy"  # deploy, scale, run A/B tests
     APPROVE = "approve"  # decide approval requests, move versions to production
+    DELETE = "delete"  # delete (and restore) models and versions
     ADMIN = "admin"  # users, tokens of others, the audit log
 
 
@@ -27,6 +28,7 @@ PERMISSIONS: dict[Permission, str] = {
     Permission.WRITE: "developer",
     Permission.DEPLOY: "deployer",
     Permission.APPROVE: "deployer",
+    Permission.DELETE: "deployer",
     Permission.ADMIN: "admin",
 }
 
