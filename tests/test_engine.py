@@ -116,6 +116,29 @@ def test_fencing_and_requeue_after_a_lost_lease(db_platform):
     assert events == ["created", "queued", "running", "queued", "running", "completed"]
 
 
+def test_a_requeued_job_keeps_its_place_in_the_queue(db_platform):
+    """A job whose worker died goes back to where it was (priority, then the time it was
+    first queued), not behind the jobs queued since."""
+    queue = db_platform.queue
+    first = add_job(db_platform, "first")
+    queue.claim("dead-worker", lease_seconds=0.01)
+    later = [add_job(db_platform, f"later-{i}") for i in range(3)]
+    time.sleep(0.05)
+    assert queue.requeue_expired() == 1
+    order = [queue.claim("w", lease_seconds=30).id for _ in range(4)]
+    assert order == [first, *later]
+
+
+def test_a_retried_job_keeps_its_place_in_the_queue(db_platform):
+    queue = db_platform.queue
+    first = add_job(db_platform, "first")
+    claimed = queue.claim("w", lease_seconds=30)
+    later = add_job(db_platform, "later")
+    assert queue.fail(claimed, "flaky") == "queued"
+    assert queue.claim("w", lease_seconds=30).id == first
+    assert queue.claim("w", lease_seconds=30).id == later
+
+
 def test_failures_retry_until_max_attempts(db_platform):
     job_id = add_job(db_platform, max_attempts=2)
     queue = db_platform.queue

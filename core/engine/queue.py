@@ -263,9 +263,9 @@ class JobQueue:
             now = utcnow()
             row.lease_owner = None
             row.lease_expires_at = None
-            if new == states.QUEUED:
-                row.queued_at = now
-            else:
+            # A retried job keeps its queued_at (the time it was started): it keeps its
+            # place in the queue instead of going behind everything queued since.
+            if new != states.QUEUED:
                 row.completed_at = now
             if result is not None:
                 row.configuration = {**(row.configuration or {}), "result": result}
@@ -293,7 +293,8 @@ class JobQueue:
                 job.lease_owner = None
                 job.lease_expires_at = None
                 if job.attempts < job.max_attempts:
-                    job.queued_at = now
+                    # queued_at stays: the job keeps its place (priority, then the time
+                    # it was first queued), it did nothing wrong when its worker died
                     self._record(
                         session,
                         job,
