@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -50,6 +51,9 @@ class RegisteredModel(Base):
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the last version number handed out (migration 0004); raised under this row's lock
+    #: in the transaction that inserts the version, so numbers are never taken twice
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     versions: Mapped[list[MLModel]] = relationship(
         back_populates="registered_model",
