@@ -25,11 +25,13 @@ from sqlalchemy.exc import (
     NoSuchModuleError,
     OperationalError,
     ProgrammingError,
+    StatementError,
 )
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from mlrig.errors import ConfigError, MissingExtraError, SchemaOutOfDateError
+from mlrig.db import guard
+from mlrig.errors import ConfigError, MissingExtraError, MlrigError, SchemaOutOfDateError
 
 if TYPE_CHECKING:
     from mlrig.config import Settings
@@ -119,6 +121,11 @@ class Database:
         try:
             yield session
             session.commit()
+        except StatementError as exc:
+            session.rollback()
+            if isinstance(exc.orig, MlrigError):  # a value the guard refused (db.guard)
+                raise exc.orig from None
+            raise
         except BaseException:
             session.rollback()
             raise
@@ -246,7 +253,12 @@ def _create_engine(url: URL, *, pool_size: int, max_overflow: int, echo: bool) -
         return _create_sqlite_engine(url, pool_size=pool_size, max_overflow=max_overflow, echo=echo)
     try:
         engine = create_engine(
-            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, echo=echo
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            echo=echo,
+            json_serializer=guard.dump_json,
         )
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         msg = (
@@ -255,6 +267,7 @@ def _create_engine(url: URL, *, pool_size: int, max_overflow: int, echo: bool) -
         )
         raise ConfigError(msg) from None
     _guard_against_fork(engine)
+    guard.install(engine)
     return engine
 
 
@@ -269,7 +282,13 @@ def _create_sqlite_engine(url: URL, *, pool_size: int, max_overflow: int, echo: 
     connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
     if _is_memory(url):
         # One connection is the whole in-memory database: share it.
-        engine = create_engine(url, poolclass=StaticPool, connect_args=connect_args, echo=echo)
+        engine = create_engine(
+            url,
+            poolclass=StaticPool,
+            connect_args=connect_args,
+            echo=echo,
+            json_serializer=guard.dump_json,
+        )
     else:
         database = url.database or ""
         if not database.startswith("file:"):
@@ -287,9 +306,11 @@ def _create_sqlite_engine(url: URL, *, pool_size: int, max_overflow: int, echo: 
             pool_pre_ping=True,
             connect_args=connect_args,
             echo=echo,
+            json_serializer=guard.dump_json,
         )
         _guard_against_fork(engine)
     event.listen(engine, "connect", _sqlite_pragmas)
+    guard.install(engine)
     return engine
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 from mlrig.errors import ValidationError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: an experiment name (also in the API's schema, mlrig.api.types)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_NAME = re.compile(NAME_PATTERN)
 #: the metric kinds a point (and an early-stopping rule) may name
 METRIC_KINDS = ("train", "validation", "test")
 RESOURCE_KEYS = ("cpus", "gpus", "memory_mb")
