@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import timedelta
 
 import click
 
@@ -91,4 +93,92 @@ def rotate_key(prefix: str, dry_run: bool, as_json: bool) -> None:
         for failure in report["failed"][:20]:
             click.echo(f"  failed: {failure['key']}: {failure['error']}", err=True)
     if report["failed"]:
+        raise click.exceptions.Exit(1)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    match = _DURATION.match(value)
+    if not match:
+        msg = f"{value!r} is not a duration; write e.g. 90s, 30m, 1h, 2d or 0"
+        raise click.BadParameter(msg)
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
+
+
+@storage.command("gc")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@click.option(
+    "--older-than",
+    "older_than",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    help="Grace period: leave objects and uploads younger than this (90s, 30m, 1h, 2d, 0).",
+)
+@json_option
+def gc(dry_run: bool, older_than: timedelta, as_json: bool) -> None:
+    """Remove artifacts no database row references and abort stale unfinished uploads.
+
+    Only mlrig's own keys (models/..., experiments/...) are considered; objects younger
+    than --older-than are left alone, so it is safe while the server works (an upload
+    in progress writes its object before its row).
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mlrig.artifacts.gc import collect_garbage, database_references
+    from mlrig.cli.context import audit_cli, get_principal
+    from mlrig.security.roles import Permission
+
+    platform = get_platform()
+    if not dry_run:
+        get_principal().require(Permission.ADMIN)
+    quiet = as_json or not sys.stderr.isatty()
+    with Progress(transient=True, disable=quiet, console=Console(stderr=True)) as progress:
+        task = progress.add_task("listing artifacts", total=None)
+        report = collect_garbage(
+            platform.storage_backend,
+            lambda: database_references(platform.db),
+            older_than=older_than,
+            dry_run=dry_run,
+            on_checked=lambda _key: progress.advance(task),
+        )
+    if not dry_run:
+        audit_cli(
+            "storage_gc",
+            resource_type="storage",
+            resource_id=None,
+            outcome="failure" if report.failed else "success",
+        )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for orphan in report.orphans:
+            click.echo(f"orphan  {orphan['key']}  {_size(orphan['size'])}")
+        for upload in report.uploads:
+            click.echo(f"upload  {upload['key']}  {upload['upload_id']}  {_size(upload['size'])}")
+        removed = len(report.orphans) if dry_run else report.removed
+        aborted = len(report.uploads) if dry_run else report.aborted
+        click.echo(
+            f"checked {report.checked} objects: {report.referenced} referenced, "
+            f"{report.too_young} younger than the grace period; {verb} {removed} orphans "
+            f"and {aborted} unfinished uploads, {len(report.failed)} failed"
+        )
+        for failure in report.failed[:20]:
+            click.echo(f"  failed: {failure['key']}: {failure['error']}", err=True)
+    if report.failed:
         raise click.exceptions.Exit(1)

@@ -11,13 +11,15 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
 from mlrig.artifacts.keys import normalize_key
-from mlrig.contracts.storage import StorageBackend
+from mlrig.config import ConfigPath
+from mlrig.contracts.storage import PendingUpload, StorageBackend
 from mlrig.errors import ArtifactNotFoundError, InvalidKeyError, StorageError
 
 #: temporary files end with this; listings skip them and keys may not look like them
@@ -29,7 +31,7 @@ class LocalStorageOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     #: the folder holding the artifacts; relative paths start at the config file's folder
-    root: str = ".mlrig/artifacts"
+    root: ConfigPath = Path(".mlrig/artifacts")
     #: fsync each file and its folder before a write counts as done (slower, crash-safe)
     fsync: bool = False
 
@@ -130,6 +132,46 @@ class LocalStorage(StorageBackend):
                 if key.startswith(prefix):
                     keys.append(key)
         return iter(sorted(keys))
+
+    def modified(self, key: str) -> datetime:
+        path = self._path(key)
+        if not path.is_file():
+            raise _not_found(key, self.root)
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+
+    def pending_uploads(self, *, started_before: datetime) -> Iterator[PendingUpload]:
+        """The temporary files of writes whose process died (a killed ``open_write``)."""
+        cutoff = started_before.timestamp()
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                    continue
+                temp = Path(dirpath, name)
+                try:
+                    info = temp.stat()
+                except OSError:
+                    continue  # finished or aborted meanwhile
+                if info.st_mtime >= cutoff:
+                    continue  # maybe still being written: mtime moves with every write
+                # ".<target name>.<8 random chars>.mlrig-tmp" (see open_write)
+                target = name[1 : -len(TEMP_SUFFIX)].rsplit(".", 1)[0]
+                folder = temp.parent.relative_to(self.root).as_posix()
+                yield PendingUpload(
+                    key=target if folder == "." else f"{folder}/{target}",
+                    upload_id=temp.relative_to(self.root).as_posix(),
+                    started=datetime.fromtimestamp(info.st_mtime, tz=UTC),
+                    size=info.st_size,
+                )
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        name = upload.upload_id
+        if not name.endswith(TEMP_SUFFIX) or ".." in name.split("/") or name.startswith("/"):
+            msg = f"{name!r} is not a temporary file of this store"
+            raise InvalidKeyError(msg)
+        try:
+            self.root.joinpath(*name.split("/")).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _storage_error("remove the temporary file", name, exc) from exc
 
     def describe(self) -> dict[str, Any]:
         return {"root": str(self.root), "fsync": self.fsync}

@@ -5,9 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from mlrig.contracts.base import Backend
+from mlrig.errors import ArtifactNotFoundError
 
 
 class StorageBackend(Backend, ABC):
@@ -53,5 +56,51 @@ class StorageBackend(Backend, ABC):
         """Facts for the health endpoint and ``mlrig config show`` (no secrets)."""
         return {}
 
+    def modified(self, key: str) -> datetime | None:
+        """When the object under ``key`` was last written (timezone-aware), if known.
+
+        ``mlrig storage gc`` never removes an object younger than its grace period, and
+        one whose age is unknown (this default, ``None``) only with ``--older-than 0``.
+
+        :raises ArtifactNotFoundError: nothing is stored under ``key``.
+        """
+        if not self.exists(key):
+            msg = f"no artifact {key!r}"
+            raise ArtifactNotFoundError(msg, details={"key": key})
+        return None
+
     def check(self) -> None:
         """Raise :class:`mlrig.errors.StorageError` if the store cannot be reached."""
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A write that began and never finished (a killed process's multipart upload, a
+    temporary file): invisible to :meth:`StorageBackend.list`, but it holds space."""
+
+    #: the key it was writing to
+    key: str
+    #: what the backend needs to abort it (an S3 upload id, a temporary file name)
+    upload_id: str
+    #: when it began (timezone-aware), if known
+    started: datetime | None
+    #: bytes it holds so far, if known
+    size: int | None = None
+
+
+@runtime_checkable
+class StaleUploads(Protocol):
+    """Optional capability of a :class:`StorageBackend`: unfinished writes it can list
+    and abort (S3 multipart uploads, local temporary files).
+
+    ``mlrig storage gc`` uses it when the backend has it; a backend whose writes leave
+    nothing behind when their process dies needs neither method.
+    """
+
+    def pending_uploads(self, *, started_before: datetime) -> Iterator[PendingUpload]:
+        """Yield the unfinished writes that began before ``started_before``."""
+        ...
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort ``upload`` and free what it holds; an upload already gone is not an error."""
+        ...
