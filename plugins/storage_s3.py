@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from mlrig.artifacts.keys import normalize_key
-from mlrig.contracts.storage import StorageBackend
+from mlrig.contracts.storage import PendingUpload, StorageBackend
 from mlrig.errors import ArtifactNotFoundError, MissingExtraError, MlrigError, StorageError
 
 MiB = 1024 * 1024
@@ -93,11 +94,11 @@ class S3Storage(StorageBackend):
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
-        with _translated("open for writing", key):
+        with _translated("open for writing", key, self.bucket):
             handle = self._fs.open(path, "wb", block_size=self.options.block_size)
         try:
-            yield _Writer(handle, key)  # type: ignore[misc]
-            with _translated("write", key):
+            yield _Writer(handle, key, self.bucket)  # type: ignore[misc]
+            with _translated("write", key, self.bucket):
                 handle.close()  # completes the upload: only now is the object visible
         except BaseException:
             _discard(handle)
@@ -105,32 +106,57 @@ class S3Storage(StorageBackend):
 
     def open_read(self, key: str) -> BinaryIO:
         path = self._path(key)
-        with _translated("open", key):
+        with self._missing_bucket_check(), _translated("open", key, self.bucket):
             handle = self._fs.open(path, "rb", block_size=self.options.block_size)
-        return io.BufferedReader(_Reader(handle, key), buffer_size=MiB)  # type: ignore[return-value]
+        return io.BufferedReader(_Reader(handle, key, self.bucket), buffer_size=MiB)  # type: ignore[return-value]
 
     def exists(self, key: str) -> bool:
-        with _translated("check", key):
+        with _translated("check", key, self.bucket):
             try:
                 info = self._fs.info(self._path(key))
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if _is_missing_bucket(exc):
+                    raise _missing_bucket(self.bucket) from None
                 return False
         return info.get("type") == "file"
 
     def size(self, key: str) -> int:
-        with _translated("stat", key):
+        return int(self._info(key)["size"])
+
+    def modified(self, key: str) -> datetime | None:
+        stamp = self._info(key).get("LastModified")
+        if isinstance(stamp, datetime):
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+        return None
+
+    def _info(self, key: str) -> dict[str, Any]:
+        with self._missing_bucket_check(), _translated("stat", key, self.bucket):
             info = self._fs.info(self._path(key))
         if info.get("type") != "file":
             raise _not_found(key)
-        return int(info["size"])
+        return info
+
+    @contextlib.contextmanager
+    def _missing_bucket_check(self) -> Iterator[None]:
+        """Tell "no such bucket" from "no such key": S3 often says only "not found"."""
+        try:
+            yield
+        except ArtifactNotFoundError:
+            try:
+                self._fs.call_s3("head_bucket", Bucket=self.bucket)
+            except FileNotFoundError:
+                raise _missing_bucket(self.bucket) from None
+            except Exception:  # unreachable or denied: the key error stands
+                pass
+            raise
 
     def delete(self, key: str) -> None:
-        with _translated("delete", key), contextlib.suppress(FileNotFoundError):
+        with _translated("delete", key, self.bucket), contextlib.suppress(FileNotFoundError):
             self._fs.rm_file(self._path(key))
 
     def list(self, prefix: str = "") -> Iterator[str]:
         # s3fs's ``prefix`` filters on the server: only matching keys are listed.
-        with _translated("list", prefix or "/"):
+        with _translated("list", prefix or "/", self.bucket):
             found = self._fs.find(self._root, prefix=prefix)
         start = len(self._root) + 1
         keys = (name[start:] for name in found if not name.endswith("/"))
@@ -147,8 +173,49 @@ class S3Storage(StorageBackend):
         }
 
     def check(self) -> None:
-        with _translated("reach bucket", self.bucket):
+        with _translated("reach bucket", self.bucket, self.bucket):
             self._fs.call_s3("head_bucket", Bucket=self.bucket)
+
+    def pending_uploads(self, *, started_before: datetime) -> Iterator[PendingUpload]:
+        """Multipart uploads under the prefix begun before ``started_before``: a writer
+        that was killed never completed or aborted them, and their parts cost space."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        markers: dict[str, str] = {}
+        while True:
+            with _translated("list multipart uploads", root or "/", self.bucket):
+                page = self._fs.call_s3(
+                    "list_multipart_uploads", Bucket=self.bucket, Prefix=root, **markers
+                )
+            for upload in page.get("Uploads", []):
+                started = upload.get("Initiated")
+                if isinstance(started, datetime) and started.tzinfo is None:
+                    started = started.replace(tzinfo=UTC)
+                if isinstance(started, datetime) and started >= started_before:
+                    continue
+                yield PendingUpload(
+                    key=upload["Key"][len(root) :],
+                    upload_id=upload["UploadId"],
+                    started=started if isinstance(started, datetime) else None,
+                )
+            if not page.get("IsTruncated"):
+                return
+            markers = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        path = self._path(upload.key)[len(self.bucket) + 1 :]
+        with _translated("abort multipart upload", upload.key, self.bucket):
+            try:
+                self._fs.call_s3(
+                    "abort_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=path,
+                    UploadId=upload.upload_id,
+                )
+            except FileNotFoundError:
+                return  # already completed or aborted (NoSuchUpload)
 
 
 #: S3 allows 10,000 parts per upload; the part size doubles after each this many parts
@@ -162,13 +229,14 @@ class _Writer:
     memory on every upload or caps the object size (8 MiB x 10,000 parts = 78 GiB).
     """
 
-    def __init__(self, handle: Any, key: str) -> None:
+    def __init__(self, handle: Any, key: str, bucket: str) -> None:
         self._handle = handle
         self._key = key
+        self._bucket = bucket
         self._base = handle.blocksize
 
     def write(self, data: bytes) -> int:
-        with _translated("write", self._key):
+        with _translated("write", self._key, self._bucket):
             written = self._handle.write(data)
         parts = len(getattr(self._handle, "parts", None) or ())
         self._handle.blocksize = self._base * 2 ** (parts // PARTS_PER_SIZE)
@@ -187,15 +255,16 @@ class _Writer:
 class _Reader(io.RawIOBase):
     """The s3fs file as a raw stream, with S3 failures reported as :class:`StorageError`."""
 
-    def __init__(self, handle: Any, key: str) -> None:
+    def __init__(self, handle: Any, key: str, bucket: str) -> None:
         self._handle = handle
         self._key = key
+        self._bucket = bucket
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        with _translated("read", self._key):
+        with _translated("read", self._key, self._bucket):
             data = self._handle.read(len(buffer))
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)
@@ -222,15 +291,33 @@ def _not_found(key: str) -> ArtifactNotFoundError:
     return ArtifactNotFoundError(f"no artifact {key!r} in the S3 store", details={"key": key})
 
 
+def _missing_bucket(bucket: str) -> StorageError:
+    msg = (
+        f"S3 bucket {bucket!r} does not exist; create it (e.g. `aws s3 mb s3://{bucket}`, "
+        "adding --endpoint-url for an S3-compatible store) or fix [storage.s3] bucket"
+    )
+    return StorageError(msg, details={"bucket": bucket, "reason": "no_such_bucket"})
+
+
+def _is_missing_bucket(exc: BaseException) -> bool:
+    """Whether an s3fs/botocore error says the bucket (not a key) is missing."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    text = str(exc)
+    return code == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text
+
+
 @contextlib.contextmanager
-def _translated(action: str, key: str) -> Iterator[None]:
+def _translated(action: str, key: str, bucket: str) -> Iterator[None]:
     """Turn s3fs/botocore failures into mlrig errors (the plugin boundary)."""
     try:
         yield
     except MlrigError:
         raise
     except FileNotFoundError as exc:
-        if action in ("reach bucket", "list"):
+        if _is_missing_bucket(exc) or action == "reach bucket":
+            raise _missing_bucket(bucket) from None
+        if action == "list":
             msg = f"S3 {action} {key!r} failed: bucket or prefix not found ({exc})"
             raise StorageError(msg, details={"key": key}) from exc
         raise _not_found(key) from None
@@ -241,6 +328,8 @@ def _translated(action: str, key: str) -> Iterator[None]:
         )
         raise StorageError(msg, details={"key": key}) from exc
     except Exception as exc:  # the plugin boundary: botocore/aiobotocore/s3fs errors
+        if _is_missing_bucket(exc):
+            raise _missing_bucket(bucket) from None
         raise StorageError(_describe(action, key, exc), details={"key": key}) from exc
 
 

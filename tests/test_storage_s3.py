@@ -168,3 +168,36 @@ def test_master_key_rotation_on_s3(s3_bucket: MotoBucket) -> None:
     assert (report["rewritten"], report["failed"]) == (2, [])
     new_only = ArtifactStore(storage, master_key=new_key)
     assert {key: new_only.get_bytes(key) for key in blobs} == blobs
+
+
+def test_missing_bucket_is_named_with_the_fix(s3_bucket: MotoBucket) -> None:
+    """Not "no artifact '.../mlrig-model.json'": the bucket is what is missing."""
+    storage = S3Storage.from_options(
+        {"bucket": "no-such-bucket-here", "endpoint_url": s3_bucket.endpoint_url, "retries": 0},
+        where="storage.s3",
+    )
+    calls = {
+        "check": storage.check,
+        "open_read": lambda: storage.open_read("models/m/1/mlrig-model.json"),
+        "size": lambda: storage.size("models/m/1/mlrig-model.json"),
+        "exists": lambda: storage.exists("models/m/1/mlrig-model.json"),
+        "list": lambda: list(storage.list("models/")),
+        "write": lambda: _write_one(storage),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError) as caught:
+            call()
+        message = str(caught.value)
+        assert "bucket 'no-such-bucket-here' does not exist" in message, name
+        assert "aws s3 mb s3://no-such-bucket-here" in message, name
+        assert "[storage.s3] bucket" in message, name
+        assert not isinstance(caught.value, ArtifactNotFoundError), name
+    # a missing key in a bucket that exists is still "no artifact"
+    present = make_s3(s3_bucket)
+    with pytest.raises(ArtifactNotFoundError, match=r"no artifact 'models/m/1/mlrig-model\.json'"):
+        present.open_read("models/m/1/mlrig-model.json")
+
+
+def _write_one(storage: S3Storage) -> None:
+    with storage.open_write("k.bin") as out:
+        out.write(b"x")
