@@ -3,13 +3,12 @@
 Filters: name (exact, prefix or substring), framework, model type, stage, tags, creator,
 creation-time range and metric thresholds (``accuracy > 0.9``). Sorting by creation time
 or name pages with a keyset cursor (stable under inserts); sorting by a metric pages by
-offset. Cursors are opaque base64 strings.
+offset. Cursors are opaque base64 strings, strictly checked when they come back
+(:func:`mlrig.validation.decode_cursor`): a crafted one is a 422, never a crash.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +19,9 @@ from sqlalchemy import Select, and_, or_, select
 
 from mlrig.db.models import MLModel, RegisteredModel, User
 from mlrig.errors import ValidationError
+from mlrig.validation import as_utc, decode_cursor, encode_cursor
+
+__all__ = ["MetricFilter", "VersionQuery", "build_query", "decode_cursor", "encode_cursor"]
 
 _METRIC = re.compile(
     r"^\s*(?:metrics\.)?([A-Za-z_][A-Za-z0-9_.-]{0,99})\s*(>=|<=|==|!=|>|<|=)\s*"
@@ -71,6 +73,10 @@ class VersionQuery:
     cursor: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("created_after", "created_before"):  # naive: UTC (mlrig.validation)
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, as_utc(value, field=name))
         if not (1 <= self.limit <= MAX_LIMIT):
             msg = f"limit must be between 1 and {MAX_LIMIT}, got {self.limit}"
             raise ValidationError(msg)
@@ -106,20 +112,14 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def encode_cursor(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+#: the two cursor shapes: an offset (metric sorts) or a keyset position
+OFFSET_CURSOR = {"offset": int}
+KEYSET_CURSOR = {"k": str, "id": str}
 
 
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(data, dict):
-            raise ValueError
-        return data
-    except (ValueError, UnicodeDecodeError):
-        msg = f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page"
-        raise ValidationError(msg) from None
+def _decode(cursor: str, spec: dict[str, type]) -> dict[str, Any]:
+    """The strictly checked fields of a cursor of this query's shape."""
+    return decode_cursor(cursor, spec)
 
 
 def build_query(query: VersionQuery) -> tuple[Select[Any], Any]:
@@ -159,15 +159,15 @@ def build_query(query: VersionQuery) -> tuple[Select[Any], Any]:
 
     descending = query.sort.startswith("-")
     metric_name = _metric_sort(query.sort)
-    cursor = decode_cursor(query.cursor) if query.cursor else None
     if metric_name is not None:
         column = _metric_column(metric_name)
         stmt = stmt.where(column.is_not(None))
         order = column.desc() if descending else column.asc()
         stmt = stmt.order_by(order, MLModel.id)
-        offset = int(cursor.get("offset", 0)) if cursor else 0
-        return stmt.offset(max(offset, 0)).limit(query.limit + 1), None
+        offset = _decode(query.cursor, OFFSET_CURSOR)["offset"] if query.cursor else 0
+        return stmt.offset(offset).limit(query.limit + 1), None
     column = MLModel.created_at if query.sort.lstrip("-") == "created_at" else MLModel.name
+    cursor = _decode(query.cursor, KEYSET_CURSOR) if query.cursor else None
     if cursor is not None:
         stmt = stmt.where(_after(column, cursor, descending))
     if descending:
@@ -180,10 +180,12 @@ def build_query(query: VersionQuery) -> tuple[Select[Any], Any]:
 def _after(column: Any, cursor: dict[str, Any], descending: bool) -> Any:
     try:
         raw, last_id = cursor["k"], uuid.UUID(cursor["id"])
-        value = datetime.fromisoformat(raw) if column is MLModel.created_at else str(raw)
-    except (KeyError, ValueError, TypeError):
-        msg = "invalid cursor: pass back the next_cursor of a previous page"
-        raise ValidationError(msg) from None
+        value: Any = raw
+        if column is MLModel.created_at:
+            value = as_utc(datetime.fromisoformat(raw), field="cursor")
+    except (KeyError, ValueError, TypeError, ValidationError):
+        msg = "invalid cursor: pass back the next_cursor of the previous page unchanged"
+        raise ValidationError(msg, details={"field": "cursor"}) from None
     if descending:
         return or_(column < value, and_(column == value, MLModel.id < last_id))
     return or_(column > value, and_(column == value, MLModel.id > last_id))
@@ -194,8 +196,8 @@ def next_cursor(query: VersionQuery, rows: list[MLModel], has_more: bool) -> str
     if not has_more or not rows:
         return None
     if _metric_sort(query.sort) is not None:
-        previous = decode_cursor(query.cursor).get("offset", 0) if query.cursor else 0
-        return encode_cursor({"offset": int(previous) + len(rows)})
+        previous = _decode(query.cursor, OFFSET_CURSOR)["offset"] if query.cursor else 0
+        return encode_cursor({"offset": previous + len(rows)})
     last = rows[-1]
     key = last.created_at.isoformat() if query.sort.lstrip("-") == "created_at" else last.name
     return encode_cursor({"k": key, "id": str(last.id)})

@@ -1,0 +1,159 @@
+"""Request-side types: the rules of :mod:`mlrig.validation` as pydantic/FastAPI types, so
+that the OpenAPI schema says what the server enforces (``maxLength``, ``pattern``,
+``maximum``, ``maxProperties``, ``maxItems``) and a bad value is a 422 before any
+service sees it.
+
+- :class:`InputModel` is the base of every JSON body model: it forbids unknown fields
+  and walks the raw body once, refusing NUL characters and lone surrogates in any string
+  or key at any depth, non-finite numbers, integers beyond 64 bits and absurd nesting.
+- :func:`check_request_params` (an app-wide dependency) does the same for every query
+  and path parameter, of every route, plugin routes included.
+- The ``Annotated`` aliases below carry the bounds of each kind of field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from mlrig import validation as v
+from mlrig.errors import ValidationError
+from mlrig.experiments.rules import NAME_PATTERN as EXPERIMENT_NAME_PATTERN
+from mlrig.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN
+
+#: nesting allowed in a whole body: a free-form field (MAX_JSON_DEPTH) inside a model
+BODY_MAX_DEPTH = v.MAX_JSON_DEPTH + 4
+
+
+class InputModel(BaseModel):
+    """Base of every request body: unknown fields refused, every string storable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = v.json_problem(data, max_depth=BODY_MAX_DEPTH)
+        if problem is not None:
+            where, what = problem
+            # a 422 validation_error in the one error shape, like any pydantic error
+            raise PydanticCustomError(
+                "unstorable",
+                "{where}: {what}",
+                {"where": where.lstrip(".") or "body", "what": what},
+            )
+        return data
+
+
+def _pydantic(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``check`` as a pydantic validator: its ValidationError keeps the field's location."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValidationError as exc:
+            raise PydanticCustomError("invalid", "{message}", {"message": exc.message}) from None
+
+    return validate
+
+
+_json_object = _pydantic(lambda value: v.check_json(value, field="value"))
+_utc = _pydantic(lambda value: v.as_utc(value, field="value"))
+
+
+_JSON_RULE = (
+    f"Free-form JSON object: at most {v.MAX_JSON_DEPTH} levels deep, "
+    f"{v.MAX_JSON_BYTES // 1024} KiB as JSON and {v.MAX_JSON_KEYS} top-level keys."
+)
+
+# --- strings ------------------------------------------------------------------------------
+
+ModelName = Annotated[str, Field(min_length=1, max_length=255, pattern=MODEL_NAME_PATTERN)]
+ExperimentName = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=EXPERIMENT_NAME_PATTERN)
+]
+VersionName = Annotated[str, Field(min_length=1, max_length=100, pattern=VERSION_PATTERN)]
+AliasName = Annotated[str, Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]
+Description = Annotated[str, Field(max_length=v.MAX_DESCRIPTION_LENGTH)]
+ShortText = Annotated[str, Field(max_length=v.MAX_SHORT_TEXT_LENGTH)]
+NonEmptyShortText = Annotated[str, Field(min_length=1, max_length=v.MAX_SHORT_TEXT_LENGTH)]
+MetricName = Annotated[str, Field(min_length=1, max_length=100)]
+TagKey = Annotated[str, Field(min_length=1, max_length=v.MAX_TAG_KEY_LENGTH)]
+TagValue = Annotated[str, Field(max_length=v.MAX_TAG_VALUE_LENGTH)]
+
+# --- collections --------------------------------------------------------------------------
+
+Tags = Annotated[
+    dict[TagKey, TagValue],
+    Field(
+        max_length=v.MAX_TAGS,
+        description=f"At most {v.MAX_TAGS} tags; keys 1-{v.MAX_TAG_KEY_LENGTH} characters, "
+        f"values at most {v.MAX_TAG_VALUE_LENGTH}.",
+    ),
+]
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_json_object),
+    Field(description=_JSON_RULE, max_length=v.MAX_JSON_KEYS),
+]
+Requirements = Annotated[
+    list[Annotated[str, Field(max_length=v.MAX_REQUIREMENT_LENGTH)]],
+    Field(max_length=v.MAX_REQUIREMENTS, description="pip requirement lines."),
+]
+
+# --- numbers and times --------------------------------------------------------------------
+
+Int64 = Annotated[int, Field(ge=v.INT64_MIN, le=v.INT64_MAX)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=v.INT64_MAX)]
+UtcDatetime = Annotated[datetime, AfterValidator(_utc), Field(description=v.DATETIME_RULE)]
+
+# --- query parameters (FastAPI markers in Annotated, so the schema shows the bounds) ------
+
+Offset = Annotated[int, Query(ge=0, le=v.INT64_MAX, description="Items to skip (0 to 2**63-1).")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=v.MAX_CURSOR_LENGTH,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="The next_cursor of the previous page, unchanged (opaque).",
+    ),
+]
+TagFilters = Annotated[
+    list[str] | None,
+    Query(
+        max_length=v.MAX_TAGS,
+        description=f"key:value, repeatable (at most {v.MAX_TAGS}).",
+    ),
+]
+
+
+def since_query(description: str) -> Any:
+    """A ``Query`` for a datetime parameter whose description states the one rule."""
+    return Query(default=None, description=f"{description} {v.DATETIME_RULE}")
+
+
+# --- every query and path parameter -------------------------------------------------------
+
+
+def check_request_params(request: Request) -> None:
+    """Refuse unstorable or oversized query and path parameters, for every route.
+
+    Installed app-wide (``FastAPI(dependencies=...)``), so a route or plugin that forgets
+    a parameter type still never hands a NUL character to a database.
+    """
+    counts: dict[str, int] = {}
+    items = [("query parameter", k, val) for k, val in request.query_params.multi_items()]
+    items += [("path parameter", k, str(val)) for k, val in request.path_params.items()]
+    for where, name, value in items:
+        field = f"{where} {name!r}"
+        v.check_text(name, field=f"{where} name", max_length=200)
+        v.check_text(value, field=field, max_length=v.MAX_PARAM_LENGTH)
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] > v.MAX_PARAM_REPEATS:
+            msg = f"{field} is repeated more than {v.MAX_PARAM_REPEATS} times"
+            raise ValidationError(msg, details={"field": name})
