@@ -17,8 +17,11 @@ from mlrig.errors import ConfigError
 from mlrig.hooks import Hooks, PluginManager, get_plugin_manager
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from mlrig.artifacts import ArtifactStore
     from mlrig.contracts import Executor, StorageBackend
+    from mlrig.datasets.access import DatasetAccess
     from mlrig.db import Database
     from mlrig.engine.queue import JobQueue
     from mlrig.experiments import ExperimentService
@@ -34,7 +37,19 @@ class Platform:
     def __init__(self, settings: Settings, *, plugin_manager: PluginManager | None = None) -> None:
         self.settings = settings
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+        # [plugins.NAME] tables are validated now, so a typo stops at start, naming the key
+        self._plugin_options = self.pm.validate_plugin_options(settings)
         self.hooks = Hooks(self.pm, self)
+
+    def plugin_options(self, name: str) -> BaseModel:
+        """Hook plugin ``name``'s ``[plugins.NAME]`` options, validated by its ``Options``
+        model (defaults where the config has no table).
+
+        :raises PluginError: no plugin of that name is loaded, or it declares no options.
+        """
+        if name not in self._plugin_options:  # registered after the platform was built
+            self._plugin_options[name] = self.pm.plugin_options(name, self.settings)
+        return self._plugin_options[name]
 
     @classmethod
     def from_config(
@@ -62,8 +77,11 @@ class Platform:
         """The configured storage backend (bytes only; use :attr:`artifacts` to store)."""
         section = self.settings.storage
         cls = load_backend("storage", section.backend)
-        options = _resolve_root(cls, section.backend_options(), self.settings)
-        return cls.from_options(options, where=f"storage.{section.backend}")
+        return cls.from_options(
+            section.backend_options(),
+            where=f"storage.{section.backend}",
+            base_dir=self.settings.base_dir,
+        )
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
@@ -77,7 +95,11 @@ class Platform:
         """The configured job executor."""
         section = self.settings.executor
         cls = load_backend("executors", section.backend)
-        return cls.from_options(section.backend_options(), where=f"executor.{section.backend}")
+        return cls.from_options(
+            section.backend_options(),
+            where=f"executor.{section.backend}",
+            base_dir=self.settings.base_dir,
+        )
 
     @cached_property
     def db(self) -> Database:
@@ -107,7 +129,12 @@ class Platform:
         """Registered models, versions, artifacts and search."""
         from mlrig.registry import ModelRegistry
 
-        return ModelRegistry(self.db, self.artifacts, self.hooks)
+        return ModelRegistry(
+            self.db,
+            self.artifacts,
+            self.hooks,
+            retention_days=self.settings.registry.delete_retention_days,
+        )
 
     @cached_property
     def lifecycle(self) -> ModelLifecycle:
@@ -121,7 +148,14 @@ class Platform:
         """Benchmarks and comparisons of model versions."""
         from mlrig.registry.evaluation import Evaluator
 
-        return Evaluator(self.registry)
+        return Evaluator(self.registry, self.datasets)
+
+    @cached_property
+    def datasets(self) -> DatasetAccess:
+        """Where datasets a user names may be read from (``[datasets]``)."""
+        from mlrig.datasets.access import DatasetAccess
+
+        return DatasetAccess.from_settings(self.settings, self.artifacts)
 
     @cached_property
     def queue(self) -> JobQueue:
@@ -135,7 +169,9 @@ class Platform:
         """Training experiments: create, start, stop, rerun, compare; metrics and logs."""
         from mlrig.experiments import ExperimentService
 
-        return ExperimentService(self.db, self.queue, self.artifacts, self.hooks)
+        return ExperimentService(
+            self.db, self.queue, self.artifacts, self.hooks, settings=self.settings
+        )
 
     # --- serving --------------------------------------------------------------------
 
@@ -198,15 +234,6 @@ def _check(probe: Any) -> dict[str, Any]:
     except Exception as exc:
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
     return {"status": "ok", **details}
-
-
-def _resolve_root(cls: type, options: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """A backend option named ``root`` is a path: resolve it against the config's folder."""
-    field = cls.Options.model_fields.get("root")
-    if field is None:
-        return options
-    root = options.get("root", field.default)
-    return {**options, "root": str(settings.resolve_path(root))}
 
 
 def is_loopback(host: str) -> bool:

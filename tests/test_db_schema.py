@@ -640,15 +640,16 @@ def test_db_migrations_are_in_the_audit_log(tmp_path: Path) -> None:
     assert run_cli(["db", "upgrade"], config).exit_code == 0  # nothing to do: not recorded
     assert run_cli(["db", "downgrade", "-1", "--yes"], config).exit_code == 0
     rows = _audit_rows(url)
+    previous = migrate.revisions()[-2]  # where `downgrade -1` goes from head
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("db_upgrade", "failure", "0002"),
         ("db_upgrade", "success", migrate.head()),
-        ("db_downgrade", "success", "0002"),
+        ("db_downgrade", "success", previous),
     ]
     details = [r[3] if isinstance(r[3], dict) else json.loads(r[3]) for r in rows]
     assert details[0]["from"] == "0002" and "twin" in details[0]["error"]
     assert details[1] == {"from": "0002", "to": migrate.head()}
-    assert details[2] == {"from": migrate.head(), "to": "0002"}
+    assert details[2] == {"from": migrate.head(), "to": previous}
 
 
 def test_connections_racing_to_open_a_new_sqlite_database_all_get_wal(tmp_path: Path) -> None:

@@ -203,12 +203,12 @@ def test_delete_is_soft_and_refused_while_deployed(db_platform, users):
             )
         )
     with pytest.raises(ConflictError, match="deployed"):
-        db_platform.registry.delete_version("iris", "1")
+        db_platform.registry.delete_version("iris", "1", actor=users["ops"])
     with pytest.raises(ConflictError, match="deployed"):
-        db_platform.registry.delete_model("iris")
+        db_platform.registry.delete_model("iris", actor=users["ops"])
     with db_platform.db.session() as session:
         session.query(ModelDeployment).update({"status": "inactive"})
-    db_platform.registry.delete_model("iris")
+    db_platform.registry.delete_model("iris", actor=users["ops"])
     with pytest.raises(NotFoundError):
         db_platform.registry.get_model("iris")
     with pytest.raises(ConflictError, match="names are not reused"):

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mlrig.db.lookup import find_by_id_prefix
 from mlrig.db.models import (
+    Base,
     MLModel,
     ModelAlias,
     ModelArtifact,
@@ -22,10 +24,17 @@ from mlrig.db.models import (
     TrainingExperiment,
     User,
 )
-from mlrig.errors import ConflictError, NotFoundError, ValidationError
+from mlrig.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+    ValidationError,
+)
 from mlrig.registry.names import check_model_name, check_version_name
 from mlrig.registry.search import VersionQuery, build_query, next_cursor
 from mlrig.registry.views import artifact_view, model_view, version_view
+from mlrig.security import Permission
 
 if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
@@ -35,6 +44,8 @@ if TYPE_CHECKING:
     from mlrig.security import Principal
 
 ArtifactSource = BinaryIO | bytes | Path
+#: ``[registry] delete_retention_days`` when not configured
+DEFAULT_RETENTION_DAYS = 30
 #: deployment states in which a version counts as deployed
 LIVE_DEPLOYMENT_STATES = ("pending", "deploying", "active")
 #: version fields that are frozen once registered
@@ -65,6 +76,17 @@ def _as_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+def _clear_references(session: Session, table: Table, ids: list[uuid.UUID]) -> None:
+    """Set to NULL the nullable foreign keys (without ``ON DELETE``) that point at the
+    rows ``ids`` of ``table``, so that those rows can be deleted."""
+    for other in Base.metadata.sorted_tables:
+        for fk in other.foreign_keys:
+            if fk.column.table is table and fk.ondelete is None and fk.parent.nullable:
+                session.execute(
+                    other.update().where(fk.parent.in_(ids)).values({fk.parent.name: None})
+                )
+
+
 def _artifact_type(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if name == "mlrig-model.json":
@@ -79,10 +101,19 @@ def _artifact_type(path: str) -> str:
 class ModelRegistry:
     """Create, find, update and delete models and versions; store their artifacts."""
 
-    def __init__(self, db: Database, artifacts: ArtifactStore, hooks: Hooks) -> None:
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        hooks: Hooks,
+        *,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> None:
         self.db = db
         self.artifacts = artifacts
         self.hooks = hooks
+        #: how long deleted models and versions are kept before a purge may remove them
+        self.retention_days = retention_days
 
     def record_rewritten_artifact(self, stored: StoredArtifact) -> int:
         """Bring the rows of an artifact rewritten in place (a master-key rotation) up to
@@ -100,32 +131,61 @@ class ModelRegistry:
     # --- lookups ------------------------------------------------------------------------
 
     def _model(self, session: Session, ref: str) -> RegisteredModel:
-        """A live registered model by id or name."""
+        """A live registered model by id, name or a unique id prefix."""
+        live = RegisteredModel.deleted_at.is_(None)
         key = _as_uuid(ref)
-        column = RegisteredModel.id if key is not None else RegisteredModel.name
-        model = session.scalar(
-            select(RegisteredModel).where(
-                column == (key if key is not None else ref), RegisteredModel.deleted_at.is_(None)
-            )
-        )
+        if key is not None:
+            model = session.scalar(select(RegisteredModel).where(RegisteredModel.id == key, live))
+        else:
+            model = session.scalar(select(RegisteredModel).where(RegisteredModel.name == ref, live))
+            if model is None:
+                key = find_by_id_prefix(
+                    session, RegisteredModel.id, ref, where=[live], what="model"
+                )
+                if key is not None:
+                    model = session.get(RegisteredModel, key)
         if model is None:
+            deleted = self._deleted_model(session, ref)
+            if deleted is not None:
+                msg = (
+                    f"model {deleted.name!r} was deleted; restore it with: "
+                    f"mlrig models restore {deleted.name}"
+                )
+                raise NotFoundError(msg, details={"model": ref, "deleted": True})
             msg = f"no model {ref!r}; see: mlrig models list"
             raise NotFoundError(msg, details={"model": ref})
         return model
 
-    def _version(self, session: Session, model: RegisteredModel, ref: str) -> MLModel:
-        """A live version of ``model`` by version name, alias, ``latest`` or id."""
-        query = select(MLModel).where(
-            MLModel.registered_model_id == model.id, MLModel.deleted_at.is_(None)
-        )
+    def _deleted_model(self, session: Session, ref: str) -> RegisteredModel | None:
+        """A soft-deleted model by id, name or a unique id prefix (for restore)."""
+        gone = RegisteredModel.deleted_at.is_not(None)
+        key = _as_uuid(ref)
+        if key is None:
+            found = session.scalar(select(RegisteredModel).where(RegisteredModel.name == ref, gone))
+            if found is not None:
+                return found
+            key = find_by_id_prefix(
+                session, RegisteredModel.id, ref, where=[gone], what="deleted model"
+            )
+            if key is None:
+                return None
+        return session.scalar(select(RegisteredModel).where(RegisteredModel.id == key, gone))
+
+    def _version(
+        self, session: Session, model: RegisteredModel, ref: str, *, deleted: bool = False
+    ) -> MLModel:
+        """A live version of ``model`` by version name, alias, ``latest``, id or a unique
+        id prefix; with ``deleted``, a soft-deleted one by name, id or id prefix."""
+        state = MLModel.deleted_at.is_not(None) if deleted else MLModel.deleted_at.is_(None)
+        query = select(MLModel).where(MLModel.registered_model_id == model.id, state)
         key = _as_uuid(ref)
         if key is not None:
             found = session.scalar(query.where(MLModel.id == key))
-        elif ref == "latest":
+        elif ref == "latest" and not deleted:
             found = session.scalar(query.order_by(MLModel.created_at.desc()).limit(1))
         else:
             found = session.scalar(query.where(MLModel.version == ref))
-            if found is None:
+            if found is None and not deleted:
                 alias = session.scalar(
                     select(ModelAlias.model_version_id).where(
                         ModelAlias.registered_model_id == model.id, ModelAlias.alias == ref
@@ -133,8 +193,21 @@ class ModelRegistry:
                 )
                 if alias is not None:
                     found = session.scalar(query.where(MLModel.id == alias))
+            if found is None:
+                key = find_by_id_prefix(
+                    session,
+                    MLModel.id,
+                    ref,
+                    where=[MLModel.registered_model_id == model.id, state],
+                    what="version",
+                )
+                if key is not None:
+                    found = session.get(MLModel, key)
         if found is None:
-            msg = f"model {model.name!r} has no version or alias {ref!r}"
+            if deleted:
+                msg = f"model {model.name!r} has no deleted version {ref!r}"
+            else:
+                msg = f"model {model.name!r} has no version or alias {ref!r}"
             raise NotFoundError(msg, details={"model": model.name, "version": ref})
         return found
 
@@ -289,36 +362,327 @@ class ModelRegistry:
             )
         )
 
-    def delete_model(self, ref: str) -> dict[str, Any]:
-        """Soft-delete a model and its versions; :class:`ConflictError` while one is deployed."""
+    # --- deletes and restores ----------------------------------------------------------
+
+    def _guards(self, session: Session, versions: list[MLModel]) -> dict[str, list[str]]:
+        """Why each version may not simply be deleted: ``{version: [reasons]}``.
+
+        A version in production, pointed at by an alias or deployed is what someone
+        relies on; deleting it takes an admin's ``force``.
+        """
+        reasons: dict[str, list[str]] = {}
+        aliases = self._aliases_of(session, [v.id for v in versions])
+        deployed = set(self._deployed(session, [v.id for v in versions]))
+        for version in versions:
+            found = []
+            if version.stage == "production":
+                found.append("is in production")
+            if aliases.get(version.id):
+                found.append(f"has the alias {', '.join(aliases[version.id])}")
+            if version.version in deployed:
+                found.append("is deployed")
+            if found:
+                reasons[version.version] = found
+        return reasons
+
+    @staticmethod
+    def _check_delete(actor: Principal, force: bool) -> None:
+        actor.require(Permission.DELETE)
+        if force and not actor.can(Permission.ADMIN):
+            msg = (
+                f"user {actor.name!r} (role {actor.role}) cannot force a delete: "
+                "forcing the delete of a version in production, aliased or deployed "
+                "needs the admin role"
+            )
+            raise PermissionDeniedError(msg, details={"permission": Permission.ADMIN.value})
+
+    @staticmethod
+    def _refuse_guarded(what: str, reasons: dict[str, list[str]]) -> None:
+        listed = "; ".join(f"version {v} {' and '.join(r)}" for v, r in sorted(reasons.items()))
+        msg = (
+            f"cannot delete {what}: {listed}. Move it out of production, remove its aliases "
+            "and stop its deployments first, or have an admin delete it anyway "
+            "(--force; force=true over REST)"
+        )
+        raise ConflictError(msg, details={"reasons": reasons})
+
+    def _purge_after(self, deleted_at: datetime | None) -> str | None:
+        if deleted_at is None:
+            return None
+        return (deleted_at + timedelta(days=self.retention_days)).isoformat()
+
+    def _deletion_event(self, version: MLModel, action: str, actor: Principal) -> None:
+        self.hooks.model_stage_changed(
+            {
+                "model_id": str(version.registered_model_id),
+                "version_id": str(version.id),
+                "name": version.name,
+                "version": version.version,
+                "action": action,
+                "from": version.stage if action == "restored" else None,
+                "to": None,
+                "actor": actor.name,
+            }
+        )
+
+    def delete_model(self, ref: str, *, actor: Principal, force: bool = False) -> dict[str, Any]:
+        """Soft-delete a model and its versions (restorable with :meth:`restore_model`).
+
+        Needs the ``delete`` permission. Refused (:class:`ConflictError`) while a version
+        is in production, aliased or deployed, unless an admin passes ``force``.
+        """
+        self._check_delete(actor, force)
         with self.db.session() as session:
             model = self._model(session, ref)
-            versions = session.scalars(
-                select(MLModel).where(
-                    MLModel.registered_model_id == model.id, MLModel.deleted_at.is_(None)
+            versions = list(
+                session.scalars(
+                    select(MLModel).where(
+                        MLModel.registered_model_id == model.id, MLModel.deleted_at.is_(None)
+                    )
                 )
-            ).all()
-            deployed = self._deployed(session, [v.id for v in versions])
-            if deployed:
-                msg = (
-                    f"model {model.name!r} has deployed versions ({', '.join(sorted(deployed))}); "
-                    "stop their deployments first"
-                )
-                raise ConflictError(msg, details={"deployed_versions": sorted(deployed)})
+            )
+            reasons = self._guards(session, versions)
+            if reasons and not force:
+                self._refuse_guarded(f"model {model.name!r}", reasons)
             now = _now()
             model.deleted_at = now
             for version in versions:
                 version.deleted_at = now
-            return {"id": str(model.id), "name": model.name, "deleted": True}
+            # the versions deleted with the model come back with it; aliases do not
+            session.execute(
+                ModelAlias.__table__.delete().where(ModelAlias.registered_model_id == model.id)
+            )
+            session.flush()
+            for version in versions:
+                self._deletion_event(version, "deleted", actor)
+            return {
+                "id": str(model.id),
+                "name": model.name,
+                "deleted": True,
+                "forced": bool(reasons),
+                "versions": sorted(v.version for v in versions),
+                "deleted_at": now.isoformat(),
+                "purge_after": self._purge_after(now),
+            }
+
+    def restore_model(self, ref: str, *, actor: Principal) -> dict[str, Any]:
+        """Bring back a deleted model with the versions deleted along with it."""
+        actor.require(Permission.DELETE)
+        with self.db.session() as session:
+            model = self._deleted_model(session, ref)
+            if model is None:
+                live = session.scalar(
+                    select(RegisteredModel.name).where(
+                        RegisteredModel.name == ref, RegisteredModel.deleted_at.is_(None)
+                    )
+                )
+                msg = (
+                    f"model {ref!r} is not deleted"
+                    if live
+                    else f"no deleted model {ref!r}; see: mlrig models list --deleted"
+                )
+                raise NotFoundError(msg, details={"model": ref})
+            versions = list(
+                session.scalars(
+                    select(MLModel).where(
+                        MLModel.registered_model_id == model.id,
+                        MLModel.deleted_at == model.deleted_at,
+                    )
+                )
+            )
+            model.deleted_at = None
+            for version in versions:
+                version.deleted_at = None
+            session.flush()
+            for version in versions:
+                self._deletion_event(version, "restored", actor)
+            view = self._model_detail(session, model)
+            view["restored_versions"] = sorted(v.version for v in versions)
+            return view
+
+    def restore_version(
+        self, model_ref: str, version_ref: str, *, actor: Principal
+    ) -> dict[str, Any]:
+        """Bring back a deleted version of a live model (its aliases stay removed)."""
+        actor.require(Permission.DELETE)
+        with self.db.session() as session:
+            model = self._model(session, model_ref)
+            version = self._version(session, model, version_ref, deleted=True)
+            version.deleted_at = None
+            session.flush()
+            self._deletion_event(version, "restored", actor)
+            return self._version_detail(session, version)
+
+    def list_deleted(self, model_ref: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """What can be restored: ``{"models": [...], "versions": [...]}``, newest first.
+
+        ``versions`` are the deleted versions of live models (those of a deleted model
+        come back with it); each entry has ``deleted_at`` and ``purge_after``.
+        """
+        with self.db.session() as session:
+            models: list[dict[str, Any]] = []
+            if model_ref is None:
+                for model in session.scalars(
+                    select(RegisteredModel)
+                    .where(RegisteredModel.deleted_at.is_not(None))
+                    .order_by(RegisteredModel.deleted_at.desc())
+                ):
+                    count = session.scalar(
+                        select(func.count())
+                        .select_from(MLModel)
+                        .where(
+                            MLModel.registered_model_id == model.id,
+                            MLModel.deleted_at == model.deleted_at,
+                        )
+                    )
+                    models.append(
+                        {
+                            "id": str(model.id),
+                            "name": model.name,
+                            "versions": count,
+                            "deleted_at": model.deleted_at.isoformat(),
+                            "purge_after": self._purge_after(model.deleted_at),
+                        }
+                    )
+            stmt = (
+                select(MLModel)
+                .join(RegisteredModel, RegisteredModel.id == MLModel.registered_model_id)
+                .where(MLModel.deleted_at.is_not(None), RegisteredModel.deleted_at.is_(None))
+                .order_by(MLModel.deleted_at.desc())
+            )
+            if model_ref is not None:
+                stmt = stmt.where(MLModel.registered_model_id == self._model(session, model_ref).id)
+            versions = [
+                {
+                    "id": str(v.id),
+                    "name": v.name,
+                    "version": v.version,
+                    "stage": v.stage,
+                    "deleted_at": v.deleted_at.isoformat() if v.deleted_at else None,
+                    "purge_after": self._purge_after(v.deleted_at),
+                }
+                for v in session.scalars(stmt)
+            ]
+            return {"models": models, "versions": versions}
+
+    def purge(
+        self, *, actor: Principal, older_than_days: int | None = None, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Remove for good the models and versions deleted more than ``older_than_days``
+        (default: the retention period) ago: their rows, then their artifacts.
+
+        Needs the admin role. Rows that pointed at a purged version (experiments,
+        deployments) keep their history with the link cleared. An object that cannot be
+        removed is left to ``mlrig storage gc``.
+        """
+        actor.require(Permission.ADMIN)
+        days = self.retention_days if older_than_days is None else older_than_days
+        cutoff = _now() - timedelta(days=days)
+        with self.db.session() as session:
+            models = list(
+                session.scalars(select(RegisteredModel).where(RegisteredModel.deleted_at < cutoff))
+            )
+            model_ids = [m.id for m in models]
+            versions = list(
+                session.scalars(
+                    select(MLModel).where(
+                        (MLModel.deleted_at < cutoff) | MLModel.registered_model_id.in_(model_ids)
+                    )
+                )
+            )
+            version_ids = [v.id for v in versions]
+            keys = list(
+                session.scalars(
+                    select(ModelArtifact.storage_path).where(
+                        ModelArtifact.model_id.in_(version_ids)
+                    )
+                )
+            )
+            result = {
+                "models": sorted(m.name for m in models),
+                "versions": sorted(f"{v.name}/{v.version}" for v in versions),
+                "objects": len(keys),
+                "older_than_days": days,
+                "dry_run": dry_run,
+            }
+            if dry_run or (not versions and not models):
+                return result
+            _clear_references(session, MLModel.__table__, version_ids)
+            session.execute(MLModel.__table__.delete().where(MLModel.id.in_(version_ids)))
+            session.execute(
+                RegisteredModel.__table__.delete().where(RegisteredModel.id.in_(model_ids))
+            )
+        # the rows are gone: from here on a failure only leaves an orphan for storage gc
+        left = 0
+        for key in keys:
+            try:
+                self.artifacts.delete(key)
+            except StorageError:
+                left += 1
+        result["objects_left"] = left
+        return result
 
     # --- versions ------------------------------------------------------------------------
 
-    def _next_version(self, session: Session, model: RegisteredModel) -> str:
-        existing = session.scalars(
-            select(MLModel.version).where(MLModel.registered_model_id == model.id)
-        ).all()
-        numbers = [int(v) for v in existing if v.isdigit()]
-        return str(max(numbers, default=0) + 1)
+    def _claim_version(self, session: Session, model_id: uuid.UUID, version: str | None) -> str:
+        """The version name to insert, taken under the model row's lock.
+
+        The update is the transaction's first write: it waits for any other registration
+        into the same model to commit (PostgreSQL's row lock, SQLite's single writer), and
+        a failed insert rolls it back, so numbers are unique and leave no gap.
+        """
+        table = RegisteredModel.__table__
+        counter = table.c.last_version
+        if version is not None and not version.isdigit():
+            return version  # a chosen name: the unique constraint is enough
+        if version is None:
+            raised = counter + 1
+        else:  # a chosen number: automatic numbering continues after it
+            raised = case((counter < int(version), int(version)), else_=counter)
+        number = session.execute(
+            table.update()
+            .where(table.c.id == model_id, table.c.deleted_at.is_(None))
+            .values(last_version=raised, updated_at=_now())
+            .returning(counter)
+        ).scalar_one_or_none()
+        if number is None:
+            msg = "the model was deleted while the version was being registered"
+            raise NotFoundError(msg, details={"model": str(model_id)})
+        return version if version is not None else str(number)
+
+    def _ensure_model(self, name: str, actor: Principal) -> uuid.UUID | None:
+        """Create the model ``name`` unless it exists; its id if this call created it."""
+        with self.db.session() as session:
+            if session.scalar(select(RegisteredModel.id).where(RegisteredModel.name == name)):
+                return None
+        try:
+            return uuid.UUID(self.create_model(name=name, actor=actor)["id"])
+        except ConflictError:
+            return None  # created concurrently
+
+    def _drop_if_empty(self, model_id: uuid.UUID) -> None:
+        """Remove a model this registration created and that still has no version."""
+        with self.db.session() as session:
+            has_versions = (
+                select(MLModel.id).where(MLModel.registered_model_id == model_id).exists()
+            )
+            session.execute(
+                RegisteredModel.__table__.delete().where(
+                    RegisteredModel.id == model_id, ~has_versions
+                )
+            )
+
+    def _creator_id(self, session: Session, created_by: uuid.UUID | str) -> uuid.UUID:
+        """A user id from a user id or name (the creator recorded on a version)."""
+        key = created_by if isinstance(created_by, uuid.UUID) else _as_uuid(created_by)
+        if key is None:
+            key = session.scalar(select(User.id).where(User.name == created_by))
+        elif session.get(User, key) is None:
+            key = None
+        if key is None:
+            msg = f"no user {str(created_by)!r} to record as the creator; see: mlrig users list"
+            raise ValidationError(msg)
+        return key
 
     def create_version(
         self,
@@ -341,11 +705,17 @@ class ModelRegistry:
         parent_version: str | None = None,
         datasets: list[dict[str, str]] | None = None,
         code_version: str | None = None,
+        created_by: uuid.UUID | str | None = None,
     ) -> dict[str, Any]:
         """Register a new immutable version with its artifact files.
 
-        The files are uploaded first, then the row is written; if anything fails, the
-        uploaded objects are removed again, so a failed registration leaves nothing.
+        The files are uploaded first, then the row is written with the next version
+        number (taken atomically: concurrent registrations into one model never collide);
+        if anything fails, the uploaded objects are removed again and a model this call
+        created is removed too, so a failed registration leaves nothing.
+
+        :param created_by: the user recorded as the creator (an id or a name), when it is
+            not ``actor`` itself: a trainer registers for the experiment's creator.
         """
         if not files:
             msg = "a version needs at least one artifact file"
@@ -356,74 +726,99 @@ class ModelRegistry:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 msg = f"metric {metric!r} must be a number, got {value!r}"
                 raise ValidationError(msg)
-        if create_model:
-            try:
-                self.get_model(model_ref)
-            except NotFoundError:
-                try:
-                    self.create_model(name=model_ref, actor=actor)
-                except ConflictError:
-                    pass  # created concurrently
-        version_id = uuid.uuid4()
+        created_model = self._ensure_model(model_ref, actor) if create_model else None
+        try:
+            view = self._insert_version(
+                model_ref,
+                files=files,
+                actor=actor,
+                version=version,
+                created_by=created_by,
+                parent_version=parent_version,
+                source_experiment_id=source_experiment_id,
+                fields={
+                    "description": description,
+                    "framework": framework,
+                    "model_type": model_type,
+                    "tags": dict(tags or {}),
+                    "params": dict(params or {}),
+                    "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+                    "signature": signature,
+                    "requirements": list(requirements or []),
+                    "source_run": source_run,
+                    "datasets": list(datasets or []),
+                    "code_version": code_version,
+                },
+            )
+        except BaseException:
+            if created_model is not None:
+                self._drop_if_empty(created_model)
+            raise
+        self.hooks.model_version_created(view)
+        return view
+
+    def _insert_version(
+        self,
+        model_ref: str,
+        *,
+        files: Mapping[str, ArtifactSource],
+        actor: Principal,
+        version: str | None,
+        created_by: uuid.UUID | str | None,
+        parent_version: str | None,
+        source_experiment_id: str | None,
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
         with self.db.session() as session:
             model = self._model(session, model_ref)
             parent_id = self._version(session, model, parent_version).id if parent_version else None
+            experiment = _as_uuid(source_experiment_id) if source_experiment_id else None
             if parent_version is None and source_experiment_id is not None:
-                experiment = _as_uuid(source_experiment_id)
                 if experiment is None or session.get(TrainingExperiment, experiment) is None:
                     msg = f"no experiment {source_experiment_id!r} to record as the source"
                     raise ValidationError(msg)
-            row = MLModel(
-                id=version_id,
-                registered_model_id=model.id,
-                name=model.name,
-                version=version or self._next_version(session, model),
-                description=description,
-                framework=framework,
-                model_type=model_type,
-                created_by=actor.user_id,
-                tags=dict(tags or {}),
-                params=dict(params or {}),
-                metrics={k: float(v) for k, v in (metrics or {}).items()},
-                signature=signature,
-                requirements=list(requirements or []),
-                source_experiment_id=_as_uuid(source_experiment_id)
-                if source_experiment_id
-                else None,
-                source_run=source_run,
-                parent_version_id=parent_id,
-                datasets=list(datasets or []),
-                code_version=code_version,
+            creator = actor.user_id if created_by is None else self._creator_id(session, created_by)
+            creator_name = (
+                actor.name if created_by is None else self._user_names(session, {creator})[creator]
             )
-            prefix = self.artifact_prefix(row)
-            model_name, version_name = model.name, row.version
-            try:
-                with self.artifacts.atomic() as tx:
-                    for path in sorted(files):
-                        stored = tx.put(prefix + path, files[path])
-                        row.artifacts.append(
-                            ModelArtifact(
-                                artifact_type=_artifact_type(path),
-                                storage_path=stored.key,
-                                file_size=stored.size,
-                                checksum=stored.sha256,
-                                metadata_=stored.to_metadata(),
-                                compression=stored.compression,
-                                encryption=stored.encryption,
-                            )
+            model_id, model_name = model.id, model.name
+        row = MLModel(
+            id=uuid.uuid4(),
+            registered_model_id=model_id,
+            name=model_name,
+            created_by=creator,
+            source_experiment_id=experiment,
+            parent_version_id=parent_id,
+            **fields,
+        )
+        prefix = self.artifact_prefix(row)
+        try:
+            with self.artifacts.atomic() as tx:
+                # upload before taking the model's lock: other registrations wait only
+                # for the insert, not for these bytes
+                for path in sorted(files):
+                    stored = tx.put(prefix + path, files[path])
+                    row.artifacts.append(
+                        ModelArtifact(
+                            artifact_type=_artifact_type(path),
+                            storage_path=stored.key,
+                            file_size=stored.size,
+                            checksum=stored.sha256,
+                            metadata_=stored.to_metadata(),
+                            compression=stored.compression,
+                            encryption=stored.encryption,
                         )
+                    )
+                # committed inside the artifact transaction: if the row cannot be written
+                # (a duplicate version, a lost connection), the objects go too
+                with self.db.session() as session:
+                    row.version = self._claim_version(session, model_id, version)
                     session.add(row)
-                    # commit inside the artifact transaction: if the row cannot be
-                    # written (a duplicate version, a lost connection), the objects go too
-                    session.commit()
-            except IntegrityError:
-                session.rollback()
-                msg = f"model {model_name!r} already has a version {version_name!r}"
-                raise ConflictError(msg) from None
-            artifacts = [artifact_view(a, prefix) for a in row.artifacts]
-            view = version_view(row, creator=actor.name, aliases=[], artifacts=artifacts)
-        self.hooks.model_version_created(view)
-        return view
+        except IntegrityError:
+            msg = f"model {model_name!r} already has a version {row.version!r}"
+            raise ConflictError(msg) from None
+        artifacts = [artifact_view(a, prefix) for a in row.artifacts]
+        return version_view(row, creator=creator_name, aliases=[], artifacts=artifacts)
 
     def get_version(self, model_ref: str, version_ref: str) -> dict[str, Any]:
         """A version with its artifacts, aliases and lineage both ways."""
@@ -509,25 +904,37 @@ class ModelRegistry:
             session.flush()
             return self._version_detail(session, version)
 
-    def delete_version(self, model_ref: str, version_ref: str) -> dict[str, Any]:
-        """Soft-delete a version; :class:`ConflictError` while it is deployed."""
+    def delete_version(
+        self, model_ref: str, version_ref: str, *, actor: Principal, force: bool = False
+    ) -> dict[str, Any]:
+        """Soft-delete a version (restorable with :meth:`restore_version`).
+
+        Needs the ``delete`` permission. Refused (:class:`ConflictError`) while the version
+        is in production, aliased or deployed, unless an admin passes ``force`` (its
+        aliases are then removed).
+        """
+        self._check_delete(actor, force)
         with self.db.session() as session:
             version = self._version(session, self._model(session, model_ref), version_ref)
-            if self._deployed(session, [version.id]):
-                msg = (
-                    f"version {version.version!r} of {version.name!r} is deployed; "
-                    "stop its deployments first"
-                )
-                raise ConflictError(msg)
+            reasons = self._guards(session, [version])
+            if reasons and not force:
+                self._refuse_guarded(f"version {version.version!r} of {version.name!r}", reasons)
+            aliases = self._aliases_of(session, [version.id]).get(version.id, [])
             version.deleted_at = _now()
             session.execute(
                 ModelAlias.__table__.delete().where(ModelAlias.model_version_id == version.id)
             )
+            session.flush()
+            self._deletion_event(version, "deleted", actor)
             return {
                 "id": str(version.id),
                 "name": version.name,
                 "version": version.version,
                 "deleted": True,
+                "forced": bool(reasons),
+                "removed_aliases": aliases,
+                "deleted_at": version.deleted_at.isoformat(),
+                "purge_after": self._purge_after(version.deleted_at),
             }
 
     def search_versions(self, query: VersionQuery) -> dict[str, Any]:

@@ -1,0 +1,191 @@
+"""Version numbers under concurrent registrations, and what a failed registration leaves,
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+
+from mlrig.artifacts import ArtifactStore
+from mlrig.db.models import MLModel, RegisteredModel
+from mlrig.errors import NotFoundError, StorageError, ValidationError
+from mlrig.plugins.storage_local import LocalStorage
+from mlrig.registry.service import ModelRegistry
+from mlrig.security import Principal
+from mlrig.testing.fixtures import make_platform
+
+ACTOR = Principal(name="racer", role="developer")
+
+
+def _numbers(platform: Any, name: str) -> list[int]:
+    return sorted(int(v["version"]) for v in platform.registry.iter_versions(name))
+
+
+def test_twenty_threads_register_into_one_new_model(db_platform: Any) -> None:
+    """The quickstart case: everyone creates the model and registers at the same moment."""
+    start = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        start.wait()
+        try:
+            db_platform.registry.create_version(
+                "racy", files={"model.bin": f"weights {i}".encode()}, actor=ACTOR, create_model=True
+            )
+        except BaseException as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert _numbers(db_platform, "racy") == list(range(1, 21))
+    # every version kept its own bytes
+    info, stream = db_platform.registry.open_artifact("racy", "20", "model.bin")
+    with stream:
+        assert stream.read().startswith(b"weights ")
+
+
+def _register_from_process(home: str, url: str, barrier: Any, count: int) -> None:
+    platform = make_platform(Path(home), database={"url": url})
+    try:
+        barrier.wait()
+        for i in range(count):
+            platform.registry.create_version(
+                "multi", files={"model.bin": f"{i}".encode()}, actor=ACTOR, create_model=True
+            )
+    finally:
+        platform.close()
+
+
+def test_four_processes_register_five_versions_each(
+    db_platform: Any, db_url: str, tmp_path: Path
+) -> None:
+    """Separate processes meet at the database only (SQLite's file lock, PostgreSQL's row
+    lock), not at an in-process lock."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    home = str(tmp_path / "home")  # the same artifact root as db_platform
+    procs = [
+        ctx.Process(target=_register_from_process, args=(home, db_url, barrier, 5))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert _numbers(db_platform, "multi") == list(range(1, 21))
+
+
+def test_automatic_numbers_continue_after_a_chosen_number(db_platform: Any) -> None:
+    registry = db_platform.registry
+    files = {"m.bin": b"x"}
+    registry.create_version("chosen", files=files, actor=ACTOR, create_model=True)
+    registry.create_version("chosen", files=files, actor=ACTOR, version="7")
+    registry.create_version("chosen", files=files, actor=ACTOR, version="beta")
+    assert registry.create_version("chosen", files=files, actor=ACTOR)["version"] == "8"
+
+
+def test_numbers_of_deleted_versions_are_not_reused(db_platform: Any) -> None:
+    registry = db_platform.registry
+    files = {"m.bin": b"x"}
+    registry.create_version("gone", files=files, actor=ACTOR, create_model=True)
+    registry.create_version("gone", files=files, actor=ACTOR)
+    registry.delete_version("gone", "2", actor=Principal(name="ops", role="deployer"))
+    assert registry.create_version("gone", files=files, actor=ACTOR)["version"] == "3"
+
+
+# --- a failed registration leaves nothing ------------------------------------------------
+
+
+def _rows(platform: Any, name: str) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    with platform.db.session() as session:
+        models = session.scalar(
+            select(func.count()).select_from(RegisteredModel).where(RegisteredModel.name == name)
+        )
+        versions = session.scalar(
+            select(func.count()).select_from(MLModel).where(MLModel.name == name)
+        )
+    return models, versions
+
+
+def test_a_failed_first_registration_leaves_no_model(db_platform: Any) -> None:
+    """The model is created first; a registration failing after that removes it again."""
+    registry = db_platform.registry
+    with pytest.raises(NotFoundError, match="no version or alias 'nope'"):
+        registry.create_version(
+            "orphan",
+            files={"m.bin": b"x"},
+            actor=ACTOR,
+            create_model=True,
+            parent_version="nope",
+        )
+    with pytest.raises(ValidationError, match="no experiment"):
+        registry.create_version(
+            "orphan",
+            files={"m.bin": b"x"},
+            actor=ACTOR,
+            create_model=True,
+            source_experiment_id="not-an-experiment",
+        )
+    assert _rows(db_platform, "orphan") == (0, 0)
+    with pytest.raises(NotFoundError):
+        registry.get_model("orphan")
+    # the name is free: a later registration creates the model
+    assert registry.create_version(
+        "orphan", files={"m.bin": b"x"}, actor=ACTOR, create_model=True
+    )["version"] == "1"
+
+
+class FullDiskStorage(LocalStorage):
+    """Local storage on a disk that fills up after the first object: the second write
+    fails midway, as a full disk or a lost connection would."""
+
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        self.writes = 0
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        self.writes += 1
+        with super().open_write(key) as handle:
+            yield handle
+            if self.writes > 1:
+                msg = f"cannot write {key!r}: no space left on device"
+                raise StorageError(msg)
+
+
+def test_a_storage_failure_leaves_no_model_and_no_object(db_platform: Any, tmp_path: Path) -> None:
+    storage = FullDiskStorage(LocalStorage.Options(root=str(tmp_path / "full")))
+    registry = ModelRegistry(db_platform.db, ArtifactStore(storage), db_platform.hooks)
+    with pytest.raises(StorageError, match="no space left"):
+        registry.create_version(
+            "half",
+            files={"a.bin": b"a" * 10_000, "b.bin": b"b"},
+            actor=ACTOR,
+            create_model=True,
+        )
+    assert storage.writes == 2  # the first object was written, then removed again
+    assert list(storage.list("")) == []
+    assert _rows(db_platform, "half") == (0, 0)
+
+
+def test_a_failure_does_not_remove_a_model_that_existed(db_platform: Any) -> None:
+    registry = db_platform.registry
+    registry.create_model(name="kept", actor=ACTOR)
+    with pytest.raises(NotFoundError):
+        registry.create_version(
+            "kept", files={"m.bin": b"x"}, actor=ACTOR, create_model=True, parent_version="9"
+        )
+    assert _rows(db_platform, "kept") == (1, 0)
