@@ -140,6 +140,9 @@ class RegistrySection(Section):
     approver_must_differ: bool = True
     #: moving a version to production archives the model's previous production versions
     archive_previous_production: bool = True
+    #: deleted models and versions stay restorable; `mlrig models purge` removes for good
+    #: only those deleted more than this many days ago
+    delete_retention_days: int = Field(default=30, ge=0, le=36_500)
 
 
 class Settings(BaseSettings):
