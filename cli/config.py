@@ -17,10 +17,19 @@ def config() -> None:
 @json_option
 def show(as_json: bool) -> None:
     """Print the effective config (file + MLRIG_* overrides), secrets redacted."""
-    from mlrig.config import load_settings
+    from mlrig.config import load_settings, secret_option_keys
 
     settings = load_settings(get_state().config_path)
-    data = {"source": str(settings.source) if settings.source else None, **settings.redacted()}
+    pm = get_state().pm
+    pm.validate_plugin_options(settings)  # a [plugins.NAME] typo fails here too
+    secrets = {}
+    for name in settings.plugins.names():
+        model = pm.options_model(name) if pm.get_plugin(name) is not None else None
+        secrets[name] = secret_option_keys(model) if model is not None else set()
+    data = {
+        "source": str(settings.source) if settings.source else None,
+        **settings.redacted(secret_options=secrets),
+    }
     if as_json:
         print_json(data)
         return

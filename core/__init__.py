@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Platform": "mlrig.platform",
     "Client": "mlrig.client",
+    "ConfigPath": "mlrig.config",
     "Settings": "mlrig.config",
     "load_settings": "mlrig.config",
     "hookimpl": "mlrig.hooks",
@@ -24,6 +25,7 @@ _EXPORTS = {
     "Trainer": "mlrig.contracts",
     "TrainingContext": "mlrig.contracts",
     "TrainResult": "mlrig.contracts",
+    "PermanentError": "mlrig.contracts",
     "ModelRuntime": "mlrig.contracts",
     "LoadedModel": "mlrig.contracts",
     "SearchStrategy": "mlrig.contracts",
@@ -35,6 +37,7 @@ _EXPORTS = {
 
 __all__ = [
     "Client",
+    "ConfigPath",
     "Executor",
     "JobHandle",
     "JobSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "MlrigError",
     "ModelRuntime",
     "Monitor",
+    "PermanentError",
     "Platform",
     "SearchStrategy",
     "Settings",
@@ -57,7 +61,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mlrig.client import Client
-    from mlrig.config import Settings, load_settings
+    from mlrig.config import ConfigPath, Settings, load_settings
     from mlrig.contracts import (
         Executor,
         JobHandle,
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
         LoadedModel,
         ModelRuntime,
         Monitor,
+        PermanentError,
         SearchStrategy,
         StorageBackend,
         Trainer,

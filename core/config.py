@@ -14,9 +14,18 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -32,6 +41,24 @@ CONFIG_ENV = "MLRIG_CONFIG"
 #: the effective settings handed from a worker to its job processes (see Settings.to_json)
 INHERITED_ENV = "MLRIG_SETTINGS_JSON"
 DEFAULT_HOME = ".mlrig"
+#: the validation-context key :data:`ConfigPath` reads the config file's folder from
+CONFIG_DIR_CONTEXT = "mlrig_config_dir"
+
+
+def _resolve_config_path(value: Path, info: ValidationInfo) -> Path:
+    path = value.expanduser()
+    base = (info.context or {}).get(CONFIG_DIR_CONTEXT)
+    if base is None or path.is_absolute():
+        return path
+    return Path(base) / path
+
+
+#: A path option: a relative value is resolved against the folder of the config file (the
+#: working directory when there is none), so the server, the workers and every job process,
+#: each in its own working directory, mean the same file. Use it in a backend's or a hook
+#: plugin's ``Options`` model: ``path: ConfigPath = Path("events.jsonl")``; defaults are
+#: resolved too. Resolution happens in :func:`validate_options`.
+ConfigPath = Annotated[Path, AfterValidator(_resolve_config_path)]
 
 
 class Section(BaseModel):
@@ -133,6 +160,20 @@ class AuthSection(Section):
     token_ttl_days: int | None = Field(default=None, ge=1)
 
 
+_MIB = 1024 * 1024
+
+
+class ApiSection(Section):
+    """Limits of the REST API. Sizes are bytes or strings such as ``"16MiB"``."""
+
+    #: the largest request body of an ordinary (JSON) route
+    max_body_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(1 * _MIB)
+    #: the largest body of a metric ingest request (``POST /experiments/{id}/metrics``)
+    max_metrics_body_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(16 * _MIB)
+    #: the largest artifact upload (``POST /models/{id}/versions``, all files together)
+    max_upload_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(5 * 1024 * _MIB)
+
+
 class RegistrySection(Section):
     #: stages a version can only reach through an approved request
     approval_required_for: list[Literal["staging", "production", "archived"]] = ["production"]
@@ -143,6 +184,44 @@ class RegistrySection(Section):
     #: deleted models and versions stay restorable; `mlrig models purge` removes for good
     #: only those deleted more than this many days ago
     delete_retention_days: int = Field(default=30, ge=0, le=36_500)
+
+
+class DatasetsSection(Section):
+    """Where the server may read datasets a user names (``dataset_uri`` of an evaluation,
+    an experiment's ``--data``). The artifact store (``artifact://KEY``) and the bundled
+    datasets are always allowed; anything else must be listed here."""
+
+    #: folders whose files may be read (relative ones start at the config file's folder)
+    allowed_roots: list[str] = Field(default_factory=list)
+    #: object-store schemes read through fsspec with the server's credentials
+    allowed_schemes: list[Literal["s3", "s3a", "gs", "gcs", "az", "abfs"]] = Field(
+        default_factory=list
+    )
+    #: the largest dataset read (bytes, or a string such as "512MiB"); larger: 413
+    max_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(256 * _MIB)
+
+
+class PluginsSection(Section):
+    """``[plugins.NAME]`` tables, one per hook plugin, each validated by that plugin's
+    ``Options`` model when the platform is assembled (see :mod:`mlrig.hooks`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="after")
+    def _only_tables(self) -> PluginsSection:
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                msg = f"expected the table [plugins.{key}] of a hook plugin (found {value!r})"
+                raise _KeyError(key, msg)
+        return self
+
+    def options(self, name: str) -> dict[str, Any]:
+        """The raw ``[plugins.NAME]`` table (empty if the file has none)."""
+        return dict((self.model_extra or {}).get(name, {}))
+
+    def names(self) -> list[str]:
+        """The plugins the config has a table for."""
+        return sorted(self.model_extra or {})
 
 
 class Settings(BaseSettings):
@@ -160,7 +239,10 @@ class Settings(BaseSettings):
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
     server: ServerSection = Field(default_factory=ServerSection)
     auth: AuthSection = Field(default_factory=AuthSection)
+    api: ApiSection = Field(default_factory=ApiSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+    datasets: DatasetsSection = Field(default_factory=DatasetsSection)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
 
     #: the file the settings were read from, if any (not a config key)
     _source: Path | None = None
@@ -224,8 +306,12 @@ class Settings(BaseSettings):
             }
         )
 
-    def redacted(self) -> dict[str, Any]:
-        """The effective settings as plain data, with every secret hidden."""
+    def redacted(self, *, secret_options: dict[str, set[str]] | None = None) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret hidden.
+
+        :param secret_options: ``[plugins.NAME]`` -> keys its options model declares as
+            secrets (``SecretStr``), hidden whatever their name.
+        """
         data = self.model_dump(mode="json")
         data["database"]["url"] = redact_url(self.database.url)
         if self.storage.master_key is not None:
@@ -233,18 +319,22 @@ class Settings(BaseSettings):
         data["storage"]["previous_master_keys"] = ["********"] * len(
             self.storage.previous_master_keys
         )
-        for section in ("storage", "executor"):
+        for section in ("storage", "executor", "plugins"):
             for key, table in data[section].items():
                 if isinstance(table, dict):
-                    data[section][key] = _redact_table(table)
+                    extra = (secret_options or {}).get(key, set()) if section == "plugins" else ()
+                    data[section][key] = _redact_table(table, extra)
         return data
 
 
 _SECRET_KEY = re.compile(r"(secret|password|token|key)", re.I)
 
 
-def _redact_table(table: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("********" if _SECRET_KEY.search(k) and v else v) for k, v in table.items()}
+def _redact_table(table: dict[str, Any], secrets: Any = ()) -> dict[str, Any]:
+    return {
+        k: ("********" if (_SECRET_KEY.search(k) or k in secrets) and v else v)
+        for k, v in table.items()
+    }
 
 
 def redact_url(url: str) -> str:
@@ -296,29 +386,97 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(msg) from None
 
 
-def _one_line(exc: PydanticValidationError, source: Path | None) -> str:
+def _one_line(
+    exc: PydanticValidationError,
+    source: Path | None,
+    *,
+    where: tuple[str, ...] = (),
+    model: type[BaseModel] | None = None,
+) -> str:
+    """The first error of ``exc`` as one line naming the key: ``where`` is the dotted
+    location of ``model`` in the config (``("plugins", "example")``)."""
     first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    inner = [str(p) for p in first["loc"]]
+    loc = [*where, *inner]
     found = first.get("input")
     ctx_error = (first.get("ctx") or {}).get("error")
-    where = f" in {source}" if source else ""
+    at = f" in {source}" if source else ""
     if isinstance(ctx_error, _KeyError):
         key = ".".join([*loc, ctx_error.key])
-        return f"config error{where}: {key}: {ctx_error.message}"
+        return f"config error{at}: {key}: {ctx_error.message}"
     key = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"config error{where}: {key}: unknown key (found {found!r}); {_allowed(loc)}"
-    return f"config error{where}: {key}: {first['msg'].lower()} (found {found!r})"
+        allowed = _allowed(inner, model or Settings)
+        return f"config error{at}: {key}: unknown key (found {found!r}); {allowed}"
+    return f"config error{at}: {key}: {first['msg'].lower()} (found {found!r})"
 
 
-def _allowed(loc: list[str]) -> str:
-    model: Any = Settings
+def _allowed(loc: list[str], model: Any) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         if field is None or not isinstance(field.annotation, type):
             return ""
         model = field.annotation
-    return "allowed: " + ", ".join(model.model_fields)
+    return "allowed: " + (", ".join(model.model_fields) or "no keys")
+
+
+def _with_defaults(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the defaults it lacks filled in, nested models included, so that
+    defaults go through validation too (a default :data:`ConfigPath` is resolved)."""
+    data = dict(raw)
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            if field.is_required() or field.default_factory_takes_validated_data:
+                continue
+            data[key] = field.get_default(call_default_factory=True)
+        sub, value = field.annotation, data[key]
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            if isinstance(value, BaseModel):  # an instance would not be validated again
+                value = value.model_dump(by_alias=True, exclude_unset=True)
+            if isinstance(value, dict):
+                data[key] = _with_defaults(sub, value)
+    return data
+
+
+def secret_option_keys(model: type[BaseModel]) -> set[str]:
+    """The keys of an options model typed ``SecretStr``/``SecretBytes`` (or optional)."""
+    from typing import get_args
+
+    from pydantic import SecretBytes
+
+    secret = (SecretStr, SecretBytes)
+    return {
+        field.alias or name
+        for name, field in model.model_fields.items()
+        if field.annotation in secret or any(a in secret for a in get_args(field.annotation))
+    }
+
+
+def validate_options(
+    model: type[BaseModel],
+    raw: dict[str, Any],
+    *,
+    where: str,
+    base_dir: Path | None = None,
+    source: Path | None = None,
+) -> Any:
+    """Validate a backend's or hook plugin's option table against its ``Options`` model.
+
+    :data:`ConfigPath` fields, defaults included, are resolved against ``base_dir`` (the
+    config file's folder).
+
+    :param where: the table's dotted place in the config (``storage.s3``, ``plugins.x``),
+        named in errors.
+    :raises ConfigError: one line naming the key, what was found and what is allowed.
+    """
+    context = {CONFIG_DIR_CONTEXT: base_dir} if base_dir is not None else None
+    try:
+        return model.model_validate(_with_defaults(model, raw), context=context)
+    except PydanticValidationError as exc:
+        raise ConfigError(
+            _one_line(exc, source, where=tuple(where.split(".")), model=model)
+        ) from None
 
 
 def load_settings(

@@ -1,8 +1,15 @@
-"""The plugin manager and the typed facade through which core calls hooks."""
+"""The plugin manager and the typed facade through which core calls hooks.
+
+A hook plugin may declare an ``Options`` pydantic model (a module attribute or a class
+attribute of the plugin object): its ``[plugins.NAME]`` config table, ``NAME`` being the
+plugin's entry-point name, is validated against it when the platform is assembled, and
+the plugin reads the result with ``platform.plugin_options(NAME)``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -10,11 +17,14 @@ import pluggy
 
 from mlrig import hookspecs
 from mlrig.backends import HOOKS_GROUP
+from mlrig.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
     import click
     from fastapi import FastAPI
+    from pydantic import BaseModel
 
+    from mlrig.config import Settings
     from mlrig.platform import Platform
 
 PROJECT = "mlrig"
@@ -46,32 +56,120 @@ class PluginManager(pluggy.PluginManager):
         An optional hook plugin that fails must not take the CLI or the other plugins
         down with it: its error shows in ``mlrig plugins list`` and as a warning.
         """
-        seen = set()
-        for ep in sorted(metadata.entry_points(group=HOOKS_GROUP), key=lambda e: e.name):
-            if ep.name in seen or self.get_plugin(ep.name) is not None:
+        for ep, status in _hook_entry_points():
+            if self.get_plugin(ep.name) is not None:
                 continue
-            seen.add(ep.name)
-            dist = getattr(ep, "dist", None)
             error = None
             try:
                 self.register(ep.load(), name=ep.name)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            self.statuses.append(
-                HookPluginStatus(
-                    name=ep.name,
-                    value=ep.value,
-                    distribution=None if dist is None else dist.metadata["Name"],
-                    version=None if dist is None else dist.version,
-                    error=error,
-                )
-            )
+            self.statuses.append(replace(status, error=error))
         self.check_pending()
 
     @property
     def failures(self) -> list[HookPluginStatus]:
         """The hook plugins that failed to load."""
         return [s for s in self.statuses if s.error]
+
+    def named_plugins(self) -> list[str]:
+        """The names of the registered plugins that have one (pluggy names anonymous
+        objects by their ``id``)."""
+        return sorted(n for n, _ in self.list_name_plugin() if n and not n.isdigit())
+
+    def options_model(self, name: str) -> type[BaseModel] | None:
+        """The ``Options`` model hook plugin ``name`` declares, or ``None``.
+
+        :raises PluginError: the plugin is not registered, or its ``Options`` is not a
+            pydantic model.
+        """
+        from pydantic import BaseModel
+
+        plugin = self.get_plugin(name)
+        if plugin is None:
+            msg = (
+                f"no hook plugin named {name!r} is loaded; "
+                f"loaded: {', '.join(self.named_plugins()) or 'none'}"
+            )
+            raise PluginError(msg)
+        model = getattr(plugin, "Options", None)
+        if model is None:
+            return None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            msg = f"hook plugin {name!r}: Options must be a pydantic model class, not {model!r}"
+            raise PluginError(msg)
+        return model
+
+    def plugin_options(self, name: str, settings: Settings) -> BaseModel:
+        """Hook plugin ``name``'s ``[plugins.NAME]`` table, validated by its ``Options``.
+
+        :raises ConfigError: naming the bad key (``plugins.NAME.KEY: ...``).
+        :raises PluginError: the plugin is not loaded or declares no options.
+        """
+        from mlrig.config import validate_options
+
+        model = self.options_model(name)
+        if model is None:
+            msg = f"hook plugin {name!r} declares no Options model"
+            raise PluginError(msg)
+        return validate_options(
+            model,
+            settings.plugins.options(name),
+            where=f"plugins.{name}",
+            base_dir=settings.base_dir,
+            source=settings.source,
+        )
+
+    def validate_plugin_options(self, settings: Settings) -> dict[str, BaseModel]:
+        """Validate every ``[plugins.NAME]`` table, and the defaults of every loaded plugin
+        with an ``Options`` model, at start: a typo stops with the key's name.
+
+        A table for a plugin that failed to load is left alone: its failure is a warning
+        already (see :meth:`load_entrypoint_plugins`).
+        """
+        at = f" in {settings.source}" if settings.source else ""
+        failed = {s.name for s in self.failures}
+        for name in settings.plugins.names():
+            if name in failed:
+                continue
+            if self.get_plugin(name) is None:
+                msg = (
+                    f"config error{at}: plugins.{name}: no hook plugin named {name!r} is "
+                    f"installed; installed: {', '.join(self.named_plugins()) or 'none'}"
+                )
+                raise ConfigError(msg)
+            if self.options_model(name) is None:
+                msg = f"config error{at}: plugins.{name}: hook plugin {name!r} takes no options"
+                raise ConfigError(msg)
+        return {
+            name: self.plugin_options(name, settings)
+            for name in self.named_plugins()
+            if self.options_model(name) is not None
+        }
+
+
+def _hook_entry_points() -> Iterator[tuple[metadata.EntryPoint, HookPluginStatus]]:
+    seen = set()
+    for ep in sorted(metadata.entry_points(group=HOOKS_GROUP), key=lambda e: e.name):
+        if ep.name in seen:  # the same distribution seen twice on sys.path
+            continue
+        seen.add(ep.name)
+        dist = getattr(ep, "dist", None)
+        yield (
+            ep,
+            HookPluginStatus(
+                name=ep.name,
+                value=ep.value,
+                distribution=None if dist is None else dist.metadata["Name"],
+                version=None if dist is None else dist.version,
+            ),
+        )
+
+
+def installed_hook_plugins() -> list[HookPluginStatus]:
+    """The ``mlrig.hooks`` entry points, from metadata alone: nothing is imported, so
+    ``error`` is always ``None`` (load them with :func:`get_plugin_manager` to know)."""
+    return [status for _ep, status in _hook_entry_points()]
 
 
 def get_plugin_manager(*, load_entrypoints: bool = True) -> PluginManager:

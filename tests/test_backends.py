@@ -108,5 +108,6 @@ def test_backend_options_are_validated(tmp_path):
     cls = load_backend("executors", "local")
     from mlrig.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"executor.local.inherit_envv: extra inputs"):
+    expected = r"executor.local.inherit_envv: unknown key \(found True\); allowed: inherit_env"
+    with pytest.raises(ConfigError, match=expected):
         cls.from_options({"inherit_envv": True}, where="executor.local")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from pydantic import ValidationError as PydanticValidationError
-
-from mlrig.errors import ConfigError
 
 
 class NoOptions(BaseModel):
@@ -21,22 +19,23 @@ class Backend:
 
     ``Options`` is the pydantic model of the backend's ``[<kind>.<name>]`` config table;
     :meth:`from_options` validates a raw mapping against it so a typo in a backend
-    option fails at start with the key's name, like any other config error.
+    option fails at start with the key's name, like any other config error. Options typed
+    :data:`mlrig.config.ConfigPath` are resolved against the config file's folder.
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     @classmethod
-    def from_options(cls, raw: dict[str, Any], *, where: str) -> Any:
-        """Validate ``raw`` against :attr:`Options` and build the backend."""
-        try:
-            options = cls.Options.model_validate(raw)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join([where, *(str(p) for p in first["loc"])])
-            msg = f"config error: {key}: {first['msg'].lower()} (found {first.get('input')!r})"
-            raise ConfigError(msg) from None
-        return cls(options)
+    def from_options(cls, raw: dict[str, Any], *, where: str, base_dir: Path | None = None) -> Any:
+        """Validate ``raw`` against :attr:`Options` and build the backend.
+
+        :param where: the option table's place in the config (``storage.s3``), for errors.
+        :param base_dir: the folder relative :data:`~mlrig.config.ConfigPath` options are
+            resolved against (the platform passes the config file's folder).
+        """
+        from mlrig.config import validate_options
+
+        return cls(validate_options(cls.Options, raw, where=where, base_dir=base_dir))
 
     def __init__(self, options: BaseModel) -> None:
         self.options = options
