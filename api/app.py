@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from mlrig import __version__
 from mlrig.api.errors import install_error_handlers
-from mlrig.api.middleware import AuditMiddleware, RequestIdMiddleware
+from mlrig.api.middleware import AuditMiddleware, RequestGuardMiddleware, RequestIdMiddleware
 from mlrig.api.routers import ROUTERS
 from mlrig.platform import Platform
 
@@ -24,9 +26,42 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     install_error_handlers(app)
+    # innermost: routes, authenticates and bounds the body before the route reads it
+    app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: the audit entry sees the id
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     platform.hooks.register_routes(app)
+    _document_security(app)
     return app
+
+
+def _document_security(app: FastAPI) -> None:
+    """Mark every operation the guard protects with the bearer scheme in the schema.
+
+    Routes that declare ``Reader``/``Writer``/... get it from FastAPI already; this adds it
+    to plugin routes that declare nothing (and so need the read permission).
+    """
+    from mlrig.api.security import PUBLIC, route_permissions
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        protected = {
+            (row.method.lower(), row.path)
+            for row in route_permissions(app)
+            if row.permission != PUBLIC
+        }
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                if (method, path) in protected and not operation.get("security"):
+                    operation["security"] = [{"bearer": []}]
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes.setdefault("bearer", {"type": "http", "scheme": "bearer"})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlrig.errors import MlrigError
 
 REQUEST_ID_HEADER = b"x-request-id"
 
@@ -102,3 +105,262 @@ class AuditMiddleware:
             import logging
 
             logging.getLogger("mlrig.api").exception("could not write the audit entry")
+
+
+# --- the request guard: route, method, authentication, body size ------------------------
+
+BodyClass = Literal["json", "metrics", "upload"]
+#: the ``[api]`` setting that bounds each body class
+BODY_LIMIT_SETTINGS: dict[str, str] = {
+    "json": "max_body_bytes",
+    "metrics": "max_metrics_body_bytes",
+    "upload": "max_upload_bytes",
+}
+
+
+def body_class(kind: BodyClass) -> Any:
+    """A route dependency that puts the route in a body-size class.
+
+    ``@router.post(..., dependencies=[body_class("upload")])``: the request guard then
+    bounds the body by ``[api] max_upload_bytes`` instead of ``max_body_bytes``.
+    """
+    from fastapi import Depends
+
+    def marker() -> None:
+        return None
+
+    marker.__name__ = f"body_class_{kind}"
+    marker.mlrig_body_class = kind  # type: ignore[attr-defined]
+    return Depends(marker)
+
+
+class PayloadTooLargeError(MlrigError):
+    """A request body over the limit of its route class."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """What the guard knows of one route: where it matches and what it needs."""
+
+    path: str
+    name: str | None
+    #: ``None`` for a mount (any method)
+    methods: frozenset[str] | None
+    #: a :class:`~mlrig.security.Permission` or ``"public"``
+    permission: Any
+    body_class: str
+    regex: Any
+
+
+def _body_class_of(dependant: Any) -> str:
+    for sub in getattr(dependant, "dependencies", None) or ():
+        kind = getattr(getattr(sub, "call", None), "mlrig_body_class", None)
+        if kind is not None:
+            return kind
+        inner = _body_class_of(sub)
+        if inner != "json":
+            return inner
+    return "json"
+
+
+def _build_route_table(app: Any) -> list[RouteEntry]:
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import Mount, compile_path
+    from starlette.staticfiles import StaticFiles
+
+    from mlrig.api.security import DEFAULT_PERMISSION, PUBLIC, declared_permission
+
+    docs_paths = {
+        getattr(app, name, None)
+        for name in ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
+    } - {None}
+    table = []
+    for context in iter_route_contexts(app.router.routes):
+        original = context.original_route
+        path = context.path
+        if path is None:
+            continue
+        if isinstance(original, Mount):
+            # static assets (the offline docs) are public; any other mounted app needs
+            # the default permission unless it is marked ``mlrig_public``
+            public = isinstance(original.app, StaticFiles) or getattr(
+                original, "mlrig_public", False
+            )
+            regex = compile_path(path.rstrip("/") + "/{path:path}")[0]
+            permission = PUBLIC if public else DEFAULT_PERMISSION
+            methods = None
+            kind = "json"
+        else:
+            regex = compile_path(path)[0]
+            dependant = getattr(context, "dependant", None)
+            declared = declared_permission(context) if dependant is not None else None
+            if declared is None and (
+                path in docs_paths or getattr(context.endpoint, "mlrig_public", False)
+            ):
+                declared = PUBLIC
+            permission = declared or DEFAULT_PERMISSION
+            methods = frozenset(context.methods or ())
+            kind = _body_class_of(dependant)
+        table.append(RouteEntry(path, context.name, methods, permission, kind, regex))
+    return table
+
+
+def route_table(app: Any) -> list[RouteEntry]:
+    """The guard's view of ``app``'s routes, built once per set of routes."""
+    key = tuple(id(route) for route in app.router.routes)
+    cached = getattr(app.state, "mlrig_route_table", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _build_route_table(app))
+        app.state.mlrig_route_table = cached
+    return cached[1]
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path = scope.get("root_path", "")
+    if root_path and path.startswith(root_path + "/"):
+        return path[len(root_path) :]
+    return path
+
+
+def _size(limit: int) -> str:
+    from pydantic import ByteSize
+
+    return f"{ByteSize(limit).human_readable(decimal=False)} ({limit:,} bytes)"
+
+
+class RequestGuardMiddleware:
+    """Decide from the request line and headers alone, before any body byte is read.
+
+    1. A path no route has passes through (404). A method the path does not have is 405
+       with an ``Allow`` header listing every method of every route on that path.
+    2. A route that is not public needs a valid bearer token (401) whose role holds the
+       route's permission (403), both as the permission map says
+       (:func:`mlrig.api.security.route_permissions`). The principal is cached on the
+       request state, where the route's dependencies find it.
+    3. The body is bounded by the route's class (``[api] max_body_bytes``,
+       ``max_metrics_body_bytes``, ``max_upload_bytes``): a ``Content-Length`` over it is
+       413 at once; a chunked body is counted as it streams and cut off at the limit.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        from mlrig.api.errors import error_response
+        from mlrig.api.security import PUBLIC, bearer_token, resolve_principal
+
+        app = scope["app"]
+        path = _route_path(scope)
+        method = scope["method"]
+        found = [(e, m) for e in route_table(app) if (m := e.regex.match(path))]
+        if not found:
+            await self.app(scope, receive, send)
+            return
+        chosen = next(((e, m) for e, m in found if e.methods is None or method in e.methods), None)
+        if chosen is None:
+            allowed = sorted(set().union(*(e.methods or () for e, _ in found)))
+            allow = ", ".join(allowed)
+            msg = f"{path} does not support {method}; it supports: {allow}"
+            response = error_response(
+                405, "method_not_allowed", msg, {"allowed": allowed}, headers={"Allow": allow}
+            )
+            await response(scope, receive, send)
+            return
+        entry, match = chosen
+        headers = Headers(scope=scope)
+        if entry.permission != PUBLIC:
+            import anyio
+
+            platform = app.state.platform
+            try:
+                principal = await anyio.to_thread.run_sync(
+                    resolve_principal, platform, bearer_token(headers)
+                )
+                principal.require(entry.permission)
+            except MlrigError as exc:
+                # what the audit entry of a refused request names
+                scope["route"] = entry
+                scope["path_params"] = match.groupdict()
+                extra = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+                response = error_response(
+                    exc.http_status, exc.code, exc.message, exc.details, headers=extra
+                )
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})["principal"] = principal
+
+        setting = BODY_LIMIT_SETTINGS[entry.body_class]
+        limit = int(getattr(app.state.platform.settings.api, setting))
+        too_large = PayloadTooLargeError(
+            f"the request body is over the limit of {_size(limit)} for this route; "
+            f"send less, or raise [api] {setting} in the server's config",
+            details={"limit_bytes": limit, "setting": f"api.{setting}"},
+        )
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                over = int(length) > limit
+            except ValueError:
+                response = error_response(400, "bad_request", "invalid Content-Length header")
+                await response(scope, receive, send)
+                return
+            if over:
+                await self._too_large(scope, receive, send, too_large)
+                return
+        await self._call_bounded(scope, receive, send, limit, too_large)
+
+    @staticmethod
+    async def _too_large(
+        scope: Scope, receive: Receive, send: Send, exc: PayloadTooLargeError
+    ) -> None:
+        from mlrig.api.errors import error_response
+
+        response = error_response(exc.http_status, exc.code, exc.message, exc.details)
+        await response(scope, receive, send)
+
+    async def _call_bounded(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, exc: PayloadTooLargeError
+    ) -> None:
+        received = 0
+        exceeded = False
+        replaced = False
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise exc
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced, started
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                if exceeded:
+                    # whatever the route made of the cut-off body, the answer is 413
+                    replaced = True
+                    await self._too_large(scope, receive, send, exc)
+                    return
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except PayloadTooLargeError:
+            if not (replaced or started):
+                replaced = True
+                await self._too_large(scope, receive, send, exc)

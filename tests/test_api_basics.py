@@ -10,8 +10,8 @@ def _is_error_shape(body, code):
     assert body["error"]["message"]
 
 
-def test_health_reports_parts(api_client):
-    response = api_client.get("/api/ml/health")
+def test_health_reports_parts(api_client, admin_headers):
+    response = api_client.get("/api/ml/health", headers=admin_headers)  # details need a token
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"

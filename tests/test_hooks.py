@@ -69,7 +69,7 @@ def test_a_bad_hookimpl_signature_is_rejected_with_its_name():
         raise AssertionError("pluggy accepted an unknown hook argument")
 
 
-def test_register_commands_and_routes(platform, register_plugin):
+def test_register_commands_and_routes(platform, register_plugin, admin_headers):
     class Extender:
         @hookimpl
         def mlrig_register_commands(self, cli):
@@ -91,4 +91,4 @@ def test_register_commands_and_routes(platform, register_plugin):
     from mlrig.api import create_app
 
     client = TestClient(create_app(platform))
-    assert client.get("/api/ml/plugins/ext/ping").json() == {"pong": True}
+    assert client.get("/api/ml/plugins/ext/ping", headers=admin_headers).json() == {"pong": True}

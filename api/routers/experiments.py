@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlrig.api.deps import PlatformDep
+from mlrig.api.middleware import body_class
 from mlrig.api.security import Reader, Writer
 from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
@@ -194,6 +195,7 @@ def parse_points(body: bytes) -> list[Any]:
 @router.post(
     "/{id}/metrics",
     summary="Log a batch of metric points (all or nothing)",
+    dependencies=[body_class("metrics")],  # bounded by [api] max_metrics_body_bytes
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from mlrig.api.deps import PlatformDep
+from mlrig.api.middleware import body_class
 from mlrig.api.security import Reader, Writer
 from mlrig.errors import ValidationError
 from mlrig.registry.search import MetricFilter, VersionQuery
@@ -167,6 +168,7 @@ def delete_model(id: str, platform: PlatformDep, _: Writer) -> Any:
     "/{id}/versions",
     status_code=status.HTTP_201_CREATED,
     summary="Create a new model version (multipart: metadata + files)",
+    dependencies=[body_class("upload")],  # bounded by [api] max_upload_bytes
 )
 def create_version(
     id: str,

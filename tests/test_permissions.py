@@ -1,0 +1,234 @@
+"""One permission map: what every route needs, enforced as declared, documented as
+enforced, and tested as a matrix (every role x every route); plugin routes included."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+
+from mlrig import hookimpl
+from mlrig.api import create_app
+from mlrig.api.security import (
+    PUBLIC,
+    TABLES_END,
+    TABLES_START,
+    Public,
+    Reader,
+    Writer,
+    permission_tables,
+    route_permissions,
+)
+from mlrig.security import Permission, role_allows
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLES = ("viewer", "developer", "deployer", "admin")
+HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _concrete(template: str) -> str:
+    # ids that exist nowhere: the request passes the guard and then fails for its own reasons
+    return re.sub(r"\{[^}]+\}", "no-such-thing", template)
+
+
+@pytest.fixture
+def role_headers(make_token):
+    headers = {None: {}}
+    for role in ROLES:
+        headers[role] = make_token(f"matrix-{role}", role)
+    return headers
+
+
+def test_role_x_route_matrix(api_client, role_headers):
+    """Every operation of the schema, as every role and without a token: 401 without a
+    token, 403 when the role lacks the route's permission, else neither (nor a 5xx)."""
+    app = api_client.app
+    schema = api_client.get("/openapi.json").json()
+    needs = {(row.method, row.path): row.permission for row in route_permissions(app)}
+    operations = [
+        (method.upper(), path)
+        for path, item in schema["paths"].items()
+        for method in HTTP_METHODS
+        if method in item
+    ]
+    # nothing under /api/ml escapes the schema (and so this matrix)
+    api_routes = {k for k in needs if k[1].startswith("/api/ml")}
+    assert api_routes == set(operations)
+    failures = []
+    for method, path in operations:
+        permission = needs[(method, path)]
+        for role, headers in role_headers.items():
+            body = {"json": {}} if method in {"POST", "PUT", "PATCH"} else {}
+            response = api_client.request(method, _concrete(path), headers=headers, **body)
+            status = response.status_code
+            if permission == PUBLIC:
+                expected = "not 401/403"
+                ok = status not in (401, 403) and status < 500
+            elif role is None:
+                expected, ok = "401", status == 401
+            elif not role_allows(role, permission):
+                expected, ok = "403", status == 403
+            else:
+                expected = "not 401/403/5xx"
+                ok = status not in (401, 403) and status < 500
+            if ok and status >= 400:
+                error = response.json()["error"]
+                ok = set(error) == {"code", "message", "details"}
+            if not ok:
+                failures.append(f"{method} {path} as {role or 'anonymous'}: {status}, {expected}")
+    assert failures == []
+    assert len(operations) >= 40
+
+
+def test_the_map_is_what_the_routes_declare(api_client):
+    needs = {(row.method, row.path): row.permission for row in route_permissions(api_client.app)}
+    # the documented role table (docs/security.md), spot-checked against the map
+    assert needs[("GET", "/api/ml/health")] == PUBLIC
+    assert needs[("GET", "/api/ml/models")] == Permission.READ
+    assert needs[("POST", "/api/ml/models")] == Permission.WRITE
+    assert needs[("DELETE", "/api/ml/models/{id}")] == Permission.DELETE
+    assert needs[("DELETE", "/api/ml/models/{id}/versions/{version}")] == Permission.DELETE
+    assert needs[("POST", "/api/ml/approvals/{id}/approve")] == Permission.APPROVE
+    assert needs[("GET", "/api/ml/users")] == Permission.ADMIN
+    assert needs[("GET", "/api/ml/audit")] == Permission.ADMIN
+    assert needs[("GET", "/openapi.json")] == PUBLIC
+
+
+def test_a_developer_cannot_delete_a_model(api_client, make_token):
+    developer = make_token("dev", "developer")
+    deployer = make_token("ops", "deployer")
+    assert (
+        api_client.post("/api/ml/models", json={"name": "keep"}, headers=developer).status_code
+        == 201
+    )
+    response = api_client.delete("/api/ml/models/keep", headers=developer)
+    assert response.status_code == 403
+    assert response.json()["error"]["details"] == {"permission": "delete"}
+    assert api_client.get("/api/ml/models/keep", headers=developer).status_code == 200
+    assert api_client.delete("/api/ml/models/keep", headers=deployer).status_code == 200
+
+
+def test_docs_tables_are_the_map():
+    from mlrig.api.security import _builtin_app
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    start, end = text.index(TABLES_START), text.index(TABLES_END) + len(TABLES_END)
+    assert text[start:end] == permission_tables(_builtin_app()), (
+        "docs/security.md's permission tables are stale; replace them with the output of: "
+        "python -m mlrig.api.security"
+    )
+
+
+def test_openapi_declares_the_bearer_scheme_on_protected_operations(api_client):
+    schema = api_client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["components"]["securitySchemes"]["bearer"]["type"] == "http"
+    needs = {(row.method, row.path): row.permission for row in route_permissions(api_client.app)}
+    for path, item in schema["paths"].items():
+        for method in HTTP_METHODS:
+            if method not in item:
+                continue
+            security = item[method].get("security")
+            if needs[(method.upper(), path)] == PUBLIC:
+                assert not security, (method, path)
+            else:
+                assert security == [{"bearer": []}], (method, path)
+    assert "Authorize" in api_client.get("/docs").text or "swagger" in api_client.get("/docs").text
+
+
+# --- plugin routes ------------------------------------------------------------------------
+
+
+class RoutesPlugin:
+    """A plugin's routes as the docs tell authors to write them."""
+
+    @hookimpl
+    def mlrig_register_routes(self, app):
+        router = APIRouter(prefix="/api/ml/plugins/demo", tags=["demo"])
+
+        @router.get("/plain")
+        def plain() -> dict[str, bool]:  # declares nothing: needs the read permission
+            return {"ok": True}
+
+        @router.post("/write")
+        def write(principal: Writer) -> dict[str, str]:
+            return {"by": principal.name}
+
+        @router.get("/read")
+        def read(principal: Reader) -> dict[str, str]:
+            return {"by": principal.name}
+
+        @router.get("/public")
+        def public(principal: Public) -> dict[str, str | None]:
+            return {"by": principal.name if principal else None}
+
+        app.include_router(router)
+
+        @app.get("/plugin-page", include_in_schema=False)
+        def page() -> dict[str, bool]:  # outside /api/ml and hidden: still protected
+            return {"ok": True}
+
+
+@pytest.fixture
+def plugin_client(platform, register_plugin):
+    register_plugin(RoutesPlugin())
+    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_plugin_routes_are_behind_authentication(plugin_client, make_token):
+    viewer = make_token("viewer", "viewer")
+    developer = make_token("dev", "developer")
+    for path in ("/api/ml/plugins/demo/plain", "/api/ml/plugins/demo/read", "/plugin-page"):
+        response = plugin_client.get(path)
+        assert response.status_code == 401, path
+        assert response.json()["error"]["code"] == "unauthenticated"
+        assert plugin_client.get(path, headers=viewer).status_code == 200, path
+    assert plugin_client.get("/api/ml/plugins/demo/read", headers=viewer).json() == {"by": "viewer"}
+
+    assert plugin_client.post("/api/ml/plugins/demo/write").status_code == 401
+    forbidden = plugin_client.post("/api/ml/plugins/demo/write", headers=viewer)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"]["details"] == {"permission": "write"}
+    assert plugin_client.post("/api/ml/plugins/demo/write", headers=developer).json() == {
+        "by": "dev"
+    }
+
+    # the explicit opt-out answers without a token, and knows a valid one
+    assert plugin_client.get("/api/ml/plugins/demo/public").json() == {"by": None}
+    assert plugin_client.get("/api/ml/plugins/demo/public", headers=viewer).json() == {
+        "by": "viewer"
+    }
+
+
+def test_plugin_routes_are_in_the_map_and_the_schema(plugin_client):
+    needs = {(row.method, row.path): row.permission for row in route_permissions(plugin_client.app)}
+    assert needs[("GET", "/api/ml/plugins/demo/plain")] == Permission.READ
+    assert needs[("POST", "/api/ml/plugins/demo/write")] == Permission.WRITE
+    assert needs[("GET", "/api/ml/plugins/demo/public")] == PUBLIC
+    assert needs[("GET", "/plugin-page")] == Permission.READ
+    paths = plugin_client.get("/openapi.json").json()["paths"]
+    assert paths["/api/ml/plugins/demo/plain"]["get"]["security"] == [{"bearer": []}]
+    assert paths["/api/ml/plugins/demo/write"]["post"]["security"] == [{"bearer": []}]
+    assert not paths["/api/ml/plugins/demo/public"]["get"].get("security")
+
+
+def test_plugin_route_405_lists_its_methods(plugin_client):
+    response = plugin_client.delete("/api/ml/plugins/demo/write")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_auth_disabled_opens_plugin_routes_as_the_local_operator(tmp_path, register_plugin):
+    from mlrig.testing.fixtures import make_platform
+
+    platform = make_platform(tmp_path / "open", auth={"enabled": False})
+    try:
+        platform.pm.register(RoutesPlugin())
+        client = TestClient(create_app(platform), raise_server_exceptions=False)
+        assert client.post("/api/ml/plugins/demo/write").json() == {"by": "local"}
+    finally:
+        platform.close()
