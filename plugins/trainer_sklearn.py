@@ -39,6 +39,59 @@ def import_estimator(path: str) -> type:
     return cls
 
 
+def _estimator_params(cls: type) -> set[str]:
+    """The constructor parameters of an estimator class (what ``get_params`` returns)."""
+    try:
+        return set(cls().get_params())
+    except Exception:  # an estimator that needs arguments: trust what is given
+        return set()
+
+
+def _bad_parameter(cls: type, exc: Exception) -> ValidationError:
+    return ValidationError(f"bad parameter for {cls.__name__}: {' '.join(str(exc).split())}")
+
+
+def build_estimator(cls: type, kwargs: dict[str, Any]) -> Any:
+    """``cls(**kwargs)``, its parameter values checked where scikit-learn can (1.2+).
+
+    :raises ValidationError: an unknown parameter or a value the estimator refuses.
+    """
+    known = _estimator_params(cls)
+    unknown = sorted(set(kwargs) - known) if known else []
+    if unknown:
+        msg = (
+            f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters: {', '.join(sorted(known))}"
+        )
+        raise ValidationError(msg, details={"unknown": unknown})
+    try:
+        estimator = cls(**kwargs)
+        # scikit-learn checks values at fit; this is the same check, before any data
+        validate = getattr(estimator, "_validate_params", None)
+        if callable(validate):
+            validate()
+    except (TypeError, ValueError) as exc:
+        raise _bad_parameter(cls, exc) from None
+    return estimator
+
+
+def _check_reserved(params: dict[str, Any]) -> None:
+    task = params.get("task")
+    if task is not None and task not in DEFAULT_ESTIMATORS:
+        msg = f"task must be one of {', '.join(DEFAULT_ESTIMATORS)}, got {task!r}"
+        raise ValidationError(msg)
+    size = params.get("test_size", 0.2)
+    fraction = isinstance(size, float) and 0 < size < 1
+    count = type(size) is int and size >= 1  # scikit-learn also takes a row count
+    if not (fraction or count):
+        msg = f"test_size must be a fraction between 0 and 1 (or a row count), got {size!r}"
+        raise ValidationError(msg)
+    epochs = params.get("epochs")
+    if epochs is not None and (type(epochs) is not int or epochs < 1):
+        msg = f"epochs must be a positive integer, got {epochs!r}"
+        raise ValidationError(msg)
+
+
 def infer_task(target: Any) -> str:
     """Classification for strings, booleans and integers with few distinct values."""
     kind = getattr(target, "dtype", None)
@@ -80,6 +133,32 @@ def evaluate(
 class SklearnTrainer(Trainer):
     """Train a scikit-learn estimator; register the fitted model."""
 
+    def check(self, *, params: dict[str, Any], dataset: dict[str, Any] | None) -> None:
+        """At create time: the trainer's own options, that the estimator imports, and its
+        parameter names and values. The data is only read when the job runs."""
+        _check_reserved(params)
+        if dataset is not None and not dataset.get("target"):
+            msg = "the sklearn trainer needs the dataset's label column: --target COLUMN"
+            raise ValidationError(msg)
+        kwargs = {k: v for k, v in params.items() if k not in RESERVED}
+        if params.get("estimator") or params.get("task"):
+            path = params.get("estimator") or DEFAULT_ESTIMATORS[params["task"]]
+            cls = import_estimator(path)
+            if "random_state" in _estimator_params(cls):
+                kwargs.setdefault("random_state", 0)
+            build_estimator(cls, kwargs)
+            return
+        # the task (so the default estimator) depends on the data: one must accept them
+        errors = []
+        for path in DEFAULT_ESTIMATORS.values():
+            try:
+                build_estimator(import_estimator(path), kwargs)
+            except ValidationError as exc:
+                errors.append(exc)
+            else:
+                return
+        raise errors[0]
+
     def train(self, context: TrainingContext) -> TrainResult:
         from sklearn.model_selection import train_test_split
 
@@ -94,16 +173,18 @@ class SklearnTrainer(Trainer):
             msg = f"target {target!r} is not a column of {dataset['uri']}"
             raise ValidationError(msg)
         features, labels = frame.drop(columns=[target]), frame[target]
+        _check_reserved(params)
         task = params.get("task") or infer_task(labels)
         cls = import_estimator(params.get("estimator") or DEFAULT_ESTIMATORS[task])
         kwargs = {k: v for k, v in params.items() if k not in RESERVED}
         seed = context.seed
-        if "random_state" in cls().get_params() and "random_state" not in kwargs:
+        if "random_state" in _estimator_params(cls) and "random_state" not in kwargs:
             kwargs["random_state"] = None if seed is None else seed % 2**32
+        build_estimator(cls, kwargs)  # a bad parameter fails now, and is not retried
         x_train, x_val, y_train, y_val = train_test_split(
             features,
             labels,
-            test_size=float(params.get("test_size", 0.2)),
+            test_size=params.get("test_size", 0.2),
             random_state=None if seed is None else seed % 2**32,
             stratify=labels if task == "classification" else None,
         )
@@ -112,11 +193,13 @@ class SklearnTrainer(Trainer):
             model = self._train_epochs(
                 context, cls(**kwargs), task, int(epochs), x_train, y_train, x_val, y_val, labels
             )
+            # the last epoch logged these validation metrics already: log no second point
+            final = evaluate(task, model, x_val, y_val, prefix="val_")
         else:
             model = cls(**kwargs).fit(x_train, y_train)
             context.log_metrics(evaluate(task, model, x_train, y_train), step=0, kind="train")
-        final = evaluate(task, model, x_val, y_val, prefix="val_")
-        context.log_metrics(final, step=context.last_step, kind="validation")
+            final = evaluate(task, model, x_val, y_val, prefix="val_")
+            context.log_metrics(final, step=0, kind="validation")
         version = context.register_model(
             model, sample=x_train.head(5), model_type=task, metrics=final
         )

@@ -46,6 +46,29 @@ class Crashing(Trainer):
         raise RuntimeError("boom from the trainer")
 
 
+class KilledOnce(Trainer):
+    """Logs points without checkpointing; its first attempt then dies by SIGKILL."""
+
+    def train(self, ctx):
+        import signal
+        assert ctx.restore() is None  # it never checkpoints
+        for step in range(4):
+            ctx.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 4}, step=step, epoch=0)
+            ctx.log_metrics({"loss": 2.0 / (step + 1)}, step=step, kind="validation")
+        ctx.flush()
+        if ctx.job.attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return TrainResult(metrics={"loss": 0.25})
+
+
+class Refusing(Trainer):
+    """Fails with an error that retrying cannot fix."""
+
+    def train(self, ctx):
+        from mlrig import PermanentError
+        raise PermanentError("the labels are all one class: nothing to learn")
+
+
 class CudaReport(Trainer):
     """Logs how many CUDA devices the job process sees and a sum computed on one."""
 
@@ -68,6 +91,8 @@ def install_test_trainers(site: Path) -> Path:
                 "steps": "mlrig_test_trainers:Steps",
                 "sleepy": "mlrig_test_trainers:Sleepy",
                 "crashing": "mlrig_test_trainers:Crashing",
+                "killed-once": "mlrig_test_trainers:KilledOnce",
+                "refusing": "mlrig_test_trainers:Refusing",
                 "cuda-report": "mlrig_test_trainers:CudaReport",
             }
         },

@@ -323,3 +323,124 @@ def test_starting_a_running_job_does_not_requeue_it(db_platform):
     with pytest.raises(ConflictError, match="is running"):
         db_platform.queue.enqueue(job_id)
     assert db_platform.queue.heartbeat(claimed, lease_seconds=30).held
+
+
+# --- one point per (name, step, kind), permanent failures, who registered it ---------------
+
+
+def _points(platform, job_id):
+    with platform.db.session() as session:
+        return [
+            (m.metric_name, m.step, m.metric_type)
+            for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)
+        ]
+
+
+def test_a_job_killed_before_its_first_checkpoint_keeps_only_the_retry_s_points(
+    db_platform, test_trainers
+):
+    """Attempt 1 logs 12 points and dies by SIGKILL before any checkpoint; attempt 2 logs
+    them again: the history holds each (name, step, kind) once, not twice."""
+    job_id = add_job(db_platform, "killed", trainer="killed-once")
+    run_worker(db_platform)
+    row = job_row(db_platform, job_id)
+    assert (row.status, row.attempts) == ("completed", 2), row.status_detail
+    with db_platform.db.session() as session:
+        events = session.query(ExperimentEvent).filter_by(experiment_id=job_id).all()
+    assert any("killed by SIGKILL" in (e.detail or "") for e in events)
+    points = _points(db_platform, job_id)
+    assert len(points) == 12 and len(set(points)) == 12, sorted(points)
+
+
+def test_a_fenced_out_attempt_writes_no_points(db_platform):
+    """An attempt that lost its job (requeued, now attempt 2) can no longer log points,
+    so it cannot add points after the next attempt cleared them."""
+    from mlrig.experiments.metrics import AttemptFence, AttemptLostError, write_points
+
+    job_id = add_job(db_platform)
+    queue = db_platform.queue
+    first = queue.claim("w1", lease_seconds=0.01)
+    time.sleep(0.05)
+    queue.requeue_expired()
+    second = queue.claim("w2", lease_seconds=30)
+    with pytest.raises(AttemptLostError):
+        write_points(
+            db_platform.db, job_id, [("loss", 1.0, 0, 0, "train")], fence=AttemptFence("w1", 1)
+        )
+    fence = AttemptFence(second.owner, second.attempt)
+    assert write_points(db_platform.db, job_id, [("loss", 1.0, 0, 0, "train")], fence=fence) == 1
+    assert first.attempt == 1 and _points(db_platform, job_id) == [("loss", 0, "train")]
+
+
+def test_epoch_training_logs_each_validation_point_once(platform):
+    job_id = add_job(
+        platform,
+        "sgd-epochs",
+        trainer="sklearn",
+        params={"estimator": "sklearn.linear_model.SGDClassifier", "epochs": 4},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
+    )
+    run_worker(platform)
+    assert job_row(platform, job_id).status == "completed"
+    points = _points(platform, job_id)
+    assert len(points) == len(set(points)), "a (name, step, kind) was logged twice"
+    assert {s for n, s, k in points if n == "val_accuracy"} == {0, 1, 2, 3}
+
+
+def test_a_trained_version_is_created_by_the_experiment_s_creator(platform):
+    platform.security.create_user(name="carol", role="developer")
+    carol = platform.security.authenticate(platform.security.create_token(user="carol")["token"])
+    platform.experiments.create(
+        name="iris-carol",
+        trainer="sklearn",
+        actor=carol,
+        hyperparameters={"n_estimators": 5},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
+        start=True,
+    )
+    run_worker(platform)
+    done = platform.experiments.get("iris-carol")
+    assert done["status"] == "completed", done["status_detail"]
+    assert done["model_version_id"] == done["result"]["model_version_id"]
+    assert done["model_id"] == done["model_version_id"]  # the deprecated name, for a release
+    version = platform.registry.get_version("iris-carol", done["model_version_id"])
+    assert version["created_by"] == "carol"
+    points = _points(platform, uuid.UUID(done["id"]))
+    assert len(points) == len(set(points))
+
+
+IRIS = str(datasets.path("iris"))
+PERMANENT = [
+    ("refusing", {}, None, "the labels are all one class"),
+    # a missing file where datasets may be read from (the bundled datasets' folder)
+    (
+        "sklearn",
+        {},
+        {"uri": str(datasets.path("iris").parent / "gone.csv"), "target": "y"},
+        "not found",
+    ),
+    ("sklearn", {}, {"uri": IRIS, "target": "label"}, "'label' is not a column"),
+    (
+        "sklearn",
+        {"estimator": "sklearn.nope.Forest"},
+        {"uri": IRIS, "target": "species"},
+        "cannot be imported",
+    ),
+    ("sklearn", {"n_estimators": -1}, {"uri": IRIS, "target": "species"}, "bad parameter"),
+    ("sklearn", {"depth": 3}, {"uri": IRIS, "target": "species"}, "no parameter 'depth'"),
+]
+
+
+def test_errors_retrying_cannot_fix_fail_at_once_with_the_reason(platform, test_trainers):
+    jobs = {
+        add_job(platform, f"doomed-{i}", trainer=t, params=p, dataset=d, max_attempts=3): why
+        for i, (t, p, d, why) in enumerate(PERMANENT)
+    }
+    lines = []
+    run_worker(platform, concurrency=3, echo=lines.append)
+    for job_id, why in jobs.items():
+        row = job_row(platform, job_id)
+        assert (row.status, row.attempts) == ("failed", 1), (row.name, row.status_detail)
+        assert "not retried" in row.status_detail and why in row.status_detail
+        line = next(x for x in lines if x.startswith(f"{row.name} attempt 1 failed"))
+        assert "cannot succeed by retrying" in line and why in line, line

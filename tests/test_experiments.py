@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mlrig import hookimpl
+from mlrig import datasets, hookimpl
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.experiments import LogStore, metrics
 from mlrig.experiments import logs as logs_module
@@ -46,10 +46,14 @@ def _create(platform, trainer, name="exp", **kw):
 
 
 def test_create_records_everything_and_fires_the_hook(db_platform, trainer, recorder):
+    data = db_platform.settings.resolve_path("data/iris.csv")  # relative to the config
+    data.parent.mkdir(parents=True)
+    data.write_bytes(datasets.path("iris").read_bytes())
+    params = {"estimator": "sklearn.svm.SVC", "C": 0.5, "kernel": "rbf"}
     view = _create(
         db_platform,
         trainer,
-        hyperparameters={"C": 0.5, "kernel": "rbf"},
+        hyperparameters=params,
         dataset={"uri": "data/iris.csv", "target": "species"},
         resources={"cpus": 2, "memory_mb": 512},
         priority=5,
@@ -192,9 +196,9 @@ def test_rerun_copies_the_run_and_queues_it(db_platform, trainer):
     source = _create(
         db_platform,
         trainer,
-        hyperparameters={"C": 2},
+        hyperparameters={"max_depth": 2},
         seed=42,
-        dataset={"uri": "d.csv", "target": "y"},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
         resources={"gpus": 1},
         early_stopping={"monitor": "val_loss"},
     )
@@ -219,8 +223,8 @@ def test_rerun_copies_the_run_and_queues_it(db_platform, trainer):
 
 
 def test_compare_puts_runs_side_by_side(db_platform, trainer):
-    a = _create(db_platform, trainer, name="a", hyperparameters={"C": 1, "kernel": "rbf"})
-    b = _create(db_platform, trainer, name="b", hyperparameters={"C": 2, "kernel": "rbf"})
+    a = _create(db_platform, trainer, name="a", hyperparameters={"max_depth": 1, "verbose": 0})
+    b = _create(db_platform, trainer, name="b", hyperparameters={"max_depth": 2, "verbose": 0})
     db_platform.experiments.log_metrics(
         "a",
         [
@@ -232,8 +236,8 @@ def test_compare_puts_runs_side_by_side(db_platform, trainer):
     db_platform.experiments.log_metrics(b["id"], [("acc", 0.9, 5, 1, "validation")])
     data = db_platform.experiments.compare(["a", b["id"]])
     assert [e["id"] for e in data["experiments"]] == [a["id"], b["id"]]
-    assert data["hyperparameters"] == {"C": [1, 2], "kernel": ["rbf", "rbf"]}
-    assert data["differing"] == ["C"]
+    assert data["hyperparameters"] == {"max_depth": [1, 2], "verbose": [0, 0]}
+    assert data["differing"] == ["max_depth"]
     assert data["metrics"] == {"loss": [0.3, None], "validation/acc": [0.8, 0.9]}
     with pytest.raises(ValidationError, match="2 to 50"):
         db_platform.experiments.compare(["a"])
@@ -304,7 +308,10 @@ BAD_POINTS = [
     ({"name": "loss", "value": 1.0, "step": 2**31}, "step"),
     ({"name": "loss", "value": 1.0, "kind": "eval"}, r"kind: 'eval' must be one of"),
     ({"name": "loss", "value": 1.0, "metric": "x"}, r"unknown keys \['metric'\]"),
-    ({"name": "loss", "value": 1.0, "recorded_at": "2024-05-01T12:00:00"}, "needs a time zone"),
+    ({"name": "loss", "value": 1.0, "recorded_at": "0001-01-01T00:00:00+01:00"}, "out of range"),
+    ({"name": "loss", "value": 1.0, "recorded_at": 5}, "not an ISO 8601 time"),
+    ({"name": "lo\x00ss", "value": 1.0}, r"points\[1\]\.name contains a NUL"),
+    ({"name": "lo\ud800ss", "value": 1.0}, r"points\[1\]\.name contains a lone"),
     ({"name": "loss", "value": 1.0, "recorded_at": "yesterday"}, "not an ISO 8601 time"),
     (("loss", 1.0), r"points\[1\]: \('loss', 1\.0\) is not a point"),
     ("loss", r"points\[1\]: 'loss' is not a point"),
@@ -512,11 +519,13 @@ def test_cli_commands(cli_run, trainer, tmp_path):
         "--trainer",
         trainer,
         "--param",
-        "C=0.5",
+        "estimator=sklearn.neural_network.MLPClassifier",
         "--param",
-        "kernel=rbf",
+        "alpha=0.5",
         "--param",
-        "layers=[1,2]",
+        "activation=relu",
+        "--param",
+        "hidden_layer_sizes=[1,2]",
         "--data",
         str(tmp_path / "d.csv"),
         "--target",
@@ -531,7 +540,12 @@ def test_cli_commands(cli_run, trainer, tmp_path):
     )
     assert made.exit_code == 0, made.output
     view = json.loads(made.output)
-    assert view["hyperparameters"] == {"C": 0.5, "kernel": "rbf", "layers": [1, 2]}
+    assert view["hyperparameters"] == {
+        "estimator": "sklearn.neural_network.MLPClassifier",
+        "alpha": 0.5,
+        "activation": "relu",
+        "hidden_layer_sizes": [1, 2],
+    }
     assert view["early_stopping"] == {
         "monitor": "val_loss",
         "mode": "max",
@@ -557,7 +571,7 @@ def test_cli_commands(cli_run, trainer, tmp_path):
     assert "c1-rerun-1" in rerun.output and "seed 9" in rerun.output
     compared = cli_run("compare", "c1", "c1-rerun-1", "--json")
     assert json.loads(compared.output)["differing"] == []
-    assert "C" in cli_run("compare", "c1", "c1-rerun-1").output
+    assert "alpha" in cli_run("compare", "c1", "c1-rerun-1").output
     assert "0 points" in cli_run("metrics", "c1").output
 
 
@@ -594,7 +608,8 @@ def test_cli_wait_exit_codes_metrics_and_logs(cli_run, trainer, tmp_path):
         if complete:
             assert "completed loss=0.25" in result.output
         else:
-            assert "failed: failed after 1 attempt(s): boom with a second line" in result.output
+            assert "failed: failed on attempt 1, not retried" in result.output
+            assert "boom with a second line" in result.output
     metrics_out = cli_run("metrics", "w1", "--name", "loss").output
     assert "0.25" in metrics_out and "last 2 of 2" in metrics_out
     assert cli_run("logs", "w1").output == "hello\nworld\n"

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from mlrig import datasets
+
 BASE = "/api/ml/experiments"
 MISSING = "6f1c1f0e-0000-4000-8000-000000000000"
 
@@ -32,10 +34,13 @@ def _create(client, trainer, name="exp", **kw):
 
 
 def test_create_get_list_and_audit(client, trainer, platform):
+    data = platform.settings.resolve_path("data/iris.csv")  # relative to the config
+    data.parent.mkdir(parents=True)
+    data.write_bytes(datasets.path("iris").read_bytes())
     created = _create(
         client,
         trainer,
-        hyperparameters={"C": 1.5},
+        hyperparameters={"max_depth": 3},
         dataset={"uri": "data/iris.csv", "target": "species"},
         resources={"cpus": 2},
         priority=3,
@@ -49,10 +54,13 @@ def test_create_get_list_and_audit(client, trainer, platform):
     assert shown["id"] == created["id"] and shown["events"][0]["new"] == "created"
     assert client.get(f"{BASE}/{created['id']}").json()["name"] == "exp"
     _create(client, trainer, name="other", start=True)
-    assert [e["name"] for e in client.get(BASE).json()] == ["other", "exp"]
-    assert [e["name"] for e in client.get(BASE, params={"status": "queued"}).json()] == ["other"]
-    assert [e["name"] for e in client.get(BASE, params={"name_prefix": "ex"}).json()] == ["exp"]
-    assert len(client.get(BASE, params={"limit": 1, "offset": 1}).json()) == 1
+    def names(**params):
+        return [e["name"] for e in client.get(BASE, params=params).json()["items"]]
+
+    assert names() == ["other", "exp"]
+    assert names(status="queued") == ["other"]
+    assert names(name_prefix="ex") == ["exp"]
+    assert len(client.get(BASE, params={"limit": 1, "offset": 1}).json()["items"]) == 1
     entries = platform.audit.query(action="create_experiment")
     assert any(e["resource_id"] == created["id"] for e in entries)
 
@@ -95,7 +103,7 @@ def test_create_422(client, trainer):
         response = client.post(BASE, json={"trainer": trainer, **fields})
         error = _error(response, 422, "validation_error")
         assert where in error["message"], (fields, error)
-    assert client.get(BASE).json() == []
+    assert client.get(BASE).json() == {"items": [], "next_cursor": None}
 
 
 def test_404_and_409(client, trainer):
@@ -125,18 +133,18 @@ def test_404_and_409(client, trainer):
 
 
 def test_rerun_events_and_compare(client, trainer):
-    first = _create(client, trainer, hyperparameters={"depth": 3}, seed=5)
+    first = _create(client, trainer, hyperparameters={"max_depth": 3}, seed=5)
     response = client.post(f"{BASE}/exp/rerun")
     assert response.status_code == 201
     rerun = response.json()
     assert rerun["name"] == "exp-rerun-1" and rerun["seed"] == 5
     assert rerun["status"] == "queued"
-    events = client.get(f"{BASE}/{rerun['id']}/events").json()
+    events = client.get(f"{BASE}/{rerun['id']}/events").json()["items"]
     assert [e["new"] for e in events] == ["created", "queued"]
     client.post(f"{BASE}/exp/metrics", json={"points": [{"name": "acc", "value": 0.75}]})
     data = client.get(f"{BASE}/compare", params={"ids": f"exp,{rerun['id']}"}).json()
     assert [e["id"] for e in data["experiments"]] == [first["id"], rerun["id"]]
-    assert data["hyperparameters"] == {"depth": [3, 3]} and data["differing"] == []
+    assert data["hyperparameters"] == {"max_depth": [3, 3]} and data["differing"] == []
     assert data["metrics"] == {"acc": [0.75, None]}
     repeated = client.get(f"{BASE}/compare?ids=exp&ids=exp-rerun-1")
     assert repeated.json()["experiments"][1]["name"] == "exp-rerun-1"

@@ -10,7 +10,7 @@ from mlrig.contracts.monitor import Monitor
 from mlrig.contracts.runtime import LoadedModel, ModelRuntime
 from mlrig.contracts.search import Choice, FloatRange, IntRange, SearchSpace, SearchStrategy, Trial
 from mlrig.contracts.storage import StorageBackend
-from mlrig.contracts.trainer import Trainer, TrainingContext, TrainResult
+from mlrig.contracts.trainer import PermanentError, Trainer, TrainingContext, TrainResult
 
 __all__ = [
     "Choice",
@@ -22,6 +22,7 @@ __all__ = [
     "LoadedModel",
     "ModelRuntime",
     "Monitor",
+    "PermanentError",
     "Resources",
     "SearchSpace",
     "SearchStrategy",

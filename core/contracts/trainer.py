@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mlrig.contracts.base import Backend
+from mlrig.errors import MlrigError
 
 MetricKind = Literal["train", "validation", "test"]
 
@@ -60,8 +61,30 @@ class TrainResult:
     model_version_id: str | None = None
 
 
+class PermanentError(MlrigError):
+    """A training failure that retrying cannot fix (a missing dataset, an unknown column,
+    an estimator that does not import, a bad parameter).
+
+    Raised by a trainer, it fails the experiment at once with its message, without using
+    up the remaining attempts. :class:`~mlrig.errors.ValidationError` and
+    :class:`~mlrig.errors.NotFoundError` raised while training count as permanent too;
+    any other exception is retried while attempts remain.
+    """
+
+    code = "permanent_error"
+    http_status = 422
+
+
 class Trainer(Backend, ABC):
     """Run one training job: params in, metrics, checkpoints and a model out."""
+
+    def check(self, *, params: dict[str, Any], dataset: dict[str, Any] | None) -> None:
+        """Refuse, when an experiment is created, what can never train: unknown or bad
+        hyperparameters, a missing required dataset... Cheap checks only (no data read).
+
+        The default accepts everything. Raise :class:`~mlrig.errors.ValidationError`
+        naming the bad value and what is allowed; the API answers 422, the CLI one line.
+        """
 
     @abstractmethod
     def train(self, context: TrainingContext) -> TrainResult:

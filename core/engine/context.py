@@ -13,11 +13,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete
-
-from mlrig.db.models import TrainingMetric
 from mlrig.engine.early_stopping import EarlyStopping
 from mlrig.errors import MlrigError
+from mlrig.experiments.metrics import AttemptFence, AttemptLostError, drop_points, write_points
 
 if TYPE_CHECKING:
     from mlrig.engine.queue import ClaimedJob
@@ -56,6 +54,8 @@ class JobContext:
         self._last_checkpoint: dict[str, Any] | None = experiment.get("last_checkpoint")
         self._last_saved = time.monotonic()
         self._buffer: list[tuple[Any, ...]] = []
+        #: whether this attempt dropped the points of earlier ones it logs again
+        self._superseded = False
         self._last_flush = time.monotonic()
         self._sigterm = False
         self.last_metrics: dict[str, float] = {}
@@ -66,6 +66,8 @@ class JobContext:
         self.skipped_points = 0
         self.datasets: list[dict[str, str | None]] = []
         self.model_version_id: str | None = None
+        self.created_by: uuid.UUID | None = experiment.get("created_by")
+        self.creator_name: str | None = experiment.get("creator_name")
 
     # --- signals ------------------------------------------------------------------------
 
@@ -107,14 +109,37 @@ class JobContext:
         if len(self._buffer) >= FLUSH_POINTS or time.monotonic() - self._last_flush > FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        """Write buffered metric points now."""
-        if not self._buffer:
-            return
-        from mlrig.experiments.metrics import write_points
+    @property
+    def _fence(self) -> AttemptFence:
+        return AttemptFence(owner=self.job.owner, attempt=self.job.attempt)
 
+    def _supersede(self, *, after_step: int | None) -> None:
+        """Once per attempt, before its first point: drop what earlier attempts logged
+        that this one logs again (after its checkpoint; everything on a fresh start), so
+        the history holds one point per (name, step, kind), the surviving attempt's."""
+        if self._superseded:
+            return
+        try:
+            drop_points(self.platform.db, self.job.id, after_step=after_step, fence=self._fence)
+        except AttemptLostError:
+            msg = "this attempt lost the job; stopping"
+            raise LeaseLostError(msg) from None
+        self._superseded = True
+
+    def flush(self, *, closing: bool = False) -> None:
+        """Write buffered metric points now (``closing``: the attempt completed, so what
+        earlier attempts logged goes even when this one logged nothing)."""
+        if not self._buffer:
+            if closing:
+                self._supersede(after_step=None)
+            return
+        self._supersede(after_step=None)
         points, self._buffer = self._buffer, []
-        count = write_points(self.platform.db, self.job.id, points)
+        try:
+            count = write_points(self.platform.db, self.job.id, points, fence=self._fence)
+        except AttemptLostError:
+            msg = "this attempt lost the job; stopping"
+            raise LeaseLostError(msg) from None
         self._last_flush = time.monotonic()
         self.platform.hooks.metrics_logged(self.experiment_id, count)
 
@@ -162,7 +187,8 @@ class JobContext:
         """The last checkpointed state, or ``None`` on a fresh start.
 
         Metric points a lost attempt wrote after that checkpoint are removed, so the
-        resumed run's history has no duplicates.
+        resumed run's history has no duplicates (on a fresh start, the first points this
+        attempt writes replace all of the earlier attempts').
         """
         record = self._last_checkpoint
         if not record:
@@ -173,12 +199,7 @@ class JobContext:
         if self.early_stopping:
             self.early_stopping.load(payload.get("early_stopping"))
         if step is not None:
-            with self.platform.db.session() as session:
-                session.execute(
-                    delete(TrainingMetric).where(
-                        TrainingMetric.experiment_id == self.job.id, TrainingMetric.step > step
-                    )
-                )
+            self._supersede(after_step=step)
         self.resumed_from_step = step
         self.last_step, self.last_epoch = step, payload.get("epoch")
         return payload["state"]
@@ -214,7 +235,7 @@ class JobContext:
         if "://" not in uri and not Path(uri).is_absolute():
             # the job runs in its own folder: a relative path means the config's folder
             uri = str(self.platform.settings.resolve_path(uri))
-        frame, digest = read_dataset(uri, self.platform.artifacts)
+        frame, digest = read_dataset(uri, access=self.platform.datasets)  # [datasets] bounds
         self.record_dataset(uri, digest)
         return frame
 
@@ -248,7 +269,12 @@ class JobContext:
             self.platform,
             model,
             name=name or self.model_name,
-            actor=Principal(name=f"experiment:{self.name}", role="developer"),
+            # the experiment's creator registers it (created_by), whoever runs the job
+            actor=Principal(
+                name=self.creator_name or f"experiment:{self.name}",
+                role="developer",
+                user_id=self.created_by,
+            ),
             sample=sample,
             source_experiment_id=self.experiment_id,
             source_run=f"attempt-{self.job.attempt}",

@@ -241,11 +241,12 @@ class JobQueue:
         """
         again = retry and job.attempt < job.max_attempts
         new = states.QUEUED if again else states.FAILED
-        detail = (
-            f"attempt {job.attempt} failed: {reason}; requeued"
-            if again
-            else f"failed after {job.attempt} attempt(s): {reason}"
-        )
+        if again:
+            detail = f"attempt {job.attempt} failed: {reason}; requeued"
+        elif not retry:
+            detail = f"failed on attempt {job.attempt}, not retried (cannot succeed): {reason}"
+        else:
+            detail = f"failed after {job.attempt} attempt(s): {reason}"
         return new if self._finish(job, new, detail) else None
 
     def _finish(

@@ -7,8 +7,10 @@ it (the executor sets a parent-death signal), and a stale attempt cannot complet
 that another worker has since taken over.
 
 Exit codes: 0 completed; 3 the attempt lost the job (nothing recorded); 4 interrupted by
-SIGTERM after checkpointing; 1 the trainer failed. On 1 and 4 the worker records the
-failed attempt and requeues the job while attempts remain.
+SIGTERM after checkpointing; 1 the trainer failed; 5 the trainer failed in a way retrying
+cannot fix (:func:`is_permanent`), the last output line saying why. On 1 and 4 the worker
+records the failed attempt and requeues the job while attempts remain; on 5 it fails the
+experiment at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ from typing import Any
 
 EXIT_LEASE_LOST = 3
 EXIT_INTERRUPTED = 4
+EXIT_PERMANENT = 5
+#: how the last output line of a permanent failure starts (the worker reads the reason)
+PERMANENT_MARKER = "[mlrig] not retried: "
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a trainer's exception cannot go away by retrying: a
+    :class:`~mlrig.contracts.PermanentError`, or a ``ValidationError``/``NotFoundError``
+    (bad input: a missing dataset, an unknown column, a bad parameter)."""
+    from mlrig.contracts.trainer import PermanentError
+    from mlrig.errors import NotFoundError, ValidationError
+
+    return isinstance(exc, (PermanentError, ValidationError, NotFoundError))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (the class name too, for non-mlrig ones)."""
+    from mlrig.errors import MlrigError
+
+    text = exc.message if isinstance(exc, MlrigError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(str(text).split())[:1000]
 
 
 def _package_versions() -> dict[str, str]:
@@ -82,7 +105,7 @@ def seed_everything(seed: int | None) -> None:
 
 
 def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
-    from mlrig.db.models import TrainingExperiment
+    from mlrig.db.models import TrainingExperiment, User
 
     with platform.db.session() as session:
         row = session.get(TrainingExperiment, job_id)
@@ -90,7 +113,11 @@ def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
             msg = f"no experiment {job_id}"
             raise SystemExit(msg)
         config = dict(row.configuration or {})
+        creator = session.get(User, row.created_by) if row.created_by else None
         return {
+            # who created the experiment: what it registers is theirs, not the worker's
+            "created_by": row.created_by,
+            "creator_name": creator.name if creator else config.get("submitted_by"),
             "id": str(row.id),
             "name": row.name,
             "trainer": row.trainer,
@@ -159,15 +186,22 @@ def run(job_id: str, attempt: int, owner: str) -> int:
             flush=True,
         )
         result = trainer.train(context)
-        context.flush()
+        context.flush(closing=True)
         record_reproducibility(platform, key, experiment, context.datasets)
     except LeaseLostError as exc:
         print(f"[mlrig] {exc}", flush=True)
         return EXIT_LEASE_LOST
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
         sys.stderr.flush()
-        context.flush()
+        try:
+            context.flush()
+        except LeaseLostError as lost:
+            print(f"[mlrig] {lost}", flush=True)
+            return EXIT_LEASE_LOST
+        if is_permanent(exc):
+            print(f"{PERMANENT_MARKER}{one_line(exc)}", flush=True)
+            return EXIT_PERMANENT
         return 1
     if context.interrupted:
         print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from mlrig.config import INHERITED_ENV
 from mlrig.contracts.executor import JobHandle, JobSpec
 from mlrig.engine.allocator import Capacity, ResourceAllocator
-from mlrig.engine.runner import EXIT_LEASE_LOST
+from mlrig.engine.runner import EXIT_LEASE_LOST, EXIT_PERMANENT, PERMANENT_MARKER
 from mlrig.engine.states import COMPLETED
 
 if TYPE_CHECKING:
@@ -35,6 +35,18 @@ LOG_SHIP_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 #: a job that recorded its completion gets this long to exit on its own
 EXIT_GRACE_SECONDS = 30.0
+
+
+def _describe_exit(code: int) -> str:
+    """An exit status in words: ``killed by SIGKILL`` for a negative one."""
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 @dataclass
@@ -202,10 +214,20 @@ class Worker:
             if running.completed_at is not None:
                 self.echo(f"finished {job.name} attempt {job.attempt} (completed; exit {code})")
                 continue
-            reason = self._last_line(running.log_path) or f"exit code {code}"
-            status = self.platform.queue.fail(job, reason)
+            line = self._last_line(running.log_path)
+            permanent = code == EXIT_PERMANENT and bool(line and PERMANENT_MARKER in line)
+            if permanent:
+                reason = line.split(PERMANENT_MARKER, 1)[1]  # type: ignore[union-attr]
+            elif code < 0:  # killed: the signal says more than the last line
+                reason = f"{_describe_exit(code)}{f' (last output: {line})' if line else ''}"
+            else:
+                reason = line or _describe_exit(code)
+            status = self.platform.queue.fail(job, reason, retry=not permanent)
             outcome = status or "no longer this worker's job"
-            self.echo(f"{job.name} attempt {job.attempt} failed (exit {code}) -> {outcome}")
+            why = "cannot succeed by retrying: " if permanent else ""
+            self.echo(
+                f"{job.name} attempt {job.attempt} failed (exit {code}; {why}{reason}) -> {outcome}"
+            )
 
     @staticmethod
     def _last_line(path: Path) -> str | None:

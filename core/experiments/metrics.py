@@ -18,20 +18,24 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from mlrig.db.models import TrainingExperiment
-from mlrig.errors import NotFoundError, ValidationError
+from mlrig.db.models import TrainingExperiment, TrainingMetric
+from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.experiments.points import KINDS, MAX_POINTS, Point, check_points
 
 __all__ = [
     "HISTORY_FIELDS",
     "MAX_POINTS",
+    "AttemptFence",
+    "AttemptLostError",
     "Point",
     "check_points",
+    "drop_points",
     "history_fields",
     "latest_values",
     "new_ids",
@@ -70,14 +74,56 @@ def as_uuid(experiment_id: uuid.UUID | str) -> uuid.UUID:
         raise ValidationError(msg) from None
 
 
-def write_points(db: Database, experiment_id: uuid.UUID | str, points: Iterable[Point]) -> int:
+@dataclass(frozen=True)
+class AttemptFence:
+    """The attempt of an engine job that writes: its worker (lease owner) and number.
+
+    A write fenced by it happens only while that attempt still holds the job, so points of
+    an attempt that lost its job (requeued, cancelled) can never land after the next
+    attempt cleared them.
+    """
+
+    owner: str
+    attempt: int
+
+
+class AttemptLostError(ConflictError):
+    """The fenced attempt no longer holds its job; nothing was written."""
+
+    code = "attempt_lost"
+
+
+def _require_attempt(session: Session, key: uuid.UUID, fence: AttemptFence, postgres: bool) -> None:
+    stmt = select(TrainingExperiment.id).where(
+        TrainingExperiment.id == key,
+        TrainingExperiment.lease_owner == fence.owner,
+        TrainingExperiment.attempts == fence.attempt,
+        TrainingExperiment.status == "running",
+    )
+    if postgres:
+        # FOR SHARE: claiming the next attempt (an UPDATE of this row) waits for this write
+        stmt = stmt.with_for_update(read=True)
+    if session.scalar(stmt) is None:
+        msg = f"attempt {fence.attempt} of experiment {str(key)!r} no longer holds the job"
+        raise AttemptLostError(msg)
+
+
+def write_points(
+    db: Database,
+    experiment_id: uuid.UUID | str,
+    points: Iterable[Point],
+    *,
+    fence: AttemptFence | None = None,
+) -> int:
     """Validate and insert metric points of one experiment in one transaction.
 
     Returns how many were written; the caller fires ``hooks.metrics_logged`` once for
     the batch. Nothing is written when any point is invalid.
 
+    :param fence: write only while this attempt holds the job (the training engine).
     :raises ValidationError: a bad point (see :func:`check_points`).
     :raises NotFoundError: no such experiment.
+    :raises AttemptLostError: ``fence`` is given and no longer holds the job.
     """
     key = as_uuid(experiment_id)
     with _gc_paused():
@@ -86,13 +132,33 @@ def write_points(db: Database, experiment_id: uuid.UUID | str, points: Iterable[
         if not rows:
             return 0
         with db.bulk_write_lock, db.session() as session:
-            _require_experiment(session, key)
+            if fence is None:
+                _require_experiment(session, key)
+            else:
+                _require_attempt(session, key, fence, db.dialect == "postgresql")
             raw = session.connection().connection.driver_connection
             if db.dialect == "postgresql":
                 _copy_postgresql(raw, key, rows, batch_time=now)
             else:
                 _insert_sqlite(raw, key, rows)
     return len(rows)
+
+
+def drop_points(
+    db: Database, experiment_id: uuid.UUID, *, after_step: int | None, fence: AttemptFence
+) -> int:
+    """Delete the points earlier attempts of a job left that the attempt ``fence`` will
+    log again: those after ``after_step`` (its checkpoint), or all for ``None`` (a fresh
+    start). Returns how many went.
+
+    :raises AttemptLostError: ``fence`` no longer holds the job.
+    """
+    with db.session() as session:
+        _require_attempt(session, experiment_id, fence, db.dialect == "postgresql")
+        stmt = delete(TrainingMetric).where(TrainingMetric.experiment_id == experiment_id)
+        if after_step is not None:
+            stmt = stmt.where(TrainingMetric.step > after_step)
+        return session.execute(stmt).rowcount or 0
 
 
 def new_ids(count: int) -> list[str]:

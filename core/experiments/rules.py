@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mlrig.errors import ValidationError
@@ -133,6 +135,22 @@ def check_dataset(dataset: object) -> dict[str, Any] | None:
         msg = f"dataset.target must be a column name, got {target!r}"
         raise ValidationError(msg)
     return check_json("dataset", dataset)
+
+
+def check_dataset_exists(uri: str, resolve: Callable[[str], Path]) -> None:
+    """A local dataset path (no scheme, or ``file://``) must name an existing file;
+    relative paths are taken from the config file's folder, as the job does. Other
+    schemes (object stores, ``artifact://``) are read, and checked, when the job runs."""
+    if uri.startswith("file://"):
+        uri = uri.removeprefix("file://")
+    elif "://" in uri:
+        return
+    if not resolve(uri).is_file():
+        msg = (
+            f"dataset {uri!r} not found: give an existing CSV/parquet file (a relative path "
+            "is taken from the config file's folder) or an object-store URL"
+        )
+        raise ValidationError(msg, details={"dataset": uri})
 
 
 def check_json(field: str, value: dict[str, Any]) -> dict[str, Any]:

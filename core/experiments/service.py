@@ -12,14 +12,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mlrig import validation as v
+from mlrig.db.lookup import find_by_id_prefix
 from mlrig.db.models import EXPERIMENT_STATUSES, ExperimentEvent, TrainingExperiment, User
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
-from mlrig.experiments import metrics, rules
+from mlrig.experiments import metrics, points, rules
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, LogStore
 from mlrig.experiments.views import event_view, experiment_summary, experiment_view
 
 if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
+    from mlrig.config import Settings
     from mlrig.db import Database
     from mlrig.engine.queue import JobQueue
     from mlrig.hooks import Hooks
@@ -51,12 +54,19 @@ class ExperimentService:
     """
 
     def __init__(
-        self, db: Database, queue: JobQueue, artifacts: ArtifactStore, hooks: Hooks
+        self,
+        db: Database,
+        queue: JobQueue,
+        artifacts: ArtifactStore,
+        hooks: Hooks,
+        *,
+        settings: Settings | None = None,
     ) -> None:
         self.db = db
         self.queue = queue
         self.artifacts = artifacts
         self.hooks = hooks
+        self.settings = settings
         self.logs = LogStore(artifacts)
 
     # --- lookups ------------------------------------------------------------------------
@@ -72,6 +82,9 @@ class ExperimentService:
                 .order_by(TrainingExperiment.created_at.desc())
                 .limit(1)
             )
+            if row is None:  # a unique id prefix, as tables show ids truncated
+                key = find_by_id_prefix(session, TrainingExperiment.id, ref, what="experiment")
+                row = session.get(TrainingExperiment, key) if key is not None else None
         if row is None:
             msg = f"no experiment {str(ref)!r} (an id or a name); see: mlrig experiments list"
             raise NotFoundError(msg, details={"experiment": str(ref)})
@@ -142,7 +155,9 @@ class ExperimentService:
         fields = {
             "name": rules.check_name(name),
             "trainer": rules.check_trainer(trainer),
-            "description": description,
+            "description": v.check_optional_text(
+                description, field="description", max_length=v.MAX_DESCRIPTION_LENGTH
+            ),
             "hyperparameters": rules.check_json("hyperparameters", hyperparameters or {}),
             "dataset": rules.check_dataset(dataset),
             "resources": rules.check_resources(resources),
@@ -155,9 +170,22 @@ class ExperimentService:
             "model_name": rules.check_model_name(model_name),
         }
         fields["seed"], source = rules.check_seed(seed)
+        self._check_trainable(fields)
         return self._create(
             fields, actor, {"seed": fields["seed"], "seed_source": source}, start=start
         )
+
+    def _check_trainable(self, fields: dict[str, Any]) -> None:
+        """What would fail every attempt is refused now, not after a worker tried: a
+        local dataset that does not exist, and what the trainer's ``check`` refuses."""
+        from mlrig.backends import load_backend
+
+        dataset = fields["dataset"]
+        if dataset is not None and self.settings is not None:
+            rules.check_dataset_exists(dataset["uri"], self.settings.resolve_path)
+        name = fields["trainer"]
+        trainer = load_backend("trainers", name).from_options({}, where=f"trainers.{name}")
+        trainer.check(params=fields["hyperparameters"], dataset=dataset)
 
     def _create(
         self, fields: dict[str, Any], actor: Principal, facts: dict[str, Any], *, start: bool
@@ -271,7 +299,7 @@ class ExperimentService:
         if status is not None and status not in EXPERIMENT_STATUSES:
             msg = f"unknown status {status!r}; use one of {', '.join(EXPERIMENT_STATUSES)}"
             raise ValidationError(msg)
-        if not 1 <= limit <= 1000 or offset < 0:
+        if not 1 <= limit <= 1000 or not 0 <= offset <= v.INT64_MAX:
             msg = f"limit must be 1-1000 and offset >= 0, got limit={limit}, offset={offset}"
             raise ValidationError(msg)
         stmt = select(TrainingExperiment).order_by(TrainingExperiment.created_at.desc())
@@ -351,6 +379,12 @@ class ExperimentService:
         """``{"experiment_id", "count", "metrics": history}`` (see
         :func:`mlrig.experiments.metrics.read_history`)."""
         chosen = metrics.history_fields(fields)  # a bad field fails before any lookup
+        if name is not None:
+            v.check_text(name, field="name", max_length=points.MAX_NAME_LENGTH)
+        if after_step is not None:
+            v.check_int(after_step, field="after_step", low=0, high=v.INT32_MAX)
+        if limit is not None:
+            v.check_int(limit, field="limit", low=1, high=v.INT64_MAX)
         key = self.resolve(ref)
         history = metrics.read_history(
             self.db, key, name=name, kind=kind, after_step=after_step, limit=limit, fields=chosen

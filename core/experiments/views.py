@@ -30,6 +30,9 @@ def experiment_summary(row: TrainingExperiment, *, creator: str | None = None) -
         "attempts": row.attempts,
         "max_attempts": row.max_attempts,
         "model_name": config.get("model_name"),
+        # the column is the spec's ``model_id``, but it holds the id of the registered
+        # *version* (a row of ml_models); ``model_id`` stays for one release, deprecated
+        "model_version_id": _str(row.model_id),
         "model_id": _str(row.model_id),
         "created_by": creator or config.get("submitted_by"),
         "created_at": iso(row.created_at),
