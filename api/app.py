@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from mlrig import __version__
+from mlrig.api import docs, openapi
 from mlrig.api.errors import install_error_handlers
 from mlrig.api.middleware import AuditMiddleware, RequestGuardMiddleware, RequestIdMiddleware
 from mlrig.api.routers import ROUTERS
+from mlrig.api.types import check_request_params
 from mlrig.platform import Platform
 
 API_PREFIX = "/api/ml"
@@ -21,8 +23,11 @@ def create_app(platform: Platform) -> FastAPI:
         title="mlrig",
         version=__version__,
         description="mlrig REST API: every route lives under /api/ml.",
-        docs_url="/docs",
+        docs_url=None,  # served offline by mlrig.api.docs
+        redoc_url=None,
         openapi_url="/openapi.json",
+        # every route's query and path parameters, plugin routes included (api/types.py)
+        dependencies=[Depends(check_request_params)],
     )
     app.state.platform = platform
     install_error_handlers(app)
@@ -34,6 +39,8 @@ def create_app(platform: Platform) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     platform.hooks.register_routes(app)
     _document_security(app)
+    openapi.install(app)  # last: completes the schema the steps above build
+    docs.install(app)
     return app
 
 

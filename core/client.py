@@ -94,6 +94,10 @@ class Client:
         _raise_for_error(response)
         return response.json() if response.content else None
 
+    def _items(self, path: str, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The ``items`` of one page of a list route (``{"items", "next_cursor"}``)."""
+        return self._request("GET", path, params=_params(filters))["items"]
+
     # --- server -----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -117,9 +121,10 @@ class Client:
         """An experiment by name or id, with its latest metric values."""
         return self._request("GET", f"/experiments/{ref}")
 
-    def list_experiments(self, **filters: Any) -> Any:
-        """Experiments (``status``, ``name_prefix``, ``trainer``, ``limit``, ``offset``)."""
-        return self._request("GET", "/experiments", params=_params(filters))
+    def list_experiments(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of experiments, newest first (``status``, ``name_prefix``, ``trainer``,
+        ``limit``, ``offset`` or ``cursor``)."""
+        return self._items("/experiments", filters)
 
     def start_experiment(self, ref: str) -> dict[str, Any]:
         """Queue an experiment for the workers."""
@@ -200,9 +205,10 @@ class Client:
 
     # --- models -----------------------------------------------------------------------------
 
-    def list_models(self, **filters: Any) -> Any:
-        """Registered models (``name_prefix``, ``q``, ``tag``, ``limit``, ``offset``)."""
-        return self._request("GET", "/models", params=_params(filters))
+    def list_models(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of registered models, by name (``name_prefix``, ``q``, ``tag``,
+        ``limit``, ``offset`` or ``cursor``)."""
+        return self._items("/models", filters)
 
     def get_model(self, ref: str) -> dict[str, Any]:
         """A registered model by name or id."""
@@ -265,9 +271,9 @@ class Client:
         body = {"stage": stage, "comment": comment}
         return self._request("POST", f"/models/{model}/versions/{version}/stage", json=body)
 
-    def list_approvals(self, **filters: Any) -> Any:
+    def list_approvals(self, **filters: Any) -> list[dict[str, Any]]:
         """Approval requests (``status``, ``model``)."""
-        return self._request("GET", "/approvals", params=_params(filters))
+        return self._items("/approvals", filters)
 
     def approve(self, request_id: str, *, comment: str | None = None) -> dict[str, Any]:
         """Approve a request (as another user than the requester, with the deployer role)."""

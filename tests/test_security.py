@@ -72,7 +72,7 @@ def test_no_token_is_401_and_audited(api_client, admin_headers):
         401,
         "unauthenticated",
     )
-    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()
+    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()["items"]
     denied = [e for e in entries if e["outcome"] == "denied"]
     assert len(denied) == 2
     assert {e["actor"] for e in denied} == {"anonymous"}
@@ -84,7 +84,7 @@ def test_viewer_cannot_write_and_is_audited(api_client, make_token, admin_header
     response = api_client.post("/api/ml/users", json={"name": "x", "role": "admin"}, headers=viewer)
     body = _error(response, 403, "forbidden")
     assert "vera" in body["error"]["message"]
-    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()
+    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()["items"]
     refused = [e for e in entries if e["actor"] == "vera"]
     assert refused and refused[0]["outcome"] == "denied"
     assert refused[0]["action"] == "create_user"
@@ -108,7 +108,7 @@ def test_mutations_are_audited_with_resource_ids(api_client, admin_headers):
         api_client.delete(f"/api/ml/tokens/{token['id']}", headers=admin_headers).status_code == 200
     )
     _error(api_client.get("/api/ml/users/me", headers=dev), 401, "unauthenticated")
-    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()
+    entries = api_client.get("/api/ml/audit", headers=admin_headers).json()["items"]
     by_action = {e["action"]: e for e in entries}
     assert by_action["create_user"]["resource_id"] == created.json()["id"]
     assert by_action["create_token"]["resource_id"] == token["id"]

@@ -6,22 +6,44 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import orjson
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
+from mlrig.api.openapi import errors
+from mlrig.api.pagination import offset_page, whole
+from mlrig.api.schemas import (
+    Experiment,
+    ExperimentComparison,
+    ExperimentEvent,
+    ExperimentSummary,
+    MetricHistory,
+    MetricsWritten,
+    Page,
+)
 from mlrig.api.security import Reader, Writer
+from mlrig.api.types import (
+    Cursor,
+    Description,
+    ExperimentName,
+    InputModel,
+    JsonObject,
+    MetricName,
+    ModelName,
+    Offset,
+)
 from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
 from mlrig.experiments.metrics import MAX_POINTS
+from mlrig.validation import INT32_MAX, INT64_MAX
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -30,29 +52,30 @@ FOLLOW_POLL_SECONDS = 0.5
 Kind = Literal["train", "validation", "test"]
 
 
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpus: int = Field(default=1, ge=0)
-    gpus: int = Field(default=0, ge=0)
-    memory_mb: int = Field(default=0, ge=0, description="0: no memory limit.")
+class Resources(InputModel):
+    cpus: int = Field(default=1, ge=0, le=INT32_MAX)
+    gpus: int = Field(default=0, ge=0, le=INT32_MAX)
+    memory_mb: int = Field(default=0, ge=0, le=INT32_MAX, description="0: no memory limit.")
 
 
-class EarlyStoppingRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    monitor: str = Field(min_length=1, max_length=100, description="Metric name, e.g. val_loss.")
+class EarlyStoppingRule(InputModel):
+    monitor: MetricName = Field(description="Metric name, e.g. val_loss.")
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(default=3, ge=1, description="Evaluations without improvement.")
-    min_delta: float = Field(default=0.0, ge=0)
+    patience: int = Field(
+        default=3, ge=1, le=INT32_MAX, description="Evaluations without improvement."
+    )
+    min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     kind: Kind = "validation"
 
 
-class ExperimentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    trainer: str = Field(min_length=1, description="An installed trainer backend, e.g. sklearn.")
-    description: str | None = None
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    dataset: dict[str, Any] | None = Field(
+class ExperimentCreate(InputModel):
+    name: ExperimentName
+    trainer: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        description="An installed trainer backend, e.g. sklearn."
+    )
+    description: Description | None = None
+    hyperparameters: JsonObject = Field(default_factory=dict)
+    dataset: JsonObject | None = Field(
         default=None, description='{"uri": "data/train.csv", "target": "label", ...}'
     )
     resources: Resources = Field(default_factory=Resources)
@@ -61,21 +84,27 @@ class ExperimentCreate(BaseModel):
     early_stopping: EarlyStoppingRule | None = None
     max_attempts: int = Field(default=3, ge=1, le=100)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default: random.")
-    model_name: str | None = Field(default=None, description="Default: the experiment name.")
+    model_name: ModelName | None = Field(default=None, description="Default: the experiment name.")
     start: bool = Field(default=False, description="Queue it right away.")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create training experiment")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create training experiment",
+    responses=errors(409, e409="An experiment of that name exists."),
+    response_model_exclude_unset=True,
+)
 def create_experiment(
     body: ExperimentCreate, request: Request, platform: PlatformDep, actor: Writer
-) -> Any:
+) -> Experiment:
     fields = body.model_dump()
     view = platform.experiments.create(actor=actor, **fields)
     request.state.audit_resource_id = view["id"]
     return view
 
 
-@router.get("", summary="List experiments")
+@router.get("", summary="List experiments", response_model_exclude_unset=True)
 def list_experiments(
     platform: PlatformDep,
     _: Reader,
@@ -84,36 +113,60 @@ def list_experiments(
     name_prefix: str | None = Query(default=None, description="Names starting with this."),
     trainer: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
-) -> list[dict[str, Any]]:
-    return platform.experiments.list(
-        status=status, name_prefix=name_prefix, trainer=trainer, limit=limit, offset=offset
+    offset: Offset = 0,
+    cursor: Cursor = None,
+) -> Page[ExperimentSummary]:
+    """One page, newest first: ``{"items": [...], "next_cursor": ...}``."""
+    return offset_page(  # type: ignore[return-value]
+        lambda n, skip: platform.experiments.list(
+            status=status, name_prefix=name_prefix, trainer=trainer, limit=n, offset=skip
+        ),
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
     )
 
 
 # Before /{id}: "compare" is not an experiment id.
-@router.get("/compare", summary="Compare experiments: hyperparameters and last metric values")
+@router.get(
+    "/compare",
+    summary="Compare experiments: hyperparameters and last metric values",
+    responses=errors(404, e404="No experiment of one of the ids."),
+    response_model_exclude_unset=True,
+)
 def compare_experiments(
     platform: PlatformDep,
     _: Reader,
-    ids: list[str] = Query(description="Ids or names: repeat the parameter or separate by commas."),
-) -> Any:
+    ids: list[str] = Query(
+        description="Ids or names: repeat the parameter or separate by commas.", max_length=50
+    ),
+) -> ExperimentComparison:
     refs = [ref.strip() for value in ids for ref in value.split(",") if ref.strip()]
     return platform.experiments.compare(refs)
 
 
-@router.get("/{id}", summary="Get experiment details")
-def get_experiment(id: str, platform: PlatformDep, _: Reader) -> Any:
+@router.get("/{id}", summary="Get experiment details", response_model_exclude_unset=True)
+def get_experiment(id: str, platform: PlatformDep, _: Reader) -> Experiment:
     return platform.experiments.get(id)
 
 
-@router.post("/{id}/start", summary="Start training (queue the experiment)")
-def start_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
+@router.post(
+    "/{id}/start",
+    summary="Start training (queue the experiment)",
+    responses=errors(409, e409="Already queued or running, or completed."),
+    response_model_exclude_unset=True,
+)
+def start_experiment(id: str, platform: PlatformDep, _: Writer) -> Experiment:
     return platform.experiments.start(id)
 
 
-@router.post("/{id}/stop", summary="Stop training")
-def stop_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
+@router.post(
+    "/{id}/stop",
+    summary="Stop training",
+    responses=errors(409, e409="Already in a final state."),
+    response_model_exclude_unset=True,
+)
+def stop_experiment(id: str, platform: PlatformDep, _: Writer) -> Experiment:
     return platform.experiments.stop(id)
 
 
@@ -121,26 +174,38 @@ def stop_experiment(id: str, platform: PlatformDep, _: Writer) -> Any:
     "/{id}/rerun",
     status_code=status.HTTP_201_CREATED,
     summary="Queue an identical run (same trainer, parameters, dataset, seed)",
+    responses=errors(409),
+    response_model_exclude_unset=True,
 )
-def rerun_experiment(id: str, request: Request, platform: PlatformDep, actor: Writer) -> Any:
+def rerun_experiment(id: str, request: Request, platform: PlatformDep, actor: Writer) -> Experiment:
     view = platform.experiments.rerun(id, actor=actor)
     request.state.audit_resource_id = view["id"]
     return view
 
 
-@router.get("/{id}/events", summary="State changes of an experiment")
-def experiment_events(id: str, platform: PlatformDep, _: Reader) -> Any:
-    return platform.experiments.events(id)
+@router.get(
+    "/{id}/events", summary="State changes of an experiment", response_model_exclude_unset=True
+)
+def experiment_events(id: str, platform: PlatformDep, _: Reader) -> Page[ExperimentEvent]:
+    """Every state change, oldest first (one page: ``next_cursor`` is always null)."""
+    return whole(platform.experiments.events(id))  # type: ignore[return-value]
 
 
-@router.get("/{id}/metrics", summary="Get training metrics (columnar history per metric)")
+@router.get(
+    "/{id}/metrics",
+    summary="Get training metrics (columnar history per metric)",
+    response_class=Response,  # orjson bytes; the schema below is what they hold
+    responses={200: {"model": MetricHistory, "description": "The history, by metric name."}},
+)
 def get_metrics(
     id: str,
     platform: PlatformDep,
     _: Reader,
-    name: str | None = Query(default=None, description="Only this metric."),
+    name: str | None = Query(default=None, max_length=100, description="Only this metric."),
     kind: Kind | None = None,
-    after_step: int | None = Query(default=None, description="Only points after this step."),
+    after_step: int | None = Query(
+        default=None, ge=0, le=INT32_MAX, description="Only points after this step."
+    ),
     limit: int | None = Query(
         default=None,
         ge=1,
@@ -217,7 +282,9 @@ def parse_points(body: bytes) -> list[Any]:
         }
     },
 )
-async def log_metrics(id: str, request: Request, platform: PlatformDep, _: Writer) -> Any:
+async def log_metrics(
+    id: str, request: Request, platform: PlatformDep, _: Writer
+) -> MetricsWritten:
     body = await request.body()
     points = await run_in_threadpool(parse_points, body)
     return await run_in_threadpool(platform.experiments.log_metrics, id, points)
@@ -227,12 +294,25 @@ async def log_metrics(id: str, request: Request, platform: PlatformDep, _: Write
     "/{id}/logs",
     summary="Get training logs (follow=true streams until the job ends)",
     response_class=Response,
+    responses={
+        200: {
+            "description": "The log bytes from offset (UTF-8 text); with follow=true a "
+            "stream that ends when the experiment reaches a final state or at timeout.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "headers": {
+                "X-Next-Offset": {
+                    "description": "The offset to ask for next (not on a followed stream).",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        }
+    },
 )
 def get_logs(
     id: str,
     platform: PlatformDep,
     _: Reader,
-    offset: int = Query(default=0, ge=0, description="First byte to return."),
+    offset: int = Query(default=0, ge=0, le=INT64_MAX, description="First byte to return."),
     limit: int = Query(default=DEFAULT_READ_BYTES, ge=1, le=MAX_READ_BYTES),
     follow: bool = Query(default=False, description="Stream new output until a final state."),
     timeout: float = Query(

@@ -70,9 +70,15 @@ class AuditTrail:
         actor: str | None = None,
         action: str | None = None,
         limit: int = 100,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Entries, newest first."""
-        stmt = select(AuditLog).order_by(AuditLog.at.desc()).limit(limit)
+        """Entries, newest first (then by id, so pages by offset do not overlap)."""
+        stmt = (
+            select(AuditLog)
+            .order_by(AuditLog.at.desc(), AuditLog.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         if since is not None:
             stmt = stmt.where(AuditLog.at >= since)
         if actor is not None:

@@ -1,0 +1,356 @@
+"""Response models: the shape of every JSON answer under ``/api/ml``.
+
+They describe what the services return (the ``*_view`` functions), so the OpenAPI schema
+tells clients, generated SDKs and fuzzers the real shape. Every model allows extra keys:
+a field a service adds reaches the client before the schema names it, and is declared
+here in the same change (the schemathesis run checks the schema against real answers).
+Times are ISO 8601 strings with an offset, kept as the service wrote them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlrig.db.models import STAGES
+from mlrig.security.roles import ROLES
+
+T = TypeVar("T")
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
+Role = Literal[ROLES]  # type: ignore[valid-type]
+ExperimentStatus = Literal["created", "queued", "running", "completed", "failed", "cancelled"]
+
+
+class Out(BaseModel):
+    """Base of the response models: extra keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- envelopes ----------------------------------------------------------------------
+
+
+class Page(Out, Generic[T]):
+    """One page of a list: ``next_cursor`` is null on the last page, else pass it as
+    ``cursor`` to get the next one."""
+
+    items: list[T]
+    next_cursor: str | None = Field(description="Null on the last page.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. not_found, validation_error.")
+    message: str = Field(description="What is wrong and how to fix it, for a person.")
+    details: dict[str, Any] = Field(description="Structured context; {} when none.")
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+
+
+# --- registry -----------------------------------------------------------------------
+
+
+class Artifact(Out):
+    path: str
+    type: str
+    size: int
+    sha256: str | None
+    compression: str | None
+    encrypted: bool
+
+
+class Lineage(Out):
+    source_experiment_id: str | None
+    source_run: str | None
+    parent_version_id: str | None
+    datasets: list[dict[str, Any]]
+    code_version: str | None
+    parent: dict[str, Any] | None = Field(default=None, description="On a single version.")
+    experiment: dict[str, Any] | None = Field(default=None, description="On a single version.")
+    derived: list[dict[str, Any]] = Field(default_factory=list)
+    deployments: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Version(Out):
+    id: str
+    model_id: str
+    name: str = Field(description="The model's name.")
+    version: str
+    description: str | None
+    framework: str | None
+    model_type: str | None
+    stage: str = Field(description=f"One of {', '.join(STAGES)}.")
+    status: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    signature: dict[str, Any] | None
+    requirements: list[str]
+    lineage: Lineage
+    created_by: str | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    aliases: list[str] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list, description="On a single version.")
+
+
+class VersionBrief(Out):
+    version: str
+    stage: str
+    created_at: Timestamp | None
+
+
+class Model(Out):
+    id: str
+    name: str
+    description: str | None
+    tags: dict[str, str]
+    created_by: str | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    version_count: int | None = None
+    latest_version: str | None = None
+    aliases: dict[str, str] = Field(default_factory=dict, description="Alias -> version.")
+    versions: list[VersionBrief] = Field(
+        default_factory=list, description="On a single model: its live versions."
+    )
+
+
+class Deleted(Out):
+    """What a delete removed (soft: restorable until purged)."""
+
+    id: str
+    name: str
+    version: str | None = Field(default=None, description="A deleted version's name.")
+    deleted: bool
+    forced: bool | None = Field(default=None, description="Whether an admin forced it.")
+    versions: list[str] | None = Field(default=None, description="Versions deleted with it.")
+    deleted_at: Timestamp | None = None
+    purge_after: Timestamp | None = Field(
+        default=None, description="Restorable until then (null: until purged by hand)."
+    )
+    forced: bool | None = Field(
+        default=None, description="An admin deleted a version in production, aliased or deployed."
+    )
+    versions: list[str] | None = Field(default=None, description="On a model: its versions.")
+    removed_aliases: list[str] | None = Field(default=None, description="On a version.")
+    deleted_at: Timestamp | None = None
+    purge_after: Timestamp | None = Field(
+        default=None, description="From then on `mlrig models purge` removes it for good."
+    )
+
+
+class DeletedEntry(Out):
+    """A deleted model or version (``kind``), restorable until purged."""
+
+    kind: Literal["model", "version"]
+    id: str
+    name: str
+    version: str | None = None
+    versions: int | None = Field(default=None, description="On a model: versions deleted with it.")
+    stage: Stage | None = None
+    deleted_at: Timestamp | None
+    purge_after: Timestamp | None
+
+
+class AliasSetResult(Out):
+    model: str
+    alias: str
+    version: str
+    previous: str | None
+
+
+class AliasDeleted(Out):
+    model: str
+    alias: str
+    deleted: bool
+
+
+class ApprovalRequest(Out):
+    id: str
+    model: str
+    version: str
+    version_id: str
+    target_stage: str
+    status: Literal["pending", "approved", "rejected"]
+    requested_by: str | None
+    requested_at: Timestamp | None
+    decided_by: str | None
+    decided_at: Timestamp | None
+    comment: str | None
+    archived_versions: list[str] = Field(
+        default_factory=list, description="After an approval: versions moved out of the stage."
+    )
+
+
+class StageResult(Out):
+    """``moved`` (with from/to) or ``pending_approval`` (with the request)."""
+
+    status: Literal["moved", "pending_approval"]
+    version: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    request: ApprovalRequest | None = None
+
+
+class Evaluation(Out):
+    id: str
+    model: str
+    version: str
+    dataset_uri: str
+    dataset_hash: str | None
+    runtime: str
+    task: str
+    runtime_info: dict[str, Any]
+    metrics: dict[str, float]
+    created_at: Timestamp | None
+
+
+class VersionComparison(Out):
+    model: str
+    versions: list[dict[str, Any]] = Field(
+        description="Per version: version, stage, aliases, registered_metrics, evaluation."
+    )
+    metrics: dict[str, dict[str, float | None]] = Field(description="Metric -> version -> value.")
+
+
+# --- users, tokens, audit -----------------------------------------------------------
+
+
+class User(Out):
+    id: str
+    name: str
+    role: str = Field(description=f"One of {', '.join(ROLES)}.")
+    email: str | None
+    disabled: bool
+    created_at: Timestamp | None
+
+
+class Me(Out):
+    name: str
+    role: str
+
+
+class Token(Out):
+    id: str
+    name: str
+    user: str
+    prefix: str
+    created_at: Timestamp | None
+    last_used_at: Timestamp | None
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class NewToken(Token):
+    token: str = Field(description="The secret, shown only in this answer.")
+
+
+class AuditEntry(Out):
+    id: str
+    at: Timestamp
+    actor: str
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    outcome: str
+    request_id: str | None
+    details: dict[str, Any]
+
+
+# --- experiments --------------------------------------------------------------------
+
+
+class ExperimentEvent(Out):
+    old: str | None
+    new: str
+    detail: str | None
+    at: Timestamp | None
+
+
+class ExperimentSummary(Out):
+    id: str
+    name: str
+    description: str | None
+    trainer: str
+    status: ExperimentStatus
+    status_detail: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    model_name: str | None
+    model_version_id: str | None = Field(
+        default=None, description="The version the run registered (null until then)."
+    )
+    model_id: str | None = Field(
+        default=None, deprecated=True, description="Old name of model_version_id."
+    )
+    created_by: str | None
+    created_at: Timestamp | None
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    updated_at: Timestamp | None
+
+
+class Experiment(ExperimentSummary):
+    hyperparameters: dict[str, Any]
+    dataset: dict[str, Any] | None
+    resources: dict[str, Any]
+    checkpoint_interval_s: int
+    early_stopping: dict[str, Any] | None
+    seed: int | None
+    lease_owner: str | None
+    heartbeat_at: Timestamp | None
+    last_checkpoint: Any = Field(default=None, description="The trainer's last checkpoint.")
+    reproducibility: dict[str, Any]
+    result: dict[str, Any] | None
+    events: list[ExperimentEvent] = Field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Latest point per metric name."
+    )
+
+
+class MetricSeries(Out):
+    """Columns of one metric's history; only the requested ``fields`` are present."""
+
+    steps: list[int] | None = None
+    values: list[float] | None = None
+    epochs: list[int | None] | None = None
+    kinds: list[str | None] | None = None
+    times: list[Timestamp] | None = None
+
+
+class MetricHistory(Out):
+    experiment_id: str
+    count: int = Field(description="Points returned.")
+    metrics: dict[str, MetricSeries]
+
+
+class MetricsWritten(Out):
+    experiment_id: str
+    written: int
+
+
+class ExperimentComparison(Out):
+    experiments: list[dict[str, Any]] = Field(description="id, name, status, trainer.")
+    hyperparameters: dict[str, list[Any]] = Field(description="Name -> value per experiment.")
+    metrics: dict[str, list[float | None]] = Field(description="Name -> last value each.")
+    differing: list[str] = Field(description="Hyperparameters whose values differ.")
+
+
+# --- health -------------------------------------------------------------------------
+
+
+class Health(Out):
+    version: str
+    status: Literal["ok", "degraded", "error"]
+    checks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per component; details need a token."
+    )
