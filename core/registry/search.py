@@ -93,6 +93,11 @@ def _metric_sort(sort: str) -> str | None:
     return found.group(1) if found else None
 
 
+def metric_sort_name(sort: str) -> str | None:
+    """The metric a sort such as ``-metrics.accuracy`` orders by, else ``None``."""
+    return _metric_sort(sort)
+
+
 def _metric_column(name: str) -> Any:
     return MLModel.metrics[name].as_float()
 

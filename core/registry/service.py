@@ -31,10 +31,12 @@ from mlrig.errors import (
     StorageError,
     ValidationError,
 )
+from mlrig.registry.inputs import check_artifact_paths, check_model_fields, check_version_fields
 from mlrig.registry.names import check_model_name, check_version_name
-from mlrig.registry.search import VersionQuery, build_query, next_cursor
+from mlrig.registry.search import VersionQuery, build_query, metric_sort_name, next_cursor
 from mlrig.registry.views import artifact_view, model_view, version_view
 from mlrig.security import Permission
+from mlrig.validation import INT64_MAX
 
 if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
@@ -248,6 +250,7 @@ class ModelRegistry:
     ) -> dict[str, Any]:
         """Register a model name; :class:`ConflictError` if it exists."""
         check_model_name(name)
+        description, tags = check_model_fields(description=description, tags=tags)
         try:
             with self.db.session() as session:
                 model = RegisteredModel(
@@ -305,7 +308,7 @@ class ModelRegistry:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """Registered models, by name."""
-        if not (1 <= limit <= 1000) or offset < 0:
+        if not (1 <= limit <= 1000) or not 0 <= offset <= INT64_MAX:
             msg = "limit must be 1-1000 and offset >= 0"
             raise ValidationError(msg)
         counts = (
@@ -339,6 +342,7 @@ class ModelRegistry:
         self, ref: str, *, description: str | None = None, tags: dict[str, str] | None = None
     ) -> dict[str, Any]:
         """Change a model's description and/or replace its tags."""
+        description, tags = check_model_fields(description=description, tags=tags)
         with self.db.session() as session:
             model = self._model(session, ref)
             if description is not None:
@@ -722,10 +726,23 @@ class ModelRegistry:
             raise ValidationError(msg)
         if version is not None:
             check_version_name(version)
-        for metric, value in (metrics or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                msg = f"metric {metric!r} must be a number, got {value!r}"
-                raise ValidationError(msg)
+        check_artifact_paths(files)
+        # every recorded field, checked before anything is uploaded (registry/inputs.py)
+        recorded = check_version_fields(
+            {
+                "description": description,
+                "framework": framework,
+                "model_type": model_type,
+                "tags": tags,
+                "params": params,
+                "metrics": metrics,
+                "signature": signature,
+                "requirements": requirements,
+                "source_run": source_run,
+                "datasets": datasets,
+                "code_version": code_version,
+            }
+        )
         created_model = self._ensure_model(model_ref, actor) if create_model else None
         try:
             view = self._insert_version(
@@ -736,19 +753,7 @@ class ModelRegistry:
                 created_by=created_by,
                 parent_version=parent_version,
                 source_experiment_id=source_experiment_id,
-                fields={
-                    "description": description,
-                    "framework": framework,
-                    "model_type": model_type,
-                    "tags": dict(tags or {}),
-                    "params": dict(params or {}),
-                    "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-                    "signature": signature,
-                    "requirements": list(requirements or []),
-                    "source_run": source_run,
-                    "datasets": list(datasets or []),
-                    "code_version": code_version,
-                },
+                fields=recorded,
             )
         except BaseException:
             if created_model is not None:
@@ -888,6 +893,7 @@ class ModelRegistry:
         frozen: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Edit a version's description or tags; anything else is frozen (409)."""
+        description, tags = check_model_fields(description=description, tags=tags)
         if frozen:
             fields = sorted(set(frozen) & FROZEN_FIELDS) or sorted(frozen)
             msg = (
@@ -937,10 +943,49 @@ class ModelRegistry:
                 "purge_after": self._purge_after(version.deleted_at),
             }
 
+    def _check_metric_names(self, session: Session, query: VersionQuery) -> None:
+        """Refuse a filter or a sort on a metric that no version in scope has: it would
+        answer an empty (or unsorted) page, as if the data were missing."""
+        names = {m.name for m in query.metrics}
+        sort_metric = metric_sort_name(query.sort)
+        if sort_metric is not None:
+            names.add(sort_metric)
+        if not names:
+            return
+        scope = [MLModel.deleted_at.is_(None)]
+        if query.model_id is not None:
+            scope.append(MLModel.registered_model_id == query.model_id)
+        if query.name is not None:
+            scope.append(MLModel.name == query.name)
+        missing = sorted(
+            name
+            for name in names
+            if not session.scalar(
+                select(
+                    select(MLModel.id)
+                    .where(*scope, MLModel.metrics[name].as_float().is_not(None))
+                    .exists()
+                )
+            )
+        )
+        if not missing:
+            return
+        known: set[str] = set()
+        for metrics in session.scalars(select(MLModel.metrics).where(*scope).limit(10_000)):
+            known.update(metrics or {})
+        where = "of this model " if query.model_id is not None or query.name else ""
+        listed = ", ".join(sorted(known)) if known else "none (no version has metrics)"
+        msg = (
+            f"no version {where}has the metric {', '.join(map(repr, missing))}; "
+            f"the metrics that exist: {listed}"
+        )
+        raise ValidationError(msg, details={"unknown": missing, "metrics": sorted(known)})
+
     def search_versions(self, query: VersionQuery) -> dict[str, Any]:
         """One page of versions matching ``query``: ``{"items", "next_cursor"}``."""
         stmt, _ = build_query(query)
         with self.db.session() as session:
+            self._check_metric_names(session, query)
             rows = session.execute(stmt).all()
             has_more = len(rows) > query.limit
             rows = rows[: query.limit]
