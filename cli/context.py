@@ -1,15 +1,26 @@
-"""What the CLI's commands share: the config path, the plugin manager, the platform."""
+"""What the CLI's commands share: the config path, the plugin manager, the platform.
+
+Plugin commands use the public helpers re-exported by :mod:`mlrig.cli`:
+:func:`pass_platform`, :func:`current_platform` and :func:`current_principal`.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from mlrig.hooks import PluginManager
     from mlrig.platform import Platform
     from mlrig.security import Principal
+    from mlrig.security.roles import Permission
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -18,9 +29,30 @@ class CliState:
 
     config_path: str | None = None
     token: str | None = None
-    pm: Any = None
+    _pm: PluginManager | None = None
     _platform: Platform | None = None
     _principal: Principal | None = None
+
+    @property
+    def pm(self) -> PluginManager:
+        """The plugin manager, its hook plugins imported on first use: commands that need
+        none (``mlrig plugins list``) import none. A plugin that fails is a warning."""
+        if self._pm is None:
+            from mlrig.hooks import get_plugin_manager
+
+            self._pm = get_plugin_manager()
+            for failure in self._pm.failures:
+                click.echo(
+                    f"warning: plugin {failure.name!r} failed to load ({failure.error}); "
+                    "see `mlrig plugins list --check`",
+                    err=True,
+                )
+        return self._pm
+
+    @property
+    def plugins_loaded(self) -> bool:
+        """Whether :attr:`pm` has been built (and the hook plugins imported)."""
+        return self._pm is not None
 
     def platform(self) -> Platform:
         """The platform built from the config (once per invocation)."""
@@ -53,6 +85,37 @@ def get_platform() -> Platform:
     return get_state().platform()
 
 
+def current_platform() -> Platform:
+    """The platform of the running ``mlrig`` command, built once from the user's
+    ``--config`` (or ``$MLRIG_CONFIG`` and the usual lookup) with the CLI's plugins.
+
+    For plugin commands: ``from mlrig.cli import current_platform``.
+    """
+    return get_platform()
+
+
+def current_principal() -> Principal:
+    """Who runs the current command: the user of ``--token``/``$MLRIG_TOKEN`` (a bad token
+    is a one-line error), else the local operator as ``cli:<login>`` with the admin role.
+
+    Check a permission with ``current_principal().require(Permission.WRITE)``
+    (``from mlrig.security.roles import Permission``).
+    """
+    return get_principal()
+
+
+def pass_platform(command: Callable[Concatenate[Platform, P], R]) -> Callable[P, R]:
+    """Decorate a click command (below ``@click.command``) so that its function receives
+    :func:`current_platform` as its first argument, before the command's own parameters.
+    """
+
+    @functools.wraps(command)
+    def with_platform(*args: P.args, **kwargs: P.kwargs) -> R:
+        return command(get_platform(), *args, **kwargs)
+
+    return with_platform
+
+
 def cli_actor() -> str:
     """How the CLI's operator appears in the audit log: ``cli:<login name>``."""
     import getpass
@@ -68,13 +131,21 @@ def get_principal() -> Principal:
     return get_state().principal()
 
 
+def require(permission: Permission) -> Principal:
+    """The command's principal, who must hold ``permission``: the permission of the REST
+    route the command mirrors (docs/security.md), so that ``--token`` grants the CLI
+    exactly what it grants over REST. Otherwise a one-line error naming the role needed.
+    """
+    principal = get_principal()
+    principal.require(permission)
+    return principal
+
+
 def require_writer() -> Principal:
     """The command's principal, who must hold the write permission."""
     from mlrig.security.roles import Permission
 
-    principal = get_principal()
-    principal.require(Permission.WRITE)
-    return principal
+    return require(Permission.WRITE)
 
 
 def audit_cli(

@@ -34,7 +34,35 @@ BUILTIN_COMMANDS = {
 
 
 class MlrigGroup(click.Group):
-    """A group that turns :class:`MlrigError` into one line on stderr and exit code 1."""
+    """A group that turns :class:`MlrigError` into one line on stderr and exit code 1, and
+    adds the commands of hook plugins only when they are needed: to list the commands
+    (``--help``) or to find one that is not built in. A built-in command imports no
+    plugin until it builds the platform."""
+
+    plugin_commands_added = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not self.plugin_commands_added:
+            self._add_plugin_commands(ctx)
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self.plugin_commands_added:
+            return
+        self.plugin_commands_added = True
+        from mlrig.hooks import Hooks
+
+        pm = ctx.ensure_object(CliState).pm
+        try:
+            Hooks(pm).register_commands(self)
+        except Exception as exc:  # a plugin's hook must not take the whole CLI down
+            click.echo(f"warning: a plugin failed to add its commands: {exc!r}", err=True)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -76,28 +104,14 @@ def _add_builtin_commands(group: click.Group) -> None:
         group.add_command(getattr(importlib.import_module(module), attr), name=name)
 
 
-def build_cli() -> tuple[click.Group, Any]:
-    """The CLI with built-in commands and the commands hook plugins add."""
-    from mlrig.hooks import Hooks, get_plugin_manager
-
+def build_cli() -> click.Group:
+    """The CLI with the built-in commands; hook plugins add theirs when first needed."""
     _add_builtin_commands(cli)
-    pm = get_plugin_manager()
-    for failure in pm.failures:
-        click.echo(
-            f"warning: plugin {failure.name!r} failed to load ({failure.error}); "
-            "see `mlrig plugins list`",
-            err=True,
-        )
-    try:
-        Hooks(pm).register_commands(cli)
-    except Exception as exc:  # a plugin's hook must not take the whole CLI down
-        click.echo(f"warning: a plugin failed to add its commands: {exc!r}", err=True)
-    return cli, pm
+    return cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    group, pm = build_cli()
-    group.main(
-        args=argv if argv is not None else sys.argv[1:], prog_name="mlrig", obj=CliState(pm=pm)
+    build_cli().main(
+        args=argv if argv is not None else sys.argv[1:], prog_name="mlrig", obj=CliState()
     )

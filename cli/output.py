@@ -20,12 +20,14 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     """Print a table with rich (imported here: only commands that print tables pay for it)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not str: cells are data, never rich markup (`mlrig[s3]` must stay as it is)
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     Console().print(table)
 
 

@@ -39,7 +39,12 @@ def _backend_rows(kind: str | None, check: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _hook_rows() -> list[dict[str, Any]]:
+def _hook_rows(check: bool) -> list[dict[str, Any]]:
+    from mlrig.hooks import installed_hook_plugins
+
+    # Without --check only metadata is read, unless this process imported them already.
+    loaded = check or get_state().plugins_loaded
+    statuses = get_state().pm.statuses if loaded else installed_hook_plugins()
     return [
         {
             "kind": "hooks",
@@ -47,11 +52,11 @@ def _hook_rows() -> list[dict[str, Any]]:
             "distribution": s.distribution,
             "version": s.version,
             "entry_point": s.value,
-            "status": "error" if s.error else "ok",
+            "status": ("error" if s.error else "ok") if loaded else "unchecked",
             "install": None,
             "error": s.error,
         }
-        for s in get_state().pm.statuses
+        for s in statuses
     ]
 
 
@@ -63,14 +68,20 @@ def plugins() -> None:
 @plugins.command("list")
 @click.option("--kind", type=click.Choice(KIND_CHOICES), help="Only this kind.")
 @click.option(
-    "--no-check", is_flag=True, help="Read entry-point metadata only; do not import backends."
+    "--check",
+    is_flag=True,
+    help="Import each plugin to say whether it loads (default: read metadata only).",
 )
+@click.option("--no-check", is_flag=True, hidden=True)  # the default now; kept for scripts
 @json_option
-def list_(kind: str | None, no_check: bool, as_json: bool) -> None:
-    """List installed plugins: name, kind, distribution, version, and whether each loads."""
-    rows = [] if kind == "hooks" else _backend_rows(kind, check=not no_check)
+def list_(kind: str | None, check: bool, no_check: bool, as_json: bool) -> None:
+    """List installed plugins: name, kind, distribution, version, and (with --check)
+    whether each loads. Without --check nothing is imported: the status is `unchecked`,
+    or `needs-extra` when the metadata says an optional dependency is missing."""
+    check = check and not no_check
+    rows = [] if kind == "hooks" else _backend_rows(kind, check=check)
     if kind in (None, "hooks"):
-        rows += _hook_rows()
+        rows += _hook_rows(check)
     if as_json:
         print_json(rows)
         return
@@ -98,7 +109,7 @@ def list_(kind: str | None, no_check: bool, as_json: bool) -> None:
 def show(kind: str, name: str, as_json: bool) -> None:
     """Show one plugin: where it comes from, whether it loads, its options and contract."""
     if kind == "hooks":
-        rows = [r for r in _hook_rows() if r["name"] == name]
+        rows = [r for r in _hook_rows(check=True) if r["name"] == name]
         if not rows:
             msg = f"no hook plugin named {name!r}; see: mlrig plugins list --kind hooks"
             raise click.ClickException(msg)

@@ -10,3 +10,10 @@ class TestShardedStorage(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path):
         return ShardedFolderStorage.from_options({"root": str(tmp_path)}, where="storage.sharded")
+
+    @pytest.fixture
+    def broken_storage(self, tmp_path):
+        """A root below a regular file: nothing can be created there."""
+        (tmp_path / "a-file").write_text("not a folder")
+        root = tmp_path / "a-file" / "shards"
+        return ShardedFolderStorage.from_options({"root": str(root)}, where="storage.sharded")

@@ -12,15 +12,17 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict
 
-from mlrig import StorageBackend
-from mlrig.errors import ArtifactNotFoundError
+from mlrig import ConfigPath, StorageBackend
+from mlrig.errors import ArtifactNotFoundError, StorageError
 
 
 class ShardedOptions(BaseModel):
     """``[storage.sharded]`` options."""
 
     model_config = ConfigDict(extra="forbid")
-    root: str = "shards"
+    #: a ConfigPath: a relative value starts at the config file's folder, so the server
+    #: and every job process (each in its own working directory) use the same folder
+    root: ConfigPath = Path("shards")
 
 
 class ShardedFolderStorage(StorageBackend):
@@ -30,7 +32,7 @@ class ShardedFolderStorage(StorageBackend):
 
     @property
     def root(self) -> Path:
-        return Path(self.options.root)
+        return self.options.root
 
     def _path(self, key: str) -> Path:
         shard = hashlib.sha1(key.encode()).hexdigest()[:2]
@@ -81,3 +83,13 @@ class ShardedFolderStorage(StorageBackend):
 
     def describe(self) -> dict[str, str]:
         return {"root": str(self.root)}
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create the shard root {str(self.root)!r}: {exc.strerror}"
+            raise StorageError(msg) from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            msg = f"the shard root {str(self.root)!r} is not writable"
+            raise StorageError(msg)
