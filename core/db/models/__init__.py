@@ -27,6 +27,7 @@ from mlrig.db.models.serving import (
 from mlrig.db.models.training import (
     EXPERIMENT_STATUSES,
     AutoMLJob,
+    EngineWorker,
     ExperimentEvent,
     TrainingExperiment,
     TrainingMetric,
@@ -59,6 +60,7 @@ __all__ = [
     "AuditLog",
     "AutoMLJob",
     "Base",
+    "EngineWorker",
     "ExperimentEvent",
     "FeatureDefinition",
     "InferenceRequest",

@@ -124,6 +124,30 @@ class ExperimentEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
 
 
+class EngineWorker(Base):
+    """A live ``mlrig worker`` (or a server's embedded one), by its heartbeat.
+
+    Each worker refreshes its row while it runs and removes it when it stops; a row whose
+    ``expires_at`` passed belongs to a worker that died. Waiting commands use it to say
+    that no worker will ever pick a queued job up.
+    """
+
+    __tablename__ = "engine_workers"
+
+    #: the worker id jobs name as their ``lease_owner`` (host:pid:suffix)
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the last heartbeat plus the worker's lease: silent past it, the worker is dead
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+Index("ix_engine_workers_expires_at", EngineWorker.expires_at)
+
+
 class AutoMLJob(Base):
     """An AutoML search (the spec's ``automl_jobs``)."""
 
