@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlrig.errors import ValidationError
+from mlrig.validation import as_utc, find_bad_text
 
 #: metric kinds a point may have (or none)
 KINDS = frozenset({"train", "validation", "test"})
@@ -21,6 +22,8 @@ VALUE_LIMIT = 1e10
 INT32_MAX = 2**31 - 1
 #: most points one call may write
 MAX_POINTS = 1_000_000
+#: most distinct metric names in one batch
+MAX_NAMES = 1000
 _FIELDS = ("name", "value", "step", "epoch", "kind", "recorded_at")
 POINT_KEYS = frozenset(_FIELDS)
 Point = Sequence[Any] | Mapping[str, Any]
@@ -99,7 +102,22 @@ def check_points(points: Iterable[Point], *, now: datetime | None = None) -> lis
         if index >= MAX_POINTS:
             msg = f"too many points: at most {MAX_POINTS:,} per call; split the batch"
             raise ValidationError(msg)
+    _check_names(rows)
     return rows
+
+
+def _check_names(rows: list[tuple[Any, ...]]) -> None:
+    """Each distinct name once (a batch has few): storable text, few enough names."""
+    names = {row[0] for row in rows}
+    if len(names) > MAX_NAMES:
+        msg = f"{len(names):,} distinct metric names in one batch; at most {MAX_NAMES:,}"
+        raise ValidationError(msg)
+    for name in names:
+        problem = find_bad_text(name)
+        if problem is not None:
+            index = next(i for i, row in enumerate(rows) if row[0] == name)
+            msg = f"points[{index}].name {problem}; metric names must be storable text"
+            raise ValidationError(msg, details={"index": index})
 
 
 def _time(index: int, at: object) -> datetime:
@@ -109,12 +127,13 @@ def _time(index: int, at: object) -> datetime:
         except ValueError:
             msg = f"points[{index}].recorded_at: {at!r} is not an ISO 8601 time"
             raise ValidationError(msg, details={"index": index}) from None
-    if not isinstance(at, datetime) or at.utcoffset() is None:
-        msg = (
-            f"points[{index}].recorded_at: {at!r} needs a time zone, e.g. 2024-05-01T12:00:00+00:00"
-        )
+    if not isinstance(at, datetime):
+        msg = f"points[{index}].recorded_at: {at!r} is not an ISO 8601 time"
         raise ValidationError(msg, details={"index": index})
-    return at.astimezone(timezone.utc)
+    try:  # naive: UTC, as everywhere (mlrig.validation)
+        return as_utc(at, field=f"points[{index}].recorded_at")
+    except ValidationError as exc:
+        raise ValidationError(exc.message, details={"index": index}) from None
 
 
 def _bad(index: int, point: object) -> ValidationError:

@@ -4,7 +4,6 @@ early-stopping rule, numbers. Every check returns the normalised value or raises
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable
@@ -154,15 +153,11 @@ def check_dataset_exists(uri: str, resolve: Callable[[str], Path]) -> None:
 
 
 def check_json(field: str, value: dict[str, Any]) -> dict[str, Any]:
-    """A JSON object with string keys and finite numbers (stored in a JSON column)."""
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        msg = f"{field} must be an object with string keys, got {value!r}"
-        raise ValidationError(msg)
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        msg = f"{field} must hold JSON values only (no NaN/inf, no objects): {exc}"
-        raise ValidationError(msg) from None
+    """A JSON object that can be stored and read back: string keys, finite numbers,
+    storable text, bounded depth and size (:func:`mlrig.validation.check_json`)."""
+    from mlrig.validation import check_json as check
+
+    return check(value, field=field)
 
 
 def check_seed(seed: object) -> tuple[int, str]:
