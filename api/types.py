@@ -24,7 +24,15 @@ from pydantic_core import PydanticCustomError
 from mlrig import validation as v
 from mlrig.errors import ValidationError
 from mlrig.experiments.rules import NAME_PATTERN as EXPERIMENT_NAME_PATTERN
-from mlrig.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN
+from mlrig.experiments.rules import check_name as check_experiment_name
+from mlrig.registry.names import (
+    ALIAS_PATTERN,
+    MODEL_NAME_PATTERN,
+    VERSION_PATTERN,
+    check_alias,
+    check_model_name,
+    check_version_name,
+)
 
 #: nesting allowed in a whole body: a free-form field (MAX_JSON_DEPTH) inside a model
 BODY_MAX_DEPTH = v.MAX_JSON_DEPTH + 4
@@ -73,12 +81,20 @@ _JSON_RULE = (
 
 # --- strings ------------------------------------------------------------------------------
 
-ModelName = Annotated[str, Field(min_length=1, max_length=255, pattern=MODEL_NAME_PATTERN)]
-ExperimentName = Annotated[
-    str, Field(min_length=1, max_length=200, pattern=EXPERIMENT_NAME_PATTERN)
-]
-VersionName = Annotated[str, Field(min_length=1, max_length=100, pattern=VERSION_PATTERN)]
-AliasName = Annotated[str, Field(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]
+
+def _named(check: Callable[[str], Any], pattern: str, max_length: int) -> Any:
+    """A name type: the pattern in the schema, the service's own check (and message)."""
+    return Annotated[
+        str,
+        Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": pattern}),
+        AfterValidator(_pydantic(check)),
+    ]
+
+
+ModelName = _named(check_model_name, MODEL_NAME_PATTERN, 255)
+ExperimentName = _named(check_experiment_name, EXPERIMENT_NAME_PATTERN, 200)
+VersionName = _named(check_version_name, VERSION_PATTERN, 100)
+AliasName = _named(check_alias, ALIAS_PATTERN, 63)
 Description = Annotated[str, Field(max_length=v.MAX_DESCRIPTION_LENGTH)]
 ShortText = Annotated[str, Field(max_length=v.MAX_SHORT_TEXT_LENGTH)]
 NonEmptyShortText = Annotated[str, Field(min_length=1, max_length=v.MAX_SHORT_TEXT_LENGTH)]

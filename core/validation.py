@@ -242,7 +242,7 @@ def json_problem(
                 return where, "integers must fit in 64 bits"
         elif kind is float:
             if not math.isfinite(item):
-                return where, f"{item!r} is not JSON; numbers must be finite"
+                return where, f"{item!r} is not JSON (no NaN or infinity): numbers must be finite"
         else:
             return where, f"a {kind.__name__} is not a JSON value"
         if max_chars is not None and chars > max_chars:
