@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from mlrig.cli.context import audit_cli, get_platform, get_principal, require_writer
+from mlrig.cli.context import audit_cli, get_platform, require, require_writer
 from mlrig.cli.output import json_option, print_json, print_table, show_result
+from mlrig.security.roles import Permission
 
 STAGES = ["none", "staging", "production", "archived"]
 
@@ -432,7 +433,7 @@ def approvals(status: str, model: str | None, as_json: bool) -> None:
 
 def _decide(request_id: str, approve: bool, comment: str | None, as_json: bool) -> None:
     data = get_platform().lifecycle.decide(
-        request_id, approve=approve, actor=get_principal(), comment=comment
+        request_id, approve=approve, actor=require(Permission.APPROVE), comment=comment
     )
     audit_cli("approve" if approve else "reject", resource_type="approvals", resource_id=request_id)
     show_result(

@@ -31,8 +31,11 @@ hookspec = pluggy.HookspecMarker("mlrig")
 def mlrig_register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``mlrig`` CLI.
 
-    Called once when the CLI starts, before arguments are parsed, so added commands show
-    in ``mlrig --help``. Keep it cheap: import heavy modules inside the command body.
+    Called once per invocation when the CLI first needs the plugins' commands (to list
+    them for ``mlrig --help``, or to find a command that is not built in), so added
+    commands show in ``mlrig --help``. Keep it cheap: import heavy modules inside the
+    command body. Commands reach the platform and the user of ``--token`` through
+    :func:`mlrig.cli.pass_platform` and :func:`mlrig.cli.current_principal`.
 
     :param cli: the top-level ``mlrig`` group; call ``cli.add_command(...)``.
     """
