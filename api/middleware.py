@@ -285,6 +285,8 @@ class RequestGuardMiddleware:
                 principal = await anyio.to_thread.run_sync(
                     resolve_principal, platform, bearer_token(headers)
                 )
+                # known before the check, so that a refusal is audited under its name
+                scope.setdefault("state", {})["principal"] = principal
                 principal.require(entry.permission)
             except MlrigError as exc:
                 # what the audit entry of a refused request names
@@ -296,7 +298,6 @@ class RequestGuardMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["principal"] = principal
 
         setting = BODY_LIMIT_SETTINGS[entry.body_class]
         limit = int(getattr(app.state.platform.settings.api, setting))

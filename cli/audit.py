@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from mlrig.cli.context import get_platform
+from mlrig.cli.context import get_platform, require
 from mlrig.cli.output import json_option, print_json, print_table
+from mlrig.security.roles import Permission
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -33,7 +34,8 @@ def parse_since(value: str) -> datetime:
 def audit(
     since: str | None, actor: str | None, action: str | None, limit: int, as_json: bool
 ) -> None:
-    """Show the audit log, newest first."""
+    """Show the audit log, newest first (admin only)."""
+    require(Permission.ADMIN)
     rows = get_platform().audit.query(
         since=parse_since(since) if since else None, actor=actor, action=action, limit=limit
     )

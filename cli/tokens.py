@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from mlrig.cli.context import audit_cli, get_platform
+from mlrig.cli.context import audit_cli, get_platform, require
 from mlrig.cli.output import json_option, print_json, print_table
+from mlrig.security.roles import Permission
 
 
 @click.group()
@@ -19,8 +20,12 @@ def tokens() -> None:
 @click.option("--ttl-days", type=click.IntRange(min=1), help="Expire after this many days.")
 @json_option
 def create(user: str, name: str, ttl_days: int | None, as_json: bool) -> None:
-    """Create a token for a user and print it once (--json: {"token": ...})."""
-    token = get_platform().security.create_token(user=user, name=name, ttl_days=ttl_days)
+    """Create a token for a user and print it once (--json: {"token": ...}).
+
+    With --token: your own tokens, or anyone's as an admin."""
+    token = get_platform().security.create_token(
+        user=user, name=name, ttl_days=ttl_days, actor=require(Permission.READ)
+    )
     audit_cli("create_token", resource_type="tokens", resource_id=token["id"])
     if as_json:
         print_json(token)
@@ -33,8 +38,8 @@ def create(user: str, name: str, ttl_days: int | None, as_json: bool) -> None:
 @click.option("--user", help="Only this user's tokens.")
 @json_option
 def list_(user: str | None, as_json: bool) -> None:
-    """List tokens (never their secret part)."""
-    rows = get_platform().security.list_tokens(user=user)
+    """List tokens (never their secret part); with --token, yours unless you are an admin."""
+    rows = get_platform().security.list_tokens(user=user, actor=require(Permission.READ))
     if as_json:
         print_json(rows)
         return
@@ -61,8 +66,8 @@ def list_(user: str | None, as_json: bool) -> None:
 @click.argument("token_id")
 @json_option
 def revoke(token_id: str, as_json: bool) -> None:
-    """Revoke a token by its id or prefix."""
-    token = get_platform().security.revoke_token(token_id)
+    """Revoke a token by its id or prefix (with --token: yours, or anyone's as an admin)."""
+    token = get_platform().security.revoke_token(token_id, actor=require(Permission.READ))
     audit_cli("revoke_token", resource_type="tokens", resource_id=token["id"])
     if as_json:
         print_json(token)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from mlrig.cli.context import audit_cli, get_platform
+from mlrig.cli.context import audit_cli, get_platform, require
 from mlrig.cli.output import json_option, print_json, print_table
+from mlrig.security.roles import Permission
 
 ROLE_CHOICE = click.Choice(["viewer", "developer", "deployer", "admin"])
 
@@ -21,7 +22,8 @@ def users() -> None:
 @click.option("--email", help="Contact address.")
 @json_option
 def create(name: str, role: str, email: str | None, as_json: bool) -> None:
-    """Create user NAME with a role."""
+    """Create user NAME with a role (admin only)."""
+    require(Permission.ADMIN)
     user = get_platform().security.create_user(name=name, role=role, email=email)
     audit_cli("create_user", resource_type="users", resource_id=user["id"])
     if as_json:
@@ -34,7 +36,8 @@ def create(name: str, role: str, email: str | None, as_json: bool) -> None:
 @users.command("list")
 @json_option
 def list_(as_json: bool) -> None:
-    """List users."""
+    """List users (admin only)."""
+    require(Permission.ADMIN)
     rows = get_platform().security.list_users()
     if as_json:
         print_json(rows)

@@ -285,6 +285,10 @@ def test_forbidden_request_is_refused_before_the_body(small_limits):
     # body would have been 422, a measured one 413)
     junk = b"[" * 10_000
     _error(client.post("/api/ml/models", content=junk, headers=viewer), 403, "forbidden")
+    denied = small_limits.audit.query(actor="v")
+    assert [(e["action"], e["outcome"], e["resource_type"]) for e in denied] == [
+        ("create_model", "denied", "models")
+    ]
     response = client.post(
         "/api/ml/models", content=junk, headers={"Content-Type": "application/json"}
     )

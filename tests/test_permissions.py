@@ -232,3 +232,94 @@ def test_auth_disabled_opens_plugin_routes_as_the_local_operator(tmp_path, regis
         assert client.post("/api/ml/plugins/demo/write").json() == {"by": "local"}
     finally:
         platform.close()
+
+
+# --- the CLI with --token enforces the same map ---------------------------------------------
+
+#: CLI command -> the REST route it mirrors (whose permission it must need)
+CLI_MIRRORS = [
+    (["users", "list"], "GET", "/api/ml/users"),
+    (["users", "create", "newbie", "--role", "viewer"], "POST", "/api/ml/users"),
+    (["audit"], "GET", "/api/ml/audit"),
+    (["tokens", "list"], "GET", "/api/ml/tokens"),
+    (["models", "create", "nope-new"], "POST", "/api/ml/models"),
+    (["models", "delete", "nope", "--yes"], "DELETE", "/api/ml/models/{id}"),
+    (
+        ["models", "delete", "nope", "1", "--yes"],
+        "DELETE",
+        "/api/ml/models/{id}/versions/{version}",
+    ),
+    (["models", "restore", "nope"], "POST", "/api/ml/models/{id}/restore"),
+    (["models", "restore", "nope", "1"], "POST", "/api/ml/models/{id}/versions/{version}/restore"),
+    (["models", "approve", "nope"], "POST", "/api/ml/approvals/{id}/approve"),
+    (["models", "reject", "nope"], "POST", "/api/ml/approvals/{id}/reject"),
+    (["models", "alias", "nope", "champion", "1"], "PUT", "/api/ml/models/{id}/aliases/{alias}"),
+    (["models", "unalias", "nope", "champion"], "DELETE", "/api/ml/models/{id}/aliases/{alias}"),
+    (
+        ["models", "stage", "nope", "1", "staging"],
+        "POST",
+        "/api/ml/models/{id}/versions/{version}/stage",
+    ),
+]
+
+
+@pytest.fixture
+def cli_tokens(tmp_path, monkeypatch):
+    """``invoke(args, token=None)`` in-process, and a token per role."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mlrig.cli.context import CliState
+    from mlrig.cli.main import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli()
+
+    def invoke(args, token=None):
+        prefix = ["--token", token] if token else []
+        return CliRunner().invoke(cli, [*prefix, *args], obj=CliState())
+
+    tokens = {}
+    for role in ROLES:
+        assert invoke(["users", "create", f"cli-{role}", "--role", role]).exit_code == 0
+        made = invoke(["tokens", "create", "--user", f"cli-{role}", "--json"])
+        tokens[role] = json.loads(made.output)["token"]
+    return invoke, tokens
+
+
+def test_cli_commands_need_the_permission_of_their_route(cli_tokens, api_client):
+    invoke, tokens = cli_tokens
+    needs = {(row.method, row.path): row.permission for row in route_permissions(api_client.app)}
+    failures = []
+    for args, method, path in CLI_MIRRORS:
+        permission = needs[(method, path)]
+        lacking = [r for r in ROLES if not role_allows(r, permission)]
+        having = [r for r in ROLES if role_allows(r, permission)]
+        if lacking:  # the strongest role without it is refused, in one line
+            result = invoke(args, tokens[lacking[-1]])
+            refused = f"lacks the {permission.value!r} permission" in result.output
+            if result.exit_code == 0 or not refused or "Traceback" in result.output:
+                failures.append(f"{' '.join(args)} as {lacking[-1]}: {result.output!r}")
+        result = invoke(args, tokens[having[0]])  # the weakest role with it gets past
+        if "permission" in result.output and "lacks" in result.output:
+            failures.append(f"{' '.join(args)} as {having[0]} refused: {result.output!r}")
+    assert failures == []
+
+
+def test_cli_tokens_of_others_need_admin(cli_tokens):
+    invoke, tokens = cli_tokens
+    other = invoke(["tokens", "create", "--user", "cli-admin"], tokens["deployer"])
+    assert other.exit_code != 0 and "lacks the 'admin' permission" in other.output
+    own = invoke(["tokens", "create", "--user", "cli-viewer", "--json"], tokens["viewer"])
+    assert own.exit_code == 0, own.output
+    import json
+
+    listed = json.loads(invoke(["tokens", "list", "--json"], tokens["viewer"]).output)
+    assert {t["user"] for t in listed} == {"cli-viewer"}
+    everyone = json.loads(invoke(["tokens", "list", "--json"], tokens["admin"]).output)
+    assert {t["user"] for t in everyone} == {f"cli-{r}" for r in ROLES}
+    admin_token = next(t for t in everyone if t["user"] == "cli-admin")
+    refused = invoke(["tokens", "revoke", admin_token["prefix"]], tokens["viewer"])
+    assert refused.exit_code != 0 and "no token" in refused.output
+    assert invoke(["tokens", "revoke", admin_token["prefix"]], tokens["admin"]).exit_code == 0

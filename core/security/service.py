@@ -129,9 +129,19 @@ class SecurityService:
     # --- tokens -----------------------------------------------------------------------
 
     def create_token(
-        self, *, user: str, name: str = "default", ttl_days: int | None = None
+        self,
+        *,
+        user: str,
+        name: str = "default",
+        ttl_days: int | None = None,
+        actor: Principal | None = None,
     ) -> dict[str, Any]:
-        """Issue a token for ``user``; the plaintext is in the result and nowhere else."""
+        """Issue a token for ``user``; the plaintext is in the result and nowhere else.
+
+        With ``actor``: anyone may create their own tokens, only an admin someone else's.
+        """
+        if actor is not None and user != actor.name:
+            actor.require(Permission.ADMIN)
         if ttl_days is not None and ttl_days < 1:
             msg = f"ttl_days must be at least 1, got {ttl_days}"
             raise ValidationError(msg)
@@ -150,21 +160,32 @@ class SecurityService:
             session.flush()
             return {**token_view(token, owner.name), "token": plaintext}
 
-    def list_tokens(self, *, user: str | None = None) -> list[dict[str, Any]]:
+    def list_tokens(
+        self, *, user: str | None = None, actor: Principal | None = None
+    ) -> list[dict[str, Any]]:
+        """The tokens (of ``user``), never their secrets; with a non-admin ``actor``, only
+        the actor's own."""
+        if actor is not None and not actor.can(Permission.ADMIN):
+            if user is not None and user != actor.name:
+                actor.require(Permission.ADMIN)
+            user = actor.name
         with self.db.session() as session:
             query = select(ApiToken, User.name).join(User).order_by(ApiToken.created_at)
             if user is not None:
                 query = query.where(User.name == user)
             return [token_view(t, n) for t, n in session.execute(query)]
 
-    def revoke_token(self, token_id: str) -> dict[str, Any]:
-        """Revoke a token by id (or by its prefix); idempotent."""
+    def revoke_token(self, token_id: str, *, actor: Principal | None = None) -> dict[str, Any]:
+        """Revoke a token by id (or by its prefix); idempotent. With a non-admin ``actor``,
+        only one of the actor's own (another user's token is reported as not found)."""
         with self.db.session() as session:
             query = select(ApiToken, User.name).join(User)
             try:
                 query = query.where(ApiToken.id == uuid.UUID(token_id))
             except ValueError:
                 query = query.where(ApiToken.token_prefix == token_id)
+            if actor is not None and not actor.can(Permission.ADMIN):
+                query = query.where(User.name == actor.name)
             row = session.execute(query).first()
             if row is None:
                 msg = f"no token with id or prefix {token_id!r}; see: mlrig tokens list"
