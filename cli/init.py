@@ -50,6 +50,12 @@ workers = 1
 [auth]
 # The server requires a token unless this is false AND it binds to loopback only.
 enabled = true
+
+# [api]
+# Request body limits; a bigger body is refused with 413 before it is read.
+# max_body_bytes = "1MiB"            # JSON routes
+# max_metrics_body_bytes = "16MiB"   # POST /api/ml/experiments/{id}/metrics
+# max_upload_bytes = "5GiB"          # artifact uploads
 """
 
 

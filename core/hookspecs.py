@@ -46,7 +46,10 @@ def mlrig_register_routes(app: FastAPI, platform: Platform) -> None:
     """Add routes to the REST API.
 
     Called once by :func:`mlrig.api.create_app` after the built-in routers are included.
-    Put plugin routes under ``/api/ml/plugins/<plugin-name>/`` to avoid clashes.
+    Put plugin routes under ``/api/ml/plugins/<plugin-name>/`` to avoid clashes. The
+    routes need a token like the built-in ones: the read permission unless a route
+    declares ``Writer``, ``Deployer``, ``Approver``, ``Deleter`` or ``Admin`` from
+    :mod:`mlrig.api.security`, or ``Public`` to opt out.
 
     :param app: the FastAPI application being built.
     :param platform: the platform the app serves.
