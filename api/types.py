@@ -34,8 +34,9 @@ from mlrig.registry.names import (
     check_version_name,
 )
 
-#: nesting allowed in a whole body: a free-form field (MAX_JSON_DEPTH) inside a model
-BODY_MAX_DEPTH = v.MAX_JSON_DEPTH + 4
+#: nesting allowed in a whole body, a backstop: free-form fields have their own, smaller
+#: bound (MAX_JSON_DEPTH) whose message names the field
+BODY_MAX_DEPTH = 2 * v.MAX_JSON_DEPTH
 
 
 class InputModel(BaseModel):
@@ -53,7 +54,7 @@ class InputModel(BaseModel):
             raise PydanticCustomError(
                 "unstorable",
                 "{where}: {what}",
-                {"where": where.lstrip(".") or "body", "what": what},
+                {"where": v.shorten(where.lstrip(".")) or "body", "what": what},
             )
         return data
 
@@ -70,7 +71,7 @@ def _pydantic(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return validate
 
 
-_json_object = _pydantic(lambda value: v.check_json(value, field="value"))
+_json_object = _pydantic(lambda value: v.check_json(value, field=""))
 _utc = _pydantic(lambda value: v.as_utc(value, field="value"))
 
 

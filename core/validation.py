@@ -192,7 +192,8 @@ def check_json(
     problem = json_problem(value, max_depth=max_depth, max_chars=max_bytes)
     if problem is not None:
         where, what = problem
-        msg = f"{field}{where}: {what}"
+        location = (field + shorten(where)).lstrip(".") or "value"
+        msg = f"{location}: {what}"
         raise ValidationError(msg, details={"field": field, "at": where})
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     size = len(text.encode("utf-8"))
@@ -200,6 +201,11 @@ def check_json(
         msg = f"{field} is {size:,} bytes of JSON; at most {max_bytes:,}"
         raise ValidationError(msg, details={"field": field})
     return json.loads(text)  # plain dicts and lists, detached from the caller's objects
+
+
+def shorten(where: str, limit: int = 100) -> str:
+    """A JSON path for a message: its start and its end when it is long."""
+    return where if len(where) <= limit else f"{where[:40]}...{where[-40:]}"
 
 
 def json_problem(

@@ -259,6 +259,7 @@ def _create_engine(url: URL, *, pool_size: int, max_overflow: int, echo: bool) -
             pool_pre_ping=True,
             echo=echo,
             json_serializer=guard.dump_json,
+            json_deserializer=guard.load_json,
         )
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         msg = (
@@ -288,6 +289,7 @@ def _create_sqlite_engine(url: URL, *, pool_size: int, max_overflow: int, echo: 
             connect_args=connect_args,
             echo=echo,
             json_serializer=guard.dump_json,
+            json_deserializer=guard.load_json,
         )
     else:
         database = url.database or ""
@@ -307,6 +309,7 @@ def _create_sqlite_engine(url: URL, *, pool_size: int, max_overflow: int, echo: 
             connect_args=connect_args,
             echo=echo,
             json_serializer=guard.dump_json,
+            json_deserializer=guard.load_json,
         )
         _guard_against_fork(engine)
     event.listen(engine, "connect", _sqlite_pragmas)
