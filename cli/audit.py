@@ -16,7 +16,11 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 def parse_since(value: str) -> datetime:
     """``30m``, ``2h``, ``7d`` ago, or an ISO 8601 time."""
     if value and value[-1] in _UNITS and value[:-1].isdigit():
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[value[-1]]: int(value[:-1])})
+        try:
+            return datetime.now(timezone.utc) - timedelta(**{_UNITS[value[-1]]: int(value[:-1])})
+        except OverflowError:  # more than datetime can hold: before year 1
+            msg = f"--since {value!r}: too far back; give a shorter duration or an ISO time"
+            raise click.BadParameter(msg) from None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

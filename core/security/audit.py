@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from mlrig.db.models.auth import AuditLog
+from mlrig.validation import INT64_MAX, as_utc, check_int
 
 if TYPE_CHECKING:
     from mlrig.db import Database
@@ -72,7 +73,13 @@ class AuditTrail:
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Entries, newest first (then by id, so pages by offset do not overlap)."""
+        """Entries, newest first (then by id, so pages by offset do not overlap).
+
+        A naive ``since`` is taken as UTC (:func:`mlrig.validation.as_utc`)."""
+        if since is not None:
+            since = as_utc(since, field="since")
+        check_int(limit, field="limit", low=1, high=INT64_MAX)
+        check_int(offset, field="offset", low=0, high=INT64_MAX)
         stmt = (
             select(AuditLog)
             .order_by(AuditLog.at.desc(), AuditLog.id.desc())
