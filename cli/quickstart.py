@@ -76,6 +76,20 @@ def quickstart(directory: Path) -> None:
     ]:
         click.echo(f"{command:<40} # {what}")
 
+    _step("a token for the server")
+    # the server checks tokens; the tour made alice (developer) and bob (deployer)
+    click.echo("the server wants a token: make one for a user the tour created")
+    for command, what in [
+        ("mlrig tokens create --user alice", "prints a token (mlr_...) once: keep it"),
+        ("export MLRIG_TOKEN=mlr_...", "the CLI (--token) and mlrig.Client use it"),
+        (
+            'curl -H "Authorization: Bearer $MLRIG_TOKEN" http://127.0.0.1:8080/api/ml/models',
+            "",
+        ),
+    ]:
+        click.echo(f"{command:<40} # {what}" if what else command)
+    click.echo("more users: mlrig users create NAME --role developer|deployer|admin")
+
 
 def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
     """Train two models on the bundled iris data, as experiments run by the job engine."""
