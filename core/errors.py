@@ -54,6 +54,13 @@ class ValidationError(MlrigError):
     http_status = 422
 
 
+class TooLargeError(ValidationError):
+    """Input past a configured size limit (a dataset the server was asked to read)."""
+
+    code = "too_large"
+    http_status = 413
+
+
 class NotFoundError(MlrigError):
     """The object a request names does not exist."""
 

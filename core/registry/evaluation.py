@@ -7,7 +7,6 @@ chosen runtime. Results are stored with the version (``model_evaluations``).
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import tempfile
 import time
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 from mlrig.backends import available_backends, load_backend
 from mlrig.db.models import MLModel, ModelEvaluation
-from mlrig.errors import NotFoundError, ValidationError
+from mlrig.errors import ValidationError
 from mlrig.registry.views import iso
 
 if TYPE_CHECKING:
@@ -27,56 +26,23 @@ if TYPE_CHECKING:
 
     from mlrig.artifacts import ArtifactStore
     from mlrig.contracts import LoadedModel
+    from mlrig.datasets.access import DatasetAccess
     from mlrig.registry.service import ModelRegistry
 
 LATENCY_SAMPLES = 200
 THROUGHPUT_SECONDS = 0.5
 
 
-#: dataset URL schemes read through fsspec; ``artifact://KEY`` reads the artifact store.
-#: No http(s): a server must not be made to fetch arbitrary URLs.
-DATASET_PROTOCOLS = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "memory")
+def read_dataset(
+    uri: str, artifacts: ArtifactStore | None = None, *, access: DatasetAccess | None = None
+) -> tuple[pd.DataFrame, str]:
+    """A CSV or parquet dataset and the sha256 of its bytes, read within ``access``
+    (default: the artifact store and the bundled datasets only; see
+    :mod:`mlrig.datasets.access`)."""
+    from mlrig.datasets.access import DatasetAccess
 
-
-def read_dataset(uri: str, artifacts: ArtifactStore | None = None) -> tuple[pd.DataFrame, str]:
-    """A CSV or parquet file (a path, an object-store URL or ``artifact://KEY``) and its
-    sha256."""
-    import fsspec
-    import pandas as pd
-    from fsspec.utils import get_protocol
-
-    protocol = get_protocol(uri)
-    if protocol == "artifact" and artifacts is not None:
-        raw = artifacts.get_bytes(uri.removeprefix("artifact://"))
-        return _parse_dataset(uri, raw, pd), hashlib.sha256(raw).hexdigest()
-    if protocol not in DATASET_PROTOCOLS:
-        msg = (
-            f"dataset {uri!r}: unsupported scheme {protocol!r}; use a path, artifact://KEY "
-            f"or one of {', '.join(p + '://' for p in DATASET_PROTOCOLS)}"
-        )
-        raise ValidationError(msg)
-    try:
-        with fsspec.open(uri, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        msg = f"dataset {uri!r} not found"
-        raise NotFoundError(msg) from None
-    except (OSError, ValueError) as exc:
-        msg = f"cannot read dataset {uri!r}: {exc}"
-        raise ValidationError(msg) from None
-    return _parse_dataset(uri, raw, pd), hashlib.sha256(raw).hexdigest()
-
-
-def _parse_dataset(uri: str, raw: bytes, pd: Any) -> pd.DataFrame:
-    import io
-
-    try:
-        if uri.endswith(".parquet"):
-            return pd.read_parquet(io.BytesIO(raw))
-        return pd.read_csv(io.BytesIO(raw))
-    except Exception as exc:  # pandas raises many types for a malformed file
-        msg = f"dataset {uri!r} is not a readable CSV/parquet file: {exc}"
-        raise ValidationError(msg) from None
+    access = access or DatasetAccess(artifacts=artifacts)
+    return access.read_frame(uri)
 
 
 def quality_metrics(task: str, y_true: Any, y_pred: Any, proba: Any = None) -> dict[str, float]:
@@ -162,9 +128,11 @@ def choose_runtime(version: dict[str, Any], requested: str | None) -> str:
 class Evaluator:
     """Evaluate and compare versions of the registry."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, datasets: DatasetAccess | None = None) -> None:
         self.registry = registry
         self.db = registry.db
+        #: where the server may read datasets from (default: artifacts and bundled only)
+        self.datasets = datasets
 
     def load(
         self, model_ref: str, version_ref: str, folder: Path, runtime: str | None = None
@@ -187,11 +155,19 @@ class Evaluator:
         target: str,
         task: str | None = None,
         runtime: str | None = None,
+        access: DatasetAccess | None = None,
     ) -> list[dict[str, Any]]:
-        """Evaluate each version on the dataset; store and return the results."""
-        frame, digest = read_dataset(dataset_uri, self.registry.artifacts)
+        """Evaluate each version on the dataset; store and return the results.
+
+        :param access: where the dataset may be read from, instead of :attr:`datasets`
+            (the CLI's local operator may read any of their own files).
+        """
+        frame, digest = read_dataset(
+            dataset_uri, self.registry.artifacts, access=access or self.datasets
+        )
         if target not in frame.columns:
-            msg = f"target {target!r} is not a column of {dataset_uri}: {', '.join(frame.columns)}"
+            columns = [str(c)[:64] for c in frame.columns[:50]]
+            msg = f"target {target!r} is not a column of {dataset_uri}: {', '.join(columns)}"
             raise ValidationError(msg)
         features, labels = frame.drop(columns=[target]), frame[target]
         results = []
