@@ -129,12 +129,6 @@ class Deleted(Out):
     name: str
     version: str | None = Field(default=None, description="A deleted version's name.")
     deleted: bool
-    forced: bool | None = Field(default=None, description="Whether an admin forced it.")
-    versions: list[str] | None = Field(default=None, description="Versions deleted with it.")
-    deleted_at: Timestamp | None = None
-    purge_after: Timestamp | None = Field(
-        default=None, description="Restorable until then (null: until purged by hand)."
-    )
     forced: bool | None = Field(
         default=None, description="An admin deleted a version in production, aliased or deployed."
     )
