@@ -78,7 +78,9 @@ def mlrig_model_version_created(platform: Platform, version: dict[str, Any]) -> 
 
 @hookspec
 def mlrig_model_stage_changed(platform: Platform, event: dict[str, Any]) -> None:
-    """A version's stage or alias moved, or an approval request was decided.
+    """A version's stage or alias moved, an approval request was decided, or a version
+    was deleted or restored (``action`` ``"deleted"``/``"restored"``, also for each version
+    of a deleted or restored model).
 
     :param platform: the platform it happened on.
     :param event: ``{"model_id", "name", "version", "action", "from", "to", "actor"}``.

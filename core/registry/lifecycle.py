@@ -268,6 +268,12 @@ class ModelLifecycle:
                 raise PermissionDeniedError(msg)
             version = session.get(MLModel, request.model_version_id)
             assert version is not None  # cascade: a request dies with its version
+            if version.deleted_at is not None:
+                msg = (
+                    f"version {version.version!r} of {version.name!r} was deleted; restore it "
+                    f"first (mlrig models restore {version.name} {version.version})"
+                )
+                raise ConflictError(msg)
             request.status = "approved" if approve else "rejected"
             request.decided_by = actor.user_id
             request.decided_at = _now()
