@@ -17,6 +17,44 @@ from mlrig.cli.output import json_option, print_json, print_mapping, print_table
 STATUSES = ["created", "queued", "running", "completed", "failed", "cancelled"]
 FINAL = frozenset({"completed", "failed", "cancelled"})
 POLL_SECONDS = 0.5
+#: a waiting command gives up, saying so, after this long without any live worker
+NO_WORKER_SECONDS = 5.0
+#: the exit code of a waiting command that found no live worker (docs/experiments.md)
+EXIT_NO_WORKER = 3
+
+
+class _WorkerWatch:
+    """Notices when no worker is alive while a job waits for one (queued) or runs on a
+    worker that died (running): nothing would ever finish it, so the wait ends."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.missing_since: float | None = None
+        self.checked_at = 0.0
+
+    def check(self, view: dict[str, Any]) -> None:
+        """Exit with :data:`EXIT_NO_WORKER` once no worker was alive for a while."""
+        if view["status"] not in ("queued", "running"):
+            self.missing_since = None
+            return
+        now = time.monotonic()
+        if now - self.checked_at < 1.0:
+            return
+        self.checked_at = now
+        if self.service.queue.live_workers():
+            self.missing_since = None
+            return
+        self.missing_since = self.missing_since or now
+        if now - self.missing_since < NO_WORKER_SECONDS:
+            return
+        click.echo(
+            f"{view['name']} is {view['status']}, but no worker is running (none has sent "
+            f"a heartbeat for {NO_WORKER_SECONDS:.0f} s): start one with `mlrig worker` "
+            "(same config), or `mlrig server`, which runs one; the experiment stays "
+            f"{view['status']} until a worker takes it",
+            err=True,
+        )
+        sys.exit(EXIT_NO_WORKER)
 
 
 def _value(text: str) -> Any:
@@ -201,6 +239,7 @@ def show(experiment: str, as_json: bool) -> None:
         print_json(view)
         return
     events, latest = view.pop("events"), view.pop("metrics")
+    view.pop("model_id", None)  # deprecated twin of model_version_id (kept in --json)
     print_mapping(view)
     print_table(
         "metrics (last value)",
@@ -291,12 +330,18 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
 
     since = time.time()
     view = service.get(key)
+    workers = _WorkerWatch(service)
     console = Console(stderr=True, quiet=quiet)
     with Live(Text(_progress(view, since)), console=console, refresh_per_second=4) as live:
         while view["status"] not in FINAL:
             time.sleep(POLL_SECONDS)
             view = service.get(key)
             live.update(Text(_progress(view, since)))
+            try:
+                workers.check(view)
+            except SystemExit:
+                live.stop()
+                raise
     if not console.is_terminal:
         console.line()  # end the last progress line before the verdict
     return view
@@ -393,6 +438,8 @@ def logs(experiment: str, follow: bool, offset: int) -> None:
     service = get_platform().experiments
     key = service.resolve(experiment)
     out = sys.stdout.buffer
+    workers = _WorkerWatch(service)
+    name = experiment
     while True:
         state = service.status(key) if follow else None
         data, offset = service.read_logs(key, offset)
@@ -402,6 +449,7 @@ def logs(experiment: str, follow: bool, offset: int) -> None:
             continue
         if not follow or state in FINAL:
             return
+        workers.check({"name": name, "status": state})
         time.sleep(POLL_SECONDS)
 
 

@@ -2,6 +2,7 @@
 validation, the events timeline, metric ingest and history, and the log store."""
 
 import math
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -615,3 +616,93 @@ def test_cli_wait_exit_codes_metrics_and_logs(cli_run, trainer, tmp_path):
     assert cli_run("logs", "w1").output == "hello\nworld\n"
     assert cli_run("logs", "w1", "-f", "--offset", "6").output == "world\n"
     platform.close()
+
+
+# --- waiting without a worker, errors refused at create time -----------------------------
+
+
+def test_wait_without_a_live_worker_says_how_to_start_one(run_cli, tmp_path, trainer):
+    """`start --wait` with no worker at all: after a few seconds, one line saying so and
+    how to start one, exit code 3 (docs/experiments.md); the experiment stays queued."""
+    from mlrig.cli.experiments import EXIT_NO_WORKER, NO_WORKER_SECONDS
+    from mlrig.platform import Platform
+
+    (tmp_path / "mlrig.toml").write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "w.db"}"\n'
+        f'[storage.local]\nroot = "{tmp_path / "artifacts"}"\n'
+    )
+    assert run_cli("experiments", "create", "lonely", "--trainer", trainer).exit_code == 0
+    started = time.monotonic()
+    result = run_cli("experiments", "start", "lonely", "--wait", timeout=60)
+    waited = time.monotonic() - started
+    assert result.exit_code == EXIT_NO_WORKER == 3, result.stderr
+    assert "no worker is running" in result.stderr
+    assert "`mlrig worker`" in result.stderr and "`mlrig server`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert NO_WORKER_SECONDS <= waited < NO_WORKER_SECONDS + 20
+    platform = Platform.from_config(tmp_path / "mlrig.toml")
+    assert platform.experiments.get("lonely")["status"] == "queued"
+    platform.close()
+
+
+def test_workers_are_known_alive_while_they_run(db_platform):
+    import threading
+
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+
+    queue = db_platform.queue
+    assert queue.live_workers() == 0
+    worker = Worker(db_platform, capacity=Capacity(cpus=(0,)), lease_seconds=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while queue.live_workers() == 0:
+            assert time.monotonic() < deadline, "the worker never recorded a heartbeat"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(20)
+    assert queue.live_workers() == 0  # a clean stop removes it
+    # a worker that died: its heartbeat expires
+    queue.worker_heartbeat("host:1:dead", ttl_seconds=0.05, concurrency=1)
+    assert queue.live_workers() == 1
+    time.sleep(0.1)
+    assert queue.live_workers() == 0
+
+
+NOT_TRAINABLE = [
+    ({"estimator": "sklearn.nope.Forest"}, None, "cannot be imported"),
+    ({"estimator": "os.path"}, None, "cannot be imported|not a scikit-learn estimator"),
+    ({"n_trees": 5}, None, "no parameter 'n_trees'"),
+    ({"estimator": "sklearn.svm.SVC", "C": -1}, None, "bad parameter for SVC"),
+    ({"n_estimators": "many"}, None, "bad parameter"),
+    ({"test_size": 1.5}, None, "test_size must be"),
+    ({"epochs": 0}, None, "epochs must be"),
+    ({}, {"uri": "missing/data.csv", "target": "y"}, "dataset 'missing/data.csv' not found"),
+    ({}, {"uri": str(datasets.path("iris"))}, "needs the dataset's label column"),
+]
+
+
+@pytest.mark.parametrize(("params", "dataset", "message"), NOT_TRAINABLE)
+def test_what_can_never_train_is_refused_at_create(platform, trainer, params, dataset, message):
+    with pytest.raises(ValidationError, match=message):
+        _create(platform, trainer, hyperparameters=params, dataset=dataset)
+    assert platform.experiments.list() == []
+
+
+def test_create_refusal_over_rest_and_the_cli(api_client, admin_headers, cli_run, trainer):
+    response = api_client.post(
+        "/api/ml/experiments",
+        json={"name": "svc", "trainer": trainer, "hyperparameters": {"n_trees": 5}},
+        headers=admin_headers,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and "no parameter 'n_trees'" in error["message"]
+    result = cli_run("create", "svc", "--trainer", trainer, "--param", "n_trees=5")
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no parameter 'n_trees'" in lines[0], result.output

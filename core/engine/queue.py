@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from mlrig.db.models import ExperimentEvent, TrainingExperiment
+from mlrig.db.models import EngineWorker, ExperimentEvent, TrainingExperiment
 from mlrig.engine import states
 from mlrig.errors import ConflictError, NotFoundError
 
@@ -315,6 +315,52 @@ class JobQueue:
                     )
         self._fire(events)
         return len(events)
+
+    # --- workers --------------------------------------------------------------------------
+
+    def worker_heartbeat(self, owner: str, *, ttl_seconds: float, concurrency: int) -> None:
+        """Record that worker ``owner`` is alive for ``ttl_seconds`` more (its row is its
+        own: no other writer). Rows of workers dead for a day are swept on the way."""
+        now = utcnow()
+        values = {"heartbeat_at": now, "expires_at": now + timedelta(seconds=ttl_seconds)}
+        with self.db.session() as session:
+            found = session.execute(
+                update(EngineWorker).where(EngineWorker.id == owner).values(**values)
+            )
+            if found.rowcount == 0:
+                host, _, rest = owner.partition(":")
+                pid = rest.partition(":")[0]
+                session.add(
+                    EngineWorker(
+                        id=owner,
+                        hostname=host[:255],
+                        pid=int(pid) if pid.isdigit() else 0,
+                        concurrency=concurrency,
+                        started_at=now,
+                        **values,
+                    )
+                )
+                session.execute(
+                    delete(EngineWorker).where(EngineWorker.expires_at < now - timedelta(days=1))
+                )
+
+    def worker_stopped(self, owner: str) -> None:
+        """Forget worker ``owner`` (it stopped cleanly)."""
+        with self.db.session() as session:
+            session.execute(delete(EngineWorker).where(EngineWorker.id == owner))
+
+    def live_workers(self) -> int:
+        """How many workers sent a heartbeat within their lease (0: queued jobs wait for
+        a worker to start)."""
+        with self.db.session() as session:
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(EngineWorker)
+                    .where(EngineWorker.expires_at > utcnow())
+                )
+                or 0
+            )
 
     # --- checkpoints ------------------------------------------------------------------------
 

@@ -116,6 +116,8 @@ class Worker:
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if now - last_beat >= self.heartbeat_seconds:
+                    self._beat_worker()
                 if now - last_sweep >= self.lease_seconds / 2:
                     self.platform.queue.requeue_expired()
                     last_sweep = now
@@ -252,6 +254,16 @@ class Worker:
             self.echo(f"{running.job.name}: {beat.status}; ending its processes")
             running.handle.terminate(grace_seconds=STOP_GRACE_SECONDS)
 
+    def _beat_worker(self) -> None:
+        """Tell the queue this worker is alive (waiting commands ask it); a database
+        hiccup must not stop the loop, the next beat tries again."""
+        try:
+            self.platform.queue.worker_heartbeat(
+                self.owner, ttl_seconds=self.lease_seconds, concurrency=self.concurrency
+            )
+        except Exception as exc:  # any driver error: report it, go on
+            self.echo(f"worker {self.owner}: heartbeat not recorded: {exc}")
+
     def _shutdown(self) -> None:
         """Stop: end running jobs (they checkpoint on SIGTERM) and hand them back."""
         for job_id, running in list(self.running.items()):
@@ -260,3 +272,7 @@ class Worker:
             self.allocator.release(job_id)
             self.platform.queue.fail(running.job, "worker shut down")
         self.running.clear()
+        try:
+            self.platform.queue.worker_stopped(self.owner)
+        except Exception:  # its row expires on its own
+            pass
