@@ -15,10 +15,20 @@ def make_local(root: Path, **options: object) -> LocalStorage:
     return LocalStorage.from_options({"root": str(root), **options}, where="storage.local")
 
 
+def broken_local(tmp_path: Path) -> LocalStorage:
+    """A root below a regular file: no folder can ever be made there."""
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    return make_local(tmp_path / "a-file" / "artifacts")
+
+
 class TestLocalContract(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> LocalStorage:
         return make_local(tmp_path / "artifacts")
+
+    @pytest.fixture
+    def broken_storage(self, tmp_path: Path) -> LocalStorage:
+        return broken_local(tmp_path)
 
 
 class TestLocalFsyncContract(StorageContract):
@@ -29,6 +39,10 @@ class TestLocalFsyncContract(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> LocalStorage:
         return make_local(tmp_path / "artifacts", fsync=True)
+
+    @pytest.fixture
+    def broken_storage(self, tmp_path: Path) -> LocalStorage:
+        return broken_local(tmp_path)
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:

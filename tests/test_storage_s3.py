@@ -20,24 +20,44 @@ def make_s3(bucket: MotoBucket, **options: object) -> S3Storage:
     return S3Storage.from_options(bucket.options(block_size=5 * MiB, **options), where="storage.s3")
 
 
+def missing_bucket(bucket: MotoBucket) -> S3Storage:
+    return S3Storage.from_options(
+        {"bucket": f"{bucket.name}-missing", "endpoint_url": bucket.endpoint_url, "retries": 0},
+        where="storage.s3",
+    )
+
+
 class TestS3Contract(StorageContract):
     # Above the 5 MiB part size: "large" objects go up as real multipart uploads.
     large_size = 11 * MiB
     write_piece = 1 * MiB
+    # Parts are buffered and sent (about 3.5 parts of 5 MiB at the peak), never the object.
+    memory_bound = 24 * MiB
+    streaming_size = 48 * MiB
 
     @pytest.fixture
     def storage(self, s3_bucket: MotoBucket) -> S3Storage:
         return make_s3(s3_bucket, prefix="team/artifacts")
+
+    @pytest.fixture
+    def broken_storage(self, s3_bucket: MotoBucket) -> S3Storage:
+        return missing_bucket(s3_bucket)
 
 
 class TestS3BucketRootContract(StorageContract):
     """Without a prefix, keys sit at the bucket root."""
 
     large_size = 1 * MiB
+    memory_bound = 24 * MiB
+    streaming_size = 48 * MiB
 
     @pytest.fixture
     def storage(self, s3_bucket: MotoBucket) -> S3Storage:
         return make_s3(s3_bucket)
+
+    @pytest.fixture
+    def broken_storage(self, s3_bucket: MotoBucket) -> S3Storage:
+        return missing_bucket(s3_bucket)
 
 
 def test_failed_multipart_upload_is_aborted(s3_bucket: MotoBucket) -> None:

@@ -29,24 +29,33 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mlrig.artifacts import ArtifactStore, generate_master_key
-from mlrig.contracts.storage import StorageBackend
-from mlrig.errors import ArtifactNotFoundError, CorruptArtifactError, EncryptionKeyError
+from mlrig.contracts.storage import StaleUploads, StorageBackend
+from mlrig.errors import (
+    ArtifactNotFoundError,
+    CorruptArtifactError,
+    EncryptionKeyError,
+    StorageError,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -115,17 +124,40 @@ STORE_MODES: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``describe()`` keys that name a secret: their values must never appear there
+SECRET_KEY_NAMES = re.compile(
+    r"secret|passw|token|credential|private|api_?key|access_?key|session|^key$|_key$", re.I
+)
+
+
 class StorageContract:
     """Tests every :class:`~mlrig.contracts.StorageBackend` must pass.
 
-    Subclasses provide the ``storage`` fixture (fresh and empty for each test) and may
-    raise :attr:`large_size` so that a "large" object crosses their multipart threshold.
+    Subclasses provide two fixtures: ``storage`` (fresh and empty for each test) and
+    ``broken_storage`` (the same backend pointed at a location that cannot work: a
+    missing bucket, a root below a regular file), whose ``check()`` must raise. They may
+    raise :attr:`large_size` so that a "large" object crosses their multipart threshold,
+    and :attr:`memory_bound` to what one write or read may hold (S3: about two parts).
     """
 
     #: size of the multi-chunk objects; S3 backends set it above their part size
     large_size: int = 3 * MiB
     #: size of the pieces written to ``open_write``
     write_piece: int = 256 * KiB
+    #: the most Python memory one streaming write or read of :attr:`streaming_size` may
+    #: hold at once (measured with tracemalloc)
+    memory_bound: int = 4 * MiB
+    #: size of the object of the memory tests: several times :attr:`memory_bound`
+    streaming_size: int = 24 * MiB
+
+    @pytest.fixture
+    def broken_storage(self) -> StorageBackend:
+        """Override: this backend pointed at a location that cannot work."""
+        pytest.fail(
+            "give the contract class a `broken_storage` fixture: the backend pointed at a "
+            "location that cannot work (a missing bucket, a root below a regular file), "
+            "so that the suite can check that check() fails there"
+        )
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -140,6 +172,11 @@ class StorageContract:
             while chunk := handle.read(piece):
                 parts.append(chunk)
         return b"".join(parts)
+
+    def _warm_up(self, storage: StorageBackend) -> None:
+        """One small write and read first: a client's lazy set-up is not the object."""
+        self._write(storage, "warm/up.bin", b"warm")
+        assert self._read(storage, "warm/up.bin") == b"warm"
 
     def _store(self, storage: StorageBackend, mode: str, **kwargs: Any) -> ArtifactStore:
         options = dict(STORE_MODES[mode])
@@ -237,12 +274,156 @@ class StorageContract:
             raise _Boom
         assert self._read(storage, "keep.bin") == b"old"
 
+    def test_list_prefix_is_literal_and_case_sensitive(self, storage: StorageBackend) -> None:
+        """A prefix is a plain string: ``_`` and ``%`` are no wildcards (SQL ``LIKE``),
+        ``*`` and ``?`` none either (glob), and case counts."""
+        keys = [
+            "a_b/1.bin",
+            "axb/2.bin",
+            "a%c/3.bin",
+            "abc/4.bin",
+            "A_B/5.bin",
+            "a_bc/6.bin",
+            "x*y/7.bin",
+            "xzy/8.bin",
+        ]
+        for key in keys:
+            self._write(storage, key, b"k")
+        assert list(storage.list("a_b/")) == ["a_b/1.bin"]
+        assert list(storage.list("a_b")) == ["a_b/1.bin", "a_bc/6.bin"]
+        assert list(storage.list("a%")) == ["a%c/3.bin"]
+        assert list(storage.list("a%c/")) == ["a%c/3.bin"]
+        assert list(storage.list("A")) == ["A_B/5.bin"]
+        assert list(storage.list("a_B/")) == []
+        assert list(storage.list("x*")) == ["x*y/7.bin"]
+        assert list(storage.list("%")) == []
+        assert list(storage.list("_")) == []
+
+    def test_list_is_safe_while_deleting(self, storage: StorageBackend) -> None:
+        """Deleting each key as the listing yields it (what gc does) neither fails nor
+        skips or repeats a key."""
+        keys = [f"gc/{i:02d}/obj.bin" for i in range(12)]
+        for key in keys:
+            self._write(storage, key, b"x")
+        seen = []
+        for key in storage.list("gc/"):
+            seen.append(key)
+            storage.delete(key)
+        assert seen == keys
+        assert list(storage.list()) == []
+
+    def test_write_is_invisible_until_the_block_exits(self, storage: StorageBackend) -> None:
+        with storage.open_write("pending/obj.bin") as out:
+            out.write(sample_bytes(self.large_size, seed=6))
+            assert not storage.exists("pending/obj.bin")
+            assert list(storage.list()) == []
+        assert storage.size("pending/obj.bin") == self.large_size
+
+    def test_concurrent_writers_and_readers(self, storage: StorageBackend) -> None:
+        """One backend object is shared by the server's threads."""
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                data = sample_bytes(50_000 + n, seed=n)
+                for round_ in range(3):
+                    self._write(storage, f"t/{n}.bin", data + bytes([round_]))
+                    assert self._read(storage, f"t/{n}.bin") == data + bytes([round_])
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert list(storage.list("t/")) == sorted(f"t/{n}.bin" for n in range(8))
+
+    def test_streaming_write_holds_bounded_memory(self, storage: StorageBackend) -> None:
+        """A write never buffers the whole object (only what a part/chunk needs)."""
+        self._warm_up(storage)
+        rng = random.Random(7)
+        digest = hashlib.sha256()
+        tracemalloc.start()
+        try:
+            with storage.open_write("stream/big.bin") as out:
+                for _ in range(self.streaming_size // self.write_piece):
+                    piece = rng.randbytes(self.write_piece)  # fresh bytes, dropped after
+                    digest.update(piece)
+                    out.write(piece)
+                    del piece
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < self.memory_bound, (
+            f"writing {self.streaming_size} bytes held {peak} bytes at once "
+            f"(bound {self.memory_bound}): open_write must stream"
+        )
+        assert storage.size("stream/big.bin") == self.streaming_size
+        back = hashlib.sha256()
+        with contextlib.closing(storage.open_read("stream/big.bin")) as handle:
+            while chunk := handle.read(MiB):
+                back.update(chunk)
+        assert back.digest() == digest.digest()
+
+    def test_streaming_read_holds_bounded_memory(self, storage: StorageBackend) -> None:
+        """A read never loads the whole object (the caller reads it piece by piece)."""
+        rng = random.Random(8)
+        with storage.open_write("stream/read.bin") as out:
+            for _ in range(self.streaming_size // self.write_piece):
+                out.write(rng.randbytes(self.write_piece))
+        self._warm_up(storage)
+        total = 0
+        tracemalloc.start()
+        try:
+            with contextlib.closing(storage.open_read("stream/read.bin")) as handle:
+                while chunk := handle.read(256 * KiB):
+                    total += len(chunk)
+                    del chunk
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert total == self.streaming_size
+        assert peak < self.memory_bound, (
+            f"reading {self.streaming_size} bytes held {peak} bytes at once "
+            f"(bound {self.memory_bound}): open_read must stream"
+        )
+
+    def test_modified_is_aware_and_recent(self, storage: StorageBackend) -> None:
+        before = datetime.now(UTC) - timedelta(minutes=5)  # clock skew of a remote store
+        self._write(storage, "m/when.bin", b"1")
+        when = storage.modified("m/when.bin")
+        if when is not None:  # None: the backend cannot tell (gc then keeps its objects)
+            assert when.tzinfo is not None, "modified() must return an aware datetime"
+            assert before <= when <= datetime.now(UTC) + timedelta(minutes=5)
+        with pytest.raises(ArtifactNotFoundError):
+            storage.modified("m/never.bin")
+
+    def test_finished_writes_leave_no_pending_upload(self, storage: StorageBackend) -> None:
+        if not isinstance(storage, StaleUploads):
+            pytest.skip("the backend has no unfinished writes to list (StaleUploads)")
+        self._write(storage, "p/done.bin", sample_bytes(self.large_size, seed=9))
+        with pytest.raises(_Boom), storage.open_write("p/failed.bin") as out:
+            out.write(sample_bytes(self.large_size, seed=10))
+            raise _Boom
+        future = datetime.now(UTC) + timedelta(days=1)
+        assert [u.key for u in storage.pending_uploads(started_before=future)] == []
+
     def test_describe_and_check(self, storage: StorageBackend) -> None:
         storage.check()
         description = storage.describe()
         json.dumps(description)  # plain data for the health endpoint
         text = json.dumps(description).lower()
         assert "secret" not in text and "password" not in text
+        for key, value in _flatten(description):
+            if SECRET_KEY_NAMES.search(key):
+                assert value in (None, "", "***"), f"describe() shows the secret {key!r}"
+
+    def test_check_fails_where_the_store_cannot_work(self, broken_storage: StorageBackend) -> None:
+        """check() really probes the store: pointed at a broken location, it raises."""
+        with pytest.raises(StorageError):
+            broken_storage.check()
 
     # --- the artifact store over this backend -----------------------------------------
 
@@ -312,6 +493,14 @@ class StorageContract:
         with store.atomic() as tx:
             stored = tx.put("tx/c.bin", b"c")
         assert store.get_bytes("tx/c.bin", expected_sha256=stored.sha256) == b"c"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 # --- the S3 server ---------------------------------------------------------------------
@@ -434,6 +623,7 @@ def s3_bucket(
 
 
 __all__ = [
+    "SECRET_KEY_NAMES",
     "STORE_MODES",
     "FailingStream",
     "GeneratedStream",
