@@ -114,9 +114,13 @@ def show(kind: str, name: str, as_json: bool) -> None:
             msg = f"no hook plugin named {name!r}; see: mlrig plugins list --kind hooks"
             raise click.ClickException(msg)
         data = rows[0]
-        plugin = get_state().pm.get_plugin(name)
+        pm = get_state().pm
+        plugin = pm.get_plugin(name)
         if plugin is not None:
-            data["hooks"] = sorted(c.name for c in get_state().pm.get_hookcallers(plugin) or [])
+            data["hooks"] = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+            model = pm.options_model(name)
+            if model is not None:  # the keys of its [plugins.NAME] table
+                data["options"] = model.model_json_schema().get("properties", {})
     else:
         from mlrig.backends import CONTRACTS, backend_info, load_backend
 

@@ -258,6 +258,11 @@ def test_a_plugin_command_gets_the_platform_of_config_and_token(example_env, tmp
         bad_colour.stderr
     )
 
+    described = run_cli("plugins", "show", "hooks", "example", "--json", env=example_env)
+    assert described.exit_code == 0, described.stderr
+    options = json.loads(described.stdout)["options"]
+    assert set(options) == {"greeting", "colour", "events_file", "webhook_url"}
+
     shown = run_cli("--config", str(config), "config", "show", "--json", env=example_env)
     assert shown.exit_code == 0, shown.stderr
     assert "s3cret" not in shown.stdout
