@@ -216,8 +216,13 @@ class PluginsSection(Section):
         return self
 
     def options(self, name: str) -> dict[str, Any]:
-        """The raw ``[plugins.NAME]`` table (empty if the file has none)."""
-        return dict((self.model_extra or {}).get(name, {}))
+        """The raw ``[plugins.NAME]`` table (empty if the file has none).
+
+        Environment variables cannot hold ``-``: ``MLRIG_PLUGINS__MY_PLUGIN__KEY`` sets
+        ``KEY`` of plugin ``my-plugin``, over the file's ``[plugins.my-plugin]``.
+        """
+        tables = self.model_extra or {}
+        return {**tables.get(name, {}), **tables.get(name.replace("-", "_"), {})}
 
     def names(self) -> list[str]:
         """The plugins the config has a table for."""

@@ -129,7 +129,10 @@ class PluginManager(pluggy.PluginManager):
         """
         at = f" in {settings.source}" if settings.source else ""
         failed = {s.name for s in self.failures}
-        for name in settings.plugins.names():
+        # an environment variable spells plugin `my-plugin` as MY_PLUGIN
+        underscored = {n.replace("-", "_"): n for n in self.named_plugins()}
+        for table in settings.plugins.names():
+            name = table if self.get_plugin(table) is not None else underscored.get(table, table)
             if name in failed:
                 continue
             if self.get_plugin(name) is None:

@@ -80,6 +80,10 @@ class Options(BaseModel):
 @hookimpl
 def mlrig_platform_started(platform):
     platform.plugin_options("journal")
+
+
+class Dashed:
+    Options = Options
 """
 
 
@@ -92,7 +96,11 @@ def plugin_site(tmp_path, monkeypatch):
         entry_points={
             "mlrig.storage": {"pathstore": "mlrig_pathstore:PathStore"},
             "mlrig.trainers": {"probe": "mlrig_probe:Probe"},
-            "mlrig.hooks": {"journal": "mlrig_journal", "no-options": "mlrig_no_options"},
+            "mlrig.hooks": {
+                "journal": "mlrig_journal",
+                "no-options": "mlrig_no_options",
+                "dashed-journal": "mlrig_journal:Dashed",
+            },
         },
         modules={
             "mlrig_pathstore": PATHSTORE,
@@ -252,6 +260,13 @@ def test_env_overrides_a_plugin_table(plugin_site, tmp_path, monkeypatch):
     monkeypatch.setenv("MLRIG_PLUGINS__JOURNAL__RETRIES", "many")
     with pytest.raises(ConfigError, match=r"plugins\.journal\.retries: input should be a valid"):
         Platform.from_config(config)
+
+
+def test_env_spells_a_dashed_plugin_name_with_underscores(plugin_site, tmp_path, monkeypatch):
+    config = write_config(tmp_path / "p", '[plugins.dashed-journal]\nlevel = "debug"\n')
+    monkeypatch.setenv("MLRIG_PLUGINS__DASHED_JOURNAL__RETRIES", "7")
+    options = Platform.from_config(config).plugin_options("dashed-journal")
+    assert (options.level, options.retries) == ("debug", 7)
 
 
 def test_job_processes_inherit_the_plugin_tables(plugin_site, monkeypatch):
