@@ -56,6 +56,10 @@ enabled = true
 # max_body_bytes = "1MiB"            # JSON routes
 # max_metrics_body_bytes = "16MiB"   # POST /api/ml/experiments/{id}/metrics
 # max_upload_bytes = "5GiB"          # artifact uploads
+
+# [plugins.NAME]
+# A hook plugin's own options (its docs, or `mlrig plugins show hooks NAME`, list them);
+# relative paths start at this file's folder. Environment: MLRIG_PLUGINS__NAME__KEY.
 """
 
 
