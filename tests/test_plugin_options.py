@@ -291,6 +291,26 @@ def test_plugin_options_of_a_plugin_registered_later(platform):
         platform.plugin_options("missing")
 
 
+def test_plugin_authors_test_their_options_with_make_platform(tmp_path):
+    from mlrig.testing.fixtures import make_platform
+
+    class Notifier:
+        class Options(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            channel: str = "#general"
+            log: ConfigPath = Path("notify.log")
+
+    home = tmp_path / "home"
+    platform = make_platform(
+        home, hook_plugins={"notify": Notifier()}, plugins={"notify": {"channel": "#ml"}}
+    )
+    assert platform.plugin_options("notify").channel == "#ml"
+    assert platform.plugin_options("notify").log == home / "notify.log"
+    platform.close()
+    with pytest.raises(ConfigError, match=r"plugins\.notify\.chanel: unknown key"):
+        make_platform(home, hook_plugins={"notify": Notifier()}, plugins={"notify": {"chanel": 1}})
+
+
 def test_config_show_redacts_plugin_secrets(plugin_site, tmp_path, run_cli):
     write_config(tmp_path, '[plugins.journal]\nwebhook = "https://hooks/abc"\nretries = 4\n')
     result = run_cli("config", "show", "--json", cwd=tmp_path)

@@ -30,8 +30,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_platform(home: Path, **overrides: Any) -> Platform:
-    """A platform on SQLite and local storage under ``home`` (no config file read)."""
+def make_platform(
+    home: Path, *, hook_plugins: dict[str, object] | None = None, **overrides: Any
+) -> Platform:
+    """A platform on SQLite and local storage under ``home`` (an empty config file there,
+    so relative path options start at ``home``); ``overrides`` are config sections.
+
+    :param hook_plugins: name -> hook plugin (module or object) registered before the
+        platform is built, so that ``plugins={"NAME": {...}}`` is validated by its
+        ``Options`` like an installed plugin's ``[plugins.NAME]`` table.
+    """
+    from mlrig.hooks import get_plugin_manager
+
     sections: dict[str, Any] = {
         "database": {"url": f"sqlite:///{home / 'mlrig.db'}"},
         "storage": {"backend": "local", "local": {"root": str(home / "artifacts")}},
@@ -44,7 +54,10 @@ def make_platform(home: Path, **overrides: Any) -> Platform:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "mlrig.toml"
     config.touch()
-    return Platform.from_config(config, overrides=sections)
+    pm = get_plugin_manager()
+    for name, plugin in (hook_plugins or {}).items():
+        pm.register(plugin, name=name)
+    return Platform.from_config(config, overrides=sections, plugin_manager=pm)
 
 
 @pytest.fixture
