@@ -5,6 +5,6 @@ user's ``--config`` and the principal of their ``--token`` through these helpers
 through ``click.Context.obj``, whose shape is private.
 """
 
-from mlrig.cli.context import current_platform, current_principal, pass_platform
+from mlrig.cli.context import current_platform, current_principal, pass_platform, require
 
-__all__ = ["current_platform", "current_principal", "pass_platform"]
+__all__ = ["current_platform", "current_principal", "pass_platform", "require"]

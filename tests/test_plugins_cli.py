@@ -293,3 +293,64 @@ def test_example_plugin_passes_the_storage_contract(example_env):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout
+
+
+GUARDED = """
+import click
+from mlrig import hookimpl
+from mlrig.cli import pass_platform, require
+from mlrig.security.roles import Permission
+
+
+@click.command("guarded-count")
+@click.argument("what")
+@pass_platform
+def guarded_count(platform, what):
+    user = require(Permission.WRITE)
+    models = platform.registry.list_models()
+    items = models["items"] if isinstance(models, dict) else models
+    click.echo(f"{what}: {len(items)} model(s) for {user.name}")
+
+
+@hookimpl
+def mlrig_register_commands(cli):
+    cli.add_command(guarded_count)
+"""
+
+
+def test_a_plugin_command_checks_the_token_user_s_permission(tmp_path, run_cli):
+    from mlrig import Platform
+
+    site = make_distribution(
+        tmp_path / "site",
+        "mlrig-guarded",
+        entry_points={"mlrig.hooks": {"guarded": "guarded_hooks"}},
+        modules={"guarded_hooks": GUARDED},
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    project = tmp_path / "project"
+    project.mkdir()
+    config = project / "mlrig.toml"
+    config.write_text('[database]\nurl = "sqlite:///mlrig.db"\n')
+    platform = Platform.from_config(config)
+    tokens = {}
+    for name, role in [("vera", "viewer"), ("dev", "developer")]:
+        platform.security.create_user(name=name, role=role)
+        tokens[name] = platform.security.create_token(user=name)["token"]
+    platform.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def guarded(token: str):
+        return run_cli(
+            "--config", str(config), "--token", token, "guarded-count", "x", cwd=elsewhere, env=env
+        )
+
+    ok = guarded(tokens["dev"])
+    assert ok.exit_code == 0, ok.stderr
+    assert ok.stdout.strip() == "x: 0 model(s) for dev"
+    assert (project / "mlrig.db").is_file() and not (elsewhere / "mlrig.db").exists()
+    refused = guarded(tokens["vera"])
+    assert refused.exit_code != 0
+    assert "'write'" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
