@@ -18,9 +18,38 @@ class StorageBackend(Backend, ABC):
 
     Keys reach a backend already normalised by core (``a/b/c``: no leading slash, no
     ``..``, no empty segment), and hashing, compression and encryption happen above
-    this contract, so a backend only moves bytes. A backend raises
-    :class:`mlrig.errors.ArtifactNotFoundError` for a missing key and translates its
-    library's other failures into :class:`mlrig.errors.StorageError`.
+    this contract, so a backend only moves bytes.
+
+    What callers assume, and :class:`mlrig.testing.storage.StorageContract` checks:
+
+    - **Threads and processes.** One instance is shared by the server's threads, and
+      several processes (the server, workers, job processes, the CLI) use the same store
+      at once, each with its own instance. Concurrent writes of different keys, and reads
+      during writes, must be safe; for two writers of one key the last to finish wins.
+      Nothing may be cached that another process could make stale (listings, sizes).
+    - **Writes** (:meth:`open_write`): the object appears whole when the ``with`` block
+      exits cleanly, and not before (not to :meth:`exists`, :meth:`list` or
+      :meth:`open_read`). If the block raises, the exception comes out unchanged,
+      nothing new is visible and an object already under the key stays as it was.
+    - **Streaming.** Write and read chunk by chunk: a backend holds at most a few
+      chunks or parts in memory, never the whole object (the suite measures the peak).
+    - **Reads** (:meth:`open_read`): a forward-only stream; callers only ``read(n)``
+      until ``b""`` and ``close()``, so it need not support ``seek``/``tell``.
+    - **Listing** (:meth:`list`): ``prefix`` is a plain, case-sensitive string prefix
+      (``_``, ``%``, ``*`` are ordinary characters: no SQL ``LIKE``, no glob); keys come
+      sorted; the iterator may be lazy, and deleting keys it has already yielded while
+      iterating (as ``mlrig storage gc`` does) must neither fail nor skip or repeat keys.
+    - **Errors.** A missing key raises ``ArtifactNotFoundError(message, details={"key":
+      key})``; a bad key ``InvalidKeyError``; every other failure of the library below
+      (network, permissions, a missing bucket, a full disk) is translated at this
+      boundary into ``StorageError(message, details={...})``, whose message says what to
+      fix. Never let a library's own exception escape.
+    - **describe()** returns plain JSON-able facts. Keys matching
+      :data:`mlrig.testing.storage.SECRET_KEY_NAMES` (``secret``, ``password``,
+      ``token``, ``credential``, ``private``, ``api_key``, ``access_key``, ``session``,
+      ``key`` or ``*_key``) count as secrets and must be absent, ``None`` or ``"***"``.
+    - **check()** really probes the store: pointed at a location that cannot work (a
+      missing bucket, a root under a regular file) it raises ``StorageError``.
     """
 
     @abstractmethod
@@ -53,7 +82,7 @@ class StorageBackend(Backend, ABC):
         """Yield the keys that start with ``prefix`` (``""``: every key), sorted."""
 
     def describe(self) -> dict[str, Any]:
-        """Facts for the health endpoint and ``mlrig config show`` (no secrets)."""
+        """Facts for the health endpoint and ``mlrig config show`` (no secrets, see above)."""
         return {}
 
     def modified(self, key: str) -> datetime | None:
