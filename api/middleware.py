@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlrig.errors import MlrigError
+from mlrig.errors import MlrigError, PayloadTooLargeError
 
 REQUEST_ID_HEADER = b"x-request-id"
 
@@ -132,13 +132,6 @@ def body_class(kind: BodyClass) -> Any:
     marker.__name__ = f"body_class_{kind}"
     marker.mlrig_body_class = kind  # type: ignore[attr-defined]
     return Depends(marker)
-
-
-class PayloadTooLargeError(MlrigError):
-    """A request body over the limit of its route class."""
-
-    code = "payload_too_large"
-    http_status = 413
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,12 @@ class TooLargeError(ValidationError):
     http_status = 413
 
 
+class PayloadTooLargeError(TooLargeError):
+    """A request body over the limit of its route class (``[api] max_*_bytes``)."""
+
+    code = "payload_too_large"
+
+
 class NotFoundError(MlrigError):
     """The object a request names does not exist."""
 

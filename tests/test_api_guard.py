@@ -373,3 +373,24 @@ def test_health_down_is_503_without_the_error_text(platform, api_client, tmp_pat
     assert response.status_code == 503
     assert response.json()["checks"]["storage"] == {"status": "error"}
     assert str(root) not in response.text
+
+
+def test_the_token_is_checked_once_per_request(platform, api_client, make_token, monkeypatch):
+    headers = make_token("dev", "developer")
+    calls = []
+    check = platform.security.authenticate
+    monkeypatch.setattr(platform.security, "authenticate", lambda t: calls.append(t) or check(t))
+    assert api_client.post("/api/ml/models", json={"name": "m"}, headers=headers).status_code == 201
+    assert len(calls) == 1  # by the guard; the route's Writer reuses the principal
+
+
+def test_the_client_raises_payload_too_large(live_server, make_token):
+    import mlrig
+    from mlrig.errors import PayloadTooLargeError
+
+    token = make_token("dev", "developer")["Authorization"].split()[1]
+    with (
+        mlrig.Client(live_server, token=token) as ml,
+        pytest.raises(PayloadTooLargeError, match=r"\[api\] max_body_bytes"),
+    ):
+        ml.create_model("big", description="d" * (2 * MIB))
