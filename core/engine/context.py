@@ -200,6 +200,8 @@ class JobContext:
             self.early_stopping.load(payload.get("early_stopping"))
         if step is not None:
             self._supersede(after_step=step)
+        else:  # a checkpoint without a step: which points follow it is unknown, keep all
+            self._superseded = True
         self.resumed_from_step = step
         self.last_step, self.last_epoch = step, payload.get("epoch")
         return payload["state"]
