@@ -25,6 +25,16 @@ HOSTNAME = Path("/etc/hostname")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    yield from _serve(tmp_path_factory, allowed_roots=["data"], max_bytes=LIMIT)
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """An operator who allowed s3:// and gs:// (without installing gcsfs)."""
+    yield from _serve(tmp_path_factory, allowed_schemes=["s3", "gs"])
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory, **section: Any) -> Iterator[dict[str, Any]]:
     from fastapi.testclient import TestClient
     from sklearn.linear_model import LogisticRegression
 
@@ -40,10 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     os.mkfifo(data / "pipe.csv")
     (data / "escape.csv").symlink_to(HOSTNAME if HOSTNAME.exists() else "/etc/passwd")
     (data / "garbage.csv").write_bytes(b"\x89PNG secret-bytes \x00\x01" * 10)
-    platform = make_platform(
-        home,
-        datasets={"allowed_roots": ["data"], "max_bytes": LIMIT},
-    )
+    platform = make_platform(home, datasets=section)
     platform.artifacts.put("datasets/iris.csv", (data / "iris.csv").read_bytes())
     platform.artifacts.put("datasets/big.csv", (data / "big.csv").read_bytes())
     model = LogisticRegression(max_iter=500).fit(frame.drop(columns=["species"]), frame["species"])
@@ -146,6 +153,14 @@ def test_missing_file_in_an_allowed_root_is_404(server: dict[str, Any]) -> None:
     _error(_evaluate(server, "data/nope.csv"), 404)
 
 
+def test_missing_artifact_is_404_without_the_store_location(server: dict[str, Any]) -> None:
+    body = _error(_evaluate(server, "artifact://datasets/nope.csv"), 404)
+    assert str(server["home"]) not in body["message"]
+    assert (
+        body["message"] == "dataset 'artifact://datasets/nope.csv' not found in the artifact store"
+    )
+
+
 @pytest.mark.parametrize(
     "uri", ["data/iris.csv", "artifact://datasets/iris.csv", str(datasets.path("iris"))]
 )
@@ -156,24 +171,23 @@ def test_allowed_datasets_are_read(server: dict[str, Any], uri: str) -> None:
 
 
 def test_allowed_scheme_without_its_fsspec_implementation_names_the_extra(
-    tmp_path: Path,
+    open_server: dict[str, Any],
 ) -> None:
-    pytest.importorskip("fsspec")
     try:
         import gcsfs  # noqa: F401
     except ModuleNotFoundError:
         pass
     else:
         pytest.skip("gcsfs is installed here")
-    access = DatasetAccess(artifacts=None, schemes=["gs"], base_dir=tmp_path)
-    with pytest.raises(MissingExtraError, match="pip install gcsfs") as caught:
-        access.read("gs://bucket/train.csv")
-    assert caught.value.http_status < 500
+    body = _error(_evaluate(open_server, "gs://bucket/train.csv"), 400)
+    assert body["code"] == "missing_extra" and "pip install gcsfs" in body["message"]
+    with pytest.raises(MissingExtraError, match="pip install gcsfs"):
+        DatasetAccess(artifacts=None, schemes=["gs"]).check("gs://bucket/train.csv")
 
 
 @pytest.mark.s3
 def test_allowed_s3_without_credentials_is_4xx(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_s3: str
+    open_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_s3: str
 ) -> None:
     for name in list(os.environ):
         if name.startswith("AWS_"):
@@ -182,10 +196,8 @@ def test_allowed_s3_without_credentials_is_4xx(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3)
-    access = DatasetAccess(artifacts=None, schemes=["s3"], base_dir=tmp_path)
-    with pytest.raises(ValidationError, match="cannot read dataset") as caught:
-        access.read("s3://no-creds-bucket/train.csv")
-    assert caught.value.http_status < 500
+    body = _error(_evaluate(open_server, "s3://no-creds-bucket/train.csv"), 422)
+    assert "no credentials for it on the server" in body["message"]
 
 
 def test_the_cap_holds_for_a_file_that_grows(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mlrig.errors import (
+    ArtifactNotFoundError,
     MissingExtraError,
     MlrigError,
     NotFoundError,
@@ -172,8 +173,13 @@ class DatasetAccess:
         if scheme == "artifact":
             key = self._artifact_key(uri)
             assert self.artifacts is not None  # checked by _artifact_key
-            with self.artifacts.open(key) as stream:
-                return self._capped(uri, stream)
+            try:
+                with self.artifacts.open(key) as stream:
+                    return self._capped(uri, stream)
+            except ArtifactNotFoundError:
+                # the backend's message names its root folder or bucket: not for users
+                msg = f"dataset {uri!r} not found in the artifact store"
+                raise NotFoundError(msg, details={"uri": uri}) from None
         if scheme in ("", "file"):
             return self._read_local(uri, self._local_path(uri))
         return self._read_remote(uri, scheme)
