@@ -405,6 +405,21 @@ def test_a_trained_version_is_created_by_the_experiment_s_creator(platform):
     assert done["model_id"] == done["model_version_id"]  # the deprecated name, for a release
     version = platform.registry.get_version("iris-carol", done["model_version_id"])
     assert version["created_by"] == "carol"
+    # over REST: the new name, and the old one (deprecated in the schema) for a release
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+
+    token = platform.security.create_token(user="carol")["token"]
+    with TestClient(create_app(platform)) as client:
+        shown = client.get(
+            "/api/ml/experiments/iris-carol", headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert shown["model_version_id"] == shown["model_id"] == done["model_version_id"]
+    fields = schema["Experiment"]["properties"]
+    assert fields["model_id"].get("deprecated") is True
+    assert not fields["model_version_id"].get("deprecated")
     points = _points(platform, uuid.UUID(done["id"]))
     assert len(points) == len(set(points))
 
