@@ -5,17 +5,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sqlalchemy import Table, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mlrig.db.lookup import find_by_id_prefix
 from mlrig.db.models import (
-    Base,
     MLModel,
     ModelAlias,
     ModelArtifact,
@@ -27,15 +26,13 @@ from mlrig.db.models import (
 from mlrig.errors import (
     ConflictError,
     NotFoundError,
-    PermissionDeniedError,
-    StorageError,
     ValidationError,
 )
+from mlrig.registry.deletes import RegistryDeletes
 from mlrig.registry.inputs import check_artifact_paths, check_model_fields, check_version_fields
 from mlrig.registry.names import check_model_name, check_version_name
 from mlrig.registry.search import VersionQuery, build_query, metric_sort_name, next_cursor
 from mlrig.registry.views import artifact_view, model_view, version_view
-from mlrig.security import Permission
 from mlrig.validation import INT64_MAX
 
 if TYPE_CHECKING:
@@ -78,17 +75,6 @@ def _as_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _clear_references(session: Session, table: Table, ids: list[uuid.UUID]) -> None:
-    """Set to NULL the nullable foreign keys (without ``ON DELETE``) that point at the
-    rows ``ids`` of ``table``, so that those rows can be deleted."""
-    for other in Base.metadata.sorted_tables:
-        for fk in other.foreign_keys:
-            if fk.column.table is table and fk.ondelete is None and fk.parent.nullable:
-                session.execute(
-                    other.update().where(fk.parent.in_(ids)).values({fk.parent.name: None})
-                )
-
-
 def _artifact_type(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if name == "mlrig-model.json":
@@ -116,6 +102,8 @@ class ModelRegistry:
         self.hooks = hooks
         #: how long deleted models and versions are kept before a purge may remove them
         self.retention_days = retention_days
+        #: deletes, restores and purges
+        self.deletes = RegistryDeletes(self)
 
     def record_rewritten_artifact(self, stored: StoredArtifact) -> int:
         """Bring the rows of an artifact rewritten in place (a master-key rotation) up to
@@ -366,265 +354,37 @@ class ModelRegistry:
             )
         )
 
-    # --- deletes and restores ----------------------------------------------------------
-
-    def _guards(self, session: Session, versions: list[MLModel]) -> dict[str, list[str]]:
-        """Why each version may not simply be deleted: ``{version: [reasons]}``.
-
-        A version in production, pointed at by an alias or deployed is what someone
-        relies on; deleting it takes an admin's ``force``.
-        """
-        reasons: dict[str, list[str]] = {}
-        aliases = self._aliases_of(session, [v.id for v in versions])
-        deployed = set(self._deployed(session, [v.id for v in versions]))
-        for version in versions:
-            found = []
-            if version.stage == "production":
-                found.append("is in production")
-            if aliases.get(version.id):
-                found.append(f"has the alias {', '.join(aliases[version.id])}")
-            if version.version in deployed:
-                found.append("is deployed")
-            if found:
-                reasons[version.version] = found
-        return reasons
-
-    @staticmethod
-    def _check_delete(actor: Principal, force: bool) -> None:
-        actor.require(Permission.DELETE)
-        if force and not actor.can(Permission.ADMIN):
-            msg = (
-                f"user {actor.name!r} (role {actor.role}) cannot force a delete: "
-                "forcing the delete of a version in production, aliased or deployed "
-                "needs the admin role"
-            )
-            raise PermissionDeniedError(msg, details={"permission": Permission.ADMIN.value})
-
-    @staticmethod
-    def _refuse_guarded(what: str, reasons: dict[str, list[str]]) -> None:
-        listed = "; ".join(f"version {v} {' and '.join(r)}" for v, r in sorted(reasons.items()))
-        msg = (
-            f"cannot delete {what}: {listed}. Move it out of production, remove its aliases "
-            "and stop its deployments first, or have an admin delete it anyway "
-            "(--force; force=true over REST)"
-        )
-        raise ConflictError(msg, details={"reasons": reasons})
-
-    def _purge_after(self, deleted_at: datetime | None) -> str | None:
-        if deleted_at is None:
-            return None
-        return (deleted_at + timedelta(days=self.retention_days)).isoformat()
-
-    def _deletion_event(self, version: MLModel, action: str, actor: Principal) -> None:
-        self.hooks.model_stage_changed(
-            {
-                "model_id": str(version.registered_model_id),
-                "version_id": str(version.id),
-                "name": version.name,
-                "version": version.version,
-                "action": action,
-                "from": version.stage if action == "restored" else None,
-                "to": None,
-                "actor": actor.name,
-            }
-        )
+    # --- deletes and restores (mlrig.registry.deletes) ---------------------------------
 
     def delete_model(self, ref: str, *, actor: Principal, force: bool = False) -> dict[str, Any]:
-        """Soft-delete a model and its versions (restorable with :meth:`restore_model`).
+        """See :meth:`RegistryDeletes.delete_model`."""
+        return self.deletes.delete_model(ref, actor=actor, force=force)
 
-        Needs the ``delete`` permission. Refused (:class:`ConflictError`) while a version
-        is in production, aliased or deployed, unless an admin passes ``force``.
-        """
-        self._check_delete(actor, force)
-        with self.db.session() as session:
-            model = self._model(session, ref)
-            versions = list(
-                session.scalars(
-                    select(MLModel).where(
-                        MLModel.registered_model_id == model.id, MLModel.deleted_at.is_(None)
-                    )
-                )
-            )
-            reasons = self._guards(session, versions)
-            if reasons and not force:
-                self._refuse_guarded(f"model {model.name!r}", reasons)
-            now = _now()
-            model.deleted_at = now
-            for version in versions:
-                version.deleted_at = now
-            # the versions deleted with the model come back with it; aliases do not
-            session.execute(
-                ModelAlias.__table__.delete().where(ModelAlias.registered_model_id == model.id)
-            )
-            session.flush()
-            for version in versions:
-                self._deletion_event(version, "deleted", actor)
-            return {
-                "id": str(model.id),
-                "name": model.name,
-                "deleted": True,
-                "forced": bool(reasons),
-                "versions": sorted(v.version for v in versions),
-                "deleted_at": now.isoformat(),
-                "purge_after": self._purge_after(now),
-            }
+    def delete_version(
+        self, model_ref: str, version_ref: str, *, actor: Principal, force: bool = False
+    ) -> dict[str, Any]:
+        """See :meth:`RegistryDeletes.delete_version`."""
+        return self.deletes.delete_version(model_ref, version_ref, actor=actor, force=force)
 
     def restore_model(self, ref: str, *, actor: Principal) -> dict[str, Any]:
-        """Bring back a deleted model with the versions deleted along with it."""
-        actor.require(Permission.DELETE)
-        with self.db.session() as session:
-            model = self._deleted_model(session, ref)
-            if model is None:
-                live = session.scalar(
-                    select(RegisteredModel.name).where(
-                        RegisteredModel.name == ref, RegisteredModel.deleted_at.is_(None)
-                    )
-                )
-                msg = (
-                    f"model {ref!r} is not deleted"
-                    if live
-                    else f"no deleted model {ref!r}; see: mlrig models list --deleted"
-                )
-                raise NotFoundError(msg, details={"model": ref})
-            versions = list(
-                session.scalars(
-                    select(MLModel).where(
-                        MLModel.registered_model_id == model.id,
-                        MLModel.deleted_at == model.deleted_at,
-                    )
-                )
-            )
-            model.deleted_at = None
-            for version in versions:
-                version.deleted_at = None
-            session.flush()
-            for version in versions:
-                self._deletion_event(version, "restored", actor)
-            view = self._model_detail(session, model)
-            view["restored_versions"] = sorted(v.version for v in versions)
-            return view
+        """See :meth:`RegistryDeletes.restore_model`."""
+        return self.deletes.restore_model(ref, actor=actor)
 
     def restore_version(
         self, model_ref: str, version_ref: str, *, actor: Principal
     ) -> dict[str, Any]:
-        """Bring back a deleted version of a live model (its aliases stay removed)."""
-        actor.require(Permission.DELETE)
-        with self.db.session() as session:
-            model = self._model(session, model_ref)
-            version = self._version(session, model, version_ref, deleted=True)
-            version.deleted_at = None
-            session.flush()
-            self._deletion_event(version, "restored", actor)
-            return self._version_detail(session, version)
+        """See :meth:`RegistryDeletes.restore_version`."""
+        return self.deletes.restore_version(model_ref, version_ref, actor=actor)
 
     def list_deleted(self, model_ref: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """What can be restored: ``{"models": [...], "versions": [...]}``, newest first.
-
-        ``versions`` are the deleted versions of live models (those of a deleted model
-        come back with it); each entry has ``deleted_at`` and ``purge_after``.
-        """
-        with self.db.session() as session:
-            models: list[dict[str, Any]] = []
-            if model_ref is None:
-                for model in session.scalars(
-                    select(RegisteredModel)
-                    .where(RegisteredModel.deleted_at.is_not(None))
-                    .order_by(RegisteredModel.deleted_at.desc())
-                ):
-                    count = session.scalar(
-                        select(func.count())
-                        .select_from(MLModel)
-                        .where(
-                            MLModel.registered_model_id == model.id,
-                            MLModel.deleted_at == model.deleted_at,
-                        )
-                    )
-                    models.append(
-                        {
-                            "id": str(model.id),
-                            "name": model.name,
-                            "versions": count,
-                            "deleted_at": model.deleted_at.isoformat(),
-                            "purge_after": self._purge_after(model.deleted_at),
-                        }
-                    )
-            stmt = (
-                select(MLModel)
-                .join(RegisteredModel, RegisteredModel.id == MLModel.registered_model_id)
-                .where(MLModel.deleted_at.is_not(None), RegisteredModel.deleted_at.is_(None))
-                .order_by(MLModel.deleted_at.desc())
-            )
-            if model_ref is not None:
-                stmt = stmt.where(MLModel.registered_model_id == self._model(session, model_ref).id)
-            versions = [
-                {
-                    "id": str(v.id),
-                    "name": v.name,
-                    "version": v.version,
-                    "stage": v.stage,
-                    "deleted_at": v.deleted_at.isoformat() if v.deleted_at else None,
-                    "purge_after": self._purge_after(v.deleted_at),
-                }
-                for v in session.scalars(stmt)
-            ]
-            return {"models": models, "versions": versions}
+        """See :meth:`RegistryDeletes.list_deleted`."""
+        return self.deletes.list_deleted(model_ref)
 
     def purge(
         self, *, actor: Principal, older_than_days: int | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
-        """Remove for good the models and versions deleted more than ``older_than_days``
-        (default: the retention period) ago: their rows, then their artifacts.
-
-        Needs the admin role. Rows that pointed at a purged version (experiments,
-        deployments) keep their history with the link cleared. An object that cannot be
-        removed is left to ``mlrig storage gc``.
-        """
-        actor.require(Permission.ADMIN)
-        days = self.retention_days if older_than_days is None else older_than_days
-        cutoff = _now() - timedelta(days=days)
-        with self.db.session() as session:
-            models = list(
-                session.scalars(select(RegisteredModel).where(RegisteredModel.deleted_at < cutoff))
-            )
-            model_ids = [m.id for m in models]
-            versions = list(
-                session.scalars(
-                    select(MLModel).where(
-                        (MLModel.deleted_at < cutoff) | MLModel.registered_model_id.in_(model_ids)
-                    )
-                )
-            )
-            version_ids = [v.id for v in versions]
-            keys = list(
-                session.scalars(
-                    select(ModelArtifact.storage_path).where(
-                        ModelArtifact.model_id.in_(version_ids)
-                    )
-                )
-            )
-            result = {
-                "models": sorted(m.name for m in models),
-                "versions": sorted(f"{v.name}/{v.version}" for v in versions),
-                "objects": len(keys),
-                "older_than_days": days,
-                "dry_run": dry_run,
-            }
-            if dry_run or (not versions and not models):
-                return result
-            _clear_references(session, MLModel.__table__, version_ids)
-            session.execute(MLModel.__table__.delete().where(MLModel.id.in_(version_ids)))
-            session.execute(
-                RegisteredModel.__table__.delete().where(RegisteredModel.id.in_(model_ids))
-            )
-        # the rows are gone: from here on a failure only leaves an orphan for storage gc
-        left = 0
-        for key in keys:
-            try:
-                self.artifacts.delete(key)
-            except StorageError:
-                left += 1
-        result["objects_left"] = left
-        return result
+        """See :meth:`RegistryDeletes.purge`."""
+        return self.deletes.purge(actor=actor, older_than_days=older_than_days, dry_run=dry_run)
 
     # --- versions ------------------------------------------------------------------------
 
@@ -909,39 +669,6 @@ class ModelRegistry:
                 version.tags = dict(tags)
             session.flush()
             return self._version_detail(session, version)
-
-    def delete_version(
-        self, model_ref: str, version_ref: str, *, actor: Principal, force: bool = False
-    ) -> dict[str, Any]:
-        """Soft-delete a version (restorable with :meth:`restore_version`).
-
-        Needs the ``delete`` permission. Refused (:class:`ConflictError`) while the version
-        is in production, aliased or deployed, unless an admin passes ``force`` (its
-        aliases are then removed).
-        """
-        self._check_delete(actor, force)
-        with self.db.session() as session:
-            version = self._version(session, self._model(session, model_ref), version_ref)
-            reasons = self._guards(session, [version])
-            if reasons and not force:
-                self._refuse_guarded(f"version {version.version!r} of {version.name!r}", reasons)
-            aliases = self._aliases_of(session, [version.id]).get(version.id, [])
-            version.deleted_at = _now()
-            session.execute(
-                ModelAlias.__table__.delete().where(ModelAlias.model_version_id == version.id)
-            )
-            session.flush()
-            self._deletion_event(version, "deleted", actor)
-            return {
-                "id": str(version.id),
-                "name": version.name,
-                "version": version.version,
-                "deleted": True,
-                "forced": bool(reasons),
-                "removed_aliases": aliases,
-                "deleted_at": version.deleted_at.isoformat(),
-                "purge_after": self._purge_after(version.deleted_at),
-            }
 
     def _check_metric_names(self, session: Session, query: VersionQuery) -> None:
         """Refuse a filter or a sort on a metric that no version in scope has: it would
