@@ -17,9 +17,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+from starlette.requests import HTTPConnection
 
 from mlrig import validation as v
 from mlrig.errors import ValidationError
@@ -157,7 +158,7 @@ def since_query(description: str) -> Any:
 # --- every query and path parameter -------------------------------------------------------
 
 
-def check_request_params(request: Request) -> None:
+def check_request_params(request: HTTPConnection) -> None:  # WebSocket routes too
     """Refuse unstorable or oversized query and path parameters, for every route.
 
     Installed app-wide (``FastAPI(dependencies=...)``), so a route or plugin that forgets

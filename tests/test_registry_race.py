@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,7 +50,7 @@ def test_twenty_threads_register_into_one_new_model(db_platform: Any) -> None:
     assert errors == []
     assert _numbers(db_platform, "racy") == list(range(1, 21))
     # every version kept its own bytes
-    info, stream = db_platform.registry.open_artifact("racy", "20", "model.bin")
+    _info, stream = db_platform.registry.open_artifact("racy", "20", "model.bin")
     with stream:
         assert stream.read().startswith(b"weights ")
 
@@ -143,9 +144,12 @@ def test_a_failed_first_registration_leaves_no_model(db_platform: Any) -> None:
     with pytest.raises(NotFoundError):
         registry.get_model("orphan")
     # the name is free: a later registration creates the model
-    assert registry.create_version(
-        "orphan", files={"m.bin": b"x"}, actor=ACTOR, create_model=True
-    )["version"] == "1"
+    assert (
+        registry.create_version("orphan", files={"m.bin": b"x"}, actor=ACTOR, create_model=True)[
+            "version"
+        ]
+        == "1"
+    )
 
 
 class FullDiskStorage(LocalStorage):
@@ -189,3 +193,56 @@ def test_a_failure_does_not_remove_a_model_that_existed(db_platform: Any) -> Non
             "kept", files={"m.bin": b"x"}, actor=ACTOR, create_model=True, parent_version="9"
         )
     assert _rows(db_platform, "kept") == (1, 0)
+
+
+# --- migration 0004 ---------------------------------------------------------------------
+
+
+def test_migration_0004_starts_each_counter_after_the_highest_number(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A database from before the counter: each model's counter starts at its highest
+    numeric version (names such as 'v9' are not numbers); downgrade removes the column."""
+    from sqlalchemy import create_engine, text
+
+    from mlrig.db import migrate
+
+    migrate.upgrade(db_url, "0003")
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    models = {"a" * 32: ["1", "2", "10", "v99"], "b" * 32: ["beta"], "c" * 32: []}
+    with engine.begin() as conn:
+        for model_id, versions in models.items():
+            conn.execute(
+                text("INSERT INTO registered_models (id, name, tags) VALUES (:id, :name, '{}')"),
+                {"id": model_id, "name": f"m-{model_id[0]}"},
+            )
+            for version in versions:
+                conn.execute(
+                    text(
+                        "INSERT INTO ml_models (id, name, version, registered_model_id, tags, "
+                        "params, metrics, requirements, datasets) "
+                        "VALUES (:id, :name, :v, :model, '{}', '{}', '{}', '[]', '[]')"
+                    ),
+                    {
+                        "id": uuid.uuid4().hex,
+                        "name": f"m-{model_id[0]}",
+                        "v": version,
+                        "model": model_id,
+                    },
+                )
+    migrate.upgrade(db_url)
+    with engine.connect() as conn:
+        counters = dict(
+            conn.execute(text("SELECT name, last_version FROM registered_models")).all()
+        )
+    assert counters == {"m-a": 10, "m-b": 0, "m-c": 0}
+    platform = make_platform(tmp_path / "after", database={"url": db_url})
+    try:
+        added = platform.registry.create_version("m-a", files={"m": b"x"}, actor=ACTOR)
+        assert added["version"] == "11"
+    finally:
+        platform.close()
+    migrate.downgrade(db_url, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM ml_models")).scalar() == 6
+    engine.dispose()
