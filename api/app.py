@@ -45,10 +45,11 @@ def create_app(platform: Platform) -> FastAPI:
 
 
 def _document_security(app: FastAPI) -> None:
-    """Mark every operation the guard protects with the bearer scheme in the schema.
+    """Mark every operation with the permission the guard enforces (``x-mlrig-permission``)
+    and, where it needs a token, with the bearer scheme.
 
-    Routes that declare ``Reader``/``Writer``/... get it from FastAPI already; this adds it
-    to plugin routes that declare nothing (and so need the read permission).
+    Routes that declare ``Reader``/``Writer``/... get the scheme from FastAPI already; this
+    adds it to plugin routes that declare nothing (and so need the read permission).
     """
     from mlrig.api.security import PUBLIC, route_permissions
 
@@ -58,14 +59,14 @@ def _document_security(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        protected = {
-            (row.method.lower(), row.path)
-            for row in route_permissions(app)
-            if row.permission != PUBLIC
-        }
+        needs = {(row.method.lower(), row.path): row for row in route_permissions(app)}
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
-                if (method, path) in protected and not operation.get("security"):
+                row = needs.get((method, path))
+                if row is None or not isinstance(operation, dict):
+                    continue
+                operation["x-mlrig-permission"] = row.label  # what the guard enforces
+                if row.permission != PUBLIC and not operation.get("security"):
                     operation["security"] = [{"bearer": []}]
         schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
         schemes.setdefault("bearer", {"type": "http", "scheme": "bearer"})

@@ -146,6 +146,8 @@ class RouteEntry:
     permission: Any
     body_class: str
     regex: Any
+    #: a WebSocket route (matched only by WebSocket connections)
+    websocket: bool = False
 
 
 def _body_class_of(dependant: Any) -> str:
@@ -161,7 +163,7 @@ def _body_class_of(dependant: Any) -> str:
 
 def _build_route_table(app: Any) -> list[RouteEntry]:
     from fastapi.routing import iter_route_contexts
-    from starlette.routing import Mount, compile_path
+    from starlette.routing import Mount, WebSocketRoute, compile_path
     from starlette.staticfiles import StaticFiles
 
     from mlrig.api.security import DEFAULT_PERMISSION, PUBLIC, declared_permission
@@ -197,7 +199,8 @@ def _build_route_table(app: Any) -> list[RouteEntry]:
             permission = declared or DEFAULT_PERMISSION
             methods = frozenset(context.methods or ())
             kind = _body_class_of(dependant)
-        table.append(RouteEntry(path, context.name, methods, permission, kind, regex))
+        websocket = isinstance(original, WebSocketRoute)
+        table.append(RouteEntry(path, context.name, methods, permission, kind, regex, websocket))
     return table
 
 
@@ -243,6 +246,9 @@ class RequestGuardMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -254,7 +260,7 @@ class RequestGuardMiddleware:
         app = scope["app"]
         path = _route_path(scope)
         method = scope["method"]
-        found = [(e, m) for e in route_table(app) if (m := e.regex.match(path))]
+        found = [(e, m) for e in route_table(app) if not e.websocket and (m := e.regex.match(path))]
         if not found:
             await self.app(scope, receive, send)
             return
@@ -311,6 +317,37 @@ class RequestGuardMiddleware:
                 await self._too_large(scope, receive, send, too_large)
                 return
         await self._call_bounded(scope, receive, send, limit, too_large)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket route needs the same token and permission; a refused handshake is
+        closed with code 1008 (the server answers it with HTTP 403)."""
+        import anyio
+        from starlette.datastructures import Headers
+
+        from mlrig.api.security import PUBLIC, bearer_token, resolve_principal
+
+        app = scope["app"]
+        path = _route_path(scope)
+        entry = next(
+            (
+                e
+                for e in route_table(app)
+                if (e.websocket or e.methods is None) and e.regex.match(path)
+            ),
+            None,
+        )
+        if entry is not None and entry.permission != PUBLIC:
+            try:
+                principal = await anyio.to_thread.run_sync(
+                    resolve_principal, app.state.platform, bearer_token(Headers(scope=scope))
+                )
+                principal.require(entry.permission)
+            except MlrigError as exc:
+                await receive()  # the websocket.connect message
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+                return
+            scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
     @staticmethod
     async def _too_large(

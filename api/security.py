@@ -191,7 +191,8 @@ def route_permissions(app: FastAPI) -> list[RoutePermission]:
     rows = []
     for entry in route_table(app):
         path = _CONVERTOR.sub(r"{\1}", entry.path)  # as the OpenAPI schema writes it
-        for method in sorted(entry.methods or {"*"}):
+        methods = {"WEBSOCKET"} if entry.websocket else (entry.methods or {"*"})
+        for method in sorted(methods):
             rows.append(RoutePermission(method, path, entry.permission, entry.name))
     return rows
 

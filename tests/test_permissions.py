@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, WebSocket
 from fastapi.testclient import TestClient
 
 from mlrig import hookimpl
@@ -132,7 +132,10 @@ def test_openapi_declares_the_bearer_scheme_on_protected_operations(api_client):
             if method not in item:
                 continue
             security = item[method].get("security")
-            if needs[(method.upper(), path)] == PUBLIC:
+            permission = needs[(method.upper(), path)]
+            label = permission if permission == PUBLIC else permission.value
+            assert item[method]["x-mlrig-permission"] == label, (method, path)
+            if permission == PUBLIC:
                 assert not security, (method, path)
             else:
                 assert security == [{"bearer": []}], (method, path)
@@ -171,6 +174,12 @@ class RoutesPlugin:
         def page() -> dict[str, bool]:  # outside /api/ml and hidden: still protected
             return {"ok": True}
 
+        @app.websocket("/api/ml/plugins/demo/ws")
+        async def feed(websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("hello")
+            await websocket.close()
+
 
 @pytest.fixture
 def plugin_client(platform, register_plugin):
@@ -204,12 +213,25 @@ def test_plugin_routes_are_behind_authentication(plugin_client, make_token):
     }
 
 
+def test_plugin_websocket_needs_a_token(plugin_client, make_token):
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with plugin_client.websocket_connect("/api/ml/plugins/demo/ws") as ws:
+            ws.receive_text()
+    assert refused.value.code == 1008
+    headers = make_token("viewer", "viewer")
+    with plugin_client.websocket_connect("/api/ml/plugins/demo/ws", headers=headers) as ws:
+        assert ws.receive_text() == "hello"
+
+
 def test_plugin_routes_are_in_the_map_and_the_schema(plugin_client):
     needs = {(row.method, row.path): row.permission for row in route_permissions(plugin_client.app)}
     assert needs[("GET", "/api/ml/plugins/demo/plain")] == Permission.READ
     assert needs[("POST", "/api/ml/plugins/demo/write")] == Permission.WRITE
     assert needs[("GET", "/api/ml/plugins/demo/public")] == PUBLIC
     assert needs[("GET", "/plugin-page")] == Permission.READ
+    assert needs[("WEBSOCKET", "/api/ml/plugins/demo/ws")] == Permission.READ
     paths = plugin_client.get("/openapi.json").json()["paths"]
     assert paths["/api/ml/plugins/demo/plain"]["get"]["security"] == [{"bearer": []}]
     assert paths["/api/ml/plugins/demo/write"]["post"]["security"] == [{"bearer": []}]
