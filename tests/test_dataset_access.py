@@ -185,6 +185,14 @@ def test_allowed_scheme_without_its_fsspec_implementation_names_the_extra(
         DatasetAccess(artifacts=None, schemes=["gs"]).check("gs://bucket/train.csv")
 
 
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/x.csv::file:///etc/hostname", "simplecache::s3://bucket/x.csv"]
+)
+def test_chained_urls_are_refused(open_server: dict[str, Any], uri: str) -> None:
+    body = _error(_evaluate(open_server, uri), 422)
+    assert body["details"]["reason"] == "chained_url"
+
+
 @pytest.mark.s3
 def test_allowed_s3_without_credentials_is_4xx(
     open_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_s3: str

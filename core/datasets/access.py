@@ -148,6 +148,9 @@ class DatasetAccess:
         raise ValidationError(msg, details={"uri": uri, "reason": "outside_allowed_roots"})
 
     def _remote(self, uri: str, scheme: str) -> Any:
+        if "::" in uri:  # fsspec URL chaining would let one URL reach another file system
+            msg = f"dataset {uri!r}: chained URLs ('::') are not allowed; give one plain URL"
+            raise ValidationError(msg, details={"uri": uri, "reason": "chained_url"})
         if scheme not in self.schemes:
             allowed = ", ".join(f"{s}://" for s in self.schemes) or "none"
             msg = (
