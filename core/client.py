@@ -257,6 +257,25 @@ class Client:
         """Register a model name (``description``, ``tags``)."""
         return self._request("POST", "/models", json={"name": name, **fields})
 
+    def delete_model(self, model: str, *, force: bool = False) -> dict[str, Any]:
+        """Soft-delete a model and its versions (``delete`` permission); ``force`` (admin)
+        deletes even versions in production, aliased or deployed (else 409)."""
+        return self._request("DELETE", f"/models/{model}", params={"force": force})
+
+    def delete_version(self, model: str, version: str, *, force: bool = False) -> dict[str, Any]:
+        """Soft-delete one version; ``force`` as for :meth:`delete_model`."""
+        return self._request(
+            "DELETE", f"/models/{model}/versions/{version}", params={"force": force}
+        )
+
+    def restore_model(self, model: str) -> dict[str, Any]:
+        """Bring back a deleted model with the versions deleted along with it."""
+        return self._request("POST", f"/models/{model}/restore")
+
+    def restore_version(self, model: str, version: str) -> dict[str, Any]:
+        """Bring back a deleted version of a live model."""
+        return self._request("POST", f"/models/{model}/versions/{version}/restore")
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def set_alias(self, model: str, alias: str, version: str) -> dict[str, Any]:

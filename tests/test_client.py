@@ -141,3 +141,23 @@ def test_alias_stage_and_a_second_users_approval(client, live_server, make_token
 
 def _items(listing):
     return listing["items"] if isinstance(listing, dict) else listing
+
+
+def test_delete_and_restore_through_the_client(client, live_server, make_token):
+    client.create_model("doomed")
+    client.register_version("doomed", {"model.bin": b"w"})
+    with pytest.raises(PermissionDeniedError, match="'delete' permission"):
+        client.delete_model("doomed")  # a developer
+    with mlrig.Client(live_server, token=_token(make_token, "ops", "deployer")) as ops:
+        client.set_alias("doomed", "champion", "1")
+        with pytest.raises(ConflictError, match="has the alias champion"):
+            ops.delete_version("doomed", "1")
+        with pytest.raises(PermissionDeniedError, match="admin"):
+            ops.delete_version("doomed", "1", force=True)
+        with mlrig.Client(live_server, token=_token(make_token, "root", "admin")) as admin:
+            assert admin.delete_model("doomed", force=True)["forced"] is True
+        with pytest.raises(NotFoundError, match="was deleted"):
+            client.get_model("doomed")
+        assert ops.restore_model("doomed")["restored_versions"] == ["1"]
+        ops.delete_version("doomed", "1")
+        assert ops.restore_version("doomed", "1")["version"] == "1"
