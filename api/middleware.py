@@ -215,11 +215,14 @@ def route_table(app: Any) -> list[RouteEntry]:
 
 
 def _route_path(scope: Scope) -> str:
+    # the path the router matches: Starlette's rule for a root_path (behind a proxy)
     path: str = scope["path"]
     root_path = scope.get("root_path", "")
-    if root_path and path.startswith(root_path + "/"):
-        return path[len(root_path) :]
-    return path
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _size(limit: int) -> str:
