@@ -140,12 +140,12 @@ def gc(dry_run: bool, older_than: timedelta, as_json: bool) -> None:
     from rich.progress import Progress
 
     from mlrig.artifacts.gc import collect_garbage, database_references
-    from mlrig.cli.context import audit_cli, get_principal
+    from mlrig.cli.context import audit_cli, require
     from mlrig.security.roles import Permission
 
     platform = get_platform()
-    if not dry_run:
-        get_principal().require(Permission.ADMIN)
+    # listing shows what is stored (read); removing is the operator's job (admin)
+    require(Permission.READ if dry_run else Permission.ADMIN)
     quiet = as_json or not sys.stderr.isatty()
     with Progress(transient=True, disable=quiet, console=Console(stderr=True)) as progress:
         task = progress.add_task("listing artifacts", total=None)

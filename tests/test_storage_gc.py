@@ -266,3 +266,5 @@ def test_gc_needs_admin_with_a_token(tmp_path: Path, run_cli) -> None:
     assert "admin" in refused.stderr
     listed = run_cli("--config", str(config), "--token", secret, "storage", "gc", "--dry-run")
     assert listed.exit_code == 0, listed.stderr
+    bad = run_cli("--config", str(config), "--token", "mlr_nope", "storage", "gc", "--dry-run")
+    assert bad.exit_code != 0 and "Traceback" not in bad.stderr
