@@ -207,6 +207,14 @@ def test_rest_delete_permissions_force_and_restore(platform: Any, api_client: An
     again = api_client.post("/api/ml/models/iris/versions/2/restore", headers=deployer)
     assert again.status_code == 200, again.text
     assert again.json()["version"] == "2"
+    audited = {(e["action"], e["outcome"]) for e in platform.audit.query(limit=50)}
+    assert {
+        ("delete_model", "denied"),
+        ("delete_model", "success"),
+        ("restore_model", "success"),
+        ("delete_version", "success"),
+        ("restore_version", "success"),
+    } <= audited
 
 
 # --- CLI ----------------------------------------------------------------------------------
