@@ -12,16 +12,8 @@ from fastapi.testclient import TestClient
 
 from mlrig import hookimpl
 from mlrig.api import create_app
-from mlrig.api.security import (
-    PUBLIC,
-    TABLES_END,
-    TABLES_START,
-    Public,
-    Reader,
-    Writer,
-    permission_tables,
-    route_permissions,
-)
+from mlrig.api.permdoc import TABLES_END, TABLES_START, builtin_app, permission_tables
+from mlrig.api.security import PUBLIC, Public, Reader, Writer, route_permissions
 from mlrig.security import Permission, role_allows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,13 +104,11 @@ def test_a_developer_cannot_delete_a_model(api_client, make_token):
 
 
 def test_docs_tables_are_the_map():
-    from mlrig.api.security import _builtin_app
-
     text = (ROOT / "docs" / "security.md").read_text()
     start, end = text.index(TABLES_START), text.index(TABLES_END) + len(TABLES_END)
-    assert text[start:end] == permission_tables(_builtin_app()), (
+    assert text[start:end] == permission_tables(builtin_app()), (
         "docs/security.md's permission tables are stale; replace them with the output of: "
-        "python -m mlrig.api.security"
+        "python -m mlrig.api.permdoc"
     )
 
 
