@@ -234,6 +234,7 @@ def restore_model(id: str, platform: PlatformDep, actor: Deleter) -> Model:
 @router.get(
     "/-/deleted",
     summary="Deleted models and versions (restorable until purged)",
+    responses=errors(404, e404="No live model of that name (`model`)."),
     response_model_exclude_unset=True,
 )
 def list_deleted(
