@@ -26,20 +26,18 @@ def _concrete(template: str) -> str:
     return re.sub(r"\{[^}]+\}", "no-such-thing", template)
 
 
-@pytest.fixture
-def role_headers(make_token):
-    headers = {None: {}}
-    for role in ROLES:
-        headers[role] = make_token(f"matrix-{role}", role)
-    return headers
-
-
-def test_role_x_route_matrix(api_client, role_headers):
+def test_role_x_route_matrix(db_platform):
     """Every operation of the schema, as every role and without a token: 401 without a
-    token, 403 when the role lacks the route's permission, else neither (nor a 5xx)."""
-    app = api_client.app
-    schema = api_client.get("/openapi.json").json()
-    needs = {(row.method, row.path): row.permission for row in route_permissions(app)}
+    token, 403 when the role lacks the route's permission, else neither (nor a 5xx); on
+    SQLite and PostgreSQL."""
+    headers_of = {None: {}}
+    for role in ROLES:
+        db_platform.security.create_user(name=f"matrix-{role}", role=role)
+        token = db_platform.security.create_token(user=f"matrix-{role}")["token"]
+        headers_of[role] = {"Authorization": f"Bearer {token}"}
+    client = TestClient(create_app(db_platform), raise_server_exceptions=False)
+    schema = client.get("/openapi.json").json()
+    needs = {(row.method, row.path): row.permission for row in route_permissions(client.app)}
     operations = [
         (method.upper(), path)
         for path, item in schema["paths"].items()
@@ -52,9 +50,9 @@ def test_role_x_route_matrix(api_client, role_headers):
     failures = []
     for method, path in operations:
         permission = needs[(method, path)]
-        for role, headers in role_headers.items():
+        for role, headers in headers_of.items():
             body = {"json": {}} if method in {"POST", "PUT", "PATCH"} else {}
-            response = api_client.request(method, _concrete(path), headers=headers, **body)
+            response = client.request(method, _concrete(path), headers=headers, **body)
             status = response.status_code
             if permission == PUBLIC:
                 expected = "not 401/403"
