@@ -232,3 +232,35 @@ def test_local_operator_reads_any_regular_file_but_not_devices(tmp_path: Path) -
     assert local.read(str(own)) == b"x,y\n1,2\n"
     with pytest.raises(ValidationError, match="not a regular file"):
         local.read("/dev/zero")
+
+
+def test_the_worker_reads_an_experiment_dataset_within_the_same_bounds(tmp_path: Path) -> None:
+    """An experiment's dataset is read by a worker, server-side: the same rules apply, and
+    a refused dataset fails the run at once with the reason (retrying cannot help)."""
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+
+    platform = make_platform(tmp_path / "home")
+    outside = tmp_path / "elsewhere" / "train.csv"
+    outside.parent.mkdir()
+    outside.write_text("x,y\n1,0\n2,1\n", encoding="utf-8")
+    made = platform.experiments.create(
+        name="outside",
+        trainer="sklearn",
+        dataset={"uri": str(outside), "target": "y"},
+        actor=ADMIN,
+        start=True,
+    )
+    stop = threading.Event()
+    timer = threading.Timer(120, stop.set)
+    timer.start()
+    try:
+        Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)), lease_seconds=10).run(
+            stop=stop, max_jobs=1, exit_when_idle=True
+        )
+    finally:
+        timer.cancel()
+    done = platform.experiments.get(made["id"])
+    assert done["status"] == "failed", done
+    assert "outside the folders the server may read" in (done.get("status_detail") or "")
+    platform.close()
