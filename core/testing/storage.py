@@ -1,7 +1,8 @@
 """The storage contract suite, and an S3 server (moto) for tests.
 
 A storage backend passes the contract by mixing :class:`StorageContract` into a test
-class that provides a ``storage`` fixture: a fresh, empty backend per test::
+class that provides a ``storage`` fixture (a fresh, empty backend per test) and a
+``broken_storage`` fixture (the backend pointed at a location that cannot work)::
 
     from mlrig.testing.storage import StorageContract
 
@@ -10,12 +11,21 @@ class that provides a ``storage`` fixture: a fresh, empty backend per test::
         def storage(self, tmp_path):
             return MyStore.from_options({"root": str(tmp_path)}, where="storage.mine")
 
-The suite covers the byte-level contract (round trips, listing, deletion, failed and
-repeated writes) and runs :class:`mlrig.artifacts.ArtifactStore` over the same backend
-(compression, encryption, corruption, wrong keys, atomic cleanup), because those only
-work if the backend keeps its promises.
+        @pytest.fixture
+        def broken_storage(self, tmp_path):
+            (tmp_path / "a-file").write_text("not a folder")
+            return MyStore.from_options({"root": str(tmp_path / "a-file" / "x")}, where="s")
 
-Fixtures (load with ``pytest_plugins = ["mlrig.testing.storage"]``):
+The suite covers the byte-level contract as :class:`mlrig.contracts.StorageBackend`
+documents it (round trips, literal prefix listing, listing while deleting, deletion,
+failed, invisible-until-done and repeated writes, threads, bounded memory while
+streaming, ``modified``, secret-free ``describe``, a ``check`` that really probes) and
+runs :class:`mlrig.artifacts.ArtifactStore` over the same backend (compression,
+encryption, corruption, wrong keys, atomic cleanup), because those only work if the
+backend keeps its promises. The class needs no pytest plugin.
+
+Fixtures for S3-compatible backends (add ``pytest_plugins = ["mlrig.testing.storage"]``
+to the top-level ``conftest.py``):
 
 - ``moto_s3`` (session): endpoint URL of a moto S3 server on a free loopback port.
 - ``s3_bucket``: a fresh bucket on it, with fake AWS credentials in the environment.
