@@ -185,6 +185,47 @@ def test_a_storage_failure_leaves_no_model_and_no_object(db_platform: Any, tmp_p
     assert _rows(db_platform, "half") == (0, 0)
 
 
+class VanishingModelStorage(LocalStorage):
+    """Local storage that runs ``during_upload`` on the first write: the moment another
+    registration, which created the model and failed, removes it again."""
+
+    during_upload: Any = None
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        if self.during_upload is not None:
+            action, self.during_upload = self.during_upload, None
+            action()
+        with super().open_write(key) as handle:
+            yield handle
+
+
+def test_a_model_removed_by_a_failed_creator_is_recreated_under_the_same_id(
+    db_platform: Any, tmp_path: Path
+) -> None:
+    """Registration B found the model that A had just created; A failed and removed it
+    while B uploaded. B, which asked for create_model too, puts the same row back (its
+    artifacts are stored under that model's id) instead of failing."""
+    storage = VanishingModelStorage(LocalStorage.Options(root=str(tmp_path / "vanish")))
+    registry = ModelRegistry(db_platform.db, ArtifactStore(storage), db_platform.hooks)
+    model_id = uuid.UUID(registry.create_model(name="fleeting", actor=ACTOR)["id"])
+    storage.during_upload = lambda: registry._drop_if_empty(model_id)
+    version = registry.create_version(
+        "fleeting", files={"m.bin": b"x"}, actor=ACTOR, create_model=True
+    )
+    assert version["version"] == "1" and version["model_id"] == str(model_id)
+    assert registry.get_model("fleeting")["id"] == str(model_id)
+    _info, stream = registry.open_artifact("fleeting", "1", "m.bin")
+    with stream:
+        assert stream.read() == b"x"
+    # without create_model, the registration says what happened and leaves no object
+    plain = uuid.UUID(registry.create_model(name="plain", actor=ACTOR)["id"])
+    storage.during_upload = lambda: registry._drop_if_empty(plain)
+    with pytest.raises(NotFoundError, match="deleted while the version was being registered"):
+        registry.create_version("plain", files={"m.bin": b"x"}, actor=ACTOR)
+    assert list(storage.list(f"models/{plain}/")) == []
+
+
 def test_a_failure_does_not_remove_a_model_that_existed(db_platform: Any) -> None:
     registry = db_platform.registry
     registry.create_model(name="kept", actor=ACTOR)

@@ -388,12 +388,23 @@ class ModelRegistry:
 
     # --- versions ------------------------------------------------------------------------
 
-    def _claim_version(self, session: Session, model_id: uuid.UUID, version: str | None) -> str:
+    def _claim_version(
+        self,
+        session: Session,
+        model_id: uuid.UUID,
+        version: str | None,
+        *,
+        recreate: RegisteredModel | None = None,
+    ) -> str:
         """The version name to insert, taken under the model row's lock.
 
         The update is the transaction's first write: it waits for any other registration
         into the same model to commit (PostgreSQL's row lock, SQLite's single writer), and
         a failed insert rolls it back, so numbers are unique and leave no gap.
+
+        :param recreate: the model row to insert again if it is gone: a registration that
+            created the model and failed removes it (see :meth:`_drop_if_empty`) while
+            this one, which asked for ``create_model``, was uploading into it.
         """
         table = RegisteredModel.__table__
         counter = table.c.last_version
@@ -409,6 +420,21 @@ class ModelRegistry:
             .values(last_version=raised, updated_at=_now())
             .returning(counter)
         ).scalar_one_or_none()
+        if (
+            number is None
+            and recreate is not None
+            and session.get(RegisteredModel, model_id) is None
+        ):
+            try:
+                with session.begin_nested():
+                    session.add(recreate)
+            except IntegrityError:
+                msg = (
+                    f"model {recreate.name!r} was removed and created again while this version "
+                    "was being registered; register it again"
+                )
+                raise ConflictError(msg) from None
+            return self._claim_version(session, model_id, version)
         if number is None:
             msg = "the model was deleted while the version was being registered"
             raise NotFoundError(msg, details={"model": str(model_id)})
@@ -514,6 +540,7 @@ class ModelRegistry:
                 parent_version=parent_version,
                 source_experiment_id=source_experiment_id,
                 fields=recorded,
+                create_model=create_model,
             )
         except BaseException:
             if created_model is not None:
@@ -533,6 +560,7 @@ class ModelRegistry:
         parent_version: str | None,
         source_experiment_id: str | None,
         fields: dict[str, Any],
+        create_model: bool,
     ) -> dict[str, Any]:
         with self.db.session() as session:
             model = self._model(session, model_ref)
@@ -577,7 +605,14 @@ class ModelRegistry:
                 # committed inside the artifact transaction: if the row cannot be written
                 # (a duplicate version, a lost connection), the objects go too
                 with self.db.session() as session:
-                    row.version = self._claim_version(session, model_id, version)
+                    again = (
+                        RegisteredModel(
+                            id=model_id, name=model_name, tags={}, created_by=actor.user_id
+                        )
+                        if create_model
+                        else None
+                    )
+                    row.version = self._claim_version(session, model_id, version, recreate=again)
                     session.add(row)
         except IntegrityError:
             msg = f"model {model_name!r} already has a version {row.version!r}"
