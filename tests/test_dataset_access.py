@@ -222,7 +222,9 @@ def test_the_cap_holds_for_a_file_that_grows(tmp_path: Path) -> None:
         access._capped("grows.csv", Growing())  # type: ignore[arg-type]
 
 
-def test_local_operator_reads_any_regular_file_but_not_devices(tmp_path: Path) -> None:
+def test_local_operator_reads_any_regular_file_but_not_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     own = tmp_path / "mine.csv"
     own.write_bytes(b"x,y\n1,2\n")
     server_side = DatasetAccess(artifacts=None, base_dir=tmp_path / "elsewhere")
@@ -230,6 +232,8 @@ def test_local_operator_reads_any_regular_file_but_not_devices(tmp_path: Path) -
         server_side.read(str(own))
     local = server_side.local_operator()
     assert local.read(str(own)) == b"x,y\n1,2\n"
+    monkeypatch.chdir(tmp_path)  # a relative path means the shell's working directory
+    assert server_side.local_operator().read("mine.csv") == b"x,y\n1,2\n"
     with pytest.raises(ValidationError, match="not a regular file"):
         local.read("/dev/zero")
 

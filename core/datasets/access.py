@@ -97,12 +97,13 @@ class DatasetAccess:
         )
 
     def local_operator(self) -> DatasetAccess:
-        """The same bounds, but any regular file the operator can read (the CLI's)."""
+        """The same bounds, but any regular file the operator can read, relative paths
+        taken from the working directory (the CLI's, as typed in a shell)."""
         copy = DatasetAccess(
             artifacts=self.artifacts,
             schemes=self.schemes,
             max_bytes=self.max_bytes,
-            base_dir=self.base_dir,
+            base_dir=Path.cwd(),
             any_local_file=True,
         )
         copy.roots = list(self.roots)
