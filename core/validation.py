@@ -79,6 +79,19 @@ def find_bad_text(value: str) -> str | None:
     return f"contains a lone UTF-16 surrogate (U+{ord(char):04X}) at index {found.start()}"
 
 
+def scrub(value: Any) -> Any:
+    """``value`` with NUL characters and surrogates replaced by U+FFFD, in strings at any
+    depth of lists and dicts: for records that must be kept whatever came in (the audit
+    log of a refused request), where refusing is not an option."""
+    if isinstance(value, str):
+        return _BAD_TEXT.sub("\ufffd", value)
+    if isinstance(value, (list, tuple)):
+        return [scrub(item) for item in value]
+    if isinstance(value, Mapping):
+        return {scrub(key): scrub(item) for key, item in value.items()}
+    return value
+
+
 def check_text(
     value: object,
     *,

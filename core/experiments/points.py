@@ -46,6 +46,8 @@ def _integer(value: object) -> int | None:
         return None
     if isinstance(value, bool):
         raise TypeError(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # JSON has one number type: 3.0 is the integer 3 (JSON Schema too)
     return operator.index(value)  # type: ignore[arg-type]
 
 
@@ -184,6 +186,7 @@ def _field_problem(fields: dict[str, Any]) -> str:
             ok = False
         if not ok:
             return f"{key}: {fields.get(key)!r} must be an integer from 0 to {INT32_MAX} or null"
-    if fields.get("kind") is not None and fields.get("kind") not in KINDS:
+    kind = fields.get("kind")
+    if kind is not None and (not isinstance(kind, str) or kind not in KINDS):
         return f"kind: {fields.get('kind')!r} must be one of train, validation, test or null"
     return "recorded_at: must be an ISO 8601 time with a time zone or null"

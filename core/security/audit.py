@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from mlrig.db.models.auth import AuditLog
-from mlrig.validation import INT64_MAX, as_utc, check_int
+from mlrig.validation import INT64_MAX, as_utc, check_int, scrub
 
 if TYPE_CHECKING:
     from mlrig.db import Database
@@ -47,16 +47,19 @@ class AuditTrail:
         request_id: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write one entry (its own transaction: it survives a failed operation)."""
+        """Write one entry (its own transaction: it survives a failed operation).
+
+        Text is scrubbed (:func:`mlrig.validation.scrub`): a request refused for a NUL
+        character in its path is still recorded, with U+FFFD in its place."""
         with self.db.session() as session:
             entry = AuditLog(
-                actor=actor,
-                action=action,
+                actor=scrub(actor),
+                action=scrub(action),
                 outcome=outcome,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                request_id=request_id,
-                details=details or {},
+                resource_type=scrub(resource_type),
+                resource_id=scrub(resource_id),
+                request_id=scrub(request_id),
+                details=scrub(details or {}),
             )
             session.add(entry)
             session.flush()
