@@ -78,11 +78,20 @@ def create(name: str, description: str | None, tags: tuple[str, ...], as_json: b
 @click.option("-q", "--query", help="Names containing this.")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--deleted", is_flag=True, help="List deleted models and versions instead.")
 @json_option
 def list_(
-    prefix: str | None, query: str | None, tags: tuple[str, ...], limit: int, as_json: bool
+    prefix: str | None,
+    query: str | None,
+    tags: tuple[str, ...],
+    limit: int,
+    deleted: bool,
+    as_json: bool,
 ) -> None:
-    """List registered models."""
+    """List registered models (with --deleted: what `mlrig models restore` can bring back)."""
+    if deleted:
+        _list_deleted(as_json)
+        return
     rows = get_platform().registry.list_models(
         name_prefix=prefix, name_contains=query, tag=_pairs(tags, "tag"), limit=limit
     )
@@ -99,15 +108,46 @@ def list_(
     )
 
 
+def _list_deleted(as_json: bool) -> None:
+    found = get_platform().registry.list_deleted()
+    if as_json:
+        print_json(found)
+        return
+    rows = [
+        [
+            "model",
+            m["name"],
+            f"{m['versions']} versions",
+            m["id"],
+            m["deleted_at"][:19],
+            m["purge_after"][:19],
+        ]
+        for m in found["models"]
+    ] + [
+        ["version", v["name"], v["version"], v["id"], v["deleted_at"][:19], v["purge_after"][:19]]
+        for v in found["versions"]
+    ]
+    print_table(
+        "deleted (restore with: mlrig models restore MODEL [VERSION])",
+        ["kind", "model", "version", "id", "deleted", "purge after"],
+        rows,
+    )
+
+
 @models.command("show")
 @click.argument("model")
 @click.argument("version", required=False)
 @json_option
 def show(model: str, version: str | None, as_json: bool) -> None:
     """Show a model, or one VERSION of it (a number, an alias or 'latest') with lineage."""
+    from mlrig.cli.model_views import print_renderables, render_model, render_version
+
     registry = get_platform().registry
     data = registry.get_version(model, version) if version else registry.get_model(model)
-    show_result(data, as_json)
+    if as_json:
+        print_json(data)
+        return
+    print_renderables(render_version(data) if version else render_model(data))
 
 
 @models.command("update")
@@ -134,18 +174,96 @@ def update(
 @models.command("delete")
 @click.argument("model")
 @click.argument("version", required=False)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even a version in production, aliased or deployed (admin only).",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
-def delete(model: str, version: str | None, yes: bool, as_json: bool) -> None:
-    """Delete a model or one VERSION (soft; refused while deployed)."""
+def delete(model: str, version: str | None, force: bool, yes: bool, as_json: bool) -> None:
+    """Delete a model or one VERSION (soft: `mlrig models restore` brings it back).
+
+    Needs the deployer role; a version in production, with an alias or deployed is
+    refused unless an admin adds --force.
+    """
     what = f"version {version} of {model}" if version else f"model {model} and all its versions"
     if not yes and not click.confirm(f"delete {what}?"):
         raise click.Abort
-    require_writer()
+    actor = require(Permission.DELETE)  # as DELETE /api/ml/models/{id}[/versions/{version}]
     registry = get_platform().registry
-    data = registry.delete_version(model, version) if version else registry.delete_model(model)
-    audit_cli("delete_model", resource_type="models", resource_id=data["id"])
-    show_result(data, as_json, f"deleted {what}")
+    if version:
+        data = registry.delete_version(model, version, actor=actor, force=force)
+    else:
+        data = registry.delete_model(model, actor=actor, force=force)
+    audit_cli(
+        "delete_version" if version else "delete_model",
+        resource_type="models",
+        resource_id=data["id"],
+    )
+    again = f"mlrig models restore {model}" + (f" {version}" if version else "")
+    show_result(data, as_json, f"deleted {what} (restorable: {again})")
+
+
+@models.command("restore")
+@click.argument("model")
+@click.argument("version", required=False)
+@json_option
+def restore(model: str, version: str | None, as_json: bool) -> None:
+    """Bring back a deleted MODEL (with the versions deleted along with it), or one
+    deleted VERSION of a live model. Aliases removed by the delete stay removed."""
+    actor = require(Permission.DELETE)  # as POST .../restore
+    registry = get_platform().registry
+    if version:
+        data = registry.restore_version(model, version, actor=actor)
+        done = f"restored version {data['version']} of {data['name']}"
+    else:
+        data = registry.restore_model(model, actor=actor)
+        versions = ", ".join(data["restored_versions"]) or "none"
+        done = f"restored model {data['name']} (versions: {versions})"
+    audit_cli(
+        "restore_version" if version else "restore_model",
+        resource_type="models",
+        resource_id=data["id"],
+    )
+    show_result(data, as_json, done)
+
+
+@models.command("purge")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.IntRange(0),
+    help="Days since the delete (default: [registry] delete_retention_days).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def purge(older_than: int | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Remove for good the models and versions deleted longer ago than the retention
+    period: their rows and artifacts (admin only; this cannot be undone)."""
+    actor = require(Permission.ADMIN)
+    registry = get_platform().registry
+    if not dry_run:
+        plan = registry.purge(actor=actor, older_than_days=older_than, dry_run=True)
+        count = len(plan["models"]) + len(plan["versions"])
+        if count and not yes and not click.confirm(f"remove {count} deleted entries for good?"):
+            raise click.Abort
+    data = registry.purge(actor=actor, older_than_days=older_than, dry_run=dry_run)
+    if not dry_run:
+        audit_cli("purge_models", resource_type="models", resource_id=None)
+    if as_json:
+        print_json(data)
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(data['models'])} models and {len(data['versions'])} versions "
+        f"deleted more than {data['older_than_days']} days ago ({data['objects']} artifacts)"
+    )
+    for name in data["models"]:
+        click.echo(f"  model {name}")
+    for name in data["versions"]:
+        click.echo(f"  version {name}")
 
 
 # --- versions -----------------------------------------------------------------------------
@@ -435,7 +553,7 @@ def _decide(request_id: str, approve: bool, comment: str | None, as_json: bool) 
     data = get_platform().lifecycle.decide(
         request_id, approve=approve, actor=require(Permission.APPROVE), comment=comment
     )
-    audit_cli("approve" if approve else "reject", resource_type="approvals", resource_id=request_id)
+    audit_cli("approve" if approve else "reject", resource_type="approvals", resource_id=data["id"])
     show_result(
         data,
         as_json,

@@ -46,10 +46,11 @@ def cli(tmp_path: Path) -> Any:
             group.add_command(command, name=name)
     states: list[CliState] = []
 
-    def run(*args: str) -> Result:
+    def run(*args: str, token: str | None = None) -> Result:
         state = CliState()
         states.append(state)
-        return CliRunner().invoke(group, ["--config", str(config), *args], obj=state)
+        auth = ["--token", token] if token else []
+        return CliRunner().invoke(group, ["--config", str(config), *auth, *args], obj=state)
 
     setup = CliState(config_path=str(config))
     states.append(setup)
@@ -224,3 +225,17 @@ def test_quickstart_ends_with_how_to_get_a_token(tmp_path: Path, run_cli: Any) -
     assert token.startswith("mlr_")
     client_doc = (Path(__file__).parents[1] / "docs" / "client.md").read_text()
     assert 'token="mlr_' in client_doc and "mlrig_..." not in client_doc
+
+
+def test_approval_requests_by_id_prefix(cli: Any) -> None:
+    platform = cli.platform
+    security = platform.security
+    security.create_user(name="asker", role="developer")
+    security.create_user(name="boss", role="deployer")
+    asker = security.authenticate(security.create_token(user="asker")["token"])
+    boss_token = security.create_token(user="boss")["token"]
+    _register(platform)
+    request = platform.lifecycle.transition("iris", "1", "production", actor=asker)["request"]
+    approved = cli("models", "approve", request["id"][:8], token=boss_token)
+    assert approved.exit_code == 0, approved.output
+    assert platform.registry.get_version("iris", "1")["stage"] == "production"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from mlrig.db.lookup import find_by_id_prefix
 from mlrig.db.models import STAGES, ApprovalRequest, MLModel, ModelAlias
 from mlrig.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from mlrig.registry.names import check_alias
@@ -242,13 +243,16 @@ class ModelLifecycle:
     ) -> dict[str, Any]:
         """Approve (the version moves) or reject a pending request."""
         actor.require(Permission.APPROVE)
-        try:
-            key = uuid.UUID(request_id)
-        except ValueError:
-            msg = f"no approval request {request_id!r}"
-            raise NotFoundError(msg) from None
         with self.db.session() as session:
-            request = session.get(ApprovalRequest, key, with_for_update=True)
+            try:
+                key: uuid.UUID | None = uuid.UUID(request_id)
+            except ValueError:  # a unique id prefix, as `models approvals` shows
+                key = find_by_id_prefix(
+                    session, ApprovalRequest.id, request_id, what="approval request"
+                )
+            request = (
+                session.get(ApprovalRequest, key, with_for_update=True) if key is not None else None
+            )
             if request is None:
                 msg = f"no approval request {request_id!r}; see: mlrig models approvals"
                 raise NotFoundError(msg)
@@ -304,7 +308,7 @@ class ModelLifecycle:
                 old,
                 version.stage,
                 actor,
-                request_id=request_id,
+                request_id=view["id"],
                 comment=comment,
             )
             return view
