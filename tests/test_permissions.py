@@ -333,3 +333,18 @@ def test_cli_tokens_of_others_need_admin(cli_tokens):
     refused = invoke(["tokens", "revoke", admin_token["prefix"]], tokens["viewer"])
     assert refused.exit_code != 0 and "no token" in refused.output
     assert invoke(["tokens", "revoke", admin_token["prefix"]], tokens["admin"]).exit_code == 0
+
+
+def test_every_built_in_route_declares_its_permission():
+    """The read default is for plugin routes; a built-in route says what it needs."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    from mlrig.api.security import declared_permission
+
+    app = builtin_app()
+    undeclared = [
+        f"{sorted(context.methods)} {context.path}"
+        for context in iter_route_contexts(app.router.routes)
+        if isinstance(context.original_route, APIRoute) and declared_permission(context) is None
+    ]
+    assert undeclared == []
