@@ -25,9 +25,16 @@ DEFAULT_ESTIMATORS = {
 RESERVED = ("estimator", "task", "test_size", "epochs")
 
 
+def _check_path(path: object) -> str:
+    if not isinstance(path, str) or "." not in path.strip("."):
+        msg = f"estimator must be an import path like 'sklearn.svm.SVC', got {path!r}"
+        raise ValidationError(msg)
+    return path
+
+
 def import_estimator(path: str) -> type:
     """The estimator class at ``module.Class``; only scikit-learn-compatible classes."""
-    module, _, name = path.rpartition(".")
+    module, _, name = _check_path(path).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
@@ -37,6 +44,20 @@ def import_estimator(path: str) -> type:
         msg = f"{path!r} is not a scikit-learn estimator (no fit/get_params)"
         raise ValidationError(msg)
     return cls
+
+
+def _check_installed(path: str) -> None:
+    """That the top-level package of ``path`` is installed, without importing it."""
+    from importlib.util import find_spec
+
+    top = path.partition(".")[0]
+    try:
+        found = find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        msg = f"estimator {path!r} cannot be imported: no package {top!r} is installed"
+        raise ValidationError(msg)
 
 
 def _estimator_params(cls: type) -> set[str]:
@@ -142,7 +163,12 @@ class SklearnTrainer(Trainer):
             raise ValidationError(msg)
         kwargs = {k: v for k, v in params.items() if k not in RESERVED}
         if params.get("estimator") or params.get("task"):
-            path = params.get("estimator") or DEFAULT_ESTIMATORS[params["task"]]
+            path = _check_path(params.get("estimator") or DEFAULT_ESTIMATORS[params["task"]])
+            if not path.startswith("sklearn."):
+                # the server imports scikit-learn only: another package's import runs its
+                # code, so only its presence is checked; the job checks the rest
+                _check_installed(path)
+                return
             cls = import_estimator(path)
             if "random_state" in _estimator_params(cls):
                 kwargs.setdefault("random_state", 0)

@@ -675,7 +675,8 @@ def test_workers_are_known_alive_while_they_run(db_platform):
 
 NOT_TRAINABLE = [
     ({"estimator": "sklearn.nope.Forest"}, None, "cannot be imported"),
-    ({"estimator": "os.path"}, None, "cannot be imported|not a scikit-learn estimator"),
+    ({"estimator": "nopkg.Forest"}, None, "no package 'nopkg' is installed"),
+    ({"estimator": 5}, None, "must be an import path"),
     ({"n_trees": 5}, None, "no parameter 'n_trees'"),
     ({"estimator": "sklearn.svm.SVC", "C": -1}, None, "bad parameter for SVC"),
     ({"n_estimators": "many"}, None, "bad parameter"),
@@ -691,6 +692,16 @@ def test_what_can_never_train_is_refused_at_create(platform, trainer, params, da
     with pytest.raises(ValidationError, match=message):
         _create(platform, trainer, hyperparameters=params, dataset=dataset)
     assert platform.experiments.list() == []
+
+
+def test_create_imports_no_package_but_scikit_learn(platform, trainer):
+    """Importing runs a package's code: for an estimator outside scikit-learn the server
+    checks that the package is installed, and only the job imports it."""
+    import sys
+
+    sys.modules.pop("this", None)  # the Zen of Python: importing it prints
+    _create(platform, trainer, hyperparameters={"estimator": "this.Forest"})
+    assert "this" not in sys.modules
 
 
 def test_create_refusal_over_rest_and_the_cli(api_client, admin_headers, cli_run, trainer):
