@@ -187,11 +187,13 @@ def delete(model: str, version: str | None, force: bool, yes: bool, as_json: boo
     Needs the deployer role; a version in production, with an alias or deployed is
     refused unless an admin adds --force.
     """
+    # checked before asking: a user who may not delete is not asked to confirm
+    actor = require(Permission.DELETE)  # as DELETE /api/ml/models/{id}[/versions/{version}]
+    registry = get_platform().registry
+    registry.deletes.check_allowed(actor, force=force)
     what = f"version {version} of {model}" if version else f"model {model} and all its versions"
     if not yes and not click.confirm(f"delete {what}?"):
         raise click.Abort
-    actor = require(Permission.DELETE)  # as DELETE /api/ml/models/{id}[/versions/{version}]
-    registry = get_platform().registry
     if version:
         data = registry.delete_version(model, version, actor=actor, force=force)
     else:

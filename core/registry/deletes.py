@@ -73,7 +73,9 @@ class RegistryDeletes:
         return reasons
 
     @staticmethod
-    def _check_delete(actor: Principal, force: bool) -> None:
+    def check_allowed(actor: Principal, *, force: bool = False) -> None:
+        """Raise :class:`PermissionDeniedError` unless ``actor`` may delete (the ``delete``
+        permission) and, with ``force``, force a delete (the admin role)."""
         actor.require(Permission.DELETE)
         if force and not actor.can(Permission.ADMIN):
             msg = (
@@ -118,7 +120,7 @@ class RegistryDeletes:
         Needs the ``delete`` permission. Refused (:class:`ConflictError`) while a version
         is in production, aliased or deployed, unless an admin passes ``force``.
         """
-        self._check_delete(actor, force)
+        self.check_allowed(actor, force=force)
         with self.db.session() as session:
             model = self.registry._model(session, ref)
             versions = list(
@@ -320,7 +322,7 @@ class RegistryDeletes:
         is in production, aliased or deployed, unless an admin passes ``force`` (its
         aliases are then removed).
         """
-        self._check_delete(actor, force)
+        self.check_allowed(actor, force=force)
         with self.db.session() as session:
             version = self.registry._version(
                 session, self.registry._model(session, model_ref), version_ref
