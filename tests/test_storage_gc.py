@@ -222,6 +222,8 @@ def test_grace_period_protects_young_objects_and_temp_files(platform: Platform) 
     platform.artifacts.put(f"models/{uuid.uuid4()}/{uuid.uuid4()}/model.bin", b"fresh")
     temp = Path(backend.root, "models", ".w.bin.abcdefgh.mlrig-tmp")
     temp.write_bytes(b"in progress")
+    theirs = Path(backend.root, ".other.csv.abcdefgh.mlrig-tmp")  # not mlrig's namespace
+    theirs.write_bytes(b"someone else's")
     report = collect_garbage(backend, lambda: database_references(platform.db))
     assert (report.orphans, report.uploads, report.too_young) == ([], [], 1)
     assert temp.exists()
@@ -233,6 +235,7 @@ def test_grace_period_protects_young_objects_and_temp_files(platform: Platform) 
     report = collect_garbage(backend, lambda: database_references(platform.db))
     assert len(report.orphans) == 1 and [u["key"] for u in report.uploads] == ["models/w.bin"]
     assert report.removed == 1 and report.aborted == 1 and not temp.exists()
+    assert theirs.exists()
 
 
 def test_a_row_written_during_the_run_saves_its_object(platform: Platform) -> None:

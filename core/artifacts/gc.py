@@ -16,7 +16,8 @@ just before anything is deleted, and only mlrig's own namespaces are considered:
   experiment row exists.
 
 Any other key (a dataset uploaded for evaluation, ``quickstart/hello.txt``) is the
-user's and is never removed.
+user's and is never removed, nor is an unfinished upload outside those namespaces (a
+bucket may be shared with other writers).
 """
 
 from __future__ import annotations
@@ -150,7 +151,12 @@ def collect_garbage(
         )
     uploads: list[PendingUpload] = []
     if isinstance(backend, StaleUploads):
-        uploads = list(backend.pending_uploads(started_before=cutoff))
+        # mlrig's namespaces only: a bucket may be shared with other writers
+        uploads = [
+            u
+            for u in backend.pending_uploads(started_before=cutoff)
+            if u.key.startswith(MANAGED_PREFIXES)
+        ]
     report.uploads = [_upload_view(u) for u in uploads]
 
     # A row committed since the first read keeps its object (its upload was older than
