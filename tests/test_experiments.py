@@ -560,7 +560,12 @@ def test_cli_commands(cli_run, trainer, tmp_path):
     unknown = cli_run("create", "c2", "--trainer", "nope")
     assert unknown.exit_code == 1 and "unknown trainer 'nope'" in unknown.output
     assert "c1" in cli_run("list").output
-    assert "events" in cli_run("show", "c1").output
+    shown = cli_run("show", "c1").output
+    assert "events" in shown
+    # the new name only; the deprecated model_id stays in --json for a release
+    assert "model_version_id:" in shown and "model_id:" not in shown
+    shown_json = json.loads(cli_run("show", "c1", "--json").output)
+    assert shown_json["model_version_id"] is None and "model_id" in shown_json
     assert "queued" in cli_run("start", "c1").output
     assert "cancelled" in cli_run("stop", "c1").output
     assert [e["new"] for e in json.loads(cli_run("events", "c1", "--json").output)] == [
