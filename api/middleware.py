@@ -204,9 +204,20 @@ def _build_route_table(app: Any) -> list[RouteEntry]:
     return table
 
 
+def _routes_key(routes: Any) -> tuple[Any, ...]:
+    # identity of every route, into included routers: a route added later is seen
+    key: list[Any] = []
+    for route in routes:
+        key.append(id(route))
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            key.append(_routes_key(included.routes))
+    return tuple(key)
+
+
 def route_table(app: Any) -> list[RouteEntry]:
-    """The guard's view of ``app``'s routes, built once per set of routes."""
-    key = tuple(id(route) for route in app.router.routes)
+    """The guard's view of ``app``'s routes, built again whenever the routes change."""
+    key = _routes_key(app.router.routes)
     cached = getattr(app.state, "mlrig_route_table", None)
     if cached is None or cached[0] != key:
         cached = (key, _build_route_table(app))

@@ -348,3 +348,22 @@ def test_every_built_in_route_declares_its_permission():
         if isinstance(context.original_route, APIRoute) and declared_permission(context) is None
     ]
     assert undeclared == []
+
+
+def test_a_route_added_after_the_first_request_is_guarded(platform):
+    router = APIRouter(prefix="/api/ml/plugins/late")
+    app = create_app(platform)
+    app.include_router(router)
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/api/ml/health").status_code == 200  # the table is built
+
+    @router.get("/thing")
+    def thing() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/api/ml/plugins/later")
+    def later() -> dict[str, bool]:
+        return {"ok": True}
+
+    assert client.get("/api/ml/plugins/late/thing").status_code == 401
+    assert client.get("/api/ml/plugins/later").status_code == 401
