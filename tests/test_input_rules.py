@@ -246,3 +246,13 @@ def test_rows_stored_before_the_checks_read_back(platform):
     assert model["tags"]["k"] == "\ufffd" and model["tags"]["pair"] == "😀"
     assert "not shown" in json.dumps(model["tags"]["deep"])
     assert [m["name"] for m in platform.registry.list_models()] == ["old"]
+
+
+def test_the_cli_refuses_undecodable_arguments_in_one_line(run_cli, tmp_path):
+    # bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape)
+    result = run_cli("models", "create", "m1", "--description", "a\udcffb", cwd=tmp_path)
+    assert result.exit_code != 0
+    assert "lone UTF-16 surrogate" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    listed = run_cli("models", "list", "--json", cwd=tmp_path)
+    assert listed.exit_code == 0 and "m1" not in listed.stdout
