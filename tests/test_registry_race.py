@@ -287,3 +287,41 @@ def test_migration_0004_starts_each_counter_after_the_highest_number(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM ml_models")).scalar() == 6
     engine.dispose()
+
+
+def test_twenty_concurrent_uploads_over_rest(db_platform: Any) -> None:
+    """The same race through a real server (uvicorn): 20 clients upload into one model."""
+    from mlrig.api import create_app
+    from mlrig.testing.fixtures import serve
+
+    db_platform.security.create_user(name="uploader", role="developer")
+    token = db_platform.security.create_token(user="uploader")["token"]
+    with serve(create_app(db_platform)) as live_server:
+        _upload_twenty(live_server, token)
+
+
+def _upload_twenty(live_server: str, token: str) -> None:
+    import mlrig
+
+    with mlrig.Client(live_server, token=token) as client:
+        client.create_model("served")
+    start = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def upload(i: int) -> None:
+        with mlrig.Client(live_server, token=token) as client:
+            start.wait()
+            try:
+                client.register_version("served", {"model.bin": f"{i}".encode()})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with mlrig.Client(live_server, token=token) as client:
+        numbers = sorted(int(v["version"]) for v in client.list_versions("served"))
+    assert numbers == list(range(1, 21))
