@@ -32,6 +32,13 @@ def render(schema: dict[str, Any]) -> str:
         "except health. Errors always have the shape",
         '`{"error": {"code": "...", "message": "...", "details": {...}}}`.',
         "",
+        "Every input follows [the input rules](input.md), stated in the schema as well:",
+        "no NUL characters or lone surrogates in any string, integers within 64 bits,",
+        "**a datetime without a time zone is taken as UTC** (0001-01-02 to 9999-12-30",
+        "after conversion), free-form JSON at most 32 levels deep and 256 KiB, bounded",
+        "tags, lists and names, opaque cursors passed back unchanged; a value that breaks",
+        "one is a 422 `validation_error` and nothing is stored.",
+        "",
     ]
     by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for path, item in schema["paths"].items():
