@@ -216,10 +216,10 @@ class Worker:
             if running.completed_at is not None:
                 self.echo(f"finished {job.name} attempt {job.attempt} (completed; exit {code})")
                 continue
-            line = self._last_line(running.log_path)
-            permanent = code == EXIT_PERMANENT and bool(line and PERMANENT_MARKER in line)
+            line = self._last_line(running.log_path) or ""
+            permanent = code == EXIT_PERMANENT and PERMANENT_MARKER in line
             if permanent:
-                reason = line.split(PERMANENT_MARKER, 1)[1]  # type: ignore[union-attr]
+                reason = line.split(PERMANENT_MARKER, 1)[1]
             elif code < 0:  # killed: the signal says more than the last line
                 reason = f"{_describe_exit(code)}{f' (last output: {line})' if line else ''}"
             else:
