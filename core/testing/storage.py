@@ -18,7 +18,8 @@ class that provides a ``storage`` fixture (a fresh, empty backend per test) and 
 
 The suite covers the byte-level contract as :class:`mlrig.contracts.StorageBackend`
 documents it (round trips, literal prefix listing, listing while deleting, deletion,
-failed, invisible-until-done and repeated writes, threads, bounded memory while
+failed, invisible-until-done and repeated writes, threads, two processes (each
+rebuilding the backend from its class and picklable ``options``), bounded memory while
 streaming, ``modified``, secret-free ``describe``, a ``check`` that really probes) and
 runs :class:`mlrig.artifacts.ArtifactStore` over the same backend (compression,
 encryption, corruption, wrong keys, atomic cleanup), because those only work if the
@@ -38,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 import re
 import socket
@@ -350,6 +352,32 @@ class StorageContract:
         assert errors == []
         assert list(storage.list("t/")) == sorted(f"t/{n}.bin" for n in range(8))
 
+    def test_concurrent_processes(self, storage: StorageBackend, tmp_path: Path) -> None:
+        """The server, workers and the CLI are separate processes on one store: two
+        processes, each with its own instance built from the same options, write at once
+        and see each other's objects."""
+        spec = tmp_path / "backend.pickle"
+        spec.write_bytes(
+            pickle.dumps((type(storage).__module__, type(storage).__qualname__, storage.options))
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD_WRITER, str(spec), str(n)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for n in range(2)
+        ]
+        for child in children:
+            _out, err = child.communicate(timeout=300)
+            assert child.returncode == 0, err.decode()[-2000:]
+        for n in range(2):
+            for i in range(5):
+                assert self._read(storage, f"proc/{n}/{i}.bin") == _child_bytes(n, i)
+        assert len(list(storage.list("proc/"))) == 10
+
     def test_streaming_write_holds_bounded_memory(self, storage: StorageBackend) -> None:
         """A write never buffers the whole object (only what a part/chunk needs)."""
         self._warm_up(storage)
@@ -503,6 +531,34 @@ class StorageContract:
         with store.atomic() as tx:
             stored = tx.put("tx/c.bin", b"c")
         assert store.get_bytes("tx/c.bin", expected_sha256=stored.sha256) == b"c"
+
+
+def _child_bytes(n: int, i: int) -> bytes:
+    return f"process {n} object {i} ".encode() * 5000
+
+
+# Rebuilds the backend from its class and options, writes five objects of its own, and
+# checks it sees the other process's objects appear (polling: the two run at once).
+_CHILD_WRITER = """
+import importlib, pickle, sys, time
+module, name, options = pickle.loads(open(sys.argv[1], "rb").read())
+cls = importlib.import_module(module)
+for part in name.split("."):
+    cls = getattr(cls, part)
+store = cls(options)
+n = int(sys.argv[2])
+from mlrig.testing.storage import _child_bytes
+for i in range(5):
+    with store.open_write(f"proc/{n}/{i}.bin") as out:
+        out.write(_child_bytes(n, i))
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    if len(list(store.list(f"proc/{1 - n}/"))) == 5:
+        break
+    time.sleep(0.05)
+else:
+    sys.exit("the other process's objects never appeared")
+"""
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
