@@ -248,13 +248,24 @@ def test_the_worker_reads_an_experiment_dataset_within_the_same_bounds(tmp_path:
     outside = tmp_path / "elsewhere" / "train.csv"
     outside.parent.mkdir()
     outside.write_text("x,y\n1,0\n2,1\n", encoding="utf-8")
-    made = platform.experiments.create(
-        name="outside",
-        trainer="sklearn",
-        dataset={"uri": str(outside), "target": "y"},
-        actor=ADMIN,
-        start=True,
-    )
+    dataset = {"uri": str(outside), "target": "y"}
+    with pytest.raises(ValidationError, match="outside the folders the server may read"):
+        platform.experiments.create(
+            name="refused", trainer="sklearn", dataset=dataset, actor=ADMIN, start=True
+        )
+    # an experiment queued before the rule (or by a path that skipped the create check)
+    # is refused by the worker itself
+    from mlrig.db.models import TrainingExperiment
+
+    with platform.db.session() as session:
+        row = TrainingExperiment(
+            name="outside", trainer="sklearn", configuration={"dataset": dataset}, seed=1
+        )
+        session.add(row)
+        session.flush()
+        platform.queue.record_created(session, row)
+        job_id = row.id
+    platform.queue.enqueue(job_id)
     stop = threading.Event()
     timer = threading.Timer(120, stop.set)
     timer.start()
@@ -264,7 +275,7 @@ def test_the_worker_reads_an_experiment_dataset_within_the_same_bounds(tmp_path:
         )
     finally:
         timer.cancel()
-    done = platform.experiments.get(made["id"])
+    done = platform.experiments.get(str(job_id))
     assert done["status"] == "failed", done
     assert "outside the folders the server may read" in (done.get("status_detail") or "")
     platform.close()

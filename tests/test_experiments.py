@@ -47,15 +47,13 @@ def _create(platform, trainer, name="exp", **kw):
 
 
 def test_create_records_everything_and_fires_the_hook(db_platform, trainer, recorder):
-    data = db_platform.settings.resolve_path("data/iris.csv")  # relative to the config
-    data.parent.mkdir(parents=True)
-    data.write_bytes(datasets.path("iris").read_bytes())
+    iris = str(datasets.path("iris"))  # where jobs may read from (the bundled datasets)
     params = {"estimator": "sklearn.svm.SVC", "C": 0.5, "kernel": "rbf"}
     view = _create(
         db_platform,
         trainer,
         hyperparameters=params,
-        dataset={"uri": "data/iris.csv", "target": "species"},
+        dataset={"uri": iris, "target": "species"},
         resources={"cpus": 2, "memory_mb": 512},
         priority=5,
         checkpoint_interval_s=60,
@@ -73,7 +71,7 @@ def test_create_records_everything_and_fires_the_hook(db_platform, trainer, reco
         "min_delta": 0.0,
         "kind": "validation",
     }
-    assert view["dataset"] == {"uri": "data/iris.csv", "target": "species"}
+    assert view["dataset"] == {"uri": iris, "target": "species"}
     assert view["model_name"] == "iris-clf" and view["created_by"] == "alice"
     assert isinstance(view["seed"], int)
     assert view["reproducibility"] == {"seed": view["seed"], "seed_source": "random"}
@@ -492,6 +490,7 @@ def cli_run(tmp_path):
     config.write_text(
         f'[database]\nurl = "sqlite:///{tmp_path / "cli.db"}"\n'
         f'[storage.local]\nroot = "{tmp_path / "artifacts"}"\n'
+        '[datasets]\nallowed_roots = ["."]\n'  # the test's own data files
     )
     if "experiments" not in cli.commands:
         cli.add_command(experiments, name="experiments")
@@ -687,7 +686,10 @@ NOT_TRAINABLE = [
     ({"n_estimators": "many"}, None, "bad parameter"),
     ({"test_size": 1.5}, None, "test_size must be"),
     ({"epochs": 0}, None, "epochs must be"),
-    ({}, {"uri": "missing/data.csv", "target": "y"}, "dataset 'missing/data.csv' not found"),
+    ({}, {"uri": str(datasets.path("iris").parent / "gone.csv"), "target": "y"}, "not found"),
+    # the job could not read it ([datasets] bounds): refused now rather than at run time
+    ({}, {"uri": "/etc/hostname", "target": "y"}, "outside the folders the server may read"),
+    ({}, {"uri": "gs://bucket/d.csv", "target": "y"}, "scheme 'gs://' is not allowed"),
     ({}, {"uri": str(datasets.path("iris"))}, "needs the dataset's label column"),
 ]
 

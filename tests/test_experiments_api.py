@@ -34,14 +34,11 @@ def _create(client, trainer, name="exp", **kw):
 
 
 def test_create_get_list_and_audit(client, trainer, platform):
-    data = platform.settings.resolve_path("data/iris.csv")  # relative to the config
-    data.parent.mkdir(parents=True)
-    data.write_bytes(datasets.path("iris").read_bytes())
     created = _create(
         client,
         trainer,
         hyperparameters={"max_depth": 3},
-        dataset={"uri": "data/iris.csv", "target": "species"},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
         resources={"cpus": 2},
         priority=3,
         early_stopping={"monitor": "val_loss", "mode": "min", "patience": 2},
@@ -54,6 +51,7 @@ def test_create_get_list_and_audit(client, trainer, platform):
     assert shown["id"] == created["id"] and shown["events"][0]["new"] == "created"
     assert client.get(f"{BASE}/{created['id']}").json()["name"] == "exp"
     _create(client, trainer, name="other", start=True)
+
     def names(**params):
         return [e["name"] for e in client.get(BASE, params=params).json()["items"]]
 

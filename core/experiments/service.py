@@ -177,11 +177,16 @@ class ExperimentService:
 
     def _check_trainable(self, fields: dict[str, Any]) -> None:
         """What would fail every attempt is refused now, not after a worker tried: a
-        local dataset that does not exist, and what the trainer's ``check`` refuses."""
+        dataset the job may not read (``[datasets]`` bounds, the rule the job reads
+        under), a local one that does not exist, and what the trainer's ``check``
+        refuses."""
         from mlrig.backends import load_backend
 
         dataset = fields["dataset"]
         if dataset is not None and self.settings is not None:
+            from mlrig.datasets.access import DatasetAccess
+
+            DatasetAccess.from_settings(self.settings, self.artifacts).check(dataset["uri"])
             rules.check_dataset_exists(dataset["uri"], self.settings.resolve_path)
         name = fields["trainer"]
         trainer = load_backend("trainers", name).from_options({}, where=f"trainers.{name}")
