@@ -99,6 +99,7 @@ def _error(response: Any, status: int) -> dict[str, Any]:
         "/proc/self/environ",
         "data/../../../etc/hostname",
         "data/escape.csv",  # a symlink inside an allowed root, pointing out of it
+        str(datasets.path("iris").parent / "__init__.py"),  # next to the bundled CSVs
     ],
 )
 def test_paths_outside_the_allowed_roots_are_refused(server: dict[str, Any], uri: str) -> None:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
     from mlrig.config import Settings
 
-#: the folder of the bundled datasets (always readable)
+#: the folder of the bundled datasets, whose CSV files are always readable
 BUNDLED = Path(__file__).resolve().parent
 
 #: object-store schemes that may be allowed, and what provides each
@@ -76,7 +76,7 @@ class DatasetAccess:
     ) -> None:
         self.artifacts = artifacts
         self.base_dir = (base_dir or Path.cwd()).resolve()
-        self.roots = [BUNDLED, *(self._absolute(r).resolve() for r in roots)]
+        self.roots = [self._absolute(r).resolve() for r in roots]
         self.schemes = tuple(schemes)
         self.max_bytes = max_bytes
         self.any_local_file = any_local_file
@@ -139,7 +139,12 @@ class DatasetAccess:
             msg = f"dataset {uri!r} is not a file path"
             raise ValidationError(msg)
         path = Path(os.path.realpath(self._absolute(raw)))  # symlinks and ".." resolved
-        if self.any_local_file or any(path.is_relative_to(root) for root in self.roots):
+        if (
+            self.any_local_file
+            # the bundled CSV files, not their folder's other files (mlrig's code)
+            or (path.parent == BUNDLED and path.suffix == ".csv")
+            or any(path.is_relative_to(root) for root in self.roots)
+        ):
             return path
         msg = (
             f"dataset {uri!r} is outside the folders the server may read; upload it to the "
