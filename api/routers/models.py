@@ -269,7 +269,12 @@ def create_version(
 ) -> Version:
     try:
         meta = VersionMetadata.model_validate(json.loads(metadata))
-    except (json.JSONDecodeError, RecursionError, PydanticValidationError) as exc:
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in ("metadata", *first["loc"]))
+        msg = f"{where}: {first['msg']}"
+        raise ValidationError(msg, details={"error": str(exc)[:2000]}) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         msg = f"metadata: not a valid VersionMetadata JSON object ({exc.__class__.__name__})"
         raise ValidationError(msg, details={"error": str(exc)[:2000]}) from None
     sources = {}
