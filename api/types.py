@@ -13,12 +13,20 @@ service sees it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from starlette.requests import HTTPConnection
 
@@ -116,8 +124,9 @@ Tags = Annotated[
 ]
 JsonObject = Annotated[
     dict[str, Any],
+    Field(max_length=v.MAX_JSON_KEYS),  # before the validator: the schema says maxProperties
     AfterValidator(_json_object),
-    Field(description=_JSON_RULE, max_length=v.MAX_JSON_KEYS),
+    Field(description=_JSON_RULE),
 ]
 Requirements = Annotated[
     list[Annotated[str, Field(max_length=v.MAX_REQUIREMENT_LENGTH)]],
@@ -128,7 +137,25 @@ Requirements = Annotated[
 
 Int64 = Annotated[int, Field(ge=v.INT64_MIN, le=v.INT64_MAX)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=v.INT64_MAX)]
-UtcDatetime = Annotated[datetime, AfterValidator(_utc), Field(description=v.DATETIME_RULE)]
+
+
+def _not_a_number(value: Any) -> Any:
+    # pydantic would read 1700000000 or "0.5" as Unix time; the schema says ISO 8601 only
+    if isinstance(value, (int, float)) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("an ISO 8601 time is needed, e.g. 2026-01-31T12:00:00Z, not a number")
+    return value
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+UtcDatetime = Annotated[
+    datetime,
+    BeforeValidator(_not_a_number),
+    AfterValidator(_utc),
+    Field(description=v.DATETIME_RULE),
+]
 
 # --- query parameters (FastAPI markers in Annotated, so the schema shows the bounds) ------
 
@@ -136,6 +163,7 @@ Offset = Annotated[int, Query(ge=0, le=v.INT64_MAX, description="Items to skip (
 Cursor = Annotated[
     str | None,
     Query(
+        min_length=1,
         max_length=v.MAX_CURSOR_LENGTH,
         pattern=r"^[A-Za-z0-9_-]*$",
         description="The next_cursor of the previous page, unchanged (opaque).",
@@ -146,6 +174,7 @@ TagFilters = Annotated[
     Query(
         max_length=v.MAX_TAGS,
         description=f"key:value, repeatable (at most {v.MAX_TAGS}).",
+        json_schema_extra={"items": {"type": "string", "pattern": r"^[^:\u0000]+:[^\u0000]*$"}},
     ),
 ]
 

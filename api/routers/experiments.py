@@ -43,6 +43,7 @@ from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
 from mlrig.experiments.metrics import MAX_POINTS
+from mlrig.experiments.points import VALUE_LIMIT
 from mlrig.validation import INT32_MAX, INT64_MAX
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -64,7 +65,7 @@ class EarlyStoppingRule(InputModel):
     patience: int = Field(
         default=3, ge=1, le=INT32_MAX, description="Evaluations without improvement."
     )
-    min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    min_delta: float = Field(default=0.0, ge=0, le=VALUE_LIMIT, allow_inf_nan=False)
     kind: Kind = "validation"
 
 
