@@ -86,7 +86,8 @@ _utc = _pydantic(lambda value: v.as_utc(value, field="value"))
 
 _JSON_RULE = (
     f"Free-form JSON object: at most {v.MAX_JSON_DEPTH} levels deep, "
-    f"{v.MAX_JSON_BYTES // 1024} KiB as JSON and {v.MAX_JSON_KEYS} top-level keys."
+    f"{v.MAX_JSON_BYTES // 1024} KiB as JSON and {v.MAX_JSON_KEYS} top-level keys; "
+    "finite numbers, integers within 64 bits, no NUL character in any string or key."
 )
 
 # --- strings ------------------------------------------------------------------------------
