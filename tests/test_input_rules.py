@@ -256,3 +256,10 @@ def test_the_cli_refuses_undecodable_arguments_in_one_line(run_cli, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     listed = run_cli("models", "list", "--json", cwd=tmp_path)
     assert listed.exit_code == 0 and "m1" not in listed.stdout
+
+
+def test_purge_horizon_is_bounded(platform):
+    # a cutoff before year 1 was an OverflowError (a traceback on the CLI)
+    with pytest.raises(ValidationError, match="older_than_days must be an integer"):
+        platform.registry.purge(actor=ADMIN, older_than_days=10**14, dry_run=True)
+    assert platform.registry.purge(actor=ADMIN, older_than_days=36_500, dry_run=True) is not None

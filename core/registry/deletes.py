@@ -19,11 +19,16 @@ from sqlalchemy.orm import Session
 from mlrig.db.models import Base, MLModel, ModelAlias, ModelArtifact, RegisteredModel
 from mlrig.errors import ConflictError, NotFoundError, PermissionDeniedError, StorageError
 from mlrig.security import Permission
+from mlrig.validation import check_int
 
 if TYPE_CHECKING:
     from mlrig.db import Database
     from mlrig.registry.service import ModelRegistry
     from mlrig.security import Principal
+
+
+#: the longest purge horizon, in days (a century)
+MAX_PURGE_DAYS = 36_500
 
 
 def _now() -> datetime:
@@ -268,6 +273,8 @@ class RegistryDeletes:
         """
         actor.require(Permission.ADMIN)
         days = self.registry.retention_days if older_than_days is None else older_than_days
+        # bounded: a cutoff before year 1 cannot be computed (it was an OverflowError)
+        check_int(days, field="older_than_days", low=0, high=MAX_PURGE_DAYS)
         cutoff = _now() - timedelta(days=days)
         with self.db.session() as session:
             models = list(
