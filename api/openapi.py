@@ -11,6 +11,13 @@ what the route is, not written out per route (a new route cannot forget them):
 
 Route-specific errors (409, a 404 for a resource named in the body) are declared on the
 route with :func:`errors`. Every error answer has the schema ``ErrorBody``.
+
+The input rules every route shares (:mod:`mlrig.validation`, enforced app-wide by
+:mod:`mlrig.api.types`) are written into the request side of the schema here too, so that
+a request the schema calls valid is never refused: no NUL character in any string or
+object key, query and path values at most ``MAX_PARAM_LENGTH`` long and repeated at most
+``MAX_PARAM_REPEATS`` times, and free-form JSON values (``Any``) described by the
+``JsonValue`` schema (64-bit integers, storable strings; its depth bound is in the text).
 """
 
 from __future__ import annotations
@@ -18,10 +25,35 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
+from mlrig import validation
 from mlrig.api.schemas import ErrorBody
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
+#: longest value of a repeated query parameter the schema admits
+MAX_REPEATED_LENGTH = 1000
+#: any string without a NUL character (ECMA-262 regex, as JSON Schema reads it)
+NO_NUL = "^[^\\u0000]*$"
+JSON_VALUE = {
+    "description": "Any JSON value: strings and keys without NUL, integers within 64 bits, "
+    f"nested at most {validation.MAX_JSON_DEPTH} levels deep.",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        # one branch for all numbers: an integer must fit 64 bits (a float that large
+        # would be fine, but the schema says the simpler rule)
+        {"type": "number", "minimum": validation.INT64_MIN, "maximum": validation.INT64_MAX},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": JSON_VALUE_REF,
+        },
+    ],
+}
 
 DESCRIPTIONS = {
     400: "Malformed request (e.g. a body that is not JSON).",
@@ -33,6 +65,18 @@ DESCRIPTIONS = {
     422: "A parameter or the body is invalid (`details.errors` lists each problem).",
     429: "Too many requests.",
 }
+
+
+#: models the schema names that no route declares (e.g. a JSON form field's shape)
+_COMPONENTS: list[type[BaseModel]] = []
+
+
+def component(model: type[BaseModel]) -> dict[str, str]:
+    """A ``$ref`` to ``model``'s schema, which the completed schema then holds (for
+    ``openapi_extra`` bodies that FastAPI does not derive from the signature)."""
+    if model not in _COMPONENTS:
+        _COMPONENTS.append(model)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 def errors(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
@@ -74,8 +118,89 @@ def shared_errors(path: str, operation: dict[str, Any]) -> list[int]:
     return codes
 
 
+def _is_free(schema: Any) -> bool:
+    """An ``Any`` value: a schema that says nothing of the value's type."""
+    return schema is True or (
+        isinstance(schema, dict)
+        and not ({"type", "$ref", "anyOf", "oneOf", "allOf", "enum", "const", "not"} & set(schema))
+    )
+
+
+def _storable(schema: Any, components: dict[str, Any], seen: set[str], *, param: bool) -> None:
+    """Write the shared input rules into a request-side ``schema`` (in place, following
+    ``$ref`` into ``components`` once each)."""
+    if not isinstance(schema, dict):
+        return
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        name = ref.rsplit("/", 1)[-1]
+        if name not in seen and name in components:
+            seen.add(name)
+            _storable(components[name], components, seen, param=False)
+        return
+    kind = schema.get("type")
+    if kind == "string" and not ({"pattern", "enum", "const", "format"} & set(schema)):
+        schema["pattern"] = NO_NUL
+    if kind == "string" and param:
+        schema.setdefault("maxLength", validation.MAX_PARAM_LENGTH)
+    if kind == "array" and param:
+        schema.setdefault("maxItems", validation.MAX_PARAM_REPEATS)
+        # repeated values: shorter, so the whole URL stays within the server's limit
+        items = schema.get("items")
+        if isinstance(items, dict) and items.get("type") == "string":
+            items["maxLength"] = min(
+                items.get("maxLength", MAX_REPEATED_LENGTH), MAX_REPEATED_LENGTH
+            )
+    if kind == "object" and schema.get("additionalProperties", False) is not False:
+        # a mapping (free keys): keys are text too
+        names = schema.setdefault("propertyNames", {})
+        if isinstance(names, dict) and "pattern" not in names:
+            names["pattern"] = NO_NUL
+        extra = schema.get("additionalProperties")
+        if extra is True or (isinstance(extra, dict) and _is_free(extra)):
+            schema["additionalProperties"] = JSON_VALUE_REF
+    for key in ("items", "additionalProperties"):
+        if _is_free(schema.get(key)) and key in schema and schema[key] is not False:
+            schema[key] = JSON_VALUE_REF
+        else:
+            _storable(schema.get(key), components, seen, param=param)
+    for sub in (schema.get("properties") or {}).values():
+        _storable(sub, components, seen, param=False)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key) or []:
+            _storable(sub, components, seen, param=param)
+    for prop, sub in list((schema.get("properties") or {}).items()):
+        if _is_free(sub):
+            schema["properties"][prop] = {**sub, **JSON_VALUE_REF}
+
+
+def _request_rules(schema: dict[str, Any]) -> None:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["JsonValue"] = JSON_VALUE
+    for model in _COMPONENTS:
+        extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in extra.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components.setdefault(model.__name__, extra)
+    seen = {"JsonValue"}
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in {"get", "put", "post", "delete", "patch"}:
+                continue
+            for parameter in operation.get("parameters", []):
+                _storable(parameter.get("schema"), components, seen, param=True)
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                body = media.get("schema") or {}
+                if "$ref" in body and "properties" in body:
+                    # a body written out in openapi_extra replaces the one FastAPI derived
+                    components.pop(body.pop("$ref").rsplit("/", 1)[-1], None)
+                _storable(body, components, seen, param=False)
+
+
 def complete(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the shared error answers to every operation and use ``ErrorBody`` for all."""
+    """Add the shared error answers to every operation and use ``ErrorBody`` for all;
+    write the shared input rules into the request side."""
+    _request_rules(schema)
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "put", "post", "delete", "patch"}:

@@ -314,7 +314,7 @@ class Experiment(ExperimentSummary):
 class MetricSeries(Out):
     """Columns of one metric's history; only the requested ``fields`` are present."""
 
-    steps: list[int] | None = None
+    steps: list[int | None] | None = None
     values: list[float] | None = None
     epochs: list[int | None] | None = None
     kinds: list[str | None] | None = None

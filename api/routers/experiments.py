@@ -39,14 +39,18 @@ from mlrig.api.types import (
     ModelName,
     Offset,
 )
+from mlrig.backends import backend_names
 from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
-from mlrig.experiments.metrics import MAX_POINTS
+from mlrig.experiments.metrics import HISTORY_FIELDS, MAX_POINTS
 from mlrig.experiments.points import VALUE_LIMIT
 from mlrig.validation import INT32_MAX, INT64_MAX
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+#: one column name of ``GET /{id}/metrics?fields=``
+_FIELD = f"({'|'.join(HISTORY_FIELDS)})"
 
 #: how often a followed log is polled for new bytes
 FOLLOW_POLL_SECONDS = 0.5
@@ -72,12 +76,22 @@ class EarlyStoppingRule(InputModel):
 class ExperimentCreate(InputModel):
     name: ExperimentName
     trainer: Annotated[str, Field(min_length=1, max_length=100)] = Field(
-        description="An installed trainer backend, e.g. sklearn."
+        description="An installed trainer backend, e.g. sklearn.",
+        # the schema lists what is installed where it is served (entry points, read once)
+        json_schema_extra=lambda schema: schema.update(enum=backend_names("trainers")),
     )
     description: Description | None = None
     hyperparameters: JsonObject = Field(default_factory=dict)
     dataset: JsonObject | None = Field(
-        default=None, description='{"uri": "data/train.csv", "target": "label", ...}'
+        default=None,
+        description='{"uri": "data/train.csv", "target": "label", ...}',
+        json_schema_extra={
+            "required": ["uri"],
+            "properties": {
+                "uri": {"type": "string", "pattern": "\\S", "maxLength": 1000},
+                "target": {"type": "string", "minLength": 1, "maxLength": 1000},
+            },
+        },
     )
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
@@ -139,7 +153,14 @@ def compare_experiments(
     platform: PlatformDep,
     _: Reader,
     ids: list[str] = Query(
-        description="Ids or names: repeat the parameter or separate by commas.", max_length=50
+        description="2 to 50 ids or names: repeat the parameter (or separate by commas).",
+        min_length=2,
+        max_length=50,
+        # one experiment per value, with something besides spaces (the schema's reading
+        # of the comma form would be looser than the server's)
+        json_schema_extra={
+            "items": {"type": "string", "pattern": r"^[^,\u0000]*[^,\s\u0000][^,\u0000]*$"}
+        },
     ),
 ) -> ExperimentComparison:
     refs = [ref.strip() for value in ids for ref in value.split(",") if ref.strip()]
@@ -215,6 +236,7 @@ def get_metrics(
     ),
     fields: str | None = Query(
         default=None,
+        pattern=f"^{_FIELD}(,{_FIELD})*$",
         description="Comma-separated columns to return, of steps, values, epochs, kinds, "
         "times (default: all). A plot needs steps,values: about half the time and bytes.",
         examples=["steps,values"],
@@ -232,6 +254,29 @@ def get_metrics(
     # json.dumps takes 6x as long for a 100,000-point history (docs/benchmarks.md).
     return Response(orjson.dumps(data), media_type="application/json")
 
+
+#: one point of a metrics batch, as :func:`mlrig.experiments.points.check_points` reads it
+METRIC_POINT_SCHEMA = {
+    "type": "object",
+    "required": ["name", "value"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^\\u0000]*$"},
+        "value": {
+            "type": "number",
+            "exclusiveMinimum": -VALUE_LIMIT,
+            "exclusiveMaximum": VALUE_LIMIT,
+        },
+        "step": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32_MAX},
+        "epoch": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32_MAX},
+        "kind": {"enum": ["train", "validation", "test", None]},
+        "recorded_at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "ISO 8601 with a UTC offset; default: the time of the request.",
+        },
+    },
+}
 
 _NON_FINITE = re.compile(rb"[:\[,]\s*-?(NaN|Infinity)\b")
 
@@ -270,11 +315,12 @@ def parse_points(body: bytes) -> list[Any]:
                     "schema": {
                         "type": "object",
                         "required": ["points"],
+                        "additionalProperties": False,
                         "properties": {
                             "points": {
                                 "type": "array",
                                 "maxItems": MAX_POINTS,
-                                "items": {"type": "object", "required": ["name", "value"]},
+                                "items": METRIC_POINT_SCHEMA,
                             }
                         },
                     }

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
@@ -14,7 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 from mlrig import validation as v
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
-from mlrig.api.openapi import errors
+from mlrig.api.openapi import component, errors
 from mlrig.api.pagination import offset_page, whole
 from mlrig.api.schemas import (
     AliasDeleted,
@@ -47,10 +47,23 @@ from mlrig.api.types import (
     VersionName,
     since_query,
 )
+from mlrig.db.models import STAGES
 from mlrig.errors import ValidationError
+from mlrig.registry.names import ALIAS_PATTERN
 from mlrig.registry.search import MetricFilter, VersionQuery
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+#: an alias in a path, as :func:`mlrig.registry.names.check_alias` accepts it
+AliasPath = Annotated[str, Path(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]
+_METRIC_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,99}"
+#: what :meth:`MetricFilter.parse` accepts (spaces: the schema says ASCII ones only)
+METRIC_FILTER_PATTERN = (
+    rf"^[ \t]*(metrics\.)?{_METRIC_NAME}[ \t]*(>=|<=|==|!=|>|<|=)[ \t]*"
+    r"-?([0-9]{1,30}\.?[0-9]{0,30}|\.[0-9]{1,30})([eE][-+]?[0-9]{1,2})?[ \t]*$"
+)
+#: the sorts :class:`VersionQuery` accepts
+SORT_PATTERN = rf"^(-?created_at|-?name|-?metrics\.{_METRIC_NAME})$"
 
 
 class ModelCreate(InputModel):
@@ -78,9 +91,11 @@ class VersionMetadata(InputModel):
     model_type: ShortText | None = None
     tags: Tags = Field(default_factory=dict)
     params: JsonObject = Field(default_factory=dict)
-    metrics: Annotated[dict[MetricName, float], Field(max_length=v.MAX_JSON_KEYS)] = Field(
-        default_factory=dict
-    )
+    metrics: Annotated[
+        # strict: true is not the number 1 (the schema says number)
+        dict[MetricName, Annotated[float, Field(strict=True, gt=-1e308, lt=1e308)]],
+        Field(max_length=v.MAX_JSON_KEYS),
+    ] = Field(default_factory=dict)
     signature: JsonObject | None = None
     requirements: Requirements = Field(default_factory=list)
     source_experiment_id: ShortText | None = None
@@ -105,7 +120,7 @@ class AliasSet(InputModel):
 
 
 class StageChange(InputModel):
-    stage: Annotated[str, Field(max_length=100)]
+    stage: Literal[STAGES]  # type: ignore[valid-type]
     comment: Description | None = None
 
 
@@ -129,9 +144,15 @@ def version_filters(
     created_by: str | None = Query(default=None, description="User name."),
     created_after: UtcDatetime | None = since_query("Created at or after this time."),
     created_before: UtcDatetime | None = since_query("Created before this time."),
-    metric: list[str] | None = Query(default=None, description="e.g. 'accuracy>0.9'."),
+    metric: list[str] | None = Query(
+        default=None,
+        description="NAME OP NUMBER, OP one of > >= < <= = == !=, e.g. 'accuracy>0.9'.",
+        json_schema_extra={"items": {"type": "string", "pattern": METRIC_FILTER_PATTERN}},
+    ),
     sort: str = Query(
-        default="-created_at", description="created_at, name, metrics.NAME; '-' descending."
+        default="-created_at",
+        description="created_at, name, metrics.NAME; '-' descending.",
+        pattern=SORT_PATTERN,
     ),
     limit: int = Query(default=50, ge=1, le=1000),
     cursor: Cursor = None,
@@ -256,6 +277,29 @@ def list_deleted(
     dependencies=[body_class("upload")],  # bounded by [api] max_upload_bytes
     responses=errors(409, e409="The model already has that version."),
     response_model_exclude_unset=True,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    # what the form really holds: metadata is a JSON part (VersionMetadata)
+                    "schema": {
+                        "type": "object",
+                        "required": ["files"],
+                        "properties": {
+                            "files": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "Artifact files; each filename is its path.",
+                            },
+                            "metadata": component(VersionMetadata),
+                        },
+                    },
+                    "encoding": {"metadata": {"contentType": "application/json"}},
+                }
+            }
+        }
+    },
 )
 def create_version(
     id: str,
@@ -402,7 +446,7 @@ def download_artifact(
     response_model_exclude_unset=True,
 )
 def set_alias(
-    id: str, alias: str, body: AliasSet, platform: PlatformDep, actor: Writer
+    id: str, alias: AliasPath, body: AliasSet, platform: PlatformDep, actor: Writer
 ) -> AliasSetResult:
     return platform.lifecycle.set_alias(id, alias, body.version, actor=actor)
 
@@ -410,7 +454,7 @@ def set_alias(
 @router.delete(
     "/{id}/aliases/{alias}", summary="Remove an alias", response_model_exclude_unset=True
 )
-def delete_alias(id: str, alias: str, platform: PlatformDep, actor: Writer) -> AliasDeleted:
+def delete_alias(id: str, alias: AliasPath, platform: PlatformDep, actor: Writer) -> AliasDeleted:
     return platform.lifecycle.delete_alias(id, alias, actor=actor)
 
 

@@ -13,12 +13,13 @@ from mlrig.api.pagination import whole
 from mlrig.api.schemas import Me, Page, User
 from mlrig.api.security import Admin, Reader
 from mlrig.api.types import InputModel
+from mlrig.security.service import USER_NAME_PATTERN
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
 class UserCreate(InputModel):
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=255, pattern=USER_NAME_PATTERN)
     role: Literal["viewer", "developer", "deployer", "admin"] = "viewer"
     email: str | None = Field(default=None, max_length=320)
 

@@ -144,7 +144,11 @@ def check_dataset_exists(uri: str, resolve: Callable[[str], Path]) -> None:
         uri = uri.removeprefix("file://")
     elif "://" in uri:
         return
-    if not resolve(uri).is_file():
+    try:
+        exists = resolve(uri).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, and the like
+        exists = False
+    if not exists:
         msg = (
             f"dataset {uri!r} not found: give an existing CSV/parquet file (a relative path "
             "is taken from the config file's folder) or an object-store URL"

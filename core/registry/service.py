@@ -569,7 +569,7 @@ class ModelRegistry:
             if parent_version is None and source_experiment_id is not None:
                 if experiment is None or session.get(TrainingExperiment, experiment) is None:
                     msg = f"no experiment {source_experiment_id!r} to record as the source"
-                    raise ValidationError(msg)
+                    raise NotFoundError(msg, details={"experiment": source_experiment_id})
             creator = actor.user_id if created_by is None else self._creator_id(session, created_by)
             creator_name = (
                 actor.name if created_by is None else self._user_names(session, {creator})[creator]

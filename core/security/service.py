@@ -25,7 +25,8 @@ from mlrig.security.roles import ROLES, Permission, role_allows
 if TYPE_CHECKING:
     from mlrig.db import Database
 
-_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$")
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$"
+_USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""schemathesis hooks for the mlrig fuzz run (``SCHEMATHESIS_HOOKS=hooks``, set by run.py).
+
+Each substitution below is for a rule the schema cannot state, and only for the parts of a
+case meant to be valid (cases meant to be invalid keep what schemathesis made):
+
+Cursors are opaque: only a ``next_cursor`` the server handed out is valid, so a random
+string that fits the schema's ``pattern`` is refused (422), as it must be. For a case whose
+query is meant to be valid, the cursor is replaced with one of the shape the server hands
+out for that query (an offset, or a keyset position for the version search sorted by time
+or name), so "valid requests are accepted" is checked on real cursors; cases whose query
+is meant to be invalid keep what schemathesis made.
+
+What depends on the world rather than on the request's shape: an experiment's
+hyperparameters are checked by its trainer (the estimator's own parameters), a dataset
+must exist and lie where the server may read ([datasets] allowed_roots), and a metric
+filter or sort must name a metric some version has. Valid cases get an empty
+``hyperparameters`` and no ``dataset``, an ``artifact://`` dataset that does not exist
+(404), and no metric filter or metric sort. A followed log (``follow=true``) streams
+until its experiment ends, and none runs here (no worker): cases follow for 0.5 s.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import schemathesis
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.generation import GenerationMode
+
+from mlrig.validation import encode_cursor
+
+
+def is_version_search(path: str) -> bool:
+    """The version search pages by keyset for time/name sorts (the rest by offset)."""
+    return path.endswith(("/model-versions", "/models/{id}/versions"))
+
+
+def valid_cursor(path: str, query: dict[str, object]) -> str:
+    """A cursor of the shape the server would hand out for this query."""
+    sort = str(query.get("sort") or "-created_at")
+    if not is_version_search(path) or "metrics." in sort:
+        return encode_cursor({"offset": 10})
+    key = "2026-01-01T00:00:00+00:00" if sort.lstrip("-") == "created_at" else "m"
+    return encode_cursor({"k": key, "id": str(uuid.UUID(int=1))})
+
+
+def _valid(case: schemathesis.Case, location: ParameterLocation) -> bool:
+    component = case.meta.components.get(location) if case.meta is not None else None
+    return component is not None and component.mode == GenerationMode.POSITIVE
+
+
+@schemathesis.hook
+def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
+    path, method = case.operation.path, case.operation.method.upper()
+    query = case.query
+    if query and path.endswith("/logs") and str(query.get("follow")).lower() == "true":
+        # a followed log streams until the job ends, and none runs here: a valid timeout
+        # is shortened (still valid), an invalid one is left to be refused
+        timeout = query.get("timeout", 3600)
+        if isinstance(timeout, (int, float)) and 0.5 < timeout <= 86400:
+            query["timeout"] = 0.5
+    if query and _valid(case, ParameterLocation.QUERY):
+        if is_version_search(path):
+            query.pop("metric", None)
+            if "metrics." in str(query.get("sort", "")):
+                query.pop("sort")
+        if "cursor" in query:
+            query["cursor"] = valid_cursor(path, query)
+    body = case.body
+    if isinstance(body, dict) and method == "POST" and _valid(case, ParameterLocation.BODY):
+        if path == "/api/ml/experiments":
+            body["hyperparameters"] = {}
+            body["dataset"] = None
+        elif path.endswith("/evaluations"):
+            body["dataset_uri"] = "artifact://fuzz/no-such-dataset.csv"
+    return case

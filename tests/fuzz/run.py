@@ -1,0 +1,223 @@
+"""Fuzz the REST API with schemathesis against a real server, on SQLite or PostgreSQL.
+
+``python tests/fuzz/run.py sqlite`` (or ``postgresql``) sets up a fresh home (database,
+local storage, auth on), creates an admin token, starts ``mlrig server`` with uvicorn on a
+free loopback port, runs ``st run`` over ``/openapi.json`` with every check and every phase
+(examples, coverage, fuzzing, stateful), then stops the server and drops the database.
+Exits with schemathesis's status; reports land in ``--report-dir``. Extra arguments after
+``--`` go to ``st run`` unchanged. The tox environment ``fuzz`` runs both databases;
+docs/fuzzing.md records the command and the last counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def database_url(kind: str, home: Path, admin_url: str) -> Iterator[str]:
+    """A fresh database of ``kind``, migrated to head; a PostgreSQL one is dropped after."""
+    from mlrig.db import Database, migrate
+
+    if kind == "sqlite":
+        url = f"sqlite:///{home / 'mlrig.db'}"
+        name = None
+    else:
+        from sqlalchemy.engine import make_url
+
+        from mlrig.testing.database import _admin
+
+        name = f"mlrig_fuzz_{uuid.uuid4().hex[:12]}"
+        _admin(admin_url, f'CREATE DATABASE "{name}"')
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        db = Database(url)
+        migrate.upgrade(db)
+        db.dispose()
+        yield url
+    finally:
+        if name is not None:
+            from mlrig.testing.database import drop_postgres_database
+
+            drop_postgres_database(admin_url, name)
+
+
+def write_config(home: Path, url: str) -> Path:
+    """An ``mlrig.toml`` for the fuzzed server: auth on, no embedded job worker."""
+    config = home / "mlrig.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[database]",
+                f'url = "{url}"',
+                "[storage]",
+                'backend = "local"',
+                "[storage.local]",
+                f'root = "{home / "artifacts"}"',
+                "[auth]",
+                "enabled = true",
+                "[server]",
+                # A worker would train whatever the fuzzer queues: CPU for nothing.
+                "embedded_workers = 0",
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def admin_token(config: Path, user: str = "fuzz-admin") -> str:
+    """A token of a new admin user."""
+    from mlrig.platform import Platform
+
+    platform = Platform.from_config(config)
+    try:
+        platform.security.create_user(name=user, role="admin")
+        return str(platform.security.create_token(user=user, name="fuzz")["token"])
+    finally:
+        platform.close()
+
+
+@contextlib.contextmanager
+def server(config: Path, port: int, log: Path) -> Iterator[str]:
+    """``mlrig server`` on 127.0.0.1:``port`` until the block ends; yields its base URL."""
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlrig.cli", "--config", str(config), "server"),
+                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    msg = f"the server exited with {proc.returncode}; see {log}"
+                    raise RuntimeError(msg)
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/api/ml/health", timeout=2).status_code < 500:
+                        break
+                if time.monotonic() > deadline:
+                    msg = f"the server did not answer within 60 s; see {log}"
+                    raise RuntimeError(msg)
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+REVOKE = "DELETE /api/ml/tokens/{id}"
+
+
+def st_run(
+    base: str,
+    token: str,
+    args: argparse.Namespace,
+    report_dir: Path,
+    *,
+    include: str | None = None,
+    exclude: str | None = None,
+) -> int:
+    """One ``st run`` over the server's schema; its exit status."""
+    command = [
+        shutil.which("st") or "st",
+        "run",
+        f"{base}/openapi.json",
+        "--checks=all",
+        "--phases=examples,coverage,fuzzing,stateful",
+        f"--header=Authorization: Bearer {token}",
+        f"--max-examples={args.max_examples}",
+        f"--seed={args.seed}",
+        "--workers=2",
+        "--request-timeout=30",
+        # the first experiment imports scikit-learn to check its estimator: seconds on a
+        # loaded 2-core machine
+        "--max-response-time=60",
+        "--generation-database=:memory:",
+        "--report=junit,ndjson",
+        f"--report-dir={report_dir}",
+    ]
+    if include:
+        command.append(f"--include-name={include}")
+    if exclude:
+        command.append(f"--exclude-name={exclude}")
+    print(
+        "$",
+        " ".join(
+            c if "Bearer" not in c else "--header=Authorization: Bearer ***" for c in command[1:]
+        ),
+        flush=True,
+    )
+    hooks = {
+        "SCHEMATHESIS_HOOKS": "hooks",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    env = {**os.environ, **hooks}
+    return subprocess.run([*command, *args.st_args], env=env).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("database", choices=["sqlite", "postgresql"])
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--max-examples", type=int, default=25, help="per operation and phase")
+    parser.add_argument("--seed", type=int, default=20269, help="reproducible runs")
+    parser.add_argument("--report-dir", type=Path, default=Path("schemathesis-report"))
+    parser.add_argument("st_args", nargs="*", help="after --: passed to `st run`")
+    args = parser.parse_args(argv)
+
+    from mlrig.testing.fixtures import free_port
+
+    home = Path(tempfile.mkdtemp(prefix=f"mlrig-fuzz-{args.database}-"))
+    report_dir = args.report_dir / args.database
+    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with database_url(args.database, home, args.postgres_url) as url:
+            config = write_config(home, url)
+            token = admin_token(config)
+            with server(config, free_port(), report_dir / "server.log") as base:
+                print(f"fuzzing {base} on {args.database}", flush=True)
+                # Revoking tokens in the same run would revoke the run's own token (the
+                # fuzzer finds its id through GET /tokens): that operation gets a pass of
+                # its own, with a token of its own, after the rest.
+                main = st_run(base, token, args, report_dir / "main", exclude=REVOKE)
+                revoke = st_run(
+                    base,
+                    admin_token(config, "fuzz-revoker"),
+                    args,
+                    report_dir / "revoke",
+                    include=REVOKE,
+                )
+                return main or revoke
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
