@@ -263,3 +263,11 @@ def test_purge_horizon_is_bounded(platform):
     with pytest.raises(ValidationError, match="older_than_days must be an integer"):
         platform.registry.purge(actor=ADMIN, older_than_days=10**14, dry_run=True)
     assert platform.registry.purge(actor=ADMIN, older_than_days=36_500, dry_run=True) is not None
+
+
+def test_token_lifetime_is_bounded(platform):
+    platform.security.create_user(name="bob", role="viewer")
+    for bad in (10**14, 0, 3651):  # a huge one was an OverflowError (a CLI traceback)
+        with pytest.raises(ValidationError, match="ttl_days must be an integer from 1 to 3650"):
+            platform.security.create_token(user="bob", ttl_days=bad)
+    assert platform.security.create_token(user="bob", ttl_days=3650)["token"]

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from mlrig.db import Database
 
 USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,254}$"
+#: the longest token lifetime, in days (as the API's schema says)
+MAX_TOKEN_TTL_DAYS = 3650
 _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
@@ -143,8 +145,10 @@ class SecurityService:
         """
         if actor is not None and user != actor.name:
             actor.require(Permission.ADMIN)
-        if ttl_days is not None and ttl_days < 1:
-            msg = f"ttl_days must be at least 1, got {ttl_days}"
+        if ttl_days is not None and not (
+            type(ttl_days) is int and 1 <= ttl_days <= MAX_TOKEN_TTL_DAYS
+        ):  # a huge one was an OverflowError
+            msg = f"ttl_days must be an integer from 1 to {MAX_TOKEN_TTL_DAYS}, got {ttl_days!r}"
             raise ValidationError(msg)
         plaintext, prefix, digest = tokens.new_token()
         with self.db.session() as session:
