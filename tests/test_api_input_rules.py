@@ -375,3 +375,16 @@ def test_every_body_model_and_every_route_goes_through_the_checks(platform):
                     models.add(kind)
     assert len(models) >= 8  # the walk found the body models
     assert [m.__name__ for m in models if not issubclass(m, InputModel)] == []
+
+
+def test_upload_limits_hold_as_documented(platform, api_client, admin_headers):
+    platform.registry.create_model(name="m", actor=ADMIN)
+    url = "/api/ml/models/m/versions"
+    big = json.dumps({"description": "x" * (1024 * 1024 + 1)})
+    response = api_client.post(
+        url, files={"files": ("a", b"w")}, data={"metadata": big}, headers=admin_headers
+    )
+    assert "maximum size" in _refused(response, 400)
+    many = [("files", (f"f{i}", b"w")) for i in range(1001)]
+    response = api_client.post(url, files=many, headers=admin_headers)
+    assert "Too many files" in _refused(response, 400)
