@@ -56,7 +56,8 @@ class InputModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        problem = v.json_problem(data, max_depth=BODY_MAX_DEPTH)
+        # other types: Python callers may pass models or datetimes; a JSON body has none
+        problem = v.json_problem(data, max_depth=BODY_MAX_DEPTH, other_types=True)
         if problem is not None:
             where, what = problem
             # a 422 validation_error in the one error shape, like any pydantic error

@@ -222,12 +222,13 @@ def shorten(where: str, limit: int = 100) -> str:
 
 
 def json_problem(
-    value: Any, *, max_depth: int, max_chars: int | None = None
+    value: Any, *, max_depth: int, max_chars: int | None = None, other_types: bool = False
 ) -> tuple[str, str] | None:
     """``(where, what)`` for the first value that is not storable JSON, else ``None``.
 
     ``where`` is a path such as ``.layers[3].name``. Walks iteratively (no recursion
-    limit to hit) and stops early once the strings alone pass ``max_chars``.
+    limit to hit) and stops early once the strings alone pass ``max_chars``. With
+    ``other_types``, values that are not JSON (a model, a datetime) are let through.
     """
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     chars = 0
@@ -262,7 +263,7 @@ def json_problem(
         elif kind is float:
             if not math.isfinite(item):
                 return where, f"{item!r} is not JSON (no NaN or infinity): numbers must be finite"
-        else:
+        elif not other_types:
             return where, f"a {kind.__name__} is not a JSON value"
         if max_chars is not None and chars > max_chars:
             return "", f"more than {max_chars:,} characters of text"

@@ -388,3 +388,15 @@ def test_upload_limits_hold_as_documented(platform, api_client, admin_headers):
     many = [("files", (f"f{i}", b"w")) for i in range(1001)]
     response = api_client.post(url, files=many, headers=admin_headers)
     assert "Too many files" in _refused(response, 400)
+
+
+def test_input_models_built_in_python_take_nested_models():
+    from pydantic import ValidationError as PydanticError
+
+    from mlrig.api.routers.experiments import ExperimentCreate, Resources
+    from mlrig.api.routers.models import ModelCreate
+
+    body = ExperimentCreate(name="x", trainer="sklearn", resources=Resources(cpus=2))
+    assert body.resources.cpus == 2
+    with pytest.raises(PydanticError, match=r"tags\.a: contains a NUL"):
+        ModelCreate(name="x", tags={"a": "b\x00"})
