@@ -21,23 +21,71 @@ def openapi_schema() -> dict[str, Any]:
     return create_app(platform).openapi()
 
 
+def _schema_name(schema: dict[str, Any]) -> str:
+    """``Name`` of a ``$ref`` schema, ``list of Name`` for arrays, else the type."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name.startswith("Page_") and name.endswith("_"):  # pydantic's name of Page[X]
+            return f"Page[{name[5:-1]}]"
+        return name
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if options:
+        return " or ".join(_schema_name(o) for o in options) + " or null" * (
+            len(options) < len(schema["anyOf"])
+        )
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return f"list of {_schema_name(schema['items'])}"
+    return str(schema.get("type", "any"))
+
+
+def _parameter(parameter: dict[str, Any]) -> str:
+    """`` `name` (query, required): description.`` with the rule the schema states."""
+    schema = parameter.get("schema", {})
+    options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
+    rule = options[0] if options else schema
+    facts = [parameter["in"]]
+    if parameter.get("required"):
+        facts.append("required")
+    if "enum" in rule:
+        facts.append("one of " + ", ".join(f"`{v}`" for v in rule["enum"]))
+    text = f"- `{parameter['name']}` ({', '.join(facts)})"
+    description = (parameter.get("description") or schema.get("description") or "").strip()
+    return text + (f": {description}" if description else "")
+
+
+def _responses(operation: dict[str, Any]) -> list[str]:
+    """One line per status code: what it means and its body."""
+    lines = []
+    for code, answer in sorted(operation.get("responses", {}).items()):
+        content = answer.get("content", {})
+        bodies = [
+            f"`{media}`" + (f" `{_schema_name(c['schema'])}`" if c.get("schema") else "")
+            for media, c in content.items()
+        ]
+        description = (answer.get("description") or "").strip().rstrip(".")
+        line = f"- **{code}** {description}"
+        if bodies:
+            line += " — " + ", ".join(bodies)
+        lines.append(line)
+    return lines
+
+
 def render(schema: dict[str, Any]) -> str:
-    """Markdown: one section per tag, one entry per operation."""
+    """Markdown: one section per tag, one entry per operation with its parameters, body
+    and every status code it can answer."""
     lines = [
         "# REST API reference",
         "",
-        "Generated from the OpenAPI schema by `python -m mlrig.api.docgen > docs/rest.md`;",
-        "the live schema is at `/openapi.json` and interactive docs at `/docs` on a running",
-        "server. Every route is under `/api/ml` and needs `Authorization: Bearer <token>`",
-        "except health. Errors always have the shape",
-        '`{"error": {"code": "...", "message": "...", "details": {...}}}`.',
-        "",
-        "Every input follows [the input rules](input.md), stated in the schema as well:",
-        "no NUL characters or lone surrogates in any string, integers within 64 bits,",
-        "**a datetime without a time zone is taken as UTC** (0001-01-02 to 9999-12-30",
-        "after conversion), free-form JSON at most 32 levels deep and 256 KiB, bounded",
-        "tags, lists and names, opaque cursors passed back unchanged; a value that breaks",
-        "one is a 422 `validation_error` and nothing is stored.",
+        "Generated from the OpenAPI schema by `python -m mlrig.api.docgen > docs/rest.md`",
+        "(a test fails when this file is stale); the live schema is at `/openapi.json`,",
+        "interactive docs at `/docs` (Swagger UI) and `/redoc` on a running server, served",
+        "by the server itself (no CDN). Every route is under `/api/ml` and needs",
+        "`Authorization: Bearer <token>` except health. Errors always have the shape",
+        '`{"error": {"code": "...", "message": "...", "details": {...}}}` (`ErrorBody`).',
+        'Every list answers `{"items": [...], "next_cursor": "..." | null}`: pass',
+        "`next_cursor` back as `cursor` for the next page (null on the last one).",
+        "The schema states the rules the server enforces (patterns, enums, bounds); the",
+        "names and rules of each body are in `/openapi.json` under `components`.",
         "",
     ]
     by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
@@ -57,20 +105,19 @@ def render(schema: dict[str, Any]) -> str:
             description = operation.get("description", "").strip()
             if description and description != operation.get("summary"):
                 lines += ["", description]
-            params = [
-                f"`{p['name']}` ({p['in']}{', required' if p.get('required') else ''})"
-                for p in operation.get("parameters", [])
-            ]
+            if operation.get("security"):
+                lines += ["", "Needs a bearer token."]
+            params = [_parameter(p) for p in operation.get("parameters", [])]
             if params:
-                lines += ["", "Parameters: " + ", ".join(params) + "."]
+                lines += ["", "Parameters:", "", *params]
             body = operation.get("requestBody", {}).get("content", {})
             if body:
-                kinds = ", ".join(f"`{k}`" for k in body)
-                ref = next(iter(body.values())).get("schema", {}).get("$ref", "")
-                name = ref.rsplit("/", 1)[-1] if ref else ""
-                lines += ["", f"Body: {kinds}" + (f" (`{name}`)" if name else "") + "."]
-            codes = ", ".join(sorted(operation.get("responses", {})))
-            lines += ["", f"Responses: {codes}.", ""]
+                kinds = ", ".join(
+                    f"`{media}`" + (f" (`{_schema_name(c['schema'])}`)" if c.get("schema") else "")
+                    for media, c in body.items()
+                )
+                lines += ["", f"Body: {kinds}."]
+            lines += ["", "Responses:", "", *_responses(operation), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -343,7 +343,7 @@ class ExperimentComparison(Out):
 
 
 class Health(Out):
-    version: str
+    version: str | None = Field(default=None, description="With a token only.")
     status: Literal["ok", "degraded", "error"]
     checks: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per component; details need a token."

@@ -88,7 +88,11 @@ class ExperimentCreate(InputModel):
         json_schema_extra={
             "required": ["uri"],
             "properties": {
-                "uri": {"type": "string", "pattern": "\\S", "maxLength": 1000},
+                "uri": {
+                    "type": "string",
+                    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+                    "maxLength": 1000,
+                },
                 "target": {"type": "string", "minLength": 1, "maxLength": 1000},
             },
         },

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from mlrig import __version__
 from mlrig.api.deps import PlatformDep
+from mlrig.api.schemas import Health
 from mlrig.api.security import Public
 
 router = APIRouter(tags=["health"])
@@ -23,8 +24,15 @@ def public_view(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/health", summary="Platform health check")
-def health(platform: PlatformDep, principal: Public) -> Any:
+@router.get(
+    "/health",
+    summary="Platform health check",
+    responses={
+        200: {"model": Health, "description": "Every part is up (or degraded)."},
+        503: {"model": Health, "description": "The database or the storage is down."},
+    },
+)
+def health(platform: PlatformDep, principal: Public) -> JSONResponse:
     """The status of the database, the storage backend and the plugins (503 when a part is
     down). Anyone gets the status of each part; a valid token also gets the details
     (versions, backends, the database revision, plugin names and errors)."""

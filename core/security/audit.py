@@ -29,6 +29,12 @@ def entry_view(entry: AuditLog) -> dict[str, Any]:
     }
 
 
+def _fit(text: str | None, length: int) -> str | None:
+    """Scrubbed ``text`` cut to ``length`` characters (a column's size)."""
+    cleaned = scrub(text)
+    return cleaned[:length] if isinstance(cleaned, str) else cleaned
+
+
 class AuditTrail:
     """Writes and reads audit entries; every write also fires ``mlrig_audit_recorded``."""
 
@@ -50,15 +56,17 @@ class AuditTrail:
         """Write one entry (its own transaction: it survives a failed operation).
 
         Text is scrubbed (:func:`mlrig.validation.scrub`): a request refused for a NUL
-        character in its path is still recorded, with U+FFFD in its place."""
+        character in its path is still recorded, with U+FFFD in its place; text longer
+        than its column (a 4,000-character id in a path) is cut to fit, so the entry is
+        written on PostgreSQL too (it was lost there, as VARCHAR refuses it)."""
         with self.db.session() as session:
             entry = AuditLog(
-                actor=scrub(actor),
-                action=scrub(action),
+                actor=_fit(actor, 255),
+                action=_fit(action, 100) or "",
                 outcome=outcome,
-                resource_type=scrub(resource_type),
-                resource_id=scrub(resource_id),
-                request_id=scrub(request_id),
+                resource_type=_fit(resource_type, 100),
+                resource_id=_fit(resource_id, 255),
+                request_id=_fit(request_id, 255),
                 details=scrub(details or {}),
             )
             session.add(entry)
