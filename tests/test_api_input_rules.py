@@ -400,3 +400,27 @@ def test_input_models_built_in_python_take_nested_models():
     assert body.resources.cpus == 2
     with pytest.raises(PydanticError, match=r"tags\.a: contains a NUL"):
         ModelCreate(name="x", tags={"a": "b\x00"})
+
+
+def test_plugin_routes_get_the_parameter_check(platform, register_plugin, admin_headers):
+    from fastapi import APIRouter
+
+    from mlrig import hookimpl
+
+    router = APIRouter()
+
+    @router.get("/api/ml/plugin-echo/{word}")
+    def echo(word: str, q: str | None = None) -> dict[str, str | None]:
+        return {"word": word, "q": q}
+
+    class Plugin:
+        @hookimpl
+        def mlrig_register_routes(self, app, platform):
+            app.include_router(router)
+
+    register_plugin(Plugin())
+    with TestClient(create_app(platform), raise_server_exceptions=False) as api:
+        base = "/api/ml/plugin-echo"
+        assert api.get(f"{base}/ok", headers=admin_headers).json() == {"word": "ok", "q": None}
+        _refused(api.get(f"{base}/a%00b", headers=admin_headers))
+        _refused(api.get(f"{base}/ok?q=%00", headers=admin_headers))
