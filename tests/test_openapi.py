@@ -277,3 +277,20 @@ def test_an_audit_entry_with_an_id_longer_than_its_column_is_kept(db_platform):
     )
     entry = db_platform.audit.query(limit=1)[0]
     assert entry["action"] == "delete_version" and entry["resource_id"] == "0" * 255
+
+
+def test_version_text_longer_than_its_column_is_422_on_both_databases(db_platform):
+    """``code_version`` of 1,000 characters: a 500 on PostgreSQL (VARCHAR(255)) before."""
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+
+    db_platform.security.create_user(name="root", role="admin")
+    token = db_platform.security.create_token(user="root")["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(db_platform), raise_server_exceptions=False) as client:
+        client.post(f"{API}/models", json={"name": "m"}, headers=headers)
+        for field, length in (("code_version", 256), ("framework", 101)):
+            metadata = f'{{"{field}": "{"x" * length}"}}'
+            assert _upload(client, headers, metadata).status_code == 422, field
+        assert _upload(client, headers, f'{{"code_version": "{"x" * 255}"}}').status_code == 201

@@ -49,6 +49,7 @@ from mlrig.api.types import (
 )
 from mlrig.db.models import STAGES
 from mlrig.errors import ValidationError
+from mlrig.registry.inputs import VERSION_TEXT_LENGTHS
 from mlrig.registry.names import ALIAS_PATTERN
 from mlrig.registry.search import MetricFilter, VersionQuery
 
@@ -87,8 +88,8 @@ class VersionMetadata(InputModel):
 
     version: VersionName | None = None
     description: Description | None = None
-    framework: ShortText | None = None
-    model_type: ShortText | None = None
+    framework: Annotated[str, Field(max_length=VERSION_TEXT_LENGTHS["framework"])] | None = None
+    model_type: Annotated[str, Field(max_length=VERSION_TEXT_LENGTHS["model_type"])] | None = None
     tags: Tags = Field(default_factory=dict)
     params: JsonObject = Field(default_factory=dict)
     metrics: Annotated[
@@ -99,12 +100,14 @@ class VersionMetadata(InputModel):
     signature: JsonObject | None = None
     requirements: Requirements = Field(default_factory=list)
     source_experiment_id: ShortText | None = None
-    source_run: ShortText | None = None
+    source_run: Annotated[str, Field(max_length=VERSION_TEXT_LENGTHS["source_run"])] | None = None
     parent_version: ShortText | None = None
     datasets: Annotated[list[DatasetRef], Field(max_length=v.MAX_DATASETS)] = Field(
         default_factory=list
     )
-    code_version: ShortText | None = None
+    code_version: Annotated[str, Field(max_length=VERSION_TEXT_LENGTHS["code_version"])] | None = (
+        None
+    )
 
 
 class VersionUpdate(InputModel):

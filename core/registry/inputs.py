@@ -30,6 +30,11 @@ def check_artifact_paths(paths: Iterable[object]) -> None:
         v.check_text(path, field="artifact path", min_length=1, max_length=v.MAX_SHORT_TEXT_LENGTH)
 
 
+#: the short text fields of a version and their column sizes (VARCHAR on PostgreSQL,
+#: which refuses longer text: a 500 before these bounds)
+VERSION_TEXT_LENGTHS = {"framework": 100, "model_type": 100, "source_run": 255, "code_version": 255}
+
+
 def check_version_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """The recorded fields of a new version, checked and as plain JSON values."""
     checked = dict(fields)
@@ -37,8 +42,8 @@ def check_version_fields(fields: dict[str, Any]) -> dict[str, Any]:
         description=fields.get("description"), tags=fields.get("tags") or {}
     )
     checked["description"], checked["tags"] = description, tags
-    for key in ("framework", "model_type", "source_run", "code_version"):
-        checked[key] = v.check_optional_text(fields.get(key), field=key)
+    for key, length in VERSION_TEXT_LENGTHS.items():
+        checked[key] = v.check_optional_text(fields.get(key), field=key, max_length=length)
     checked["params"] = v.check_json(fields.get("params") or {}, field="params")
     if fields.get("signature") is not None:
         checked["signature"] = v.check_json(fields["signature"], field="signature")

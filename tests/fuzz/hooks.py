@@ -29,6 +29,9 @@ from schemathesis.generation import GenerationMode
 
 from mlrig.validation import encode_cursor
 
+#: what a boolean query parameter reads as true (pydantic)
+TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+
 
 def is_version_search(path: str) -> bool:
     """The version search pages by keyset for time/name sorts (the rest by offset)."""
@@ -53,11 +56,14 @@ def _valid(case: schemathesis.Case, location: ParameterLocation) -> bool:
 def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
     path, method = case.operation.path, case.operation.method.upper()
     query = case.query
-    if query and path.endswith("/logs") and str(query.get("follow")).lower() == "true":
+    if query and path.endswith("/logs") and str(query.get("follow")).lower() in TRUE:
         # a followed log streams until the job ends, and none runs here: a valid timeout
         # is shortened (still valid), an invalid one is left to be refused
-        timeout = query.get("timeout", 3600)
-        if isinstance(timeout, (int, float)) and 0.5 < timeout <= 86400:
+        try:
+            timeout = float(str(query.get("timeout", 3600)))
+        except ValueError:
+            timeout = 0.0  # not a number: the server refuses it at once
+        if 0.5 < timeout <= 86400:
             query["timeout"] = 0.5
     if query and _valid(case, ParameterLocation.QUERY):
         if is_version_search(path):
