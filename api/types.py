@@ -48,10 +48,34 @@ from mlrig.registry.names import (
 BODY_MAX_DEPTH = 2 * v.MAX_JSON_DEPTH
 
 
+#: the schema's statement of "no NUL character" for a string without a pattern of its own
+#: (surrogates need no statement: UTF-8 JSON cannot carry them unescaped)
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+
+
+def _state_no_nul(schema: dict[str, Any], model: type) -> None:
+    """Put :data:`NO_NUL_PATTERN` on the model's string fields (values, items, keys) that
+    have no pattern, enum or format, so a request valid by the schema is not refused."""
+
+    def visit(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(node):
+            node["pattern"] = NO_NUL_PATTERN
+        for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+            for child in node.get(key, []):
+                visit(child)
+        for key in ("items", "additionalProperties", "propertyNames"):
+            visit(node.get(key))
+
+    for prop in schema.get("properties", {}).values():
+        visit(prop)
+
+
 class InputModel(BaseModel):
     """Base of every request body: unknown fields refused, every string storable."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_state_no_nul)
 
     @model_validator(mode="before")
     @classmethod

@@ -424,3 +424,37 @@ def test_plugin_routes_get_the_parameter_check(platform, register_plugin, admin_
         assert api.get(f"{base}/ok", headers=admin_headers).json() == {"word": "ok", "q": None}
         _refused(api.get(f"{base}/a%00b", headers=admin_headers))
         _refused(api.get(f"{base}/ok?q=%00", headers=admin_headers))
+
+
+def test_the_schema_says_no_nul_on_every_body_string(api_client):
+    """A request valid by the schema is not refused: every string of a body model states
+    the NUL rule (or a stricter pattern, an enum or a format)."""
+    schema = api_client.get("/openapi.json").json()
+    bodies = {
+        ref.rsplit("/", 1)[-1]
+        for item in schema["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for content in operation.get("requestBody", {}).get("content", {}).values()
+        for ref in re.findall(r'"\$ref": "([^"]+)"', json.dumps(content))
+    }
+    assert {"ModelCreate", "ExperimentCreate", "TokenCreate"} <= bodies
+    loose = []
+
+    def visit(node, where):
+        if isinstance(node, dict):
+            if node.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(
+                node
+            ):
+                loose.append(where)
+            for key, child in node.items():
+                visit(child, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                visit(child, f"{where}[{index}]")
+
+    components = schema["components"]["schemas"]
+    for name in bodies | {"Resources", "EarlyStoppingRule", "DatasetRef"}:
+        if name in components:
+            visit(components[name], name)
+    assert loose == []
