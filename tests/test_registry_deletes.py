@@ -107,8 +107,10 @@ def test_delete_and_restore_a_version(db_platform: Any) -> None:
     assert restored["version"] == "2"
     assert registry.get_version("iris", "2")["id"] == v2["id"]
     assert registry.list_deleted() == {"models": [], "versions": []}
-    with pytest.raises(NotFoundError, match="no deleted version"):
+    with pytest.raises(ConflictError, match="is not deleted"):  # it is live again
         registry.restore_version("iris", "2", actor=OPS)
+    with pytest.raises(NotFoundError, match="no deleted version"):
+        registry.restore_version("iris", "9", actor=OPS)
 
 
 def test_delete_and_restore_a_model_with_its_versions(db_platform: Any) -> None:
@@ -125,8 +127,11 @@ def test_delete_and_restore_a_model_with_its_versions(db_platform: Any) -> None:
     restored = registry.restore_model("iris", actor=OPS)
     assert restored["restored_versions"] == ["2", "3"]
     assert [v["version"] for v in restored["versions"]] == ["2", "3"]
-    with pytest.raises(NotFoundError, match="is not deleted"):
+    # the model exists: restoring it again conflicts with its state (409), it is not missing
+    with pytest.raises(ConflictError, match="is not deleted"):
         registry.restore_model("iris", actor=OPS)
+    with pytest.raises(ConflictError, match="is not deleted"):
+        registry.restore_version("iris", "3", actor=OPS)
 
 
 def test_purge_removes_rows_and_artifacts_past_the_retention(db_platform: Any) -> None:

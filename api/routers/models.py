@@ -248,6 +248,7 @@ def delete_model(id: str, platform: PlatformDep, actor: Deleter, force: Force = 
 
 @router.post(
     "/{id}/restore",
+    responses=errors(409, e409="It is not deleted: nothing to restore."),
     summary="Restore a deleted model with the versions deleted along with it",
     response_model_exclude_unset=True,
 )
@@ -383,6 +384,7 @@ def delete_version(
 
 @router.post(
     "/{id}/versions/{version}/restore",
+    responses=errors(409, e409="It is not deleted: nothing to restore."),
     summary="Restore a deleted version (its aliases stay removed)",
     response_model_exclude_unset=True,
 )

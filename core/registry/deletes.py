@@ -165,16 +165,14 @@ class RegistryDeletes:
         with self.db.session() as session:
             model = self.registry._deleted_model(session, ref)
             if model is None:
-                live = session.scalar(
-                    select(RegisteredModel.name).where(
-                        RegisteredModel.name == ref, RegisteredModel.deleted_at.is_(None)
-                    )
-                )
-                msg = (
-                    f"model {ref!r} is not deleted"
-                    if live
-                    else f"no deleted model {ref!r}; see: mlrig models list --deleted"
-                )
+                try:  # by name, id or prefix, as the other routes find it
+                    live = self.registry._model(session, ref)
+                except NotFoundError:
+                    live = None
+                if live is not None:  # it exists: restoring it conflicts with its state
+                    msg = f"model {live.name!r} is not deleted; there is nothing to restore"
+                    raise ConflictError(msg, details={"model": ref, "deleted": False})
+                msg = f"no deleted model {ref!r}; see: mlrig models list --deleted"
                 raise NotFoundError(msg, details={"model": ref})
             versions = list(
                 session.scalars(
@@ -201,7 +199,19 @@ class RegistryDeletes:
         actor.require(Permission.DELETE)
         with self.db.session() as session:
             model = self.registry._model(session, model_ref)
-            version = self.registry._version(session, model, version_ref, deleted=True)
+            try:
+                version = self.registry._version(session, model, version_ref, deleted=True)
+            except NotFoundError:
+                try:
+                    live = self.registry._version(session, model, version_ref)
+                except NotFoundError:
+                    live = None
+                if live is None:
+                    raise
+                msg = f"version {live.version!r} of {model.name!r} is not deleted"
+                raise ConflictError(
+                    msg, details={"version": version_ref, "deleted": False}
+                ) from None
             version.deleted_at = None
             session.flush()
             self._deletion_event(version, "restored", actor)

@@ -152,7 +152,9 @@ def st_run(
         f"--header=Authorization: Bearer {token}",
         f"--max-examples={args.max_examples}",
         f"--seed={args.seed}",
-        "--workers=2",
+        # one worker: hypothesis reads lambda sources through ast, which is not thread-safe
+        # on CPython 3.11 ("AST constructor recursion depth mismatch" under 2 workers)
+        "--workers=1",
         "--request-timeout=30",
         # the first experiment imports scikit-learn to check its estimator: seconds on a
         # loaded 2-core machine
