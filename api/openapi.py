@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from mlrig import validation
 from mlrig.api.schemas import ErrorBody
 
+API_PREFIX = "/api/ml"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
 #: longest value of a repeated query parameter the schema admits
@@ -197,10 +198,66 @@ def _request_rules(schema: dict[str, Any]) -> None:
                 _storable(body, components, seen, param=False)
 
 
+def _add_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links from each creation (a POST answering 201) to the operations on what it
+    created, so clients and stateful fuzzers can follow them: ``POST /models`` -> every
+    ``/models/{id}...`` operation with ``id`` from the answer's ``id``; ``POST
+    /models/{id}/versions`` -> ``/models/{id}/versions/{version}...`` with ``version``
+    from the answer; a stage change -> approving or rejecting the request it opened."""
+    paths = schema.get("paths", {})
+
+    def operations_under(prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (path, operation)
+            for path, item in paths.items()
+            if path.startswith(prefix + "/{")
+            for method, operation in item.items()
+            if method in {"get", "put", "post", "delete", "patch"} and "operationId" in operation
+        ]
+
+    for path, item in paths.items():
+        create = item.get("post")
+        if not create or "201" not in create.get("responses", {}):
+            continue
+        targets = operations_under(path)
+        if not targets:
+            continue
+        created = targets[0][0][len(path) + 2 :].split("}", 1)[0]  # {id} or {version}
+        source = "id" if created == "id" else created
+        links = create["responses"]["201"].setdefault("links", {})
+        for _, operation in targets:
+            parameters = {
+                p["name"]: (
+                    f"$response.body#/{source}"
+                    if p["name"] == created
+                    else f"$request.path.{p['name']}"
+                )
+                for p in operation.get("parameters", [])
+                if p.get("in") == "path" and f"{{{p['name']}}}" in path + "/{" + created + "}"
+            }
+            links[operation["operationId"]] = {
+                "operationId": operation["operationId"],
+                "parameters": parameters,
+            }
+    for path, item in paths.items():
+        stage = item.get("post") if path.endswith("/stage") else None
+        if not stage:
+            continue
+        links = stage["responses"]["200"].setdefault("links", {})
+        for decision in ("approve", "reject"):
+            target = paths.get(f"{API_PREFIX}/approvals/{{id}}/{decision}", {}).get("post")
+            if target and "operationId" in target:
+                links[target["operationId"]] = {
+                    "operationId": target["operationId"],
+                    "parameters": {"id": "$response.body#/request/id"},
+                }
+
+
 def complete(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the shared error answers to every operation and use ``ErrorBody`` for all;
-    write the shared input rules into the request side."""
+    write the shared input rules into the request side; link creations to their uses."""
     _request_rules(schema)
+    _add_links(schema)
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "put", "post", "delete", "patch"}:
