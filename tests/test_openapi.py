@@ -294,3 +294,19 @@ def test_version_text_longer_than_its_column_is_422_on_both_databases(db_platfor
             metadata = f'{{"{field}": "{"x" * length}"}}'
             assert _upload(client, headers, metadata).status_code == 422, field
         assert _upload(client, headers, f'{{"code_version": "{"x" * 255}"}}').status_code == 201
+
+
+def test_creations_link_to_the_operations_on_what_they_created(schema):
+    paths = schema["paths"]
+    links = paths[f"{API}/models"]["post"]["responses"]["201"]["links"]
+    get = paths[f"{API}/models/{{id}}"]["get"]["operationId"]
+    assert links[get]["parameters"] == {"id": "$response.body#/id"}
+    version_links = paths[f"{API}/models/{{id}}/versions"]["post"]["responses"]["201"]["links"]
+    get_version = paths[f"{API}/models/{{id}}/versions/{{version}}"]["get"]["operationId"]
+    assert version_links[get_version]["parameters"] == {
+        "id": "$request.path.id",
+        "version": "$response.body#/version",
+    }
+    stage = paths[f"{API}/models/{{id}}/versions/{{version}}/stage"]["post"]["responses"]["200"]
+    approve = paths[f"{API}/approvals/{{id}}/approve"]["post"]["operationId"]
+    assert stage["links"][approve]["parameters"] == {"id": "$response.body#/request/id"}
