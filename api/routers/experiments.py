@@ -158,12 +158,12 @@ def compare_experiments(
     _: Reader,
     ids: list[str] = Query(
         description="2 to 50 ids or names: repeat the parameter (or separate by commas).",
-        min_length=2,
         max_length=50,
-        # one experiment per value, with something besides spaces (the schema's reading
-        # of the comma form would be looser than the server's)
+        # Schema only (the service counts after splitting commas, with a better message):
+        # 2 or more values, one experiment each, with something besides spaces.
         json_schema_extra={
-            "items": {"type": "string", "pattern": r"^[^,\u0000]*[^,\s\u0000][^,\u0000]*$"}
+            "minItems": 2,
+            "items": {"type": "string", "pattern": r"^[^,\u0000]*[^,\s\u0000][^,\u0000]*$"},
         },
     ),
 ) -> ExperimentComparison:
@@ -240,7 +240,8 @@ def get_metrics(
     ),
     fields: str | None = Query(
         default=None,
-        pattern=f"^{_FIELD}(,{_FIELD})*$",
+        # schema only: the service's message names the allowed columns
+        json_schema_extra={"pattern": f"^{_FIELD}(,{_FIELD})*$"},
         description="Comma-separated columns to return, of steps, values, epochs, kinds, "
         "times (default: all). A plot needs steps,values: about half the time and bytes.",
         examples=["steps,values"],

@@ -56,7 +56,9 @@ from mlrig.registry.search import MetricFilter, VersionQuery
 router = APIRouter(prefix="/models", tags=["models"])
 
 #: an alias in a path, as :func:`mlrig.registry.names.check_alias` accepts it
-AliasPath = Annotated[str, Path(min_length=1, max_length=63, pattern=ALIAS_PATTERN)]
+AliasPath = Annotated[
+    str, Path(json_schema_extra={"pattern": ALIAS_PATTERN})  # check_alias says what is wrong
+]
 _METRIC_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,99}"
 #: what :meth:`MetricFilter.parse` accepts (spaces: the schema says ASCII ones only)
 METRIC_FILTER_PATTERN = (
@@ -155,7 +157,7 @@ def version_filters(
     sort: str = Query(
         default="-created_at",
         description="created_at, name, metrics.NAME; '-' descending.",
-        pattern=SORT_PATTERN,
+        json_schema_extra={"pattern": SORT_PATTERN},  # the service's message lists the sorts
     ),
     limit: int = Query(default=50, ge=1, le=1000),
     cursor: Cursor = None,

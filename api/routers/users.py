@@ -19,7 +19,10 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 
 class UserCreate(InputModel):
-    name: str = Field(min_length=1, max_length=255, pattern=USER_NAME_PATTERN)
+    # the pattern is the schema's; the service checks it with a message saying what is wrong
+    name: str = Field(
+        min_length=1, max_length=255, json_schema_extra={"pattern": USER_NAME_PATTERN}
+    )
     role: Literal["viewer", "developer", "deployer", "admin"] = "viewer"
     email: str | None = Field(default=None, max_length=320)
 
