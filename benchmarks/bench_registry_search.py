@@ -143,6 +143,11 @@ def bulk_insert(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
     rng = data.rng
     start = time.perf_counter()
     model_ids = {m["name"]: uuid.uuid4() for m in data.models}
+    span = (data.end - data.start).total_seconds()
+    per_model: dict[str, list[datetime]] = {}
+    for _ in range(count):
+        name = rng.choice(data.models)["name"]
+        per_model.setdefault(name, []).append(data.start + timedelta(seconds=rng.random() * span))
     with platform.db.session() as session:
         session.execute(
             insert(RegisteredModel),
@@ -153,15 +158,12 @@ def bulk_insert(platform: Any, data: Dataset, count: int) -> dict[str, Any]:
                     "tags": {"team": m["team"]},
                     "created_by": data.user_ids[rng.choice(USERS)],
                     "created_at": data.start,
+                    # the per-model version counter, as the registry keeps it
+                    "last_version": len(per_model.get(m["name"], [])),
                 }
                 for m in data.models
             ],
         )
-    span = (data.end - data.start).total_seconds()
-    per_model: dict[str, list[datetime]] = {}
-    for _ in range(count):
-        name = rng.choice(data.models)["name"]
-        per_model.setdefault(name, []).append(data.start + timedelta(seconds=rng.random() * span))
     rows = []
     for model in data.models:
         for number, created in enumerate(sorted(per_model.get(model["name"], [])), start=1):

@@ -132,7 +132,7 @@ def test_a_failed_first_registration_leaves_no_model(db_platform: Any) -> None:
             create_model=True,
             parent_version="nope",
         )
-    with pytest.raises(ValidationError, match="no experiment"):
+    with pytest.raises(NotFoundError, match="no experiment"):
         registry.create_version(
             "orphan",
             files={"m.bin": b"x"},
