@@ -15,7 +15,7 @@ import pytest
 
 from mlrig.artifacts import ArtifactStore
 from mlrig.db.models import MLModel, RegisteredModel
-from mlrig.errors import NotFoundError, StorageError, ValidationError
+from mlrig.errors import NotFoundError, StorageError
 from mlrig.plugins.storage_local import LocalStorage
 from mlrig.registry.service import ModelRegistry
 from mlrig.security import Principal
