@@ -44,7 +44,8 @@ def install(app: FastAPI, *, openapi_url: str = "/openapi.json") -> None:
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True},
+            # validatorUrl: Swagger UI would send the schema to validator.swagger.io
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)

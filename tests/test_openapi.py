@@ -310,3 +310,18 @@ def test_creations_link_to_the_operations_on_what_they_created(schema):
     stage = paths[f"{API}/models/{{id}}/versions/{{version}}/stage"]["post"]["responses"]["200"]
     approve = paths[f"{API}/approvals/{{id}}/approve"]["post"]["operationId"]
     assert stage["links"][approve]["parameters"] == {"id": "$response.body#/request/id"}
+
+
+def test_swagger_ui_asks_no_outside_validator(api_client):
+    assert '"validatorUrl": null' in api_client.get("/docs").text
+
+
+def test_ci_runs_the_fuzz_env_on_both_databases():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tox = (root / "tox.ini").read_text()
+    section = tox.split("[testenv:fuzz]", 1)[1].split("\n[", 1)[0]
+    assert "run.py sqlite" in section and "run.py postgresql" in section
+    assert re.search(r"^env_list = .*\bfuzz\b", tox, re.M)
+    assert "-e lint,core,heavy,integration,fuzz" in (root / ".ci" / "run").read_text()
