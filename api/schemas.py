@@ -302,7 +302,9 @@ class Experiment(ExperimentSummary):
     seed: int | None
     lease_owner: str | None
     heartbeat_at: Timestamp | None
-    last_checkpoint: Any = Field(default=None, description="The trainer's last checkpoint.")
+    last_checkpoint: dict[str, Any] | None = Field(
+        default=None, description="The trainer's last checkpoint (step, key, time)."
+    )
     reproducibility: dict[str, Any]
     result: dict[str, Any] | None
     events: list[ExperimentEvent] = Field(default_factory=list)

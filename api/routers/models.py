@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
@@ -430,7 +431,7 @@ def download_artifact(
 ) -> StreamingResponse:
     info, stream = platform.registry.open_artifact(id, version, path)
 
-    def chunks() -> Any:
+    def chunks() -> Iterator[bytes]:
         with stream:
             while chunk := stream.read(1024 * 1024):
                 yield chunk
