@@ -20,8 +20,8 @@ MAX_NAME_LENGTH = 100
 #: ``metric_value`` is NUMERIC(20, 10): at most 10 digits before the point
 VALUE_LIMIT = 1e10
 INT32_MAX = 2**31 - 1
-#: most points one call may write
-MAX_POINTS = 1_000_000
+#: most points one call may write (they fit the default 16 MiB body, [api] max_metrics_body_bytes)
+MAX_POINTS = 100_000
 #: most distinct metric names in one batch
 MAX_NAMES = 1000
 _FIELDS = ("name", "value", "step", "epoch", "kind", "recorded_at")
