@@ -11,6 +11,7 @@ import re
 import uuid
 
 import pytest
+from _api import list_routes
 from fastapi.testclient import TestClient
 
 from mlrig import validation as v
@@ -18,15 +19,6 @@ from mlrig.api import create_app
 from mlrig.security import Principal
 
 ADMIN = Principal(name="local", role="admin")
-LISTS = [
-    "/api/ml/models",
-    "/api/ml/model-versions",
-    "/api/ml/experiments",
-    "/api/ml/users",
-    "/api/ml/tokens",
-    "/api/ml/audit",
-    "/api/ml/approvals",
-]
 
 
 @pytest.fixture
@@ -62,7 +54,12 @@ def _refused(response, status=422):
 
 
 def _reads_back(api):
-    for url in [*LISTS, "/api/ml/models/m", "/api/ml/experiments/e", "/api/ml/models/m/versions"]:
+    for url in [
+        *list_routes(api.app),
+        "/api/ml/models/m",
+        "/api/ml/experiments/e",
+        "/api/ml/models/m/versions",
+    ]:
         response = api.get(url)
         assert response.status_code == 200, (url, response.text)
 
