@@ -7,7 +7,7 @@ import contextlib
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,30 +24,40 @@ from mlrig.testing.fixtures import make_platform
 ACTOR = Principal(name="racer", role="developer")
 
 
+def _all_at_once(count: int, call: Callable[[int, threading.Barrier], None]) -> list[BaseException]:
+    """Run ``call(i, barrier)`` in ``count`` threads that pass the barrier together; the
+    exceptions they raised (none, when the race is handled)."""
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            call(i, start)
+        except BaseException as exc:  # reported by the caller, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors
+
+
 def _numbers(platform: Any, name: str) -> list[int]:
     return sorted(int(v["version"]) for v in platform.registry.iter_versions(name))
 
 
 def test_twenty_threads_register_into_one_new_model(db_platform: Any) -> None:
     """The quickstart case: everyone creates the model and registers at the same moment."""
-    start = threading.Barrier(20)
-    errors: list[BaseException] = []
 
-    def register(i: int) -> None:
+    def register(i: int, start: threading.Barrier) -> None:
         start.wait()
-        try:
-            db_platform.registry.create_version(
-                "racy", files={"model.bin": f"weights {i}".encode()}, actor=ACTOR, create_model=True
-            )
-        except BaseException as exc:  # reported below, with the others
-            errors.append(exc)
+        db_platform.registry.create_version(
+            "racy", files={"model.bin": f"weights {i}".encode()}, actor=ACTOR, create_model=True
+        )
 
-    threads = [threading.Thread(target=register, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
+    assert _all_at_once(20, register) == []
     assert _numbers(db_platform, "racy") == list(range(1, 21))
     # every version kept its own bytes
     _info, stream = db_platform.registry.open_artifact("racy", "20", "model.bin")
@@ -305,23 +315,13 @@ def _upload_twenty(live_server: str, token: str) -> None:
 
     with mlrig.Client(live_server, token=token) as client:
         client.create_model("served")
-    start = threading.Barrier(20)
-    errors: list[BaseException] = []
 
-    def upload(i: int) -> None:
+    def upload(i: int, start: threading.Barrier) -> None:
         with mlrig.Client(live_server, token=token) as client:
             start.wait()
-            try:
-                client.register_version("served", {"model.bin": f"{i}".encode()})
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            client.register_version("served", {"model.bin": f"{i}".encode()})
 
-    threads = [threading.Thread(target=upload, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
+    assert _all_at_once(20, upload) == []
     with mlrig.Client(live_server, token=token) as client:
         numbers = sorted(int(v["version"]) for v in client.list_versions("served"))
     assert numbers == list(range(1, 21))
