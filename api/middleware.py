@@ -242,6 +242,15 @@ def _size(limit: int) -> str:
     return f"{ByteSize(limit).human_readable(decimal=False)} ({limit:,} bytes)"
 
 
+def _too_large_error(limit: int, setting: str) -> PayloadTooLargeError:
+    """The 413 of a body over ``limit`` (the value of ``[api] setting``)."""
+    return PayloadTooLargeError(
+        f"the request body is over the limit of {_size(limit)} for this route; "
+        f"send less, or raise [api] {setting} in the server's config",
+        details={"limit_bytes": limit, "setting": f"api.{setting}"},
+    )
+
+
 class RequestGuardMiddleware:
     """Decide from the request line and headers alone, before any body byte is read.
 
@@ -314,11 +323,6 @@ class RequestGuardMiddleware:
 
         setting = BODY_LIMIT_SETTINGS[entry.body_class]
         limit = int(getattr(app.state.platform.settings.api, setting))
-        too_large = PayloadTooLargeError(
-            f"the request body is over the limit of {_size(limit)} for this route; "
-            f"send less, or raise [api] {setting} in the server's config",
-            details={"limit_bytes": limit, "setting": f"api.{setting}"},
-        )
         length = headers.get("content-length")
         if length is not None:
             try:
@@ -328,9 +332,9 @@ class RequestGuardMiddleware:
                 await response(scope, receive, send)
                 return
             if over:
-                await self._too_large(scope, receive, send, too_large)
+                await self._too_large(scope, receive, send, _too_large_error(limit, setting))
                 return
-        await self._call_bounded(scope, receive, send, limit, too_large)
+        await self._call_bounded(scope, receive, send, limit, setting)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket route needs the same token and permission; a refused handshake is
@@ -373,10 +377,10 @@ class RequestGuardMiddleware:
         await response(scope, receive, send)
 
     async def _call_bounded(
-        self, scope: Scope, receive: Receive, send: Send, limit: int, exc: PayloadTooLargeError
+        self, scope: Scope, receive: Receive, send: Send, limit: int, setting: str
     ) -> None:
         received = 0
-        exceeded = False
+        exceeded: PayloadTooLargeError | None = None  # made only when the body runs over
         replaced = False
         started = False
 
@@ -386,8 +390,8 @@ class RequestGuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    exceeded = True
-                    raise exc
+                    exceeded = _too_large_error(limit, setting)
+                    raise exceeded
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -395,17 +399,17 @@ class RequestGuardMiddleware:
             if replaced:
                 return
             if message["type"] == "http.response.start":
-                if exceeded:
+                if exceeded is not None:
                     # whatever the route made of the cut-off body, the answer is 413
                     replaced = True
-                    await self._too_large(scope, receive, send, exc)
+                    await self._too_large(scope, receive, send, exceeded)
                     return
                 started = True
             await send(message)
 
         try:
             await self.app(scope, bounded_receive, guarded_send)
-        except PayloadTooLargeError:
+        except PayloadTooLargeError as error:
             if not (replaced or started):
                 replaced = True
-                await self._too_large(scope, receive, send, exc)
+                await self._too_large(scope, receive, send, error)
