@@ -1,0 +1,7 @@
+"""``/api/ml/deployments``: deployments routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
