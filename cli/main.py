@@ -30,6 +30,9 @@ BUILTIN_COMMANDS = {
     "experiments": "mlrig.cli.experiments:experiments",
     "storage": "mlrig.cli.storage:storage",
     "worker": "mlrig.cli.worker:worker",
+    "deployments": "mlrig.cli.deployments:deployments",
+    "serve": "mlrig.cli.serve:serve",
+    "predict": "mlrig.cli.predict:predict",
 }
 
 

@@ -201,6 +201,48 @@ class DatasetsSection(Section):
     max_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(256 * _MIB)
 
 
+class ServingSection(Section):
+    """The data plane: ``mlrig serve`` and the predict routes ``mlrig server`` embeds."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    #: replica processes of ``mlrig serve`` (each hosts every active deployment); None:
+    #: one per CPU core
+    replicas: int | None = Field(default=None, ge=1, le=256)
+    #: how replicas share the port: ``reuseport`` (SO_REUSEPORT, the kernel spreads
+    #: connections) or ``front`` (one front process forwards to the replicas)
+    balancing: Literal["reuseport", "front"] = "reuseport"
+    #: how often a replica re-reads the active deployments (seconds); between reads no
+    #: request touches the database
+    refresh_seconds: float = Field(default=2.0, gt=0, le=3600)
+    #: a token stays trusted this long after it was checked against the database, so a
+    #: revocation takes effect within it (seconds)
+    token_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+    #: micro-batching defaults, for deployments that set none
+    max_batch_size: int = Field(default=32, ge=1, le=100_000)
+    max_latency_ms: float = Field(default=2.0, ge=0, le=10_000)
+    #: requests waiting for a replica's model beyond this get 429 with Retry-After at once
+    max_queue: int = Field(default=256, ge=1, le=1_000_000)
+    #: the largest predict request body (bytes or a string such as "8MiB"); larger: 413
+    max_body_bytes: Annotated[ByteSize, Field(ge=1024)] = ByteSize(8 * _MIB)
+    #: the share of requests written to ``inference_requests`` (0 to 1)
+    log_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    #: inference records held in memory before new ones are dropped (and counted)
+    log_buffer: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: how often the inference records are written (seconds)
+    log_flush_seconds: float = Field(default=1.0, gt=0, le=3600)
+    #: where models are downloaded for serving (relative: under the config's folder)
+    cache_dir: str = ".mlrig/serving-cache"
+    #: autoscaling: scale up when in-flight requests per replica stay above this
+    target_in_flight: float = Field(default=8.0, gt=0)
+    #: ... or when p99 latency over the window stays above this (ms)
+    target_p99_ms: float = Field(default=100.0, gt=0)
+    #: the window a scale-up signal must hold (seconds), and the quiet time before a
+    #: scale-down (seconds)
+    scale_up_window_seconds: float = Field(default=10.0, gt=0)
+    scale_down_cooldown_seconds: float = Field(default=60.0, gt=0)
+
+
 class PluginsSection(Section):
     """``[plugins.NAME]`` tables, one per hook plugin, each validated by that plugin's
     ``Options`` model when the platform is assembled (see :mod:`mlrig.hooks`)."""
@@ -247,6 +289,7 @@ class Settings(BaseSettings):
     api: ApiSection = Field(default_factory=ApiSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
     datasets: DatasetsSection = Field(default_factory=DatasetsSection)
+    serving: ServingSection = Field(default_factory=ServingSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
 
     #: the file the settings were read from, if any (not a config key)

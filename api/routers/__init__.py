@@ -1,6 +1,17 @@
 """One router module per resource; ``ROUTERS`` is included under ``/api/ml``."""
 
-from mlrig.api.routers import approvals, audit, experiments, health, models, tokens, users, versions
+from mlrig.api.routers import (
+    approvals,
+    audit,
+    deployments,
+    experiments,
+    health,
+    models,
+    predict,
+    tokens,
+    users,
+    versions,
+)
 
 ROUTERS = [
     health.router,
@@ -11,4 +22,6 @@ ROUTERS = [
     tokens.router,
     audit.router,
     experiments.router,
+    deployments.router,
+    predict.router,
 ]

@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, fals
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mlrig.db.models.base import Base, choices_check, created_at, json_object, uuid_pk
-from mlrig.db.types import UTCDateTime, utcnow
+from mlrig.db.types import JSONType, UTCDateTime, utcnow
 
 #: The roles, each including the rights of the ones before it.
 ROLES = ("viewer", "developer", "deployer", "admin")
@@ -50,6 +50,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: what the token is narrowed to (``["predict:*"]``); None: all its role allows
+    scopes: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

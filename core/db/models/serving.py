@@ -27,14 +27,19 @@ class ModelDeployment(Base):
     status: Mapped[str] = mapped_column(
         String(50), nullable=True, default="pending", server_default="pending"
     )
+    #: why the deployment failed (or was stopped), for ``status`` to show
+    status_reason: Mapped[str | None] = mapped_column(Text)
     environment: Mapped[str | None] = mapped_column(String(100))
     resources: Mapped[dict[str, Any]] = json_object()
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = created_at(nullable=True)
     updated_at: Mapped[datetime] = updated_at(nullable=True)
+    #: set when deleted: the row stays for the inference records that point at it
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+Index("uq_model_deployments_name", ModelDeployment.name, unique=True)
 Index("idx_model_deployments_model_version", ModelDeployment.model_id, ModelDeployment.version)
 Index("idx_model_deployments_status_env", ModelDeployment.status, ModelDeployment.environment)
 
@@ -97,6 +102,9 @@ class InferenceRequest(Base):
     id: Mapped[uuid.UUID] = uuid_pk()
     deployment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("model_deployments.id"))
     request_id: Mapped[str | None] = mapped_column(String(255))
+    #: the version that answered, and as what (``primary``, ``canary``, ``shadow``)
+    model_version_id: Mapped[uuid.UUID | None] = mapped_column(GUID)
+    variant: Mapped[str | None] = mapped_column(String(50))
     input_features: Mapped[Any] = mapped_column(JSONType, nullable=True)
     prediction: Mapped[Any] = mapped_column(JSONType, nullable=True)
     confidence_score: Mapped[float | None] = mapped_column(Numeric(5, 4, asdecimal=False))
@@ -112,5 +120,11 @@ Index(
     "idx_inference_requests_deployment_time",
     InferenceRequest.deployment_id,
     InferenceRequest.timestamp.desc(),
+)
+Index(
+    "uq_inference_requests_deployment_request",
+    InferenceRequest.deployment_id,
+    InferenceRequest.request_id,
+    unique=True,
 )
 Index("idx_inference_requests_ab_test", InferenceRequest.ab_test_id, InferenceRequest.timestamp)
