@@ -240,6 +240,10 @@ class Token(Out):
     last_used_at: Timestamp | None
     expires_at: Timestamp | None
     revoked_at: Timestamp | None
+    scopes: list[str] | None = Field(
+        default=None,
+        description="What the token may do within its user's role (null: all the role allows).",
+    )
 
 
 class NewToken(Token):
