@@ -1,0 +1,117 @@
+"""Registered models for serving tests and benchmarks.
+
+Every helper fits a small model on a bundled or generated data set, packages it with
+:func:`mlrig.formats.package_model` (native artifact, ONNX export where a converter
+exists, signature, requirements) through :func:`mlrig.registry.packaging.register_model`,
+and returns the registered version view. The fitted model and its inputs come from
+functions of their own (cached: a test can compare the served predictions with the
+framework's own without refitting), so ``register_*`` can be called many times cheaply::
+
+    from mlrig.testing.serving import breast_cancer_data, breast_cancer_estimator
+    from mlrig.testing.serving import register_breast_cancer_model
+
+    version = register_breast_cancer_model(platform)            # "bc" version 1
+    newer = register_breast_cancer_model(platform, variant=1)   # "bc" version 2, other answers
+    x = breast_cancer_data().x
+    expected = breast_cancer_estimator().predict_proba(x)
+
+torch and TensorFlow are imported only by the helpers that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from mlrig.security import Principal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlrig.platform import Platform
+
+#: who registers the test models (the registry wants an actor with write permission)
+ACTOR = Principal(name="tests", role="admin")
+
+#: regularisation per variant: different versions of "the same" model answer differently
+#: (probabilities differ), so a test can tell which version served a request
+_VARIANT_C = (1.0, 0.01, 100.0)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``x`` (float64, (N, F)), targets ``y`` and the feature names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+
+    @property
+    def x32(self) -> np.ndarray:
+        """``x`` as float32, what the ONNX export and the torch/TF models take."""
+        import numpy as np
+
+        return np.ascontiguousarray(self.x, dtype=np.float32)
+
+    @property
+    def frame(self) -> Any:
+        """``x`` as a pandas DataFrame with the feature names as columns."""
+        import pandas as pd
+
+        return pd.DataFrame(self.x, columns=self.feature_names)
+
+
+@lru_cache(maxsize=1)
+def breast_cancer_data() -> Dataset:
+    """sklearn's breast cancer data set: 569 rows, 30 numeric features, 2 classes."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return Dataset(x=data.data, y=data.target, feature_names=[str(n) for n in data.feature_names])
+
+
+@lru_cache(maxsize=2 * len(_VARIANT_C))
+def breast_cancer_estimator(variant: int = 0, *, named: bool = False) -> Any:
+    """A fitted ``StandardScaler + LogisticRegression`` pipeline.
+
+    By default it is fitted on the numpy array (it predicts on plain arrays without
+    feature-name warnings); ``named=True`` fits it on the DataFrame, so it knows the
+    feature names. ``variant`` picks another regularisation: the same features, other
+    probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = breast_cancer_data()
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=_VARIANT_C[variant % len(_VARIANT_C)], max_iter=1000)
+    )
+    return model.fit(data.frame if named else data.x, data.y)
+
+
+def register_breast_cancer_model(
+    platform: Platform,
+    name: str = "bc",
+    *,
+    variant: int = 0,
+    named: bool = False,
+    actor: Principal = ACTOR,
+    **version: Any,
+) -> dict[str, Any]:
+    """Register the breast cancer pipeline as a new version of ``name``; return its view.
+
+    The version holds ``model.joblib``, ``model.onnx`` and the manifest; its signature is a
+    float64 tensor of 30 features, or with ``named=True`` a dataframe signature naming
+    the 30 columns (``"mean radius"``...; for column and record inputs). Call it again
+    (``variant=1`` for other answers) for a second version, e.g. to move an alias in a
+    rolling-update test. ``version`` passes more fields to the registry (``version="v2"``,
+    ``tags``, ``metrics``...).
+    """
+    from mlrig.registry.packaging import register_model
+
+    data = breast_cancer_data()
+    model = breast_cancer_estimator(variant, named=named)
+    sample = data.frame.head(20) if named else data.x[:20]
+    version.setdefault("tags", {"testing": "breast_cancer", "variant": str(variant)})
+    return register_model(platform, model, name=name, actor=actor, sample=sample, **version)
