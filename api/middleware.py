@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -256,10 +257,12 @@ class RequestGuardMiddleware:
 
     1. A path no route has passes through (404). A method the path does not have is 405
        with an ``Allow`` header listing every method of every route on that path.
-    2. A route that is not public needs a valid bearer token (401) whose role holds the
-       route's permission (403), both as the permission map says
-       (:func:`mlrig.api.security.route_permissions`). The principal is cached on the
-       request state, where the route's dependencies find it.
+    2. A route that is not public needs a valid bearer token (401) whose role, narrowed
+       by the token's scopes, holds the route's permission (403), both as the permission
+       map says (:func:`mlrig.api.security.route_permissions`). Prediction routes check
+       the token through the token cache (:func:`mlrig.api.security.cached_principal`).
+       The principal is cached on the request state, where the route's dependencies
+       find it.
     3. The body is bounded by the route's class (``[api] max_body_bytes``,
        ``max_metrics_body_bytes``, ``max_upload_bytes``): a ``Content-Length`` over it is
        413 at once; a chunked body is counted as it streams and cut off at the limit.
@@ -278,7 +281,8 @@ class RequestGuardMiddleware:
         from starlette.datastructures import Headers
 
         from mlrig.api.errors import error_response
-        from mlrig.api.security import PUBLIC, bearer_token, resolve_principal
+        from mlrig.api.security import PUBLIC, bearer_token, cached_principal, resolve_principal
+        from mlrig.security.roles import Permission
 
         app = scope["app"]
         path = _route_path(scope)
@@ -303,10 +307,17 @@ class RequestGuardMiddleware:
             import anyio
 
             platform = app.state.platform
+            token = bearer_token(headers)
             try:
-                principal = await anyio.to_thread.run_sync(
-                    resolve_principal, platform, bearer_token(headers)
-                )
+                if entry.permission is Permission.PREDICT:
+                    # predictions: the token cache, no thread hop when it knows the token
+                    principal = cached_principal(platform, token)
+                    if principal is None:
+                        principal = await anyio.to_thread.run_sync(
+                            partial(resolve_principal, platform, token, cached=True)
+                        )
+                else:
+                    principal = await anyio.to_thread.run_sync(resolve_principal, platform, token)
                 # known before the check, so that a refusal is audited under its name
                 scope.setdefault("state", {})["principal"] = principal
                 principal.require(entry.permission)

@@ -2,15 +2,23 @@
 permission map derived from them.
 
 Every route declares the permission it needs with one of the ``Annotated`` aliases
-(``Reader``, ``Writer``, ``Deployer``, ``Approver``, ``Deleter``, ``Admin``), or that it is
-public with ``Public``. These aliases are the plugin API too (``from mlrig.api.security
-import Writer``). A plugin route that declares neither needs the read permission.
+(``Reader``, ``Predictor``, ``Writer``, ``Deployer``, ``Approver``, ``Deleter``, ``Admin``),
+or that it is public with ``Public``. These aliases are the plugin API too
+(``from mlrig.api.security import Writer``). A plugin route that declares neither needs
+the read permission.
 
 :func:`route_permissions` reads what each route declared; the request guard
 (:class:`mlrig.api.middleware.RequestGuardMiddleware`) enforces it from the headers alone,
 before the body is read, and caches the principal on the request state, where these
 dependencies find it. With ``[auth] enabled = false`` (honoured on loopback only) every
 request acts as the local operator with the admin role.
+
+A token's scopes (:mod:`mlrig.security.scopes`) narrow its role everywhere: the guard's
+check is :meth:`Principal.require`, which honours them. ``Predictor`` routes (predictions)
+check tokens through a :class:`mlrig.serving.auth.TokenCache` (``[serving]
+token_cache_seconds``): no database round trip per prediction; a revocation takes effect
+within that TTL. Which deployment a scoped token may predict from is the route's check
+(:meth:`Principal.require_predict`).
 """
 
 from __future__ import annotations
@@ -35,12 +43,14 @@ __all__ = [
     "Approver",
     "Deleter",
     "Deployer",
+    "Predictor",
     "Public",
     "Reader",
     "RoutePermission",
     "Writer",
     "authenticate",
     "bearer_token",
+    "cached_principal",
     "declared_permission",
     "require",
     "route_permissions",
@@ -71,10 +81,34 @@ def bearer_token(headers: Any) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def resolve_principal(platform: Any, token: str | None) -> Principal:
-    """The principal a request with ``token`` acts as (blocking: it reads the database)."""
+def token_cache(platform: Any) -> Any:
+    """The platform's :class:`~mlrig.serving.auth.TokenCache` for prediction routes (made on
+    first use with ``[serving] token_cache_seconds``)."""
+    cache = getattr(platform, "_mlrig_token_cache", None)
+    if cache is None:
+        from mlrig.serving.auth import TokenCache
+
+        cache = TokenCache(platform.security, platform.settings.serving.token_cache_seconds)
+        platform._mlrig_token_cache = cache
+    return cache
+
+
+def cached_principal(platform: Any, token: str | None) -> Principal | None:
+    """The principal of ``token`` from the prediction routes' cache without blocking
+    (``None``: not cached; then :func:`resolve_principal` with ``cached=True`` in a
+    thread). Raises the cached refusal."""
     if not platform.settings.auth.enabled:
         return LOCAL_OPERATOR
+    return token_cache(platform).peek(token)
+
+
+def resolve_principal(platform: Any, token: str | None, *, cached: bool = False) -> Principal:
+    """The principal a request with ``token`` acts as (blocking: it may read the database);
+    ``cached``: through the prediction routes' token cache."""
+    if not platform.settings.auth.enabled:
+        return LOCAL_OPERATOR
+    if cached:
+        return token_cache(platform).authenticate(token)
     return platform.security.authenticate(token)
 
 
@@ -125,6 +159,8 @@ def _optional_principal(request: Request) -> Principal | None:
 _optional_principal.mlrig_public = True  # type: ignore[attr-defined]
 
 Reader = Annotated[Principal, require(Permission.READ)]
+#: predictions: viewers and up, and tokens whose scopes include some ``predict`` entry
+Predictor = Annotated[Principal, require(Permission.PREDICT)]
 Writer = Annotated[Principal, require(Permission.WRITE)]
 Deployer = Annotated[Principal, require(Permission.DEPLOY)]
 Approver = Annotated[Principal, require(Permission.APPROVE)]

@@ -15,6 +15,7 @@ class Permission(str, Enum):
     """What an endpoint or a command needs."""
 
     READ = "read"  # list and show anything but the audit log and users
+    PREDICT = "predict"  # ask a deployment for predictions (a token's scopes may narrow it)
     WRITE = "write"  # create experiments, register models, log metrics, upload artifacts
     DEPLOY = "deploy"  # deploy, scale, run A/B tests
     APPROVE = "approve"  # decide approval requests, move versions to production
@@ -25,6 +26,7 @@ class Permission(str, Enum):
 #: the lowest role that holds each permission
 PERMISSIONS: dict[Permission, str] = {
     Permission.READ: "viewer",
+    Permission.PREDICT: "viewer",
     Permission.WRITE: "developer",
     Permission.DEPLOY: "deployer",
     Permission.APPROVE: "deployer",

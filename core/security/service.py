@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,12 @@ from mlrig.errors import (
 )
 from mlrig.security import tokens
 from mlrig.security.roles import ROLES, Permission, role_allows
+from mlrig.security.scopes import (
+    covers,
+    normalize_scopes,
+    predict_targets,
+    scope_permissions,
+)
 
 if TYPE_CHECKING:
     from mlrig.db import Database
@@ -33,24 +39,81 @@ _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is acting: a user (through a token) or the local operator."""
+    """Who is acting: a user (through a token) or the local operator.
+
+    ``scopes`` narrows what the token may do within the role (:mod:`mlrig.security.scopes`;
+    ``None``: everything the role allows). ``expires_at`` is the token's expiry (for
+    caches, :class:`mlrig.serving.auth.TokenCache`)."""
 
     name: str
     role: str
     user_id: uuid.UUID | None = None
     token_id: uuid.UUID | None = None
+    scopes: tuple[str, ...] | None = None
+    expires_at: datetime | None = field(default=None, compare=False)
+    # derived from scopes once: can() and may_predict() run on every request
+    _granted: frozenset[Permission] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _targets: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.scopes is not None:
+            scopes = tuple(self.scopes)
+            object.__setattr__(self, "scopes", scopes)
+            object.__setattr__(self, "_granted", scope_permissions(scopes))
+            object.__setattr__(self, "_targets", predict_targets(scopes))
 
     def can(self, permission: Permission) -> bool:
-        return role_allows(self.role, permission)
+        """Whether the role holds ``permission`` and the scopes (if any) include it; for
+        predict, whether the token may predict from some deployment (which ones:
+        :meth:`may_predict`)."""
+        if not role_allows(self.role, permission):
+            return False
+        return self._granted is None or permission in self._granted
+
+    def may_predict(self, deployment_id: str, deployment_name: str) -> bool:
+        """Whether this principal may ask the deployment (its id and name) for
+        predictions: the role holds predict and the scopes (if any) name it or all."""
+        if not self.can(Permission.PREDICT):
+            return False
+        if self.scopes is None or self._targets is None:
+            return True
+        return deployment_id in self._targets or deployment_name in self._targets
 
     def require(self, permission: Permission) -> None:
         """Raise :class:`PermissionDeniedError` unless this principal holds ``permission``."""
-        if not self.can(permission):
+        if self.can(permission):
+            return
+        if role_allows(self.role, permission):  # the role has it: the token's scopes don't
             msg = (
-                f"user {self.name!r} (role {self.role}) lacks the {permission.value!r} "
-                f"permission; it needs the role {_lowest_role(permission)} or higher"
+                f"this token of user {self.name!r} is limited to the scopes "
+                f"{', '.join(self.scopes or ())}; it lacks the {permission.value!r} permission "
+                "(create a token with that scope, or without scopes)"
             )
-            raise PermissionDeniedError(msg, details={"permission": permission.value})
+            details = {"permission": permission.value, "scopes": list(self.scopes or ())}
+            raise PermissionDeniedError(msg, details=details)
+        msg = (
+            f"user {self.name!r} (role {self.role}) lacks the {permission.value!r} "
+            f"permission; it needs the role {_lowest_role(permission)} or higher"
+        )
+        raise PermissionDeniedError(msg, details={"permission": permission.value})
+
+    def require_predict(self, deployment_id: str, deployment_name: str) -> None:
+        """Raise :class:`PermissionDeniedError` (403) unless :meth:`may_predict`."""
+        if self.may_predict(deployment_id, deployment_name):
+            return
+        self.require(Permission.PREDICT)  # the role's or the scopes' refusal, if that
+        msg = (
+            f"this token of user {self.name!r} may not predict from deployment "
+            f"{deployment_name!r}; its scopes are: {', '.join(self.scopes or ())}"
+        )
+        details = {
+            "permission": Permission.PREDICT.value,
+            "deployment": deployment_name,
+            "scopes": list(self.scopes or ()),
+        }
+        raise PermissionDeniedError(msg, details=details)
 
 
 def _lowest_role(permission: Permission) -> str:
@@ -85,6 +148,7 @@ def token_view(token: ApiToken, user_name: str) -> dict[str, Any]:
         "last_used_at": iso(token.last_used_at),
         "expires_at": iso(token.expires_at),
         "revoked_at": iso(token.revoked_at),
+        "scopes": list(token.scopes) if token.scopes is not None else None,
     }
 
 
@@ -137,14 +201,29 @@ class SecurityService:
         user: str,
         name: str = "default",
         ttl_days: int | None = None,
+        scopes: list[str] | tuple[str, ...] | None = None,
         actor: Principal | None = None,
     ) -> dict[str, Any]:
         """Issue a token for ``user``; the plaintext is in the result and nowhere else.
 
-        With ``actor``: anyone may create their own tokens, only an admin someone else's.
+        ``scopes`` narrows the token within the user's role (:mod:`mlrig.security.scopes`;
+        ``None``: everything the role allows): :class:`ValidationError` (422) names an
+        entry that is malformed or that the user's role does not hold.
+        With ``actor``: anyone may create their own tokens, only an admin someone else's;
+        an actor acting through a scoped token may hand on only scopes it holds itself.
         """
         if actor is not None and user != actor.name:
             actor.require(Permission.ADMIN)
+        scopes = normalize_scopes(scopes)
+        if actor is not None and actor.scopes is not None:
+            # else a predict-only token could mint itself an unscoped one
+            missing = covers(actor.scopes, scopes) if scopes is not None else ["(all)"]
+            if missing:
+                msg = (
+                    "a scoped token may create only tokens within its own scopes "
+                    f"({', '.join(actor.scopes)}); not: {', '.join(missing)}"
+                )
+                raise PermissionDeniedError(msg, details={"scopes": missing})
         if ttl_days is not None and not (
             type(ttl_days) is int and 1 <= ttl_days <= MAX_TOKEN_TTL_DAYS
         ):  # a huge one was an OverflowError
@@ -153,6 +232,14 @@ class SecurityService:
         plaintext, prefix, digest = tokens.new_token()
         with self.db.session() as session:
             owner = self._user(session, user)
+            if scopes is not None:
+                for scope in scopes:
+                    if not all(role_allows(owner.role, p) for p in scope_permissions([scope])):
+                        msg = (
+                            f"scope {scope!r} is beyond what user {owner.name!r} "
+                            f"(role {owner.role}) may do"
+                        )
+                        raise ValidationError(msg, details={"scope": scope})
             expires = _now() + timedelta(days=ttl_days) if ttl_days else None
             token = ApiToken(
                 user_id=owner.id,
@@ -160,6 +247,7 @@ class SecurityService:
                 token_prefix=prefix,
                 token_hash=digest,
                 expires_at=expires,
+                scopes=list(scopes) if scopes is not None else None,
             )
             session.add(token)
             session.flush()
@@ -229,7 +317,8 @@ class SecurityService:
                 now = _now()
                 if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
                     token.last_used_at = now
-                return Principal(user.name, user.role, user.id, token.id)
+                scopes = tuple(token.scopes) if token.scopes is not None else None
+                return Principal(user.name, user.role, user.id, token.id, scopes, token.expires_at)
         msg = "unknown token"
         raise AuthenticationError(msg)
 

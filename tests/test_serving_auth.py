@@ -1,0 +1,210 @@
+"""mlrig.serving.auth.TokenCache: token checks without a database query per request,
+revocation and expiry honoured, refusals cached briefly, bounded, keyed by hash."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import event, update
+
+from mlrig.db.models.auth import ApiToken
+from mlrig.errors import AuthenticationError
+from mlrig.serving.auth import TokenCache
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the TTL without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def queries(platform):
+    """A list that collects every SQL statement the platform's engine runs."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(platform.db.engine, "before_cursor_execute", count)
+    yield seen
+    event.remove(platform.db.engine, "before_cursor_execute", count)
+
+
+@pytest.fixture
+def token(platform):
+    platform.security.create_user(name="alice", role="viewer")
+    return platform.security.create_token(user="alice")
+
+
+def test_no_database_query_within_the_ttl(platform, token, queries):
+    clock = FakeClock()
+    cache = TokenCache(platform.security, ttl_seconds=5, clock=clock)
+    first = cache.authenticate(token["token"])
+    assert first.name == "alice" and first.role == "viewer"
+    assert queries, "the first check reads the database"
+    queries.clear()
+    for _ in range(200):
+        clock.now += 0.02  # 4 s in all: still within the TTL
+        assert cache.authenticate(token["token"]) == first
+    assert queries == []
+    assert cache.misses == 1
+    assert cache.peek(token["token"]) == first
+
+
+def test_revocation_is_honoured_within_the_ttl(platform, token, queries):
+    clock = FakeClock()
+    cache = TokenCache(platform.security, ttl_seconds=5, clock=clock)
+    cache.authenticate(token["token"])
+    platform.security.revoke_token(token["id"])
+    clock.now += 4.9
+    cache.authenticate(token["token"])  # trusted until the TTL runs out: the documented lag
+    clock.now += 0.2
+    with pytest.raises(AuthenticationError, match="revoked"):
+        cache.authenticate(token["token"])
+    # the refusal is remembered (at most a second), then checked again
+    queries.clear()
+    with pytest.raises(AuthenticationError, match="revoked"):
+        cache.authenticate(token["token"])
+    assert queries == []
+    clock.now += 1.01
+    with pytest.raises(AuthenticationError, match="revoked"):
+        cache.authenticate(token["token"])
+    assert queries, "a refusal older than a second is checked again"
+
+
+def test_an_expired_token_is_refused_even_when_cached(platform, token):
+    cache = TokenCache(platform.security, ttl_seconds=3600)
+    # expires in a moment: the cached entry must not outlive it
+    soon = datetime.now(timezone.utc) + timedelta(milliseconds=300)
+    with platform.db.session() as session:
+        session.execute(
+            update(ApiToken).where(ApiToken.token_prefix == token["prefix"]).values(expires_at=soon)
+        )
+    assert cache.authenticate(token["token"]).name == "alice"
+    done = threading.Event()
+    done.wait(0.4)  # past the expiry (a real wall clock: expiry is a wall-clock instant)
+    with pytest.raises(AuthenticationError, match="expired"):
+        cache.authenticate(token["token"])
+
+
+def test_an_already_expired_token_is_refused(platform, token):
+    with platform.db.session() as session:
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.token_prefix == token["prefix"])
+            .values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+        )
+    cache = TokenCache(platform.security, ttl_seconds=60)
+    with pytest.raises(AuthenticationError, match="expired"):
+        cache.authenticate(token["token"])
+
+
+def test_unknown_and_malformed_tokens(platform, token, queries):
+    clock = FakeClock()
+    cache = TokenCache(platform.security, ttl_seconds=5, clock=clock)
+    with pytest.raises(AuthenticationError, match="needs a token"):
+        cache.authenticate(None)
+    with pytest.raises(AuthenticationError, match="malformed"):
+        cache.authenticate("garbage")
+    assert queries == []  # refused before any database check
+    forged = token["token"][:-4] + "AAAA"  # the right prefix, the wrong secret
+    with pytest.raises(AuthenticationError, match="unknown token"):
+        cache.authenticate(forged)
+    queries.clear()
+    for _ in range(50):
+        with pytest.raises(AuthenticationError, match="unknown token"):
+            cache.authenticate(forged)
+    assert queries == []  # a flood of one bad token: one database check per second
+    assert cache.authenticate(token["token"]).name == "alice"  # the good one still works
+
+
+def test_ttl_zero_checks_every_time(platform, token, queries):
+    cache = TokenCache(platform.security, ttl_seconds=0)
+    cache.authenticate(token["token"])
+    cache.authenticate(token["token"])
+    assert cache.misses == 2
+    assert len(cache) == 0
+
+
+def test_bounded_and_keyed_by_hash(platform, token):
+    cache = TokenCache(platform.security, ttl_seconds=60, max_size=3)
+    platform.security.create_user(name="bob", role="viewer")
+    tokens = [platform.security.create_token(user="bob", name=f"t{i}")["token"] for i in range(5)]
+    for plaintext in tokens:
+        cache.authenticate(plaintext)
+    assert len(cache._valid.entries) == 3  # the least recently used went
+    assert cache.peek(tokens[0]) is None and cache.peek(tokens[-1]) is not None
+    for key, (_, principal) in cache._valid.entries.items():
+        assert len(key) == 32  # a sha256 digest, never the token
+        assert all(t.encode() != key for t in tokens)
+        assert principal.name == "bob"
+    # garbage fills the refused side only: the valid tokens stay
+    for i in range(10):
+        with pytest.raises(AuthenticationError):
+            cache.authenticate(f"mlr_{i:08d}_nothing")
+    assert len(cache._valid.entries) == 3
+    assert len(cache._refused.entries) == 3
+
+
+def test_invalidate(platform, token, queries):
+    cache = TokenCache(platform.security, ttl_seconds=60)
+    cache.authenticate(token["token"])
+    cache.invalidate(token["token"])
+    assert cache.peek(token["token"]) is None
+    cache.authenticate(token["token"])
+    cache.invalidate()
+    assert len(cache) == 0
+
+
+def test_thread_safe_under_concurrent_use(platform, token):
+    cache = TokenCache(platform.security, ttl_seconds=60, max_size=50)
+    platform.security.create_user(name="bob", role="viewer")
+    plaintexts = [
+        platform.security.create_token(user="bob", name=f"t{i}")["token"] for i in range(8)
+    ]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for i in range(300):
+                principal = cache.authenticate(plaintexts[(n + i) % len(plaintexts)])
+                assert principal.name == "bob"
+                if i % 50 == 0:
+                    cache.invalidate(plaintexts[n])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert cache.misses < 8 * 300  # the cache answered most of them
+
+
+def test_scopes_and_expiry_survive_the_cache(platform):
+    platform.security.create_user(name="svc", role="viewer")
+    made = platform.security.create_token(user="svc", scopes=["predict:churn"], ttl_days=1)
+    cache = TokenCache(platform.security, ttl_seconds=60)
+    principal = cache.authenticate(made["token"])
+    assert principal.scopes == ("predict:churn",)
+    assert principal.expires_at is not None
+    assert principal.may_predict("some-id", "churn")
+    assert not principal.may_predict("some-id", "fraud")
+
+
+def test_negative_ttl_is_at_most_the_ttl(platform):
+    assert TokenCache(platform.security, ttl_seconds=0.2).negative_ttl_seconds == 0.2
+    assert TokenCache(platform.security, ttl_seconds=30).negative_ttl_seconds == 1.0
+    with pytest.raises(ValueError):
+        TokenCache(platform.security, ttl_seconds=-1)
