@@ -1,13 +1,21 @@
 """The ``onnx`` runtime: serve a model's ONNX export (``model.onnx``) with onnxruntime.
 
 Needs ``pip install 'mlrig[onnx]'`` (onnxruntime-gpu, which also runs on the CPU);
-onnxruntime is imported on load, never when this module is imported. By default the
-CUDA provider comes first when onnxruntime offers it *and* a session can really be
-created on it (a GPU, the driver and the CUDA/cuDNN libraries are present), else the
-CPU provider, quietly: onnxruntime's CUDA fallback messages are not printed. A batch is
-converted to the dtype and shape of the session's input; the first output comes back
-as a list. A model with a ``probabilities`` output (skl2onnx classifiers) also has
-``predict_proba``.
+onnxruntime is imported on load, never when this module is imported.
+
+Providers: by default the best one that really works here comes first: TensorRT, then
+CUDA, each only when onnxruntime offers it *and* a probe session can be created on it
+(a GPU, the driver and the TensorRT/CUDA/cuDNN libraries are present), then the CPU
+provider; quietly: onnxruntime's fallback messages are not printed, and
+:meth:`OnnxModel.describe` says which providers run the model and why a GPU one is not
+used. ``providers = [...]`` in ``[runtimes.onnx]`` fixes the list instead.
+
+Threads: ``intra_op_threads`` defaults to the CPUs divided among the serving replicas
+(``MLRIG_SERVING_REPLICAS``, set by ``mlrig serve``), so N replicas on N cores do not
+oversubscribe them. A batch is converted to the dtype and shape of the session's input;
+the first output comes back as a list. A model with a ``probabilities`` output (skl2onnx
+classifiers) also has ``predict_proba``. The session is warmed up at load with a one-row
+zero batch (where the input shape allows), and :meth:`OnnxModel.warm_up` runs a real one.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import shutil
+import tempfile
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlrig.contracts.runtime import LoadedModel, ModelRuntime
+from mlrig.contracts.runtime import LoadedModel, ModelRuntime, default_threads
 from mlrig.errors import (
     ConfigError,
     MissingExtraError,
@@ -32,12 +43,13 @@ from mlrig.errors import (
     ValidationError,
 )
 from mlrig.formats import complete_metadata
-from mlrig.formats.batches import onnx_feeds, signature_columns
+from mlrig.formats.batches import ONNX_DTYPES, onnx_feeds, signature_columns
 from mlrig.formats.stdio import captured_stderr, plain_lines
 
+TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-_GPU_PROVIDERS = (CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider")
+_GPU_PROVIDERS = (TENSORRT, CUDA, "ROCMExecutionProvider")
 _PROBABILITY_OUTPUTS = ("probabilities", "output_probability")
 _ERROR = 3  # onnxruntime log severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
@@ -46,53 +58,111 @@ class OnnxRuntimeOptions(BaseModel):
     """``[runtimes.onnx]`` options."""
 
     model_config = ConfigDict(extra="forbid")
-    #: execution providers in order of preference; None: CUDA if usable, else CPU
+    #: execution providers in order of preference; None: TensorRT, CUDA (each if usable
+    #: here), then CPU
     providers: list[str] | None = None
-    #: the GPU the CUDA provider runs on
+    #: with the default providers: try TensorRT before CUDA (engines are built on the first
+    #: run of each input shape, which the warm-up pays; they are cached in trt_cache_dir)
+    tensorrt: bool = True
+    #: where TensorRT keeps its built engines (None: a folder in the temporary directory)
+    trt_cache_dir: str | None = None
+    #: let TensorRT run in float16 (faster, but predictions move by more than 1e-5)
+    trt_fp16: bool = False
+    #: the GPU the CUDA and TensorRT providers run on
     device_id: int = Field(default=0, ge=0)
-    #: threads inside one operator (None: onnxruntime's default, one per physical core)
+    #: threads inside one operator (None: the CPUs divided among the serving replicas)
     intra_op_threads: int | None = Field(default=None, ge=1)
     #: threads across independent operators (None: onnxruntime's default)
     inter_op_threads: int | None = Field(default=None, ge=1)
+    #: whether idle intra-op threads spin (lower latency; burns CPU other replicas could use)
+    allow_spinning: bool = True
     graph_optimization: Literal["all", "extended", "basic", "none"] = "all"
+    #: on a GPU provider, copy the batch to the device and only the output asked for back
+    #: (an IO binding) instead of letting run() move every input and output
+    io_binding: bool = False
+    #: run a one-row zero batch at load, so the first request pays no lazy initialisation
+    warm_up: bool = True
+    #: on TensorRT, warm_up() also runs a batch of this many rows: TensorRT rebuilds its
+    #: engine (seconds) for every batch larger than any it has seen, so serving's batches
+    #: should all fall inside the warmed range
+    trt_warm_up_rows: int = Field(default=1024, ge=1)
 
 
 class OnnxModel(LoadedModel):
     """An onnxruntime ``InferenceSession`` and what it needs to read a batch."""
 
-    def __init__(self, session: Any, *, columns: list[str] | None, options: OnnxRuntimeOptions):
+    batching_helps = True
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        columns: list[str] | None,
+        options: OnnxRuntimeOptions,
+        threads: int,
+        not_used: dict[str, str] | None = None,
+    ):
         self.session = session
         self.columns = columns
         self.inputs = session.get_inputs()
         self.output_names = [o.name for o in session.get_outputs()]
         self._options = options
+        self._threads = threads
+        self._not_used = not_used or {}
+        self._warm_up_seconds: float | None = None
         from onnxruntime.capi import onnxruntime_pybind11_state
 
         self._state = onnxruntime_pybind11_state  # its exception classes
+        providers = session.get_providers()
+        self.on_gpu = any(p in _GPU_PROVIDERS for p in providers)
+        self._binding = options.io_binding and self.on_gpu
 
     def predict(self, batch: Any) -> list[Any]:
         """The model's first output, one entry per row of ``batch``."""
         return _as_list(self._run(self.output_names[0], batch))
 
+    def warm_up(self, sample: Any) -> None:
+        """Run ``sample`` and its first row (the two shapes serving sees most); on TensorRT
+        also ``trt_warm_up_rows`` rows, so the engine covers serving's batch sizes."""
+        started = time.perf_counter()
+        self.predict(sample)
+        first = sample[:1] if hasattr(sample, "__getitem__") else sample
+        self.predict(first)
+        if TENSORRT in self.session.get_providers() and hasattr(sample, "shape"):
+            import numpy as np
+
+            rows = self._options.trt_warm_up_rows
+            self.predict(np.resize(sample, (rows, *sample.shape[1:])))
+        self._warm_up_seconds = time.perf_counter() - started
+
     def describe(self) -> dict[str, Any]:
         providers = self.session.get_providers()
-        on_gpu = any(p in _GPU_PROVIDERS for p in providers)
-        facts = {
+        facts: dict[str, Any] = {
             "runtime": "onnx",
             "providers": providers,
-            "device": "cuda" if on_gpu else "cpu",
-            "intra_op_threads": self._options.intra_op_threads,
+            "device": "cuda" if self.on_gpu else "cpu",
+            "intra_op_threads": self._threads,
             "inter_op_threads": self._options.inter_op_threads,
             "graph_optimization": self._options.graph_optimization,
+            "io_binding": self._binding,
         }
-        if on_gpu:
+        if self.on_gpu:
             facts["device_id"] = self._options.device_id
+        if self._not_used:
+            facts["providers_not_used"] = dict(self._not_used)
+        if self._warm_up_seconds is not None:
+            facts["warm_up_seconds"] = round(self._warm_up_seconds, 6)
         return facts
+
+    def close(self) -> None:
+        self.session = None  # the session (and its GPU memory) goes with the last reference
 
     def _run(self, output: str, batch: Any) -> Any:
         feeds = onnx_feeds(self.inputs, batch, self.columns)
         state = self._state
         try:
+            if self._binding:
+                return self._run_bound(output, feeds)
             return self.session.run([output], feeds)[0]
         except state.InvalidArgument as exc:
             msg = f"the batch does not fit the model's input: {exc}"
@@ -100,6 +170,43 @@ class OnnxModel(LoadedModel):
         except (state.Fail, state.RuntimeException) as exc:
             msg = f"onnxruntime failed to run the model: {exc}"
             raise MlrigError(msg) from exc
+
+    def _run_bound(self, output: str, feeds: dict[str, Any]) -> Any:
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        device = self._options.device_id
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device)
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(output, "cpu")  # only the output asked for comes back
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _zero_batch(self) -> dict[str, Any] | None:
+        """A one-row batch of zeros for every input, where the input shapes allow it."""
+        import numpy as np
+
+        feeds = {}
+        for arg in self.inputs:
+            dtype = ONNX_DTYPES.get(arg.type)
+            dims = list(arg.shape)[1:]
+            if dtype in (None, "object") or not all(isinstance(d, int) and d > 0 for d in dims):
+                return None
+            feeds[arg.name] = np.zeros([1, *dims], dtype=dtype)
+        return feeds
+
+    def _warm_up_at_load(self) -> None:
+        feeds = self._zero_batch()
+        if feeds is None:
+            return
+        with contextlib.suppress(Exception):  # a model that refuses zeros still serves
+            started = time.perf_counter()
+            if len(feeds) == 1:
+                self._run(self.output_names[0], next(iter(feeds.values())))
+            else:
+                self._run(self.output_names[0], feeds)
+            self._warm_up_seconds = time.perf_counter() - started
 
 
 class OnnxClassifierModel(OnnxModel):
@@ -130,7 +237,7 @@ class OnnxRuntime(ModelRuntime):
         if not file.is_file():
             msg = f"no ONNX model at {str(file)!r}"
             raise NotFoundError(msg)
-        providers = self._providers(ort)
+        providers, not_used = self._providers(ort)
         asked = self.options.providers or []
         gpu_asked = any(p in _GPU_PROVIDERS for p in asked)
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
@@ -139,8 +246,9 @@ class OnnxRuntime(ModelRuntime):
         # keep them off the user's terminal, and use them as the reason of an error.
         on_gpu = any(p in _GPU_PROVIDERS for p in names)
         quiet = captured_stderr() if on_gpu else contextlib.nullcontext([])
+        threads = self.options.intra_op_threads or default_threads()
         with quiet as captured:
-            session = _session(ort, str(file), self._session_options(ort), providers)
+            session = _session(ort, str(file), self._session_options(ort, threads), providers)
         if gpu_asked and not any(p in _GPU_PROVIDERS for p in session.get_providers()):
             why = " | ".join(plain_lines(captured))[:600] or "no GPU, or CUDA libraries missing"
             msg = (
@@ -151,12 +259,34 @@ class OnnxRuntime(ModelRuntime):
         outputs = {o.name for o in session.get_outputs()}
         cls = OnnxClassifierModel if outputs & set(_PROBABILITY_OUTPUTS) else OnnxModel
         columns = signature_columns(metadata.get("signature"))
-        return cls(session, columns=columns, options=self.options)
+        model = cls(
+            session, columns=columns, options=self.options, threads=threads, not_used=not_used
+        )
+        if self.options.warm_up:
+            with captured_stderr() if on_gpu else contextlib.nullcontext([]):
+                model._warm_up_at_load()
+        return model
 
-    def _providers(self, ort: Any) -> list[Any]:
+    def _providers(self, ort: Any) -> tuple[list[Any], dict[str, str]]:
+        """The providers to ask for, and why the GPU ones left out are (default only)."""
         available = ort.get_available_providers()
+        not_used: dict[str, str] = {}
         if self.options.providers is None:
-            wanted = [CUDA, CPU] if cuda_available() else [CPU]
+            wanted = []
+            if not self.options.tensorrt:
+                not_used[TENSORRT] = "tensorrt = false in [runtimes.onnx]"
+            else:
+                usable, why = tensorrt_probe()
+                if usable:
+                    wanted.append(TENSORRT)
+                else:
+                    not_used[TENSORRT] = why
+            usable, why = cuda_probe()
+            if usable:
+                wanted.append(CUDA)
+            else:
+                not_used[CUDA] = why
+            wanted.append(CPU)
         else:
             wanted = list(self.options.providers)
             unknown = [p for p in wanted if p not in available]
@@ -166,9 +296,25 @@ class OnnxRuntime(ModelRuntime):
                     f"available: {available}"
                 )
                 raise ConfigError(msg)
-        return [(p, {"device_id": self.options.device_id}) if p == CUDA else p for p in wanted]
+        return [self._with_options(p) for p in wanted], not_used
 
-    def _session_options(self, ort: Any) -> Any:
+    def _with_options(self, provider: str) -> Any:
+        device = {"device_id": self.options.device_id}
+        if provider == CUDA:
+            return (CUDA, device)
+        if provider == TENSORRT:
+            cache = self.options.trt_cache_dir or str(Path(tempfile.gettempdir()) / "mlrig-trt")
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            trt = {
+                **device,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache,
+                "trt_fp16_enable": self.options.trt_fp16,
+            }
+            return (TENSORRT, trt)
+        return provider
+
+    def _session_options(self, ort: Any, threads: int) -> Any:
         levels = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -178,10 +324,11 @@ class OnnxRuntime(ModelRuntime):
         options = ort.SessionOptions()
         options.log_severity_level = _ERROR
         options.graph_optimization_level = levels[self.options.graph_optimization]
-        if self.options.intra_op_threads:
-            options.intra_op_num_threads = self.options.intra_op_threads
+        options.intra_op_num_threads = threads
         if self.options.inter_op_threads:
             options.inter_op_num_threads = self.options.inter_op_threads
+        spinning = "1" if self.options.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         return options
 
 
@@ -190,20 +337,32 @@ def cuda_available() -> bool:
     return cuda_probe()[0]
 
 
-@lru_cache(maxsize=1)
 def cuda_probe() -> tuple[bool, str]:
-    """Create a tiny session on the CUDA provider: ``(usable, why not)``, once per process.
+    """Create a tiny session on the CUDA provider: ``(usable, why not)``, once per process."""
+    return provider_probe(CUDA)
+
+
+def tensorrt_probe() -> tuple[bool, str]:
+    """Create a tiny session on the TensorRT provider: ``(usable, why not)``, once."""
+    return provider_probe(TENSORRT)
+
+
+@lru_cache(maxsize=4)
+def provider_probe(provider: str) -> tuple[bool, str]:
+    """Create a tiny session on ``provider``: ``(usable, why not)``, once per process.
 
     onnxruntime prints its provider-loading failures straight to the process's stderr;
     the probe captures them (they become the reason) so a CPU machine stays quiet.
     """
     ort = _onnxruntime()
-    if CUDA not in ort.get_available_providers():
-        return False, f"this onnxruntime has no {CUDA} (install onnxruntime-gpu)"
+    if provider not in ort.get_available_providers():
+        return False, f"this onnxruntime has no {provider} (install onnxruntime-gpu)"
+    if provider in _GPU_PROVIDERS and not _nvidia_gpu_visible():
+        return False, "no NVIDIA GPU visible (no /proc/driver/nvidia/gpus, no nvidia-smi)"
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_node("Relu", ["x"], ["y"])],  # TensorRT refuses a lone Identity
         "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
@@ -214,14 +373,28 @@ def cuda_probe() -> tuple[bool, str]:
     options.log_severity_level = _ERROR
     with captured_stderr() as captured:
         try:
-            session = _session(ort, model.SerializeToString(), options, [CUDA, CPU])
-            usable = CUDA in session.get_providers()
-        except Exception as exc:  # any failure to create it means: no usable CUDA here
+            session = _session(ort, model.SerializeToString(), options, [provider, CPU])
+            usable = provider in session.get_providers()
+            if usable:  # TensorRT loads its libraries on the first run, not at creation
+                import numpy as np
+
+                session.run(None, {"x": np.ones(1, dtype=np.float32)})
+        except Exception as exc:  # any failure to create or run it means: not usable here
             usable = False
             captured.append(str(exc))
     if usable:
         return True, ""
-    return False, " | ".join(plain_lines(captured)) or "the CUDA provider was not created"
+    return False, " | ".join(plain_lines(captured))[:600] or f"{provider} was not created"
+
+
+def _nvidia_gpu_visible() -> bool:
+    """The cheap check first: without a driver, no GPU provider can work (and probing one
+    would only load CUDA libraries to find that out)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    with contextlib.suppress(OSError):
+        if gpus.is_dir() and any(gpus.iterdir()):
+            return True
+    return shutil.which("nvidia-smi") is not None
 
 
 def _session(ort: Any, model: str | bytes, options: Any, providers: list[Any]) -> Any:

@@ -5,18 +5,21 @@ load, never when this module is imported. A batch may be rows (list of lists or 
 array), records (list of dicts) or a DataFrame; records and DataFrames are ordered by the
 columns the model was fitted on (or the signature's). Predictions come back as a list.
 A classifier's loaded model also has ``predict_proba``.
+
+Threads: the BLAS/OpenMP pools are capped at load to ``threads``, by default the CPUs
+divided among the serving replicas (``MLRIG_SERVING_REPLICAS``, set by ``mlrig serve``),
+so N replicas on N cores do not oversubscribe them. The cap is set once for the process
+(a per-call limit would cost more than predicting one row) and only ever lowers a pool.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlrig.contracts.runtime import LoadedModel, ModelRuntime
+from mlrig.contracts.runtime import LoadedModel, ModelRuntime, default_threads
 from mlrig.errors import MissingExtraError, NotFoundError, ValidationError
 from mlrig.formats import complete_metadata
 from mlrig.formats.batches import (
@@ -32,14 +35,17 @@ class SklearnRuntimeOptions(BaseModel):
     """``[runtimes.sklearn]`` options."""
 
     model_config = ConfigDict(extra="forbid")
-    #: cap on the BLAS/OpenMP threads one prediction uses (None: the libraries' default)
+    #: cap on the BLAS/OpenMP threads predictions use (None: the CPUs divided among the
+    #: serving replicas)
     threads: int | None = Field(default=None, ge=1)
 
 
 class SklearnModel(LoadedModel):
     """A scikit-learn estimator held in memory."""
 
-    def __init__(self, model: Any, *, columns: list[str] | None, threads: int | None) -> None:
+    batching_helps = True
+
+    def __init__(self, model: Any, *, columns: list[str] | None, threads: int) -> None:
         import threadpoolctl
 
         self.model = model
@@ -49,6 +55,10 @@ class SklearnModel(LoadedModel):
         self.columns = self.feature_names or columns
         self._controller = threadpoolctl.ThreadpoolController()
         self._threads = threads
+        # once, for the process: lower (never raise) every pool above the cap
+        for pool in self._controller.lib_controllers:
+            if pool.num_threads > threads:
+                pool.set_num_threads(threads)
 
     def predict(self, batch: Any) -> list[Any]:
         """One prediction per row of ``batch``."""
@@ -58,21 +68,15 @@ class SklearnModel(LoadedModel):
         pools = [p.num_threads for p in self._controller.lib_controllers]
         return {
             "runtime": "sklearn",
-            "threads": self._threads or max(pools, default=os.cpu_count() or 1),
+            "threads": max(pools, default=self._threads),
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "n_jobs": getattr(self.model, "n_jobs", None),
         }
 
     def _call(self, method: str, batch: Any) -> list[Any]:
         x = self._input(batch)
-        limits = (
-            self._controller.limit(limits=self._threads)
-            if self._threads
-            else contextlib.nullcontext()
-        )
         try:
-            with limits:
-                result = getattr(self.model, method)(x)
+            result = getattr(self.model, method)(x)
         except (ValueError, TypeError, KeyError) as exc:
             msg = f"the batch does not fit the model's input: {exc}"
             raise ValidationError(msg) from exc
@@ -122,4 +126,5 @@ class SklearnRuntime(ModelRuntime):
         model = joblib.load(file)
         cls = SklearnClassifierModel if hasattr(model, "predict_proba") else SklearnModel
         columns = signature_columns(metadata.get("signature"))
-        return cls(model, columns=columns, threads=self.options.threads)
+        threads = self.options.threads or default_threads()
+        return cls(model, columns=columns, threads=threads)
