@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mlrig.registry.evaluation import Evaluator
     from mlrig.registry.lifecycle import ModelLifecycle
     from mlrig.security import AuditTrail, SecurityService
+    from mlrig.serving.service import DeploymentService
 
 
 class Platform:
@@ -172,6 +173,13 @@ class Platform:
         return ExperimentService(
             self.db, self.queue, self.artifacts, self.hooks, settings=self.settings
         )
+
+    @cached_property
+    def deployments(self) -> DeploymentService:
+        """Model deployments: the serving control plane (``mlrig.serving.service``)."""
+        from mlrig.serving.service import DeploymentService
+
+        return DeploymentService(self.db, self.registry, self.hooks, self.audit, self.settings)
 
     # --- serving --------------------------------------------------------------------
 

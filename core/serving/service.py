@@ -1,0 +1,620 @@
+"""The control plane: create, list, change and delete deployments (``model_deployments``).
+
+A deployment serves one model version (pinned, or followed through an alias), with
+optional canary versions taking a share of the traffic and a shadow version getting a
+copy of it. Rows store the version *name* in ``version`` and the primary version's id in
+``model_id`` (the foreign key to ``ml_models``, which the registry's "is it deployed?"
+check reads); ``deployment_config`` holds the rest (see :mod:`mlrig.serving.spec`).
+
+The data plane never writes deployments except through :meth:`set_status`, and reads
+them only through :meth:`snapshot`, which also re-resolves aliases: a moved alias gives
+new targets and a new revision, which the data plane rolls out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mlrig import validation as v
+from mlrig.db.models import MLModel, ModelAlias, ModelArtifact, ModelDeployment, User
+from mlrig.errors import ConflictError, NotFoundError, ValidationError
+from mlrig.registry.views import artifact_view
+from mlrig.serving import spec
+
+if TYPE_CHECKING:
+    from mlrig.config import Settings
+    from mlrig.db.models import RegisteredModel
+    from mlrig.hooks import Hooks
+    from mlrig.registry import ModelRegistry
+    from mlrig.security import AuditTrail, Principal
+
+#: what :meth:`DeploymentService.update` may change
+UPDATABLE = frozenset(
+    {
+        "version",
+        "alias",
+        "runtime",
+        "environment",
+        "replicas",
+        "batching",
+        "resources",
+        "traffic",
+        "shadow",
+        "allow_nan",
+        "status",
+    }
+)
+#: longest status reason kept (a data plane may report a long traceback line)
+MAX_REASON = 2000
+#: who the audit log names for changes no user made (data plane reports, alias moves)
+SYSTEM_ACTOR = "serving"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DeploymentService:
+    """Deployments over the registry. ``platform.deployments``."""
+
+    def __init__(
+        self,
+        db: Any,
+        registry: ModelRegistry,
+        hooks: Hooks,
+        audit: AuditTrail,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.hooks = hooks
+        self.audit = audit
+        self.settings = settings
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @property
+    def _defaults(self) -> dict[str, Any]:
+        serving = self.settings.serving
+        return {"max_batch_size": serving.max_batch_size, "max_latency_ms": serving.max_latency_ms}
+
+    def _view(self, session: Session, row: ModelDeployment) -> dict[str, Any]:
+        creator = session.scalar(select(User.name).where(User.id == row.created_by))
+        return spec.deployment_view(row, creator=creator, defaults=self._defaults)
+
+    def _row(self, session: Session, ref: str, *, lock: bool = False) -> ModelDeployment:
+        """A live deployment by id or name."""
+        spec.check_ref(ref, "deployment")
+        live = ModelDeployment.deleted_at.is_(None)
+        key = spec.as_uuid(ref)
+        where = ModelDeployment.id == key if key is not None else ModelDeployment.name == ref
+        query = select(ModelDeployment).where(where, live)
+        if lock:
+            query = query.with_for_update()
+        row = session.scalar(query)
+        if row is None:
+            msg = f"no deployment {ref!r}; see: mlrig deployments list"
+            raise NotFoundError(msg, details={"deployment": ref})
+        return row
+
+    def _facts(self, session: Session, version: MLModel) -> dict[str, Any]:
+        """What :func:`spec.choose_runtime` reads of a version: framework and artifacts."""
+        prefix = self.registry.artifact_prefix(version)
+        artifacts = session.scalars(
+            select(ModelArtifact).where(ModelArtifact.model_id == version.id)
+        ).all()
+        return {
+            "id": str(version.id),
+            "name": version.name,
+            "version": version.version,
+            "framework": version.framework,
+            "stage": version.stage,
+            "artifacts": [artifact_view(a, prefix) for a in artifacts],
+        }
+
+    def _target(
+        self, session: Session, version: MLModel, runtime: str, installed: Any
+    ) -> dict[str, Any]:
+        facts = self._facts(session, version)
+        resolved = spec.choose_runtime(facts, runtime, installed=installed)
+        return {"version": version.version, "version_id": str(version.id), "runtime": resolved}
+
+    def _alias_target(self, session: Session, model: RegisteredModel, alias: str) -> MLModel:
+        version_id = session.scalar(
+            select(ModelAlias.model_version_id).where(
+                ModelAlias.registered_model_id == model.id, ModelAlias.alias == alias
+            )
+        )
+        version = session.get(MLModel, version_id) if version_id is not None else None
+        if version is None or version.deleted_at is not None:
+            msg = (
+                f"model {model.name!r} has no alias {alias!r}; see: mlrig models show {model.name}"
+            )
+            raise NotFoundError(msg, details={"model": model.name, "alias": alias})
+        return version
+
+    def _needs_production(self, environment: str) -> bool:
+        return (
+            environment == "production"
+            and "production" in self.settings.registry.approval_required_for
+        )
+
+    def _check_production(self, environment: str, versions: list[MLModel]) -> None:
+        """A production deployment serves only versions in the production stage when the
+        approval policy guards that stage (else anyone could bypass the approval)."""
+        if not self._needs_production(environment):
+            return
+        for version in versions:
+            if version.stage != "production":
+                msg = (
+                    f"a production deployment needs versions in the production stage "
+                    f"([registry] approval_required_for); {version.name} version "
+                    f"{version.version} is in {version.stage!r}: request the stage with "
+                    f"mlrig models promote {version.name} {version.version} production"
+                )
+                raise ConflictError(
+                    msg,
+                    details={"version": version.version, "stage": version.stage},
+                )
+
+    def _resolve(
+        self,
+        session: Session,
+        model: RegisteredModel,
+        config: dict[str, Any],
+        *,
+        version_ref: str | None,
+        alias: str | None,
+        traffic: list[dict[str, Any]],
+        shadow: str | None,
+        environment: str,
+    ) -> tuple[MLModel, dict[str, Any]]:
+        """The primary version and the config's resolved targets (traffic, shadow)."""
+        from mlrig.serving.spec import installed_runtimes
+
+        installed = installed_runtimes()
+        runtime = config["runtime"]
+        if alias is not None:
+            primary = self._alias_target(session, model, alias)
+        else:
+            primary = self.registry._version(session, model, str(version_ref))
+        first = self._target(session, primary, runtime, installed)
+        served = [primary]
+        canaries = []
+        seen = {primary.id}
+        for entry in traffic:
+            version = self.registry._version(session, model, entry["version"])
+            if version.id in seen:
+                msg = (
+                    f"traffic: version {version.version} appears twice (or is the primary); "
+                    "each canary is another version"
+                )
+                raise ValidationError(msg, details={"field": "traffic"})
+            seen.add(version.id)
+            served.append(version)
+            canaries.append(
+                {**self._target(session, version, runtime, installed), "percent": entry["percent"]}
+            )
+        shadow_target = None
+        if shadow is not None:
+            version = self.registry._version(session, model, shadow)
+            if version.id == primary.id:
+                msg = "shadow: the shadow version must differ from the primary version"
+                raise ValidationError(msg, details={"field": "shadow"})
+            shadow_target = self._target(session, version, runtime, installed)
+        self._check_production(environment, served)
+        config.update(
+            {
+                "model": model.name,
+                "model_id": str(model.id),
+                "alias": alias,
+                "version_id": first["version_id"],
+                "resolved_runtime": first["runtime"],
+                "traffic": canaries,
+                "shadow": shadow_target,
+            }
+        )
+        return primary, config
+
+    def _fire(self, action: str, view: dict[str, Any]) -> None:
+        self.hooks.deployment_changed(
+            {"deployment_id": view["id"], "action": action, "deployment": view}
+        )
+
+    def _system_audit(self, action: str, view: dict[str, Any], details: dict[str, Any]) -> None:
+        """Audit a change no API call made (the API's middleware audits its own calls)."""
+        self.audit.record(
+            actor=SYSTEM_ACTOR,
+            action=action,
+            outcome="success",
+            resource_type="deployments",
+            resource_id=view["id"],
+            details=details,
+        )
+
+    # --- create ---------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        name: str,
+        model: str,
+        actor: Principal,
+        version: str | None = None,
+        alias: str | None = None,
+        runtime: str = spec.AUTO,
+        environment: str = "development",
+        replicas: Mapping[str, Any] | None = None,
+        batching: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        traffic: list[Any] | None = None,
+        shadow: Any = None,
+        allow_nan: bool = False,
+    ) -> dict[str, Any]:
+        """Deploy a version (``version``) or whatever ``alias`` points at; status pending.
+
+        :raises ValidationError: a bad field, a version without artifacts, no runtime.
+        :raises NotFoundError: no such model, version or alias.
+        :raises ConflictError: the name is taken; a production deployment of a version
+            that is not in the production stage (when the approval policy says so).
+        """
+        spec.check_name(name)
+        spec.check_ref(model, "model")
+        if (version is None) == (alias is None):
+            msg = "give exactly one of version and alias"
+            raise ValidationError(msg, details={"field": "version"})
+        if version is not None:
+            spec.check_ref(version, "version")
+        if alias is not None:
+            spec.check_ref(alias, "alias")
+        if not isinstance(allow_nan, bool):
+            msg = "allow_nan must be true or false"
+            raise ValidationError(msg, details={"field": "allow_nan"})
+        config: dict[str, Any] = {
+            "runtime": spec.check_runtime_name(runtime),
+            "replicas": spec.check_replicas(replicas if replicas is not None else {}),
+            "batching": spec.check_batching(batching if batching is not None else {}),
+            "allow_nan": allow_nan,
+        }
+        environment = spec.check_choice(environment, spec.ENVIRONMENTS, "environment")
+        checked_resources = spec.check_resources(resources if resources is not None else {})
+        canaries = spec.parse_traffic(traffic if traffic is not None else [])
+        shadow_ref = spec.parse_shadow(shadow)
+        try:
+            with self.db.session() as session:
+                registered = self.registry._model(session, model)
+                primary, config = self._resolve(
+                    session,
+                    registered,
+                    config,
+                    version_ref=version,
+                    alias=alias,
+                    traffic=canaries,
+                    shadow=shadow_ref,
+                    environment=environment,
+                )
+                row = ModelDeployment(
+                    id=uuid.uuid4(),
+                    name=name,
+                    model_id=primary.id,
+                    version=primary.version,
+                    environment=environment,
+                    status="pending",
+                    resources=checked_resources,
+                    deployment_config=config,
+                    created_by=actor.user_id,
+                )
+                row.endpoint_url = spec.ENDPOINT.format(id=row.id)
+                session.add(row)
+                session.flush()
+                view = self._view(session, row)
+        except IntegrityError:
+            msg = f"a deployment named {name!r} exists; pick another name or update it"
+            raise ConflictError(msg, details={"name": name}) from None
+        self._fire("created", view)
+        return view
+
+    # --- read -----------------------------------------------------------------------------
+
+    def get(self, ref: str) -> dict[str, Any]:
+        """A live deployment by id or name (a deleted one is 404)."""
+        with self.db.session() as session:
+            return self._view(session, self._row(session, ref))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        environment: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of live deployments, oldest first: ``{"items", "next_cursor"}``."""
+        from mlrig.registry.search import encode_cursor
+
+        v.check_int(limit, field="limit", low=1, high=1000)
+        v.check_int(offset, field="offset", low=0)
+        if cursor is not None:
+            offset = v.decode_cursor(cursor, {"offset": int})["offset"]
+        query = select(ModelDeployment).where(ModelDeployment.deleted_at.is_(None))
+        if status is not None:
+            query = query.where(
+                ModelDeployment.status == spec.check_choice(status, spec.STATUSES, "status")
+            )
+        if environment is not None:
+            env = spec.check_choice(environment, spec.ENVIRONMENTS, "environment")
+            query = query.where(ModelDeployment.environment == env)
+        with self.db.session() as session:
+            if model is not None:
+                spec.check_ref(model, "model")
+                model_id = str(self.registry._model(session, model).id)
+                query = query.where(
+                    ModelDeployment.deployment_config["model_id"].as_string() == model_id
+                )
+            query = query.order_by(ModelDeployment.created_at, ModelDeployment.id)
+            rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
+            more = len(rows) > limit
+            items = [self._view(session, row) for row in rows[:limit]]
+        return {
+            "items": items,
+            "next_cursor": encode_cursor({"offset": offset + limit}) if more else None,
+        }
+
+    # --- change ---------------------------------------------------------------------------
+
+    def update(self, ref: str, *, actor: Principal, **changes: Any) -> dict[str, Any]:
+        """Change a deployment: ``version``/``alias`` (the target: one of them; giving one
+        drops the other), ``runtime``, ``environment``, ``replicas``, ``batching``,
+        ``resources``, ``traffic`` (``[]``: no canaries), ``shadow`` (``None``: none),
+        ``allow_nan``, ``status`` (``inactive`` stops, ``active`` starts again).
+
+        A change of what is served moves an active deployment to ``deploying`` until the
+        data plane reports it loaded (a failed one back to ``pending``).
+        """
+        unknown = sorted(set(changes) - UPDATABLE)
+        if unknown:
+            msg = f"cannot change {', '.join(unknown)}; changeable: {', '.join(sorted(UPDATABLE))}"
+            raise ValidationError(msg, details={"fields": unknown})
+        if changes.get("version") is not None and changes.get("alias") is not None:
+            msg = "give version or alias, not both"
+            raise ValidationError(msg, details={"field": "version"})
+        wanted = changes.get("status")
+        if wanted is not None:
+            spec.check_choice(wanted, spec.REQUESTED_STATUSES, "status")
+        if "allow_nan" in changes and not isinstance(changes["allow_nan"], bool):
+            msg = "allow_nan must be true or false"
+            raise ValidationError(msg, details={"field": "allow_nan"})
+        with self.db.session() as session:
+            row = self._row(session, ref, lock=True)
+            before = spec.revision(row, self._view(session, row))
+            old_status = row.status
+            config = dict(row.deployment_config or {})
+            if changes.get("runtime") is not None:
+                config["runtime"] = spec.check_runtime_name(changes["runtime"])
+            if changes.get("replicas") is not None:
+                config["replicas"] = spec.check_replicas(changes["replicas"])
+            if changes.get("batching") is not None:
+                config["batching"] = spec.check_batching(changes["batching"])
+            if "allow_nan" in changes:
+                config["allow_nan"] = changes["allow_nan"]
+            if changes.get("resources") is not None:
+                row.resources = spec.check_resources(changes["resources"])
+            environment = row.environment or "development"
+            if changes.get("environment") is not None:
+                environment = spec.check_choice(
+                    changes["environment"], spec.ENVIRONMENTS, "environment"
+                )
+            alias, version_ref = config.get("alias"), row.version
+            if changes.get("alias") is not None:
+                alias, version_ref = spec.check_ref(changes["alias"], "alias"), None
+            elif changes.get("version") is not None:
+                alias, version_ref = None, spec.check_ref(changes["version"], "version")
+            if "traffic" in changes:
+                traffic = spec.parse_traffic(changes["traffic"] or [])
+            else:
+                traffic = [
+                    {"version": t["version_id"], "percent": t["percent"]}
+                    for t in config.get("traffic") or []
+                ]
+            if "shadow" in changes:
+                shadow = spec.parse_shadow(changes["shadow"])
+            else:
+                shadow = (config.get("shadow") or {}).get("version_id")
+            if alias is None and changes.get("version") is None:
+                version_ref = config.get("version_id") or row.version  # the pinned version
+            registered = self.registry._model(session, config["model_id"])
+            primary, config = self._resolve(
+                session,
+                registered,
+                config,
+                version_ref=version_ref,
+                alias=alias,
+                traffic=traffic,
+                shadow=shadow,
+                environment=environment,
+            )
+            row.deployment_config = config
+            row.model_id = primary.id
+            row.version = primary.version
+            row.environment = environment
+            after = spec.revision(
+                row, spec.deployment_view(row, creator=None, defaults=self._defaults)
+            )
+            if wanted == "inactive":
+                row.status, row.status_reason = "inactive", f"stopped by {actor.name}"
+            elif wanted == "active" and old_status in ("inactive", "failed"):
+                row.status, row.status_reason = "pending", None
+            elif after != before:
+                if old_status == "active":
+                    row.status, row.status_reason = "deploying", None
+                elif old_status == "failed":
+                    row.status, row.status_reason = "pending", None
+            row.updated_at = _now()
+            session.flush()
+            view = self._view(session, row)
+        action = {"inactive": "stopped", "active": "started"}.get(wanted or "", "updated")
+        if wanted == "active" and old_status not in ("inactive", "failed"):
+            action = "updated"
+        self._fire(action, view)
+        return view
+
+    def delete(self, ref: str, *, actor: Principal) -> dict[str, Any]:
+        """Soft-delete: the row stays (inference records point at it), status inactive,
+        the name is freed for a new deployment."""
+        with self.db.session() as session:
+            row = self._row(session, ref, lock=True)
+            config = dict(row.deployment_config or {})
+            config["deleted_name"] = row.name
+            row.deployment_config = config
+            # the unique index covers deleted rows too: rename to free the name
+            row.name = f"{row.name}~deleted~{row.id.hex}"
+            row.deleted_at = _now()
+            row.status, row.status_reason = "inactive", f"deleted by {actor.name}"
+            session.flush()
+            view = self._view(session, row)
+        self._fire("deleted", view)
+        return view
+
+    # --- the data plane's side ------------------------------------------------------------
+
+    def set_status(
+        self,
+        deployment_id: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        revision: str | None = None,
+    ) -> dict[str, Any] | None:
+        """A data plane reports ``deploying``, ``active`` or ``failed`` (with ``reason``).
+
+        Idempotent: an unchanged status and reason write nothing and fire no hook. A
+        report on a stopped or deleted deployment is ignored, and so is one made for an
+        older ``revision`` than the current one (the target changed meanwhile). Returns
+        the view when something changed, else ``None``.
+        """
+        spec.check_choice(status, spec.REPORTED_STATUSES, "status")
+        key = spec.as_uuid(deployment_id)
+        if key is None:
+            msg = f"no deployment {deployment_id!r} (an id is expected)"
+            raise NotFoundError(msg, details={"deployment": deployment_id})
+        reason = v.scrub(reason)[:MAX_REASON] if reason is not None else None
+        with self.db.session() as session:
+            row = session.get(ModelDeployment, key)
+            if row is None:
+                msg = f"no deployment {deployment_id!r}"
+                raise NotFoundError(msg, details={"deployment": deployment_id})
+            if revision is not None and revision != spec.revision(row, self._view(session, row)):
+                return None
+            values: dict[str, Any] = {"status": status, "status_reason": reason}
+            if status == "active":
+                values["deployed_at"] = _now()
+            # one conditional update: of N replicas reporting the same change, one wins
+            changed = session.execute(
+                update(ModelDeployment)
+                .where(
+                    ModelDeployment.id == key,
+                    ModelDeployment.deleted_at.is_(None),
+                    ModelDeployment.status != "inactive",
+                    or_(
+                        ModelDeployment.status != status,
+                        ModelDeployment.status_reason.is_distinct_from(reason),
+                    ),
+                )
+                .values(**values, updated_at=_now())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if not changed:
+                return None
+            session.expire(row)
+            view = self._view(session, row)
+        self._system_audit(
+            "deployment_status", view, {"status": status, "reason": reason, "revision": revision}
+        )
+        self._fire("status_changed", view)
+        return view
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every deployment to serve (live, not inactive): its view plus ``targets`` and
+        ``revision``. Aliases are re-resolved now; a moved alias is written back (the
+        deployment goes to ``deploying`` and the hook fires), so the data plane sees new
+        targets and rolls them out."""
+        moves: list[tuple[ModelDeployment, dict[str, Any]]] = []
+        out = []
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(ModelDeployment)
+                .where(ModelDeployment.deleted_at.is_(None), ModelDeployment.status != "inactive")
+                .order_by(ModelDeployment.created_at, ModelDeployment.id)
+            ).all()
+            for row in rows:
+                if (row.deployment_config or {}).get("alias"):
+                    moved = self._follow_alias(session, row)
+                    if moved is not None:
+                        moves.append((row, moved))
+                view = self._view(session, row)
+                view["targets"] = spec.targets(row)
+                view["revision"] = spec.revision(row, view)
+                out.append(view)
+            moved_views = [(self._view(session, row), details) for row, details in moves]
+        for view, details in moved_views:
+            self._system_audit("deployment_alias_moved", view, details)
+            self._fire("alias_moved", view)
+        return out
+
+    def _follow_alias(self, session: Session, row: ModelDeployment) -> dict[str, Any] | None:
+        """Point ``row`` at the version its alias names now; what changed, or ``None``.
+
+        A removed alias, a version that cannot be served, or one a production deployment
+        may not serve keeps the current version, with the reason in ``status_reason``.
+        """
+        config = dict(row.deployment_config or {})
+        alias = config["alias"]
+        try:
+            model_id = uuid.UUID(config["model_id"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        version_id = session.scalar(
+            select(ModelAlias.model_version_id).where(
+                ModelAlias.registered_model_id == model_id, ModelAlias.alias == alias
+            )
+        )
+        if version_id is not None and str(version_id) == config.get("version_id"):
+            return None
+        version = session.get(MLModel, version_id) if version_id is not None else None
+        problem = None
+        if version is None or version.deleted_at is not None:
+            problem = f"alias {alias!r} no longer exists; serving version {row.version}"
+        elif self._needs_production(row.environment or "") and version.stage != "production":
+            problem = (
+                f"alias {alias!r} moved to version {version.version}, which is not in "
+                f"production; serving version {row.version}"
+            )
+        else:
+            try:
+                target = self._target(session, version, config.get("runtime", spec.AUTO), None)
+            except ValidationError as exc:
+                problem = f"alias {alias!r} moved to version {version.version}: {exc.message}"
+        if problem is not None:
+            if row.status_reason != problem:
+                row.status_reason = problem
+            return None
+        old = row.version
+        config.update(version_id=target["version_id"], resolved_runtime=target["runtime"])
+        row.deployment_config = config
+        row.version = target["version"]
+        row.model_id = version.id
+        if row.status == "active":
+            row.status = "deploying"
+        row.status_reason = None
+        row.updated_at = _now()
+        session.flush()
+        return {"alias": alias, "from": old, "to": row.version}
