@@ -56,6 +56,8 @@ class AuditMiddleware:
     nothing. The actor is the authenticated principal; the resource type is the first
     path segment after ``/api/ml``; the resource id is the route's ``id``/``name``
     parameter, or what the route put in ``request.state.audit_resource_id`` (creations).
+    Predictions (routes that need the predict permission) are not audited one by one (the
+    inference log records them), except when refused.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -76,7 +78,8 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            if scope["method"] in MUTATING_METHODS or status in (401, 403):
+            audited = scope.get("state", {}).get("audit", True)
+            if status in (401, 403) or (audited and scope["method"] in MUTATING_METHODS):
                 await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
@@ -310,7 +313,9 @@ class RequestGuardMiddleware:
             token = bearer_token(headers)
             try:
                 if entry.permission is Permission.PREDICT:
-                    # predictions: the token cache, no thread hop when it knows the token
+                    # predictions: the token cache, no thread hop when it knows the token;
+                    # and no audit entry per prediction (no database write per request)
+                    scope.setdefault("state", {})["audit"] = False
                     principal = cached_principal(platform, token)
                     if principal is None:
                         principal = await anyio.to_thread.run_sync(

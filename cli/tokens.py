@@ -18,19 +18,35 @@ def tokens() -> None:
 @click.option("--user", "user", required=True, help="The user the token acts as.")
 @click.option("--name", default="default", show_default=True, help="A label for the token.")
 @click.option("--ttl-days", type=click.IntRange(min=1), help="Expire after this many days.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="SCOPE",
+    help="Narrow the token within the user's role (repeatable): a permission (read, write, "
+    "...), predict:* or predict:DEPLOYMENT. Default: everything the role allows.",
+)
 @json_option
-def create(user: str, name: str, ttl_days: int | None, as_json: bool) -> None:
+def create(
+    user: str, name: str, ttl_days: int | None, scopes: tuple[str, ...], as_json: bool
+) -> None:
     """Create a token for a user and print it once (--json: {"token": ...}).
 
-    With --token: your own tokens, or anyone's as an admin."""
+    With --token: your own tokens, or anyone's as an admin. A predict-only token for a
+    service: --scope predict:churn."""
     token = get_platform().security.create_token(
-        user=user, name=name, ttl_days=ttl_days, actor=require(Permission.READ)
+        user=user,
+        name=name,
+        ttl_days=ttl_days,
+        scopes=list(scopes) or None,
+        actor=require(Permission.READ),
     )
     audit_cli("create_token", resource_type="tokens", resource_id=token["id"])
     if as_json:
         print_json(token)
         return
-    click.echo(f"token for {user!r} (shown only now; store it safely):")
+    narrowed = f", scopes {', '.join(token['scopes'])}" if token["scopes"] else ""
+    click.echo(f"token for {user!r}{narrowed} (shown only now; store it safely):")
     click.echo(token["token"])
 
 
@@ -45,13 +61,14 @@ def list_(user: str | None, as_json: bool) -> None:
         return
     print_table(
         "tokens",
-        ["id", "prefix", "user", "name", "created", "last used", "expires", "revoked"],
+        ["id", "prefix", "user", "name", "scopes", "created", "last used", "expires", "revoked"],
         (
             [
                 t["id"],
                 t["prefix"],
                 t["user"],
                 t["name"],
+                ", ".join(t["scopes"]) if t["scopes"] is not None else "(role)",
                 t["created_at"],
                 t["last_used_at"],
                 t["expires_at"],

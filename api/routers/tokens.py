@@ -13,6 +13,7 @@ from mlrig.api.pagination import whole
 from mlrig.api.schemas import NewToken, Page, Token
 from mlrig.api.security import Reader
 from mlrig.api.types import InputModel
+from mlrig.security.scopes import MAX_SCOPES
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
@@ -23,6 +24,17 @@ class TokenCreate(InputModel):
     )
     name: str = Field(default="default", min_length=1, max_length=255)
     ttl_days: int | None = Field(default=None, ge=1, le=3650)
+    scopes: list[Annotated[str, Field(min_length=1, max_length=300)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCOPES,
+        description=(
+            "Narrow the token within the user's role: permissions (`read`, `write`, ...), "
+            "`predict:*` or `predict:<deployment name or id>`. Null: everything the role "
+            "allows. A token with scopes can create only tokens within its own scopes."
+        ),
+        examples=[["predict:churn"]],
+    )
 
 
 @router.get("", summary="List tokens (yours; all for an admin)", response_model_exclude_unset=True)
@@ -35,7 +47,14 @@ def list_tokens(platform: PlatformDep, principal: Reader) -> Page[Token]:
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create a token (shown once)",
-    responses=errors(404, e404="No such user."),
+    responses=errors(
+        403,
+        404,
+        422,
+        e403="Another user's token (admin only), or scopes beyond the caller's own.",
+        e404="No such user.",
+        e422="A malformed scope, or one beyond the user's role.",
+    ),
     response_model_exclude_unset=True,
 )
 def create_token(
@@ -43,7 +62,7 @@ def create_token(
 ) -> NewToken:
     user = body.user or principal.name
     token = platform.security.create_token(
-        user=user, name=body.name, ttl_days=body.ttl_days, actor=principal
+        user=user, name=body.name, ttl_days=body.ttl_days, scopes=body.scopes, actor=principal
     )
     request.state.audit_resource_id = token["id"]
     return token

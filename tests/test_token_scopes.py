@@ -1,0 +1,300 @@
+"""Token scopes: validated at creation, shown in token views, honoured by every check
+(the request guard, the CLI, token creation), and the predict permission per deployment."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from mlrig.api import create_app
+from mlrig.api.security import Predictor, route_permissions
+from mlrig.errors import PermissionDeniedError, ValidationError
+from mlrig.security import Permission, Principal
+from mlrig.security.scopes import normalize_scopes
+
+#: the deployments the test's predict route knows: id -> name
+DEPLOYMENTS = {"d-111": "churn", "d-222": "fraud"}
+
+
+def predict_router() -> APIRouter:
+    """A route declared like the data plane's predict route: ``Predictor``, then the
+    deployment's own check (:meth:`Principal.require_predict`)."""
+    router = APIRouter(prefix="/api/ml/scoped-test")
+
+    @router.post("/{ref}/predict")
+    def predict(ref: str, principal: Predictor) -> dict[str, str]:
+        deployment_id = (
+            ref
+            if ref in DEPLOYMENTS
+            else next((i for i, n in DEPLOYMENTS.items() if n == ref), ref)
+        )
+        principal.require_predict(deployment_id, DEPLOYMENTS.get(deployment_id, ref))
+        return {"by": principal.name, "deployment": deployment_id}
+
+    return router
+
+
+@pytest.fixture
+def scoped_platform(tmp_path):
+    from mlrig.testing.fixtures import make_platform
+
+    platform = make_platform(tmp_path / "home", serving={"token_cache_seconds": 60})
+    yield platform
+    platform.close()
+
+
+@pytest.fixture
+def client(scoped_platform):
+    app = create_app(scoped_platform)
+    app.include_router(predict_router())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def bearer(token: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token['token']}"}
+
+
+@pytest.fixture
+def users(scoped_platform):
+    for name, role in (("viewer", "viewer"), ("dev", "developer"), ("root", "admin")):
+        scoped_platform.security.create_user(name=name, role=role)
+    return scoped_platform.security
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def test_normalize_scopes():
+    assert normalize_scopes(None) is None
+    assert normalize_scopes(["predict", "read", "predict:*", "read"]) == ("predict:*", "read")
+    assert normalize_scopes(["predict:churn", "predict:d-111"]) == (
+        "predict:churn",
+        "predict:d-111",
+    )
+    for bad in (["bogus"], ["predict:"], ["predict:two words"], ["Read"], [3], ["predict:a:b"]):
+        with pytest.raises(ValidationError) as refused:
+            normalize_scopes(bad)
+        assert repr(bad[0]) in refused.value.message
+    with pytest.raises(ValidationError, match="must not be empty"):
+        normalize_scopes([])
+    with pytest.raises(ValidationError, match="at most 100"):
+        normalize_scopes([f"predict:d{i}" for i in range(101)])
+
+
+def test_create_token_validates_and_shows_scopes(users):
+    made = users.create_token(user="viewer", scopes=["predict:churn", "predict"])
+    assert made["scopes"] == ["predict:churn", "predict:*"]
+    assert users.create_token(user="viewer")["scopes"] is None
+    listed = {t["id"]: t["scopes"] for t in users.list_tokens(user="viewer")}
+    assert listed[made["id"]] == ["predict:churn", "predict:*"]
+    # a scope never raises a role: a viewer's token cannot carry "write"
+    with pytest.raises(ValidationError, match="'write' is beyond what user 'viewer'"):
+        users.create_token(user="viewer", scopes=["write"])
+    with pytest.raises(ValidationError, match="'nope'"):
+        users.create_token(user="viewer", scopes=["nope"])
+
+
+def test_principal_honours_scopes():
+    viewer = Principal("v", "viewer")
+    assert viewer.can(Permission.PREDICT) and viewer.may_predict("d-1", "anything")
+    only_churn = Principal("v", "viewer", scopes=("predict:churn",))
+    assert only_churn.can(Permission.PREDICT)  # the guard lets it reach a predict route
+    assert not only_churn.can(Permission.READ)
+    assert only_churn.may_predict("d-9", "churn") and only_churn.may_predict("churn", "x")
+    assert not only_churn.may_predict("d-9", "fraud")
+    by_id = Principal("v", "viewer", scopes=("predict:d-9",))
+    assert by_id.may_predict("d-9", "whatever") and not by_id.may_predict("d-8", "d-9x")
+    read_only = Principal("d", "developer", scopes=("read",))
+    assert read_only.can(Permission.READ) and not read_only.can(Permission.WRITE)
+    assert not read_only.may_predict("d-9", "churn")
+    # role AND scopes: a scope beyond the role grants nothing
+    assert not Principal("v", "viewer", scopes=("deploy",)).can(Permission.DEPLOY)
+    with pytest.raises(PermissionDeniedError) as refused:
+        only_churn.require_predict("d-8", "fraud")
+    assert refused.value.details == {
+        "permission": "predict",
+        "deployment": "fraud",
+        "scopes": ["predict:churn"],
+    }
+    with pytest.raises(PermissionDeniedError) as refused:
+        only_churn.require(Permission.READ)
+    assert refused.value.details == {"permission": "read", "scopes": ["predict:churn"]}
+    assert "limited to the scopes predict:churn" in refused.value.message
+
+
+# --- REST ----------------------------------------------------------------------------------
+
+
+def test_rest_creates_scoped_tokens(client, users):
+    root = bearer(users.create_token(user="root"))
+    made = client.post(
+        "/api/ml/tokens", json={"user": "viewer", "scopes": ["predict:churn"]}, headers=root
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["scopes"] == ["predict:churn"]
+    listed = client.get("/api/ml/tokens", headers=root).json()["items"]
+    assert {t["id"]: t["scopes"] for t in listed}[made.json()["id"]] == ["predict:churn"]
+    bad = client.post("/api/ml/tokens", json={"scopes": ["predict:no spaces"]}, headers=root)
+    assert bad.status_code == 422
+    assert set(bad.json()["error"]) == {"code", "message", "details"}
+    assert "predict:no spaces" in bad.json()["error"]["message"]
+    assert client.post("/api/ml/tokens", json={"scopes": []}, headers=root).status_code == 422
+
+
+def test_the_guard_honours_scopes_on_every_route(client, users):
+    predict_only = bearer(users.create_token(user="dev", scopes=["predict:*"]))
+    refused = client.get("/api/ml/models", headers=predict_only)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["details"] == {"permission": "read", "scopes": ["predict:*"]}
+    # it cannot list or make tokens either (the token routes need read)
+    assert client.get("/api/ml/tokens", headers=predict_only).status_code == 403
+    assert client.post("/api/ml/tokens", json={}, headers=predict_only).status_code == 403
+
+    read_only = bearer(users.create_token(user="dev", scopes=["read"]))
+    assert client.get("/api/ml/models", headers=read_only).status_code == 200
+    wrote = client.post("/api/ml/models", json={"name": "m"}, headers=read_only)
+    assert wrote.status_code == 403
+    assert wrote.json()["error"]["details"]["permission"] == "write"
+    unscoped = bearer(users.create_token(user="dev"))
+    assert client.post("/api/ml/models", json={"name": "m"}, headers=unscoped).status_code == 201
+
+
+def test_a_scoped_token_cannot_mint_a_wider_one(client, users):
+    read_only = bearer(users.create_token(user="dev", scopes=["read"]))
+    wider = client.post("/api/ml/tokens", json={}, headers=read_only)  # unscoped = the role
+    assert wider.status_code == 403
+    assert "within its own scopes" in wider.json()["error"]["message"]
+    more = client.post("/api/ml/tokens", json={"scopes": ["read", "write"]}, headers=read_only)
+    assert more.status_code == 403 and more.json()["error"]["details"] == {"scopes": ["write"]}
+    same = client.post("/api/ml/tokens", json={"scopes": ["read"]}, headers=read_only)
+    assert same.status_code == 201 and same.json()["scopes"] == ["read"]
+
+
+def test_predict_route_declares_the_predict_permission(client):
+    needs = {(r.method, r.path): r.permission for r in route_permissions(client.app)}
+    assert needs[("POST", "/api/ml/scoped-test/{ref}/predict")] == Permission.PREDICT
+
+
+def test_a_scoped_token_predicts_only_its_deployment(client, users):
+    churn = bearer(users.create_token(user="viewer", scopes=["predict:churn"]))
+    ok = client.post("/api/ml/scoped-test/churn/predict", headers=churn)
+    assert ok.status_code == 200 and ok.json() == {"by": "viewer", "deployment": "d-111"}
+    assert client.post("/api/ml/scoped-test/d-111/predict", headers=churn).status_code == 200
+    other = client.post("/api/ml/scoped-test/fraud/predict", headers=churn)
+    assert other.status_code == 403
+    assert other.json()["error"]["details"]["deployment"] == "fraud"
+    assert client.get("/api/ml/models", headers=churn).status_code == 403
+    # by id works the same
+    by_id = bearer(users.create_token(user="viewer", scopes=["predict:d-222"]))
+    assert client.post("/api/ml/scoped-test/fraud/predict", headers=by_id).status_code == 200
+    assert client.post("/api/ml/scoped-test/churn/predict", headers=by_id).status_code == 403
+
+
+def test_a_scope_less_viewer_may_predict_anywhere(client, users):
+    viewer = bearer(users.create_token(user="viewer"))
+    for ref in ("churn", "fraud", "d-111"):
+        assert client.post(f"/api/ml/scoped-test/{ref}/predict", headers=viewer).status_code == 200
+    assert client.post("/api/ml/scoped-test/churn/predict").status_code == 401
+    read_only = bearer(users.create_token(user="viewer", scopes=["read"]))
+    refused = client.post("/api/ml/scoped-test/churn/predict", headers=read_only)
+    assert (
+        refused.status_code == 403 and refused.json()["error"]["details"]["permission"] == "predict"
+    )
+
+
+def test_predictions_cost_no_database_query_within_the_ttl(client, users, scoped_platform):
+    viewer = bearer(users.create_token(user="viewer"))
+    assert client.post("/api/ml/scoped-test/churn/predict", headers=viewer).status_code == 200
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(scoped_platform.db.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(30):
+            assert (
+                client.post("/api/ml/scoped-test/churn/predict", headers=viewer).status_code == 200
+            )
+    finally:
+        event.remove(scoped_platform.db.engine, "before_cursor_execute", count)
+    # neither the token check nor an audit entry per prediction
+    assert seen == []
+    # a refused prediction is still audited
+    churn = bearer(users.create_token(user="viewer", scopes=["predict:churn"]))
+    assert client.post("/api/ml/scoped-test/fraud/predict", headers=churn).status_code == 403
+    denied = [e for e in scoped_platform.audit.query(actor="viewer") if e["outcome"] == "denied"]
+    assert denied and denied[0]["details"]["status"] == 403
+
+
+def test_revocation_reaches_predict_routes_within_the_ttl(tmp_path):
+    import threading
+
+    from mlrig.testing.fixtures import make_platform
+
+    platform = make_platform(tmp_path / "short", serving={"token_cache_seconds": 0.3})
+    try:
+        app = create_app(platform)
+        app.include_router(predict_router())
+        client = TestClient(app, raise_server_exceptions=False)
+        platform.security.create_user(name="viewer", role="viewer")
+        made = platform.security.create_token(user="viewer")
+        path = "/api/ml/scoped-test/churn/predict"
+        assert client.post(path, headers=bearer(made)).status_code == 200
+        platform.security.revoke_token(made["id"])
+        threading.Event().wait(0.4)  # past the TTL
+        refused = client.post(path, headers=bearer(made))
+        assert refused.status_code == 401
+        assert "revoked" in refused.json()["error"]["message"]
+        # other routes check the database every time: refused at once
+        assert client.get("/api/ml/models", headers=bearer(made)).status_code == 401
+    finally:
+        platform.close()
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_creates_and_lists_scoped_tokens(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mlrig.cli.context import CliState
+    from mlrig.cli.main import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "300")  # the table in full
+    cli = build_cli()
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, list(args), obj=CliState())
+
+    assert invoke("users", "create", "svc", "--role", "viewer").exit_code == 0
+    made = invoke(
+        "tokens", "create", "--user", "svc", "--scope", "predict:churn", "--scope", "read", "--json"
+    )
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["scopes"] == ["predict:churn", "read"]
+    plain = invoke("tokens", "create", "--user", "svc", "--scope", "predict:churn")
+    assert "scopes predict:churn" in plain.output
+    listed = json.loads(invoke("tokens", "list", "--json").output)
+    assert sorted(str(t["scopes"]) for t in listed) == [
+        "['predict:churn', 'read']",
+        "['predict:churn']",
+    ]
+    table = invoke("tokens", "list")
+    assert "predict:churn" in table.output
+    bad = invoke("tokens", "create", "--user", "svc", "--scope", "predict:a b")
+    assert bad.exit_code != 0
+    assert "invalid scope 'predict:a b'" in bad.output and "Traceback" not in bad.output
+    beyond = invoke("tokens", "create", "--user", "svc", "--scope", "deploy")
+    assert beyond.exit_code != 0 and "beyond what user 'svc'" in beyond.output
+    # the scoped token is honoured by the CLI's --token too
+    token = json.loads(made.output)["token"]
+    refused = invoke("--token", token, "models", "create", "nope")
+    assert refused.exit_code != 0 and "lacks the 'write' permission" in refused.output
+    assert invoke("--token", token, "models", "list").exit_code == 0
