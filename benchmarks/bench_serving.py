@@ -92,6 +92,9 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     variant: str = ""
     version: str = ""
+    #: the start of a line the server prints once fully up (mlrig's supervisor: "ready:",
+    #: every replica loaded and warmed; the readiness path alone reaches only one replica)
+    ready_line: str | None = None
 
     @property
     def label(self) -> str:
@@ -230,6 +233,7 @@ def mlrig_target(
         headers={"Authorization": f"Bearer {setup['token']}"} if auth else {},
         variant=variant,
         version=f"{setup['runtime']} runtime",
+        ready_line="ready:",
     )
 
 
@@ -356,8 +360,12 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[str
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise SystemExit(f"{target.label} exited ({proc.returncode}):\n{tail}")
+            printed = target.ready_line is None or any(
+                line.strip().startswith(target.ready_line)
+                for line in log_path.read_text(errors="replace").splitlines()
+            )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + target.ready_path, timeout=2).status_code == 200:
+                if printed and httpx.get(url + target.ready_path, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise SystemExit(f"{target.label} not ready after {timeout:.0f} s; see {log_path}")
@@ -658,6 +666,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="mlrig with logging 100 %%, auth on, both",
     )
+    parser.add_argument(
+        "--load",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="closed-loop generator (python: the script's own client, when wrk is missing)",
+    )
     parser.add_argument("--peer-venvs", type=Path, default=DEFAULT_PEER_VENVS)
     parser.add_argument("--tiny", action="store_true", help="CI smoke size: mlrig + raw, 1 run")
     parser.add_argument("--json", action="store_true")
@@ -674,7 +688,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    load_wrk = find_wrk(args.tiny)
+    load_wrk = find_wrk(args.tiny) if args.load == "wrk" else None
     one, hundred, rows100 = request_bodies()
     with tempfile.TemporaryDirectory(prefix="mlrig-bench-serving-") as tmp:
         work = Path(tmp)

@@ -27,6 +27,7 @@ SMOKE_TESTED = {
     "bench_metric_history.py",
     "bench_scheduler.py",
     "bench_onnx_runtime.py",
+    "bench_serving.py",
 }
 
 
@@ -262,3 +263,28 @@ def test_bench_onnx_runtime():
         assert positive(row["single_row"]["p50_ms"]), row
         assert row["agreement"] > 0.95, row
     assert rows["onnx cpu"]["providers"] == ["CPUExecutionProvider"]
+
+
+# --- serving: mlrig beside MLflow, BentoML and a raw ASGI app -------------------------------
+# bench_serving.py installs MLflow and BentoML into virtual environments of their own; --tiny
+# runs mlrig and the raw ASGI app only (no peer environment, no network), about a second of
+# load each, with wrk when it is installed, else the script's Python closed-loop client.
+
+
+def test_bench_serving(tmp_path: Path):
+    venvs = tmp_path / "peer-venvs"
+    report = run_benchmark("bench_serving.py", "--tiny", "--peer-venvs", str(venvs), timeout=300)
+    assert not venvs.exists(), "--tiny must not create the peers' environments"
+    assert report["load_generator"] in {"wrk", "python closed loop"}
+    assert report["load_generator_shares_cpus"] is True and report["runs"] == 1
+    rows = {(r["system"], r["workers"]): r for r in report["results"]}
+    assert set(rows) == {("mlrig", 1), ("raw", 1)}
+    for row in rows.values():
+        # every request answered 200 (wrk counts non-2xx and socket errors)
+        assert row["errors"] == 0, row
+        for key in ("rps_1row", "rows_per_s_100", "p50_ms", "p99_ms", "open_rate", "open_p99_ms"):
+            assert positive(row[key]), (key, row)
+        assert row["p50_ms"] <= row["p99_ms"], row
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert "rps_1row >= raw ASGI, 1 worker(s)" in goals
+    assert all(isinstance(g["met"], bool) for g in goals.values())
