@@ -1,0 +1,523 @@
+"""Inference logging: served predictions written to ``inference_requests`` off the
+request path.
+
+:meth:`InferenceLogger.record` is what a request pays: a sampling draw, one lock and a
+tuple appended to an in-memory buffer. It never touches the database and never waits:
+when the buffer is full the record is dropped and counted (``dropped``, exported as
+``mlrig_inference_log_dropped_total`` through ``on_drop``). A background thread takes
+the buffer every ``flush_seconds`` (sooner when ``batch_size`` records are waiting),
+turns the records into rows (JSON-ready lists, aware UTC timestamps) and writes them in
+batches with ``INSERT ... ON CONFLICT DO NOTHING``, so a retried client ``request_id``
+(unique per deployment) is stored once, on SQLite and PostgreSQL alike.
+
+When the database is down the rows taken out stay held, count against the buffer bound
+and are retried with exponential back-off; nothing is lost unless the outage lasts so
+long that new records no longer fit (those are dropped and counted). A row the database
+refuses for good (e.g. an unknown deployment id) is isolated by writing the batch row by
+row, and only that row is given up (``failed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DataError, IntegrityError
+
+from mlrig.errors import MlrigError
+
+if TYPE_CHECKING:
+    from mlrig.db import Database
+    from mlrig.hooks import Hooks
+
+__all__ = ["InferenceLogger"]
+
+log = logging.getLogger(__name__)
+
+#: the longest wait between two write attempts while the database is failing (seconds)
+MAX_BACKOFF_SECONDS = 30.0
+#: the first wait after a failed write (seconds); doubled on each further failure
+FIRST_BACKOFF_SECONDS = 0.1
+#: ``inference_requests.request_id`` is VARCHAR(255)
+MAX_REQUEST_ID = 255
+#: ``confidence_score`` is NUMERIC(5, 4): larger magnitudes cannot be stored
+MAX_CONFIDENCE = 9.9999
+
+# Errors that will not go away by retrying: the row itself is unstorable.
+_PERMANENT = (IntegrityError, DataError, MlrigError, TypeError, ValueError)
+
+#: one buffered record: (deployment_id, request_id, inputs, prediction, confidence,
+#: latency_ms, model_version_id, variant, unix time)
+Record = tuple[str, "str | None", Any, Any, "float | None", float, "str | None", str, float]
+
+
+class InferenceLogger:
+    """Buffered, sampled, bounded writer of ``inference_requests`` rows.
+
+    :param db: the platform's database.
+    :param sample_rate: the share of calls to :meth:`record` that are kept (0 to 1).
+    :param max_buffer: records held in memory at most (waiting and being retried);
+        beyond it new records are dropped and counted.
+    :param flush_seconds: how often the background thread writes what is waiting.
+    :param hooks: the platform's hooks; ``predictions_served`` is called once per
+        deployment per written batch, from the background thread.
+    :param batch_size: rows per ``INSERT`` (a full batch wakes the writer early).
+    :param seed: seed of the sampling draw (tests; ``None``: random).
+    :param on_drop: called with the number of records just dropped because the buffer
+        was full (e.g. :meth:`mlrig.serving.metrics.ServingMetrics.log_dropped`); called
+        on the request path, so it must be cheap.
+
+    Use one logger per process: :meth:`start` it, :meth:`record` from any thread or
+    event loop, :meth:`stop` at shutdown (which writes what is left).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        sample_rate: float,
+        max_buffer: int,
+        flush_seconds: float,
+        hooks: Hooks | None = None,
+        batch_size: int = 1000,
+        seed: int | None = None,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            msg = f"sample_rate must be between 0 and 1, not {sample_rate!r}"
+            raise ValueError(msg)
+        if max_buffer < 1 or batch_size < 1 or flush_seconds <= 0:
+            msg = "max_buffer and batch_size must be >= 1 and flush_seconds > 0"
+            raise ValueError(msg)
+        self.db = db
+        self.sample_rate = float(sample_rate)
+        self.max_buffer = int(max_buffer)
+        self.flush_seconds = float(flush_seconds)
+        self.batch_size = int(batch_size)
+        self.hooks = hooks
+        self.on_drop = on_drop
+        self._random = random.Random(seed).random
+        self._lock = threading.Lock()
+        self._buffer: list[Record] = []
+        #: rows taken out of the buffer and not yet written (they count against the bound)
+        self._held = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_lock = threading.Lock()  # one writer at a time (thread or flush())
+        self._retry: list[Record] = []
+        self._failures = 0  # consecutive failed attempts, for the back-off
+        self._dropped = 0
+        self._sampled_out = 0
+        self._written = 0
+        self._duplicates = 0
+        self._failed = 0
+        self._uuids: dict[str, uuid.UUID | None] = {}
+        self.last_error: str | None = None
+
+    # --- counters -------------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Records refused because the buffer was full (or left unwritten at stop)."""
+        return self._dropped
+
+    @property
+    def written(self) -> int:
+        """Rows inserted (duplicates of a stored request id not included)."""
+        return self._written
+
+    @property
+    def sampled_out(self) -> int:
+        """Calls to :meth:`record` that the sampling rate skipped."""
+        return self._sampled_out
+
+    @property
+    def pending(self) -> int:
+        """Records in memory: waiting for the next write or held for a retry."""
+        return len(self._buffer) + self._held
+
+    @property
+    def duplicates(self) -> int:
+        """Rows skipped because their ``(deployment_id, request_id)`` was stored already."""
+        return self._duplicates
+
+    @property
+    def failed(self) -> int:
+        """Rows the database refused for good (given up, logged as a warning)."""
+        return self._failed
+
+    def stats(self) -> dict[str, int]:
+        """Every counter, for health pages and tests."""
+        return {
+            "written": self._written,
+            "pending": self.pending,
+            "dropped": self._dropped,
+            "sampled_out": self._sampled_out,
+            "duplicates": self._duplicates,
+            "failed": self._failed,
+        }
+
+    # --- the request path -----------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        deployment_id: str,
+        request_id: str | None,
+        inputs: Any,
+        prediction: Any,
+        confidence: float | None,
+        latency_ms: float,
+        model_version_id: str | None,
+        variant: str,
+    ) -> bool:
+        """Keep one served prediction for the next write; O(1), never blocks on I/O.
+
+        ``inputs`` and ``prediction`` may be numpy arrays or scalars: they are converted
+        to JSON lists by the writer thread, so the caller must not change them afterwards.
+
+        :returns: ``True`` when kept; ``False`` when the sampling skipped it or the
+            buffer was full (then counted in :attr:`dropped`).
+        """
+        rate = self.sample_rate
+        if rate < 1.0 and (rate <= 0.0 or self._random() >= rate):
+            self._sampled_out += 1  # a lost increment under a thread race is harmless
+            return False
+        entry = (
+            deployment_id,
+            request_id,
+            inputs,
+            prediction,
+            confidence,
+            latency_ms,
+            model_version_id,
+            variant,
+            time.time(),
+        )
+        with self._lock:
+            buffer = self._buffer
+            if len(buffer) + self._held >= self.max_buffer:
+                self._dropped += 1
+                full = True
+            else:
+                buffer.append(entry)
+                full = False
+                if len(buffer) == self.batch_size:
+                    self._wake.set()
+        if full:
+            if self.on_drop is not None:
+                self.on_drop(1)
+            return False
+        return True
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> InferenceLogger:
+        """Start the background writer (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="mlrig-inference-log", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self, flush: bool = True, *, timeout: float = 10.0) -> None:
+        """Stop the writer; with ``flush``, write what is left first.
+
+        :param timeout: how long to keep trying when the database fails meanwhile; what
+            is still unwritten then is counted in :attr:`dropped`.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(timeout, 0.1) + 1.0)
+            self._thread = None
+        if flush:
+            deadline = time.monotonic() + timeout
+            while self.pending and time.monotonic() < deadline:
+                if not self.flush():
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            lost = len(self._buffer) + self._held
+            self._buffer = []
+            self._retry = []
+            self._held = 0
+            self._dropped += lost
+        if lost:
+            log.warning("inference log: %d records were not written before stop", lost)
+
+    def __enter__(self) -> InferenceLogger:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the writer -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            if self._failures:
+                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (self._failures - 1))
+                delay *= 0.5 + random.random() / 2  # jitter: replicas don't retry in step
+                self._stopping.wait(delay)
+                if self._stopping.is_set():
+                    return
+            else:
+                self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the writer die: log and try again later
+                log.exception("inference log: unexpected error in the writer")
+
+    def flush(self) -> bool:
+        """Write everything waiting now (in the caller's thread).
+
+        :returns: ``True`` when nothing is left to retry.
+        """
+        with self._flush_lock:
+            with self._lock:
+                taken = self._buffer
+                self._buffer = []
+                self._held += len(taken)
+            rows = self._retry + taken
+            self._retry = []
+            for begin in range(0, len(rows), self.batch_size):
+                batch = rows[begin : begin + self.batch_size]
+                try:
+                    self._write(batch)
+                except Exception as exc:
+                    self._failures += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if self._failures == 1 or self._failures % 20 == 0:
+                        log.warning(
+                            "inference log: writing %d rows failed (attempt %d, %d held): %s",
+                            len(batch),
+                            self._failures,
+                            len(rows) - begin,
+                            self.last_error,
+                        )
+                    self._retry = rows[begin:]
+                    return False
+                with self._lock:
+                    self._held -= len(batch)
+            if self._failures:
+                log.info("inference log: writing again after %d failed attempts", self._failures)
+            self._failures = 0
+            return True
+
+    def _write(self, batch: list[Record]) -> None:
+        """Insert ``batch``; a transient error propagates (the caller keeps the batch), a
+        permanent one is narrowed down to the bad rows, which are given up."""
+        rows = [self._row(entry) for entry in batch]
+        failed = 0
+        try:
+            inserted = self._insert(rows)
+        except _PERMANENT:
+            inserted, failed = self._insert_singly(rows)
+        self._written += inserted
+        self._failed += failed
+        self._duplicates += len(rows) - inserted - failed
+        self._notify(batch, rows)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> int:
+        """One ``INSERT ... ON CONFLICT DO NOTHING`` of ``rows``; the number inserted."""
+        if not rows:
+            return 0
+        statement = _insert_statement(self.db.dialect)
+        with self.db.bulk_write_lock, self.db.engine.begin() as conn:
+            result = conn.execute(statement, rows)
+            return len(result.all())
+
+    def _insert_singly(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert row by row (after a permanent error): ``(inserted, given up)``; a
+        transient error still propagates, so the whole batch is retried."""
+        inserted = failed = 0
+        statement = _insert_statement(self.db.dialect)
+        for row in rows:
+            try:
+                with self.db.bulk_write_lock, self.db.engine.begin() as conn:
+                    inserted += len(conn.execute(statement, [row]).all())
+            except _PERMANENT as exc:
+                failed += 1
+                log.warning(
+                    "inference log: a record of deployment %s (request %s) cannot be "
+                    "stored and is given up: %s",
+                    row["deployment_id"],
+                    row["request_id"],
+                    getattr(exc, "orig", None) or exc,
+                )
+        return inserted, failed
+
+    def _uuid(self, value: str | None) -> uuid.UUID | None:
+        if value is None:
+            return None
+        found = self._uuids.get(value, False)
+        if found is False:
+            try:
+                found = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+            except ValueError:
+                found = None  # not an id: the row cannot reference it
+            if len(self._uuids) > 10_000:
+                self._uuids.clear()
+            self._uuids[value] = found
+        return found  # type: ignore[return-value]
+
+    def _row(self, entry: Record) -> dict[str, Any]:
+        (deployment, request, inputs, prediction, confidence, latency, version, variant, at) = entry
+        if request is not None:
+            request = str(request).replace("\x00", "")[:MAX_REQUEST_ID]
+        return {
+            "id": uuid.UUID(_new_id()),
+            "deployment_id": self._uuid(deployment),
+            "request_id": request,
+            "model_version_id": self._uuid(version),
+            "variant": variant,
+            "input_features": to_json(inputs),
+            "prediction": to_json(prediction),
+            "confidence_score": _confidence(confidence),
+            "latency_ms": _latency(latency),
+            "timestamp": datetime.fromtimestamp(at, timezone.utc),
+        }
+
+    def _notify(self, batch: list[Record], rows: list[dict[str, Any]]) -> None:
+        hooks = self.hooks
+        if hooks is None or not _has_implementations(hooks, "mlrig_predictions_served"):
+            return
+        by_deployment: dict[str, list[dict[str, Any]]] = {}
+        for entry, row in zip(batch, rows, strict=True):
+            by_deployment.setdefault(entry[0], []).append(
+                {
+                    "request_id": row["request_id"],
+                    "model_version_id": entry[6],
+                    "variant": row["variant"],
+                    "inputs": row["input_features"],
+                    "prediction": row["prediction"],
+                    "confidence": row["confidence_score"],
+                    "latency_ms": entry[5],
+                    "timestamp": row["timestamp"].isoformat(),
+                }
+            )
+        for deployment, records in by_deployment.items():
+            event = {
+                "deployment_id": deployment,
+                "count": len(records),
+                "latency_ms_p50": statistics.median(r["latency_ms"] for r in records),
+                "records": records,
+            }
+            try:
+                hooks.predictions_served(event)
+            except Exception:  # a plugin's bug must not stop the writes
+                log.exception("inference log: a predictions_served hook failed")
+
+
+# --- conversions (writer thread) -----------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy arrays and scalars become lists and numbers,
+    tuples become lists, NaN and infinities become ``None`` (JSON has no such numbers)."""
+    if value is None or type(value) in (str, bool, int):
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if tolist is not None and not isinstance(value, (list, tuple, dict, str)):
+        kind = getattr(getattr(value, "dtype", None), "kind", None)
+        plain = tolist()
+        if kind in ("i", "u", "b"):
+            return plain  # integers and booleans are always finite
+        if kind == "f":
+            import numpy  # loaded already: value is a numpy object
+
+            if bool(numpy.isfinite(value).all()):
+                return plain
+        return to_json(plain)
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, (int, float)):
+        return to_json(float(value)) if isinstance(value, float) else int(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _confidence(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or abs(number) > MAX_CONFIDENCE:
+        return None
+    return number
+
+
+def _latency(value: float) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return max(0, min(round(number), 2**31 - 1))
+
+
+_ids: list[str] = []
+_ids_lock = threading.Lock()
+
+
+def _new_id() -> str:
+    """A time-ordered id (UUIDv7 layout, see :func:`mlrig.experiments.metrics.new_ids`),
+    made 256 at a time."""
+    from mlrig.experiments.metrics import new_ids
+
+    with _ids_lock:
+        if not _ids:
+            _ids.extend(reversed(new_ids(256)))
+        return _ids.pop()
+
+
+_statements: dict[str, Any] = {}
+
+
+def _insert_statement(dialect: str) -> Any:
+    """``INSERT INTO inference_requests ... ON CONFLICT DO NOTHING RETURNING id``: a row
+    whose ``(deployment_id, request_id)`` is stored already is skipped, and the ids
+    returned count the rows really inserted."""
+    statement = _statements.get(dialect)
+    if statement is None:
+        from mlrig.db.models import InferenceRequest
+
+        table = InferenceRequest.__table__
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - mlrig supports SQLite and PostgreSQL
+            msg = f"inference logging supports SQLite and PostgreSQL, not {dialect}"
+            raise NotImplementedError(msg)
+        statement = insert(table).on_conflict_do_nothing().returning(table.c.id)
+        _statements[dialect] = statement
+    return statement
+
+
+def _has_implementations(hooks: Hooks, name: str) -> bool:
+    caller = getattr(getattr(hooks, "pm", None), "hook", None)
+    caller = getattr(caller, name, None)
+    if caller is None:
+        return True  # not a pluggy facade: just call it
+    return bool(caller.get_hookimpls())
