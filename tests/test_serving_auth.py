@@ -208,3 +208,35 @@ def test_negative_ttl_is_at_most_the_ttl(platform):
     assert TokenCache(platform.security, ttl_seconds=30).negative_ttl_seconds == 1.0
     with pytest.raises(ValueError):
         TokenCache(platform.security, ttl_seconds=-1)
+
+
+def test_a_burst_with_an_unknown_token_makes_one_database_check(platform, token):
+    """Requests arriving together with a token the cache does not know (a server that
+    just started) wait for the first one's check instead of each asking the database."""
+    calls = []
+    gate = threading.Event()
+    real = platform.security.authenticate
+
+    class SlowSecurity:
+        def authenticate(self, plaintext):
+            calls.append(plaintext)
+            gate.wait(timeout=30)  # held until every request is waiting
+            return real(plaintext)
+
+    cache = TokenCache(SlowSecurity(), ttl_seconds=60)
+    answers: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(cache.authenticate(token["token"])))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    while len(cache._pending) == 0:
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.2)  # let the others reach the wait
+    gate.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 8 and {a.name for a in answers} == {"alice"}
+    assert len(calls) == 1
+    assert cache._pending == {}

@@ -26,6 +26,8 @@ __all__ = ["NEGATIVE_TTL_SECONDS", "TokenCache"]
 
 #: the longest a refused token is remembered (shorter when the TTL is)
 NEGATIVE_TTL_SECONDS = 1.0
+#: how long a request waits for another request's database check of the same token
+_FOLLOWER_WAIT_SECONDS = 10.0
 
 
 class _Lru:
@@ -84,6 +86,7 @@ class TokenCache:
         self._valid = _Lru(max_size)
         self._refused = _Lru(max_size)
         self._lock = threading.Lock()
+        self._pending: dict[bytes, threading.Event] = {}
         self._clock = clock or time.monotonic
         #: database checks made (for tests and metrics)
         self.misses = 0
@@ -122,7 +125,30 @@ class TokenCache:
         if not plaintext:
             return self.security.authenticate(plaintext)  # raises, no database
         key = self._key(plaintext)
-        self.misses += 1
+        # one database check per token at a time: a burst of requests with a token the
+        # cache does not know yet (a server just started) waits for the first one's
+        with self._lock:
+            pending = self._pending.get(key)
+            leader = pending is None
+            if leader:
+                pending = self._pending[key] = threading.Event()
+        if not leader:
+            pending.wait(timeout=_FOLLOWER_WAIT_SECONDS)
+            cached = self.peek(plaintext)  # or raises the refusal the first check cached
+            if cached is not None:
+                return cached
+            return self._check(key, plaintext)  # nothing cached (TTL 0, a database error)
+        try:
+            return self._check(key, plaintext)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.set()
+
+    def _check(self, key: bytes, plaintext: str) -> Principal:
+        """Ask the database, and cache the answer."""
+        with self._lock:
+            self.misses += 1
         try:
             principal = self.security.authenticate(plaintext)
         except AuthenticationError as exc:
