@@ -101,10 +101,13 @@ class OnnxModel(LoadedModel):
         options: OnnxRuntimeOptions,
         threads: int,
         not_used: dict[str, str] | None = None,
+        constants: set[str] | None = None,
     ):
         self.session = session
         self.columns = columns
-        self.inputs = session.get_inputs()
+        # the inputs a batch feeds: tf2onnx lists some constants (initializers) as graph
+        # inputs too, which have their values already
+        self.inputs = [i for i in session.get_inputs() if i.name not in (constants or ())]
         self.output_names = [o.name for o in session.get_outputs()]
         self._options = options
         self._threads = threads
@@ -218,6 +221,37 @@ class OnnxClassifierModel(OnnxModel):
         return _as_list(self._run(name, batch))
 
 
+class OnnxScoresClassifierModel(OnnxModel):
+    """An ONNX classifier whose output is class scores (a torch or Keras network's
+    export): served like the torch/tensorflow runtimes serve it, labels and probabilities
+    (see :mod:`mlrig.plugins._tensor_models`)."""
+
+    def __init__(self, session: Any, *, output: str, classes: list[Any] | None, **kw: Any):
+        super().__init__(session, **kw)
+        self.output = output
+        self._classes = classes
+
+    @property
+    def classes(self) -> list[Any] | None:
+        """The class labels (from the metadata), in the order of ``predict_proba``."""
+        return self._classes
+
+    def predict(self, batch: Any) -> list[Any]:
+        """Per row, the most probable class (its label, or its index)."""
+        from mlrig.plugins._tensor_models import class_labels
+
+        return class_labels(self._probabilities(batch), self._classes)
+
+    def predict_proba(self, batch: Any) -> list[Any]:
+        """Per row, the probability of each class."""
+        return self._probabilities(batch).tolist()
+
+    def _probabilities(self, batch: Any) -> Any:
+        from mlrig.plugins._tensor_models import class_probabilities
+
+        return class_probabilities(self._run(self.output_names[0], batch), self.output)
+
+
 class OnnxRuntime(ModelRuntime):
     """Loads ``model.onnx`` from a model package folder (or the file itself)."""
 
@@ -257,11 +291,27 @@ class OnnxRuntime(ModelRuntime):
             )
             raise PluginError(msg)
         outputs = {o.name for o in session.get_outputs()}
-        cls = OnnxClassifierModel if outputs & set(_PROBABILITY_OUTPUTS) else OnnxModel
         columns = signature_columns(metadata.get("signature"))
-        model = cls(
-            session, columns=columns, options=self.options, threads=threads, not_used=not_used
-        )
+        graph = _graph(file)
+        constants = {i.name for i in graph.initializer} if graph is not None else set()
+        common = {
+            "columns": columns,
+            "options": self.options,
+            "threads": threads,
+            "constants": constants,
+        }
+        model: OnnxModel
+        if outputs & set(_PROBABILITY_OUTPUTS):
+            model = OnnxClassifierModel(session, not_used=not_used, **common)
+        elif metadata.get("model_type") == "classification":
+            # a network's export: its first output holds class scores
+            output = _scores_kind(graph, session.get_outputs()[0].name)
+            classes = metadata.get("classes")
+            model = OnnxScoresClassifierModel(
+                session, output=output, classes=classes, not_used=not_used, **common
+            )
+        else:
+            model = OnnxModel(session, not_used=not_used, **common)
         if self.options.warm_up:
             with captured_stderr() if on_gpu else contextlib.nullcontext([]):
                 model._warm_up_at_load()
@@ -330,6 +380,33 @@ class OnnxRuntime(ModelRuntime):
         spinning = "1" if self.options.allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         return options
+
+
+def _graph(file: Path) -> Any:
+    """The model's graph (without external weights), or None where onnx cannot read it."""
+    import onnx
+
+    try:
+        return onnx.load(str(file), load_external_data=False).graph
+    except Exception:  # onnxruntime loaded it: do without what the graph would tell
+        return None
+
+
+def _scores_kind(graph: Any, output: str) -> str:
+    """Whether the graph's ``output`` comes out of a softmax/sigmoid ("probabilities"), a
+    log-softmax or a linear layer ("logits": a softmax gives the probabilities), or
+    something else ("auto": decided row by row)."""
+    if graph is None:
+        return "auto"
+    producer = next((n for n in graph.node if output in n.output), None)
+    while producer is not None and producer.op_type in ("Identity", "Cast", "Reshape"):
+        source = producer.input[0]
+        producer = next((n for n in graph.node if source in n.output), None)
+    if producer is None:
+        return "auto"
+    if producer.op_type in ("Softmax", "Sigmoid"):
+        return "probabilities"
+    return "logits" if producer.op_type in ("LogSoftmax", "Gemm", "MatMul", "Add") else "auto"
 
 
 def cuda_available() -> bool:

@@ -15,7 +15,10 @@ framework's own without refitting), so ``register_*`` can be called many times c
     x = breast_cancer_data().x
     expected = breast_cancer_estimator().predict_proba(x)
 
-torch and TensorFlow are imported only by the helpers that need them.
+``register_torch_model`` and ``register_tf_model`` do the same with a small torch and
+Keras network on the same data (``breast_cancer_torch_model``/``breast_cancer_keras_model``
+give the fitted networks, ``torch_predict_proba``/``keras_predict_proba`` their own
+answers). torch and TensorFlow are imported only by the helpers that need them.
 """
 
 from __future__ import annotations
@@ -114,4 +117,119 @@ def register_breast_cancer_model(
     model = breast_cancer_estimator(variant, named=named)
     sample = data.frame.head(20) if named else data.x[:20]
     version.setdefault("tags", {"testing": "breast_cancer", "variant": str(variant)})
+    return register_model(platform, model, name=name, actor=actor, sample=sample, **version)
+
+
+# -- torch and TensorFlow ----------------------------------------------------------------------
+
+
+def _scaling() -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (float32): the networks fold them into their
+    first layer, so they take raw features like the sklearn pipeline does."""
+    x = breast_cancer_data().x32
+    return x.mean(axis=0), x.std(axis=0)
+
+
+@lru_cache(maxsize=len(_VARIANT_C))
+def breast_cancer_torch_model(variant: int = 0) -> Any:
+    """A fitted torch MLP (``nn.Sequential``: 30 -> 16 -> 2 logits, in eval mode) on the
+    breast cancer data; the feature scaling is folded into the first layer. ``variant``
+    seeds another network (other probabilities)."""
+    import torch
+
+    data = breast_cancer_data()
+    mean, std = _scaling()
+    torch.manual_seed(variant)
+    first = torch.nn.Linear(30, 16)
+    model = torch.nn.Sequential(first, torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    x, y = torch.from_numpy(data.x32), torch.from_numpy(data.y).long()
+    scaled = (x - torch.from_numpy(mean)) / torch.from_numpy(std)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(200):  # full-batch steps: well under a second, deterministic
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(scaled), y).backward()
+        optimiser.step()
+    with torch.no_grad():  # fold the scaling in: W (x - m) / s + b = (W / s) x + (b - W m / s)
+        weight = first.weight / torch.from_numpy(std)
+        first.bias -= weight @ torch.from_numpy(mean)
+        first.weight.copy_(weight)
+    return model.eval()
+
+
+def torch_predict_proba(model: Any, x: np.ndarray) -> np.ndarray:
+    """The torch model's own class probabilities for ``x`` (softmax of its logits)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(x.astype("float32"))), dim=1).numpy()
+
+
+def register_torch_model(
+    platform: Platform,
+    name: str = "bc-torch",
+    *,
+    variant: int = 0,
+    actor: Principal = ACTOR,
+    **version: Any,
+) -> dict[str, Any]:
+    """Register :func:`breast_cancer_torch_model` (``model.pt`` + ``state_dict.pt`` +
+    ``model.pt2`` + ``model.onnx``) as a classifier version of ``name``; return its view.
+
+    Its signature is a float32 tensor of 30 features; ``model_type`` is
+    ``"classification"`` (so the torch runtime serves class labels and probabilities)."""
+    from mlrig.registry.packaging import register_model
+
+    model = breast_cancer_torch_model(variant)
+    version.setdefault("model_type", "classification")
+    version.setdefault("tags", {"testing": "breast_cancer_torch", "variant": str(variant)})
+    sample = breast_cancer_data().x32[:20]
+    return register_model(platform, model, name=name, actor=actor, sample=sample, **version)
+
+
+@lru_cache(maxsize=len(_VARIANT_C))
+def breast_cancer_keras_model(variant: int = 0) -> Any:
+    """A fitted Keras MLP (30 -> 16 -> 2 softmax) on the breast cancer data; the feature
+    scaling is folded into the first layer (a ``Normalization`` layer would export to ONNX
+    with its mean and variance as extra graph inputs). ``variant`` seeds another one."""
+    from mlrig.formats._tensorflow import _tf
+
+    _tf()  # imports tensorflow with its start-up lines kept off stderr
+    import keras
+
+    data = breast_cancer_data()
+    mean, std = _scaling()
+    keras.utils.set_random_seed(variant)
+    first = keras.layers.Dense(16, activation="relu")
+    model = keras.Sequential(
+        [keras.Input((30,)), first, keras.layers.Dense(2, activation="softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit((data.x32 - mean) / std, data.y, epochs=20, batch_size=64, verbose=0)
+    kernel, bias = first.get_weights()  # x W / s + (b - (m / s) W): the same on raw x
+    first.set_weights([kernel / std[:, None], bias - (mean / std) @ kernel])
+    return model
+
+
+def keras_predict_proba(model: Any, x: np.ndarray) -> np.ndarray:
+    """The Keras model's own class probabilities for ``x``."""
+    return model.predict(x.astype("float32"), verbose=0)
+
+
+def register_tf_model(
+    platform: Platform,
+    name: str = "bc-tf",
+    *,
+    variant: int = 0,
+    actor: Principal = ACTOR,
+    **version: Any,
+) -> dict[str, Any]:
+    """Register :func:`breast_cancer_keras_model` (``model.keras`` + ``model.onnx``) as a
+    classifier version of ``name``; return its view. Its signature is a float32 tensor of
+    30 features; ``model_type`` is ``"classification"``."""
+    from mlrig.registry.packaging import register_model
+
+    model = breast_cancer_keras_model(variant)
+    version.setdefault("model_type", "classification")
+    version.setdefault("tags", {"testing": "breast_cancer_tf", "variant": str(variant)})
+    sample = breast_cancer_data().x32[:20]
     return register_model(platform, model, name=name, actor=actor, sample=sample, **version)
