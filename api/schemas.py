@@ -354,3 +354,59 @@ class Health(Out):
     checks: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per component; details need a token."
     )
+
+
+# --- deployments --------------------------------------------------------------------
+
+DeploymentStatus = Literal["pending", "deploying", "active", "inactive", "failed"]
+Environment = Literal["development", "staging", "production"]
+
+
+class DeploymentReplicas(Out):
+    min: int = Field(description="Replicas kept at least (autoscaling floor).")
+    max: int = Field(description="Replicas at most (autoscaling ceiling).")
+
+
+class DeploymentBatching(Out):
+    max_batch_size: int = Field(description="Rows per micro-batch at most.")
+    max_latency_ms: float = Field(description="Longest wait for more rows (ms).")
+
+
+class DeploymentTraffic(Out):
+    version: str
+    version_id: str
+    percent: float = Field(description="Share of requests this canary answers (0-100).")
+
+
+class DeploymentShadow(Out):
+    version: str
+    version_id: str
+
+
+class Deployment(Out):
+    """A model version served at an endpoint."""
+
+    id: str
+    name: str
+    model: str | None = Field(description="The model's name.")
+    model_id: str | None = Field(description="The registered model's id.")
+    version: str = Field(description="The primary version (what the alias points at now).")
+    version_id: str | None
+    alias: str | None = Field(description="The alias followed (null: a pinned version).")
+    runtime: str = Field(description="'auto' or a runtime name, as asked.")
+    resolved_runtime: str | None = Field(description="The runtime serving the primary.")
+    environment: Environment | None
+    status: DeploymentStatus
+    status_reason: str | None = Field(description="Why it failed, stopped or kept a version.")
+    replicas: DeploymentReplicas
+    batching: DeploymentBatching
+    resources: dict[str, Any]
+    traffic: list[DeploymentTraffic] = Field(description="Canary versions and their share.")
+    shadow: DeploymentShadow | None = Field(description="Gets a copy of every request.")
+    allow_nan: bool = Field(description="Whether NaN inputs are accepted.")
+    endpoint_url: str = Field(description="Where predictions are answered (POST).")
+    created_by: str | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    deployed_at: Timestamp | None = Field(description="When it last became active.")
+    deleted_at: Timestamp | None = Field(default=None, description="Set on a deleted one.")

@@ -329,6 +329,55 @@ class Client:
             partial.unlink(missing_ok=True)
         return target
 
+    # --- deployments --------------------------------------------------------------------
+
+    def create_deployment(
+        self,
+        name: str,
+        *,
+        model: str,
+        version: str | None = None,
+        alias: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Deploy ``version`` of ``model`` (or whatever ``alias`` points at, followed when
+        it moves) as ``name``; ``fields``: ``runtime``, ``environment``, ``replicas``
+        (``{"min", "max"}``), ``batching`` (``{"max_batch_size", "max_latency_ms"}``),
+        ``resources``, ``traffic`` (``[{"version", "percent"}]``), ``shadow``,
+        ``allow_nan``. Status starts ``pending``."""
+        body = {"name": name, "model": model, "version": version, "alias": alias, **fields}
+        return self._request("POST", "/deployments", json=_params(body))
+
+    def list_deployments(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of deployments (``status``, ``environment``, ``model``, ``limit``,
+        ``offset`` or ``cursor``)."""
+        return self._items("/deployments", filters)
+
+    def get_deployment(self, ref: str) -> dict[str, Any]:
+        """A deployment by id or name."""
+        return self._request("GET", f"/deployments/{_segment(ref)}")
+
+    def update_deployment(self, ref: str, **changes: Any) -> dict[str, Any]:
+        """Change a deployment (the fields of :meth:`create_deployment`, and ``status``:
+        ``inactive`` stops it, ``active`` starts it); ``shadow=None`` removes the shadow,
+        ``traffic=[]`` the canaries."""
+        return self._request("PUT", f"/deployments/{_segment(ref)}", json=changes)
+
+    def delete_deployment(self, ref: str) -> dict[str, Any]:
+        """Delete a deployment (it stops; its name can be used again)."""
+        return self._request("DELETE", f"/deployments/{_segment(ref)}")
+
+    def predict(self, ref: str, inputs: Any, **fields: Any) -> dict[str, Any]:
+        """Predictions of deployment ``ref`` for ``inputs`` (rows ``[[...], ...]`` or
+        columns ``{"col": [...]}``); ``fields`` go into the body too (``request_id``).
+        Returns ``{"predictions", "probabilities"?, "model", "version", "request_id"...}``."""
+        body = {"inputs": _plain(inputs), **fields}
+        return self._request("POST", f"/deployments/{_segment(ref)}/predict", json=body)
+
+    def deployment_health(self, ref: str) -> dict[str, Any]:
+        """Whether deployment ``ref`` is loaded and serving, per version."""
+        return self._request("GET", f"/deployments/{_segment(ref)}/health")
+
 
 def _raise_for_error(response: httpx.Response) -> None:
     if not response.is_error:
@@ -355,3 +404,19 @@ def _batches(points: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment (a name with ``/`` or ``?`` stays one segment)."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and pandas frames as JSON lists (rows), the rest unchanged."""
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a DataFrame: columns
+        return {str(c): value[c].tolist() for c in value.columns}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mlrig.security import AuditTrail, Principal
 
 #: what :meth:`DeploymentService.update` may change
-UPDATABLE = frozenset(
+UPDATABLE = frozenset(  # replicas and batching merge into what is set
     {
         "version",
         "alias",
@@ -59,6 +59,13 @@ SYSTEM_ACTOR = "serving"
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _mapping(value: object, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        msg = f"{field} must be an object"
+        raise ValidationError(msg, details={"field": field})
+    return value
 
 
 class DeploymentService:
@@ -400,10 +407,15 @@ class DeploymentService:
             config = dict(row.deployment_config or {})
             if changes.get("runtime") is not None:
                 config["runtime"] = spec.check_runtime_name(changes["runtime"])
+            # nested objects merge: --max-latency-ms alone keeps the batch size
             if changes.get("replicas") is not None:
-                config["replicas"] = spec.check_replicas(changes["replicas"])
+                config["replicas"] = spec.check_replicas(
+                    {**(config.get("replicas") or {}), **_mapping(changes["replicas"], "replicas")}
+                )
             if changes.get("batching") is not None:
-                config["batching"] = spec.check_batching(changes["batching"])
+                config["batching"] = spec.check_batching(
+                    {**(config.get("batching") or {}), **_mapping(changes["batching"], "batching")}
+                )
             if "allow_nan" in changes:
                 config["allow_nan"] = changes["allow_nan"]
             if changes.get("resources") is not None:
