@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DataError, IntegrityError
+import orjson
 
 from mlrig.errors import MlrigError
 
@@ -50,9 +50,6 @@ FIRST_BACKOFF_SECONDS = 0.1
 MAX_REQUEST_ID = 255
 #: ``confidence_score`` is NUMERIC(5, 4): larger magnitudes cannot be stored
 MAX_CONFIDENCE = 9.9999
-
-# Errors that will not go away by retrying: the row itself is unstorable.
-_PERMANENT = (IntegrityError, DataError, MlrigError, TypeError, ValueError)
 
 #: one buffered record: (deployment_id, request_id, inputs, prediction, confidence,
 #: latency_ms, model_version_id, variant, unix time)
@@ -120,7 +117,8 @@ class InferenceLogger:
         self._written = 0
         self._duplicates = 0
         self._failed = 0
-        self._uuids: dict[str, uuid.UUID | None] = {}
+        self._ids: dict[Any, str | None] = {}
+        self._seconds: dict[int, str] = {}  # unix second -> its SQLite text
         self.last_error: str | None = None
 
     # --- counters -------------------------------------------------------------------
@@ -319,78 +317,127 @@ class InferenceLogger:
     def _write(self, batch: list[Record]) -> None:
         """Insert ``batch``; a transient error propagates (the caller keeps the batch), a
         permanent one is narrowed down to the bad rows, which are given up."""
-        rows = [self._row(entry) for entry in batch]
+        postgres = self.db.dialect == "postgresql"
+        rows = self._rows(batch, postgres)
         failed = 0
         try:
-            inserted = self._insert(rows)
-        except _PERMANENT:
-            inserted, failed = self._insert_singly(rows)
+            inserted = self._insert(rows, postgres)
+        except Exception as exc:
+            if not _is_permanent(exc):
+                raise
+            inserted, failed = self._insert_singly(rows, postgres)
         self._written += inserted
         self._failed += failed
         self._duplicates += len(rows) - inserted - failed
         self._notify(batch, rows)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> int:
-        """One ``INSERT ... ON CONFLICT DO NOTHING`` of ``rows``; the number inserted."""
+    def _insert(self, rows: list[tuple[Any, ...]], postgres: bool) -> int:
+        """One ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` in one
+        transaction, on the driver's own cursor (the rows are made storable by
+        :meth:`_row`, so SQLAlchemy's per-value processing would only cost time);
+        returns the number of rows really inserted."""
         if not rows:
             return 0
-        statement = _insert_statement(self.db.dialect)
+        sql = _POSTGRES_INSERT if postgres else _SQLITE_INSERT
         with self.db.bulk_write_lock, self.db.engine.begin() as conn:
-            result = conn.execute(statement, rows)
-            return len(result.all())
+            raw = conn.connection.driver_connection
+            cursor = raw.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.executemany(sql, rows)
+                count = cursor.rowcount
+            finally:
+                cursor.close()
+        # a driver that cannot tell (-1) is taken at its word that all went in
+        return len(rows) if count is None or count < 0 else int(count)
 
-    def _insert_singly(self, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    def _insert_singly(self, rows: list[tuple[Any, ...]], postgres: bool) -> tuple[int, int]:
         """Insert row by row (after a permanent error): ``(inserted, given up)``; a
         transient error still propagates, so the whole batch is retried."""
         inserted = failed = 0
-        statement = _insert_statement(self.db.dialect)
         for row in rows:
             try:
-                with self.db.bulk_write_lock, self.db.engine.begin() as conn:
-                    inserted += len(conn.execute(statement, [row]).all())
-            except _PERMANENT as exc:
+                inserted += self._insert([row], postgres)
+            except Exception as exc:
+                if not _is_permanent(exc):
+                    raise
                 failed += 1
                 log.warning(
                     "inference log: a record of deployment %s (request %s) cannot be "
                     "stored and is given up: %s",
-                    row["deployment_id"],
-                    row["request_id"],
-                    getattr(exc, "orig", None) or exc,
+                    row[1],
+                    row[2],
+                    str(getattr(exc, "orig", None) or exc).splitlines()[0],
                 )
         return inserted, failed
 
-    def _uuid(self, value: str | None) -> uuid.UUID | None:
+    def _rows(self, batch: list[Record], postgres: bool) -> list[tuple[Any, ...]]:
+        """The stored form of ``batch``: 32-hex ids, JSON text, and the time as an aware
+        UTC datetime on PostgreSQL or as the naive UTC text SQLAlchemy's
+        :class:`~mlrig.db.types.UTCDateTime` keeps on SQLite.
+
+        One loop with everything bound locally: this runs in the serving process and
+        shares its interpreter with the requests, so each microsecond per row counts.
+        """
+        from mlrig.experiments.metrics import new_ids
+
+        hexed, dump, seconds = self._hex, dump_json, self._seconds
+        rows = []
+        append = rows.append
+        for index, (ident, entry) in enumerate(zip(new_ids(len(batch)), batch, strict=True)):
+            if index and not index % 200:
+                time.sleep(0)  # hand the GIL to the event loop: requests wait < 2 ms
+            (deployment, request, inputs, prediction, confidence, latency, version, variant, at) = (
+                entry
+            )
+            if request is not None and (type(request) is not str or len(request) > 64):
+                request = str(request).replace("\x00", "")[:MAX_REQUEST_ID]
+            elif request is not None and "\x00" in request:
+                request = request.replace("\x00", "")
+            if postgres:
+                stamp: Any = datetime.fromtimestamp(at, timezone.utc)
+            else:
+                whole = int(at)
+                prefix = seconds.get(whole)
+                if prefix is None:
+                    if len(seconds) > 64:
+                        seconds.clear()
+                    prefix = seconds[whole] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+                stamp = f"{prefix}.{int((at - whole) * 1e6):06d}"
+            if type(confidence) is not float or not 0.0 <= confidence <= 1.0:
+                confidence = _confidence(confidence)
+            append(
+                (
+                    ident,
+                    hexed(deployment),
+                    request,
+                    hexed(version),
+                    variant if type(variant) is str and len(variant) <= 50 else _text(variant, 50),
+                    dump(inputs),
+                    dump(prediction),
+                    confidence,
+                    _latency(latency),
+                    stamp,
+                )
+            )
+        return rows
+
+    def _hex(self, value: str | None) -> str | None:
+        """An id as 32 hex digits (``None`` when it is no UUID: the row cannot refer to
+        it); cached, a replica serves few deployments and versions."""
         if value is None:
             return None
-        found = self._uuids.get(value, False)
+        found = self._ids.get(value, False)
         if found is False:
             try:
-                found = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+                found = (value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))).hex
             except ValueError:
-                found = None  # not an id: the row cannot reference it
-            if len(self._uuids) > 10_000:
-                self._uuids.clear()
-            self._uuids[value] = found
+                found = None
+            if len(self._ids) > 10_000:
+                self._ids.clear()
+            self._ids[value] = found
         return found  # type: ignore[return-value]
 
-    def _row(self, entry: Record) -> dict[str, Any]:
-        (deployment, request, inputs, prediction, confidence, latency, version, variant, at) = entry
-        if request is not None:
-            request = str(request).replace("\x00", "")[:MAX_REQUEST_ID]
-        return {
-            "id": uuid.UUID(_new_id()),
-            "deployment_id": self._uuid(deployment),
-            "request_id": request,
-            "model_version_id": self._uuid(version),
-            "variant": variant,
-            "input_features": to_json(inputs),
-            "prediction": to_json(prediction),
-            "confidence_score": _confidence(confidence),
-            "latency_ms": _latency(latency),
-            "timestamp": datetime.fromtimestamp(at, timezone.utc),
-        }
-
-    def _notify(self, batch: list[Record], rows: list[dict[str, Any]]) -> None:
+    def _notify(self, batch: list[Record], rows: list[tuple[Any, ...]]) -> None:
         hooks = self.hooks
         if hooks is None or not _has_implementations(hooks, "mlrig_predictions_served"):
             return
@@ -398,14 +445,14 @@ class InferenceLogger:
         for entry, row in zip(batch, rows, strict=True):
             by_deployment.setdefault(entry[0], []).append(
                 {
-                    "request_id": row["request_id"],
+                    "request_id": row[2],
                     "model_version_id": entry[6],
-                    "variant": row["variant"],
-                    "inputs": row["input_features"],
-                    "prediction": row["prediction"],
-                    "confidence": row["confidence_score"],
+                    "variant": row[4],
+                    "inputs": None if row[5] is None else orjson.loads(row[5]),
+                    "prediction": None if row[6] is None else orjson.loads(row[6]),
+                    "confidence": row[7],
                     "latency_ms": entry[5],
-                    "timestamp": row["timestamp"].isoformat(),
+                    "timestamp": datetime.fromtimestamp(entry[8], timezone.utc).isoformat(),
                 }
             )
         for deployment, records in by_deployment.items():
@@ -422,6 +469,53 @@ class InferenceLogger:
 
 
 # --- conversions (writer thread) -----------------------------------------------------
+
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dump_json(value: Any) -> str | None:
+    """``value`` as JSON text for the ``input_features``/``prediction`` columns.
+
+    numpy arrays and scalars are written as lists and numbers, NaN and infinities as
+    ``null`` (JSON has no such numbers; PostgreSQL would refuse the row), NUL characters
+    are removed (neither database stores them in JSON). A value that cannot be written at
+    all (nested over 254 levels, a lone surrogate, an integer over 64 bits) is stored as
+    ``null`` rather than failing the batch.
+    """
+    if value is None:
+        return None
+    try:
+        data = orjson.dumps(value, option=_JSON_OPTIONS, default=_json_default)
+    except TypeError:  # orjson.JSONEncodeError
+        try:
+            data = orjson.dumps(to_json(value), option=_JSON_OPTIONS, default=_json_default)
+        except TypeError:
+            return None
+    if b"\\u0000" in data:
+        data = orjson.dumps(_without_nul(orjson.loads(data)))
+    return data.decode()
+
+
+def _json_default(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # a numpy array orjson does not take natively
+    if tolist is not None:
+        return to_json(tolist())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def to_json(value: Any) -> Any:
@@ -476,43 +570,34 @@ def _latency(value: float) -> int | None:
     return max(0, min(round(number), 2**31 - 1))
 
 
-_ids: list[str] = []
-_ids_lock = threading.Lock()
+def _text(value: Any, size: int) -> str | None:
+    return None if value is None else str(value).replace("\x00", "")[:size]
 
 
-def _new_id() -> str:
-    """A time-ordered id (UUIDv7 layout, see :func:`mlrig.experiments.metrics.new_ids`),
-    made 256 at a time."""
-    from mlrig.experiments.metrics import new_ids
+_COLUMNS = (
+    "id, deployment_id, request_id, model_version_id, variant, input_features, prediction, "
+    "confidence_score, latency_ms, timestamp"
+)
+# ON CONFLICT without a target: the unique (deployment_id, request_id) index is the one
+# a new row can meet (ids are fresh); a retried client request id is stored once.
+_SQLITE_INSERT = (
+    f"INSERT INTO inference_requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+_POSTGRES_INSERT = (
+    f"INSERT INTO inference_requests ({_COLUMNS}) VALUES (%s::uuid, %s::uuid, %s, %s::uuid, "
+    "%s, %s::jsonb, %s::jsonb, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
 
-    with _ids_lock:
-        if not _ids:
-            _ids.extend(reversed(new_ids(256)))
-        return _ids.pop()
 
-
-_statements: dict[str, Any] = {}
-
-
-def _insert_statement(dialect: str) -> Any:
-    """``INSERT INTO inference_requests ... ON CONFLICT DO NOTHING RETURNING id``: a row
-    whose ``(deployment_id, request_id)`` is stored already is skipped, and the ids
-    returned count the rows really inserted."""
-    statement = _statements.get(dialect)
-    if statement is None:
-        from mlrig.db.models import InferenceRequest
-
-        table = InferenceRequest.__table__
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # pragma: no cover - mlrig supports SQLite and PostgreSQL
-            msg = f"inference logging supports SQLite and PostgreSQL, not {dialect}"
-            raise NotImplementedError(msg)
-        statement = insert(table).on_conflict_do_nothing().returning(table.c.id)
-        _statements[dialect] = statement
-    return statement
+def _is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot help: the database refused the data itself (a constraint,
+    a value it cannot store), not the connection, a lock or a missing table."""
+    if isinstance(exc, (MlrigError, TypeError, ValueError)):
+        return True
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    names = {cls.__name__ for cls in type(orig).__mro__}
+    return bool(names & {"IntegrityError", "DataError"})
 
 
 def _has_implementations(hooks: Hooks, name: str) -> bool:
