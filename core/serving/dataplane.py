@@ -127,6 +127,8 @@ class DataPlane:
         its first version waits for it (0: answer 503 with ``Retry-After`` at once).
     :param follow_hooks: refresh at once when this process's deployment-changed hook
         fires (the embedded data plane, which shares the process with the control plane).
+    :param report_status: tell the control plane deploying/active/failed (off for a
+        one-shot ``mlrig predict``, which is no serving replica).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class DataPlane:
         only: Iterable[str] | None = None,
         load_wait_seconds: float = 0.0,
         follow_hooks: bool = False,
+        report_status: bool = True,
         metrics: Any = None,
         inference_log: Any = None,
     ) -> None:
@@ -145,6 +148,7 @@ class DataPlane:
         self.replica = replica
         self.only = frozenset(only) if only is not None else None
         self.load_wait_seconds = float(load_wait_seconds)
+        self.report_status = report_status
         #: what the request path reads; replaced whole, never mutated
         self.table = Table()
         self.auth_enabled = bool(platform.settings.auth.enabled)
@@ -408,6 +412,8 @@ class DataPlane:
         reason: str | None = None,
         revision: str | None = None,
     ) -> None:
+        if not self.report_status:
+            return
         try:
             self.platform.deployments.set_status(deployment_id, status, reason, revision=revision)
         except Exception as exc:  # reporting must never stop serving
