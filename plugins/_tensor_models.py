@@ -108,6 +108,11 @@ class TensorClassifierModel(TensorModel):
         """Per row, the probability of each class."""
         return self._probabilities(batch).tolist()
 
+    def predict_with_proba(self, batch: Any) -> tuple[list[Any], list[list[float]]]:
+        """Labels and probabilities from one forward pass (serving wants both)."""
+        proba = self._probabilities(batch)
+        return class_labels(proba, self._classes), proba.tolist()
+
     def _probabilities(self, batch: Any) -> Any:
         return class_probabilities(self._scores(batch), self.output)
 

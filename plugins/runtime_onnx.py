@@ -161,12 +161,15 @@ class OnnxModel(LoadedModel):
         self.session = None  # the session (and its GPU memory) goes with the last reference
 
     def _run(self, output: str, batch: Any) -> Any:
+        return self._run_many([output], batch)[0]
+
+    def _run_many(self, outputs: list[str], batch: Any) -> list[Any]:
         feeds = onnx_feeds(self.inputs, batch, self.columns)
         state = self._state
         try:
             if self._binding:
-                return self._run_bound(output, feeds)
-            return self.session.run([output], feeds)[0]
+                return self._run_bound(outputs, feeds)
+            return self.session.run(outputs, feeds)
         except state.InvalidArgument as exc:
             msg = f"the batch does not fit the model's input: {exc}"
             raise ValidationError(msg) from exc
@@ -174,7 +177,7 @@ class OnnxModel(LoadedModel):
             msg = f"onnxruntime failed to run the model: {exc}"
             raise MlrigError(msg) from exc
 
-    def _run_bound(self, output: str, feeds: dict[str, Any]) -> Any:
+    def _run_bound(self, outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
         import onnxruntime as ort
 
         binding = self.session.io_binding()
@@ -182,9 +185,10 @@ class OnnxModel(LoadedModel):
         for name, array in feeds.items():
             value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device)
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(output, "cpu")  # only the output asked for comes back
+        for output in outputs:  # only the outputs asked for come back
+            binding.bind_output(output, "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return list(binding.copy_outputs_to_cpu())
 
     def _zero_batch(self) -> dict[str, Any] | None:
         """A one-row batch of zeros for every input, where the input shapes allow it."""
@@ -217,8 +221,16 @@ class OnnxClassifierModel(OnnxModel):
 
     def predict_proba(self, batch: Any) -> list[Any]:
         """Per row, the probability of each class."""
-        name = next(n for n in self.output_names if n in _PROBABILITY_OUTPUTS)
-        return _as_list(self._run(name, batch))
+        return _as_list(self._run(self._proba_name, batch))
+
+    def predict_with_proba(self, batch: Any) -> tuple[list[Any], list[Any]]:
+        """Labels and probabilities from one run of the session (serving wants both)."""
+        labels, proba = self._run_many([self.output_names[0], self._proba_name], batch)
+        return _as_list(labels), _as_list(proba)
+
+    @property
+    def _proba_name(self) -> str:
+        return next(n for n in self.output_names if n in _PROBABILITY_OUTPUTS)
 
 
 class OnnxScoresClassifierModel(OnnxModel):
@@ -245,6 +257,13 @@ class OnnxScoresClassifierModel(OnnxModel):
     def predict_proba(self, batch: Any) -> list[Any]:
         """Per row, the probability of each class."""
         return self._probabilities(batch).tolist()
+
+    def predict_with_proba(self, batch: Any) -> tuple[list[Any], list[Any]]:
+        """Labels and probabilities from one run of the session."""
+        from mlrig.plugins._tensor_models import class_labels
+
+        proba = self._probabilities(batch)
+        return class_labels(proba, self._classes), proba.tolist()
 
     def _probabilities(self, batch: Any) -> Any:
         from mlrig.plugins._tensor_models import class_probabilities

@@ -87,6 +87,8 @@ def test_torch_runtime_equals_torch(torch_version: dict[str, Any], x: np.ndarray
     assert loaded.predict(x) == expected.argmax(axis=1).tolist()
     assert loaded.predict(x.tolist()[:3]) == expected.argmax(axis=1).tolist()[:3]  # rows
     assert loaded.output == "logits"  # the Sequential ends in a Linear layer
+    labels, proba = loaded.predict_with_proba(x)  # one forward pass for both
+    assert labels == loaded.predict(x) and np.allclose(proba, expected, **TOLERANCE)
     facts = loaded.describe()
     assert facts["runtime"] == "torch"
     assert facts["flavor"] == "torch.module"
@@ -107,6 +109,8 @@ def test_torch_export_served_by_onnx_equals_torch(
     assert loaded.output == "logits"  # read off the graph: the output comes out of a Gemm
     assert np.allclose(loaded.predict_proba(x), expected, **TOLERANCE)
     assert loaded.predict(x) == expected.argmax(axis=1).tolist()
+    labels, proba = loaded.predict_with_proba(x)
+    assert labels == loaded.predict(x) and np.allclose(proba, expected, **TOLERANCE)
 
 
 @pytest.mark.heavy

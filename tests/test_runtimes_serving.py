@@ -99,6 +99,9 @@ def test_onnx_serves_the_breast_cancer_model(bc: Any) -> None:
         assert loaded.predict(data.x) == expected.predict(data.x).tolist()
         got = np.asarray(loaded.predict_proba(data.x))
         assert np.allclose(got, expected.predict_proba(data.x), rtol=1e-5, atol=1e-5)
+        labels, proba = loaded.predict_with_proba(data.x)  # one session run for both
+        assert labels == loaded.predict(data.x)
+        assert proba == loaded.predict_proba(data.x)
 
 
 # -- threads ---------------------------------------------------------------------------------
