@@ -368,8 +368,10 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[str
                 if printed and httpx.get(url + target.ready_path, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise SystemExit(f"{target.label} not ready after {timeout:.0f} s; see {log_path}")
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"{target.label} not ready after {timeout:.0f} s:\n{tail}")
             time.sleep(0.2)
+        settle(proc.pid)
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -380,6 +382,42 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[str
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by process ``root`` and its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grown = {root}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grown = bool(children)
+        tree |= children
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def settle(root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60) -> None:
+    """Wait until the server's process tree is idle: a second worker may still be
+    importing and loading its model after the first answered the readiness probe (MLflow
+    and BentoML start their workers one after the other), and the timed load should not
+    share the CPU with that."""
+    deadline = time.monotonic() + limit_s
+    last = _tree_cpu_seconds(root)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _tree_cpu_seconds(root)
+        if now - last < quiet_cpu_s:
+            return
+        last = now
 
 
 def check_answers(url: str, target: Target, body: bytes, expected: list[int]) -> None:
