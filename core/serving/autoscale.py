@@ -124,6 +124,7 @@ class AutoscalePolicy:
                 f"in-flight {load:.1f} fits {fewer} replica(s) for "
                 f"{self.scale_down_cooldown_seconds:g} s",
             )
+            self._cold_since = now  # still quiet: the next step counts from this one
             return fewer
         return current
 

@@ -7,8 +7,9 @@ to the supervisor over an inherited ``SOCK_SEQPACKET`` socket (``--ctrl-fd``):
 - replica -> supervisor: JSON messages ``{"event": "ready"}`` once the app answers
   ``GET /readyz`` with 200 (models loaded and warmed), then ``{"event": "stats", ...}`` every
   ``--stats-interval`` seconds (mean in-flight, p99 latency, requests, open connections);
-- supervisor -> replica (``front`` balancing only): one accepted client connection per
-  message, its descriptor passed with ``SCM_RIGHTS``.
+- supervisor -> replica: ``{"shed": N}``, close N keep-alive connections after their next
+  answer (rebalancing after a scale-up or a restart); with ``front`` balancing also one
+  accepted client connection per message, its descriptor passed with ``SCM_RIGHTS``.
 
 With ``reuseport`` balancing the replica serves the listening socket ``--listen-fd`` (one
 of the supervisor's ``SO_REUSEPORT`` group). End of file on the control socket (the
@@ -57,6 +58,8 @@ class Meter:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.draining = False
+        #: answers still to send with ``Connection: close`` (rebalancing connections)
+        self.shed = 0
         self.busy = 0.0
         self.count = 0
         self.hist = [0] * (len(_BOUNDS) + 1)
@@ -66,6 +69,9 @@ class Meter:
             await self.app(scope, receive, send)
             return
         if self.draining:
+            send = _closing(send)
+        elif self.shed:
+            self.shed -= 1
             send = _closing(send)
         start = time.perf_counter()
         try:
@@ -170,7 +176,9 @@ def _server_class() -> type:
             self._handovers: set[asyncio.Task[None]] = set()
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=[self.listen] if self.listen is not None else [])
+            # No listener yet: the app's lifespan (model loading) runs first, and the socket
+            # is served only once /readyz says the models are warm (see _report).
+            await super().startup(sockets=[])
             if not self.started:
                 return
             loop = asyncio.get_running_loop()
@@ -190,7 +198,7 @@ def _server_class() -> type:
             loop = asyncio.get_running_loop()
             while True:
                 try:
-                    data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 16, 8)
+                    data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 256, 8)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
@@ -200,6 +208,12 @@ def _server_class() -> type:
                     loop.remove_reader(self.ctrl.fileno())
                     self.should_exit = True
                     return
+                if data.startswith(b"{"):
+                    command = orjson.loads(data)
+                    # Rebalance after a scale-up or a restart: close this many keep-alive
+                    # connections, each after a complete answer, so their clients reconnect
+                    # (and are spread over every replica) without a failed request.
+                    self.meter.shed = max(self.meter.shed, int(command.get("shed", 0)))
                 for fd in fds:
                     sock = socket.socket(fileno=fd)
                     # Held until done: the loop keeps only weak references to tasks.
@@ -218,6 +232,12 @@ def _server_class() -> type:
             self._send({"event": "started", "pid": os.getpid()})
             while not await probe_ready(self.meter.app):
                 await asyncio.sleep(0.1)
+            if self.listen is not None:
+                loop = asyncio.get_running_loop()
+                server = await loop.create_server(
+                    self._protocol, sock=self.listen, backlog=self.config.backlog
+                )
+                self.servers.append(server)
             self._send({"event": "ready", "pid": os.getpid()})
             last = time.monotonic()
             while True:
@@ -235,6 +255,8 @@ def _server_class() -> type:
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             for server in self.servers:
                 server.close()
+            if self.listen is not None:
+                self.listen.close()  # also when it was never served (stopped before ready)
             with contextlib.suppress(OSError, ValueError):
                 self._on_ctrl()  # connections handed over before the supervisor stopped
                 asyncio.get_running_loop().remove_reader(self.ctrl.fileno())

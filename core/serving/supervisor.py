@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import selectors
 import signal
@@ -52,6 +53,9 @@ _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_JEQ_K, _BPF_RET_K, _BPF_RET_A = 0x20, 0x94, 
 #: restart back-off after consecutive crashes: 0.25 s, 0.5 s, 1 s ... at most 30 s; a replica
 #: that stayed ready this long resets the count
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_SECONDS = 0.25, 30.0, 10.0
+#: how often connection counts are compared; a replica holding over 1.25x its share (+1)
+#: of the keep-alive connections closes the excess after their next answers
+REBALANCE_SECONDS = 2.0
 
 
 def steering_program(live: list[int]) -> bytes:
@@ -152,6 +156,7 @@ class Supervisor:
         self._announced = False
         self._metrics_dir: str | None = None
         self._last_decision = 0.0
+        self._last_rebalance = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -299,6 +304,7 @@ class Supervisor:
                 if now >= replica.restart_at:
                     self._spawn(replica)
         self._autoscale(now)
+        self._rebalance(now)
 
     def _read(self, replica: _Replica) -> None:
         while replica.ctrl is not None:
@@ -376,6 +382,25 @@ class Supervisor:
             self._remove_last()
         for replica in self.replicas:
             replica.sample = None  # decide on fresh figures only
+
+    def _rebalance(self, now: float) -> None:
+        """Spread keep-alive connections again when one replica holds far more than its
+        share (after a scale-up or a restart the old replicas keep every connection:
+        new replicas would idle). The excess is closed after complete answers, so no
+        request fails; the clients reconnect and are steered like new ones."""
+        if now - self._last_rebalance < REBALANCE_SECONDS:
+            return
+        self._last_rebalance = now
+        if len(self.replicas) < 2 or any(r.state != "ready" for r in self.replicas):
+            return
+        total = sum(r.conns for r in self.replicas)
+        share = math.ceil(total / len(self.replicas))
+        if max(r.conns for r in self.replicas) <= share * 1.25 + 1:
+            return
+        for replica in self.replicas:
+            if replica.conns > share and replica.ctrl is not None:
+                with contextlib.suppress(OSError):
+                    replica.ctrl.send(orjson.dumps({"shed": replica.conns - share}))
 
     def _remove_last(self) -> None:
         """Drain the highest slot (the last of the SO_REUSEPORT group, so removing it

@@ -1,0 +1,340 @@
+"""``mlrig serve`` as a real subprocess: replicas behind one port (both balancing modes),
+crash recovery under load, readiness, autoscaling on a load step, graceful stop.
+
+The replicas run the process layer's trivial app (``mlrig.serving.replica:echo_app``,
+``?sleep_ms=N`` holds a request N ms), so these tests measure the supervisor alone; the
+data plane's own tests cover what a replica serves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlrig.testing.fixtures import free_port
+
+ECHO = "mlrig.serving.replica:echo_app"
+BALANCING = ["reuseport", "front"]
+
+
+class Serve:
+    """A running ``mlrig serve``; its output lines are collected as they come."""
+
+    def __init__(
+        self, home: Path, *args: str, env: dict[str, str] | None = None, serving: str = ""
+    ) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "mlrig.toml"
+        config.write_text(
+            f'[database]\nurl = "sqlite:///{home / "mlrig.db"}"\n'
+            f'[storage]\nbackend = "local"\n[storage.local]\nroot = "{home / "artifacts"}"\n'
+            f"[serving]\n{serving}\n"
+        )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlrig.cli",
+                "--config",
+                str(config),
+                "serve",
+                "--app",
+                ECHO,
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=home,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, *, after: int = 0, timeout: float = 60) -> re.Match[str]:
+        """The first output line from index ``after`` on matching ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for _, line in self.lines[after:]:
+                    if match := regex.search(line):
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not left > timeout - 1):
+                    output = "\n".join(line for _, line in self.lines)
+                    raise AssertionError(f"no line matching {pattern!r}; output:\n{output}")
+                self._cond.wait(min(left, 0.2))
+
+    def matching(self, pattern: str) -> list[str]:
+        with self._cond:
+            return [line for _, line in self.lines if re.search(pattern, line)]
+
+    def ready_pids(self) -> dict[int, int]:
+        """slot -> pid of the latest ready replica in each slot."""
+        pids = {}
+        for line in self.matching(r"^replica \d+ ready"):
+            slot, pid = re.match(r"replica (\d+) ready \(pid (\d+)\)", line).groups()
+            pids[int(slot)] = int(pid)
+        return pids
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Result:
+    start: float
+    end: float
+    thread: int
+    pid: int | None  # the replica that answered; None: the request failed
+    error: str = ""
+
+
+@dataclass
+class Load:
+    """Closed-loop clients, one keep-alive connection each, until :meth:`stop`."""
+
+    url: str
+    threads: int
+    sleep_ms: float = 20
+    results: list[Result] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)
+        ]
+
+    def start(self) -> Load:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def _run(self, index: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    response = client.get(f"{self.url}/?sleep_ms={self.sleep_ms}")
+                    response.raise_for_status()
+                    result = Result(start, time.monotonic(), index, response.json()["pid"])
+                except httpx.HTTPError as exc:
+                    result = Result(start, time.monotonic(), index, None, repr(exc))
+                with self._lock:
+                    self.results.append(result)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=40)
+
+    @property
+    def failures(self) -> list[Result]:
+        with self._lock:
+            return [r for r in self.results if r.pid is None]
+
+    def pids_since(self, start: float) -> set[int]:
+        with self._lock:
+            return {r.pid for r in self.results if r.pid is not None and r.start >= start}
+
+    def served(self) -> int:
+        with self._lock:
+            return sum(1 for r in self.results if r.pid is not None)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    started: list[Serve] = []
+
+    def start(*args: str, **kwargs) -> Serve:
+        server = Serve(tmp_path / f"home{len(started)}", *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def fresh_pids(url: str, n: int) -> set[int]:
+    """Which replicas answer ``n`` requests on new connections."""
+    return {httpx.get(f"{url}/", timeout=30).json()["pid"] for _ in range(n)}
+
+
+@pytest.mark.parametrize("balancing", BALANCING)
+def test_killed_replica_fails_only_its_requests_and_is_restored(serve, balancing):
+    server = serve("--replicas", "2", "--balancing", balancing)
+    server.wait_for(r"^ready: 2 replica")
+    before = server.ready_pids()
+    assert len(set(before.values())) == 2
+    load = Load(server.url, threads=8, sleep_ms=30).start()
+    try:
+        deadline = time.monotonic() + 30
+        # Wait until both replicas hold some of the clients' connections.
+        while time.monotonic() < deadline:
+            with load._lock:
+                recent = {r.pid for r in load.results[-40:]}
+            if set(before.values()) <= recent:
+                break
+            time.sleep(0.1)
+        victim = before[0]
+        with load._lock:
+            last_pid: dict[int, int | None] = {}
+            for r in load.results:
+                last_pid[r.thread] = r.pid
+        on_victim = sum(1 for pid in last_pid.values() if pid == victim)
+        mark = len(server.lines)
+        kill_time = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(r"^replica 0 .*exited with -9", after=mark, timeout=20)
+        restored = server.wait_for(r"^replica 0 ready \(pid (\d+)\)", after=mark, timeout=60)
+        time.sleep(1.0)  # keep the load on the restored pair a while
+    finally:
+        load.stop()
+
+    failures = load.failures
+    # Each client holds one connection with at most one request on it: only the clients
+    # whose connection was on the killed replica can fail, each once.
+    assert len(failures) <= on_victim, failures
+    assert len({f.thread for f in failures}) == len(failures)
+    assert all(f.start < kill_time + 0.5 for f in failures), failures
+    assert load.served() > 0
+    # The count is restored: a new process in slot 0 that takes new connections.
+    new_pid = int(restored.group(1))
+    assert new_pid != victim
+    assert fresh_pids(server.url, 24) == {new_pid, before[1]}
+
+
+def test_ready_only_after_the_replicas_warmed_up_and_no_request_meets_a_cold_one(serve):
+    server = serve("--replicas", "2", env={"MLRIG_ECHO_WARMUP_SECONDS": "2"})
+    server.wait_for(r"^replica 1 starting")
+    started_at = time.monotonic()
+    answers: list[tuple[float, int]] = []
+
+    def early_request() -> None:
+        # Connects while both replicas warm up: it waits, it is never refused or failed.
+        for _ in range(100):
+            try:
+                response = httpx.get(f"{server.url}/", timeout=30)
+                answers.append((time.monotonic(), response.status_code))
+                return
+            except httpx.ConnectError:  # the supervisor has not bound the port yet
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=early_request)
+    thread.start()
+    server.wait_for(r"^ready: 2 replica")
+    ready_at = next(t for t, line in server.lines if line.startswith("ready:"))
+    thread.join(timeout=30)
+    assert ready_at - started_at >= 1.5  # the warm-up (2 s from the replica's start)
+    assert answers and answers[0][1] == 200
+    assert answers[0][0] >= ready_at - 0.5  # answered once warm, not before
+
+
+@pytest.mark.parametrize("balancing", BALANCING)
+def test_load_step_scales_up_then_down_after_the_cooldown_without_failures(serve, balancing):
+    server = serve(
+        "--replicas",
+        "1",
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--balancing",
+        balancing,
+        serving="target_in_flight = 4\nscale_up_window_seconds = 1\n"
+        "scale_down_cooldown_seconds = 3\n",
+    )
+    server.wait_for(r"^ready: 1 replica")
+    light = Load(server.url, threads=1, sleep_ms=10).start()
+    try:
+        time.sleep(3)
+        assert server.matching(r"^scaling") == []  # constant light load: no event
+        mark = len(server.lines)
+        step = time.monotonic()
+        heavy = Load(server.url, threads=14, sleep_ms=50).start()
+        try:
+            server.wait_for(r"^scaling 1 -> 3", after=mark, timeout=30)
+            up_after = time.monotonic() - step
+            server.wait_for(r"^replica 2 ready", after=mark, timeout=60)
+            # The clients' connections are spread over the new replicas (rebalancing).
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(heavy.pids_since(step)) < 3:
+                time.sleep(0.2)
+        finally:
+            heavy.stop()
+        mark = len(server.lines)
+        server.wait_for(r"^scaling 3 -> 2", after=mark, timeout=30)
+        server.wait_for(r"^scaling 2 -> 1", after=mark, timeout=30)
+        server.wait_for(r"^replica 1 drained and stopped", after=mark, timeout=30)
+        time.sleep(0.5)
+    finally:
+        light.stop()
+    assert up_after >= 1.0  # not before its window
+    assert heavy.failures == [] and light.failures == []
+    assert len(heavy.pids_since(step)) == 3, server.lines  # the new replicas served
+    assert len(fresh_pids(server.url, 10)) == 1  # back to one replica
+
+
+@pytest.mark.parametrize("balancing", BALANCING)
+def test_sigterm_finishes_requests_in_flight(serve, balancing):
+    server = serve("--replicas", "2", "--balancing", balancing)
+    server.wait_for(r"^ready: 2 replica")
+    codes: list[int] = []
+    clients = [httpx.Client(timeout=30) for _ in range(4)]
+    for client in clients:  # connected before the stop: the requests are surely in flight
+        assert client.get(f"{server.url}/").status_code == 200
+
+    def slow(client: httpx.Client) -> None:
+        codes.append(client.get(f"{server.url}/?sleep_ms=1500").status_code)
+
+    threads = [threading.Thread(target=slow, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.7)
+    assert server.stop() == 0
+    for thread in threads:
+        thread.join(timeout=30)
+    for client in clients:
+        client.close()
+    assert codes == [200] * 4
+    assert server.matching(r"^stopped")
+
+
+def test_bad_replica_bounds_are_one_line_errors(run_cli, tmp_path):
+    (tmp_path / "mlrig.toml").touch()
+    result = run_cli("serve", "--min-replicas", "3", "--max-replicas", "2", cwd=tmp_path)
+    assert result.exit_code != 0
+    assert "--min-replicas" in result.stderr and "Traceback" not in result.stderr
