@@ -104,6 +104,16 @@ def test_the_map_is_what_the_routes_declare(api_client):
     assert needs[("GET", "/api/ml/users")] == Permission.ADMIN
     assert needs[("GET", "/api/ml/audit")] == Permission.ADMIN
     assert needs[("GET", "/openapi.json")] == PUBLIC
+    # serving: the control plane needs deploy to change, read to look; predictions need
+    # predict (viewer and up, narrowed per deployment by a token's scopes)
+    assert needs[("POST", "/api/ml/deployments")] == Permission.DEPLOY
+    assert needs[("GET", "/api/ml/deployments")] == Permission.READ
+    assert needs[("GET", "/api/ml/deployments/{id}")] == Permission.READ
+    assert needs[("PUT", "/api/ml/deployments/{id}")] == Permission.DEPLOY
+    assert needs[("DELETE", "/api/ml/deployments/{id}")] == Permission.DEPLOY
+    assert needs[("POST", "/api/ml/deployments/{id}/predict")] == Permission.PREDICT
+    assert needs[("GET", "/api/ml/deployments/{id}/health")] == Permission.READ
+    assert role_allows("viewer", Permission.PREDICT)
 
 
 def test_a_developer_cannot_delete_a_model(api_client, make_token):
@@ -289,6 +299,15 @@ CLI_MIRRORS = [
         "POST",
         "/api/ml/models/{id}/versions/{version}/stage",
     ),
+    (
+        ["deployments", "create", "nope-d", "--model", "nope", "--version", "1"],
+        "POST",
+        "/api/ml/deployments",
+    ),
+    (["deployments", "list"], "GET", "/api/ml/deployments"),
+    (["deployments", "show", "nope"], "GET", "/api/ml/deployments/{id}"),
+    (["deployments", "update", "nope", "--max-batch-size", "4"], "PUT", "/api/ml/deployments/{id}"),
+    (["deployments", "delete", "nope", "--yes"], "DELETE", "/api/ml/deployments/{id}"),
 ]
 
 
