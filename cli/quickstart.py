@@ -65,13 +65,16 @@ def quickstart(directory: Path) -> None:
     versions = _train(platform, operator)
     _promote(platform, versions)
     _compare_and_download(platform, versions)
+    token = _serve(platform)
 
     _step("next")
     for command, what in [
         ("mlrig experiments list", "the runs, their metrics and logs"),
         (f"mlrig models versions {MODEL}", "the registered versions"),
         (f"mlrig models show {MODEL} champion", "the champion with its lineage"),
-        ("mlrig server", "REST API + job worker; docs at http://127.0.0.1:8080/docs"),
+        ("mlrig server", "REST API + predictions + job worker; docs at http://127.0.0.1:8080/docs"),
+        ("mlrig deployments list", "what is deployed, its status and versions"),
+        ("mlrig serve", "the data plane alone: every deployment, one replica per core"),
         ("mlrig plugins list", "installed backends and hook plugins"),
     ]:
         click.echo(f"{command:<40} # {what}")
@@ -89,6 +92,10 @@ def quickstart(directory: Path) -> None:
     ]:
         click.echo(f"{command:<40} # {what}" if what else command)
     click.echo("more users: mlrig users create NAME --role developer|deployer|admin")
+
+    _step("predict through the server")
+    click.echo("with `mlrig server` running, the deployment answers this (a predict-only token):")
+    click.echo(_curl(token, "http://127.0.0.1:8080"))
 
 
 def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
@@ -212,3 +219,99 @@ def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) ->
             f"accuracy {accuracy:.3f} here, the registry measured "
             f"{measured[champion['version']]:.3f}"
         )
+
+
+DEPLOYMENT = "iris-quickstart"
+#: one flower of each kind, in the iris columns' order
+SAMPLE_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.1, 4.7, 1.5], [6.3, 3.3, 6.0, 2.5]]
+
+
+def _curl(token: str, base: str) -> str:
+    body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+    return (
+        f"curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
+        f"     -d '{body}' {base}/api/ml/deployments/{DEPLOYMENT}/predict"
+    )
+
+
+def _serve(platform: Platform) -> str:
+    """Deploy the champion (production), serve it over HTTP on loopback, ask it for three
+    predictions; return a predict-only token for the curl the tour prints."""
+    import httpx
+
+    from mlrig.errors import ConflictError
+
+    _step("serving: deploy the champion and ask it over HTTP")
+    bob = platform.security.authenticate(
+        platform.security.create_token(user="bob", name="quickstart-deploy")["token"]
+    )
+    try:
+        deployment = platform.deployments.create(
+            name=DEPLOYMENT, model=MODEL, alias="champion", environment="production", actor=bob
+        )
+        click.echo(f"bob (deployer) deployed {MODEL}@champion as {DEPLOYMENT!r} (production)")
+    except ConflictError:  # a second tour: follow the champion again
+        deployment = platform.deployments.update(DEPLOYMENT, alias="champion", actor=bob)
+        click.echo(f"deployment {DEPLOYMENT!r} follows {MODEL}@champion")
+    token = platform.security.create_token(
+        user="bob", name="quickstart-predict", scopes=[f"predict:{DEPLOYMENT}"]
+    )["token"]
+    with _live_server(platform) as base:
+        answer = httpx.post(
+            f"{base}/api/ml/deployments/{DEPLOYMENT}/predict",
+            json={"inputs": SAMPLE_ROWS},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        if answer.status_code != 200:
+            msg = f"the deployment answered {answer.status_code}: {answer.text[:300]}"
+            raise click.ClickException(msg)
+        result = answer.json()
+        shown = platform.deployments.get(DEPLOYMENT)
+    click.echo(
+        f"POST {base}/api/ml/deployments/{DEPLOYMENT}/predict -> {result['predictions']} "
+        f"(version {result.get('version')}, runtime {shown.get('resolved_runtime')}, "
+        f"status {shown['status']})"
+    )
+    if result.get("probabilities"):
+        best = [max(p) for p in result["probabilities"]]
+        click.echo("probabilities of those classes: " + ", ".join(f"{p:.2f}" for p in best))
+    del deployment
+    return token
+
+
+class _live_server:
+    """The data plane (the app `mlrig serve` runs) on a free loopback port, in a thread."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+
+        import uvicorn
+
+        from mlrig.serving.dataplane import DataPlane, create_app
+
+        self.dataplane = DataPlane(self.platform, load_wait_seconds=60.0).start(wait=True)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.platform, dataplane=self.dataplane), log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.dataplane.stop()
