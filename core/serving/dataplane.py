@@ -530,7 +530,8 @@ class DataPlane:
         """
         started = time.perf_counter()
         parsed = _parse(body, content_type, protocol, header_length)
-        client_id = parsed.request_id
+        # a v2 "id" only correlates (Triton clients reuse them): echoed, not idempotent
+        client_id = parsed.request_id if parsed.protocol != "v2" else None
         recent = state.recent
         future = None
         digest = 0
@@ -542,7 +543,7 @@ class DataPlane:
             future = recent.start(client_id, digest)
             rid = client_id
         else:
-            rid = request_id or uuid.uuid4().hex
+            rid = parsed.request_id or request_id or uuid.uuid4().hex
         try:
             route = _pick(state, client_key, version)
             try:
