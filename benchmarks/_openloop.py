@@ -271,6 +271,7 @@ class ClosedLoopResult:
     def figures(self) -> dict[str, Any]:
         lat = self.latencies_ms or [0.0]
         return {
+            "requests": len(self.latencies_ms),
             "rps": round(len(self.latencies_ms) / self.seconds),
             "errors": self.errors,
             "p50_ms": round(percentile(lat, 50), 3),

@@ -334,9 +334,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[str]:
+def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[tuple[str, int]]:
     """Start ``target`` in a process group of its own, wait until its readiness path
-    answers 200, yield its base URL; stop the whole group afterwards."""
+    answers 200, yield its base URL and process id; stop the whole group afterwards."""
     import httpx
 
     port = free_port()
@@ -372,7 +372,7 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[str
                 raise SystemExit(f"{target.label} not ready after {timeout:.0f} s:\n{tail}")
             time.sleep(0.2)
         settle(proc.pid)
-        yield url
+        yield url, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -499,6 +499,7 @@ class LoadGenerator:
         raw = json.loads(line.removeprefix("WRKJSON "))
         seconds_run = raw["duration_us"] / 1e6
         return {
+            "requests": raw["requests"],
             "rps": round(raw["requests"] / seconds_run),
             "errors": raw["errors"] + raw["status_errors"],
             "p50_ms": round(raw["p50_us"] / 1000, 3),
@@ -509,6 +510,7 @@ class LoadGenerator:
 
 def measure_run(
     url: str,
+    pid: int,
     target: Target,
     bodies: tuple[bytes, bytes],
     load: LoadGenerator,
@@ -523,14 +525,20 @@ def measure_run(
     warm = args.warmup
 
     def closed(body: bytes, connections: int) -> dict[str, float]:
+        """An untimed warm-up, then the timed run, with the server's CPU time over it."""
         if warm:
             load.run(endpoint, body, target.headers, connections=connections, seconds=warm)
+        cpu = _tree_cpu_seconds(pid)
         seconds = args.duration
-        return load.run(endpoint, body, target.headers, connections=connections, seconds=seconds)
+        out = load.run(endpoint, body, target.headers, connections=connections, seconds=seconds)
+        out["cpu_s"] = _tree_cpu_seconds(pid) - cpu
+        return out
 
     row: dict[str, Any] = {}
     peak = closed(one, args.connections)
     row["rps_1row"], row["errors"] = peak["rps"], peak["errors"]
+    # server CPU per request: a figure the other users of a shared machine disturb less
+    row["server_cpu_us_per_req"] = round(peak["cpu_s"] / max(1, peak["requests"]) * 1e6)
     single = closed(one, 1)
     row["p50_ms"], row["p99_ms"] = single["p50_ms"], single["p99_ms"]
     row["errors"] += single["errors"]
@@ -578,9 +586,11 @@ def bench_target(
     full: bool = True,
 ) -> dict[str, Any]:
     print(f"-- {target.label}", file=sys.stderr)
-    with running(target, logs) as url:
+    with running(target, logs) as (url, pid):
         check_answers(url, target, *expected)
-        runs = [measure_run(url, target, bodies, load, args, full=full) for _ in range(args.runs)]
+        runs = [
+            measure_run(url, pid, target, bodies, load, args, full=full) for _ in range(args.runs)
+        ]
     row = {"system": target.system, "workers": target.workers, "variant": target.variant}
     row.update(label=target.label, version=target.version, **median_row(runs))
     print(f"   {json.dumps(row)}", file=sys.stderr)
@@ -657,14 +667,15 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(report: dict[str, Any]) -> str:
     head = (
         "| server | req/s 1 row, 32 conn | rows/s 100-row | p50 / p99 ms, 1 conn "
-        "| open loop: p99 ms at req/s | errors |"
+        "| open loop: p99 ms at req/s | server CPU µs/req | errors |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         rows = f"{r['rows_per_s_100']:,.0f}" if "rows_per_s_100" in r else "-"
         opened = f"{r['open_p99_ms']} at {r['open_rate']:,}" if "open_p99_ms" in r else "-"
         single = f"{r['p50_ms']} / {r['p99_ms']}"
-        cells = [r["label"], f"{r['rps_1row']:,.0f}", rows, single, opened, str(r["errors"])]
+        cpu = f"{r['server_cpu_us_per_req']:,.0f}"
+        cells = [r["label"], f"{r['rps_1row']:,.0f}", rows, single, opened, cpu, str(r["errors"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| goal | figure | met? |", "|---|---|---|"]
     for g in report["goals"]:
