@@ -182,8 +182,9 @@ class OnnxModel(LoadedModel):
 
         binding = self.session.io_binding()
         device = self._options.device_id
+        kind = "cuda" if self.on_gpu else "cpu"  # (a CPU session: only the tests bind it)
         for name, array in feeds.items():
-            value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device)
+            value = ort.OrtValue.ortvalue_from_numpy(array, kind, device if self.on_gpu else 0)
             binding.bind_ortvalue_input(name, value)
         for output in outputs:  # only the outputs asked for come back
             binding.bind_output(output, "cpu")

@@ -205,7 +205,14 @@ def test_onnx_warm_up_and_describe(bc: Any) -> None:
     assert "TensorrtExecutionProvider" not in no_trt.describe()["providers"]
     # io_binding only takes effect on a GPU provider: on the CPU, run() as usual
     cpu = _runtime("onnx", providers=["CPUExecutionProvider"], io_binding=True)
-    assert cpu.load(bc["folders"][0], {}).describe()["io_binding"] is False
+    bound = cpu.load(bc["folders"][0], {})
+    assert bound.describe()["io_binding"] is False
+    # the binding code path itself, on a CPU session (GPU machines run it for real)
+    x = breast_cancer_data().x
+    expected = bound.predict_with_proba(x)
+    bound._binding = True
+    assert bound.predict_with_proba(x) == expected
+    assert bound.predict(x[:3]) == expected[0][:3]
 
 
 # -- class probabilities ---------------------------------------------------------------------
