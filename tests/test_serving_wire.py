@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import struct
@@ -174,6 +175,20 @@ def test_mlflow_malformed(doc, words):
         parse_request(dumps(doc), protocol="mlflow")
 
 
+def test_mlflow_1_content_type_formats():
+    split = parse_request(
+        dumps({"columns": COLUMNS, "data": ROWS}),
+        content_type="application/json; format=pandas-split",
+    )
+    assert split.protocol == "mlflow" and split.columns == COLUMNS and split.rows == ROWS
+    records = parse_request(
+        dumps([{"a": 1, "b": 2, "c": 3}]), content_type="application/json; format=pandas-records"
+    )
+    assert records.protocol == "mlflow" and records.records == [{"a": 1, "b": 2, "c": 3}]
+    with pytest.raises(ValidationError, match="dataframe_records"):
+        parse_request(b"{}", content_type="application/json; format=pandas-records")
+
+
 def test_mlflow_csv():
     parsed = parse_request(b"a,b,c\n1,2,3\n4,5.5,\n", content_type="text/csv; charset=utf-8")
     assert parsed.protocol == "mlflow" and parsed.columns == COLUMNS
@@ -261,6 +276,38 @@ def test_v2_as_tritonclient_sends_binary_tensors():
     parsed = parse_request(header + x.tobytes(), header_length=len(header))
     assert parsed.protocol == "v2" and parsed.array.dtype == np.float32
     np.testing.assert_array_equal(parsed.array, x)
+
+
+#: bodies tritonclient 2.73 generated (InferenceServerClient.generate_request_body, inputs
+#: set_data_from_numpy with its default binary_data=True), with their JSON header lengths
+TRITON_FP32 = (
+    154,
+    "eyJpZCI6InJlcS03IiwiaW5wdXRzIjpbeyJuYW1lIjoiaW5wdXQiLCJzaGFwZSI6WzIsMzBdLCJkYXRhdHlwZSI6"
+    "IkZQMzIiLCJwYXJhbWV0ZXJzIjp7ImJpbmFyeV9kYXRhX3NpemUiOjI0MH19XSwicGFyYW1ldGVycyI6eyJiaW5h"
+    "cnlfZGF0YV9vdXRwdXQiOnRydWV9fQAAAAAlSRI+JUmSPrdt2z4lSRI/bts2P7dtWz8AAIA/JUmSP0mSpD9u27Y/"
+    "kiTJP7dt2z/btu0/AAAAQJIkCUAlSRJAt20bQEmSJEDbti1Abts2QAAAQECSJElAJUlSQLdtW0BJkmRA27ZtQG7b"
+    "dkAAAIBASZKEQJIkiUDbto1AJUmSQG7blkC3bZtAAACgQEmSpECSJKlA27atQCVJskBu27ZAt227QAAAwEBJksRA"
+    "kiTJQNu2zUAlSdJAbtvWQLdt20AAAOBASZLkQJIk6UDbtu1AJUnyQG7b9kC3bftAAAAAQSVJAkFJkgRBbtsGQQ==",
+)
+TRITON_BYTES_INT64 = (
+    220,
+    "eyJpbnB1dHMiOlt7Im5hbWUiOiJjaXR5Iiwic2hhcGUiOlsyXSwiZGF0YXR5cGUiOiJCWVRFUyIsInBhcmFtZXRl"
+    "cnMiOnsiYmluYXJ5X2RhdGFfc2l6ZSI6MjB9fSx7Im5hbWUiOiJuIiwic2hhcGUiOlsyLDFdLCJkYXRhdHlwZSI6"
+    "IklOVDY0IiwicGFyYW1ldGVycyI6eyJiaW5hcnlfZGF0YV9zaXplIjoxNn19XSwicGFyYW1ldGVycyI6eyJiaW5h"
+    "cnlfZGF0YV9vdXRwdXQiOnRydWV9fQUAAABQYXJpcwcAAABaw7xyaWNoAQAAAAAAAAACAAAAAAAAAA==",
+)
+
+
+def test_v2_bodies_tritonclient_generated():
+    length, body = TRITON_FP32
+    parsed = parse_request(base64.b64decode(body), header_length=length)
+    expected = np.arange(60, dtype=np.float32).reshape(2, 30) / 7
+    assert parsed.request_id == "req-7" and parsed.array.dtype == np.float32
+    np.testing.assert_array_equal(parsed.array, expected)
+    length, body = TRITON_BYTES_INT64
+    parsed = parse_request(base64.b64decode(body), header_length=length)
+    assert parsed.columns == ["city", "n"]
+    assert parsed.array.tolist() == [["Paris", 1], ["Zürich", 2]]
 
 
 def test_v2_binary_bytes_elements():
@@ -672,6 +719,8 @@ def test_nasty_bodies_are_at_most_422(body):
     for protocol in PROTOCOLS:
         check_only_validation_errors(body, protocol=protocol)
     check_only_validation_errors(body, content_type="text/csv")
+    check_only_validation_errors(body, content_type="application/json; format=pandas-split")
+    check_only_validation_errors(body, content_type="application/json; format=pandas-records")
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -109,6 +109,9 @@ class ParsedRequest:
     v2_inputs: list[dict[str, Any]] | None = None
     #: v2 only: the outputs the client asked for, ``None`` for all
     v2_outputs: list[str] | None = None
+    #: every number is known to be finite (orjson read them: it refuses NaN and infinity),
+    #: so the NaN check can be skipped for batches that keep their dtype
+    finite: bool = False
 
     @property
     def n_rows(self) -> int:
@@ -129,7 +132,9 @@ def parse_request(
 ) -> ParsedRequest:
     """Read a prediction request body in ``protocol`` (``"auto"``: told from the body).
 
-    ``content_type`` ``text/csv`` reads a CSV table with a header row (MLflow's CSV input).
+    ``content_type`` ``text/csv`` reads a CSV table with a header row (MLflow's CSV input);
+    ``application/json; format=pandas-split`` (or ``pandas-records``) a bare pandas JSON, as
+    MLflow 1.x clients send it.
     ``header_length`` is the ``Inference-Header-Content-Length`` header of a v2 request
     that uses Triton's binary tensor extension: the JSON header is that many bytes, the raw
     tensors follow. Raises :class:`~mlrig.errors.ValidationError` for anything malformed.
@@ -154,7 +159,13 @@ def parse_request(
             )
             raise ValidationError(msg)
         body, binary = body[:header_length], body[header_length:]
-    doc = _load_json(body)
+    doc, finite = _load_json(body)
+    if content_type is not None and "format=pandas-" in content_type and protocol != "v2":
+        # MLflow 1.x clients: a bare pandas JSON named by the content type
+        orient = (
+            "dataframe_records" if "format=pandas-records" in content_type else "dataframe_split"
+        )
+        doc, protocol = {orient: doc}, "mlflow"
     if not isinstance(doc, dict):
         msg = f"the request body must be a JSON object, not {_json_type(doc)}; {_SHAPES}"
         raise ValidationError(msg)
@@ -164,10 +175,13 @@ def parse_request(
         msg = "Inference-Header-Content-Length (binary tensors) is only for KServe v2 requests"
         raise ValidationError(msg)
     if protocol == "v2":
-        return _parse_v2(doc, binary)
-    if protocol == "mlflow":
-        return _parse_mlflow(doc)
-    return _parse_mlrig(doc)
+        parsed = _parse_v2(doc, binary)
+    elif protocol == "mlflow":
+        parsed = _parse_mlflow(doc)
+    else:
+        parsed = _parse_mlrig(doc)
+    parsed.finite = finite and not binary
+    return parsed
 
 
 _SHAPES = (
@@ -178,7 +192,7 @@ _SHAPES = (
 
 
 def _detect(doc: dict[str, Any]) -> str:
-    if any(key in doc for key in _MLFLOW_KEYS[:3]):
+    if "dataframe_split" in doc or "dataframe_records" in doc or "instances" in doc:
         return "mlflow"
     inputs = doc.get("inputs")
     if inputs is None:
@@ -198,9 +212,10 @@ def _detect(doc: dict[str, Any]) -> str:
 # -- JSON and CSV ------------------------------------------------------------------------
 
 
-def _load_json(body: bytes) -> Any:
+def _load_json(body: bytes) -> tuple[Any, bool]:
+    """The document, and whether orjson read it (then every number in it is finite)."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body), True
     except orjson.JSONDecodeError as exc:
         error = exc
     except TypeError:  # not bytes at all: a programming error upstream, still a 422
@@ -220,7 +235,7 @@ def _load_json(body: bytes) -> Any:
             except TypeError as exc:  # orjson.JSONEncodeError
                 msg = f"the request body cannot be read: {exc} (NaN written as NaN)"
                 raise ValidationError(msg) from None
-            return doc
+            return doc, False
     msg = f"the request body is not valid JSON: {error}"
     raise ValidationError(msg) from None
 
