@@ -5,6 +5,7 @@ database matters."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,16 @@ def test_quickstart_ends_with_how_to_get_a_token(tmp_path: Path, run_cli: Any) -
     assert token.startswith("mlr_")
     client_doc = (Path(__file__).parents[1] / "docs" / "client.md").read_text()
     assert 'token="mlr_' in client_doc and "mlrig_..." not in client_doc
+    # ... and ends with a live deployment that answered over HTTP, plus the curl to try
+    served = tour.stdout[tour.stdout.index("serving: deploy the champion") :]
+    answered = re.search(
+        r"/predict -> \[(\d), (\d), (\d)\] \(version \d+, .*status active\)", served
+    )
+    assert answered is not None, served
+    assert len(set(answered.groups())) >= 2  # one flower of each kind, not one class for all
+    curl = tour.stdout[tour.stdout.index("predict through the server") :]
+    assert "curl -H 'Authorization: Bearer mlr_" in curl
+    assert "/api/ml/deployments/iris-quickstart/predict" in curl
 
 
 def test_approval_requests_by_id_prefix(cli: Any) -> None:
