@@ -175,6 +175,8 @@ def test_many_columns_are_shortened_in_the_message_not_in_details():
     assert "feature_7" in error.message and "feature_29" not in error.message
     assert "22 more" in error.message
     assert len(error.details["expected"]["columns"]) == 30
+    error = refused(schema, {"dataframe_records": [{"feature_0": 1.0}]})
+    assert "'feature_8' (and 21 more)" in error.message
 
 
 @pytest.mark.parametrize(

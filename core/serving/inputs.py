@@ -440,11 +440,16 @@ def _position(index: tuple[int, ...], columns: list[str] | None) -> str:
 def _name_problem(missing: list[str], unknown: list[str]) -> str:
     parts = []
     if missing:
-        parts.append("misses column(s) " + ", ".join(repr(c) for c in missing[:_SHOWN_COLUMNS]))
+        parts.append(f"misses column(s) {_names(missing)}")
     if unknown:
-        names = ", ".join(repr(_clip(c)) for c in unknown[:_SHOWN_COLUMNS])
-        parts.append(f"has unknown column(s) {names}")
+        parts.append(f"has unknown column(s) {_names(unknown)}")
     return " and ".join(parts)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(_clip(n)) for n in names[:_SHOWN_COLUMNS])
+    more = len(names) - _SHOWN_COLUMNS
+    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def _ragged(values: Any, exc: BaseException | None) -> str:
