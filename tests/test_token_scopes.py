@@ -298,3 +298,143 @@ def test_cli_creates_and_lists_scoped_tokens(tmp_path, monkeypatch):
     refused = invoke("--token", token, "models", "create", "nope")
     assert refused.exit_code != 0 and "lacks the 'write' permission" in refused.output
     assert invoke("--token", token, "models", "list").exit_code == 0
+
+
+# --- through the real data plane (mlrig serve's app) and mlrig server's predict route ---------
+
+
+class Live:
+    """Two deployments served by the data plane's raw ASGI app and by the REST API, both
+    under uvicorn on loopback, with tokens of every kind."""
+
+    def __init__(self, platform, urls, tokens, dataplane):
+        self.platform = platform
+        self.dataplane = dataplane
+        self.urls = urls  # "dataplane" / "api" -> base URL
+        self.tokens = tokens
+
+    def predict(self, where, deployment, who, *, rows=2):
+        import httpx
+
+        from mlrig.testing.serving import breast_cancer_data
+
+        body = {"inputs": breast_cancer_data().x[:rows].tolist()}
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.post(
+            f"{self.urls[where]}/api/ml/deployments/{deployment}/predict",
+            json=body,
+            headers=headers,
+            timeout=30,
+        )
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    import time
+
+    import httpx
+
+    from mlrig.serving.dataplane import create_app as dataplane_app
+    from mlrig.testing.fixtures import make_platform, serve
+    from mlrig.testing.serving import ACTOR, register_breast_cancer_model
+
+    platform = make_platform(
+        tmp_path_factory.mktemp("scoped-serving") / "home",
+        # no database work between the first load and the end of the test: no refresh,
+        # no inference records; the token TTL long enough for the query count
+        serving={"refresh_seconds": 3600, "log_sample_rate": 0, "token_cache_seconds": 60},
+    )
+    for name in ("churn", "fraud"):
+        version = register_breast_cancer_model(platform, name)
+        platform.deployments.create(name=name, model=name, version=version["version"], actor=ACTOR)
+    tokens = {}
+    for user, role, scopes in (
+        ("svc", "viewer", ["predict:churn"]),
+        ("viewer", "viewer", None),
+        ("reader", "developer", ["read"]),
+        ("revoked", "viewer", None),
+    ):
+        platform.security.create_user(name=user, role=role)
+        tokens[user] = platform.security.create_token(user=user, scopes=scopes)["token"]
+    fraud_id = platform.deployments.get("fraud")["id"]
+    platform.security.create_user(name="by-id", role="viewer")
+    tokens["by-id"] = platform.security.create_token(user="by-id", scopes=[f"predict:{fraud_id}"])[
+        "token"
+    ]
+    from mlrig.serving.dataplane import DataPlane
+
+    dataplane = DataPlane(platform)
+    app = dataplane_app(platform, dataplane=dataplane)
+    with serve(app) as dp_url, serve(create_app(platform)) as api_url:
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{dp_url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the data plane did not get ready"
+            time.sleep(0.05)
+        yield Live(platform, {"dataplane": dp_url, "api": api_url}, tokens, dataplane)
+    dataplane.stop()
+    platform.close()
+
+
+@pytest.mark.parametrize("where", ["dataplane", "api"])
+def test_live_a_scoped_token_predicts_only_its_deployment(live, where):
+    ok = live.predict(where, "churn", "svc")
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["predictions"]) == 2
+    refused = live.predict(where, "fraud", "svc")
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "forbidden"
+    assert error["details"]["deployment"] == "fraud" and "fraud" in error["message"]
+    # by id: the id names the deployment as well as its name does
+    assert live.predict(where, "fraud", "by-id").status_code == 200
+    assert live.predict(where, "churn", "by-id").status_code == 403
+
+
+@pytest.mark.parametrize("where", ["dataplane", "api"])
+def test_live_a_scope_less_viewer_may_predict_anywhere(live, where):
+    for deployment in ("churn", "fraud"):
+        answer = live.predict(where, deployment, "viewer")
+        assert answer.status_code == 200, answer.text
+    assert live.predict(where, "churn", None).status_code == 401
+    read_only = live.predict(where, "churn", "reader")  # scopes without predict
+    assert read_only.status_code == 403
+    assert read_only.json()["error"]["details"]["permission"] == "predict"
+
+
+def test_live_predictions_make_no_database_query_within_the_ttl(live):
+    for where in ("dataplane", "api"):  # the tokens are cached now
+        assert live.predict(where, "churn", "svc").status_code == 200
+        assert live.predict(where, "churn", "viewer").status_code == 200
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(live.platform.db.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(20):
+            for where in ("dataplane", "api"):
+                assert live.predict(where, "churn", "svc").status_code == 200
+                assert live.predict(where, "fraud", "viewer").status_code == 200
+    finally:
+        event.remove(live.platform.db.engine, "before_cursor_execute", count)
+    assert seen == []
+
+
+def test_live_revocation_is_honoured_within_the_ttl(live):
+    for where in ("dataplane", "api"):
+        assert live.predict(where, "churn", "revoked").status_code == 200
+    token_id = next(t["id"] for t in live.platform.security.list_tokens(user="revoked"))
+    live.platform.security.revoke_token(token_id)
+    # within the TTL (60 s here) the cached token still works: the documented lag ...
+    for where in ("dataplane", "api"):
+        assert live.predict(where, "churn", "revoked").status_code == 200
+    # ... which ends when the cache forgets it (what the TTL running out does)
+    from mlrig.api.security import token_cache
+
+    token_cache(live.platform).invalidate()  # the REST API's predict routes
+    live.dataplane.tokens.invalidate()  # mlrig serve's
+    for where in ("dataplane", "api"):
+        refused = live.predict(where, "churn", "revoked")
+        assert refused.status_code == 401, (where, refused.text)
+        assert "revoked" in refused.json()["error"]["message"]
