@@ -264,9 +264,6 @@ def make_run(model: LoadedModel, has_proba: bool) -> Any:
     both = getattr(model, "predict_with_proba", None)
     if callable(both):
         return both
-    fast = _onnx_run(model, has_proba)
-    if fast is not None:
-        return fast
     return make_generic_run(model, has_proba)
 
 
@@ -285,61 +282,6 @@ def make_generic_run(model: LoadedModel, has_proba: bool) -> Any:
         return _as_list(predict(x)), _as_list(proba(x))
 
     return run_both
-
-
-#: ONNX outputs of class probabilities (skl2onnx names; ZipMap off: a tensor)
-_PROBABILITY_OUTPUTS = ("probabilities", "output_probability")
-
-
-def _onnx_run(model: LoadedModel, has_proba: bool) -> Any:
-    """One ``session.run`` for both outputs, straight from the checked batch.
-
-    The onnx runtime's ``predict`` and ``predict_proba`` each run the session and re-read
-    the batch (dtype, shape, columns): for a small model that is most of the time. The
-    batch here is already in the signature's shape, so only its dtype may need a cast.
-    Anything unexpected (a batch the session refuses) goes through the runtime's own
-    methods, which raise the errors users should see. ``None``: not an ONNX session model
-    with one tensor input and tensor outputs.
-    """
-    import numpy as np
-
-    from mlrig.formats.batches import ONNX_DTYPES
-
-    session = getattr(model, "session", None)
-    if session is None or not hasattr(session, "run"):
-        return None
-    try:
-        inputs = session.get_inputs()
-        outputs = {o.name: o.type for o in session.get_outputs()}
-    except Exception:
-        return None
-    if len(inputs) != 1 or not outputs or ONNX_DTYPES.get(inputs[0].type) in (None, "object"):
-        return None
-    first = next(iter(outputs))
-    wanted = [first]
-    if has_proba:
-        proba = next((n for n in outputs if n in _PROBABILITY_OUTPUTS), None)
-        if proba is None:
-            return None
-        wanted.append(proba)
-    if any(not outputs[n].startswith("tensor(") for n in wanted):
-        return None  # a ZipMap (list of dicts): leave it to the runtime
-    name = inputs[0].name
-    dtype = np.dtype(ONNX_DTYPES[inputs[0].type])
-    slow = make_generic_run(model, has_proba)
-    run_session = session.run
-
-    def run(x: np.ndarray) -> tuple[Any, Any]:
-        try:
-            result = run_session(wanted, {name: x if x.dtype == dtype else x.astype(dtype)})
-        except Exception:
-            return slow(x)  # the runtime says what is wrong with the batch
-        predictions = result[0]
-        if predictions.ndim == 2 and predictions.shape[1] == 1:
-            predictions = predictions[:, 0]  # regressors exported as [N, 1]
-        return predictions, (result[1] if has_proba else None)
-
-    return run
 
 
 def _as_list(values: Any) -> list[Any]:
