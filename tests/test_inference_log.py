@@ -152,9 +152,10 @@ def test_a_row_the_database_refuses_is_given_up_alone(database: Database) -> Non
     _record(logger, deployment, "good-1")
     _record(logger, str(uuid.uuid4()), "no-such-deployment")  # foreign key violation
     _record(logger, deployment, "good-2", prediction=["a\x00b"])  # NUL: removed, not fatal
+    _record(logger, ["not", "an", "id"], "unconvertible")  # type: ignore[arg-type]
     assert logger.flush()
     assert sorted(r.request_id for r in _rows(database)) == ["good-1", "good-2"]
-    assert logger.failed == 1 and logger.written == 2 and logger.pending == 0
+    assert logger.failed == 2 and logger.written == 2 and logger.pending == 0
     assert [r.prediction for r in _rows(database) if r.request_id == "good-2"] == [["ab"]]
 
 

@@ -242,8 +242,8 @@ class InferenceLogger:
             self._thread = None
         if flush:
             deadline = time.monotonic() + timeout
-            while self.pending and time.monotonic() < deadline:
-                if not self.flush():
+            while self.pending and (left := deadline - time.monotonic()) > 0:
+                if not self.flush(timeout=left):
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         with self._lock:
             lost = len(self._buffer) + self._held
@@ -278,57 +278,81 @@ class InferenceLogger:
             except Exception:  # never let the writer die: log and try again later
                 log.exception("inference log: unexpected error in the writer")
 
-    def flush(self) -> bool:
+    def flush(self, *, timeout: float | None = None) -> bool:
         """Write everything waiting now (in the caller's thread).
 
+        :param timeout: how long to wait for a write already running in another thread
+            (``None``: as long as it takes).
         :returns: ``True`` when nothing is left to retry.
         """
-        with self._flush_lock:
-            with self._lock:
-                taken = self._buffer
-                self._buffer = []
-                self._held += len(taken)
-            rows = self._retry + taken
-            self._retry = []
-            for begin in range(0, len(rows), self.batch_size):
-                batch = rows[begin : begin + self.batch_size]
-                try:
-                    self._write(batch)
-                except Exception as exc:
-                    self._failures += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    if self._failures == 1 or self._failures % 20 == 0:
-                        log.warning(
-                            "inference log: writing %d rows failed (attempt %d, %d held): %s",
-                            len(batch),
-                            self._failures,
-                            len(rows) - begin,
-                            self.last_error,
-                        )
-                    self._retry = rows[begin:]
-                    return False
-                with self._lock:
-                    self._held -= len(batch)
-            if self._failures:
-                log.info("inference log: writing again after %d failed attempts", self._failures)
-            self._failures = 0
-            return True
+        if not self._flush_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            return False
+        try:
+            return self._flush_locked()
+        finally:
+            self._flush_lock.release()
+
+    def _flush_locked(self) -> bool:
+        with self._lock:
+            taken = self._buffer
+            self._buffer = []
+            self._held += len(taken)
+        rows = self._retry + taken
+        self._retry = []
+        for begin in range(0, len(rows), self.batch_size):
+            batch = rows[begin : begin + self.batch_size]
+            try:
+                self._write(batch)
+            except Exception as exc:
+                self._failures += 1
+                lines = str(exc).splitlines()  # SQLAlchemy adds the statement: first line
+                self.last_error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+                if self._failures == 1 or self._failures % 20 == 0:
+                    log.warning(
+                        "inference log: writing %d rows failed (attempt %d, %d held): %s",
+                        len(batch),
+                        self._failures,
+                        len(rows) - begin,
+                        self.last_error,
+                    )
+                self._retry = rows[begin:]
+                return False
+            with self._lock:  # (never below 0: stop() may have given these up)
+                self._held = max(0, self._held - len(batch))
+        if self._failures:
+            log.info("inference log: writing again after %d failed attempts", self._failures)
+        self._failures = 0
+        return True
 
     def _write(self, batch: list[Record]) -> None:
         """Insert ``batch``; a transient error propagates (the caller keeps the batch), a
         permanent one is narrowed down to the bad rows, which are given up."""
         postgres = self.db.dialect == "postgresql"
-        rows = self._rows(batch, postgres)
-        failed = 0
+        unconverted = 0
+        try:
+            rows = self._rows(batch, postgres)
+        except Exception:  # a record that cannot be converted: find it, keep the rest
+            log.exception("inference log: a record could not be converted")
+            kept = []
+            for entry in batch:
+                try:
+                    self._rows([entry], postgres)
+                except Exception:
+                    unconverted += 1
+                else:
+                    kept.append(entry)
+            batch = kept
+            rows = self._rows(batch, postgres)
+        refused = 0
         try:
             inserted = self._insert(rows, postgres)
         except Exception as exc:
             if not _is_permanent(exc):
                 raise
-            inserted, failed = self._insert_singly(rows, postgres)
+            inserted, refused = self._insert_singly(rows, postgres)
         self._written += inserted
-        self._failed += failed
-        self._duplicates += len(rows) - inserted - failed
+        self._failed += unconverted + refused
+        self._duplicates += len(rows) - inserted - refused
         self._notify(batch, rows)
 
     def _insert(self, rows: list[tuple[Any, ...]], postgres: bool) -> int:
