@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,6 +119,21 @@ class OnnxModel(LoadedModel):
         providers = session.get_providers()
         self.on_gpu = any(p in _GPU_PROVIDERS for p in providers)
         self._binding = options.io_binding and self.on_gpu
+        self._direct = self._direct_input()
+
+    def _direct_input(self) -> tuple[str, Any, tuple[int, ...]] | None:
+        """``(name, dtype, row shape)`` of the single static numeric input, for which a
+        numpy batch of the right shape goes to the session as is (cast if need be)."""
+        import numpy as np
+
+        if len(self.inputs) != 1:
+            return None
+        arg = self.inputs[0]
+        dtype = ONNX_DTYPES.get(arg.type)
+        dims = tuple(arg.shape[1:])
+        if dtype in (None, "object") or not all(isinstance(d, int) and d > 0 for d in dims):
+            return None
+        return arg.name, np.dtype(dtype), dims
 
     def predict(self, batch: Any) -> list[Any]:
         """The model's first output, one entry per row of ``batch``."""
@@ -164,7 +179,18 @@ class OnnxModel(LoadedModel):
         return self._run_many([output], batch)[0]
 
     def _run_many(self, outputs: list[str], batch: Any) -> list[Any]:
-        feeds = onnx_feeds(self.inputs, batch, self.columns)
+        direct = self._direct
+        if (
+            direct is not None
+            and type(batch).__name__ == "ndarray"
+            and batch.ndim == len(direct[2]) + 1
+            and batch.shape[1:] == direct[2]
+            and batch.dtype.kind in "fiub"
+        ):  # the serving path: an (N, F) array already checked against the signature
+            name, dtype, _ = direct
+            feeds = {name: batch if batch.dtype == dtype else batch.astype(dtype)}
+        else:
+            feeds = onnx_feeds(self.inputs, batch, self.columns)
         state = self._state
         try:
             if self._binding:
@@ -226,12 +252,16 @@ class OnnxClassifierModel(OnnxModel):
 
     def predict_with_proba(self, batch: Any) -> tuple[list[Any], list[Any]]:
         """Labels and probabilities from one run of the session (serving wants both)."""
-        labels, proba = self._run_many([self.output_names[0], self._proba_name], batch)
-        return _as_list(labels), _as_list(proba)
+        labels, proba = self._run_many(self._both, batch)
+        return _as_list(labels), proba.tolist()
 
-    @property
+    @cached_property
     def _proba_name(self) -> str:
         return next(n for n in self.output_names if n in _PROBABILITY_OUTPUTS)
+
+    @cached_property
+    def _both(self) -> list[str]:
+        return [self.output_names[0], self._proba_name]
 
 
 class OnnxScoresClassifierModel(OnnxModel):
