@@ -76,10 +76,24 @@ def test_normalize_scopes():
         "predict:churn",
         "predict:d-111",
     )
-    for bad in (["bogus"], ["predict:"], ["predict:two words"], ["Read"], [3], ["predict:a:b"]):
+    bad_scopes = (
+        ["bogus"],
+        ["predict:"],
+        ["predict:two words"],
+        ["Read"],
+        [3],
+        ["predict:a:b"],
+        ["predict:a/b"],
+        ["predict:\udcff"],  # a CLI argument's undecodable byte
+        ["predict:" + "x" * 101],
+    )
+    for bad in bad_scopes:
         with pytest.raises(ValidationError) as refused:
             normalize_scopes(bad)
         assert repr(bad[0]) in refused.value.message
+    with pytest.raises(ValidationError) as refused:
+        normalize_scopes(["predict:\x00"])
+    assert refused.value.details == {"scope": "predict:\ufffd"}  # can be sent as JSON
     with pytest.raises(ValidationError, match="must not be empty"):
         normalize_scopes([])
     with pytest.raises(ValidationError, match="at most 100"):

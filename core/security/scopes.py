@@ -18,14 +18,16 @@ from collections.abc import Iterable
 
 from mlrig.errors import ValidationError
 from mlrig.security.roles import Permission
+from mlrig.validation import scrub
 
 PREDICT_PREFIX = "predict:"
 #: the scope of predictions from every deployment (``"predict"`` means the same)
 PREDICT_ANY = "predict:*"
 #: the most entries one token may carry
 MAX_SCOPES = 100
-#: a deployment's name or id after ``predict:`` (no spaces, no control characters)
-_TARGET = re.compile(r"^[^\s\x00-\x1f\x7f:]{1,255}$")
+#: a deployment's name or id after ``predict:``: what a deployment name may be
+#: (mlrig.serving.spec.NAME_PATTERN; a uuid fits it too)
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PERMISSIONS = {p.value: p for p in Permission}
 
 
@@ -33,7 +35,8 @@ def _invalid(entry: object, why: str) -> ValidationError:
     return ValidationError(
         f"invalid scope {entry!r}: {why}; a scope is a permission "
         f"({', '.join(_PERMISSIONS)}), 'predict:*' or 'predict:<deployment name or id>'",
-        details={"scope": entry if isinstance(entry, str) else repr(entry)},
+        # scrubbed: a lone surrogate (a CLI argument's bad byte) could not be sent as JSON
+        details={"scope": scrub(entry) if isinstance(entry, str) else repr(entry)},
     )
 
 
@@ -64,7 +67,10 @@ def normalize_scopes(scopes: Iterable[str] | None) -> tuple[str, ...] | None:
         elif entry.startswith(PREDICT_PREFIX):
             target = entry[len(PREDICT_PREFIX) :]
             if target != "*" and not _TARGET.match(target):
-                raise _invalid(entry, "the deployment must be a name or id (no spaces)")
+                raise _invalid(
+                    entry,
+                    "the deployment must be a name or id (letters, digits, . _ -; at most 100)",
+                )
         elif entry not in _PERMISSIONS:
             raise _invalid(entry, "unknown permission")
         seen[entry] = None
