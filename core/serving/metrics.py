@@ -149,12 +149,13 @@ class ServingMetrics:
     - ``mlrig_inference_log_dropped_total`` (counter)
 
     :param registry: where the metrics are registered (default: a private registry).
-    :param publish_seconds: multiprocess mode only: how often this process writes its
+    :param publish_seconds: multiprocess mode: how often this process writes its
         figures to the shared files. A memory-mapped write costs about 1.5 us (a lock,
         a pid check, a struct pack), three per request; the hot path adds to a dict
         instead and a background thread publishes the sums, so the aggregate lags by
         at most this (Prometheus scrapes every 15 s or so). :meth:`render`,
-        :meth:`summary` and :meth:`close` publish first.
+        :meth:`summary` and :meth:`close` publish first. In a single process the
+        readers publish, no thread runs.
     """
 
     def __init__(
@@ -164,9 +165,14 @@ class ServingMetrics:
         self.multiprocess = multiprocess_dir() is not None
         self.publish_seconds = publish_seconds
         #: multiprocess mode: increments not yet written to the files (cell inc -> sum)
-        self._pending: dict[Any, float] | None = {} if self.multiprocess else None
+        #: increments not yet added to prometheus-client's values (cell inc -> sum): one
+        #: lock and dict updates per call instead of a lock (and in multiprocess mode a
+        #: memory-mapped write) per value; readers publish first
+        self._pending: dict[Any, float] = {}
         self._pending_lock = threading.Lock()
-        self._publisher: threading.Thread | None = None
+        # multiprocess: a thread publishes to the shared files (other processes read
+        # them); single process: every reader is in this process and publishes itself
+        self._publisher: Any = None if self.multiprocess else _NO_THREAD
         self._closed = threading.Event()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         reg = self.registry
@@ -237,12 +243,6 @@ class ServingMetrics:
             cell = self._request_cell(deployment, version, code)
         count, total, buckets = cell
         bucket = buckets[bisect_left(_LATENCY_BOUNDS, seconds)]
-        pending = self._pending
-        if pending is None:
-            count(1)
-            total(seconds)
-            bucket(1)
-            return
         with self._pending_lock:
             pending = self._pending
             pending[count] = pending.get(count, 0) + 1
@@ -258,10 +258,6 @@ class ServingMetrics:
             cell = self._batch_cell(deployment, version)
         total, buckets = cell
         bucket = buckets[bisect_left(_BATCH_BOUNDS, size)]
-        if self._pending is None:
-            total(size)
-            bucket(1)
-            return
         with self._pending_lock:
             pending = self._pending
             pending[total] = pending.get(total, 0) + size
@@ -309,21 +305,19 @@ class ServingMetrics:
             self._add(self._dropped_inc, n)
 
     def _add(self, inc: Any, amount: float) -> None:
-        if self._pending is None:
-            inc(amount)
-            return
         with self._pending_lock:
             pending = self._pending
             pending[inc] = pending.get(inc, 0) + amount
         if self._publisher is None:
             self._start_publisher()
 
-    # --- publishing (multiprocess mode) ---------------------------------------------
+    # --- publishing ------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Write the increments held since the last publish to the shared files."""
-        if self._pending is None:
-            return
+        """Add the increments held since the last publish to prometheus-client's values
+        (in multiprocess mode: write them to the shared files). Readers of this class
+        (:meth:`render`, :meth:`summary`, :meth:`collect_registry`) do it first; call it
+        before reading :attr:`registry` directly."""
         with self._pending_lock:
             pending, self._pending = self._pending, {}
         for inc, amount in pending.items():
@@ -350,13 +344,12 @@ class ServingMetrics:
         # the publisher thread did not survive the fork: the child starts its own
         self._publisher = None
         self._pending_lock = threading.Lock()
-        if self._pending is not None:
-            self._pending = {}
+        self._pending = {}
 
     def close(self) -> None:
         """Publish what is held and stop the publisher (a replica's shutdown)."""
         self._closed.set()
-        if self._publisher is not None:
+        if isinstance(self._publisher, threading.Thread):
             self._publisher.join(timeout=5)
         self.publish()
 
@@ -406,10 +399,10 @@ class ServingMetrics:
     def collect_registry(self) -> CollectorRegistry:
         """The registry to read: every replica's figures in multiprocess mode, else this
         process's."""
+        self.publish()
         directory = multiprocess_dir() if self.multiprocess else None
         if directory is None:
             return self.registry
-        self.publish()
         return collect_directory(directory)
 
     def render(self) -> tuple[bytes, str]:
@@ -541,6 +534,8 @@ def _quantile(cumulative: dict[float, float], q: float) -> float | None:
             return bound
     return bounds[-1]
 
+
+_NO_THREAD = object()  # the publisher of a single-process instance: none is needed
 
 #: multiprocess instances, reset in a forked child (their publisher thread stayed behind)
 _instances: weakref.WeakSet[ServingMetrics] = weakref.WeakSet()
