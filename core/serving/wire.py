@@ -452,55 +452,61 @@ def _parse_v2(doc: dict[str, Any], binary: bytes) -> ParsedRequest:
 
 
 def _v2_input(tensor: Any, i: int, buffer: memoryview) -> tuple[str, np.ndarray, memoryview]:
-    where = f"inputs[{i}]"
-    if not isinstance(tensor, dict) or not _V2_TENSOR_KEYS <= tensor.keys():
-        msg = f'{where} must be {{"name", "shape", "datatype", "data"}}'
+    # messages are built only on a refusal: this runs for every v2 request
+    if type(tensor) is not dict or not _V2_TENSOR_KEYS <= tensor.keys():
+        msg = f'inputs[{i}] must be {{"name", "shape", "datatype", "data"}}'
         raise ValidationError(msg)
     name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
-    if not isinstance(name, str) or not name:
-        msg = f"{where}.name must be a non-empty string"
+    if type(name) is not str or not name:
+        msg = f"inputs[{i}].name must be a non-empty string"
         raise ValidationError(msg)
-    where = f"input {_short(name)!r}"
     if (
-        not isinstance(shape, list)
+        type(shape) is not list
         or not 1 <= len(shape) <= 32
         or not all(type(d) is int and 0 <= d < 2**31 for d in shape)
     ):
         msg = (
-            f"{where}: shape must be a list of 1 to 32 non-negative integers, got {_short(shape)!r}"
+            f"{_where(name)}: shape must be a list of 1 to 32 non-negative integers, "
+            f"got {_short(shape)!r}"
         )
         raise ValidationError(msg)
     if datatype not in V2_DATATYPES:
         known = ", ".join(V2_DATATYPES)
-        msg = f"{where}: unknown datatype {_short(datatype)!r}; expected one of {known}"
+        msg = f"{_where(name)}: unknown datatype {_short(datatype)!r}; expected one of {known}"
         raise ValidationError(msg)
     size = prod(shape)
-    params = tensor.get("parameters") or {}
-    binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
+    params = tensor.get("parameters")
+    binary_size = params.get("binary_data_size") if type(params) is dict else None
     if binary_size is not None:
         if type(binary_size) is not int or not 0 <= binary_size <= len(buffer):
-            msg = f"{where}: binary_data_size {_short(binary_size)!r} runs past the body"
+            msg = f"{_where(name)}: binary_data_size {_short(binary_size)!r} runs past the body"
             raise ValidationError(msg)
-        raw = _v2_binary(buffer[:binary_size], datatype, size, where)
+        raw = _v2_binary(buffer[:binary_size], datatype, size, _where(name))
         buffer = buffer[binary_size:]
     else:
         if "data" not in tensor:
-            msg = f"{where} has no data"
+            msg = f"{_where(name)} has no data"
             raise ValidationError(msg)
-        raw = _v2_data(tensor["data"], datatype, where)
+        raw = _v2_data(tensor["data"], datatype, name)
     if raw.size != size:
-        msg = f"{where} has shape {shape} ({size} values) but its data holds {raw.size} values"
+        msg = (
+            f"{_where(name)} has shape {shape} ({size} values) but its data holds {raw.size} values"
+        )
         raise ValidationError(msg)
     return name, raw.reshape(shape), buffer
 
 
-def _v2_data(data: Any, datatype: str, where: str) -> np.ndarray:
+def _where(name: str) -> str:
+    return f"input {_short(name)!r}"
+
+
+def _v2_data(data: Any, datatype: str, name: str) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        msg = f"{where}: its data is not a rectangular array of values ({_reason(exc)})"
+        msg = f"{_where(name)}: its data is not a rectangular array of values ({_reason(exc)})"
         raise ValidationError(msg) from None
     kind = raw.dtype.kind
     if datatype == "BYTES":
@@ -510,7 +516,7 @@ def _v2_data(data: Any, datatype: str, where: str) -> np.ndarray:
     else:
         ok = kind in "biuf" or raw.size == 0
     if not ok:
-        msg = f"{where} is {datatype} but its data holds {_kind_name(raw)}"
+        msg = f"{_where(name)} is {datatype} but its data holds {_kind_name(raw)}"
         raise ValidationError(msg)
     return raw
 
