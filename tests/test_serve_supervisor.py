@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,19 +29,31 @@ ECHO = "mlrig.serving.replica:echo_app"
 BALANCING = ["reuseport", "front"]
 
 
+def write_config(home: Path, *, serving: str = "", extra: str = "") -> Path:
+    """The config file of a test's ``mlrig serve`` (kept if it exists)."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "mlrig.toml"
+    if not config.exists():
+        config.write_text(
+            f'[database]\nurl = "sqlite:///{home / "mlrig.db"}"\n'
+            f'[storage]\nbackend = "local"\n[storage.local]\nroot = "{home / "artifacts"}"\n'
+            f"[serving]\n{serving}\n{extra}\n"
+        )
+    return config
+
+
 class Serve:
     """A running ``mlrig serve``; its output lines are collected as they come."""
 
     def __init__(
-        self, home: Path, *args: str, env: dict[str, str] | None = None, serving: str = ""
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        serving: str = "",
+        app: str | None = ECHO,
     ) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "mlrig.toml"
-        config.write_text(
-            f'[database]\nurl = "sqlite:///{home / "mlrig.db"}"\n'
-            f'[storage]\nbackend = "local"\n[storage.local]\nroot = "{home / "artifacts"}"\n'
-            f"[serving]\n{serving}\n"
-        )
+        config = write_config(home, serving=serving)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -51,8 +64,7 @@ class Serve:
                 "--config",
                 str(config),
                 "serve",
-                "--app",
-                ECHO,
+                *(["--app", app] if app else []),
                 "--port",
                 str(self.port),
                 *args,
@@ -65,7 +77,8 @@ class Serve:
         )
         self.lines: list[tuple[float, str]] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -109,6 +122,9 @@ class Serve:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -128,6 +144,10 @@ class Load:
     url: str
     threads: int
     sleep_ms: float = 20
+    #: POST this JSON to ``path`` instead of the echo app's GET (the answer has no pid:
+    #: 0 stands for "served")
+    body: Any = None
+    path: str = "/"
     results: list[Result] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -147,9 +167,13 @@ class Load:
             while not self._stop.is_set():
                 start = time.monotonic()
                 try:
-                    response = client.get(f"{self.url}/?sleep_ms={self.sleep_ms}")
+                    if self.body is None:
+                        response = client.get(f"{self.url}/?sleep_ms={self.sleep_ms}")
+                    else:
+                        response = client.post(f"{self.url}{self.path}", json=self.body)
                     response.raise_for_status()
-                    result = Result(start, time.monotonic(), index, response.json()["pid"])
+                    pid = response.json().get("pid", 0)
+                    result = Result(start, time.monotonic(), index, pid)
                 except httpx.HTTPError as exc:
                     result = Result(start, time.monotonic(), index, None, repr(exc))
                 with self._lock:
@@ -179,7 +203,8 @@ def serve(tmp_path: Path) -> Iterator:
     started: list[Serve] = []
 
     def start(*args: str, **kwargs) -> Serve:
-        server = Serve(tmp_path / f"home{len(started)}", *args, **kwargs)
+        home = kwargs.pop("home", tmp_path / f"home{len(started)}")
+        server = Serve(home, *args, **kwargs)
         started.append(server)
         return server
 
@@ -201,19 +226,25 @@ def test_killed_replica_fails_only_its_requests_and_is_restored(serve, balancing
     assert len(set(before.values())) == 2
     load = Load(server.url, threads=8, sleep_ms=30).start()
     try:
+        # Wait until both replicas hold clients and no connection moves any more (the
+        # supervisor rebalances keep-alive connections at first): each client's last ten
+        # answers came from one replica.
         deadline = time.monotonic() + 30
-        # Wait until both replicas hold some of the clients' connections.
         while time.monotonic() < deadline:
             with load._lock:
-                recent = {r.pid for r in load.results[-40:]}
-            if set(before.values()) <= recent:
+                history: dict[int, list[int | None]] = {}
+                for r in load.results:
+                    history.setdefault(r.thread, []).append(r.pid)
+            tails = [h[-10:] for h in history.values()]
+            last_pid = {thread: h[-1] for thread, h in history.items()}
+            if (
+                len(tails) == load.threads
+                and all(len(t) == 10 and len(set(t)) == 1 for t in tails)
+                and set(last_pid.values()) == set(before.values())
+            ):
                 break
             time.sleep(0.1)
         victim = before[0]
-        with load._lock:
-            last_pid: dict[int, int | None] = {}
-            for r in load.results:
-                last_pid[r.thread] = r.pid
         on_victim = sum(1 for pid in last_pid.values() if pid == victim)
         mark = len(server.lines)
         kill_time = time.monotonic()
@@ -227,7 +258,7 @@ def test_killed_replica_fails_only_its_requests_and_is_restored(serve, balancing
     failures = load.failures
     # Each client holds one connection with at most one request on it: only the clients
     # whose connection was on the killed replica can fail, each once.
-    assert len(failures) <= on_victim, failures
+    assert len(failures) <= on_victim, (failures, last_pid, victim, kill_time)
     assert len({f.thread for f in failures}) == len(failures)
     assert all(f.start < kill_time + 0.5 for f in failures), failures
     assert load.served() > 0
@@ -338,3 +369,55 @@ def test_bad_replica_bounds_are_one_line_errors(run_cli, tmp_path):
     result = run_cli("serve", "--min-replicas", "3", "--max-replicas", "2", cwd=tmp_path)
     assert result.exit_code != 0
     assert "--min-replicas" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_data_plane_in_two_replicas_predicts_and_survives_a_killed_replica(serve, tmp_path):
+    from mlrig.platform import Platform
+    from mlrig.testing.serving import (
+        ACTOR,
+        breast_cancer_data,
+        breast_cancer_estimator,
+        register_breast_cancer_model,
+    )
+
+    home = tmp_path / "real"
+    config = write_config(home, extra="[auth]\nenabled = false\n")
+    platform = Platform.from_config(config)
+    try:
+        register_breast_cancer_model(platform)
+        # sklearn: the CI env without onnxruntime runs this test too
+        platform.deployments.create(
+            name="bc", model="bc", version="1", runtime="sklearn", actor=ACTOR
+        )
+    finally:
+        platform.close()
+    server = serve("--replicas", "2", home=home, app=None, env={"MLRIG_CONFIG": str(config)})
+    server.wait_for(r"^ready: 2 replica", timeout=180)
+    x = breast_cancer_data().x[:5]
+    predict = f"{server.url}/api/ml/deployments/bc/predict"
+    answer = httpx.post(predict, json={"inputs": x.tolist()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == breast_cancer_estimator().predict(x).tolist()
+    assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
+
+    load = Load(
+        server.url,
+        threads=6,
+        body={"inputs": x[:1].tolist()},
+        path="/api/ml/deployments/bc/predict",
+    ).start()
+    try:
+        time.sleep(1.5)
+        mark = len(server.lines)
+        os.kill(server.ready_pids()[1], signal.SIGKILL)
+        server.wait_for(r"^replica 1 .*exited with -9", after=mark, timeout=20)
+        server.wait_for(r"^replica 1 ready", after=mark, timeout=180)
+        restored = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        load.stop()
+    failures = load.failures
+    # At most the request each client had in flight on the killed replica.
+    assert len({f.thread for f in failures}) == len(failures) <= load.threads, failures
+    assert all(f.start < restored for f in failures)
+    assert load.served() > len(failures)
