@@ -19,7 +19,15 @@ from mlrig.api.openapi import component, errors
 from mlrig.api.security import Predictor, Reader
 from mlrig.errors import MlrigError
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+def _close_data_plane() -> None:
+    from mlrig.serving.dataplane import close_embedded
+
+    close_embedded()  # models closed, the inference records written
+
+
+# the app's shutdown stops the embedded data plane (its thread, models and log buffer)
+router = APIRouter(prefix="/deployments", tags=["deployments"], on_shutdown=[_close_data_plane])
 
 
 class PredictRequest(BaseModel):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ __all__ = [
     "DeploymentFailedError",
     "DeploymentRequiredError",
     "NotReadyError",
+    "close_embedded",
     "create_app",
     "embedded",
 ]
@@ -174,8 +176,7 @@ class DataPlane:
         self._wanted = 0
         self._done = -1
         self._background: set[asyncio.Task[Any]] = set()
-        if follow_hooks:
-            _follow_hooks(self)
+        self._follower = _follow_hooks(self) if follow_hooks else None
 
     def _token_cache(self) -> Any:
         from mlrig.serving.auth import TokenCache
@@ -218,6 +219,10 @@ class DataPlane:
             except Exception:
                 log.exception("flushing the inference log failed")
         self._started = False
+        if self._follower is not None:
+            with contextlib.suppress(Exception):
+                self.platform.pm.unregister(self._follower)
+            self._follower = None
 
     def request_refresh(self) -> int:
         """Ask the refresh thread to re-read the deployments now; the generation to wait for."""
@@ -831,9 +836,10 @@ class _HookFollower:
             dataplane.request_refresh()
 
 
-def _follow_hooks(dataplane: DataPlane) -> None:
+def _follow_hooks(dataplane: DataPlane) -> _HookFollower:
     follower = _HookFollower(dataplane)
     dataplane.platform.pm.register(follower, name=f"mlrig-dataplane-{id(dataplane)}")
+    return follower
 
 
 _EMBEDDED: weakref.WeakKeyDictionary[Any, DataPlane] = weakref.WeakKeyDictionary()
@@ -853,6 +859,16 @@ def embedded(platform: Platform) -> DataPlane:
             _EMBEDDED[platform] = dataplane
             atexit.register(_stop_quietly, weakref.ref(dataplane))
     return dataplane.start()
+
+
+def close_embedded() -> None:
+    """Stop every embedded data plane of this process (the API app's shutdown calls it):
+    models closed, inference records written. A later :func:`embedded` starts afresh."""
+    with _EMBEDDED_LOCK:
+        planes = list(_EMBEDDED.values())
+        _EMBEDDED.clear()
+    for dataplane in planes:
+        _stop_quietly(weakref.ref(dataplane))
 
 
 def _stop_quietly(ref: weakref.ref[DataPlane]) -> None:
