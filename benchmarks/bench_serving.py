@@ -69,7 +69,7 @@ from _openloop import closed_loop, open_loop  # benchmarks/_openloop.py
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "serving_peers"
 DEFAULT_PEER_VENVS = Path.home() / ".cache" / "mlrig-bench"
-SERVERS = ("mlrig", "raw", "mlflow", "bentoml")
+SERVERS = ("mlrig", "raw", "raw-onnx", "mlflow", "bentoml")
 #: the goals of issue 10 (1-row req/s and 100-row rows/s as multiples of MLflow's best)
 GOAL_VS_MLFLOW = 5.0
 GOAL_OPEN_P99_MS = 100.0
@@ -185,6 +185,9 @@ def prepare_mlrig(home: Path) -> dict[str, str]:
     platform = Platform.from_config(config)
     try:
         version = register_breast_cancer_model(platform, name=DEPLOYMENT)
+        # the ONNX export as registered, for the raw ASGI + onnxruntime baseline
+        files = platform.registry.download_version(DEPLOYMENT, version["version"], home / "v")
+        onnx = next((str(f) for f in files if f.name == "model.onnx"), "")
         deployment = platform.deployments.create(
             name=DEPLOYMENT, model=DEPLOYMENT, version=version["version"], actor=ACTOR
         )
@@ -198,6 +201,7 @@ def prepare_mlrig(home: Path) -> dict[str, str]:
             "config": str(config),
             "token": token["token"],
             "runtime": str(deployment.get("resolved_runtime") or deployment.get("runtime")),
+            "onnx": onnx,
         }
     finally:
         platform.close()
@@ -237,11 +241,13 @@ def mlrig_target(
     )
 
 
-def raw_target(model: Path, workers: int) -> Target:
+def raw_target(model: Path, workers: int, *, onnx: str = "") -> Target:
+    """The raw ASGI app on the pickle, or with ``onnx`` on the ONNX export (1 thread)."""
     import uvicorn
 
+    env = {"BENCH_ONNX": onnx, "BENCH_THREADS": "1"} if onnx else {"BENCH_MODEL": str(model)}
     return Target(
-        system="raw",
+        system="raw-onnx" if onnx else "raw",
         workers=workers,
         command=[
             sys.executable,
@@ -260,7 +266,7 @@ def raw_target(model: Path, workers: int) -> Target:
         ],
         predict_path="/predict",
         ready_path="/",
-        env={"BENCH_MODEL": str(model)},
+        env=env,
         cwd=PEERS,
         version=f"uvicorn {uvicorn.__version__}",
     )
@@ -664,6 +670,31 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mlrig's best against each peer's best, per figure (the ratio > 1: mlrig ahead;
+    latencies: the peer's over mlrig's, so > 1 also means mlrig is faster)."""
+    out = []
+    for key, higher in (("rps_1row", True), ("rows_per_s_100", True), ("p50_ms", False)):
+        mine = [r for r in rows if r["system"] == "mlrig" and not r["variant"] and key in r]
+        if not mine:
+            continue
+        pick = max if higher else min
+        top = pick(mine, key=lambda r: r[key])
+        for peer in SERVERS[1:]:
+            theirs = [r for r in rows if r["system"] == peer and key in r]
+            if theirs and top[key] and (other := pick(theirs, key=lambda r: r[key]))[key]:
+                ratio = top[key] / other[key] if higher else other[key] / top[key]
+                out.append(
+                    {
+                        "figure": key,
+                        "mlrig": top["label"],
+                        "peer": other["label"],
+                        "ratio": round(ratio, 2),
+                    }
+                )
+    return out
+
+
 def table(report: dict[str, Any]) -> str:
     head = (
         "| server | req/s 1 row, 32 conn | rows/s 100-row | p50 / p99 ms, 1 conn "
@@ -677,6 +708,10 @@ def table(report: dict[str, Any]) -> str:
         cpu = f"{r['server_cpu_us_per_req']:,.0f}"
         cells = [r["label"], f"{r['rps_1row']:,.0f}", rows, single, opened, cpu, str(r["errors"])]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| figure | mlrig (best) | peer (best) | mlrig's advantage |"]
+    lines.append("|---|---|---|---:|")
+    for c in report["comparisons"]:
+        lines.append(f"| {c['figure']} | {c['mlrig']} | {c['peer']} | {c['ratio']}x |")
     lines += ["", "| goal | figure | met? |", "|---|---|---|"]
     for g in report["goals"]:
         lines.append(f"| {g['goal']} | {g['figure']} | {'yes' if g['met'] else '**no**'} |")
@@ -754,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
                     targets.append(mlrig_target(setup, workers, logging=False, auth=False))
                 elif system == "raw":
                     targets.append(raw_target(model_pkl, workers))
+                elif system == "raw-onnx":
+                    setup = setup or prepare_mlrig(work / "mlrig")
+                    targets.append(raw_target(model_pkl, workers, onnx=setup["onnx"]))
                 elif system == "mlflow":
                     venv = ensure_venv(args.peer_venvs / "serving-mlflow", "mlflow", "mlflow")
                     model_dir = work / "mlflow-model"
@@ -791,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "open_share": args.open_share,
         "results": rows,
+        "comparisons": comparisons(rows),
         "goals": goals(rows),
     }
     print(json.dumps(report, indent=2) if args.json else table(report))
