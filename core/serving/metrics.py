@@ -205,8 +205,8 @@ class ServingMetrics:
         )
         self.errors = Counter(
             "mlrig_predict_errors",
-            "Predict requests that failed, by kind (the error code: validation, "
-            "overloaded, not_found, internal...).",
+            "Predict requests that failed, by kind (the error's code: validation_error, "
+            "overloaded, not_found, payload_too_large...).",
             ["deployment", "version", "kind"],
             registry=reg,
         )
@@ -285,7 +285,8 @@ class ServingMetrics:
         self._add(self._flight_cells.get(deployment) or self._flight_cell(deployment), -1)
 
     def error(self, deployment: str, version: str, kind: str) -> None:
-        """A failed request; ``kind`` is a short code (``validation``, ``overloaded``...)."""
+        """A failed request; ``kind`` is the error's code (``validation_error``,
+        ``overloaded``...)."""
         key = (deployment, version, kind)
         inc = self._error_cells.get(key)
         if inc is None:
