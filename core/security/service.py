@@ -55,6 +55,7 @@ class Principal:
     _granted: frozenset[Permission] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: the deployments it may predict from: None for all (else names and ids; empty: none)
     _targets: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class Principal:
             object.__setattr__(self, "scopes", scopes)
             object.__setattr__(self, "_granted", scope_permissions(scopes))
             object.__setattr__(self, "_targets", predict_targets(scopes))
+        if not self.can(Permission.PREDICT):
+            object.__setattr__(self, "_targets", frozenset())
 
     def can(self, permission: Permission) -> bool:
         """Whether the role holds ``permission`` and the scopes (if any) include it; for
@@ -75,11 +78,8 @@ class Principal:
     def may_predict(self, deployment_id: str, deployment_name: str) -> bool:
         """Whether this principal may ask the deployment (its id and name) for
         predictions: the role holds predict and the scopes (if any) name it or all."""
-        if not self.can(Permission.PREDICT):
-            return False
-        if self.scopes is None or self._targets is None:
-            return True
-        return deployment_id in self._targets or deployment_name in self._targets
+        targets = self._targets  # worked out once, in __post_init__
+        return targets is None or deployment_id in targets or deployment_name in targets
 
     def require(self, permission: Permission) -> None:
         """Raise :class:`PermissionDeniedError` unless this principal holds ``permission``."""

@@ -106,11 +106,7 @@ class TokenCache:
             principal = self._valid.get(key, now)
             refusal = None if principal is not None else self._refused.get(key, now)
         if principal is not None:
-            if not _expired(principal):
-                return principal  # type: ignore[return-value]
-            with self._lock:
-                self._valid.entries.pop(key, None)
-            return None
+            return principal  # type: ignore[return-value]
         if refusal is not None:
             raise AuthenticationError(str(refusal))
         return None
@@ -156,10 +152,13 @@ class TokenCache:
                 with self._lock:
                     self._refused.put(key, self._clock() + self.negative_ttl_seconds, exc.message)
             raise
-        if self.ttl_seconds > 0:
+        lifetime = self.ttl_seconds
+        if principal.expires_at is not None:  # never trusted past the token's own expiry
+            lifetime = min(lifetime, principal.expires_at.timestamp() - time.time())
+        if lifetime > 0:
             with self._lock:
                 self._refused.entries.pop(key, None)
-                self._valid.put(key, self._clock() + self.ttl_seconds, principal)
+                self._valid.put(key, self._clock() + lifetime, principal)
         return principal
 
     def invalidate(self, plaintext: str | None = None) -> None:
@@ -176,11 +175,3 @@ class TokenCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._valid.entries) + len(self._refused.entries)
-
-
-def _expired(principal: object) -> bool:
-    """Whether the token behind ``principal`` expired since it was cached."""
-    expires_at = getattr(principal, "expires_at", None)
-    if expires_at is None:
-        return False
-    return expires_at.timestamp() <= time.time()
