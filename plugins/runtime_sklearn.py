@@ -103,6 +103,48 @@ class SklearnClassifierModel(SklearnModel):
         return self.model.classes_.tolist()
 
 
+class SklearnArgmaxClassifierModel(SklearnClassifierModel):
+    """A classifier whose ``predict`` is the most probable class of ``predict_proba``
+    (logistic regression, trees and forests): serving gets both from one call, half the
+    cost (scikit-learn's per-call input validation dominates small batches)."""
+
+    def predict_with_proba(self, batch: Any) -> tuple[list[Any], list[list[float]]]:
+        """Labels and probabilities from one ``predict_proba`` call."""
+        x = self._input(batch)
+        try:
+            proba = self.model.predict_proba(x)
+        except (ValueError, TypeError, KeyError) as exc:
+            msg = f"the batch does not fit the model's input: {exc}"
+            raise ValidationError(msg) from exc
+        labels = self.model.classes_.take(proba.argmax(axis=1))
+        return labels.tolist(), proba.tolist()
+
+
+#: final estimators whose predict() is classes_[argmax(predict_proba())]: forests and
+#: trees compute it that way; logistic regression's decision function is monotone in it
+_ARGMAX_CLASSIFIERS = frozenset(
+    {
+        "LogisticRegression",
+        "LogisticRegressionCV",
+        "DecisionTreeClassifier",
+        "ExtraTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+    }
+)
+
+
+def _classifier_class(model: Any) -> type[SklearnModel]:
+    if not hasattr(model, "predict_proba"):
+        return SklearnModel
+    final = model.steps[-1][1] if hasattr(model, "steps") else model  # a Pipeline's last
+    classes = getattr(model, "classes_", None)
+    single_output = classes is not None and getattr(classes, "ndim", 0) == 1
+    if type(final).__name__ in _ARGMAX_CLASSIFIERS and single_output:
+        return SklearnArgmaxClassifierModel
+    return SklearnClassifierModel
+
+
 class SklearnRuntime(ModelRuntime):
     """Loads ``model.joblib`` from a model package folder (or the file itself)."""
 
@@ -124,7 +166,7 @@ class SklearnRuntime(ModelRuntime):
             msg = f"no scikit-learn model at {str(file)!r}"
             raise NotFoundError(msg)
         model = joblib.load(file)
-        cls = SklearnClassifierModel if hasattr(model, "predict_proba") else SklearnModel
+        cls = _classifier_class(model)
         columns = signature_columns(metadata.get("signature"))
         threads = self.options.threads or default_threads()
         return cls(model, columns=columns, threads=threads)

@@ -87,6 +87,32 @@ def test_sklearn_serves_the_breast_cancer_model(bc: Any) -> None:
         assert loaded.predict(data.x) == expected.predict(data.x).tolist()
         assert np.allclose(loaded.predict_proba(data.x), expected.predict_proba(data.x))
         assert loaded.batching_helps is True
+        labels, proba = loaded.predict_with_proba(data.x)  # one predict_proba call
+        assert labels == expected.predict(data.x).tolist()
+        assert np.allclose(proba, expected.predict_proba(data.x))
+
+
+def test_sklearn_predict_with_proba_only_where_labels_follow_the_probabilities(
+    tmp_path: Path,
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from mlrig.formats import package_model
+
+    data = breast_cancer_data()
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(data.x, data.y)
+    package = package_model(forest, tmp_path / "forest", sample=data.x[:5])
+    loaded = _runtime("sklearn").load(package.folder, {})
+    labels, proba = loaded.predict_with_proba(data.x)
+    assert labels == forest.predict(data.x).tolist()
+    assert np.allclose(proba, forest.predict_proba(data.x))
+    # an estimator not known to take its labels from its probabilities: no shortcut
+    knn = KNeighborsClassifier().fit(data.x[:200], data.y[:200])
+    package = package_model(knn, tmp_path / "knn", sample=data.x[:5])
+    loaded = _runtime("sklearn").load(package.folder, {})
+    assert hasattr(loaded, "predict_proba")
+    assert not hasattr(loaded, "predict_with_proba")
 
 
 @pytest.mark.heavy
