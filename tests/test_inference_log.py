@@ -179,6 +179,54 @@ def test_the_writer_thread_writes_on_its_own(database: Database) -> None:
     assert _count(database) == 3
 
 
+def test_a_full_batch_wakes_the_writer_early(database: Database) -> None:
+    deployment = _deployment(database)
+    logger = InferenceLogger(
+        database, sample_rate=1.0, max_buffer=100, flush_seconds=3600, batch_size=5
+    )
+    with logger:
+        for i in range(5):
+            _record(logger, deployment, f"w{i}")
+        _wait(lambda: logger.written == 5, "the write of a full batch")  # not in an hour
+
+
+def test_a_failing_hook_does_not_stop_the_writes(database: Database) -> None:
+    deployment = _deployment(database)
+    pm = get_plugin_manager(load_entrypoints=False)
+
+    class Broken:
+        @hookimpl
+        def mlrig_predictions_served(self, event: dict[str, Any]) -> None:
+            raise RuntimeError("plugin bug")
+
+    pm.register(Broken(), name="broken")
+    logger = InferenceLogger(
+        database, sample_rate=1.0, max_buffer=100, flush_seconds=3600, hooks=Hooks(pm)
+    )
+    _record(logger, deployment, "h1")
+    assert logger.flush()
+    _record(logger, deployment, "h2")
+    assert logger.flush()
+    assert _count(database) == 2 and logger.pending == 0
+
+
+def test_records_from_many_threads_are_all_kept() -> None:
+    logger = InferenceLogger(None, sample_rate=1.0, max_buffer=100_000, flush_seconds=3600)  # type: ignore[arg-type]
+    barrier = threading.Barrier(8)
+
+    def serve() -> None:
+        barrier.wait()
+        for _ in range(2_000):
+            _record(logger, "d")
+
+    threads = [threading.Thread(target=serve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(SAFETY_S)
+    assert logger.pending == 16_000 and logger.dropped == 0
+
+
 # --- sampling -------------------------------------------------------------------------
 
 
@@ -307,6 +355,9 @@ def test_records_survive_an_outage_and_are_written_once_it_ends(
             for i in range(30):
                 assert _record(logger, deployment, f"o{i}")
             _wait(lambda: logger.last_error is not None, "a failed write")
+            time.sleep(1.5)
+            # back-off: 0.1 s doubling (with jitter), not an attempt per 20 ms flush
+            assert 1 <= logger.consecutive_failures <= 8
             for i in range(30, 50):  # still accepted while the database is away
                 assert _record(logger, deployment, f"o{i}")
             assert logger.written == 0 and logger.pending == 50

@@ -153,6 +153,11 @@ class InferenceLogger:
         """Rows the database refused for good (given up, logged as a warning)."""
         return self._failed
 
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed write attempts since the last good one (0 while the database is fine)."""
+        return self._failures
+
     def stats(self) -> dict[str, int]:
         """Every counter, for health pages and tests."""
         return {
