@@ -273,3 +273,36 @@ def test_tensorflow_errors(tf_version: dict[str, Any], tmp_path: Path) -> None:
         loaded.predict([])
     with pytest.raises(NotFoundError, match="no TensorFlow model package"):
         _runtime("tensorflow").load(tmp_path, {})
+
+
+@pytest.mark.heavy
+def test_torch_threads_follow_the_replica_count(
+    torch_version: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from mlrig.contracts.runtime import REPLICAS_ENV, cpu_count
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(REPLICAS_ENV, str(cpu_count() * 2))
+        loaded = _runtime("torch").load(torch_version["folder"], torch_version["view"])
+        assert loaded.describe()["threads"] == 1
+        pinned = _runtime("torch", threads=2).load(torch_version["folder"], {})
+        assert pinned.describe()["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.heavy
+@pytest.mark.gpu
+def test_torch_serves_on_the_gpu(torch_version: dict[str, Any], x: np.ndarray) -> None:
+    if not _torch_cuda():
+        pytest.skip("needs a CUDA build of torch (this one is CPU-only)")
+    from mlrig.testing.serving import breast_cancer_torch_model, torch_predict_proba
+
+    loaded = _runtime("torch").load(torch_version["folder"], torch_version["view"])
+    assert loaded.describe()["device"].startswith("cuda")
+    expected = torch_predict_proba(breast_cancer_torch_model(), x)
+    assert np.allclose(loaded.predict_proba(x), expected, **TOLERANCE)
+    loaded.close()
