@@ -174,6 +174,7 @@ def _server_class() -> type:
             self.drain_grace = drain_grace
             self._tasks: list[asyncio.Task[None]] = []
             self._handovers: set[asyncio.Task[None]] = set()
+            self._unacked: list[bytes] = []
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             # No listener yet: the app's lifespan (model loading) runs first, and the socket
@@ -214,12 +215,26 @@ def _server_class() -> type:
                     # connections, each after a complete answer, so their clients reconnect
                     # (and are spread over every replica) without a failed request.
                     self.meter.shed = max(self.meter.shed, int(command.get("shed", 0)))
+                if fds and data[:1] == b"c":
+                    # Acknowledge before reading a byte: until then the supervisor may
+                    # give the connection to another replica if this one dies.
+                    self._ack(b"a" + data[1:9])
                 for fd in fds:
                     sock = socket.socket(fileno=fd)
                     # Held until done: the loop keeps only weak references to tasks.
                     task = loop.create_task(self._serve_connection(sock))
                     self._handovers.add(task)
                     task.add_done_callback(self._handovers.discard)
+
+        def _ack(self, message: bytes) -> None:
+            self._unacked.append(message)
+            try:
+                self.ctrl.send(b"a" + b"".join(m[1:] for m in self._unacked))
+            except (BlockingIOError, InterruptedError):
+                return  # sent with the next one or the next report
+            except OSError:
+                pass
+            self._unacked.clear()
 
         async def _serve_connection(self, sock: socket.socket) -> None:
             loop = asyncio.get_running_loop()
@@ -242,6 +257,8 @@ def _server_class() -> type:
             last = time.monotonic()
             while True:
                 await asyncio.sleep(self.stats_interval)
+                if self._unacked:
+                    self._ack(self._unacked.pop())
                 now = time.monotonic()
                 stats = self.meter.take(now - last)
                 last = now

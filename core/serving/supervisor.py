@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import math
 import os
 import selectors
@@ -123,6 +124,10 @@ class _Replica:
     sample: ReplicaSample | None = None
     conns: int = 0
     handed: int = 0  # connections handed over since the last report (front)
+    #: front: connections sent but not yet acknowledged, by sequence number; the
+    #: supervisor keeps its descriptor until the replica confirms it took the connection,
+    #: so one sent to a replica that dies first is handed to another (nothing was read)
+    pending: dict[int, socket.socket] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -157,6 +162,7 @@ class Supervisor:
         self._metrics_dir: str | None = None
         self._last_decision = 0.0
         self._last_rebalance = 0.0
+        self._seq = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -317,6 +323,13 @@ class Supervisor:
             if not data:
                 self._close_ctrl(replica)
                 return
+            if data[:1] == b"a":  # front: the replica took these connections
+                with self._lock:
+                    for i in range(1, len(data) - 7, 8):
+                        taken = replica.pending.pop(int.from_bytes(data[i : i + 8], "little"), None)
+                        if taken is not None:
+                            taken.close()
+                continue
             try:
                 message = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -353,6 +366,7 @@ class Supervisor:
         stable = replica.ready_at is not None and now - replica.ready_at >= STABLE_SECONDS
         replica.crashes = 1 if stable else replica.crashes + 1
         replica.state, replica.proc, replica.ready_at = "down", None, None
+        self._rehand(replica)
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (replica.crashes - 1))
         replica.restart_at = now + delay
         self._steer()
@@ -440,8 +454,16 @@ class Supervisor:
         for replica in replicas:
             if replica.proc is not None:
                 self._mark_dead(replica.proc.pid)
+            if replica.ctrl is not None:
+                self._read(replica)  # its last acknowledgements
             self._close_ctrl(replica)
             replica.proc, replica.state = None, "down"
+            if not self._stopping.is_set():
+                self._rehand(replica)
+            with self._lock:
+                for conn in replica.pending.values():
+                    conn.close()
+                replica.pending.clear()
 
     def _shutdown(self) -> None:
         self.echo("stopping: draining the replicas")
@@ -471,9 +493,10 @@ class Supervisor:
                 return
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._hand_over(conn)
-            finally:
-                conn.close()  # the replica holds its own descriptor now
+            except OSError:  # the client is already gone
+                conn.close()
+                continue
+            self._hand_over(conn)  # closed once the replica acknowledges it
 
     def _hand_over(self, conn: socket.socket) -> None:
         payload = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))]
@@ -483,13 +506,29 @@ class Supervisor:
                     ctrl = replica.ctrl
                     if ctrl is None:
                         continue
+                    seq = next(self._seq)
                     try:
-                        ctrl.sendmsg([b"c"], payload)
+                        ctrl.sendmsg([b"c" + seq.to_bytes(8, "little")], payload)
                     except OSError:
                         continue  # gone or stuck: try the next one
                     replica.handed += 1
+                    replica.pending[seq] = conn
                     return
             time.sleep(0.01)  # no replica ready: hold the connection until one is
+        conn.close()
+
+    def _rehand(self, replica: _Replica) -> None:
+        """Hand the connections a dead replica never confirmed to the others (in a thread:
+        it waits while no replica is ready)."""
+        with self._lock:
+            orphans = list(replica.pending.values())
+            replica.pending.clear()
+        if orphans:
+            threading.Thread(
+                target=lambda: [self._hand_over(conn) for conn in orphans],
+                name="mlrig-serve-rehand",
+                daemon=True,
+            ).start()
 
     # -- metrics ---------------------------------------------------------------------
 
