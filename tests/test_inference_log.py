@@ -373,12 +373,16 @@ def test_stop_during_an_outage_counts_what_is_lost(
     database: Database, admin_url: str | None
 ) -> None:
     deployment = _deployment(database)
-    logger = InferenceLogger(database, sample_rate=1.0, max_buffer=100, flush_seconds=3600)
+    drops: list[int] = []
+    logger = InferenceLogger(
+        database, sample_rate=1.0, max_buffer=100, flush_seconds=3600, on_drop=drops.append
+    )
     for i in range(4):
         _record(logger, deployment, f"l{i}")
     with _outage(database, admin_url):
         logger.stop(timeout=0.3)
     assert logger.dropped == 4 and logger.pending == 0 and _count(database) == 0
+    assert drops == [4]  # exported like the drops of a full buffer
 
 
 # --- conversions ----------------------------------------------------------------------

@@ -258,6 +258,8 @@ class InferenceLogger:
             self._dropped += lost
         if lost:
             log.warning("inference log: %d records were not written before stop", lost)
+            if self.on_drop is not None:
+                self.on_drop(lost)
 
     def __enter__(self) -> InferenceLogger:
         return self.start()
