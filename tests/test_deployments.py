@@ -325,3 +325,47 @@ def test_production_needs_a_production_version(db_platform: Any, bc: dict[str, A
         db_platform.deployments.update("churn", actor=ACTOR, environment="production")
     assert db_platform.deployments.get("churn")["environment"] == "staging"
     assert spec.ENVIRONMENTS == ("development", "staging", "production")
+
+
+def test_update_switches_between_pinned_and_followed(db_platform: Any, events: Events) -> None:
+    register(db_platform)
+    second = register(db_platform, variant=1)
+    db_platform.lifecycle.set_alias("bc", "champion", "2", actor=ACTOR)
+    service = db_platform.deployments
+    service.create(name="churn", model="bc", version="latest", actor=ACTOR)
+    assert service.get("churn")["version"] == "2"  # latest is resolved once, now
+    followed = service.update("churn", actor=ACTOR, alias="champion")
+    assert followed["alias"] == "champion" and followed["version_id"] == second["id"]
+    pinned = service.update("churn", actor=ACTOR, version="1")
+    assert pinned["alias"] is None and pinned["version"] == "1"
+    db_platform.lifecycle.set_alias("bc", "champion", "1", actor=ACTOR)
+    db_platform.lifecycle.set_alias("bc", "champion", "2", actor=ACTOR)
+    assert service.snapshot()[0]["version"] == "1"  # pinned: the alias no longer matters
+    assert all(e["deployment"]["name"] == "churn" for e in events.seen)
+
+
+def test_concurrent_snapshots_move_an_alias_once(db_platform: Any, events: Events) -> None:
+    """Replicas read the snapshot at the same time: the alias move is written (and the
+    hook fired) once, and every reader sees the new version."""
+    import threading
+
+    register(db_platform)
+    register(db_platform, variant=1)
+    db_platform.lifecycle.set_alias("bc", "champion", "1", actor=ACTOR)
+    service = db_platform.deployments
+    service.create(name="churn", model="bc", alias="champion", actor=ACTOR)
+    db_platform.lifecycle.set_alias("bc", "champion", "2", actor=ACTOR)
+    start = threading.Barrier(4)
+    seen: list[str] = []
+
+    def read() -> None:
+        start.wait()
+        seen.append(service.snapshot()[0]["version"])
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert seen == ["2"] * 4
+    assert events.actions.count("alias_moved") == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from mlrig.api.deps import PlatformDep
@@ -39,12 +39,21 @@ DeploymentName = Annotated[
 ]
 #: a model, version or alias reference (the registry says whether it exists: 404)
 Ref = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _installed_runtimes(schema: dict[str, Any]) -> None:
+    """The schema lists the runtimes installed where it is served (read when the schema is
+    made, not at import): a runtime that is not installed is a 422 for the server too."""
+    schema["pattern"] = spec.RUNTIME_PATTERN
+    schema["enum"] = [spec.AUTO, *sorted(spec.installed_runtimes())]
+
+
 Runtime = Annotated[
     str,
     Field(
         min_length=1,
         max_length=100,
-        json_schema_extra={"pattern": spec.RUNTIME_PATTERN},
+        json_schema_extra=_installed_runtimes,
         description="'auto' (onnx when exported and installed, else the framework's) or a "
         "runtime name (`mlrig plugins list`).",
     ),
@@ -85,8 +94,30 @@ Shadow = Annotated[
 ]
 
 
+def _string(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"type": "string"}}}
+
+
+def _one_target(schema: dict[str, Any], model: type) -> None:
+    """State "exactly one of version and alias" in the schema (a string, not null)."""
+    InputModel.model_config["json_schema_extra"](schema, model)  # type: ignore[index,operator]
+    schema["oneOf"] = [_string("version"), _string("alias")]
+
+
+def _not_both(schema: dict[str, Any], model: type) -> None:
+    """State "not both version and alias" in the schema."""
+    InputModel.model_config["json_schema_extra"](schema, model)  # type: ignore[index,operator]
+    both = {
+        "required": ["version", "alias"],
+        "properties": {"version": {"type": "string"}, "alias": {"type": "string"}},
+    }
+    schema["not"] = both
+
+
 class DeploymentCreate(InputModel):
     """Exactly one of ``version`` and ``alias``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_target)
 
     name: DeploymentName
     model: Ref = Field(description="Model name or id.")
@@ -107,6 +138,8 @@ class DeploymentCreate(InputModel):
 class DeploymentUpdate(InputModel):
     """Only the fields sent change; ``traffic: []`` or ``null`` removes the canaries,
     ``shadow: null`` the shadow; ``version`` pins, ``alias`` follows (not both)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_both)
 
     version: Ref | None = None
     alias: Ref | None = None
@@ -161,13 +194,20 @@ def create_deployment(
     return view  # type: ignore[return-value]
 
 
-@router.get("", summary="List deployments", response_model_exclude_unset=True)
+@router.get(
+    "",
+    summary="List deployments",
+    responses=errors(404, e404="No model of that name or id (`model`)."),
+    response_model_exclude_unset=True,
+)
 def list_deployments(
     platform: PlatformDep,
     _: Reader,
     status: Literal[spec.STATUSES] | None = Query(default=None),  # type: ignore[valid-type]
     environment: EnvironmentName | None = Query(default=None),
-    model: str | None = Query(default=None, description="Model name or id.", max_length=255),
+    model: str | None = Query(
+        default=None, description="Model name or id.", min_length=1, max_length=255
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
     offset: Offset = 0,
     cursor: Cursor = None,

@@ -93,12 +93,28 @@ class DeploymentService:
         return {"max_batch_size": serving.max_batch_size, "max_latency_ms": serving.max_latency_ms}
 
     def _view(self, session: Session, row: ModelDeployment) -> dict[str, Any]:
-        creator = session.scalar(select(User.name).where(User.id == row.created_by))
-        return spec.deployment_view(row, creator=creator, defaults=self._defaults)
+        return self._views(session, [row])[0]
+
+    def _views(self, session: Session, rows: list[ModelDeployment]) -> list[dict[str, Any]]:
+        """Views of ``rows``, their creators' names read in one query."""
+        ids = {row.created_by for row in rows if row.created_by is not None}
+        names = (
+            dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all())
+            if ids
+            else {}
+        )
+        defaults = self._defaults
+        return [
+            spec.deployment_view(row, creator=names.get(row.created_by), defaults=defaults)
+            for row in rows
+        ]
 
     def _row(self, session: Session, ref: str, *, lock: bool = False) -> ModelDeployment:
         """A live deployment by id or name."""
-        spec.check_ref(ref, "deployment")
+        v.check_text(ref, field="deployment")
+        if len(ref) > 255:  # longer than any name: no such deployment, no query
+            msg = f"no deployment {v.shorten(ref, 60)!r}; see: mlrig deployments list"
+            raise NotFoundError(msg, details={"deployment": ref[:255]})
         live = ModelDeployment.deleted_at.is_(None)
         key = spec.as_uuid(ref)
         where = ModelDeployment.id == key if key is not None else ModelDeployment.name == ref
@@ -164,7 +180,7 @@ class DeploymentService:
                     f"a production deployment needs versions in the production stage "
                     f"([registry] approval_required_for); {version.name} version "
                     f"{version.version} is in {version.stage!r}: request the stage with "
-                    f"mlrig models promote {version.name} {version.version} production"
+                    f"mlrig models stage {version.name} {version.version} production"
                 )
                 raise ConflictError(
                     msg,
@@ -274,6 +290,8 @@ class DeploymentService:
         """
         spec.check_name(name)
         spec.check_ref(model, "model")
+        with self.db.session() as session:  # an unknown model is 404 before any other rule
+            self.registry._model(session, model)
         if (version is None) == (alias is None):
             msg = "give exactly one of version and alias"
             raise ValidationError(msg, details={"field": "version"})
@@ -370,7 +388,7 @@ class DeploymentService:
             query = query.order_by(ModelDeployment.created_at, ModelDeployment.id)
             rows = session.scalars(query.offset(offset).limit(limit + 1)).all()
             more = len(rows) > limit
-            items = [self._view(session, row) for row in rows[:limit]]
+            items = self._views(session, list(rows[:limit]))
         return {
             "items": items,
             "next_cursor": encode_cursor({"offset": offset + limit}) if more else None,
@@ -572,7 +590,7 @@ class DeploymentService:
                     moved = self._follow_alias(session, row)
                     if moved is not None:
                         moves.append((row, moved))
-                view = self._view(session, row)
+            for row, view in zip(rows, self._views(session, list(rows)), strict=True):
                 view["targets"] = spec.targets(row)
                 view["revision"] = spec.revision(row, view)
                 out.append(view)
@@ -621,12 +639,22 @@ class DeploymentService:
             return None
         old = row.version
         config.update(version_id=target["version_id"], resolved_runtime=target["runtime"])
-        row.deployment_config = config
-        row.version = target["version"]
-        row.model_id = version.id
-        if row.status == "active":
-            row.status = "deploying"
-        row.status_reason = None
-        row.updated_at = _now()
-        session.flush()
+        # conditional on the version it had: of N replicas reading at once, one moves it
+        # (and fires the hook); the others see the moved row
+        moved = session.execute(
+            update(ModelDeployment)
+            .where(ModelDeployment.id == row.id, ModelDeployment.model_id == row.model_id)
+            .values(
+                deployment_config=config,
+                version=target["version"],
+                model_id=version.id,
+                status="deploying" if row.status == "active" else row.status,
+                status_reason=None,
+                updated_at=_now(),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.refresh(row)
+        if not moved:
+            return None
         return {"alias": alias, "from": old, "to": row.version}
