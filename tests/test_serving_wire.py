@@ -661,6 +661,18 @@ NASTY = [
     b'{"inputs": ' + b"[" * 1000 + b"NaN" + b"]" * 1000 + b"}",
     b'{"inputs": ' + b"[" * 5000 + b"NaN" + b"]" * 5000 + b"}",
     b'{"inputs": [' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"]}",
+    b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": '
+    + b"[" * 100
+    + b"1"
+    + b"]" * 100
+    + b"}]}",
+    b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": '
+    + b"[" * 1000
+    + b"1"
+    + b"]" * 1000
+    + b"}]}",
+    b'{"inputs": [[null, null, null], [1, 2, 3]], "request_id": "r"}',
+    b'{"inputs": [[null, "x", null]]}',
     b'{"inputs": [[1, 2, 3]]' + b" " * 10 + b"}" * 3,
     b'{"inputs": [[true, false, null]]}',
     b'{"inputs": [[[], {}, ""]]}',

@@ -31,6 +31,8 @@ _SHOWN_COLUMNS = 8
 #: column orders remembered per schema (clients send one or two orders, not thousands)
 _ORDER_CACHE = 64
 _NUMBERS = frozenset("biuf")
+#: Python types of the values an object batch may hold for a numeric model
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,17 +211,10 @@ class InputSchema:
             return array
         if array.ndim < 2 and any(isinstance(v, list | dict) for v in array.flat):
             self._refuse(_ragged(array.tolist(), None), "ragged")
-        nulls = False
-        for index, value in np.ndenumerate(array):
-            if value is None:
-                nulls = True
-                if not self.allow_nan:
-                    where = _position(index, names)
-                    self._refuse(f"{where} is null: missing values are refused", "nan")
-            elif type(value) not in (int, float, bool):
-                where = _position(index, names)
-                what = _type_name(value)
-                self._refuse(f"{where} is {what}, not a number", "type")
+        types = set(map(type, array.ravel().tolist()))  # C-speed, even for 8 MiB of nulls
+        nulls = type(None) in types
+        if (nulls and not self.allow_nan) or not types <= _SCALARS:
+            self._explain_objects(array, names)
         target = self.dtype if self.dtype is not None and self.dtype.kind == "f" else np.float64
         try:
             if nulls:
@@ -227,6 +222,18 @@ class InputSchema:
             return array.astype(target)
         except (OverflowError, ValueError, TypeError):
             self._refuse("a value is out of the range of numbers the model takes", "range")
+
+    def _explain_objects(self, array: np.ndarray, names: list[str] | None) -> NoReturn:
+        """Refuse the first null (NaN refused) or non-number of an object array."""
+        for index, value in np.ndenumerate(array):
+            if value is None:
+                if not self.allow_nan:
+                    where = _position(index, names)
+                    self._refuse(f"{where} is null: missing values are refused", "nan")
+            elif type(value) not in (int, float, bool):
+                where = _position(index, names)
+                self._refuse(f"{where} is {_type_name(value)}, not a number", "type")
+        self._refuse("the batch holds values that are not numbers", "type")
 
     def _from_records(self, records: list[dict[str, Any]]) -> list[list[Any]]:
         columns = self.columns
