@@ -74,7 +74,14 @@ class TensorModel(LoadedModel):
             msg = "the batch is empty: send at least one row"
             raise ValidationError(msg)
         if self.shape:
-            array = fit_shape(array, [None if d == -1 else d for d in self.shape], "input")
+            shape = [None if d == -1 else d for d in self.shape]
+            if array.ndim == len(shape) and any(
+                d is not None and d != n for d, n in zip(shape[1:], array.shape[1:], strict=True)
+            ):  # rows of the wrong width: never silently re-cut into other rows
+                expected = [-1 if d is None else d for d in shape]
+                msg = f"batch has shape {list(array.shape)}; the model expects {expected}"
+                raise ValidationError(msg)
+            array = fit_shape(array, shape, "input")
         return np.asarray(self.forward(np.ascontiguousarray(array)))
 
 

@@ -175,6 +175,8 @@ def test_torch_errors(torch_version: dict[str, Any], tmp_path: Path) -> None:
     loaded = _runtime("torch").load(torch_version["folder"], torch_version["view"])
     with pytest.raises(ValidationError, match="expects"):
         loaded.predict([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValidationError, match=r"expects \[-1, 30\]"):
+        loaded.predict(np.zeros((1, 60)))  # not re-cut into two rows
     with pytest.raises(ValidationError, match="empty"):
         loaded.predict(np.zeros((0, 30), dtype=np.float32))
     with pytest.raises(ValidationError):
