@@ -189,6 +189,15 @@ class OnnxModel(LoadedModel):
         ):  # the serving path: an (N, F) array already checked against the signature
             name, dtype, _ = direct
             feeds = {name: batch if batch.dtype == dtype else batch.astype(dtype)}
+        elif (
+            direct is not None
+            and hasattr(batch, "ndim")
+            and batch.ndim == len(direct[2]) + 1
+            and tuple(batch.shape[1:]) != direct[2]
+        ):  # rows of the wrong width: never silently re-cut into other rows
+            expected = [-1, *direct[2]]
+            msg = f"batch has shape {list(batch.shape)}; the model expects {expected}"
+            raise ValidationError(msg)
         else:
             feeds = onnx_feeds(self.inputs, batch, self.columns)
         state = self._state

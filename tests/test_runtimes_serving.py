@@ -19,6 +19,7 @@ import pytest
 from mlrig.backends import load_backend
 from mlrig.contracts import LoadedModel
 from mlrig.contracts.runtime import REPLICAS_ENV, cpu_count, default_threads, serving_replicas
+from mlrig.errors import ValidationError
 from mlrig.plugins._tensor_models import class_labels, class_probabilities
 from mlrig.testing.fixtures import make_platform
 from mlrig.testing.serving import (
@@ -128,6 +129,8 @@ def test_onnx_serves_the_breast_cancer_model(bc: Any) -> None:
         labels, proba = loaded.predict_with_proba(data.x)  # one session run for both
         assert labels == loaded.predict(data.x)
         assert proba == loaded.predict_proba(data.x)
+        with pytest.raises(ValidationError, match=r"expects \[-1, 30\]"):
+            loaded.predict(np.zeros((1, 60)))  # not re-cut into two rows
 
 
 # -- threads ---------------------------------------------------------------------------------
