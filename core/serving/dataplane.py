@@ -728,6 +728,9 @@ def _format(
 
 
 def _pick(state: DeploymentState, client_key: bytes | None, version: str | None) -> Route:
+    if state.split is None:  # nothing loaded (any more): a table swapped meanwhile
+        msg = f"deployment {state.name!r} serves no version right now; retry shortly"
+        raise NotReadyError(msg, details={"deployment": state.name})
     if version is None:
         return state.split.choose(client_key)  # type: ignore[union-attr]
     for route in state.routes:
