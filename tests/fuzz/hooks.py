@@ -17,6 +17,11 @@ filter or sort must name a metric some version has. Valid cases get an empty
 ``hyperparameters`` and no ``dataset``, an ``artifact://`` dataset that does not exist
 (404), and no metric filter or metric sort. A followed log (``follow=true``) streams
 until its experiment ends, and none runs here (no worker): cases follow for 0.5 s.
+
+A deployment needs a model version a runtime can load, and canaries, shadows and runtimes
+that fit it: valid deployment cases deploy ``fuzz-model`` version 1 (run.py registers it)
+with the ``auto`` runtime, no canary and no shadow, and replicas in order (min <= max, a
+rule across two fields). Whatever else they hold is sent as generated.
 """
 
 from __future__ import annotations
@@ -79,4 +84,33 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
             body["dataset"] = None
         elif path.endswith("/evaluations"):
             body["dataset_uri"] = "artifact://fuzz/no-such-dataset.csv"
+        elif path == "/api/ml/deployments":
+            body.update(model=FUZZ_MODEL, version="1", alias=None, runtime="auto")
+            _deployable(body)
+    if (
+        isinstance(body, dict)
+        and method == "PUT"
+        and path == "/api/ml/deployments/{id}"
+        and _valid(case, ParameterLocation.BODY)
+    ):
+        if body.get("version") is not None or body.get("alias") is not None:
+            body.update(version="1", alias=None)
+        body.pop("runtime", None)
+        _deployable(body)
     return case
+
+
+#: the model valid deployment cases deploy (registered by run.py)
+FUZZ_MODEL = "fuzz-model"
+
+
+def _deployable(body: dict[str, object]) -> None:
+    """What a deployment of ``fuzz-model`` 1 can be: no canary or shadow (the model has
+    one version), replicas in order."""
+    body["traffic"] = []
+    body["shadow"] = None
+    replicas = body.get("replicas")
+    if isinstance(replicas, dict):
+        given = [n for n in (replicas.get("min"), replicas.get("max")) if n is not None]
+        if given:  # both keys (a change merges into what is set: min=5 over max=1 is 422)
+            replicas.update(min=min(given), max=max(given))  # type: ignore[type-var]

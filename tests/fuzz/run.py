@@ -93,6 +93,32 @@ def admin_token(config: Path, user: str = "fuzz-admin") -> str:
         platform.close()
 
 
+#: the model a valid POST /deployments case deploys (tests/fuzz/hooks.py names it)
+FUZZ_MODEL = "fuzz-model"
+
+
+def seed_model(config: Path) -> None:
+    """Register ``fuzz-model`` version 1, a small scikit-learn classifier, so that valid
+    deployment cases can create deployments (and the stateful phase follow them to their
+    reads, changes, predictions and deletes) instead of all answering 404."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from mlrig.platform import Platform
+    from mlrig.registry.packaging import register_model
+    from mlrig.security import Principal
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    platform = Platform.from_config(config)
+    try:
+        actor = Principal(name="fuzz-setup", role="admin")
+        register_model(platform, model, name=FUZZ_MODEL, actor=actor, sample=x[:5])
+    finally:
+        platform.close()
+
+
 @contextlib.contextmanager
 def server(config: Path, port: int, log: Path) -> Iterator[str]:
     """``mlrig server`` on 127.0.0.1:``port`` until the block ends; yields its base URL."""
@@ -206,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         with database_url(args.database, home, args.postgres_url) as url:
             config = write_config(home, url)
             token = admin_token(config)
+            seed_model(config)
             with server(config, free_port(), report_dir / "server.log") as base:
                 print(f"fuzzing {base} on {args.database}", flush=True)
                 # Revoking tokens in the same run would revoke the run's own token (the
