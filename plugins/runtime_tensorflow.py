@@ -30,6 +30,7 @@ from mlrig.contracts.runtime import LoadedModel, ModelRuntime, default_threads
 from mlrig.errors import MissingExtraError, NotFoundError, ValidationError
 from mlrig.formats import load_manifest
 from mlrig.formats._detect import MANIFEST
+from mlrig.formats.stdio import captured_stderr
 from mlrig.plugins._tensor_models import (
     OutputKind,
     TensorClassifierModel,
@@ -131,12 +132,15 @@ class TensorflowRuntime(ModelRuntime):
         if packaged:
             metadata = merged_metadata(load_manifest(path), metadata)
         tf = _tensorflow()
-        self._threads(tf)
         dtype, shape = input_spec(metadata)
         dtype = dtype if dtype in ("float16", "float32", "float64") else "float32"
-        obj, flavor = self._object(tf, path, metadata, packaged=packaged)
-        forward, ends_in = _serving_function(tf, obj, flavor, dtype, shape)
-        gpus = tf.config.list_logical_devices("GPU")
+        # TensorFlow's runtime starts here: its C++ lines ("failed call to cuInit" on a
+        # machine without a GPU...) stay off the terminal
+        with captured_stderr():
+            self._threads(tf)
+            obj, flavor = self._object(tf, path, metadata, packaged=packaged)
+            forward, ends_in = _serving_function(tf, obj, flavor, dtype, shape)
+            gpus = tf.config.list_logical_devices("GPU")
         facts = {
             "flavor": flavor,
             "device": "gpu" if gpus else "cpu",

@@ -308,3 +308,28 @@ def test_torch_serves_on_the_gpu(torch_version: dict[str, Any], x: np.ndarray) -
     expected = torch_predict_proba(breast_cancer_torch_model(), x)
     assert np.allclose(loaded.predict_proba(x), expected, **TOLERANCE)
     loaded.close()
+
+
+@pytest.mark.heavy
+def test_tensorflow_runtime_is_quiet_and_takes_its_threads(tf_version: dict[str, Any]) -> None:
+    """In a fresh process: nothing on stderr (TensorFlow's C++ start-up lines, cuInit
+    failures on a CPU machine), and the thread count is taken (TensorFlow had not run)."""
+    script = textwrap.dedent(
+        f"""
+        import json
+        from mlrig.backends import load_backend
+        runtime = load_backend("runtimes", "tensorflow").from_options(
+            {{"threads": 1}}, where="runtimes.tensorflow")
+        loaded = runtime.load({str(tf_version["folder"])!r}, {{"model_type": "classification"}})
+        print(json.dumps({{"predictions": loaded.predict([[0.0] * 30, [1.0] * 30]),
+                          "describe": loaded.describe()}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    result = json.loads(done.stdout)
+    assert len(result["predictions"]) == 2
+    assert result["describe"]["threads"] == 1
