@@ -369,3 +369,22 @@ def test_concurrent_snapshots_move_an_alias_once(db_platform: Any, events: Event
         t.join(60)
     assert seen == ["2"] * 4
     assert events.actions.count("alias_moved") == 1
+
+
+def test_stop_works_when_what_it_serves_is_gone(db_platform: Any) -> None:
+    """Stopping resolves nothing, so it works with the alias removed or the model
+    deleted; other changes keep serving the alias's last version."""
+    register(db_platform)
+    db_platform.lifecycle.set_alias("bc", "champion", "1", actor=ACTOR)
+    service = db_platform.deployments
+    service.create(name="churn", model="bc", alias="champion", actor=ACTOR)
+    db_platform.lifecycle.delete_alias("bc", "champion", actor=ACTOR)
+    kept = service.update("churn", actor=ACTOR, batching={"max_batch_size": 4})
+    assert kept["version"] == "1" and kept["alias"] == "champion"
+    assert service.update("churn", actor=ACTOR, status="inactive")["status"] == "inactive"
+    db_platform.registry.delete_model("bc", actor=ACTOR, force=True)
+    assert service.update("churn", actor=ACTOR, status="active")["status"] == "pending"
+    assert service.update("churn", actor=ACTOR, status="inactive")["status"] == "inactive"
+    with pytest.raises(NotFoundError):  # a change that needs the model says it is gone
+        service.update("churn", actor=ACTOR, runtime="sklearn")
+    assert service.delete("churn", actor=ACTOR)["deleted_at"]

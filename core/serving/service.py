@@ -163,6 +163,13 @@ class DeploymentService:
             raise NotFoundError(msg, details={"model": model.name, "alias": alias})
         return version
 
+    def _alias_gone(self, session: Session, model: RegisteredModel, alias: str) -> bool:
+        try:
+            self._alias_target(session, model, alias)
+        except NotFoundError:
+            return True
+        return False
+
     def _needs_production(self, environment: str) -> bool:
         return (
             environment == "production"
@@ -198,13 +205,18 @@ class DeploymentService:
         traffic: list[dict[str, Any]],
         shadow: str | None,
         environment: str,
+        alias_gone: bool = False,
     ) -> tuple[MLModel, dict[str, Any]]:
-        """The primary version and the config's resolved targets (traffic, shadow)."""
+        """The primary version and the config's resolved targets (traffic, shadow).
+
+        :param alias_gone: the followed alias was removed: ``version_ref`` (what it last
+            pointed at) is the primary, and the alias stays recorded.
+        """
         from mlrig.serving.spec import installed_runtimes
 
         installed = installed_runtimes()
         runtime = config["runtime"]
-        if alias is not None:
+        if alias is not None and not alias_gone:
             primary = self._alias_target(session, model, alias)
         else:
             primary = self.registry._version(session, model, str(version_ref))
@@ -461,21 +473,32 @@ class DeploymentService:
                 shadow = (config.get("shadow") or {}).get("version_id")
             if alias is None and changes.get("version") is None:
                 version_ref = config.get("version_id") or row.version  # the pinned version
-            registered = self.registry._model(session, config["model_id"])
-            primary, config = self._resolve(
-                session,
-                registered,
-                config,
-                version_ref=version_ref,
-                alias=alias,
-                traffic=traffic,
-                shadow=shadow,
-                environment=environment,
-            )
-            row.deployment_config = config
-            row.model_id = primary.id
-            row.version = primary.version
-            row.environment = environment
+            if set(changes) - {"status"}:  # stopping or starting resolves nothing: it works
+                # even when the model, the alias or a canary version is gone
+                registered = self.registry._model(session, config["model_id"])
+                # a followed alias that was removed: keep serving what it pointed at
+                alias_gone = (
+                    alias is not None
+                    and "alias" not in changes
+                    and self._alias_gone(session, registered, alias)
+                )
+                if alias_gone:
+                    version_ref = config.get("version_id") or row.version
+                primary, config = self._resolve(
+                    session,
+                    registered,
+                    config,
+                    version_ref=version_ref,
+                    alias=alias,
+                    traffic=traffic,
+                    shadow=shadow,
+                    environment=environment,
+                    alias_gone=alias_gone,
+                )
+                row.deployment_config = config
+                row.model_id = primary.id
+                row.version = primary.version
+                row.environment = environment
             after = spec.revision(
                 row, spec.deployment_view(row, creator=None, defaults=self._defaults)
             )
