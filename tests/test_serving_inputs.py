@@ -244,6 +244,8 @@ def test_nulls_are_nan_when_allowed():
 def test_too_large_for_float32_is_refused_without_warnings(tensor, recwarn):
     error = refused(tensor, {"inputs": [[1e300, 1, 2]]})
     assert "too large" in error.message
+    assert "too large" in refused(tensor, {"inputs": [[3.5e38, 1, 2]]}).message
+    assert batch(tensor, {"inputs": [[3.0e38, -3.0e38, 2]]})[0, 0] == np.float32(3.0e38)
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
 
 

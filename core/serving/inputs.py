@@ -52,6 +52,7 @@ class InputSchema:
         "_description",
         "_downcast",
         "_index",
+        "_limit",
         "_orders",
         "_width",
         "allow_nan",
@@ -80,6 +81,7 @@ class InputSchema:
         self._orders: dict[tuple[str, ...], list[int]] = {}
         # float64 -> float32 can overflow: only then pay for numpy's errstate
         self._downcast = dtype is not None and dtype.kind == "f" and dtype.itemsize < 8
+        self._limit = float(np.finfo(dtype).max) if self._downcast else math.inf
         # the fast path: a float batch of rows of this many values (0: none)
         fixed = shape is not None and len(shape) == 1 and shape[0] > 0
         self._width = shape[0] if fixed and dtype is not None and dtype.kind == "f" else 0
@@ -161,9 +163,12 @@ class InputSchema:
         finite = parsed.finite
         if array.dtype != dtype:
             if self._downcast and array.dtype.kind == "f":
-                with np.errstate(over="ignore"):
-                    array = array.astype(dtype)
-                finite = False  # a float64 can overflow float32
+                if finite and np.abs(array).max() < self._limit:
+                    array = array.astype(dtype)  # fits: no overflow (cheaper than errstate)
+                else:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        array = array.astype(dtype)
+                    finite = False  # a float64 can overflow float32
             else:
                 array = array.astype(dtype)
         if not (finite or self.allow_nan) and not np.isfinite(array).all():
