@@ -131,7 +131,9 @@ class TorchRuntime(ModelRuntime):
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         try:
-            module = module.to(device).eval()
+            module = module.to(device)
+            if flavor != "torch.export":  # an exported program was traced in eval mode
+                module = module.eval()  # (and refuses eval(): "not supported yet")
         except RuntimeError as exc:  # e.g. CUDA out of memory
             msg = f"runtime 'torch' cannot move the model to {device}: {exc}"
             raise MlrigError(msg) from exc
@@ -166,7 +168,8 @@ class TorchRuntime(ModelRuntime):
                 from mlrig.formats._torch import TorchFormat
 
                 module = TorchFormat().load_native(folder, metadata)
-                loaded = "torch.module" if isinstance(module, torch.nn.Module) else "torch.export"
+                # where the class is not importable, the torch.export program stands in
+                loaded = "torch.export" if type(module).__name__ == "GraphModule" else flavor
                 return module, loaded
         msg = f"no torch model package at {str(path)!r} (no {MANIFEST} with a torch model)"
         raise NotFoundError(msg)

@@ -333,3 +333,44 @@ def test_tensorflow_runtime_is_quiet_and_takes_its_threads(tf_version: dict[str,
     result = json.loads(done.stdout)
     assert len(result["predictions"]) == 2
     assert result["describe"]["threads"] == 1
+
+
+@pytest.mark.heavy
+def test_torch_serves_the_export_program_where_the_class_is_not_importable(
+    tmp_path: Path, x: np.ndarray
+) -> None:
+    """A module whose class lived in someone's script: model.pt cannot be unpickled here,
+    the torch.export program model.pt2 serves instead, with the same answers."""
+    importlib.import_module("torch")
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, torch
+        from mlrig.formats import package_model
+
+        class Scorer(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(30, 3)
+
+            def forward(self, x):
+                return torch.softmax(self.linear(x / 100.0), dim=1)
+
+        torch.manual_seed(0)
+        x = np.load({str(tmp_path / "x.npy")!r})
+        model = Scorer()
+        package_model(model, {str(tmp_path / "pkg")!r}, sample=x[:5])
+        with torch.no_grad():
+            np.save({str(tmp_path / "expected.npy")!r}, model(torch.from_numpy(x)).numpy())
+        """
+    )
+    np.save(tmp_path / "x.npy", x[:50])
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    expected = np.load(tmp_path / "expected.npy")
+    loaded = _runtime("torch").load(tmp_path / "pkg", {"model_type": "classification"})
+    assert loaded.describe()["flavor"] == "torch.export"
+    assert loaded.output == "auto"  # a custom forward: the last layer tells nothing
+    assert np.allclose(loaded.predict_proba(x[:50]), expected, **TOLERANCE)  # softmax kept
+    assert loaded.predict(x[:50]) == expected.argmax(axis=1).tolist()
