@@ -54,7 +54,12 @@ def serve(
 
     platform = get_state().platform()
     settings = platform.settings.serving
-    count = replicas or settings.replicas or os.cpu_count() or 1
+    wanted = _deployment_bounds(platform)
+    flags = (replicas, min_replicas, max_replicas)
+    if wanted and settings.replicas is None and flags == (None, None, None):
+        # Every replica hosts every deployment: the deployments' widest asks decide.
+        min_replicas, max_replicas = wanted
+    count = replicas or min_replicas or settings.replicas or os.cpu_count() or 1
     low = min_replicas or min(count, max_replicas or count)
     high = max_replicas or max(count, low)
     if low > high:
@@ -89,3 +94,17 @@ def serve(
     )
     supervisor = Supervisor(options, echo=lambda line: click.echo(line))
     raise SystemExit(supervisor.run())
+
+
+def _deployment_bounds(platform: object) -> tuple[int, int] | None:
+    """(largest min, largest max) of the active deployments' ``replicas`` when one asks for
+    more than one replica; None otherwise (or when they can't be read: the replicas will
+    report that themselves)."""
+    try:
+        views = platform.deployments.snapshot()  # type: ignore[attr-defined]
+        bounds = [(int(v["replicas"]["min"]), int(v["replicas"]["max"])) for v in views]
+    except Exception:  # a broken database must not stop the supervisor from starting
+        return None
+    if not bounds or all(high <= 1 for _, high in bounds):
+        return None
+    return max(low for low, _ in bounds), max(high for _, high in bounds)

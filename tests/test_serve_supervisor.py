@@ -421,3 +421,7 @@ def test_the_data_plane_in_two_replicas_predicts_and_survives_a_killed_replica(s
     assert len({f.thread for f in failures}) == len(failures) <= load.threads, failures
     assert all(f.start < restored for f in failures)
     assert load.served() > len(failures)
+    # Prometheus in multiprocess mode: any replica answers for the whole server.
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30)
+    assert metrics.status_code == 200
+    assert "mlrig_predict_requests_total" in metrics.text
