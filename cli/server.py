@@ -12,6 +12,9 @@ from mlrig.cli.context import get_platform
 #: longest request line + headers uvicorn reads (its default, 16 KiB, is below what the
 #: schema's query bounds allow, and uvicorn's own 400 for it is not in the error shape)
 MAX_REQUEST_HEAD_BYTES = 1024 * 1024
+#: the control plane parses HTTP with h11, whose head limit above bounds what one request
+#: can make the server hold (httptools, installed for `mlrig serve`, has no such bound)
+HTTP_IMPLEMENTATION = "h11"
 
 
 @click.command()
@@ -40,6 +43,7 @@ def server(host: str | None, port: int | None, workers: int | None, log_level: s
                 host=host,
                 port=port,
                 log_level=log_level,
+                http=HTTP_IMPLEMENTATION,
                 h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
             )
         finally:
@@ -55,6 +59,7 @@ def server(host: str | None, port: int | None, workers: int | None, log_level: s
         port=port,
         workers=workers,
         log_level=log_level,
+        http=HTTP_IMPLEMENTATION,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
 

@@ -1,0 +1,74 @@
+"""The data plane's HTTP parser: uvicorn's httptools protocol with a bound on the request head.
+
+httptools (about 3x the requests per second of h11 here) keeps a request line and headers
+in memory for as long as a client sends them; h11 has a limit, httptools none. A replica
+serves whoever can reach its port, so a head larger than :data:`MAX_HEAD_BYTES` gets 431
+and the connection is closed, as h11's limit does for ``mlrig server``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+#: the longest request line + headers a replica reads (the control plane's bound too)
+MAX_HEAD_BYTES = 1024 * 1024
+
+
+def _refusal(limit: int) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": {
+                "code": "request_head_too_large",
+                "message": f"the request line and headers exceed {limit} bytes",
+                "details": {"limit_bytes": limit},
+            }
+        }
+    )
+    head = (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        "content-type: application/json\r\n"
+        "connection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def protocol_class(max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
+    """The ``http`` protocol class for :class:`uvicorn.Config`: httptools with the head
+    bound when httptools is installed, else ``"h11"`` (whose own limit uvicorn applies
+    through ``h11_max_incomplete_event_size``)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools missing
+        return "h11"
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        """Counts the bytes of the request being read until its headers are complete."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_open = True
+            self._head_bytes = 0
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_open = True
+            self._head_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            self._head_open = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # still inside a head after the parser took this chunk: all of it was head
+            # (at most one chunk of an earlier request on the connection is counted too)
+            if self._head_open and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self.transport.write(_refusal(max_head_bytes))
+                    self.transport.close()
+
+    return BoundedHttpToolsProtocol
