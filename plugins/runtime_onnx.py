@@ -191,7 +191,7 @@ class OnnxModel(LoadedModel):
             feeds = {name: batch if batch.dtype == dtype else batch.astype(dtype)}
         elif (
             direct is not None
-            and hasattr(batch, "ndim")
+            and type(batch).__name__ == "ndarray"  # (a DataFrame's columns go by name)
             and batch.ndim == len(direct[2]) + 1
             and tuple(batch.shape[1:]) != direct[2]
         ):  # rows of the wrong width: never silently re-cut into other rows
