@@ -425,3 +425,52 @@ def test_the_data_plane_in_two_replicas_predicts_and_survives_a_killed_replica(s
     metrics = httpx.get(f"{server.url}/metrics", timeout=30)
     assert metrics.status_code == 200
     assert "mlrig_predict_requests_total" in metrics.text
+
+
+def test_rolling_update_in_two_replicas_under_load_fails_no_request(serve, tmp_path):
+    from mlrig.platform import Platform
+    from mlrig.testing.serving import ACTOR, breast_cancer_data, register_breast_cancer_model
+
+    home = tmp_path / "rolling"
+    config = write_config(home, serving="refresh_seconds = 0.5", extra="[auth]\nenabled = false\n")
+    platform = Platform.from_config(config)
+    try:
+        register_breast_cancer_model(platform)
+        register_breast_cancer_model(platform, variant=1)
+        platform.lifecycle.set_alias("bc", "champion", "1", actor=ACTOR)
+        platform.deployments.create(
+            name="bc", model="bc", alias="champion", runtime="sklearn", actor=ACTOR
+        )
+        server = serve("--replicas", "2", home=home, app=None, env={"MLRIG_CONFIG": str(config)})
+        server.wait_for(r"^ready: 2 replica", timeout=180)
+        x = breast_cancer_data().x[:1].tolist()
+        load = Load(
+            server.url, threads=4, body={"inputs": x}, path="/api/ml/deployments/bc/predict"
+        ).start()
+        versions: set[str] = set()
+        try:
+            time.sleep(1.0)
+            platform.lifecycle.set_alias("bc", "champion", "2", actor=ACTOR)
+            deadline = time.monotonic() + 120
+            # Both replicas answer with version 2 on new connections: the update is done.
+            while time.monotonic() < deadline:
+                answers = [
+                    httpx.post(
+                        f"{server.url}/api/ml/deployments/bc/predict",
+                        json={"inputs": x},
+                        timeout=30,
+                    ).json()["version"]
+                    for _ in range(6)
+                ]
+                versions.update(answers)
+                if set(answers) == {"2"}:
+                    break
+                time.sleep(0.3)
+            time.sleep(1.0)
+        finally:
+            load.stop()
+    finally:
+        platform.close()
+    assert versions >= {"2"}
+    assert load.failures == []
+    assert load.served() > 0
