@@ -119,6 +119,9 @@ class _Replica:
     ctrl: socket.socket | None = None
     state: str = "down"  # down | starting | ready | draining
     ready_at: float | None = None
+    drain_phase: str = ""  # queue | exit (scale-down)
+    drain_deadline: float = 0.0
+    quiet: int = 0
     crashes: int = 0
     restart_at: float | None = None
     sample: ReplicaSample | None = None
@@ -306,6 +309,9 @@ class Supervisor:
             proc = replica.proc
             if proc is not None and proc.poll() is not None and replica.state != "draining":
                 self._crashed(replica, proc.returncode, now)
+            if replica.state == "draining" and replica.drain_phase:
+                self._drain_step(replica, now)
+                continue
             if replica.state == "down" and replica.restart_at is not None:
                 if now >= replica.restart_at:
                     self._spawn(replica)
@@ -392,7 +398,8 @@ class Supervisor:
         self.target = wanted
         while len(self.replicas) < wanted:
             self._spawn(self._new_slot())
-        while len(self.replicas) > wanted:
+        if len(self.replicas) > wanted:
+            # One at a time, the last slot first (the policy steps down by one anyway).
             self._remove_last()
         for replica in self.replicas:
             replica.sample = None  # decide on fresh figures only
@@ -417,21 +424,39 @@ class Supervisor:
                     replica.ctrl.send(orjson.dumps({"shed": replica.conns - share}))
 
     def _remove_last(self) -> None:
-        """Drain the highest slot (the last of the SO_REUSEPORT group, so removing it
-        renumbers no other) without failing a request."""
+        """Start draining the highest slot (the last of the SO_REUSEPORT group, so removing
+        it renumbers no other); :meth:`_drain_step` finishes it without blocking the loop."""
         replica = self.replicas[-1]
         replica.state = "draining"
+        replica.drain_phase = "queue"
+        replica.drain_deadline = time.monotonic() + 5.0
+        replica.quiet = 0
         self._steer()  # no new connection reaches it from now on
-        if self._sockets:
-            sock = self._sockets[-1]
-            deadline = time.monotonic() + 5.0
-            quiet = 0
-            # Connections the kernel queued before the steering changed must be accepted
-            # by the replica before its listener goes.
-            while quiet < 2 and time.monotonic() < deadline:
-                quiet = quiet + 1 if accept_queue_length(sock) == 0 else 0
-                time.sleep(0.02)
-        self._terminate([replica])
+
+    def _drain_step(self, replica: _Replica, now: float) -> None:
+        """One step of a scale-down: wait until the kernel queue of its socket is empty
+        (connections queued before the steering changed must be accepted by it), then
+        SIGTERM (the replica finishes its requests), then remove the slot once it exited."""
+        if replica.drain_phase == "queue":
+            if self._sockets:
+                empty = accept_queue_length(self._sockets[replica.slot]) == 0
+                replica.quiet = replica.quiet + 1 if empty else 0
+                if replica.quiet < 2 and now < replica.drain_deadline:
+                    return
+            if replica.proc is not None and replica.proc.poll() is None:
+                replica.proc.send_signal(signal.SIGTERM)
+            replica.drain_phase = "exit"
+            replica.drain_deadline = (
+                now + self.options.graceful_timeout + self.options.drain_grace + 5
+            )
+            return
+        proc = replica.proc
+        if proc is not None and proc.poll() is None:
+            if now < replica.drain_deadline:
+                return
+            proc.kill()
+            proc.wait()
+        self._terminate([replica])  # collects its last messages and connections
         if self._sockets:
             self._sockets.pop().close()
         self.replicas.pop()
