@@ -92,7 +92,9 @@ def serve(
         f"mlrig serve: {count} replica(s) on http://{options.host}:{options.port} "
         f"({options.balancing}{scaling})"
     )
-    supervisor = Supervisor(options, echo=lambda line: click.echo(line))
+    supervisor = Supervisor(
+        options, echo=lambda line: click.echo(line, err=line.startswith(("error:", "warning:")))
+    )
     raise SystemExit(supervisor.run())
 
 

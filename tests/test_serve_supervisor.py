@@ -364,6 +364,18 @@ def test_sigterm_finishes_requests_in_flight(serve, balancing):
     assert server.matching(r"^stopped")
 
 
+def test_a_replica_that_cannot_start_is_retried_with_back_off_then_given_up(serve):
+    server = serve("--replicas", "1", app="mlrig.serving.replica:no_such_app")
+    assert server.proc.wait(timeout=120) == 1
+    server.wait_for(r"failed to start 5 times", timeout=10)
+    delays = [
+        float(re.search(r"restarting in ([\d.]+) s", line).group(1))
+        for line in server.matching(r"restarting in")
+    ]
+    assert delays == [0.25, 0.5, 1.0, 2.0]
+    assert server.matching(r"^ready:") == []
+
+
 def test_bad_replica_bounds_are_one_line_errors(run_cli, tmp_path):
     (tmp_path / "mlrig.toml").touch()
     result = run_cli("serve", "--min-replicas", "3", "--max-replicas", "2", cwd=tmp_path)

@@ -54,6 +54,9 @@ _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_JEQ_K, _BPF_RET_K, _BPF_RET_A = 0x20, 0x94, 
 #: restart back-off after consecutive crashes: 0.25 s, 0.5 s, 1 s ... at most 30 s; a replica
 #: that stayed ready this long resets the count
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_SECONDS = 0.25, 30.0, 10.0
+#: a replica that fails this many times in a row before any replica was ever ready is a
+#: broken setup (config, import), not a crash: the supervisor gives up with exit code 1
+GIVE_UP_AFTER = 5
 #: how often connection counts are compared; a replica holding over 1.25x its share (+1)
 #: of the keep-alive connections closes the excess after their next answers
 REBALANCE_SECONDS = 2.0
@@ -162,6 +165,8 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._stopping = threading.Event()
         self._announced = False
+        self._ever_ready = False
+        self._exit_code = 0
         self._metrics_dir: str | None = None
         self._last_decision = 0.0
         self._last_rebalance = 0.0
@@ -187,7 +192,7 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._cleanup_metrics()
-        return 0
+        return self._exit_code
 
     def stop(self) -> None:
         """Ask :meth:`run` to drain every replica and return."""
@@ -347,6 +352,7 @@ class Supervisor:
         if event == "ready" and replica.state == "starting":
             replica.state = "ready"
             replica.ready_at = time.monotonic()
+            self._ever_ready = True
             self.echo(f"replica {replica.slot} ready (pid {message.get('pid')})")
             self._steer()
             if not self._announced and self.ready_count >= self.target:
@@ -373,6 +379,14 @@ class Supervisor:
         replica.crashes = 1 if stable else replica.crashes + 1
         replica.state, replica.proc, replica.ready_at = "down", None, None
         self._rehand(replica)
+        if not self._ever_ready and replica.crashes >= GIVE_UP_AFTER:
+            self.echo(
+                f"error: replica {replica.slot} failed to start {replica.crashes} times "
+                f"(exit code {code}); see its output above"
+            )
+            self._exit_code = 1
+            self._stopping.set()
+            return
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (replica.crashes - 1))
         replica.restart_at = now + delay
         self._steer()
