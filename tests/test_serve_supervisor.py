@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _processes import alive
 
 from mlrig.testing.fixtures import free_port
 
@@ -374,6 +375,18 @@ def test_a_replica_that_cannot_start_is_retried_with_back_off_then_given_up(serv
     ]
     assert delays == [0.25, 0.5, 1.0, 2.0]
     assert server.matching(r"^ready:") == []
+
+
+def test_replicas_exit_when_the_supervisor_is_killed(serve):
+    server = serve("--replicas", "2")
+    server.wait_for(r"^ready: 2 replica")
+    pids = list(server.ready_pids().values())
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
 
 
 def test_bad_replica_bounds_are_one_line_errors(run_cli, tmp_path):
