@@ -7,7 +7,7 @@ predictions. ``mlrig serve`` runs the same logic without FastAPI, faster.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,13 +30,19 @@ def _close_data_plane() -> None:
 router = APIRouter(prefix="/deployments", tags=["deployments"], on_shutdown=[_close_data_plane])
 
 
+_Value = float | int | bool | str | None
+
+
 class PredictRequest(BaseModel):
     """A predict request in mlrig's own format. The route also reads MLflow's scoring
     protocol (``dataframe_split``, ``dataframe_records``, ``instances``) and KServe v2
     (``{"inputs": [{"name", "shape", "datatype", "data"}]}``), told from the body."""
 
-    model_config = ConfigDict(extra="allow")
-    inputs: list[list[float | int | bool | str | None]] | dict[str, list[Any]] = Field(
+    model_config = ConfigDict(extra="forbid")
+    inputs: (
+        Annotated[list[Annotated[list[_Value], Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[dict[str, list[Any]], Field(min_length=1)]
+    ) = Field(
         description='Rows of features (`[[...], ...]`), or columns by name (`{"col": [...]}`).',
     )
     request_id: str | None = Field(
@@ -45,6 +51,7 @@ class PredictRequest(BaseModel):
         "(and is logged once). 1-255 visible ASCII characters.",
         pattern=r"^[\x21-\x7e]{1,255}$",
     )
+    params: dict[str, Any] | None = Field(default=None, description="Passed to the model.")
 
 
 class PredictResponse(BaseModel):

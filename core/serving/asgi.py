@@ -11,6 +11,7 @@ Routes (every error in the platform's shape ``{"error": {"code", "message", "det
   ``GET /v2/models/{name}[/versions/{v}]``, ``GET .../ready``, ``POST .../infer``
 - ``GET /metrics`` (Prometheus), ``GET /healthz`` (alive), ``GET /readyz`` (every
   deployment loaded and warm: 200, else 503)
+- ``GET /ping``, ``GET /health``, ``GET /version``: what MLflow's scoring client polls
 
 A request is routed by splitting its path once; the response headers are prebuilt bytes.
 TCP_NODELAY: asyncio's (and uvloop's) transports set it on every accepted socket.
@@ -115,6 +116,16 @@ class ServingApp:
             elif path == "/healthz":
                 _allow(method, _GET_ONLY)
                 await _send_json(send, 200, {"status": "ok", "replica": self.dataplane.replica})
+                return
+            elif path in ("/ping", "/health"):  # MLflow's scoring server answers these
+                _allow(method, _GET_ONLY)
+                await _send(send, 200, b"\n", [(b"content-type", b"application/json")])
+                return
+            elif path == "/version":
+                _allow(method, _GET_ONLY)
+                from mlrig import __version__
+
+                await _send(send, 200, __version__.encode(), [(b"content-type", b"text/plain")])
                 return
             elif path == "/metrics":
                 _allow(method, _GET_ONLY)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -166,6 +167,8 @@ class DataPlane:
         self._pool: dict[tuple[Any, ...], LoadedVersion] = {}
         self._retired: list[LoadedVersion] = []
         self._failures: dict[str, _Failure] = {}
+        #: deployments stopped or deleted through this process, not yet out of a snapshot
+        self._dropped: set[str] = set()
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -224,6 +227,22 @@ class DataPlane:
                 self.platform.pm.unregister(self._follower)
             self._follower = None
 
+    def changed(self, event: dict[str, Any]) -> None:
+        """A deployment changed in this process (the hook): a stopped or deleted one stops
+        answering now (no database read), anything else is read by a refresh at once."""
+        dep_id = str(event.get("deployment_id") or "")
+        view = event.get("deployment") or {}
+        gone = event.get("action") == "deleted" or view.get("status") == "inactive"
+        if gone and dep_id:
+            self._dropped.add(dep_id)
+            table = self.table
+            if table.get(dep_id) is not None:
+                kept = [s for s in table.states if s.id != dep_id]
+                self.table = Table.of(kept, ready=table.ready)
+        else:
+            self._dropped.discard(dep_id)
+        self.request_refresh()
+
     def request_refresh(self) -> int:
         """Ask the refresh thread to re-read the deployments now; the generation to wait for."""
         self._wanted += 1
@@ -275,6 +294,8 @@ class DataPlane:
         snapshot = [d for d in self.platform.deployments.snapshot() if self._wanted_here(d)]
         current = {s.id: s for s in self.table.states}
         ids = [str(d["id"]) for d in snapshot]
+        # a stop seen through the hook holds until a snapshot no longer has the deployment
+        self._dropped &= set(ids)
         # deployments gone (deleted, stopped) leave the table first, at once
         states = {i: current[i] for i in ids if i in current}
         self._publish(states, ids, complete=False)
@@ -307,6 +328,8 @@ class DataPlane:
     def _publish(
         self, states: dict[str, DeploymentState], ids: list[str], *, complete: bool
     ) -> None:
+        dropped = self._dropped
+        ids = [i for i in ids if i not in dropped]
         ordered = [states[i] for i in ids if i in states]
         ready = complete and len(ordered) == len(ids) and all(s.routes or s.error for s in ordered)
         self.table = Table.of(ordered, ready=ready)
@@ -548,7 +571,7 @@ class DataPlane:
             future = recent.start(client_id, digest)
             rid = client_id
         else:
-            rid = parsed.request_id or request_id or os.urandom(16).hex()  # uuid4's cost/5
+            rid = parsed.request_id or request_id or _new_request_id()
         try:
             route = _pick(state, client_key, version)
             try:
@@ -697,6 +720,15 @@ class DataPlane:
 
 # --- helpers of the request path --------------------------------------------------------
 
+#: request ids: a random per-process prefix and a counter (unique across replicas and
+#: restarts without a random draw per request)
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+
 
 def _parse(body: bytes, content_type: str | None, protocol: str, header_length: int | None) -> Any:
     from mlrig.serving.wire import parse_request
@@ -836,7 +868,7 @@ class _HookFollower:
     def mlrig_deployment_changed(self, platform: Any, event: dict[str, Any]) -> None:
         dataplane = self._ref()
         if dataplane is not None and platform is dataplane.platform:
-            dataplane.request_refresh()
+            dataplane.changed(event)
 
 
 def _follow_hooks(dataplane: DataPlane) -> _HookFollower:
