@@ -82,6 +82,9 @@ class ServingApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await asyncio.to_thread(self.dataplane.stop)
+                metrics = self.dataplane.metrics
+                if getattr(metrics, "multiprocess", False):  # a replica: publish the last counts
+                    await asyncio.to_thread(metrics.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
