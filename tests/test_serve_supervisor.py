@@ -499,3 +499,26 @@ def test_rolling_update_in_two_replicas_under_load_fails_no_request(serve, tmp_p
     assert versions >= {"2"}
     assert load.failures == []
     assert load.served() > 0
+
+
+def test_a_busy_port_is_a_one_line_error(run_cli, tmp_path):
+    import socket
+
+    (tmp_path / "mlrig.toml").touch()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), "--app", ECHO, cwd=tmp_path)
+    assert result.exit_code != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_another_mlrig_serve_holds_is_refused(serve, run_cli, tmp_path):
+    server = serve("--replicas", "1")
+    server.wait_for(r"^ready: 1 replica")
+    (tmp_path / "mlrig.toml").touch()
+    result = run_cli("serve", "--port", str(server.port), "--app", ECHO, cwd=tmp_path)
+    assert result.exit_code != 0
+    assert "already listens" in result.stderr and "Traceback" not in result.stderr

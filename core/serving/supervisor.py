@@ -44,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from mlrig.errors import ConfigError
 from mlrig.serving.autoscale import AutoscalePolicy, ReplicaSample
 
 #: Linux socket option numbers Python's socket module does not name
@@ -89,6 +90,21 @@ def accept_queue_length(sock: socket.socket) -> int:
     ``TCP_INFO`` for a socket in LISTEN state)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     return struct.unpack_from("I", info, 24)[0]
+
+
+def _listening(port: int) -> bool:
+    """Whether some socket on this machine already listens on ``port`` (Linux)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    local, state = line.split()[1], line.split()[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass
@@ -211,12 +227,24 @@ class Supervisor:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.options.host, self.port))
+        try:
+            sock.bind((self.options.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {self.options.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         sock.listen(self.options.backlog)
         self.port = sock.getsockname()[1]
         return sock
 
     def _open_listeners(self) -> None:
+        if self.port and _listening(self.port):
+            # SO_REUSEPORT would let a second server (same user) share the port silently.
+            raise ConfigError(
+                f"cannot listen on {self.options.host}:{self.port}: a server already listens "
+                "on that port"
+            )
         if self.options.balancing == "front":
             self._front = self._listener(reuseport=False)
             self._front.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
