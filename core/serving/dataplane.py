@@ -285,8 +285,12 @@ class DataPlane:
                 self.stats.refreshes += 1
             except Exception as exc:  # the database may be down: keep serving
                 self.stats.refresh_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("reading the deployments failed: %s", self.stats.last_error)
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.stats.last_error:  # once per outage, not every refresh
+                    log.warning("reading the deployments failed (still serving): %s", error)
+                self.stats.last_error = error
+            else:
+                self.stats.last_error = None
             self._reap()
             return self.table
 
@@ -715,6 +719,8 @@ class DataPlane:
             "deployments": len(table.states),
             "loading": loading,
             "failed": failed,
+            #: why the last read of the deployments failed (serving goes on), else None
+            "refresh_error": self.stats.last_error,
         }
 
 
