@@ -21,7 +21,8 @@ until its experiment ends, and none runs here (no worker): cases follow for 0.5 
 A deployment needs a model version a runtime can load, and canaries, shadows and runtimes
 that fit it: valid deployment cases deploy ``fuzz-model`` version 1 (run.py registers it)
 with the ``auto`` runtime, no canary and no shadow, and replicas in order (min <= max, a
-rule across two fields). Whatever else they hold is sent as generated.
+rule across two fields); valid predict cases send rows of its 4 features. Whatever else
+they hold is sent as generated.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
         elif path == "/api/ml/deployments":
             body.update(model=FUZZ_MODEL, version="1", alias=None, runtime="auto")
             _deployable(body)
+        elif path.endswith("/predict") and "inputs" in body:
+            body["inputs"] = FUZZ_ROWS  # what fits the model's signature depends on the model
     if (
         isinstance(body, dict)
         and method == "PUT"
@@ -100,8 +103,9 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
     return case
 
 
-#: the model valid deployment cases deploy (registered by run.py)
+#: the model valid deployment cases deploy (registered by run.py), and rows that fit it
 FUZZ_MODEL = "fuzz-model"
+FUZZ_ROWS = [[0.5, -1.0, 2.0, 0.0]]
 
 
 def _deployable(body: dict[str, object]) -> None:
