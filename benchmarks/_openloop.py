@@ -38,6 +38,8 @@ class OpenLoopResult:
     latencies_ms: list[float] = field(repr=False)
     #: how late the generator dispatched requests (its own health: should be ~1 ms)
     dispatch_lag_p99_ms: float = 0.0
+    #: the most requests that were due while every connection was busy
+    max_backlog: int = 0
 
     def figures(self) -> dict[str, Any]:
         """p50/p99/max latency, achieved rate, errors, as the report prints them."""
@@ -51,6 +53,7 @@ class OpenLoopResult:
             "p99_ms": round(percentile(lat, 99), 2),
             "max_ms": round(max(lat), 2),
             "dispatch_lag_p99_ms": round(self.dispatch_lag_p99_ms, 2),
+            "max_backlog": self.max_backlog,
         }
 
 
@@ -106,16 +109,19 @@ class _Generator:
         self.backlog: collections.deque[float] = collections.deque()
         self.latencies: list[float] = []
         self.lags: list[float] = []
+        self.max_backlog = 0  # requests due with no free connection (the server behind)
         self.ok = self.errors = self.finished = 0
         self.all_done = asyncio.Event()
 
     def dispatch(self, due: float) -> None:
+        # the generator's own lateness: how long after its due time the request was
+        # handled here (sent, or queued for a connection when every one is busy)
+        self.lags.append(time.perf_counter() - due)
         if self.idle:
-            conn = self.idle.popleft()
-            self.lags.append(time.perf_counter() - due)
-            conn.send(due)
+            self.idle.popleft().send(due)
         else:
             self.backlog.append(due)
+            self.max_backlog = max(self.max_backlog, len(self.backlog))
 
     def _finish(self, conn: _Connection | None, ok: bool, due: float) -> None:
         self.finished += 1
@@ -217,6 +223,7 @@ async def _run(
         seconds=elapsed,
         latencies_ms=gen.latencies,
         dispatch_lag_p99_ms=percentile(lags, 99),
+        max_backlog=gen.max_backlog,
     )
 
 
