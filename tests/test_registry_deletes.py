@@ -342,3 +342,25 @@ def test_a_deleted_version_cannot_be_approved_and_deletes_fire_hooks(
     assert events == [("approval_requested", "1"), ("deleted", "1"), ("restored", "1")]
     decided = platform.lifecycle.decide(request["id"], approve=True, actor=approver)
     assert decided["status"] == "approved"
+
+
+@pytest.mark.parametrize("role", ["canary", "shadow"])
+def test_a_canary_or_shadow_version_counts_as_deployed(db_platform: Any, role: str) -> None:
+    """The versions a deployment serves besides its primary are protected like it."""
+    from mlrig.testing.serving import register_breast_cancer_model
+
+    register_breast_cancer_model(db_platform, "bc")
+    register_breast_cancer_model(db_platform, "bc", variant=1)
+    register_breast_cancer_model(db_platform, "bc")
+    extra = {"traffic": [{"version": "2", "percent": 10}]} if role == "canary" else {}
+    extra = extra or {"shadow": "2"}
+    db_platform.deployments.create(
+        name="bc-live", model="bc", version="1", runtime="sklearn", actor=OPS, **extra
+    )
+    registry = db_platform.registry
+    with pytest.raises(ConflictError, match="is deployed") as refused:
+        registry.delete_version("bc", "2", actor=OPS)
+    assert refused.value.details == {"reasons": {"2": ["is deployed"]}}
+    assert registry.delete_version("bc", "3", actor=OPS)["forced"] is False  # not served
+    db_platform.deployments.delete("bc-live", actor=OPS)
+    assert registry.delete_version("bc", "2", actor=OPS)["forced"] is False

@@ -341,18 +341,32 @@ class ModelRegistry:
             return self._model_detail(session, model)
 
     def _deployed(self, session: Session, version_ids: list[uuid.UUID]) -> list[str]:
+        """The names of those of ``version_ids`` a live deployment serves: as its primary
+        version, a canary or its shadow (the latter two live in the deployment's config)."""
         if not version_ids:
             return []
-        return list(
-            session.scalars(
-                select(MLModel.version)
-                .join(ModelDeployment, ModelDeployment.model_id == MLModel.id)
-                .where(
-                    MLModel.id.in_(version_ids),
-                    ModelDeployment.status.in_(LIVE_DEPLOYMENT_STATES),
-                )
+        wanted = {str(v): v for v in version_ids}
+        served: set[uuid.UUID] = set()
+        rows = session.execute(
+            select(ModelDeployment.model_id, ModelDeployment.deployment_config).where(
+                ModelDeployment.status.in_(LIVE_DEPLOYMENT_STATES),
+                ModelDeployment.deleted_at.is_(None),
             )
         )
+        for primary, config in rows:
+            if primary is not None and str(primary) in wanted:
+                served.add(wanted[str(primary)])
+            config = config if isinstance(config, dict) else {}
+            others = [t for t in config.get("traffic") or [] if isinstance(t, dict)]
+            if isinstance(config.get("shadow"), dict):
+                others.append(config["shadow"])
+            for target in others:
+                key = str(target.get("version_id"))
+                if key in wanted:
+                    served.add(wanted[key])
+        if not served:
+            return []
+        return list(session.scalars(select(MLModel.version).where(MLModel.id.in_(served))))
 
     # --- deletes and restores (mlrig.registry.deletes) ---------------------------------
 
