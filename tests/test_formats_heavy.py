@@ -201,3 +201,22 @@ def test_package_a_keras_model(tmp_path, keras, keras_model, sample):
     again = package_model(tmp_path / "m.keras", tmp_path / "again", sample=sample)
     assert again.framework == "tensorflow"
     assert again.onnx["status"] == "ok"
+
+
+@pytest.mark.heavy
+def test_an_export_that_disagrees_with_the_model_is_not_shipped(tmp_path):
+    """float32 ONNX cannot subtract two numbers near 1e8 the way float64 sklearn does: the
+    check finds the mismatch, and the package keeps only the native model."""
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    x = np.array([[1e8 + i, 1e8] for i in range(40)], dtype=np.float64)
+    model = LinearRegression().fit(x, x[:, 0] - x[:, 1])
+    package = package_model(model, tmp_path / "pkg", sample=x)
+    manifest = json.loads((tmp_path / "pkg" / MANIFEST).read_text())
+    assert manifest["onnx"]["status"] == "failed", manifest["onnx"]
+    assert manifest["onnx"]["check"]["status"] == "mismatch"
+    assert "differ" in manifest["onnx"]["reason"]
+    assert not (tmp_path / "pkg" / "model.onnx").exists()
+    assert "onnx" not in package.formats
+    assert np.allclose(load_native(tmp_path / "pkg").predict(x), np.arange(40), atol=1e-3)

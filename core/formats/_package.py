@@ -203,7 +203,17 @@ def _export(
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
     result = {"status": "ok", "path": ONNX_FILE, **facts, **io}
     if fmt.name != "onnx":
-        result["check"] = check_export(fmt, obj, target, sample, signature)
+        check = check_export(fmt, obj, target, sample, signature)
+        result["check"] = check
+        if check["status"] in ("mismatch", "failed"):
+            # an export that disagrees with the model (or does not run) is not shipped:
+            # serving picks ONNX when a version has one, and must not pick a wrong one
+            target.unlink(missing_ok=True)
+            why = check.get("reason") or f"max_abs_diff {check.get('max_abs_diff')}"
+            reason = f"the export's outputs differ from the model's on the sample: {why}"
+            if check["status"] == "failed":
+                reason = f"the export does not run on the sample: {why}"
+            return {"status": "failed", "reason": reason[:500], "check": check}
     return result
 
 
