@@ -113,20 +113,27 @@ class AuditMiddleware:
 
 # --- the request guard: route, method, authentication, body size ------------------------
 
-BodyClass = Literal["json", "metrics", "upload"]
-#: the ``[api]`` setting that bounds each body class
+BodyClass = Literal["json", "metrics", "upload", "predict"]
+#: the setting (``section.key``) that bounds each body class
 BODY_LIMIT_SETTINGS: dict[str, str] = {
-    "json": "max_body_bytes",
-    "metrics": "max_metrics_body_bytes",
-    "upload": "max_upload_bytes",
+    "json": "api.max_body_bytes",
+    "metrics": "api.max_metrics_body_bytes",
+    "upload": "api.max_upload_bytes",
+    "predict": "serving.max_body_bytes",  # predictions: the data plane's own limit
 }
+
+
+def _body_limit(settings: Any, setting: str) -> int:
+    section, key = setting.split(".", 1)
+    return int(getattr(getattr(settings, section), key))
 
 
 def body_class(kind: BodyClass) -> Any:
     """A route dependency that puts the route in a body-size class.
 
     ``@router.post(..., dependencies=[body_class("upload")])``: the request guard then
-    bounds the body by ``[api] max_upload_bytes`` instead of ``max_body_bytes``.
+    bounds the body by ``[api] max_upload_bytes`` instead of ``max_body_bytes``
+    (``"predict"``: ``[serving] max_body_bytes``, as the data plane of ``mlrig serve``).
     """
     from fastapi import Depends
 
@@ -247,11 +254,12 @@ def _size(limit: int) -> str:
 
 
 def _too_large_error(limit: int, setting: str) -> PayloadTooLargeError:
-    """The 413 of a body over ``limit`` (the value of ``[api] setting``)."""
+    """The 413 of a body over ``limit`` (the value of ``setting``, ``section.key``)."""
+    section, key = setting.split(".", 1)
     return PayloadTooLargeError(
         f"the request body is over the limit of {_size(limit)} for this route; "
-        f"send less, or raise [api] {setting} in the server's config",
-        details={"limit_bytes": limit, "setting": f"api.{setting}"},
+        f"send less, or raise [{section}] {key} in the server's config",
+        details={"limit_bytes": limit, "setting": setting},
     )
 
 
@@ -267,8 +275,9 @@ class RequestGuardMiddleware:
        The principal is cached on the request state, where the route's dependencies
        find it.
     3. The body is bounded by the route's class (``[api] max_body_bytes``,
-       ``max_metrics_body_bytes``, ``max_upload_bytes``): a ``Content-Length`` over it is
-       413 at once; a chunked body is counted as it streams and cut off at the limit.
+       ``max_metrics_body_bytes``, ``max_upload_bytes``, ``[serving] max_body_bytes``): a
+       ``Content-Length`` over it is 413 at once; a chunked body is counted as it streams
+       and cut off at the limit.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -338,7 +347,7 @@ class RequestGuardMiddleware:
                 return
 
         setting = BODY_LIMIT_SETTINGS[entry.body_class]
-        limit = int(getattr(app.state.platform.settings.api, setting))
+        limit = _body_limit(app.state.platform.settings, setting)
         length = headers.get("content-length")
         if length is not None:
             try:

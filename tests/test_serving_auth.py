@@ -7,8 +7,10 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fastapi import Request
 from sqlalchemy import event, update
 
+from mlrig.api.security import Predictor, Writer
 from mlrig.db.models.auth import ApiToken
 from mlrig.errors import AuthenticationError
 from mlrig.serving.auth import TokenCache
@@ -240,3 +242,58 @@ def test_a_burst_with_an_unknown_token_makes_one_database_check(platform, token)
     assert len(answers) == 8 and {a.name for a in answers} == {"alice"}
     assert len(calls) == 1
     assert cache._pending == {}
+
+
+# --- the REST API's guard on prediction routes ---------------------------------------------
+
+
+def test_predict_body_class_is_bounded_by_the_serving_limit(tmp_path):
+    """A route in the "predict" body class is bounded by [serving] max_body_bytes (the
+    data plane's limit), not by [api] max_body_bytes."""
+    from fastapi import APIRouter
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+    from mlrig.api.middleware import body_class
+    from mlrig.testing.fixtures import make_platform
+
+    platform = make_platform(
+        tmp_path / "home", api={"max_body_bytes": 2048}, serving={"max_body_bytes": 8192}
+    )
+    try:
+        router = APIRouter(prefix="/api/ml/body-test")
+
+        @router.post("/predict", dependencies=[body_class("predict")])
+        async def predict(request: Request, principal: Predictor) -> dict[str, int]:
+            return {"bytes": len(await request.body())}
+
+        @router.post("/plain")
+        async def plain(request: Request, principal: Writer) -> dict[str, int]:
+            return {"bytes": len(await request.body())}
+
+        app = create_app(platform)
+        app.include_router(router)
+        client = TestClient(app, raise_server_exceptions=False)
+        platform.security.create_user(name="dev", role="developer")
+        headers = {"Authorization": f"Bearer {platform.security.create_token(user='dev')['token']}"}
+        body = b"x" * 5000  # over [api]'s limit, under [serving]'s
+        assert client.post("/api/ml/body-test/predict", content=body, headers=headers).json() == {
+            "bytes": 5000
+        }
+        assert (
+            client.post("/api/ml/body-test/plain", content=body, headers=headers).status_code == 413
+        )
+        too_big = client.post("/api/ml/body-test/predict", content=b"x" * 9000, headers=headers)
+        assert too_big.status_code == 413
+        error = too_big.json()["error"]
+        assert "raise [serving] max_body_bytes" in error["message"]
+        assert error["details"] == {"limit_bytes": 8192, "setting": "serving.max_body_bytes"}
+
+        def chunks():  # no Content-Length: counted as it streams
+            for _ in range(10):
+                yield b"x" * 1000
+
+        streamed = client.post("/api/ml/body-test/predict", content=chunks(), headers=headers)
+        assert streamed.status_code == 413
+    finally:
+        platform.close()
