@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.errors import error_response
+from mlrig.api.middleware import body_class
 from mlrig.api.openapi import component, errors
 from mlrig.api.security import Predictor, Reader
 from mlrig.errors import MlrigError
@@ -99,6 +100,8 @@ class DeploymentHealth(BaseModel):
     "/{id}/predict",
     summary="Predict with a deployment (mlrig, MLflow or KServe v2 request)",
     response_model=PredictResponse,
+    # the body is bounded by [serving] max_body_bytes, as on mlrig serve
+    dependencies=[body_class("predict")],
     responses={
         **errors(
             404,
@@ -110,7 +113,7 @@ class DeploymentHealth(BaseModel):
             e404="No such deployment is served (or the version asked for).",
             e409="The deployment failed to load its version, or a request_id was reused "
             "with another body.",
-            e413="The body is over the limit.",
+            e413="The body is over [serving] max_body_bytes.",
             e422="The input does not fit the version's signature (the message names it).",
             e429="Overloaded: retry after the Retry-After header's seconds.",
             e503="The deployment is still loading its model: retry shortly.",

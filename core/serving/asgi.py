@@ -114,6 +114,8 @@ class ServingApp:
             elif path == "/readyz":
                 _allow(method, _GET_ONLY)
                 ready = self.dataplane.readiness()
+                if ready["ready"]:  # the request path runs once before traffic comes
+                    await self.dataplane.warm()
                 await _send_json(send, 200 if ready["ready"] else 503, ready)
                 return
             elif path == "/healthz":
@@ -253,6 +255,8 @@ class ServingApp:
         if parts[2] == "health" and len(parts) == 4 and parts[3] in ("live", "ready"):
             _allow(method, _GET_ONLY)
             ready = parts[3] == "live" or dataplane.readiness()["ready"]
+            if ready and parts[3] == "ready":
+                await dataplane.warm()
             await _send_json(send, 200 if ready else 503, {parts[3]: ready})
             return
         if parts[2] != "models" or len(parts) < 4:

@@ -169,6 +169,8 @@ class DataPlane:
         self._failures: dict[str, _Failure] = {}
         #: deployments stopped or deleted through this process, not yet out of a snapshot
         self._dropped: set[str] = set()
+        #: versions whose request path ran once in the event loop (see :meth:`warm`)
+        self._warmed: set[tuple[Any, ...]] = set()
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -673,6 +675,34 @@ class DataPlane:
             variant="shadow",
         )
 
+    async def warm(self) -> None:
+        """Run one synthetic request per served version through the request path in this
+        event loop (parse, schema, batcher at 1 row and at a full batch, answer), so the
+        first real requests pay no lazy start-up. Not logged, not counted."""
+        from mlrig.serving.loader import warm_sample
+
+        for state in self.table.states:
+            for lv in state.all_versions():
+                if lv.closed or lv.key in self._warmed:
+                    continue
+                hook, lv.batcher.on_batch = lv.batcher.on_batch, None
+                try:
+                    for rows in (1, lv.batcher.max_batch_size):
+                        sample = warm_sample(lv.signature, rows=rows)
+                        if sample is None:
+                            break
+                        body = _warm_body(sample)
+                        parsed = _parse(body, "application/json", "auto", None)
+                        predictions, probabilities = await lv.batcher.submit(
+                            lv.schema.to_batch(parsed)
+                        )
+                        _format(parsed, predictions, probabilities, lv, state.name, "warm-up")
+                except Exception as exc:  # the load's own warm-up passed: report, go on
+                    log.warning("warming %s %s failed: %s", state.name, lv.version_name, exc)
+                finally:
+                    lv.batcher.on_batch = hook
+                self._warmed.add(lv.key)
+
     # --- health ----------------------------------------------------------------------
 
     def health(self, state: DeploymentState) -> dict[str, Any]:
@@ -763,6 +793,12 @@ def _format(
         deployment=deployment,
         request_id=request_id,
     )
+
+
+def _warm_body(sample: np.ndarray) -> bytes:
+    import orjson
+
+    return orjson.dumps({"inputs": sample.tolist()})
 
 
 def _pick(state: DeploymentState, client_key: bytes | None, version: str | None) -> Route:

@@ -212,8 +212,8 @@ class ModelLoader:
         schema = InputSchema.from_signature(signature, allow_nan=bool(deployment.get("allow_nan")))
         has_proba = callable(getattr(model, "predict_proba", None))
         run = make_run(model, has_proba)
-        warm_up(model, run, signature)
         batching = deployment.get("batching") or {}
+        warm_up(model, run, signature, int(batching.get("max_batch_size") or 1))
         batching_helps = getattr(model, "batching_helps", True)
         batcher = MicroBatcher(
             run,
@@ -312,7 +312,9 @@ def warm_sample(signature: dict[str, Any] | None, rows: int = 1) -> np.ndarray |
         return np.zeros((rows, width), dtype=np.float64)
 
 
-def warm_up(model: LoadedModel, run: Any, signature: dict[str, Any] | None) -> None:
+def warm_up(
+    model: LoadedModel, run: Any, signature: dict[str, Any] | None, batch_rows: int = 1
+) -> None:
     """Run the model on a sample so the first request pays no lazy initialisation."""
     sample = warm_sample(signature)
     if sample is None:
@@ -322,3 +324,6 @@ def warm_up(model: LoadedModel, run: Any, signature: dict[str, Any] | None) -> N
         hook(sample)
     for _ in range(3):  # the allocator, thread pools and caches settle after a few runs
         run(sample)
+    batch = warm_sample(signature, rows=batch_rows) if batch_rows > 1 else None
+    if batch is not None:  # the first run at a batch's shape allocates (ONNX arenas, TensorRT)
+        run(batch)
