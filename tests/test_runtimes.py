@@ -250,3 +250,17 @@ def test_onnx_runs_on_cuda_when_usable(iris_package):
     assert loaded.predict(x) == model.predict(x).tolist()
     explicit = _runtime("onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert explicit.load(package.folder, {}).describe()["device"] == "cuda"
+
+
+@pytest.mark.heavy
+def test_onnx_refuses_rows_of_the_wrong_width_instead_of_recutting_them(iris_package):
+    """8 rows of 2 features hold as many numbers as 4 rows of 4: still a 422, not 4
+    predictions for rows that were never sent."""
+    package, _, _ = iris_package
+    model = _runtime("onnx").load(package.folder, package.manifest)
+    rows = [[5.1, 3.5]] * 8
+    with pytest.raises(ValidationError, match="shape"):
+        model.predict(rows)
+    with pytest.raises(ValidationError, match="shape"):
+        model.predict(np.asarray(rows, dtype=np.float32))
+    assert len(model.predict([[5.1, 3.5, 1.4, 0.2]] * 2)) == 2

@@ -98,7 +98,11 @@ def fit_shape(array: Any, shape: Sequence[Any], name: str) -> Any:
     ):
         return array
     fixed = shape[1:]
-    if all(isinstance(d, int) and d > 0 for d in fixed) and array.size % max(prod(fixed), 1) == 0:
+    # rows of the wrong width are refused, never re-cut into other rows (12 rows of 5
+    # features are not 6 rows of 10); only a batch of another rank is reshaped
+    if array.ndim != len(shape) and (
+        all(isinstance(d, int) and d > 0 for d in fixed) and array.size % max(prod(fixed), 1) == 0
+    ):
         return array.reshape((-1, *fixed))
     shown = [d if isinstance(d, int) else -1 for d in shape]
     msg = f"batch for input {name!r} has shape {list(array.shape)}; the model expects {shown}"
