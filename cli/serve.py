@@ -15,7 +15,8 @@ from mlrig.cli.context import get_state
 @click.option(
     "--replicas",
     type=click.IntRange(1, 256),
-    help="Replica processes to start (default: [serving] replicas, else one per CPU core).",
+    help="Replica processes to start (default: [serving] replicas, else the active "
+    "deployments' replicas min/max, else one per CPU core).",
 )
 @click.option(
     "--min-replicas", type=click.IntRange(1, 256), help="Autoscaling: the fewest replicas."
