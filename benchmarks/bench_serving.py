@@ -1,6 +1,6 @@
 """Model serving: mlrig beside MLflow, BentoML and a raw ASGI app, same model, same load.
 
-    python benchmarks/bench_serving.py                      # everything, medians of 3 runs
+    python benchmarks/bench_serving.py --duration 2         # everything, medians of 3 runs
     python benchmarks/bench_serving.py --servers mlrig,raw --workers 1 --runs 1
     python benchmarks/bench_serving.py --tiny --json        # what CI runs (no peers, no network)
 
@@ -11,8 +11,10 @@ picks ONNX) with ``mlrig serve --replicas N``; the peers serve the same fitted p
 pickled:
 
 - **raw ASGI** (``serving_peers/raw_asgi.py``): a hand-written ASGI app under uvicorn
-  (``--workers N``) in mlrig's own environment: orjson, ``predict_proba``, no framework.
-  The floor a Python server can reach; mlrig's goal is to match it.
+  (``--workers N``) in mlrig's own environment: orjson, sklearn's ``predict_proba``, no
+  framework: the issue's baseline, which mlrig's goal is to match;
+- **raw ASGI + onnxruntime** (``raw-onnx``): the same app running the ONNX file mlrig
+  serves (one intra-op thread): no goal, the floor of mlrig's own request overhead;
 - **MLflow**: ``mlflow models serve --env-manager local -w N`` on the model saved with
   ``mlflow.sklearn.save_model``;
 - **BentoML**: a minimal ``@bentoml.service`` (``serving_peers/bento_service.py``,
@@ -23,15 +25,19 @@ creates the first time under ``--peer-venvs`` (default ``~/.cache/mlrig-bench``)
 scikit-learn and numpy pinned to mlrig's so that the pickle loads; never in mlrig's.
 
 Every server gets the same request bodies (``{"inputs": [[30 floats]]}``, or 100 rows)
-on loopback, and per run the same four measurements:
+on loopback (their predictions for 100 rows checked against the pipeline's first), and
+per run the same measurements, each after ``--warmup`` untimed seconds:
 
 1. ``rps_1row``: wrk (one thread, ``--connections`` 32, a Lua script for the POST body),
-   1-row requests per second, closed loop;
+   1-row requests per second, closed loop; ``server_cpu_us_per_req``: the CPU time of
+   the server's process tree over that run per request;
 2. ``rows_per_s_100``: the same with 100-row requests, rows per second;
 3. ``p50_ms``/``p99_ms`` at 1 connection (wrk, one request at a time, back to back);
 4. ``open_p99_ms``: p99 of an open-loop run (``_openloop.py``) at ``--open-share`` (80 %)
-   of the run's own 1-row peak: a fixed request rate, each latency measured from the
-   request's scheduled send time, so a stall counts for every request it delays.
+   of the 1-row peak: a fixed request rate, each latency measured from the request's
+   scheduled send time, so a stall counts for every request it delays. The open-loop
+   client is Python, dearer per request than wrk, so the peak it takes 80 % of is the one
+   its own closed loop reaches just before (``open_ref_rps``).
 
 mlrig's main figure has authentication and inference logging off (as the raw app has
 neither); ``--variants`` then measures mlrig at its better replica count without either,
@@ -42,9 +48,9 @@ group is started first, then run 1 of each, run 2 of each..., so that a burst of
 from elsewhere on a shared machine hits all of them alike. The load generator runs on
 the same cores as the servers, and says so.
 
-``--tiny`` (CI): mlrig and the raw app only, 1 worker, 1 run of well under a second per
-measurement, no variants, no peer environments; without wrk it falls back to a Python
-closed-loop generator.
+``--tiny`` (CI): mlrig and the raw app only, 1 worker, 1 run of about a second per
+measurement, no variants, no peer environments; without wrk it falls back to the Python
+closed-loop client (``--load python`` picks it anywhere).
 """
 
 from __future__ import annotations
