@@ -1,6 +1,6 @@
 """Model serving: mlrig beside MLflow, BentoML and a raw ASGI app, same model, same load.
 
-    python benchmarks/bench_serving.py --duration 2         # everything, medians of 3 runs
+    python benchmarks/bench_serving.py                      # everything, medians of 3 runs
     python benchmarks/bench_serving.py --servers mlrig,raw --workers 1 --runs 1
     python benchmarks/bench_serving.py --tiny --json        # what CI runs (no peers, no network)
 
@@ -783,7 +783,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--workers", default="1,2", help="worker / replica counts to try")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds before each")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--open-share", type=float, default=0.8, help="open-loop rate / peak")
