@@ -109,7 +109,8 @@ def _not_both(schema: dict[str, Any], model: type) -> None:
     InputModel.model_config["json_schema_extra"](schema, model)  # type: ignore[index,operator]
     both = {
         "required": ["version", "alias"],
-        "properties": {"version": {"type": "string"}, "alias": {"type": "string"}},
+        # both present and neither null (a null one is "not this one")
+        "properties": {"version": {"not": {"type": "null"}}, "alias": {"not": {"type": "null"}}},
     }
     schema["not"] = both
 
