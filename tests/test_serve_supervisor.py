@@ -269,6 +269,41 @@ def test_killed_replica_fails_only_its_requests_and_is_restored(serve, balancing
     assert fresh_pids(server.url, 24) == {new_pid, before[1]}
 
 
+def test_connections_queued_on_a_killed_replica_are_served_by_the_others(serve):
+    # reuseport: connections the kernel queued on the dead replica's socket are taken by
+    # the supervisor and handed to the survivor, not left waiting for the restart (slow
+    # here: a 4 s warm-up).
+    server = serve("--replicas", "2", env={"MLRIG_ECHO_WARMUP_SECONDS": "4"})
+    server.wait_for(r"^ready: 2 replica", timeout=90)
+    pids = server.ready_pids()
+    victim, survivor = pids[0], pids[1]
+    os.kill(victim, signal.SIGSTOP)  # it stops accepting: its share of connections queues
+    answers: list[tuple[float, int | str]] = []
+
+    def one() -> None:
+        try:
+            response = httpx.get(f"{server.url}/", timeout=60)
+            answers.append((time.monotonic(), response.json()["pid"]))
+        except httpx.HTTPError as exc:
+            answers.append((time.monotonic(), repr(exc)))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    mark = len(server.lines)
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=60)
+    restarted = server.wait_for(r"^replica 0 ready", after=mark, timeout=90)
+    restarted_at = next(t for t, line in server.lines[mark:] if line == restarted.string)
+    assert len(answers) == 12
+    assert {pid for _, pid in answers} == {survivor}, answers
+    assert all(at < restarted_at for at, _ in answers)
+
+
 def test_ready_only_after_the_replicas_warmed_up_and_no_request_meets_a_cold_one(serve):
     server = serve("--replicas", "2", env={"MLRIG_ECHO_WARMUP_SECONDS": "2"})
     server.wait_for(r"^replica 1 starting")

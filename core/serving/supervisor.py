@@ -235,6 +235,10 @@ class Supervisor:
                 f"cannot listen on {self.options.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         sock.listen(self.options.backlog)
+        if reuseport:
+            # Non-blocking for the supervisor's own accepts (a dead replica's queue); the
+            # replicas' event loops set the same flag on the shared socket anyway.
+            sock.setblocking(False)
         self.port = sock.getsockname()[1]
         return sock
 
@@ -406,7 +410,8 @@ class Supervisor:
         stable = replica.ready_at is not None and now - replica.ready_at >= STABLE_SECONDS
         replica.crashes = 1 if stable else replica.crashes + 1
         replica.state, replica.proc, replica.ready_at = "down", None, None
-        self._rehand(replica)
+        self._steer()  # new connections go to the others from now on
+        self._rehand(replica, self._queued(replica))
         if not self._ever_ready and replica.crashes >= GIVE_UP_AFTER:
             self.echo(
                 f"error: replica {replica.slot} failed to start {replica.crashes} times "
@@ -584,11 +589,24 @@ class Supervisor:
             time.sleep(0.01)  # no replica ready: hold the connection until one is
         conn.close()
 
-    def _rehand(self, replica: _Replica) -> None:
-        """Hand the connections a dead replica never confirmed to the others (in a thread:
-        it waits while no replica is ready)."""
+    def _queued(self, replica: _Replica) -> list[socket.socket]:
+        """reuseport: the connections waiting in a dead replica's accept queue (nobody
+        read them), taken so that the others serve them instead of its restart."""
+        if not self._sockets:
+            return []
+        sock, taken = self._sockets[replica.slot], []
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # empty (the socket is non-blocking)
+                return taken
+            taken.append(conn)
+
+    def _rehand(self, replica: _Replica, more: list[socket.socket] | None = None) -> None:
+        """Hand the connections a dead replica never took to the others (in a thread: it
+        waits while no replica is ready)."""
         with self._lock:
-            orphans = list(replica.pending.values())
+            orphans = list(replica.pending.values()) + (more or [])
             replica.pending.clear()
         if orphans:
             threading.Thread(
