@@ -7,7 +7,8 @@ Two ways to share the port (``[serving] balancing``):
     The supervisor opens one ``SO_REUSEPORT`` listening socket per replica slot and hands
     it to the replica; the kernel spreads new connections over the group. The supervisor
     keeps its copy of every socket open, so connections queued on a replica that crashes
-    wait for its restart instead of being reset, and it steers the kernel with a classic
+    are not reset: it accepts them and hands them to the live replicas (the descriptor
+    hand-over of ``front``). It steers the kernel with a classic
     BPF program (``SO_ATTACH_REUSEPORT_CBPF``: a random pick among the *ready* slots): a
     starting, crashed or draining replica gets no new connection. A slot is removed only
     after its accept queue is empty, so a scale-down drops nothing.
