@@ -562,3 +562,28 @@ def test_a_port_another_mlrig_serve_holds_is_refused(serve, run_cli, tmp_path):
     result = run_cli("serve", "--port", str(server.port), "--app", ECHO, cwd=tmp_path)
     assert result.exit_code != 0
     assert "already listens" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_request_head_over_1_mib_gets_431_and_the_replica_keeps_serving(serve):
+    """httptools bounds nothing itself: a replica refuses an endless header (431, closed)
+    instead of holding it, and answers the next request."""
+    import socket
+    from urllib.parse import urlsplit
+
+    server = serve("--replicas", "1")
+    server.wait_for(r"^ready: 1 replica")
+    address = urlsplit(server.url)
+    head = b"GET / HTTP/1.1\r\nhost: x\r\nx-junk: " + b"a" * (2 * 1024 * 1024) + b"\r\n\r\n"
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        try:
+            conn.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we sent: the answer is already in our receive buffer
+        answer = b""
+        try:
+            while chunk := conn.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert httpx.get(f"{server.url}/", timeout=30).status_code == 200

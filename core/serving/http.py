@@ -14,6 +14,8 @@ import orjson
 
 #: the longest request line + headers a replica reads (the control plane's bound too)
 MAX_HEAD_BYTES = 1024 * 1024
+#: how long a refused connection's input is read and dropped before it is closed
+_LINGER_SECONDS = 1.0
 
 
 def _refusal(limit: int) -> bytes:
@@ -62,13 +64,23 @@ def protocol_class(max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
+            if self._head_bytes < 0:  # refused: what the client still sends is dropped
+                return
             super().data_received(data)
             # still inside a head after the parser took this chunk: all of it was head
             # (at most one chunk of an earlier request on the connection is counted too)
             if self._head_open and not self.transport.is_closing():
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes:
-                    self.transport.write(_refusal(max_head_bytes))
-                    self.transport.close()
+                    self._refuse()
+
+        def _refuse(self) -> None:
+            # Answer, end our side, and close a moment later: closing at once with unread
+            # input makes the kernel reset the connection, and the client may lose the 431.
+            self._head_bytes = -1
+            self.transport.write(_refusal(max_head_bytes))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     return BoundedHttpToolsProtocol

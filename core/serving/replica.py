@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from mlrig.serving.http import MAX_HEAD_BYTES, protocol_class
+
     ctrl = socket.socket(fileno=args.ctrl_fd)
     listen = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
     meter = Meter(load_app(args.app))
@@ -372,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="auto",
         access_log=False,
         timeout_graceful_shutdown=int(args.graceful_timeout),
-        h11_max_incomplete_event_size=1024 * 1024,
+        # httptools with a bound on the request head (it has none of its own), else h11
+        http=protocol_class(MAX_HEAD_BYTES),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     server = _server_class()(
         config,
