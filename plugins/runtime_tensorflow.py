@@ -191,16 +191,13 @@ def _serving_function(
         spec = tf.TensorSpec((None, *dims), tf.as_dtype(dtype))
         function = tf.function(lambda x: obj(x, training=False), input_signature=[spec])
         return _TfForward(tf, function, None), _keras_ends_in(obj)
-    signatures = getattr(obj, "signatures", {})
-    if "serving_default" not in signatures:
-        msg = "the SavedModel has no 'serving_default' signature to serve"
-        raise ValidationError(msg)
-    serving = signatures["serving_default"]
-    names = list(serving.structured_input_signature[1])
-    if len(names) != 1:
-        msg = f"the SavedModel's serving signature has {len(names)} inputs; one is supported"
-        raise ValidationError(msg)
-    return _TfForward(tf, serving, names[0]), None
+    from mlrig.formats._tensorflow import serving_signature
+
+    try:
+        serving, name = serving_signature(obj)
+    except ValueError as exc:
+        raise ValidationError(f"cannot serve this SavedModel: {exc}") from exc
+    return _TfForward(tf, serving, name), None
 
 
 def _input_dims(model: Any, shape: list[int] | None) -> tuple[Any, ...]:

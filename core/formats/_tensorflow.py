@@ -103,18 +103,28 @@ def _is_keras(obj: Any) -> bool:
     return any(c.__module__.split(".")[0] in ("keras", "tf_keras") for c in type(obj).__mro__)
 
 
-def _serving(obj: Any) -> tuple[Any, str]:
-    """The ``serving_default`` signature of a SavedModel and its single input's name."""
+def serving_signature(obj: Any) -> tuple[Any, str]:
+    """The ``serving_default`` signature of a SavedModel and its single input's name.
+
+    :raises ValueError: no such signature, or it has more than one input (the message says).
+    """
     signatures = getattr(obj, "signatures", {})
     if "serving_default" not in signatures:
         msg = "the SavedModel has no 'serving_default' signature"
-        raise SkipExport(msg)
+        raise ValueError(msg)
     serving = signatures["serving_default"]
     names = list(serving.structured_input_signature[1])
     if len(names) != 1:
         msg = f"the SavedModel's serving signature has {len(names)} inputs; only one is supported"
-        raise SkipExport(msg)
+        raise ValueError(msg)
     return serving, names[0]
+
+
+def _serving(obj: Any) -> tuple[Any, str]:
+    try:
+        return serving_signature(obj)
+    except ValueError as exc:
+        raise SkipExport(str(exc)) from exc
 
 
 def _input_array(sample: Any) -> Any:
