@@ -40,13 +40,19 @@ DEFAULT_BATCH = 10_000
 
 @functools.cache
 def _error_classes() -> dict[str, type[errors.MlrigError]]:
-    """Every MlrigError subclass by its ``code``, so a server error is re-raised as itself."""
+    """The public MlrigError classes by their ``code``, so a server error is re-raised as
+    itself; those of :mod:`mlrig.errors` win a shared code, private ones (a module's own
+    ``_NoRoute`` with another constructor) never count."""
     found: dict[str, type[errors.MlrigError]] = {}
     pending: list[type[errors.MlrigError]] = [errors.MlrigError]
+    seen: list[type[errors.MlrigError]] = []
     while pending:
         cls = pending.pop()
-        found.setdefault(cls.code, cls)
+        seen.append(cls)
         pending.extend(cls.__subclasses__())
+    for cls in sorted(seen, key=lambda c: c.__module__ != errors.__name__):
+        if not cls.__name__.startswith("_"):
+            found.setdefault(cls.code, cls)
     return found
 
 
@@ -388,7 +394,12 @@ def _raise_for_error(response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         code, message, details = "error", f"HTTP {response.status_code}: {response.text[:300]}", {}
     cls = _error_classes().get(code, errors.MlrigError)
-    raise cls(message, details={**details, "status": response.status_code})
+    details = {**details, "status": response.status_code}
+    try:
+        error_object = cls(message, details=details)
+    except TypeError:  # a subclass with a constructor of its own
+        error_object = errors.MlrigError(message, details=details)
+    raise error_object
 
 
 def _params(values: Mapping[str, Any]) -> dict[str, Any]:

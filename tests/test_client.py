@@ -161,3 +161,16 @@ def test_delete_and_restore_through_the_client(client, live_server, make_token):
         assert ops.restore_model("doomed")["restored_versions"] == ["1"]
         ops.delete_version("doomed", "1")
         assert ops.restore_version("doomed", "1")["version"] == "1"
+
+
+def test_error_codes_map_to_the_public_classes_whatever_else_is_imported():
+    """A module's private error class with the same code (the data plane's ``_NoRoute``,
+    whose constructor takes a path) must not become what a client raises for a 404."""
+    import mlrig.serving.asgi  # noqa: F401 - defines _NoRoute(code "not_found")
+    from mlrig import errors
+    from mlrig.client import _error_classes
+
+    classes = _error_classes()
+    assert classes["not_found"] is errors.NotFoundError
+    assert classes["validation_error"] is errors.ValidationError
+    assert not any(cls.__name__.startswith("_") for cls in classes.values())
