@@ -24,7 +24,7 @@ answers). torch and TensorFlow are imported only by the helpers that need them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from mlrig.security import Principal
@@ -111,13 +111,38 @@ def register_breast_cancer_model(
     rolling-update test. ``version`` passes more fields to the registry (``version="v2"``,
     ``tags``, ``metrics``...).
     """
-    from mlrig.registry.packaging import register_model
+    package = _breast_cancer_package(variant, named)
+    version.setdefault("tags", {"testing": "breast_cancer", "variant": str(variant)})
+    return platform.registry.create_version(
+        name,
+        files={rel: package.folder / rel for rel in package.files},
+        actor=actor,
+        create_model=True,
+        framework=package.framework,
+        model_type=version.pop("model_type", None) or package.model_type,
+        signature=package.signature,
+        requirements=package.requirements,
+        **version,
+    )
+
+
+@cache
+def _breast_cancer_package(variant: int, named: bool) -> Any:
+    """The pipeline packaged once per process (native model, ONNX export, manifest): the
+    export and its check cost more than the registration that copies the files."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from mlrig.formats import package_model
 
     data = breast_cancer_data()
     model = breast_cancer_estimator(variant, named=named)
     sample = data.frame.head(20) if named else data.x[:20]
-    version.setdefault("tags", {"testing": "breast_cancer", "variant": str(variant)})
-    return register_model(platform, model, name=name, actor=actor, sample=sample, **version)
+    folder = Path(tempfile.mkdtemp(prefix="mlrig-bc-package-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return package_model(model, folder / "pkg", sample=sample)
 
 
 # -- torch and TensorFlow ----------------------------------------------------------------------
