@@ -13,7 +13,7 @@ from mlrig.api.pagination import whole
 from mlrig.api.schemas import NewToken, Page, Token
 from mlrig.api.security import Reader
 from mlrig.api.types import InputModel
-from mlrig.security.scopes import MAX_SCOPES
+from mlrig.security.scopes import MAX_SCOPES, SCOPE_PATTERN
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
@@ -24,7 +24,9 @@ class TokenCreate(InputModel):
     )
     name: str = Field(default="default", min_length=1, max_length=255)
     ttl_days: int | None = Field(default=None, ge=1, le=3650)
-    scopes: list[Annotated[str, Field(min_length=1, max_length=300)]] | None = Field(
+    scopes: (
+        list[Annotated[str, Field(min_length=1, max_length=300, pattern=SCOPE_PATTERN)]] | None
+    ) = Field(
         default=None,
         min_length=1,
         max_length=MAX_SCOPES,

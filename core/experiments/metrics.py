@@ -241,7 +241,9 @@ def _insert_sqlite(conn: Any, key: uuid.UUID, rows: list[tuple[Any, ...]]) -> No
     def stamp(at: datetime) -> str:
         text = times.get(at)
         if text is None:
-            text = times[at] = at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+            # isoformat, not strftime: "%Y" writes year 78 as "78", which reads back wrong
+            utc = at.astimezone(timezone.utc).replace(tzinfo=None)
+            text = times[at] = utc.isoformat(" ", "microseconds")
         return text
 
     sql = f"INSERT INTO training_metrics ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"

@@ -29,6 +29,10 @@ MAX_SCOPES = 100
 #: (mlrig.serving.spec.NAME_PATTERN; a uuid fits it too)
 _TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PERMISSIONS = {p.value: p for p in Permission}
+#: every valid scope entry, for schemas (the API's TokenCreate)
+SCOPE_PATTERN = (
+    rf"^({'|'.join(_PERMISSIONS)}|predict:\*|predict:[A-Za-z0-9][A-Za-z0-9._-]{{0,99}})$"
+)
 
 
 def _invalid(entry: object, why: str) -> ValidationError:
@@ -66,7 +70,7 @@ def normalize_scopes(scopes: Iterable[str] | None) -> tuple[str, ...] | None:
             entry = PREDICT_ANY
         elif entry.startswith(PREDICT_PREFIX):
             target = entry[len(PREDICT_PREFIX) :]
-            if target != "*" and not _TARGET.match(target):
+            if target != "*" and not _TARGET.fullmatch(target):
                 raise _invalid(
                     entry,
                     "the deployment must be a name or id (letters, digits, . _ -; at most 100)",

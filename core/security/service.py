@@ -239,7 +239,7 @@ class SecurityService:
                             f"scope {scope!r} is beyond what user {owner.name!r} "
                             f"(role {owner.role}) may do"
                         )
-                        raise ValidationError(msg, details={"scope": scope})
+                        raise PermissionDeniedError(msg, details={"scope": scope})
             expires = _now() + timedelta(days=ttl_days) if ttl_days else None
             token = ApiToken(
                 user_id=owner.id,
