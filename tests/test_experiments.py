@@ -724,3 +724,14 @@ def test_create_refusal_over_rest_and_the_cli(api_client, admin_headers, cli_run
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "no parameter 'n_trees'" in lines[0], result.output
+
+
+def test_a_metric_time_before_the_year_1000_reads_back_as_sent(db_platform, trainer):
+    """The fuzzer's find: SQLite's fast insert wrote year 78 as "78" (strftime), which
+    read back as another time and broke the response schema."""
+    _create(db_platform, trainer)
+    db_platform.experiments.log_metrics(
+        "exp", [{"name": "loss", "value": 1.0, "recorded_at": "0078-12-07T11:27:45.168237+00:00"}]
+    )
+    [at] = db_platform.experiments.metrics("exp")["metrics"]["loss"]["times"]
+    assert str(at).startswith("0078-12-07") and "11:27:45.168237" in str(at)
