@@ -68,6 +68,7 @@ from _common import (  # benchmarks/_common.py
     percentile,
     postgres_database,
     server_version,
+    tree_cpu_seconds,
 )
 
 GOAL_POINTS_PER_S = 100_000
@@ -521,37 +522,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by process ``root`` and its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, grown = {root}, True
-    while grown:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
-        grown = bool(children)
-        tree |= children
-    return sum(used.get(pid, 0.0) for pid in tree)
-
-
 def settle(root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60) -> None:
     """Wait until the process tree of ``root`` is idle: ``mlflow server`` starts a job
     runner and several huey consumers that keep both cores busy for seconds after
     ``/health`` first answers, and the timed batches should not share the CPU with them."""
     deadline = time.monotonic() + limit_s
-    last = _tree_cpu_seconds(root)
+    last = tree_cpu_seconds(root)
     while time.monotonic() < deadline:
         time.sleep(1)
-        now = _tree_cpu_seconds(root)
+        now = tree_cpu_seconds(root)
         if now - last < quiet_cpu_s:
             return
         last = now

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import tree_cpu_seconds  # benchmarks/_common.py
 from _openloop import closed_loop, open_loop  # benchmarks/_openloop.py
 
 HERE = Path(__file__).resolve().parent
@@ -407,37 +408,16 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[tup
             proc.wait()
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by process ``root`` and its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, grown = {root}, True
-    while grown:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
-        grown = bool(children)
-        tree |= children
-    return sum(used.get(pid, 0.0) for pid in tree)
-
-
 def settle(root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60) -> None:
     """Wait until the server's process tree is idle: a second worker may still be
     importing and loading its model after the first answered the readiness probe (MLflow
     and BentoML start their workers one after the other), and the timed load should not
     share the CPU with that."""
     deadline = time.monotonic() + limit_s
-    last = _tree_cpu_seconds(root)
+    last = tree_cpu_seconds(root)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _tree_cpu_seconds(root)
+        now = tree_cpu_seconds(root)
         if now - last < quiet_cpu_s:
             return
         last = now
@@ -551,10 +531,10 @@ def measure_run(
         """An untimed warm-up, then the timed run, with the server's CPU time over it."""
         if warm:
             load.run(endpoint, body, target.headers, connections=connections, seconds=warm)
-        cpu = _tree_cpu_seconds(pid)
+        cpu = tree_cpu_seconds(pid)
         seconds = args.duration
         out = load.run(endpoint, body, target.headers, connections=connections, seconds=seconds)
-        out["cpu_s"] = _tree_cpu_seconds(pid) - cpu
+        out["cpu_s"] = tree_cpu_seconds(pid) - cpu
         return out
 
     row: dict[str, Any] = {}
