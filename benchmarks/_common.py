@@ -9,6 +9,7 @@ import math
 import os
 import sqlite3
 import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,20 @@ def tree_cpu_seconds(root: int) -> float:
         grown = bool(children)
         tree |= children
     return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def settle(
+    root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60, interval_s: float = 1.0
+) -> None:
+    """Wait until the process tree of ``root`` is idle (under ``quiet_cpu_s`` of CPU per
+    ``interval_s``), at most ``limit_s``: servers go on starting workers, job runners and
+    consumers after their health check first answers (MLflow, BentoML, a second replica),
+    and timed load should not share the CPU with that."""
+    deadline = time.monotonic() + limit_s
+    last = tree_cpu_seconds(root)
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        now = tree_cpu_seconds(root)
+        if now - last < quiet_cpu_s:
+            return
+        last = now

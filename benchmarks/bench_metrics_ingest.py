@@ -68,7 +68,7 @@ from _common import (  # benchmarks/_common.py
     percentile,
     postgres_database,
     server_version,
-    tree_cpu_seconds,
+    settle,
 )
 
 GOAL_POINTS_PER_S = 100_000
@@ -520,20 +520,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def settle(root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60) -> None:
-    """Wait until the process tree of ``root`` is idle: ``mlflow server`` starts a job
-    runner and several huey consumers that keep both cores busy for seconds after
-    ``/health`` first answers, and the timed batches should not share the CPU with them."""
-    deadline = time.monotonic() + limit_s
-    last = tree_cpu_seconds(root)
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        now = tree_cpu_seconds(root)
-        if now - last < quiet_cpu_s:
-            return
-        last = now
 
 
 @contextlib.contextmanager

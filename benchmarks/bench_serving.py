@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import tree_cpu_seconds  # benchmarks/_common.py
+from _common import settle, tree_cpu_seconds  # benchmarks/_common.py
 from _openloop import closed_loop, open_loop  # benchmarks/_openloop.py
 
 HERE = Path(__file__).resolve().parent
@@ -395,7 +395,7 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[tup
                 tail = log_path.read_text(errors="replace")[-3000:]
                 raise SystemExit(f"{target.label} not ready after {timeout:.0f} s:\n{tail}")
             time.sleep(0.2)
-        settle(proc.pid)
+        settle(proc.pid, interval_s=0.5)
         yield url, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -406,21 +406,6 @@ def running(target: Target, logs: Path, *, timeout: float = 180) -> Iterator[tup
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def settle(root: int, *, quiet_cpu_s: float = 0.05, limit_s: float = 60) -> None:
-    """Wait until the server's process tree is idle: a second worker may still be
-    importing and loading its model after the first answered the readiness probe (MLflow
-    and BentoML start their workers one after the other), and the timed load should not
-    share the CPU with that."""
-    deadline = time.monotonic() + limit_s
-    last = tree_cpu_seconds(root)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tree_cpu_seconds(root)
-        if now - last < quiet_cpu_s:
-            return
-        last = now
 
 
 def check_answers(url: str, target: Target, body: bytes, expected: list[int]) -> None:
