@@ -37,6 +37,9 @@ def create_app(platform: Platform) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: the audit entry sees the id
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    from mlrig.api.routers import mlflow_compat
+
+    app.include_router(mlflow_compat.router)  # MLflow's own paths, outside /api/ml
     platform.hooks.register_routes(app)
     _document_security(app)
     openapi.install(app)  # last: completes the schema the steps above build

@@ -33,6 +33,9 @@ BUILTIN_COMMANDS = {
     "deployments": "mlrig.cli.deployments:deployments",
     "serve": "mlrig.cli.serve:serve",
     "predict": "mlrig.cli.predict:predict",
+    "login": "mlrig.cli.login:login",
+    "logout": "mlrig.cli.login:logout",
+    "import": "mlrig.cli.importer:import_group",
 }
 
 

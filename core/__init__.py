@@ -33,6 +33,21 @@ _EXPORTS = {
     "Executor": "mlrig.contracts",
     "JobHandle": "mlrig.contracts",
     "JobSpec": "mlrig.contracts",
+    # tracking from user code (docs/tracking.md)
+    "start_run": "mlrig.tracking.fluent",
+    "end_run": "mlrig.tracking.fluent",
+    "active_run": "mlrig.tracking.fluent",
+    "log_metric": "mlrig.tracking.fluent",
+    "log_metrics": "mlrig.tracking.fluent",
+    "log_param": "mlrig.tracking.fluent",
+    "log_params": "mlrig.tracking.fluent",
+    "set_tag": "mlrig.tracking.fluent",
+    "set_tags": "mlrig.tracking.fluent",
+    "log_artifact": "mlrig.tracking.fluent",
+    "log_artifacts": "mlrig.tracking.fluent",
+    "set_tracking": "mlrig.tracking.fluent",
+    "autolog": "mlrig.tracking.autolog",
+    "load_model": "mlrig.tracking.loading",
 }
 
 __all__ = [
@@ -54,9 +69,23 @@ __all__ = [
     "Trainer",
     "TrainingContext",
     "__version__",
+    "active_run",
+    "autolog",
+    "end_run",
     "hookimpl",
+    "load_model",
     "load_settings",
+    "log_artifact",
+    "log_artifacts",
+    "log_metric",
+    "log_metrics",
     "log_model",
+    "log_param",
+    "log_params",
+    "set_tag",
+    "set_tags",
+    "set_tracking",
+    "start_run",
 ]
 
 if TYPE_CHECKING:

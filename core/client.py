@@ -89,6 +89,12 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------------
 
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call any route under ``/api/ml`` (``path`` like ``/models``; ``kwargs`` go to
+        httpx): the decoded JSON body, or the server's error raised as its
+        :class:`~mlrig.errors.MlrigError` subclass. For routes without a method here."""
+        return self._request(method, path, **kwargs)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 

@@ -243,6 +243,25 @@ class ServingSection(Section):
     scale_down_cooldown_seconds: float = Field(default=60.0, gt=0)
 
 
+class TrackingSection(Section):
+    """Runs tracked from user code (``mlrig.start_run``): the server's heartbeat timeout and
+    the client's metric buffer."""
+
+    #: a running tracked run whose script sent no heartbeat for this long is marked
+    #: failed (the script was killed); the server checks every few seconds
+    heartbeat_timeout_seconds: float = Field(default=300.0, gt=0, le=7 * 86400)
+    #: how often a tracked run's client sends a heartbeat
+    heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=86400)
+    #: the client flushes buffered metric points when this many are waiting...
+    flush_points: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: ...or when the oldest has waited this long
+    flush_seconds: float = Field(default=2.0, gt=0, le=3600)
+    #: points kept in memory at most; beyond it (a server down) they go to the spill file
+    max_buffered_points: int = Field(default=1_000_000, ge=1000, le=100_000_000)
+    #: where the client spills points it could not send yet (default: the user cache dir)
+    spill_dir: ConfigPath | None = None
+
+
 class PluginsSection(Section):
     """``[plugins.NAME]`` tables, one per hook plugin, each validated by that plugin's
     ``Options`` model when the platform is assembled (see :mod:`mlrig.hooks`)."""
@@ -290,6 +309,7 @@ class Settings(BaseSettings):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     datasets: DatasetsSection = Field(default_factory=DatasetsSection)
     serving: ServingSection = Field(default_factory=ServingSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
 
     #: the file the settings were read from, if any (not a config key)

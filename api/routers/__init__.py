@@ -8,6 +8,7 @@ from mlrig.api.routers import (
     health,
     models,
     predict,
+    runs,
     tokens,
     users,
     versions,
@@ -22,6 +23,7 @@ ROUTERS = [
     tokens.router,
     audit.router,
     experiments.router,
+    runs.router,
     deployments.router,
     predict.router,
 ]

@@ -29,6 +29,8 @@ from mlrig.db.models.training import (
     AutoMLJob,
     EngineWorker,
     ExperimentEvent,
+    RunArtifact,
+    RunGroup,
     TrainingExperiment,
     TrainingMetric,
 )
@@ -71,6 +73,8 @@ __all__ = [
     "ModelEvaluation",
     "ModelPerformanceMetric",
     "RegisteredModel",
+    "RunArtifact",
+    "RunGroup",
     "TrainingExperiment",
     "TrainingMetric",
     "User",

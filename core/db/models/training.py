@@ -58,6 +58,56 @@ class TrainingExperiment(Base):
     last_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     seed: Mapped[int | None] = mapped_column(BigInteger)
     reproducibility: Mapped[dict[str, Any]] = json_object(nullable=False)
+    # --- tracking (migration 0007): runs from user code, nested and grouped
+    #: ``engine`` (a job the engine runs), ``tracking`` (a script's run), ``mlflow`` (made
+    #: through the MLflow-compatible routes) or ``import`` (brought in by ``mlrig import``)
+    origin: Mapped[str] = mapped_column(String(20), default="engine", server_default="engine")
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("training_experiments.id", ondelete="SET NULL"), index=True
+    )
+    #: the study a run belongs to (``start_run(experiment=...)``; a sweep's trials)
+    group_name: Mapped[str | None] = mapped_column(String(255), index=True)
+    tags: Mapped[dict[str, Any]] = json_object(nullable=False)
+
+
+class RunGroup(Base):
+    """The study runs are grouped under (``start_run(experiment="churn")``; MLflow's
+    experiment); runs name it by ``group_name``."""
+
+    __tablename__ = "run_groups"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[dict[str, Any]] = json_object(nullable=False)
+    created_at: Mapped[datetime] = created_at()
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+Index("uq_run_groups_name", RunGroup.name, unique=True)
+
+
+class RunArtifact(Base):
+    """A file a run logged (``run.log_artifact``), stored by the artifact store."""
+
+    __tablename__ = "run_artifacts"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("training_experiments.id", ondelete="CASCADE")
+    )
+    #: the path under the run, ``/``-separated (``plots/loss.png``)
+    path: Mapped[str] = mapped_column(String(1024))
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: sha256 of the plain bytes
+    checksum: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = created_at()
+
+
+Index(
+    "uq_run_artifacts_experiment_id_path", RunArtifact.experiment_id, RunArtifact.path, unique=True
+)
 
 
 Index("idx_training_experiments_model_id", TrainingExperiment.model_id)
