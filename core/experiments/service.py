@@ -17,7 +17,10 @@ from mlrig.db.lookup import find_by_id_prefix
 from mlrig.db.models import EXPERIMENT_STATUSES, ExperimentEvent, TrainingExperiment, User
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.experiments import metrics, points, rules
+from mlrig.experiments.groups import RunGroups
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, LogStore
+from mlrig.experiments.run_files import RunFiles
+from mlrig.experiments.runs import ORIGINS, TrackedRuns
 from mlrig.experiments.views import event_view, experiment_summary, experiment_view
 
 if TYPE_CHECKING:
@@ -44,8 +47,12 @@ def _as_uuid(ref: str | uuid.UUID) -> uuid.UUID | None:
         return None
 
 
-class ExperimentService:
+class ExperimentService(TrackedRuns, RunGroups, RunFiles):
     """Experiments as plain dicts; the API and the CLI are thin layers over it.
+
+    Tracked runs (:mod:`mlrig.experiments.runs`), their groups
+    (:mod:`mlrig.experiments.groups`) and files (:mod:`mlrig.experiments.run_files`) are
+    mixed in: one service for every kind of run.
 
     :param db: the database.
     :param queue: the job queue, which records every state change and fires its hook.
@@ -297,12 +304,20 @@ class ExperimentService:
         status: str | None = None,
         name_prefix: str | None = None,
         trainer: str | None = None,
+        origin: str | None = None,
+        group: str | None = None,
+        parent: str | uuid.UUID | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Views:
-        """Experiments, newest first."""
+        """Experiments, newest first; ``origin`` (engine, tracking, mlflow, import),
+        ``group`` (a run group's name) and ``parent`` (the runs nested in that one)
+        filter them."""
         if status is not None and status not in EXPERIMENT_STATUSES:
             msg = f"unknown status {status!r}; use one of {', '.join(EXPERIMENT_STATUSES)}"
+            raise ValidationError(msg)
+        if origin is not None and origin not in ORIGINS:
+            msg = f"unknown origin {origin!r}; use one of {', '.join(ORIGINS)}"
             raise ValidationError(msg)
         if not 1 <= limit <= 1000 or not 0 <= offset <= v.INT64_MAX:
             msg = f"limit must be 1-1000 and offset >= 0, got limit={limit}, offset={offset}"
@@ -314,7 +329,13 @@ class ExperimentService:
             stmt = stmt.where(TrainingExperiment.name.startswith(name_prefix, autoescape=True))
         if trainer:
             stmt = stmt.where(TrainingExperiment.trainer == trainer)
+        if origin is not None:
+            stmt = stmt.where(TrainingExperiment.origin == origin)
+        if group is not None:
+            stmt = stmt.where(TrainingExperiment.group_name == group)
         with self.db.session() as session:
+            if parent is not None:
+                stmt = stmt.where(TrainingExperiment.parent_id == self._row(session, parent).id)
             rows = session.scalars(stmt.limit(limit).offset(offset)).all()
             creators = self._creators(session, rows)
         return [experiment_summary(r, creator=creators.get(r.created_by)) for r in rows]
@@ -341,7 +362,14 @@ class ExperimentService:
         table = {p: [(row.hyperparameters or {}).get(p) for row in rows] for p in params}
         return {
             "experiments": [
-                {"id": str(r.id), "name": r.name, "status": r.status, "trainer": r.trainer}
+                {
+                    "id": str(r.id),
+                    "name": r.name,
+                    "status": r.status,
+                    "trainer": r.trainer,
+                    "origin": r.origin,
+                    "group": r.group_name,
+                }
                 for r in rows
             ],
             "hyperparameters": table,
@@ -351,9 +379,22 @@ class ExperimentService:
 
     # --- state changes ------------------------------------------------------------------
 
+    def _engine_only(self, ref: str | uuid.UUID, what: str) -> uuid.UUID:
+        with self.db.session() as session:
+            row = self._row(session, ref)
+            if row.origin != "engine":
+                msg = (
+                    f"experiment {row.name!r} is a tracked run (origin {row.origin}), not a "
+                    f"job of the engine: it cannot be {what}; resume it from its script "
+                    "(mlrig.start_run(run_id=...))"
+                )
+                raise ConflictError(msg, details={"origin": row.origin})
+            return row.id
+
     def start(self, ref: str | uuid.UUID) -> View:
-        """Queue a created, failed or cancelled experiment (:class:`ConflictError` else)."""
-        self.queue.enqueue(self.resolve(ref))
+        """Queue a created, failed or cancelled experiment (:class:`ConflictError` else,
+        and for tracked runs: the engine has nothing to run)."""
+        self.queue.enqueue(self._engine_only(ref, "queued"))
         return self.get(ref)
 
     def stop(self, ref: str | uuid.UUID) -> View:

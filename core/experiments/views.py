@@ -40,6 +40,10 @@ def experiment_summary(row: TrainingExperiment, *, creator: str | None = None) -
         "started_at": iso(row.started_at),
         "completed_at": iso(row.completed_at),
         "updated_at": iso(row.updated_at),
+        "origin": row.origin,
+        "group": row.group_name,
+        "parent_id": _str(row.parent_id),
+        "tags": dict(row.tags or {}),
     }
 
 
