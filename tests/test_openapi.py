@@ -321,7 +321,8 @@ def test_ci_runs_the_fuzz_env_on_both_databases():
 
     root = Path(__file__).resolve().parents[1]
     tox = (root / "tox.ini").read_text()
-    section = tox.split("[testenv:fuzz]", 1)[1].split("\n[", 1)[0]
-    assert "run.py sqlite" in section and "run.py postgresql" in section
-    assert re.search(r"^env_list = .*\bfuzz\b", tox, re.M)
-    assert "-e lint,core,heavy,integration,fuzz" in (root / ".ci" / "run").read_text()
+    for env in ("fuzz", "ci"):
+        section = tox.split(f"[testenv:{env}]", 1)[1].split("\n[", 1)[0]
+        assert "run.py sqlite" in section and "run.py postgresql" in section
+    assert re.search(r"^env_list = .*\bci\b", tox, re.M)
+    assert "-e lint,ci,heavy" in (root / ".ci" / "run").read_text()
