@@ -41,7 +41,7 @@ __all__ = [
 
 #: the mlflow release the compatibility tests run (the full package: the client, the file
 #: and SQLite stores and the model flavours; mlflow-skinny lacks the SQL store)
-MLFLOW_REQUIREMENT = "mlflow==3.18.0"
+MLFLOW_REQUIREMENT = "mlflow==3.17.2"
 #: seconds one ``pip install`` may take before it counts as failed
 INSTALL_TIMEOUT = 1200
 _MARKER = ".mlrig-ready"
