@@ -485,7 +485,10 @@ class TrackedRuns:
         cutoff = now - timedelta(seconds=timeout)
         silent = (
             (TrainingExperiment.status == states.RUNNING)
-            & (TrainingExperiment.origin != "engine")
+            # only runs whose client sends heartbeats: the MLflow client has no such
+            # thing (its runs stay running until ended, as on an MLflow server) and an
+            # import writes finished history
+            & (TrainingExperiment.origin == "tracking")
             & (TrainingExperiment.heartbeat_at < cutoff)
         )
         with self.db.session() as session:
