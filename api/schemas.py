@@ -276,7 +276,7 @@ class ExperimentSummary(Out):
     id: str
     name: str
     description: str | None
-    trainer: str
+    trainer: str | None = Field(description="The engine's trainer (null for tracked runs).")
     status: ExperimentStatus
     status_detail: str | None
     priority: int
@@ -295,6 +295,14 @@ class ExperimentSummary(Out):
     started_at: Timestamp | None
     completed_at: Timestamp | None
     updated_at: Timestamp | None
+    origin: Literal["engine", "tracking", "mlflow", "import"] = Field(
+        default="engine",
+        description="engine: a job the engine runs; tracking: a script's run "
+        "(mlrig.start_run); mlflow: made through the MLflow routes; import: mlrig import.",
+    )
+    group: str | None = Field(default=None, description="The run group (study) it is in.")
+    parent_id: str | None = Field(default=None, description="The run it is nested in.")
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class Experiment(ExperimentSummary):

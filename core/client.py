@@ -390,6 +390,136 @@ class Client:
         """Whether deployment ``ref`` is loaded and serving, per version."""
         return self._request("GET", f"/deployments/{_segment(ref)}/health")
 
+    # --- tracked runs -----------------------------------------------------------------------
+
+    def start_run(self, **fields: Any) -> dict[str, Any]:
+        """Start a tracked run (``name``, ``group``, ``parent``, ``params``, ``tags``,
+        ``description``, ``reproducibility``, ``origin``, ``started_at``: as
+        ``ExperimentService.start_run``); it is ``running`` until :meth:`end_run`."""
+        body = {k: _jsonable(v) for k, v in fields.items() if v is not None}
+        return self._request("POST", "/runs", json=body)
+
+    def log_params(self, ref: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Add params to a run (a key logged again must keep its value: 409 otherwise)."""
+        return self._request("POST", f"{_run(ref)}/params", json={"params": dict(params)})
+
+    def set_tags(self, ref: str, tags: Mapping[str, str]) -> dict[str, Any]:
+        """Set tags of a run (merged over its tags)."""
+        return self._request("POST", f"{_run(ref)}/tags", json={"tags": dict(tags)})
+
+    def delete_tag(self, ref: str, key: str) -> dict[str, Any]:
+        """Remove one tag of a run."""
+        return self._request("DELETE", f"{_run(ref)}/tags/{_segment(key)}")
+
+    def heartbeat(self, ref: str) -> dict[str, Any]:
+        """Tell the server the run's script is alive (:class:`~mlrig.errors.ConflictError`
+        once the run is no longer running)."""
+        return self._request("POST", f"{_run(ref)}/heartbeat")
+
+    def end_run(
+        self,
+        ref: str,
+        *,
+        status: str = "completed",
+        error: str | None = None,
+        ended_at: Any = None,
+    ) -> dict[str, Any]:
+        """End a run: ``completed``, ``failed`` (with ``error``) or ``killed``."""
+        body = _params({"status": status, "error": error, "ended_at": _jsonable(ended_at)})
+        return self._request("POST", f"{_run(ref)}/end", json=body)
+
+    def resume_run(self, ref: str) -> dict[str, Any]:
+        """Put an ended run back to running."""
+        return self._request("POST", f"{_run(ref)}/resume")
+
+    def log_dataset(self, ref: str, dataset: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a dataset the run used: ``{"name", "source", "digest", "schema", "rows",
+        "context"}``."""
+        return self._request("POST", f"{_run(ref)}/datasets", json=dict(dataset))
+
+    def upload_run_artifact(self, ref: str, path: str, data: bytes | IO[bytes]) -> dict[str, Any]:
+        """Store ``data`` (bytes or a binary file) as the run's file ``path`` (``a/b.txt``)."""
+        return self._request(
+            "PUT",
+            f"{_run(ref)}/artifacts/{_path(path)}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def list_run_artifacts(self, ref: str, prefix: str | None = None) -> list[dict[str, Any]]:
+        """The files of a run (``path``, ``size_bytes``, ``checksum``), by path."""
+        return self._items(f"{_run(ref)}/artifacts", {"prefix": prefix})
+
+    def download_run_artifact(self, ref: str, path: str, dest: str | Path) -> Path:
+        """Download the run's file ``path`` to ``dest`` (a file, or a folder to put it
+        in); the sha256 is checked. Returns the file written."""
+        import hashlib
+
+        import httpx
+
+        target = Path(dest)
+        if target.is_dir():
+            target = target / path.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            with self._http.stream("GET", f"{_run(ref)}/artifacts/{_path(path)}") as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                expected = response.headers.get("x-checksum-sha256", "")
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            msg = f"cannot reach the mlrig server at {self.url}: {exc}; is `mlrig server` running?"
+            raise errors.MlrigError(msg, details={"url": self.url}) from None
+        if expected and digest.hexdigest() != expected:
+            partial.unlink(missing_ok=True)
+            msg = f"artifact {path!r} of run {ref!r} arrived damaged (sha256 mismatch)"
+            raise errors.CorruptArtifactError(msg, details={"path": path})
+        partial.replace(target)
+        return target
+
+    def list_groups(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """The run groups (studies) with their number of runs."""
+        return self._items("/groups", {"include_deleted": include_deleted or None})
+
+    def get_group(self, ref: str) -> dict[str, Any]:
+        """A run group by name or id."""
+        return self._request("GET", f"/groups/{_segment(ref)}")
+
+    def ensure_group(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The run group ``name``, made if missing."""
+        body = _params({"name": name, "description": description, "tags": tags})
+        return self._request("POST", "/groups", json=body)
+
+
+def _run(ref: str) -> str:
+    return f"/experiments/{_segment(ref)}"
+
+
+def _path(path: str) -> str:
+    """A run artifact path for the URL: each segment quoted, the ``/`` kept."""
+    from urllib.parse import quote
+
+    return "/".join(quote(part, safe="") for part in str(path).split("/"))
+
+
+def _jsonable(value: Any) -> Any:
+    """Datetimes as ISO 8601 text; the rest unchanged."""
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) and not isinstance(value, str) else value
+
 
 def _raise_for_error(response: httpx.Response) -> None:
     if not response.is_error:

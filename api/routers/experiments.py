@@ -131,6 +131,11 @@ def list_experiments(
     | None = None,
     name_prefix: str | None = Query(default=None, description="Names starting with this."),
     trainer: str | None = None,
+    origin: Literal["engine", "tracking", "mlflow", "import"] | None = None,
+    group: str | None = Query(default=None, max_length=255, description="Runs of this group."),
+    parent: str | None = Query(
+        default=None, max_length=255, description="Runs nested in this one (id or name)."
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
     offset: Offset = 0,
     cursor: Cursor = None,
@@ -138,7 +143,14 @@ def list_experiments(
     """One page, newest first: ``{"items": [...], "next_cursor": ...}``."""
     return offset_page(  # type: ignore[return-value]
         lambda n, skip: platform.experiments.list(
-            status=status, name_prefix=name_prefix, trainer=trainer, limit=n, offset=skip
+            status=status,
+            name_prefix=name_prefix,
+            trainer=trainer,
+            origin=origin,
+            group=group,
+            parent=parent,
+            limit=n,
+            offset=skip,
         ),
         limit=limit,
         offset=offset,
