@@ -1,5 +1,8 @@
 """What the CLI's commands share: the config path, the plugin manager, the platform.
 
+With ``--url``/``MLRIG_URL`` the platform is a server's (:class:`mlrig.remote.RemotePlatform`:
+the same services over REST) and the principal is the server's user of the token.
+
 Plugin commands use the public helpers re-exported by :mod:`mlrig.cli`:
 :func:`pass_platform`, :func:`current_platform` and :func:`current_principal`.
 """
@@ -16,6 +19,7 @@ import click
 if TYPE_CHECKING:
     from mlrig.hooks import PluginManager
     from mlrig.platform import Platform
+    from mlrig.remote import RemotePlatform
     from mlrig.security import Principal
     from mlrig.security.roles import Permission
 
@@ -29,8 +33,10 @@ class CliState:
 
     config_path: str | None = None
     token: str | None = None
+    #: the server the commands talk to (``--url``/``MLRIG_URL``); ``None``: embedded
+    url: str | None = None
     _pm: PluginManager | None = None
-    _platform: Platform | None = None
+    _platform: Platform | RemotePlatform | None = None
     _principal: Principal | None = None
 
     @property
@@ -54,21 +60,44 @@ class CliState:
         """Whether :attr:`pm` has been built (and the hook plugins imported)."""
         return self._pm is not None
 
-    def platform(self) -> Platform:
-        """The platform built from the config (once per invocation)."""
-        if self._platform is None:
-            from mlrig.platform import Platform
+    @property
+    def remote(self) -> bool:
+        """Whether the commands talk to a server (``--url``/``MLRIG_URL``)."""
+        return bool(self.url)
 
-            self._platform = Platform.from_config(self.config_path, plugin_manager=self.pm)
-        return self._platform
+    def server_token(self) -> str | None:
+        """The token for :attr:`url`: ``--token``/``MLRIG_TOKEN``, else the one
+        ``mlrig login`` stored for that URL."""
+        if self.token or not self.url:
+            return self.token
+        from mlrig.remote.credentials import token_for
+
+        return token_for(self.url)
+
+    def platform(self) -> Platform:
+        """The platform built from the config (once per invocation); with :attr:`url`,
+        the server's (:class:`mlrig.remote.RemotePlatform`, the same methods over REST)."""
+        if self._platform is None:
+            if self.url:
+                from mlrig.remote import RemotePlatform
+
+                self._platform = RemotePlatform(self.url, token=self.server_token())
+            else:
+                from mlrig.platform import Platform
+
+                self._platform = Platform.from_config(self.config_path, plugin_manager=self.pm)
+        return self._platform  # type: ignore[return-value]  # a RemotePlatform quacks alike
 
     def principal(self) -> Principal:
         """Who runs this command: the user of ``--token``/``MLRIG_TOKEN``, else the local
-        operator (``cli:<login>``, admin: the embedded CLI has the database anyway)."""
+        operator (``cli:<login>``, admin: the embedded CLI has the database anyway).
+        Against a server: the server's user of the token (``GET /users/me``)."""
         if self._principal is None:
             from mlrig.security import Principal
 
-            if self.token:
+            if self.url:
+                self._principal = self.platform().whoami()  # type: ignore[attr-defined]
+            elif self.token:
                 self._principal = self.platform().security.authenticate(self.token)
             else:
                 self._principal = Principal(name=cli_actor(), role="admin")
@@ -151,7 +180,10 @@ def require_writer() -> Principal:
 def audit_cli(
     action: str, *, resource_type: str, resource_id: str | None, outcome: str = "success"
 ) -> None:
-    """Record a CLI action in the audit log, as the command's principal."""
+    """Record a CLI action in the audit log, as the command's principal (against a server,
+    nothing: the server audits the routes it serves)."""
+    if get_state().remote:
+        return
     get_platform().audit.record(
         actor=get_principal().name,
         action=action,

@@ -38,6 +38,10 @@ BUILTIN_COMMANDS = {
     "import": "mlrig.cli.importer:import_group",
 }
 
+#: commands that work on the database, the storage or the processes next to them: with
+#: ``--url`` they say so and exit 2
+LOCAL_ONLY = frozenset({"init", "db", "worker", "server", "serve", "storage", "quickstart"})
+
 
 class MlrigGroup(click.Group):
     """A group that turns :class:`MlrigError` into one line on stderr and exit code 1, and
@@ -74,7 +78,10 @@ class MlrigGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MlrigError as exc:
-            raise click.ClickException(exc.message) from None
+            failure = click.ClickException(exc.message)
+            if exc.code == "local_only":  # mlrig.remote.LocalOnlyError
+                failure.exit_code = 2
+            raise failure from None
 
 
 @click.group(cls=MlrigGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,20 +93,36 @@ class MlrigGroup(click.Group):
     help="Config file (default: ./mlrig.toml, then the user config dir).",
 )
 @click.option(
+    "--url",
+    envvar="MLRIG_URL",
+    help="Work against the mlrig server at this URL instead of the local database.",
+)
+@click.option(
     "--token",
     envvar="MLRIG_TOKEN",
-    help="Act as this token's user (default: the local operator).",
+    help="Act as this token's user (default: the local operator; with --url, the token "
+    "`mlrig login` stored for that URL).",
 )
 @click.version_option(__version__, prog_name="mlrig")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, url: str | None, token: str | None) -> None:
     """mlrig: model registry, training engine, tracking, serving and more, in one package.
 
     Start with `mlrig quickstart`, or `mlrig init` to write a commented mlrig.toml.
+    With --url (or MLRIG_URL) the commands work against a server: see `mlrig login`.
     """
     state = ctx.ensure_object(CliState)
     state.config_path = config_path
-    state.token = token
+    state.url = url or None
+    state.token = token or None
+    if state.url and ctx.invoked_subcommand in LOCAL_ONLY:
+        click.echo(
+            f"Error: `mlrig {ctx.invoked_subcommand}` runs next to the database, not "
+            f"against a server: run it without --url/MLRIG_URL where the server's "
+            "mlrig.toml is",
+            err=True,
+        )
+        ctx.exit(2)
 
 
 def _add_builtin_commands(group: click.Group) -> None:

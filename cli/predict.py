@@ -33,8 +33,10 @@ def predict(
 ) -> None:
     """Predict with DEPLOYMENT (its id or name) for the rows of an input file."""
     body = _read_input(input_path)
-    if url:
-        answer = _remote(url, deployment, body, token or get_state().token)
+    state = get_state()
+    if url or state.url:  # the top-level --url/MLRIG_URL (and its stored login) too
+        token = token or (state.server_token() if not url or url == state.url else state.token)
+        answer = _remote(url or state.url or "", deployment, body, token)
     else:
         answer = _local(deployment, body)
     _show(answer, as_json)
