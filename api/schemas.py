@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from mlrig.db.models import STAGES
 from mlrig.security.roles import ROLES
@@ -321,15 +321,28 @@ class Experiment(ExperimentSummary):
     result: dict[str, Any] | None
     events: list[ExperimentEvent] = Field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Latest point per metric name."
+        default_factory=dict,
+        description='Latest point per metric name (a non-finite value as "NaN", '
+        '"Infinity" or "-Infinity").',
     )
+
+    @field_serializer("metrics")
+    def _wire_metrics(self, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from mlrig.experiments.points import wire_value
+
+        return {
+            name: {**point, "value": wire_value(point.get("value"))}
+            if isinstance(point.get("value"), float)
+            else point
+            for name, point in metrics.items()
+        }
 
 
 class MetricSeries(Out):
     """Columns of one metric's history; only the requested ``fields`` are present."""
 
     steps: list[int | None] | None = None
-    values: list[float] | None = None
+    values: list[float | Literal["NaN", "Infinity", "-Infinity"]] | None = None
     epochs: list[int | None] | None = None
     kinds: list[str | None] | None = None
     times: list[Timestamp] | None = None
@@ -349,8 +362,16 @@ class MetricsWritten(Out):
 class ExperimentComparison(Out):
     experiments: list[dict[str, Any]] = Field(description="id, name, status, trainer.")
     hyperparameters: dict[str, list[Any]] = Field(description="Name -> value per experiment.")
-    metrics: dict[str, list[float | None]] = Field(description="Name -> last value each.")
+    metrics: dict[str, list[float | Literal["NaN", "Infinity", "-Infinity"] | None]] = Field(
+        description="Name -> last value each."
+    )
     differing: list[str] = Field(description="Hyperparameters whose values differ.")
+
+    @field_serializer("metrics")
+    def _wire_metrics(self, metrics: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        from mlrig.experiments.points import wire_values
+
+        return {name: wire_values(values) for name, values in metrics.items()}
 
 
 # --- health -------------------------------------------------------------------------

@@ -166,6 +166,9 @@ class Client:
         for batch in _batches(points, batch_size):
             try:
                 body = orjson.dumps({"points": batch}, option=orjson.OPT_SERIALIZE_NUMPY)
+                if b"null" in body:  # orjson writes NaN and infinities as null
+                    wired = [_wire_point(point) for point in batch]
+                    body = orjson.dumps({"points": wired}, option=orjson.OPT_SERIALIZE_NUMPY)
             except TypeError as exc:
                 msg = f"a metric point is not JSON-serialisable: {exc}"
                 raise errors.ValidationError(msg) from None
@@ -213,7 +216,12 @@ class Client:
                 "fields": ",".join(fields) if fields is not None else None,
             }
         )
-        return self._request("GET", f"/experiments/{ref}/metrics", params=params)
+        history = self._request("GET", f"/experiments/{ref}/metrics", params=params)
+        for series in history.get("metrics", {}).values():
+            values = series.get("values")
+            if values and str in map(type, values):  # NaN and infinities come as text
+                series["values"] = [_NON_FINITE.get(x, x) if type(x) is str else x for x in values]
+        return history
 
     # --- models -----------------------------------------------------------------------------
 
@@ -502,6 +510,32 @@ class Client:
         """The run group ``name``, made if missing."""
         body = _params({"name": name, "description": description, "tags": tags})
         return self._request("POST", "/groups", json=body)
+
+
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _wire_value(value: Any) -> Any:
+    """A non-finite number as its JSON text (``"NaN"``, ``"Infinity"``, ``"-Infinity"``)."""
+    import math
+
+    try:
+        if math.isfinite(value):
+            return value
+    except TypeError:
+        return value
+    if value != value:
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _wire_point(point: Any) -> Any:
+    if isinstance(point, Mapping):
+        return {**point, "value": _wire_value(point.get("value"))} if "value" in point else point
+    items = list(point)
+    if len(items) > 1:
+        items[1] = _wire_value(items[1])
+    return items
 
 
 def _run(ref: str) -> str:

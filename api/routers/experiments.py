@@ -44,7 +44,7 @@ from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
 from mlrig.experiments.metrics import HISTORY_FIELDS, MAX_POINTS
-from mlrig.experiments.points import VALUE_LIMIT
+from mlrig.experiments.points import NON_FINITE_TEXT, VALUE_LIMIT, wire_values
 from mlrig.validation import INT32_MAX, INT64_MAX
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -267,6 +267,9 @@ def get_metrics(
         limit=limit,
         fields=None if fields is None else fields.split(","),
     )
+    for series in data["metrics"].values():  # NaN and infinities as their JSON texts
+        if "values" in series:
+            series["values"] = wire_values(series["values"])
     # Straight to bytes with orjson: FastAPI's encoder would walk every point again, and
     # json.dumps takes 6x as long for a 100,000-point history (docs/benchmarks.md).
     return Response(orjson.dumps(data), media_type="application/json")
@@ -280,9 +283,17 @@ METRIC_POINT_SCHEMA = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^\\u0000]*$"},
         "value": {
-            "type": "number",
-            "exclusiveMinimum": -VALUE_LIMIT,
-            "exclusiveMaximum": VALUE_LIMIT,
+            "oneOf": [
+                {
+                    "type": "number",
+                    "exclusiveMinimum": -VALUE_LIMIT,
+                    "exclusiveMaximum": VALUE_LIMIT,
+                },
+                {"enum": list(NON_FINITE_TEXT)},
+            ],
+            "description": 'A number, or "NaN", "Infinity", "-Infinity" (JSON has no '
+            "non-finite numbers; the bare NaN and Infinity that Python's json writes are "
+            "read too).",
         },
         "step": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32_MAX},
         "epoch": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32_MAX},
@@ -298,15 +309,28 @@ METRIC_POINT_SCHEMA = {
 _NON_FINITE = re.compile(rb"[:\[,]\s*-?(NaN|Infinity)\b")
 
 
+def _python_json(body: bytes) -> Any:
+    """``body`` read as Python's ``json`` writes it (bare ``NaN``, ``Infinity``,
+    ``-Infinity``), when it has those; else ``None``."""
+    if not _NON_FINITE.search(body):
+        return None
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
 def parse_points(body: bytes) -> list[Any]:
     """The ``points`` of an ingest body, checked for shape only (the service checks each)."""
     try:
         data = orjson.loads(body)  # 3x json.loads on a 10,000-point batch
     except orjson.JSONDecodeError as exc:
-        msg = f'the body is not valid JSON ({exc}); send {{"points": [...]}}'
-        if _NON_FINITE.search(body):  # what Python's json.dumps writes for nan and inf
-            msg += "; NaN and Infinity are not JSON: metric values must be finite numbers"
-        raise ValidationError(msg) from None
+        data = _python_json(body)  # the bare NaN and Infinity of Python's json.dumps
+        if data is None:
+            msg = f'the body is not valid JSON ({exc}); send {{"points": [...]}}'
+            raise ValidationError(msg) from None
     if (
         not isinstance(data, dict)
         or set(data) != {"points"}

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -50,6 +52,58 @@ if TYPE_CHECKING:
     from mlrig.db import Database
 
 _COLUMNS = "id, experiment_id, epoch, step, metric_name, metric_value, metric_type, recorded_at"
+
+# --- non-finite values --------------------------------------------------------------------
+# ``metric_value`` is the spec's NUMERIC(20, 10). PostgreSQL keeps NaN in it but no
+# infinity (a NUMERIC with a precision cannot hold one), so ±infinity is stored as
+# ±9999999999.9999999999: no finite value we accept can be stored as that (values are
+# within ±1e10 exclusive, and the float closest below 1e10 stores as
+# 9999999999.9999980927), and it reads back as float8 ±1e10, which no stored finite
+# value does. SQLite keeps infinities as REAL, and stores NaN as NULL (it has no NaN):
+# a NULL value reads back as NaN (no ingest path writes NULL otherwise).
+PG_INFINITY_TEXT = "9999999999.9999999999"
+_INFINITIES = frozenset({math.inf, -math.inf})
+_PG_INFINITIES = frozenset({1e10, -1e10})
+
+
+class _Text:
+    """A value whose COPY text is given (``repr`` is what the COPY formatting uses)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_PG_INFINITY = {math.inf: _Text(PG_INFINITY_TEXT), -math.inf: _Text(f"-{PG_INFINITY_TEXT}")}
+
+
+def _pg_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with infinite values replaced by their PostgreSQL text (the same list when
+    none is infinite: one pass in C)."""
+    if not any(map(_INFINITIES.__contains__, map(itemgetter(1), rows))):
+        return rows
+    return [(r[0], _PG_INFINITY[r[1]], *r[2:]) if r[1] in _INFINITIES else r for r in rows]
+
+
+def stored_values(values: list[Any], *, postgres: bool) -> list[Any]:
+    """Values as read from the column, with the stored forms of NaN and infinity made
+    floats again (the same list when there are none: one scan in C)."""
+    if postgres:
+        if 1e10 in values or -1e10 in values:
+            return [math.copysign(math.inf, x) if x in _PG_INFINITIES else x for x in values]
+        return values
+    if None in values:
+        return [math.nan if x is None else x for x in values]
+    return values
+
+
+def stored_value(value: Any, *, postgres: bool) -> Any:
+    """One value as read from the column (see :func:`stored_values`)."""
+    return stored_values([value], postgres=postgres)[0]
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -138,7 +192,7 @@ def write_points(
                 _require_attempt(session, key, fence, db.dialect == "postgresql")
             raw = session.connection().connection.driver_connection
             if db.dialect == "postgresql":
-                _copy_postgresql(raw, key, rows, batch_time=now)
+                _copy_postgresql(raw, key, _pg_rows(rows), batch_time=now)
             else:
                 _insert_sqlite(raw, key, rows)
     return len(rows)
@@ -325,6 +379,9 @@ def read_history(
         conn.rollback()
         history = _columns(rows, chosen)
         del rows
+    if "values" in chosen:
+        for series in history.values():
+            series["values"] = stored_values(series["values"], postgres=postgres)
     return history
 
 
@@ -474,7 +531,7 @@ def latest_values(db: Database, experiment_id: uuid.UUID | str) -> dict[str, dic
         latest[series_key(name, kind)] = {
             "name": name,
             "kind": kind,
-            "value": val,
+            "value": stored_value(val, postgres=postgres),
             "step": step,
             "epoch": epoch,
             "recorded_at": at,

@@ -33,11 +33,38 @@ def _int_ok(value: object) -> bool:
     return value is None or (type(value) is int and 0 <= value <= INT32_MAX)
 
 
+#: the JSON texts of the non-finite values (JSON has no NaN): accepted and returned so
+NON_FINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
 def _real(value: object) -> float:
-    """A float from any real number but a bool (NumPy scalars included)."""
+    """A float from any real number but a bool (NumPy scalars included), or from one of
+    the texts ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    if type(value) is str:
+        return NON_FINITE_TEXT[value]  # KeyError: not a number
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(value)
     return float(value)
+
+
+def wire_value(value: float | None) -> float | str | None:
+    """``value`` for JSON: a finite number as is, NaN and infinities as their texts."""
+    if value is None or math.isfinite(value):
+        return value
+    if value != value:
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def wire_values(values: list[Any]) -> list[Any]:
+    """A list of values for JSON (:func:`wire_value`); the same list when all are finite
+    (one ``sum`` in C decides: finite values are bounded, so their sum is finite)."""
+    try:
+        if math.isfinite(sum(values)):
+            return values
+    except TypeError:  # a None among them
+        pass
+    return [wire_value(x) for x in values]
 
 
 def _integer(value: object) -> int | None:
@@ -57,8 +84,9 @@ def check_points(points: Iterable[Point], *, now: datetime | None = None) -> lis
     A point is a mapping with ``name``, ``value`` and optional ``step``, ``epoch``,
     ``kind``, ``recorded_at``, or a sequence in that order (5 or 6 items). ``recorded_at``
     defaults to ``now`` (one time for the whole batch). Values must be finite real
-    numbers within ±1e10, steps and epochs integers from 0 to 2**31-1 (NumPy scalars are
-    accepted and converted).
+    numbers within ±1e10 or non-finite (NaN, ±infinity, also as the texts ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``: a diverged loss is kept as such), steps and epochs
+    integers from 0 to 2**31-1 (NumPy scalars are accepted and converted).
 
     :raises ValidationError: naming the first bad point, its index and the rule it broke.
     """
@@ -66,6 +94,7 @@ def check_points(points: Iterable[Point], *, now: datetime | None = None) -> lis
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     kinds = KINDS
+    isfinite = math.isfinite
     for index, point in enumerate(points):
         try:
             if type(point) is dict:
@@ -92,7 +121,8 @@ def check_points(points: Iterable[Point], *, now: datetime | None = None) -> lis
             if not (
                 type(name) is str
                 and 0 < len(name) <= MAX_NAME_LENGTH
-                and -VALUE_LIMIT < value < VALUE_LIMIT  # also False for NaN and inf
+                # NaN and infinities are kept (a diverged loss); huge finite values not
+                and (-VALUE_LIMIT < value < VALUE_LIMIT or not isfinite(value))
                 and (kind is None or kind in kinds)
                 and _int_ok(step)
                 and _int_ok(epoch)
@@ -170,14 +200,17 @@ def _field_problem(fields: dict[str, Any]) -> str:
         )
     try:
         number = _real(value)
-    except TypeError:
-        return f"value: {repr(value)[:40]} is not a number"
-    except OverflowError:
-        number = math.inf
-    if not -VALUE_LIMIT < number < VALUE_LIMIT:
+    except (TypeError, KeyError):
         return (
-            f"value: {repr(value)[:40]} must be finite and within ±1e10 "
-            "(the column is NUMERIC(20, 10))"
+            f"value: {repr(value)[:40]} is not a number (non-finite values are the texts "
+            '"NaN", "Infinity", "-Infinity")'
+        )
+    except OverflowError:
+        number = VALUE_LIMIT
+    if not (-VALUE_LIMIT < number < VALUE_LIMIT or not math.isfinite(number)):
+        return (
+            f"value: {repr(value)[:40]} must be within ±1e10 (the column is NUMERIC(20, 10)) "
+            "or non-finite (NaN, Infinity, -Infinity)"
         )
     for key in ("step", "epoch"):
         try:
