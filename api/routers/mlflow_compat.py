@@ -22,7 +22,6 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
@@ -32,6 +31,24 @@ from mlrig.api.mlflow.errors import (
     RESOURCE_ALREADY_EXISTS,
     MlflowError,
     MlflowRoute,
+)
+from mlrig.api.mlflow.messages import (
+    DeleteTag,
+    ExperimentCreate,
+    ExperimentRef,
+    ExperimentSearch,
+    ExperimentTag,
+    ExperimentUpdate,
+    LogBatch,
+    LogInputs,
+    LogMetric,
+    LogParam,
+    MetricIn,
+    RunCreate,
+    RunRef,
+    RunSearch,
+    RunUpdate,
+    SetTag,
 )
 from mlrig.api.mlflow.search import filter_sort_page, parse_filter, parse_order_by
 from mlrig.api.security import Reader, Writer
@@ -48,127 +65,6 @@ MAX_BATCH_TAGS = 100
 MAX_SEARCH_RUNS = 50_000
 #: bytes of an artifact upload kept in memory before spooling to a file
 SPOOL_BYTES = 8 * 1024 * 1024
-
-
-# --- request bodies (MLflow's messages; unknown fields ignored, as protobuf does) --------
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class KeyValue(_Message):
-    key: str
-    value: str | None = None
-
-
-class ExperimentCreate(_Message):
-    name: str
-    artifact_location: str | None = None
-    tags: list[KeyValue] = Field(default_factory=list)
-
-
-class ExperimentRef(_Message):
-    experiment_id: str
-
-
-class ExperimentUpdate(ExperimentRef):
-    new_name: str | None = None
-
-
-class ExperimentTag(ExperimentRef):
-    key: str
-    value: str | None = ""
-
-
-class ExperimentSearch(_Message):
-    max_results: int | None = None
-    page_token: str | None = None
-    filter: str | None = None
-    order_by: list[str] = Field(default_factory=list)
-    view_type: str | int | None = None
-
-
-class RunRef(_Message):
-    run_id: str | None = None
-    run_uuid: str | None = None
-
-    @property
-    def run(self) -> uuid.UUID:
-        """The experiment id of the run (``run_id``, or the older ``run_uuid``)."""
-        return c.run_key(self.run_id or self.run_uuid)
-
-
-class RunCreate(_Message):
-    experiment_id: str | None = None
-    user_id: str | None = None
-    start_time: int | None = None
-    tags: list[KeyValue] = Field(default_factory=list)
-    run_name: str | None = None
-
-
-class RunUpdate(RunRef):
-    status: str | None = None
-    end_time: int | None = None
-    run_name: str | None = None
-
-
-class MetricIn(_Message):
-    key: str
-    value: float
-    timestamp: int | None = None
-    step: int | None = None
-
-
-class LogMetric(RunRef, MetricIn):
-    pass
-
-
-class LogParam(RunRef):
-    key: str
-    value: str | None = ""
-
-
-class SetTag(RunRef):
-    key: str
-    value: str | None = ""
-
-
-class DeleteTag(RunRef):
-    key: str
-
-
-class LogBatch(RunRef):
-    metrics: list[MetricIn] = Field(default_factory=list)
-    params: list[KeyValue] = Field(default_factory=list)
-    tags: list[KeyValue] = Field(default_factory=list)
-
-
-class RunSearch(_Message):
-    experiment_ids: list[str] = Field(default_factory=list)
-    filter: str | None = None
-    run_view_type: str | int | None = None
-    max_results: int | None = None
-    order_by: list[str] = Field(default_factory=list)
-    page_token: str | None = None
-
-
-class Dataset(_Message):
-    name: str
-    digest: str | None = None
-    source_type: str | None = None
-    source: str | None = None
-    schema_: str | None = Field(default=None, alias="schema")
-    profile: str | None = None
-
-
-class DatasetInput(_Message):
-    tags: list[KeyValue] = Field(default_factory=list)
-    dataset: Dataset
-
-
-class LogInputs(RunRef):
-    datasets: list[DatasetInput] = Field(default_factory=list)
 
 
 # --- lookups --------------------------------------------------------------------------------
@@ -599,6 +495,13 @@ def _run_record(view: dict[str, Any], experiment_id: str) -> dict[str, Any]:
             "lifecycle_stage": info["lifecycle_stage"],
         },
     }
+
+
+@_api("/logged-models/search", "POST")
+def search_logged_models(platform: PlatformDep, _: Reader) -> dict[str, Any]:
+    """No MLflow logged models live here (register models with mlrig's registry): the
+    client asks while it lists a run's artifacts, and gets none."""
+    return {"models": []}
 
 
 # --- artifacts (MLflow's proxy: mlflow-artifacts:/<experiment id>/<run id>/artifacts/...) --
