@@ -120,6 +120,8 @@ class Worker:
                     self._beat_worker()
                 if now - last_sweep >= self.lease_seconds / 2:
                     self.platform.queue.requeue_expired()
+                    # tracked runs whose script went silent (as the API server does)
+                    self.platform.experiments.expire_silent_runs()
                     last_sweep = now
                 self._reap()  # first: a failed attempt may requeue its job for this claim
                 claimed = self._claim_while_free(max_jobs)

@@ -251,6 +251,7 @@ class ExperimentService(TrackedRuns, RunGroups, RunFiles):
     def rerun(self, ref: str | uuid.UUID, *, actor: Principal) -> View:
         """Queue a new experiment identical to ``ref`` (trainer, hyperparameters, dataset,
         resources, seed, rules), named ``<name>-rerun-N``."""
+        self._engine_only(ref, "rerun by the engine")
         with self.db.session() as session:
             source = self._row(session, ref)
             base = _RERUN_SUFFIX.sub("", source.name)
