@@ -23,6 +23,7 @@ from mlrig.testing.mlflow_venv import mlflow_python_or_skip, run_mlflow_script
 MLFLOW_SCRIPT = r"""
 import json, os, tempfile
 import mlflow
+import pandas as pd
 
 mlflow.set_tracking_uri(os.environ["TRACKING_URI"])
 mlflow.set_experiment("churn")
@@ -33,6 +34,8 @@ with mlflow.start_run(run_name="baseline") as run:
         mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
     mlflow.log_metrics({"acc": 0.75, "diverged": float("nan")}, step=4)
     mlflow.set_tag("team", "growth")
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    mlflow.log_input(mlflow.data.from_pandas(frame, name="train"), context="training")
     folder = tempfile.mkdtemp()
     with open(os.path.join(folder, "notes.txt"), "w") as f:
         f.write("hello from mlflow")
@@ -124,6 +127,10 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     assert [f["path"] for f in files] == ["notes.txt", "plots/curve.csv"]
     pieces, size = service.open_run_artifact(baseline["id"], "notes.txt")
     assert b"".join(pieces) == b"hello from mlflow" and size == 17
+    (dataset,) = baseline["reproducibility"]["datasets"]
+    assert dataset["name"] == "train" and dataset["context"] == "training"
+    assert dataset["rows"] == 3 and dataset["digest"]
+    assert [c["name"] for c in dataset["schema"]["mlflow_colspec"]] == ["x", "y"]
     broken = service.get(runs["broken"]["id"])
     assert broken["status"] == "failed"
     assert broken["hyperparameters"] == {"lr": "0.5"}
@@ -258,6 +265,17 @@ def test_runs_batch_history_search_and_the_ajax_prefix(mlflow_api):
             "tags": [{"key": "kind", "value": "odd" if i % 2 else "even"}],
         }
         _ok(client.post(f"{API}/runs/log-batch", json=batch, headers=dev))
+    odd = _ok(
+        client.post(
+            f"{API}/runs/create",
+            json={"experiment_id": experiment_id, "run_name": "my first run!"},
+            headers=dev,
+        )
+    )["run"]
+    assert odd["info"]["run_name"] == "my first run!"  # not a valid mlrig name: kept as a tag
+    odd_tags = {t["key"]: t["value"] for t in odd["data"]["tags"]}
+    assert odd_tags["mlflow.runName"] == "my first run!"
+    _ok(client.post(f"{API}/runs/delete", json={"run_id": odd["info"]["run_id"]}, headers=dev))
     done = {"run_id": ids[0], "status": "FINISHED", "end_time": 1_700_000_100_000}
     info = _ok(client.post(f"{API}/runs/update", json=done, headers=dev))["run_info"]
     assert info["status"] == "FINISHED" and info["end_time"] == 1_700_000_100_000
@@ -288,10 +306,11 @@ def test_runs_batch_history_search_and_the_ajax_prefix(mlflow_api):
     _ok(client.post(f"{API}/runs/delete", json={"run_id": ids[2]}, headers=dev))
     assert {r["info"]["run_id"] for r in search()["runs"]} == {ids[0], ids[1]}
     deleted = search(run_view_type="DELETED_ONLY")["runs"]
-    assert [r["info"]["run_id"] for r in deleted] == [ids[2]]
-    assert deleted[0]["info"]["lifecycle_stage"] == "deleted"
+    assert {r["info"]["run_id"] for r in deleted} == {ids[2], odd["info"]["run_id"]}
+    assert {r["info"]["lifecycle_stage"] for r in deleted} == {"deleted"}
     _ok(client.post(f"{API}/runs/restore", json={"run_id": ids[2]}, headers=dev))
     assert len(search()["runs"]) == 3
+    assert len(search(run_view_type="ALL")["runs"]) == 4
 
     # the UI's prefix answers the same
     ajax = client.get(f"/ajax-api/2.0/mlflow/runs/get?run_id={ids[1]}", headers=dev)
