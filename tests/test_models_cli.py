@@ -7,17 +7,18 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from mlrig.db.models import RegisteredModel
 from mlrig.errors import ValidationError
 from mlrig.registry import VersionQuery
 from mlrig.registry.search import MetricFilter
 from mlrig.security import Principal
+from mlrig.testing.cli_modes import MODES, CliMode, cli_in_mode
 
 DEV = Principal(name="dev", role="developer")
 
@@ -28,38 +29,13 @@ def _register(platform: Any, name: str = "iris", **kw: Any) -> dict[str, Any]:
     )
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Any:
-    """``mlrig --config ... GROUP ARGS`` in this process; ``cli.platform`` is the same
-    installation, for setting things up."""
-    from mlrig.cli.context import CliState
-    from mlrig.cli.experiments import experiments
-    from mlrig.cli.main import cli as group
-    from mlrig.cli.models import models
-
-    config = tmp_path / "mlrig.toml"
-    config.write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "cli.db"}"\n'
-        f'[storage.local]\nroot = "{tmp_path / "artifacts"}"\n'
-    )
-    for name, command in (("models", models), ("experiments", experiments)):
-        if name not in group.commands:
-            group.add_command(command, name=name)
-    states: list[CliState] = []
-
-    def run(*args: str, token: str | None = None) -> Result:
-        state = CliState()
-        states.append(state)
-        auth = ["--token", token] if token else []
-        return CliRunner().invoke(group, ["--config", str(config), *auth, *args], obj=state)
-
-    setup = CliState(config_path=str(config))
-    states.append(setup)
-    run.platform = setup.platform()  # type: ignore[attr-defined]
-    yield run
-    for state in states:
-        if state._platform is not None:
-            state._platform.close()
+@pytest.fixture(params=MODES)
+def cli(request: Any, tmp_path: Path) -> Iterator[CliMode]:
+    """``mlrig GROUP ARGS`` in this process, embedded and against a uvicorn server of the
+    same installation (:mod:`mlrig.testing.cli_modes`), as an admin unless ``token=``
+    says otherwise; ``cli.platform`` is that installation, for setting things up."""
+    with cli_in_mode(request.param, tmp_path / "cli-home") as runner:
+        yield runner
 
 
 # --- ids by prefix ----------------------------------------------------------------------
