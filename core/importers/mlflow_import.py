@@ -1,0 +1,508 @@
+"""Bring an MLflow store into mlrig: experiments become run groups, runs become tracked
+runs (``origin="import"``), registered models and their versions, aliases and stages
+become registry models.
+
+Idempotent: each imported run carries the tag ``mlflow.run_id``, each imported version
+the tag ``mlflow.version`` (its number is the MLflow number too), so a second import of
+the same store skips what the first brought in. A run whose import was cut off (still
+``running`` in mlrig) is imported again: its points are dropped and written anew, its
+files replaced, then it ends as in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlrig import validation as v
+from mlrig.errors import ConflictError, MlrigError, NotFoundError, ValidationError
+from mlrig.importers.mlflow_models import fetch, prepare_version
+from mlrig.importers.mlflow_records import (
+    Experiment,
+    MetricPoint,
+    MlflowSource,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
+
+if TYPE_CHECKING:
+    from mlrig.platform import Platform
+    from mlrig.security import Principal
+
+#: the tag that ties an mlrig run to the MLflow run it came from
+RUN_ID_TAG = "mlflow.run_id"
+#: the tag that marks an imported version (the MLflow version number)
+VERSION_TAG = "mlflow.version"
+#: points per log_metrics call
+BATCH = 10_000
+#: how MLflow's run statuses end an imported run, and the error recorded
+END = {
+    "FINISHED": ("completed", None),
+    "FAILED": ("failed", "failed in MLflow"),
+    "KILLED": ("killed", None),
+    "RUNNING": ("killed", "was still RUNNING in MLflow when it was imported"),
+    "SCHEDULED": ("killed", "was still SCHEDULED in MLflow when it was imported"),
+}
+STAGES = {"staging": "staging", "production": "production", "archived": "archived"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: ``progress(phase, done, total)``: phase is ``runs`` or ``models``
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ImportSummary:
+    """What an import did, for the CLI's summary and ``--json``."""
+
+    source: str
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "experiments",
+                "groups_created",
+                "runs",
+                "runs_imported",
+                "runs_skipped",
+                "runs_resumed",
+                "params",
+                "tags",
+                "metric_points",
+                "metric_points_skipped",
+                "artifacts",
+                "artifact_bytes",
+                "models",
+                "models_created",
+                "versions",
+                "versions_imported",
+                "versions_skipped",
+                "versions_not_converted",
+                "versions_unreachable",
+                "aliases",
+                "stages",
+            ),
+            0,
+        )
+    )
+    warnings: list[str] = field(default_factory=list)
+    #: MLflow run id -> mlrig run id, for every run of the store (new and earlier imports)
+    runs: dict[str, str] = field(default_factory=dict)
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self.counts[key] += amount
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < 200:
+            self.warnings.append(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            **self.counts,
+            "warnings": list(self.warnings),
+            "runs_map": dict(self.runs),
+        }
+
+
+def run_name(run: Run) -> str:
+    """An mlrig experiment name from the MLflow run name (letters, digits, ``. _ -``)."""
+    stem = _UNSAFE.sub("-", run.name or "").strip("-._")[:160]
+    return stem or f"mlflow-{run.id[:12]}"
+
+
+def _nonfinite_accepted() -> bool:
+    """Whether this mlrig stores NaN and infinite metric values."""
+    from mlrig.experiments.points import check_points
+
+    try:
+        check_points([("probe", math.nan, 0, None, None)])
+    except ValidationError:
+        return False
+    return True
+
+
+class MlflowImporter:
+    """One import of ``source`` into ``platform``, as ``actor``.
+
+    :param experiments: only these MLflow experiments (names); all when None.
+    :param artifacts: copy the runs' files.
+    :param models: import the registered models.
+    :param convert: package versions as mlrig models (see :mod:`.mlflow_models`).
+    :param progress: called as runs and versions are done.
+    """
+
+    def __init__(
+        self,
+        platform: Platform,
+        source: MlflowSource,
+        *,
+        actor: Principal,
+        experiments: list[str] | None = None,
+        artifacts: bool = True,
+        models: bool = True,
+        convert: bool = True,
+        progress: Progress | None = None,
+    ) -> None:
+        self.platform = platform
+        self.source = source
+        self.actor = actor
+        self.only = set(experiments) if experiments else None
+        self.copy_artifacts = artifacts
+        self.import_models = models
+        self.convert = convert
+        self.progress = progress or (lambda phase, done, total: None)
+        self.summary = ImportSummary(source=source.uri)
+        self.nonfinite = _nonfinite_accepted()
+
+    # --- the whole import -------------------------------------------------------------
+
+    def run(self) -> ImportSummary:
+        """Import everything; returns the summary."""
+        chosen = [e for e in self.source.experiments() if self.only is None or e.name in self.only]
+        missing = sorted((self.only or set()) - {e.name for e in chosen})
+        if missing:
+            msg = f"no MLflow experiment named {', '.join(map(repr, missing))} in the store"
+            raise NotFoundError(msg)
+        known = self._imported_runs()
+        planned = [(e, list(self.source.runs(e))) for e in chosen]
+        total = sum(len(runs) for _, runs in planned)
+        done = 0
+        self.progress("runs", 0, total)
+        for experiment, runs in planned:
+            self._group(experiment, len(runs))
+            for run in runs:
+                self._run(experiment, run, known.get(run.id))
+                done += 1
+                self.progress("runs", done, total)
+        if self.import_models:
+            self._models(known)
+        return self.summary
+
+    def _imported_runs(self) -> dict[str, dict[str, Any]]:
+        """MLflow run id -> the mlrig run an earlier import made of it."""
+        found: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while True:
+            page = self.platform.experiments.list(origin="import", limit=1000, offset=offset)
+            for view in page:
+                mlflow_id = (view.get("tags") or {}).get(RUN_ID_TAG)
+                if mlflow_id:
+                    found[str(mlflow_id)] = view
+            if len(page) < 1000:
+                return found
+            offset += 1000
+
+    # --- experiments and runs -------------------------------------------------------------
+
+    def _clean_tags(self, tags: dict[str, str], where: str) -> dict[str, str]:
+        """The tags mlrig can store; the others are reported."""
+        kept: dict[str, str] = {}
+        for key, value in sorted(tags.items()):
+            try:
+                v.check_tags({key: value})
+            except ValidationError as exc:
+                self.summary.warn(f"{where}: tag {key!r} not imported: {exc.message}")
+                continue
+            if len(kept) >= v.MAX_TAGS:
+                self.summary.warn(
+                    f"{where}: more than {v.MAX_TAGS} tags; {key!r} and later left out"
+                )
+                break
+            kept[key] = value
+        return kept
+
+    def _group(self, experiment: Experiment, runs: int) -> None:
+        self.summary.add("experiments")
+        if experiment.id == "0" and experiment.name == "Default" and not runs:
+            return  # MLflow's empty default experiment: no group for it
+        service = self.platform.experiments
+        try:
+            service.get_group(experiment.name)
+        except NotFoundError:
+            self.summary.add("groups_created")
+        tags = {k: x for k, x in experiment.tags.items() if k != "mlflow.note.content"}
+        tags["mlflow.experiment_id"] = experiment.id
+        service.ensure_group(
+            experiment.name,
+            description=experiment.tags.get("mlflow.note.content"),
+            tags=self._clean_tags(tags, f"experiment {experiment.name!r}")
+            if len(tags) <= v.MAX_TAGS
+            else {"mlflow.experiment_id": experiment.id},
+        )
+
+    def _run(self, experiment: Experiment, run: Run, earlier: dict[str, Any] | None) -> None:
+        self.summary.add("runs")
+        if earlier is not None and earlier.get("status") != "running":
+            self.summary.add("runs_skipped")
+            self.summary.runs[run.id] = str(earlier["id"])
+            return
+        where = f"run {run.id}"
+        tags = self._clean_tags(
+            {**run.tags, RUN_ID_TAG: run.id, "mlflow.experiment_id": experiment.id}, where
+        )
+        if RUN_ID_TAG not in tags:  # too many tags: the one that makes imports idempotent first
+            tags = {RUN_ID_TAG: run.id, **dict(list(tags.items())[: v.MAX_TAGS - 1])}
+        service = self.platform.experiments
+        if earlier is not None:
+            key = str(earlier["id"])
+            self._drop_points(key)
+            service.set_tags(key, tags, actor=self.actor)
+            service.log_params(key, run.params, actor=self.actor)
+            self.summary.add("runs_resumed")
+        else:
+            key = self._start(experiment, run, tags)
+            self.summary.add("runs_imported")
+        self.summary.runs[run.id] = key
+        self.summary.add("params", len(run.params))
+        self.summary.add("tags", len(tags))
+        self._metrics(key, run)
+        if self.copy_artifacts:
+            self._artifacts(key, run)
+        status, error = END.get(run.status.upper(), ("completed", None))
+        service.end_run(
+            key,
+            status=status,
+            error=error,
+            ended_at=run.end_time or run.start_time,
+            actor=self.actor,
+        )
+
+    def _start(self, experiment: Experiment, run: Run, tags: dict[str, str]) -> str:
+        service = self.platform.experiments
+        base = run_name(run)
+        for name in (base, f"{base}-{run.id[:8]}", f"{base}-{run.id}"):
+            try:
+                view = service.start_run(
+                    actor=self.actor,
+                    name=name,
+                    group=experiment.name,
+                    params=dict(run.params),
+                    tags=tags,
+                    description=run.tags.get("mlflow.note.content"),
+                    reproducibility=self._facts(run),
+                    origin="import",
+                    started_at=run.start_time,
+                )
+            except ConflictError:
+                continue
+            return str(view["id"])
+        msg = f"no free name for MLflow run {run.id} (tried {base!r} and suffixes)"
+        raise ConflictError(msg)
+
+    @staticmethod
+    def _facts(run: Run) -> dict[str, Any]:
+        """What the run's MLflow system tags say about how it was made."""
+        facts: dict[str, Any] = {"imported_from": "mlflow", "mlflow_run_id": run.id}
+        commit = run.tags.get("mlflow.source.git.commit")
+        if commit:
+            facts["git"] = {"commit": commit}
+        if run.tags.get("mlflow.source.name"):
+            facts["command"] = run.tags["mlflow.source.name"]
+        if run.user_id:
+            facts["user"] = run.user_id
+        return facts
+
+    def _drop_points(self, key: str) -> None:
+        """Remove the points a cut-off import wrote (they are written again)."""
+        from sqlalchemy import delete
+
+        from mlrig.db.models import TrainingMetric
+
+        with self.platform.db.session() as session:
+            session.execute(
+                delete(TrainingMetric).where(TrainingMetric.experiment_id == uuid.UUID(key))
+            )
+
+    def _usable(self, point: MetricPoint) -> bool:
+        from mlrig.experiments.points import INT32_MAX, MAX_NAME_LENGTH, VALUE_LIMIT
+
+        if not 0 <= point.step <= INT32_MAX or not 0 < len(point.key) <= MAX_NAME_LENGTH:
+            return False
+        if math.isfinite(point.value):
+            return -VALUE_LIMIT < point.value < VALUE_LIMIT
+        return self.nonfinite
+
+    def _metrics(self, key: str, run: Run) -> None:
+        batch: list[dict[str, Any]] = []
+        skipped = 0
+        for point in self.source.metric_history(run):
+            if not self._usable(point):
+                skipped += 1
+                continue
+            batch.append(
+                {
+                    "name": point.key,
+                    "value": point.value,
+                    "step": point.step,
+                    "recorded_at": point.timestamp,
+                }
+            )
+            if len(batch) >= BATCH:
+                self._write(key, batch)
+                batch = []
+        if batch:
+            self._write(key, batch)
+        if skipped:
+            self.summary.add("metric_points_skipped", skipped)
+            self.summary.warn(
+                f"run {run.id}: {skipped} metric points not imported (a step beyond 2**31-1, "
+                "a name over 100 characters, or a value mlrig cannot store)"
+            )
+
+    def _write(self, key: str, batch: list[dict[str, Any]]) -> None:
+        self.platform.experiments.log_metrics(key, batch)
+        self.summary.add("metric_points", len(batch))
+
+    def _artifacts(self, key: str, run: Run) -> None:
+        tree = self.source.run_artifacts(run)
+        if tree is None:
+            self.summary.warn(
+                f"run {run.id}: artifacts at {run.artifact_uri!r} are not reachable from here; "
+                "give --artifacts-root for mlflow-artifacts:/ URIs"
+            )
+            return
+        try:
+            files = list(tree.files())
+        except (OSError, MlrigError) as exc:
+            self.summary.warn(f"run {run.id}: cannot list its artifacts: {exc}")
+            return
+        for item in files:
+            with tree.open(item.path) as stream:
+                stored = self.platform.experiments.put_run_artifact(key, item.path, stream)
+            self.summary.add("artifacts")
+            self.summary.add("artifact_bytes", int(stored.get("size_bytes") or 0))
+
+    # --- registered models ------------------------------------------------------------
+
+    def _models(self, known: dict[str, dict[str, Any]]) -> None:
+        models = self.source.registered_models()
+        planned = [(m, self.source.model_versions(m)) for m in models]
+        total = sum(len(versions) for _, versions in planned)
+        done = 0
+        self.progress("models", 0, total)
+        for model, versions in planned:
+            existing = self._model(model)
+            if existing is None:
+                done += len(versions)
+                self.progress("models", done, total)
+                continue
+            imported: set[str] = set()
+            for version in versions:
+                if self._version(model, version, existing):
+                    imported.add(version.version)
+                done += 1
+                self.progress("models", done, total)
+            self._aliases(model, imported | existing)
+            self.summary.add("models")
+
+    def _model(self, model: RegisteredModel) -> set[str] | None:
+        """Make the model unless it exists; the version names it already has."""
+        registry = self.platform.registry
+        try:
+            return {x["version"] for x in registry.get_model(model.name)["versions"]}
+        except NotFoundError:
+            pass
+        try:
+            registry.create_model(
+                name=model.name,
+                actor=self.actor,
+                description=model.description,
+                tags=self._clean_tags(model.tags, f"model {model.name!r}"),
+            )
+        except (ConflictError, ValidationError) as exc:
+            self.summary.warn(f"model {model.name!r} not imported: {exc.message}")
+            return None
+        self.summary.add("models_created")
+        return set()
+
+    def _version(self, model: RegisteredModel, version: ModelVersion, existing: set[str]) -> bool:
+        """Import one version; whether it is in mlrig now."""
+        self.summary.add("versions")
+        where = f"{model.name} version {version.version}"
+        if version.version in existing:
+            self.summary.add("versions_skipped")
+            return True
+        try:
+            tree = self.source.version_artifacts(version)
+        except (OSError, MlrigError) as exc:
+            tree = None
+            self.summary.warn(f"{where}: {exc}")
+        if tree is None:
+            self.summary.add("versions_unreachable")
+            self.summary.warn(
+                f"{where}: its files ({version.storage_location or version.source}) are not "
+                "reachable from here; not imported"
+            )
+            return False
+        with tempfile.TemporaryDirectory(prefix="mlrig-import-") as tmp:
+            work = Path(tmp)
+            folder = fetch(tree, work / "download")
+            prepared = prepare_version(folder, work, convert=self.convert)
+            if not prepared.files:
+                self.summary.add("versions_unreachable")
+                self.summary.warn(f"{where}: no files at {version.source!r}; not imported")
+                return False
+            tags = {
+                **version.tags,
+                VERSION_TAG: version.version,
+                "mlflow.source": (version.source or "")[: v.MAX_TAG_VALUE_LENGTH],
+                "mlflow.flavors": ",".join(prepared.flavors),
+            }
+            if version.run_id:
+                tags[RUN_ID_TAG] = version.run_id
+            lineage = self.summary.runs.get(version.run_id or "")
+            view = self.platform.registry.create_version(
+                model.name,
+                files=prepared.files,
+                actor=self.actor,
+                version=version.version,
+                description=version.description,
+                framework=prepared.framework,
+                model_type=prepared.model_type,
+                tags=self._clean_tags(tags, where),
+                signature=prepared.signature,
+                requirements=prepared.requirements,
+                source_experiment_id=lineage,
+                source_run=version.run_id,
+            )
+        if prepared.not_converted:
+            self.summary.add("versions_not_converted")
+            self.summary.warn(f"{where}: stored as MLflow files only: {prepared.not_converted}")
+        self.summary.add("versions_imported")
+        stage = STAGES.get(version.stage.lower())
+        if stage is not None:
+            self._stage(view["id"], stage)
+        return True
+
+    def _stage(self, version_id: str, stage: str) -> None:
+        """Record the stage the version had in MLflow. It was decided there, so it is
+        written as it was, without mlrig's approval workflow."""
+        from mlrig.db.models import MLModel
+
+        with self.platform.db.session() as session:
+            row = session.get(MLModel, uuid.UUID(version_id))
+            if row is not None:
+                row.stage = stage
+        self.summary.add("stages")
+
+    def _aliases(self, model: RegisteredModel, versions: set[str]) -> None:
+        current = self.platform.registry.get_model(model.name).get("aliases") or {}
+        for alias, number in sorted(model.aliases.items()):
+            if current.get(alias) == number:
+                continue  # set by an earlier import
+            if number not in versions:
+                self.summary.warn(
+                    f"alias {alias!r} of {model.name!r}: version {number} was not imported"
+                )
+                continue
+            try:
+                self.platform.lifecycle.set_alias(model.name, alias, number, actor=self.actor)
+            except (ValidationError, ConflictError) as exc:
+                self.summary.warn(f"alias {alias!r} of {model.name!r} not set: {exc.message}")
+                continue
+            self.summary.add("aliases")
