@@ -198,14 +198,33 @@ def create(
 @click.option("--status", type=click.Choice(STATUSES))
 @click.option("--prefix", help="Names starting with this.")
 @click.option("--trainer")
+@click.option(
+    "--origin",
+    type=click.Choice(["engine", "tracking", "mlflow", "import"]),
+    help="Run by the engine, tracked from user code, by the MLflow client, or imported.",
+)
+@click.option("--group", help="Only the runs of this group (study).")
+@click.option("--parent", help="Only the runs nested in this one (id or name).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @json_option
 def list_(
-    status: str | None, prefix: str | None, trainer: str | None, limit: int, as_json: bool
+    status: str | None,
+    prefix: str | None,
+    trainer: str | None,
+    origin: str | None,
+    group: str | None,
+    parent: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List experiments, newest first."""
+    """List experiments and tracked runs, newest first."""
+    filters = {"origin": origin, "group": group, "parent": parent}
     rows = get_platform().experiments.list(
-        status=status, name_prefix=prefix, trainer=trainer, limit=limit
+        status=status,
+        name_prefix=prefix,
+        trainer=trainer,
+        limit=limit,
+        **{k: v for k, v in filters.items() if v is not None},
     )
     if as_json:
         print_json(rows)

@@ -337,3 +337,31 @@ def test_the_remote_cli_imports_no_database_layer(server: CliMode) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_tracked_runs_by_group_and_the_audit_log(cli_mode: CliMode) -> None:
+    experiments = cli_mode.platform.experiments
+    admin = cli_mode.admin
+    first = experiments.start_run(actor=admin, name="trial-1", group="study", params={"lr": 0.1})
+    experiments.start_run(actor=admin, name="trial-2", group="study", params={"lr": 0.2})
+    experiments.start_run(actor=admin, name="other", group="elsewhere")
+    experiments.log_metrics(first["id"], [{"name": "loss", "value": 0.5, "step": 1}])
+    experiments.end_run(first["id"], actor=admin)
+    listed = cli_mode("experiments", "list", "--group", "study", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert sorted(r["name"] for r in json.loads(listed.output)) == ["trial-1", "trial-2"]
+    tracked = cli_mode("experiments", "list", "--origin", "tracking", "--json")
+    assert len(json.loads(tracked.output)) == 3
+    compared = cli_mode("experiments", "compare", "trial-1", "trial-2", "--json")
+    assert json.loads(compared.output)["hyperparameters"]["lr"] == [0.1, 0.2]
+    assert cli_mode("models", "create", "audited").exit_code == 0
+    deadline = time.monotonic() + 5  # the server writes its entry just after answering
+    while True:
+        shown = cli_mode("audit", "--action", "create_model", "--json")
+        rows = json.loads(shown.output)
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(r["actor"], r["action"], r["outcome"]) for r in rows] == [
+        ("cli-admin", "create_model", "success")
+    ]

@@ -45,6 +45,9 @@ class RemoteExperiments:
         status: str | None = None,
         name_prefix: str | None = None,
         trainer: str | None = None,
+        origin: str | None = None,
+        group: str | None = None,
+        parent: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
@@ -52,6 +55,9 @@ class RemoteExperiments:
             status=status,
             name_prefix=name_prefix,
             trainer=trainer,
+            origin=origin,
+            group=group,
+            parent=None if parent is None else str(parent),
             limit=limit,
             offset=offset or None,
         )
