@@ -500,3 +500,46 @@ def test_datasets_models_and_artifacts_against_a_server(
     assert stored["lineage"]["source_experiment_id"] == run.id
     assert stored["lineage"]["source_run"] == run.name
     assert stored["params"] == {"C": 1.0}
+
+
+def test_heartbeats_keep_a_long_run_alive_past_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_tracking: None
+) -> None:
+    config = _config(
+        tmp_path / "home", heartbeat_timeout_seconds=1.0, heartbeat_interval_seconds=0.2
+    )
+    monkeypatch.setenv("MLRIG_CONFIG", str(config))
+    platform = make_platform(tmp_path / "home", tracking={"heartbeat_timeout_seconds": 1.0})
+    try:
+        with mlrig.start_run("study") as run:
+            time.sleep(1.5)  # longer than the timeout: only the heartbeats keep it
+            assert platform.experiments.expire_silent_runs() == 0
+            assert platform.experiments.get(run.id)["status"] == "running"
+        silent = platform.experiments.start_run(actor=run.store.actor, name="silent")
+        time.sleep(1.2)
+        assert platform.experiments.expire_silent_runs() == 1
+        assert platform.experiments.get(silent["id"])["status"] == "failed"
+        assert platform.experiments.get(run.id)["status"] == "completed"
+    finally:
+        platform.close()
+
+
+def test_the_reproducibility_record(embedded: Path) -> None:
+    import platform as pyplatform
+
+    import numpy
+
+    with mlrig.start_run("study", seed=1234) as run:
+        pass
+    facts = run.view["reproducibility"]
+    assert facts["seed"] == 1234 and facts["seed_source"] == "given"
+    assert facts["python"] == pyplatform.python_version()
+    assert facts["command"] == sys.argv
+    assert facts["packages"]["numpy"] == numpy.__version__
+    assert "mlrig" in facts["packages"]
+    assert "os" not in facts["packages"]  # the standard library has no distribution
+    assert facts["git_commit"] is None or len(facts["git_commit"]) == 40
+    with mlrig.start_run("study") as drawn:
+        pass
+    assert drawn.view["reproducibility"]["seed_source"] == "drawn"
+    assert isinstance(drawn.view["reproducibility"]["seed"], int)

@@ -238,8 +238,8 @@ class Run:
         self._stop.set()
         try:
             self._end_with_retries(status, error, deadline)
-            self.status = status
         finally:
+            self.status = status
             for helper in self._helpers:
                 helper.join(timeout=END_TIMEOUT)
             if self._owns_store:
