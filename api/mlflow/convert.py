@@ -134,6 +134,12 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
+def wire_value(value: Any) -> float | str:
+    """A stored metric value as MLflow's JSON carries it (a missing one as ``"NaN"``)."""
+    found = number(value)
+    return "NaN" if found is None else metric_value(found)
+
+
 def metric_value(value: float) -> float | str:
     """A metric value as protobuf's JSON writes it (``"NaN"``, ``"Infinity"``...)."""
     if math.isnan(value):
@@ -141,6 +147,13 @@ def metric_value(value: float) -> float | str:
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return value
+
+
+def number(value: Any) -> float | None:
+    """A stored metric value as a float (``"NaN"``/``"Infinity"`` strings too)."""
+    if value is None:
+        return None
+    return float(value)
 
 
 def experiment_json(group: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +206,7 @@ def run_json(view: dict[str, Any], experiment_id: str) -> dict[str, Any]:
     metrics = [
         {
             "key": key,
-            "value": metric_value(float(point["value"])),
+            "value": wire_value(point["value"]),
             "timestamp": millis(point.get("recorded_at")),
             "step": point.get("step") or 0,
         }
@@ -258,3 +271,28 @@ def dataset_record(dataset: Any, tags: dict[str, str]) -> dict[str, Any]:
     if tags.get("mlflow.data.context"):
         record["context"] = tags["mlflow.data.context"]
     return record
+
+
+def run_record(view: dict[str, Any], experiment_id: str) -> dict[str, Any]:
+    """What a run search filters and sorts on."""
+    info = run_info_json(view, experiment_id)
+    tags = dict(view.get("tags") or {})
+    tags.setdefault(RUN_NAME_TAG, view["name"])
+    latest = view.get("metrics") or {}
+    return {
+        "view": view,
+        "experiment_id": experiment_id,
+        "metrics": {k: number(p["value"]) for k, p in latest.items()},
+        "params": {k: param_text(v) for k, v in (view.get("hyperparameters") or {}).items()},
+        "tags": tags,
+        "attributes": {
+            "run_id": info["run_id"],
+            "run_name": info["run_name"],
+            "status": info["status"],
+            "start_time": info.get("start_time"),
+            "end_time": info.get("end_time"),
+            "user_id": info["user_id"],
+            "artifact_uri": info["artifact_uri"],
+            "lifecycle_stage": info["lifecycle_stage"],
+        },
+    }

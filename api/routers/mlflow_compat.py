@@ -416,7 +416,7 @@ def get_metric_history(
             points.append(
                 {
                     "key": metric_key,
-                    "value": value if isinstance(value, str) else c.metric_value(float(value)),
+                    "value": c.wire_value(value),
                     "timestamp": c.millis(at),
                     "step": step or 0,
                 }
@@ -442,7 +442,7 @@ def search_runs(body: RunSearch, platform: PlatformDep, _: Reader) -> dict[str, 
             for view in views:
                 if deep:
                     view = service.get(view["id"])
-                records.append(_run_record(view, c.experiment_id_of(group)))
+                records.append(c.run_record(view, c.experiment_id_of(group)))
             if len(views) < 1000:
                 break
             offset += 1000
@@ -470,31 +470,6 @@ def search_runs(body: RunSearch, platform: PlatformDep, _: Reader) -> dict[str, 
     if token:
         answer["next_page_token"] = token
     return answer
-
-
-def _run_record(view: dict[str, Any], experiment_id: str) -> dict[str, Any]:
-    """What a run search filters and sorts on."""
-    info = c.run_info_json(view, experiment_id)
-    tags = dict(view.get("tags") or {})
-    tags.setdefault(c.RUN_NAME_TAG, view["name"])
-    latest = view.get("metrics") or {}
-    return {
-        "view": view,
-        "experiment_id": experiment_id,
-        "metrics": {k: float(p["value"]) for k, p in latest.items()},
-        "params": {k: c.param_text(v) for k, v in (view.get("hyperparameters") or {}).items()},
-        "tags": tags,
-        "attributes": {
-            "run_id": info["run_id"],
-            "run_name": info["run_name"],
-            "status": info["status"],
-            "start_time": info.get("start_time"),
-            "end_time": info.get("end_time"),
-            "user_id": info["user_id"],
-            "artifact_uri": info["artifact_uri"],
-            "lifecycle_stage": info["lifecycle_stage"],
-        },
-    }
 
 
 @_api("/logged-models/search", "POST")
