@@ -303,7 +303,7 @@ def test_tracking_server_round_trips_over_rest(stores: dict[str, Any], tmp_path:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while True:
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -331,6 +331,30 @@ def test_tracking_server_round_trips_over_rest(stores: dict[str, Any], tmp_path:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_import_into_a_server_with_url_and_a_developer_token(
+    stores: dict[str, Any],
+    platform: Any,
+    live_server: str,
+    make_token: Any,
+    tmp_path: Path,
+) -> None:
+    """`mlrig --url ... --token ... import mlflow`: the same records through mlrig's REST API
+    (no database credentials here), idempotent too."""
+    report = stores["sqlite"]
+    token = make_token("dev", "developer")["Authorization"].removeprefix("Bearer ")
+    config = _config(tmp_path / "elsewhere")  # not the server's database
+    args = ["--url", live_server, "--token", token, "import", "mlflow", report["uri"], "--json"]
+    first = _cli(config, *args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["runs_imported"] == 3 and summary["versions_imported"] == 2
+    assert _counts(platform) == _expected(report)
+    assert platform.registry.get_version("churn-model", "1")["stage"] == "staging"
+    again = json.loads(_cli(config, *args).stdout)
+    assert again["runs_imported"] == 0 and again["versions_imported"] == 0
+    assert _counts(platform) == _expected(report)
 
 
 def test_bad_uris_are_one_line_errors(tmp_path: Path) -> None:

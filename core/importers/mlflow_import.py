@@ -31,6 +31,7 @@ from mlrig.importers.mlflow_records import (
     RegisteredModel,
     Run,
 )
+from mlrig.importers.targets import is_remote, runs_service
 
 if TYPE_CHECKING:
     from mlrig.platform import Platform
@@ -158,6 +159,9 @@ class MlflowImporter:
         self.progress = progress or (lambda phase, done, total: None)
         self.summary = ImportSummary(source=source.uri)
         self.nonfinite = _nonfinite_accepted()
+        self.remote = is_remote(platform)
+        #: groups and tracked runs: the experiment service, or the server's REST API
+        self.runs = runs_service(platform)
 
     # --- the whole import -------------------------------------------------------------
 
@@ -188,7 +192,7 @@ class MlflowImporter:
         found: dict[str, dict[str, Any]] = {}
         offset = 0
         while True:
-            page = self.platform.experiments.list(origin="import", limit=1000, offset=offset)
+            page = self.runs.list(origin="import", limit=1000, offset=offset)
             for view in page:
                 mlflow_id = (view.get("tags") or {}).get(RUN_ID_TAG)
                 if mlflow_id:
@@ -220,7 +224,7 @@ class MlflowImporter:
         self.summary.add("experiments")
         if experiment.id == "0" and experiment.name == "Default" and not runs:
             return  # MLflow's empty default experiment: no group for it
-        service = self.platform.experiments
+        service = self.runs
         try:
             service.get_group(experiment.name)
         except NotFoundError:
@@ -247,10 +251,9 @@ class MlflowImporter:
         )
         if RUN_ID_TAG not in tags:  # too many tags: the one that makes imports idempotent first
             tags = {RUN_ID_TAG: run.id, **dict(list(tags.items())[: v.MAX_TAGS - 1])}
-        service = self.platform.experiments
+        service = self.runs
         if earlier is not None:
             key = str(earlier["id"])
-            self._drop_points(key)
             service.set_tags(key, tags, actor=self.actor)
             service.log_params(key, run.params, actor=self.actor)
             self.summary.add("runs_resumed")
@@ -260,7 +263,7 @@ class MlflowImporter:
         self.summary.runs[run.id] = key
         self.summary.add("params", len(run.params))
         self.summary.add("tags", len(tags))
-        self._metrics(key, run)
+        self._metrics(key, run, self._written(key) if earlier is not None else {})
         if self.copy_artifacts:
             self._artifacts(key, run)
         status, error = END.get(run.status.upper(), ("completed", None))
@@ -273,7 +276,7 @@ class MlflowImporter:
         )
 
     def _start(self, experiment: Experiment, run: Run, tags: dict[str, str]) -> str:
-        service = self.platform.experiments
+        service = self.runs
         base = run_name(run)
         for name in (base, f"{base}-{run.id[:8]}", f"{base}-{run.id}"):
             try:
@@ -307,16 +310,12 @@ class MlflowImporter:
             facts["user"] = run.user_id
         return facts
 
-    def _drop_points(self, key: str) -> None:
-        """Remove the points a cut-off import wrote (they are written again)."""
-        from sqlalchemy import delete
-
-        from mlrig.db.models import TrainingMetric
-
-        with self.platform.db.session() as session:
-            session.execute(
-                delete(TrainingMetric).where(TrainingMetric.experiment_id == uuid.UUID(key))
-            )
+    def _written(self, key: str) -> dict[str, int]:
+        """How many points of each metric a cut-off import of the run wrote. Batches are
+        all or nothing and follow the source's order, so they are the first ones of each
+        metric the source gives: those are not written again."""
+        history = self.runs.metrics(key)["metrics"]
+        return {name: len(series.get("values") or []) for name, series in history.items()}
 
     def _usable(self, point: MetricPoint) -> bool:
         from mlrig.experiments.points import INT32_MAX, MAX_NAME_LENGTH, VALUE_LIMIT
@@ -327,12 +326,16 @@ class MlflowImporter:
             return -VALUE_LIMIT < point.value < VALUE_LIMIT
         return self.nonfinite
 
-    def _metrics(self, key: str, run: Run) -> None:
+    def _metrics(self, key: str, run: Run, written: dict[str, int]) -> None:
         batch: list[dict[str, Any]] = []
         skipped = 0
+        already = dict(written)
         for point in self.source.metric_history(run):
             if not self._usable(point):
                 skipped += 1
+                continue
+            if already.get(point.key):
+                already[point.key] -= 1  # written by the cut-off import
                 continue
             batch.append(
                 {
@@ -355,7 +358,7 @@ class MlflowImporter:
             )
 
     def _write(self, key: str, batch: list[dict[str, Any]]) -> None:
-        self.platform.experiments.log_metrics(key, batch)
+        self.runs.log_metrics(key, batch)
         self.summary.add("metric_points", len(batch))
 
     def _artifacts(self, key: str, run: Run) -> None:
@@ -373,7 +376,7 @@ class MlflowImporter:
             return
         for item in files:
             with tree.open(item.path) as stream:
-                stored = self.platform.experiments.put_run_artifact(key, item.path, stream)
+                stored = self.runs.put_run_artifact(key, item.path, stream)
             self.summary.add("artifacts")
             self.summary.add("artifact_bytes", int(stored.get("size_bytes") or 0))
 
@@ -476,12 +479,24 @@ class MlflowImporter:
         self.summary.add("versions_imported")
         stage = STAGES.get(version.stage.lower())
         if stage is not None:
-            self._stage(view["id"], stage)
+            self._stage(model.name, version.version, view["id"], stage)
         return True
 
-    def _stage(self, version_id: str, stage: str) -> None:
+    def _stage(self, model: str, version: str, version_id: str, stage: str) -> None:
         """Record the stage the version had in MLflow. It was decided there, so it is
-        written as it was, without mlrig's approval workflow."""
+        written as it was, without mlrig's approval workflow; against a server (no
+        database here) it goes through the server's stage route, which may open an
+        approval request instead."""
+        if self.remote:
+            done = self.platform.lifecycle.transition(model, version, stage, actor=self.actor)
+            if done.get("status") == "pending_approval":
+                self.summary.warn(
+                    f"{model} version {version}: moving it to {stage} awaits approval "
+                    f"(request {done['request']['id']})"
+                )
+                return
+            self.summary.add("stages")
+            return
         from mlrig.db.models import MLModel
 
         with self.platform.db.session() as session:
