@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=GOAL_CALLS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peer-calls", type=int, default=2000, help="synchronous MLflow calls")
-    parser.add_argument("--peer-async-calls", type=int, default=100_000)
+    parser.add_argument("--peer-async-calls", type=int, default=20_000)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--embedded", action="store_true", help="also time embedded mlrig")
     parser.add_argument("--json", action="store_true")

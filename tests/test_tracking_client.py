@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -515,6 +516,14 @@ def test_heartbeats_keep_a_long_run_alive_past_the_timeout(
             time.sleep(1.5)  # longer than the timeout: only the heartbeats keep it
             assert platform.experiments.expire_silent_runs() == 0
             assert platform.experiments.get(run.id)["status"] == "running"
+            # an outage longer than the timeout: the sweep fails it, the script goes on,
+            # and its next heartbeat puts it back to running
+            later = datetime.now(timezone.utc) + timedelta(seconds=30)
+            assert platform.experiments.expire_silent_runs(now=later) == 1
+            deadline = time.monotonic() + 10
+            while platform.experiments.get(run.id)["status"] != "running":
+                assert time.monotonic() < deadline, "not revived"
+                time.sleep(0.05)
         silent = platform.experiments.start_run(actor=run.store.actor, name="silent")
         time.sleep(1.2)
         assert platform.experiments.expire_silent_runs() == 1
@@ -543,3 +552,49 @@ def test_the_reproducibility_record(embedded: Path) -> None:
         pass
     assert drawn.view["reproducibility"]["seed_source"] == "drawn"
     assert isinstance(drawn.view["reproducibility"]["seed"], int)
+
+
+def test_points_left_by_an_ended_process_are_replayed_by_the_next(tmp_path: Path) -> None:
+    """Spilled, partly sent, the run ends while the server is down: the next process
+    sends exactly the rest."""
+    from mlrig.tracking.buffer import MetricBuffer, UnreachableError, replay_spilled
+    from mlrig.tracking.stores import EmbeddedStore
+
+    class Outage(EmbeddedStore):
+        budget = 0  # batches it takes before it is down again
+
+        def send_points(self, run_id: str, rows: Any) -> int:
+            if self.budget <= 0:
+                raise UnreachableError("down for the test")
+            self.budget -= 1
+            return super().send_points(run_id, rows)
+
+    platform = _server_platform(tmp_path / "home")
+    store = Outage(platform)
+    view = store.start_run(name="left-over")
+    spill = tmp_path / "spill"
+    buffer = MetricBuffer(
+        store, view["id"], flush_points=100, max_buffered_points=300, spill_dir=spill
+    )
+    buffer.start()
+    try:
+        for step in range(1500):
+            buffer.points.append(("loss", 0.25, step, None, None, time.time()))
+        assert not buffer.flush(timeout=0.3)
+        assert buffer.counters.spilled >= 1000
+        store.budget = 3  # up for three batches (from the spill file), then down
+        deadline = time.monotonic() + 30
+        while buffer.counters.sent < 300:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert buffer.close(timeout=0.5) == 1200  # the run ended while it was down
+        assert len(list(spill.glob("*.points"))) == 1
+        assert replay_spilled(store, spill) == 0  # still down: kept
+        store.budget = 10**6
+        assert replay_spilled(store, spill) == 1200
+        assert replay_spilled(store, spill) == 0  # once
+        steps = platform.experiments.metrics(view["id"], fields=["steps"])["metrics"]["loss"]
+    finally:
+        platform.close()
+    assert sorted(steps["steps"]) == list(range(1500))
+    assert not list(spill.iterdir())

@@ -144,12 +144,17 @@ class _Counters:
     errors: list[str] = field(default_factory=list)
 
 
+#: spill files of the buffers still open in this process (replay_spilled leaves them)
+_open_spills: set[Path] = set()
+
+
 class _SpillFile:
     """Batches that did not fit in memory, one JSON line each, read back in order."""
 
     def __init__(self, folder: Path, run_id: str, target: str) -> None:
         self.folder = folder
         self.path = folder / f"{run_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}{SPILL_SUFFIX}"
+        _open_spills.add(self.path)
         self.run_id = run_id
         self.target = target
         self._read_at = 0
@@ -183,6 +188,18 @@ class _SpillFile:
         batch = _Batch(record["seq"], [tuple(r) for r in record["rows"]])
         batch.spilled_at = self._read_at + len(line)  # where the next one starts
         return batch
+
+    def compact(self) -> None:
+        """Drop the lines already sent, so that a replay sends only the rest."""
+        if not self.pending or not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        head = data[: data.index(b"\n") + 1]
+        if self._read_at > len(head):
+            partial = self.path.with_name(self.path.name + ".tmp")
+            partial.write_bytes(head + data[self._read_at :])
+            partial.replace(self.path)
+            self._read_at = len(head)
 
     def done(self, batch: _Batch) -> None:
         assert batch.spilled_at is not None
@@ -278,6 +295,7 @@ class MetricBuffer:
         for thread in self._threads:
             thread.join(timeout=SEND_TIMEOUT + 5)  # a request in flight ends first
         if done:
+            _open_spills.discard(self._spill.path)
             return 0
         # whatever is still in memory goes to the spill file
         with self._lock:
@@ -286,7 +304,9 @@ class MetricBuffer:
                 self._queued_points -= len(batch.rows)
                 self._spill.write(batch)
                 self.counters.spilled += len(batch.rows)
+            self._spill.compact()
             left = self.counters.logged - self.counters.sent - self.counters.dropped
+        _open_spills.discard(self._spill.path)
         if left:
             log.warning(
                 "mlrig: %s metric points of run %s could not be sent to %s; they are kept "
@@ -466,26 +486,33 @@ def replay_spilled(sink: PointSink, spill_dir: Path) -> int:
     if not spill_dir.is_dir():
         return 0
     for path in sorted(spill_dir.glob(f"*{SPILL_SUFFIX}")):
-        if f"-{os.getpid()}-" in path.name:
-            continue  # this process's own: its buffer sends them
+        if path in _open_spills:
+            continue  # a buffer of this process still uses it
+        claimed = path.with_name(f"{path.name}.replaying-{os.getpid()}")
         try:
-            head, *lines = path.read_bytes().splitlines(keepends=True)
+            path.rename(claimed)  # atomic: two processes never replay one file
+        except OSError:
+            continue
+        try:
+            head, *lines = claimed.read_bytes().splitlines(keepends=True)
             meta = orjson.loads(head)
         except (OSError, ValueError):
+            claimed.rename(path)
             continue
-        if meta.get("target") != sink.target:
-            continue
-        while lines:
-            record = orjson.loads(lines[0])
-            try:
-                written += sink.send_points(meta["run_id"], [tuple(r) for r in record["rows"]])
-            except (UnreachableError, OutcomeUnknownError):
-                break
-            except Exception as exc:  # refused (the run is gone...): not sent again
-                log.warning("mlrig: spilled points of run %s refused: %s", meta["run_id"], exc)
-            lines.pop(0)
+        if meta.get("target") == sink.target:
+            while lines:
+                record = orjson.loads(lines[0])
+                rows = [tuple(r) for r in record["rows"]]
+                try:
+                    written += sink.send_points(meta["run_id"], rows)
+                except (UnreachableError, OutcomeUnknownError):
+                    break
+                except Exception as exc:  # refused (the run is gone...): not sent again
+                    log.warning("mlrig: spilled points of run %s refused: %s", meta["run_id"], exc)
+                lines.pop(0)
         if lines:
-            path.write_bytes(head + b"".join(lines))
+            claimed.write_bytes(head + b"".join(lines))
+            claimed.rename(path)
         else:
-            path.unlink(missing_ok=True)
+            claimed.unlink(missing_ok=True)
     return written

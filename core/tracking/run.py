@@ -276,17 +276,37 @@ class Run:
 
     # --- heartbeats -------------------------------------------------------------------------
 
+    def _revive(self) -> bool:
+        """After an outage longer than the server's heartbeat timeout the sweep failed the
+        run while the script went on: put it back to running (``True`` if so)."""
+        try:
+            if self._ended or not _silent_detail(self.store.get_run(self.id)):
+                return False
+            self.store.resume_run(self.id)
+        except Exception:
+            return False
+        log.warning("mlrig: run %s was failed for silence while unreachable; resumed", self.name)
+        return True
+
     def _beat(self) -> None:
         warned = False
         while not self._stop.wait(self._interval):
             try:
                 self.store.heartbeat(self.id)
-            except ConflictError as exc:  # failed by the sweep, stopped...: say it once
-                if not warned:
+            except ConflictError as exc:
+                if self._revive():
+                    continue
+                if not warned:  # another process ended it: say it once
                     log.warning("mlrig: run %s: %s", self.name, exc)
                     warned = True
             except Exception as exc:  # the server is down: the next beat may get through
                 log.debug("mlrig: heartbeat of %s failed: %s", self.name, exc)
+
+
+def _silent_detail(view: dict[str, Any]) -> bool:
+    return view.get("status") == "failed" and str(view.get("status_detail") or "").startswith(
+        "no heartbeat for "
+    )
 
 
 def unreachable(exc: BaseException) -> bool:
