@@ -216,3 +216,171 @@ def test_scikit_learn_is_imported_by_the_user_only(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
     assert json.loads(done.stdout) == [False, [True, True], [False, False], False]
+
+
+def test_the_framework_integrations_import_no_framework():
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import mlrig.tracking.autolog
+        import mlrig.tracking.integrations.keras, mlrig.tracking.integrations.lightning
+        heavy = ("sklearn", "keras", "tensorflow", "torch", "lightning", "pytorch_lightning")
+        print(json.dumps([m for m in heavy if m in sys.modules]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == []
+
+
+# --- Keras ----------------------------------------------------------------------------------
+
+
+@pytest.mark.heavy
+def test_the_keras_callback_logs_each_epoch_and_registers_the_model(platform, data, tmp_path):
+    from mlrig.formats._tensorflow import _tf
+
+    _tf()  # tensorflow, its start-up lines kept off stderr
+    import keras
+
+    from mlrig.tracking.integrations.keras import MlrigCallback
+
+    x, y = data
+    x = x.astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callback = MlrigCallback(
+        experiment="keras-study",
+        registered_model_name="bc-keras",
+        model_type="classification",
+        sample=x[:5],
+    )
+    model.fit(x, y, epochs=3, batch_size=64, validation_split=0.25, verbose=0, callbacks=[callback])
+
+    view = platform.experiments.get(callback.run.id)
+    assert view["status"] == "completed" and view["group"] == "keras-study"
+    params = view["hyperparameters"]
+    assert params["epochs"] == 3 and params["steps_per_epoch"] == 3  # 150 rows / 64
+    assert params["optimizer"] == "Adam" and params["learning_rate"] == pytest.approx(0.01)
+    train = platform.experiments.metrics(view["id"], kind="train")["metrics"]
+    assert train["loss"]["steps"] == [0, 1, 2] and train["loss"]["epochs"] == [0, 1, 2]
+    assert len(train["accuracy"]["values"]) == 3
+    validation = platform.experiments.metrics(view["id"], kind="validation")["metrics"]
+    assert set(validation) >= {"loss", "accuracy"} and validation["loss"]["steps"] == [0, 1, 2]
+
+    version = callback.version
+    assert version["lineage"]["source_experiment_id"] == view["id"]
+    loaded = mlrig.load_model(
+        version["id"], runtime="tensorflow", platform=platform, cache_dir=tmp_path
+    )
+    np.testing.assert_allclose(loaded.predict_proba(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+# --- PyTorch Lightning ----------------------------------------------------------------------
+
+
+def _lightning_module(**hparams):
+    import lightning
+    import torch
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self, lr=0.1, hidden=8, fail_at_epoch=None):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2)
+            )
+
+        def training_step(self, batch, _index):
+            if self.current_epoch == self.hparams.fail_at_epoch:
+                raise RuntimeError("the loss diverged")
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, _index):
+            x, y = batch
+            logits = self.net(x)
+            self.log("val_loss", torch.nn.functional.cross_entropy(logits, y))
+            self.log("val_acc", (logits.argmax(dim=1) == y).float().mean())
+
+        def test_step(self, batch, _index):
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.cross_entropy(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    return Tiny(**hparams)
+
+
+def _fit(module, logger, data):
+    import lightning
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = data
+    rows = TensorDataset(torch.from_numpy(x.astype("float32")), torch.from_numpy(y).long())
+    trainer = lightning.Trainer(
+        max_epochs=2,
+        logger=logger,
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, DataLoader(rows, batch_size=50), DataLoader(rows, batch_size=100))
+    return trainer, DataLoader(rows, batch_size=100)
+
+
+@pytest.mark.heavy
+def test_the_lightning_logger_records_hparams_and_epoch_metrics(platform, data):
+    from mlrig.tracking.integrations.lightning import MlrigLogger
+
+    logger = MlrigLogger("pl-study", tags={"team": "ml"})
+    module = _lightning_module(lr=0.05, hidden=8)
+    trainer, loader = _fit(module, logger, data)
+
+    view = platform.experiments.get(logger.version)
+    assert view["status"] == "completed" and view["group"] == "pl-study"
+    assert view["tags"]["team"] == "ml" and logger.name == "pl-study"
+    assert view["hyperparameters"]["lr"] == 0.05 and view["hyperparameters"]["hidden"] == 8
+    train = platform.experiments.metrics(view["id"], kind="train")["metrics"]
+    assert train["loss"]["epochs"] == [0, 1] and train["loss"]["steps"] == [3, 7]  # 4 batches
+    validation = platform.experiments.metrics(view["id"], kind="validation")["metrics"]
+    assert validation["loss"]["epochs"] == [0, 1] and len(validation["acc"]["values"]) == 2
+
+    trainer.test(module, loader, verbose=False)  # the same run, resumed and ended again
+    assert platform.experiments.get(logger.version)["status"] == "completed"
+    test = platform.experiments.metrics(view["id"], kind="test")["metrics"]
+    assert list(test) == ["loss"] and len(test["loss"]["values"]) == 1
+
+
+@pytest.mark.heavy
+def test_a_lightning_training_that_raises_ends_failed(platform, data):
+    from mlrig.tracking.integrations.lightning import MlrigLogger
+
+    logger = MlrigLogger()
+    with pytest.raises(RuntimeError, match="diverged"):
+        _fit(_lightning_module(fail_at_epoch=1), logger, data)
+    view = platform.experiments.get(logger.version)
+    assert view["status"] == "failed"
+    assert view["status_detail"] == "RuntimeError: the loss diverged"
+    train = platform.experiments.metrics(view["id"], kind="train")["metrics"]
+    assert train["loss"]["epochs"] == [0]  # what came before the failure is kept
