@@ -218,6 +218,30 @@ def test_scikit_learn_is_imported_by_the_user_only(tmp_path):
     assert json.loads(done.stdout) == [False, [True, True], [False, False], False]
 
 
+def test_against_a_server_the_same_records(
+    platform, data, live_server, make_token, tmp_path, monkeypatch
+):
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = data
+    token = make_token("ada", "developer")["Authorization"].removeprefix("Bearer ")
+    monkeypatch.setenv("MLRIG_URL", live_server)
+    monkeypatch.setenv("MLRIG_TOKEN", token)
+    mlrig.autolog(registered_model_name="remote-tree")
+    tree = DecisionTreeClassifier(max_depth=2, random_state=0).fit(x, y)
+
+    (summary,) = _runs(platform)  # the server's database
+    run = platform.experiments.get(summary["id"])
+    assert run["status"] == "completed" and run["created_by"] == "ada"
+    assert run["hyperparameters"]["max_depth"] == 2
+    assert _latest(run, "train")["accuracy"] == pytest.approx(tree.score(x, y))
+    assert run["reproducibility"]["datasets"][0]["rows"] == 200
+    version = platform.registry.get_version("remote-tree", "latest")
+    assert version["lineage"]["source_experiment_id"] == run["id"]
+    loaded = mlrig.load_model("models:/remote-tree/1", runtime="sklearn", cache_dir=tmp_path)
+    np.testing.assert_array_equal(loaded.predict(x), tree.predict(x))
+
+
 def test_the_framework_integrations_import_no_framework():
     script = textwrap.dedent(
         """
