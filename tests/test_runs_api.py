@@ -203,8 +203,9 @@ def test_the_client_drives_a_run_against_a_live_server(platform, live_server, tm
         ml.log_params(run["id"], {"beta": 2})
         with pytest.raises(ConflictError):
             ml.log_params(run["id"], {"beta": 3})
-        ml.set_tags(run["id"], {"b": "2"})
-        assert ml.delete_tag(run["id"], "a")["tags"] == {"b": "2"}
+        ml.set_tags(run["id"], {"b": "2", "mlflow.source/name": "x"})
+        assert ml.delete_tag(run["id"], "a")["tags"] == {"b": "2", "mlflow.source/name": "x"}
+        assert ml.delete_tag(run["id"], "mlflow.source/name")["tags"] == {"b": "2"}
         assert ml.heartbeat(run["id"])["status"] == "running"
         ml.log_dataset(run["id"], {"name": "iris", "rows": 150})
         points = [

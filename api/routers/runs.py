@@ -225,7 +225,7 @@ def set_tags(id: str, body: RunTags, platform: PlatformDep, actor: Writer) -> Ex
 
 
 @router.delete(
-    "/experiments/{id}/tags/{key}",
+    "/experiments/{id}/tags/{key:path}",
     summary="Delete a tag of a run",
     responses=errors(404, e404="No such run, or it has no such tag."),
     response_model_exclude_unset=True,
