@@ -66,8 +66,9 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_tracking: No
     return config
 
 
-def _server_platform(home: Path) -> Any:
-    return make_platform(home, tracking={**TRACKING, "spill_dir": str(home / "spill")})
+def _server_platform(home: Path, db_url: str | None = None) -> Any:
+    database = {"database": {"url": db_url}} if db_url else {}
+    return make_platform(home, tracking={**TRACKING, "spill_dir": str(home / "spill")}, **database)
 
 
 def _token(platform: Any) -> str:
@@ -308,7 +309,7 @@ def test_an_uncaught_exception_ends_an_open_run_failed_at_exit(tmp_path: Path) -
 
 
 def test_a_server_stopped_mid_run_loses_no_point_and_writes_none_twice(
-    tmp_path: Path, clean_tracking: None
+    tmp_path: Path, clean_tracking: None, db_url: str, database: Any
 ) -> None:
     """The server goes away for 3 s (the behaviour is the same for 30: retries with
     back-off, then the backlog is sent); every point arrives once."""
@@ -317,7 +318,7 @@ def test_a_server_stopped_mid_run_loses_no_point_and_writes_none_twice(
     from mlrig.api import create_app
     from mlrig.testing.fixtures import free_port
 
-    platform = _server_platform(tmp_path / "server")
+    platform = _server_platform(tmp_path / "server", db_url)
     token = _token(platform)
     port = free_port()
     app = create_app(platform)
