@@ -316,7 +316,7 @@ def test_the_keras_callback_logs_each_epoch_and_registers_the_model(platform, da
 
 
 def _lightning_module(**hparams):
-    import lightning
+    lightning = pytest.importorskip("lightning", reason="PyTorch Lightning: pip install lightning")
     import torch
 
     class Tiny(lightning.LightningModule):

@@ -146,6 +146,8 @@ def test_from_a_server_into_the_cache(platform, two_versions, live_server, make_
         )
         again = mlrig.load_model("models:/bc/1", client=client, cache_dir=cache)
         assert again.downloaded == 0
+        staged = mlrig.load_model("models:/bc/production", client=client, cache_dir=cache)
+        assert staged.version_id == second["id"] and staged.downloaded == 0
 
 
 @pytest.mark.heavy
