@@ -365,3 +365,17 @@ def test_tracked_runs_by_group_and_the_audit_log(cli_mode: CliMode) -> None:
     assert [(r["actor"], r["action"], r["outcome"]) for r in rows] == [
         ("cli-admin", "create_model", "success")
     ]
+
+
+def test_what_the_facade_lacks_is_a_one_line_error(server: CliMode) -> None:
+    from mlrig.remote import LocalOnlyError, RemotePlatform
+
+    remote = RemotePlatform(server.url or "", token=server.admin_token)
+    try:
+        with pytest.raises(LocalOnlyError, match=r"platform\.registry\.record_rewritten"):
+            remote.registry.record_rewritten_artifact  # noqa: B018
+        with pytest.raises(LocalOnlyError, match=r"platform\.db"):
+            remote.db  # noqa: B018
+        assert remote.whoami().name == "cli-admin"
+    finally:
+        remote.close()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlrig.remote.registry import RemoteEvaluator, RemoteLifecycle, RemoteRegistry
     from mlrig.security import Principal
 
-__all__ = ["LocalOnlyError", "RemotePlatform"]
+__all__ = ["LocalOnlyError", "RemotePlatform", "RemoteService"]
 
 
 class LocalOnlyError(MlrigError):
@@ -126,6 +126,22 @@ class _ServerDatasets:
 
     def local_operator(self) -> _ServerDatasets:
         return self
+
+
+class RemoteService:
+    """Base of the remote services: one client; a method the facade lacks (the embedded
+    service has more than the CLI uses) is a one-line error, not a traceback."""
+
+    #: the attribute of :class:`RemotePlatform` this service is (for messages)
+    attribute = "service"
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise local_only(f"this command (it needs platform.{self.attribute}.{name})")
 
 
 def local_only(what: str) -> LocalOnlyError:

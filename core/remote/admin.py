@@ -6,18 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mlrig.remote import params, segment
+from mlrig.remote import RemoteService, params, segment
 
 if TYPE_CHECKING:
-    from mlrig.client import Client
     from mlrig.security import Principal
 
 
-class RemoteDeployments:
+class RemoteDeployments(RemoteService):
     """``/api/ml/deployments``."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    attribute = "deployments"
 
     def create(
         self, *, name: str, model: str, actor: Principal | None = None, **fields: Any
@@ -55,11 +53,10 @@ class RemoteDeployments:
         return self.client.request("DELETE", f"/deployments/{segment(ref)}")
 
 
-class RemoteSecurity:
+class RemoteSecurity(RemoteService):
     """``/api/ml/users`` and ``/api/ml/tokens``."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    attribute = "security"
 
     def create_user(self, *, name: str, role: str, email: str | None = None) -> dict[str, Any]:
         body = params(name=name, role=role, email=email)
@@ -97,11 +94,10 @@ class RemoteSecurity:
         return self.client.request("DELETE", f"/tokens/{segment(token_id)}")
 
 
-class RemoteAudit:
+class RemoteAudit(RemoteService):
     """``GET /api/ml/audit``; the server writes the entries of its own routes."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    attribute = "audit"
 
     def record(self, **_entry: Any) -> None:
         """Nothing: the server audits every write it serves, as the token's user."""

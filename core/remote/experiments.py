@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mlrig.remote import params, segment
+from mlrig.remote import RemoteService, params, segment
 
 if TYPE_CHECKING:
-    from mlrig.client import Client
     from mlrig.security import Principal
 
 
@@ -24,13 +23,12 @@ class _ServerQueue:
         return ["(the server's)"]
 
 
-class RemoteExperiments:
+class RemoteExperiments(RemoteService):
     """Create, queue, stop, watch and compare a server's experiments."""
 
-    queue = _ServerQueue()
+    attribute = "experiments"
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    queue = _ServerQueue()
 
     def create(
         self, *, name: str, trainer: str, actor: Principal | None = None, **fields: Any

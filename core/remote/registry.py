@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrig.errors import NotFoundError, StorageError
-from mlrig.remote import local_only, params, segment
+from mlrig.remote import RemoteService, local_only, params, segment
 
 if TYPE_CHECKING:
-    from mlrig.client import Client
     from mlrig.registry.search import VersionQuery
     from mlrig.security import Principal
 
@@ -53,13 +52,12 @@ class _Deletes:
         RegistryDeletes.check_allowed(actor, force=force)
 
 
-class RemoteRegistry:
+class RemoteRegistry(RemoteService):
     """Models, versions and artifacts of a server."""
 
-    deletes = _Deletes()
+    attribute = "registry"
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    deletes = _Deletes()
 
     # --- models -------------------------------------------------------------------------
 
@@ -256,11 +254,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class RemoteLifecycle:
+class RemoteLifecycle(RemoteService):
     """Aliases, stages and approval requests of a server."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    attribute = "lifecycle"
 
     def set_alias(
         self, model_ref: str, alias: str, version_ref: str, *, actor: Principal
@@ -297,12 +294,11 @@ class RemoteLifecycle:
         return self.client.request("POST", path, json=params(comment=comment))
 
 
-class RemoteEvaluator:
+class RemoteEvaluator(RemoteService):
     """Evaluations and comparisons of versions, computed by the server (the dataset is
     read there, within the server's dataset bounds)."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    attribute = "evaluator"
 
     def evaluate(
         self,
