@@ -58,7 +58,18 @@ def test_uris_parse(uri, expected):
 
 
 @pytest.mark.parametrize(
-    "uri", ["", "churn", "runs:/abc/model", "models:/", "models:/a/b/c", "models:/@x", "models:/a@"]
+    "uri",
+    [
+        "",
+        "churn",
+        "runs:/abc/model",
+        "models:/",
+        "models:/a/b/c",
+        "models:/@x",
+        "models:/a@",
+        "models:/a@b/1",
+        "models:/a@b@c",
+    ],
 )
 def test_bad_uris_say_what_is_accepted(uri):
     with pytest.raises(ValidationError, match=r"expected models:/NAME@ALIAS"):

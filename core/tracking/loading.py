@@ -77,9 +77,9 @@ def parse_model_uri(uri: str) -> ModelURI:
     rest = found.group("rest").rstrip("/") if found else ""
     if found and _as_uuid(rest):
         return ModelURI(version_id=str(_as_uuid(rest)))
-    if found and "@" in rest and "/" not in rest:
+    if found and "@" in rest:
         model, _, alias = rest.partition("@")
-        if model and alias:
+        if model and alias and "/" not in rest and "@" not in alias:
             return ModelURI(model=model, alias=alias)
     elif found and rest.count("/") == 1:
         model, _, ref = rest.partition("/")
