@@ -126,6 +126,26 @@ def test_a_regressor_gets_regression_metrics(platform, data):
     assert platform.registry.list_models() == []  # log_models=False
 
 
+def test_a_dataframe_fit_records_its_columns_and_loads_back_by_name(platform, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    frame = breast_cancer_data().frame.iloc[:200]
+    frame = (frame - frame.mean()) / frame.std()
+    y = breast_cancer_data().y[:200]
+    mlrig.autolog(registered_model_name="bc-frame")
+    model = LogisticRegression(max_iter=500).fit(frame, y)
+    (summary,) = _runs(platform)
+    (dataset,) = platform.experiments.get(summary["id"])["reproducibility"]["datasets"]
+    assert dataset["schema"]["mean radius"] == "float64" and dataset["rows"] == 200
+    loaded = mlrig.load_model("models:/bc-frame/1", platform=platform, cache_dir=tmp_path)
+    assert [c["name"] for c in loaded.signature["inputs"]["columns"]][:2] == [
+        "mean radius",
+        "mean texture",
+    ]
+    reordered = frame[frame.columns[::-1]]  # by name: the column order does not matter
+    np.testing.assert_array_equal(loaded.predict(reordered), model.predict(frame))
+
+
 def test_a_search_logs_its_best_params_and_registers_its_best_estimator(platform, data, tmp_path):
     from sklearn.model_selection import GridSearchCV
     from sklearn.tree import DecisionTreeClassifier
