@@ -34,9 +34,14 @@ def predict(
     """Predict with DEPLOYMENT (its id or name) for the rows of an input file."""
     body = _read_input(input_path)
     state = get_state()
-    if url or state.url:  # the top-level --url/MLRIG_URL (and its stored login) too
-        token = token or (state.server_token() if not url or url == state.url else state.token)
-        answer = _remote(url or state.url or "", deployment, body, token)
+    server = url or state.url  # this command's --url, else the top-level --url/MLRIG_URL
+    if server:
+        token = token or state.token
+        if not token:
+            from mlrig.remote.credentials import token_for
+
+            token = token_for(server)  # stored by `mlrig login`
+        answer = _remote(server, deployment, body, token)
     else:
         answer = _local(deployment, body)
     _show(answer, as_json)
