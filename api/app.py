@@ -33,6 +33,9 @@ def create_app(platform: Platform) -> FastAPI:
     install_error_handlers(app)
     # innermost: routes, authenticates and bounds the body before the route reads it
     app.add_middleware(RequestGuardMiddleware)
+    from mlrig.api.mlflow.errors import MlflowErrorShapeMiddleware
+
+    app.add_middleware(MlflowErrorShapeMiddleware)  # MLflow's paths: MLflow's error bodies
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: the audit entry sees the id
     for router in ROUTERS:

@@ -45,6 +45,8 @@ with mlflow.start_run(run_name="baseline") as run:
     mlflow.log_artifact(os.path.join(folder, "notes.txt"))
     mlflow.log_artifacts(os.path.join(folder, "plots"), artifact_path="plots")
 baseline = run.info.run_id
+with mlflow.start_run(run_id=baseline):  # resumed, as MLflow users do
+    mlflow.log_metric("loss", 0.1, step=5)
 
 try:
     with mlflow.start_run(run_name="broken"):
@@ -98,7 +100,7 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     # what the mlflow client read back
     assert seen["found"] == [seen["baseline"]]
     assert seen["status"] == ["FINISHED"]
-    assert seen["history"] == [[s, 1.0 / (s + 1)] for s in range(5)]
+    assert seen["history"] == [[s, 1.0 / (s + 1)] for s in range(5)] + [[5, 0.1]]
     assert seen["artifacts"] == ["notes.txt", "plots"]
     assert seen["plots"] == ["plots/curve.csv"]
     assert seen["downloaded"] == "hello from mlflow"
@@ -119,8 +121,9 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     assert baseline["tags"]["team"] == "growth"
     assert baseline["tags"]["mlflow.runName"] == "baseline"
     history = service.metrics(baseline["id"])["metrics"]
-    assert history["loss"]["steps"] == [0, 1, 2, 3, 4]
-    assert history["loss"]["values"] == [1.0 / (s + 1) for s in range(5)]
+    assert history["loss"]["steps"] == [0, 1, 2, 3, 4, 5]
+    assert history["loss"]["values"] == [1.0 / (s + 1) for s in range(5)] + [0.1]
+    assert [e["new"] for e in baseline["events"]][-3:] == ["completed", "running", "completed"]
     assert history["acc"]["values"] == [0.75]
     assert math.isnan(history["diverged"]["values"][0])  # kept as NaN, not dropped
     files = service.list_run_artifacts(baseline["id"])
@@ -134,6 +137,44 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     broken = service.get(runs["broken"]["id"])
     assert broken["status"] == "failed"
     assert broken["hyperparameters"] == {"lr": "0.5"}
+
+
+VIEWER_SCRIPT = r"""
+import json, os
+import mlflow
+from mlflow.exceptions import MlflowException
+
+mlflow.set_tracking_uri(os.environ["TRACKING_URI"])
+seen = {"experiments": sorted(e.name for e in mlflow.search_experiments())}
+try:
+    mlflow.set_experiment("not-mine")
+except MlflowException as exc:
+    seen["refused"] = [exc.error_code, exc.message]
+print("RESULT " + json.dumps(seen))
+"""
+
+
+def test_the_mlflow_client_with_a_viewer_token_reads_but_cannot_write(
+    platform, live_server, make_token, mlflow_client_python
+):
+    token = make_token("watcher", "viewer")["Authorization"].split()[1]
+    done = run_mlflow_script(
+        VIEWER_SCRIPT,
+        env={
+            "TRACKING_URI": live_server,
+            "MLFLOW_TRACKING_TOKEN": token,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        },
+        python=mlflow_client_python,
+        timeout=120,
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    seen = json.loads(line[len("RESULT ") :])
+    assert seen["experiments"] == ["Default"]
+    code, message = seen["refused"]
+    assert code == "PERMISSION_DENIED"
+    assert "lacks the 'write' permission" in message
+    assert [g["name"] for g in platform.experiments.list_groups()] == ["Default"]
 
 
 # --- the REST contract, on SQLite and PostgreSQL -----------------------------------------
@@ -230,12 +271,30 @@ def test_every_mlflow_route_needs_its_permission(mlflow_api):
         expected = Permission.READ if reads else Permission.WRITE
         assert row.permission == expected, row
         path = row.path.replace("{path}", "0/x/artifacts/f")
-        assert client.request(row.method, path).status_code == 401, row
+        anonymous = client.request(row.method, path)
+        assert anonymous.status_code == 401, row
+        assert anonymous.json()["error_code"] == "UNAUTHENTICATED"  # MLflow's shape
         answer = client.request(row.method, path, headers=h["viewer"], json={})
         if expected == Permission.WRITE:
             assert answer.status_code == 403, row
+            assert answer.json()["error_code"] == "PERMISSION_DENIED"
+            assert "write" in answer.json()["message"]
         else:
             assert answer.status_code not in (401, 403) and answer.status_code < 500, row
+
+
+def test_unknown_endpoints_and_methods_answer_mlflow_bodies(mlflow_api):
+    client, h = mlflow_api
+    unknown = client.post(f"{API}/registered-models/create", json={}, headers=h["developer"])
+    assert unknown.status_code == 404
+    assert unknown.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    wrong = client.get(f"{API}/runs/create", headers=h["developer"])
+    assert wrong.status_code == 405
+    assert wrong.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    assert "POST" in wrong.headers["allow"]
+    # mlrig's own routes keep mlrig's shape
+    mine = client.get("/api/ml/experiments/nope", headers=h["developer"])
+    assert mine.status_code == 404 and mine.json()["error"]["code"] == "not_found"
 
 
 def test_runs_batch_history_search_and_the_ajax_prefix(mlflow_api):
@@ -279,6 +338,11 @@ def test_runs_batch_history_search_and_the_ajax_prefix(mlflow_api):
     done = {"run_id": ids[0], "status": "FINISHED", "end_time": 1_700_000_100_000}
     info = _ok(client.post(f"{API}/runs/update", json=done, headers=dev))["run_info"]
     assert info["status"] == "FINISHED" and info["end_time"] == 1_700_000_100_000
+    killed = {"run_id": odd["info"]["run_id"], "status": "KILLED"}
+    assert (
+        _ok(client.post(f"{API}/runs/update", json=killed, headers=dev))["run_info"]["status"]
+        == "KILLED"
+    )
 
     history = _ok(
         client.get(f"{API}/metrics/get-history?run_id={ids[0]}&metric_key=loss", headers=dev)

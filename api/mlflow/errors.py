@@ -97,3 +97,77 @@ class MlflowRoute(APIRoute):
                 return mlflow_error_response(exc)
 
         return handle
+
+
+#: the paths whose errors are MLflow's shape (the tracking API and the artifact proxy)
+MLFLOW_PATHS = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+#: MLflow's code for an error mlrig's shared machinery answered, by status
+_STATUS_CODES = {
+    400: INVALID_PARAMETER_VALUE,
+    401: UNAUTHENTICATED,
+    403: PERMISSION_DENIED,
+    404: "ENDPOINT_NOT_FOUND",
+    405: "ENDPOINT_NOT_FOUND",
+    413: INVALID_PARAMETER_VALUE,
+    422: INVALID_PARAMETER_VALUE,
+    429: "REQUEST_LIMIT_EXCEEDED",
+}
+
+
+def reshape_error(body: bytes, status: int) -> bytes:
+    """An mlrig error body (``{"error": {"code", "message", ...}}``) as MLflow's; any other
+    body unchanged."""
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or "message" not in error:
+        return body
+    code = _STATUS_CODES.get(status, INTERNAL_ERROR if status >= 500 else INVALID_PARAMETER_VALUE)
+    return json.dumps({"error_code": code, "message": str(error["message"])}).encode()
+
+
+class MlflowErrorShapeMiddleware:
+    """Pure ASGI: on MLflow's paths, an error answered before the route ran (the request
+    guard's 401/403/405/413, a path no route has, a 500) in mlrig's shape is rewritten
+    into MLflow's, so the ``mlflow`` client reports ``PERMISSION_DENIED: ...`` and not
+    ``INTERNAL_ERROR: Response: {...}``. Add it outside the request guard."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(MLFLOW_PATHS):
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] | None = None
+        pieces: list[bytes] = []
+
+        async def reshaping_send(message: Any) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                json_error = message["status"] >= 400 and headers.get(
+                    b"content-type", b""
+                ).startswith(b"application/json")
+                if json_error:
+                    held = message  # an error body is small: hold it to rewrite it
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                pieces.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = reshape_error(b"".join(pieces), held["status"])
+                headers = [
+                    (k, v) for k, v in held.get("headers") or [] if k.lower() != b"content-length"
+                ]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({**held, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, reshaping_send)
