@@ -38,11 +38,9 @@ BUILTIN_COMMANDS = {
     "import": "mlrig.cli.importer:import_group",
 }
 
-#: commands that work on the database, the storage or the processes next to them (and
-#: ``import``, which writes through the database): with ``--url`` they say so and exit 2
-LOCAL_ONLY = frozenset(
-    {"init", "db", "worker", "server", "serve", "storage", "quickstart", "import"}
-)
+#: commands that work on the database, the storage or the processes next to them: with
+#: ``--url`` they say so and exit 2
+LOCAL_ONLY = frozenset({"init", "db", "worker", "server", "serve", "storage", "quickstart"})
 
 
 class MlrigGroup(click.Group):
