@@ -765,6 +765,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="closed-loop generator (python: the script's own client, when wrk is missing)",
     )
     parser.add_argument("--peer-venvs", type=Path, default=DEFAULT_PEER_VENVS)
+    parser.add_argument(
+        "--logging-only",
+        action="store_true",
+        help="with --variants: only logging off and on (no auth variants)",
+    )
     parser.add_argument("--tiny", action="store_true", help="CI smoke size: mlrig + raw, 1 run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -819,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             group = [
                 mlrig_target(setup, top["workers"], logging=logging, auth=auth, variant=variant)
                 for variant, logging, auth in VARIANTS
+                if not (args.logging_only and auth)
             ]
             rows += bench_group(group, (one, hundred), expected, load, args, logs, full=False)
     import sklearn
