@@ -210,6 +210,39 @@ def test_a_failing_hook_does_not_stop_the_writes(database: Database) -> None:
     assert _count(database) == 2 and logger.pending == 0
 
 
+def test_many_rows_with_duplicates_count_right(database: Database) -> None:
+    # over SQLite's multi-row statement size (99), with stored and repeated request ids
+    deployment = _deployment(database)
+    logger = InferenceLogger(
+        database, sample_rate=1.0, max_buffer=10_000, flush_seconds=3600, batch_size=1000
+    )
+    for i in range(150):
+        _record(logger, deployment, f"first-{i}")
+    assert logger.flush()
+    for i in range(250):  # 100 of these were stored by the first flush
+        _record(logger, deployment, f"first-{i}" if i < 100 else f"second-{i}")
+    _record(logger, deployment)  # no request id: never a duplicate
+    assert logger.flush()
+    assert _count(database) == 150 + 150 + 1
+    assert logger.written == 301 and logger.duplicates == 100 and logger.pending == 0
+
+
+def test_buffered_records_hold_no_container() -> None:
+    # the cyclic GC untracks a tuple of atomic values: thousands of waiting records then
+    # cost the serving process's collections nothing (numpy inputs, list predictions)
+    import gc
+
+    logger = InferenceLogger(None, sample_rate=1.0, max_buffer=100, flush_seconds=3600)  # type: ignore[arg-type]
+    _record(logger, "d", "r1", inputs=np.arange(6.0).reshape(2, 3), prediction=[0, 1])
+    _record(logger, "d", "r2", inputs={"a": [1.5, float("nan")]}, prediction=np.int64(3))
+    gc.collect()
+    assert [gc.is_tracked(entry) for entry in logger._buffer] == [False, False]
+    assert [entry[2:4] for entry in logger._buffer] == [
+        ("[[0.0,1.0,2.0],[3.0,4.0,5.0]]", "[0,1]"),
+        ('{"a":[1.5,null]}', "3"),
+    ]
+
+
 def test_records_from_many_threads_are_all_kept() -> None:
     logger = InferenceLogger(None, sample_rate=1.0, max_buffer=100_000, flush_seconds=3600)  # type: ignore[arg-type]
     barrier = threading.Barrier(8)
