@@ -83,6 +83,11 @@ def test_the_life_of_a_run_over_rest(client):
     assert (killed["status"], killed["status_detail"]) == ("cancelled", "killed")
     listed = client.get(f"{BASE}/experiments", params={"origin": "tracking", "group": "churn"})
     assert [r["id"] for r in listed.json()["items"]] == [run["id"]]
+    unfiltered = client.get(f"{BASE}/experiments", params={"group": "", "parent": ""})
+    assert [r["id"] for r in unfiltered.json()["items"]] == [run["id"]]
+    _error(client.get(f"{BASE}/experiments", params={"parent": "no-such-run"}), 404)
+    empty = client.put(f"{rid}/artifacts/empty.txt")  # no body: an empty file
+    assert empty.status_code == 200 and empty.json()["size_bytes"] == 0
     groups = client.get(f"{BASE}/groups").json()["items"]
     assert [(g["name"], g["runs"]) for g in groups] == [("churn", 1)]
     assert client.get(f"{BASE}/groups/churn").json()["runs"] == 1
@@ -118,9 +123,11 @@ BAD_REQUESTS = [
     ("post", "/experiments/{id}/end", {"ended_at": "0000-01-01"}),
     ("post", "/experiments/{id}/datasets", {"rows": -1, "name": "x"}),
     ("post", "/experiments/{id}/datasets", {"rows": 3}),
+    ("post", "/experiments/{id}/datasets", {"name": "", "source": ""}),
     ("post", "/experiments/{id}/datasets", {"name": "x", "colour": "red"}),
     ("post", "/groups", {"name": ""}),
-    ("post", "/groups", {"name": "6f1c1f0e-0000-4000-8000-000000000000"}),
+    ("post", "/groups", {"name": "a\u0000"}),
+    ("post", "/experiments/{id}/params", {"params": {"": 1}}),
 ]
 
 

@@ -123,7 +123,12 @@ def create_experiment(
     return view
 
 
-@router.get("", summary="List experiments", response_model_exclude_unset=True)
+@router.get(
+    "",
+    summary="List experiments",
+    responses=errors(404, e404="No run of the given parent."),
+    response_model_exclude_unset=True,
+)
 def list_experiments(
     platform: PlatformDep,
     _: Reader,

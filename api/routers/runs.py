@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
@@ -32,11 +32,13 @@ from mlrig.api.types import (
     ExperimentName,
     InputModel,
     JsonObject,
+    NonEmptyShortText,
     ShortText,
     TagKey,
     Tags,
     UtcDatetime,
 )
+from mlrig.experiments.run_files import MAX_PATH_LENGTH, PATH_PATTERN
 from mlrig.validation import INT64_MAX
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,16 @@ GroupName = Annotated[
 ArtifactPath = Annotated[
     str,
     Path(
-        description="Relative, /-separated path of the file in the run (plots/loss.png).",
-        max_length=900,
-        pattern=r"^[^/\\\u0000-\u001f\u007f]([^\\\u0000-\u001f\u007f]*[^/\\\u0000-\u001f\u007f])?$",
+        description="Relative, /-separated path of the file in the run (plots/loss.png): no "
+        "empty, . or .. part, no backslash or control character.",
+        max_length=MAX_PATH_LENGTH,
+        pattern=PATH_PATTERN,
     ),
+]
+#: run params: a JSON object whose keys have 1-250 characters
+Params = Annotated[
+    JsonObject,
+    Field(json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": 250}}),
 ]
 
 
@@ -110,7 +118,7 @@ class RunStart(InputModel):
     parent: Annotated[str, Field(min_length=1, max_length=255)] | None = Field(
         default=None, description="The id or name of the run it is nested in."
     )
-    params: JsonObject = Field(default_factory=dict)
+    params: Params = Field(default_factory=dict)
     tags: Tags = Field(default_factory=dict)
     description: Description | None = None
     reproducibility: JsonObject = Field(
@@ -122,7 +130,7 @@ class RunStart(InputModel):
 
 
 class RunParams(InputModel):
-    params: JsonObject = Field(description="Merged; a key logged again must keep its value.")
+    params: Params = Field(description="Merged; a key logged again must keep its value.")
 
 
 class RunTags(InputModel):
@@ -140,8 +148,17 @@ class RunEnd(InputModel):
 
 
 class RunDataset(InputModel):
-    name: ShortText | None = None
-    source: ShortText | None = Field(default=None, description="A URI or a path.")
+    """A name or a source is needed."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: schema.update(
+            anyOf=[{"required": ["name"]}, {"required": ["source"]}]
+        ),
+    )
+
+    name: NonEmptyShortText | None = None
+    source: NonEmptyShortText | None = Field(default=None, description="A URI or a path.")
     digest: ShortText | None = Field(default=None, description="sha256 of the data.")
     schema_: JsonObject | None = Field(default=None, alias="schema")
     rows: int | None = Field(default=None, ge=0, le=INT64_MAX)
@@ -289,7 +306,9 @@ def list_run_artifacts(
     platform: PlatformDep,
     _: Reader,
     prefix: str | None = Query(
-        default=None, max_length=900, description="Only paths starting with this (plots/)."
+        default=None,
+        max_length=MAX_PATH_LENGTH,
+        description="Only paths starting with this (plots/).",
     ),
 ) -> Page[RunArtifact]:
     """Every file (one page: ``next_cursor`` is always null)."""
@@ -303,7 +322,7 @@ def list_run_artifacts(
     responses=errors(404),
     openapi_extra={
         "requestBody": {
-            "required": True,
+            "required": False,  # an empty body is an empty file
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },

@@ -27,19 +27,15 @@ MAX_GROUP_NAME_LENGTH = 255
 
 
 def check_group_name(name: object) -> str:
-    """A group name: storable text of 1-255 characters, not only spaces, not a UUID
-    (groups are found by id or name). MLflow experiment names (``/Users/me/churn``) fit."""
+    """A group name: storable text of 1-255 characters, not only spaces. MLflow
+    experiment names (``/Users/me/churn``) fit. (A name that looks like another group's
+    id would be found as that group: :meth:`RunGroups.get_group` tries ids first.)"""
     v.check_text(name, field="group", min_length=1, max_length=MAX_GROUP_NAME_LENGTH)
     assert isinstance(name, str)
     if not name.strip():
         msg = "group must have something besides spaces"
         raise ValidationError(msg, details={"field": "group"})
-    try:
-        uuid.UUID(name)
-    except ValueError:
-        return name
-    msg = f"group name {name!r} looks like an id; pick a name that is not a UUID"
-    raise ValidationError(msg, details={"field": "group"})
+    return name
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -1,9 +1,11 @@
 """Files a run logged (``run.log_artifact``): stored by the artifact store under
-``experiments/<id>/artifacts/<path>`` (kept by the garbage collector while the run
-exists), listed from ``run_artifacts``."""
+``experiments/<id>/artifacts/`` (kept by the garbage collector while the run exists),
+listed from ``run_artifacts``."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -12,10 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mlrig.artifacts.keys import normalize_key, normalize_prefix
+from mlrig import validation as v
+from mlrig.artifacts.keys import MAX_KEY_BYTES, normalize_key
 from mlrig.db.models import RunArtifact, TrainingExperiment
 from mlrig.errors import ArtifactNotFoundError, InvalidKeyError, ValidationError
 from mlrig.experiments.views import iso
+from mlrig.validation import find_bad_text
 
 if TYPE_CHECKING:
     from mlrig.artifacts import ArtifactStore
@@ -25,26 +29,48 @@ View = dict[str, Any]
 Views = list[dict[str, Any]]
 #: bytes per piece of a download
 READ_CHUNK = 1024 * 1024
-MAX_PATH_LENGTH = 900
+MAX_PATH_LENGTH = 1000
 
 
-def check_path(path: object, *, prefix: bool = False) -> str:
-    """A run artifact path: relative, ``/``-separated, no ``.`` or ``..`` segment, no NUL
-    or control character, at most 900 characters (``prefix``: may be empty or end with
-    ``/``)."""
+_CHAR = r"[^/\\\x00-\x1f\x7f]"  # any but / \ and control characters
+_FIRST = r"[^./\\\x00-\x1f\x7f]"  # ...nor a dot
+#: one path segment: not empty, not ``.`` nor ``..``
+_SEGMENT = f"(?:{_FIRST}{_CHAR}*|\\.{_FIRST}{_CHAR}*|\\.\\.{_CHAR}+)"
+#: a run artifact path: ``/``-separated segments, none empty, ``.`` or ``..`` (also the
+#: API's schema, so what it lets through the service takes)
+PATH_PATTERN = f"^{_SEGMENT}(?:/{_SEGMENT})*$"
+_PATH = re.compile(PATH_PATTERN)
+
+
+def check_path(path: object) -> str:
+    """A run artifact path: relative, ``/``-separated, no empty, ``.`` or ``..`` segment,
+    no backslash, NUL or other control character, at most 1000 characters. Taken as
+    given (no trimming, no Unicode normalisation): the path is the file's name."""
     if not isinstance(path, str):
         msg = f"artifact path must be a string, got {type(path).__name__}"
         raise ValidationError(msg, details={"field": "path"})
-    try:
-        cleaned = normalize_prefix(path) if prefix else normalize_key(path)
-    except InvalidKeyError as exc:
-        raise ValidationError(
-            exc.message.replace("artifact key", "artifact path"), details={"path": path[:200]}
-        ) from None
-    if len(cleaned) > MAX_PATH_LENGTH or any(0xD800 <= ord(c) <= 0xDFFF for c in cleaned):
-        msg = f"artifact path must be storable text of at most {MAX_PATH_LENGTH} characters"
+    if len(path) > MAX_PATH_LENGTH or find_bad_text(path) is not None or not _PATH.fullmatch(path):
+        msg = (
+            f"artifact path {path[:200]!r} must be a relative path of /-separated names "
+            f"such as 'plots/loss.png' (no empty, '.' or '..' part, no backslash or "
+            f"control character, at most {MAX_PATH_LENGTH} characters)"
+        )
         raise ValidationError(msg, details={"path": path[:200]})
-    return cleaned
+    return path
+
+
+def storage_key(experiment_id: uuid.UUID, path: str) -> str:
+    """Where the file ``path`` of a run is stored: ``experiments/<id>/artifacts/<path>``
+    when that is a key every store takes as it is, else the path's sha256 in its place
+    (a long name in many-byte characters, a name that Unicode normalisation changes)."""
+    readable = f"experiments/{experiment_id}/artifacts/{path}"
+    try:
+        if normalize_key(readable) == readable and len(readable.encode()) <= MAX_KEY_BYTES:
+            return readable
+    except InvalidKeyError:
+        pass
+    digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"experiments/{experiment_id}/artifacts/by-hash/{digest}"
 
 
 def artifact_view(row: RunArtifact) -> View:
@@ -78,8 +104,7 @@ class RunFiles:
         file ``path``; the same path again replaces it. Returns the file's record."""
         path = check_path(path)
         key = self._run_key(ref)
-        storage_key = f"experiments/{key}/artifacts/{path}"
-        stored = self.artifacts.put(storage_key, data)
+        stored = self.artifacts.put(storage_key(key, path), data)
         for _ in range(3):
             with self.db.session() as session:
                 row = session.scalar(
@@ -113,7 +138,8 @@ class RunFiles:
 
     def list_run_artifacts(self, ref: str | uuid.UUID, prefix: str | None = None) -> Views:
         """The run's files, by path; ``prefix`` keeps those under it (``plots/``)."""
-        start = "" if prefix is None else check_path(prefix, prefix=True)
+        start = prefix or ""
+        v.check_text(start, field="prefix", max_length=MAX_PATH_LENGTH)
         with self.db.session() as session:
             key = self._row(session, ref).id
             stmt = select(RunArtifact).where(RunArtifact.experiment_id == key)

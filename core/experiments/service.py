@@ -332,10 +332,10 @@ class ExperimentService(TrackedRuns, RunGroups, RunFiles):
             stmt = stmt.where(TrainingExperiment.trainer == trainer)
         if origin is not None:
             stmt = stmt.where(TrainingExperiment.origin == origin)
-        if group is not None:
+        if group:  # empty: no filter, as name_prefix
             stmt = stmt.where(TrainingExperiment.group_name == group)
         with self.db.session() as session:
-            if parent is not None:
+            if parent:
                 stmt = stmt.where(TrainingExperiment.parent_id == self._row(session, parent).id)
             rows = session.scalars(stmt.limit(limit).offset(offset)).all()
             creators = self._creators(session, rows)
