@@ -20,6 +20,7 @@ _LABELS = [
     ("runs", "runs", "runs_imported", "imported"),
     ("params", "params", None, None),
     ("tags", "run tags", None, None),
+    ("datasets", "datasets used", None, None),
     ("metric_points", "metric points", "metric_points_skipped", "skipped"),
     ("artifacts", "run artifacts", None, None),
     ("models", "registered models", "models_created", "new"),

@@ -54,6 +54,9 @@ def fill(uri, artifacts):
                 mlflow.log_metric("acc", 0.5 + step / 10, step=step)
             mlflow.log_metric("diverged", float("nan"), step=0)
             mlflow.set_tag("team", "growth")
+            if i == 0:
+                train = mlflow.data.from_numpy(X, targets=y, source="data/train.csv", name="train")
+                mlflow.log_input(train, context="training")
             os.makedirs("out", exist_ok=True)
             with open("out/notes.txt", "w") as f:
                 f.write(f"run {i}\n")
@@ -95,6 +98,7 @@ def report(client):
             for r in runs for key in r.data.metrics
         ),
         "artifacts": sum(artifact_count(client, r.info.run_id) for r in runs),
+        "datasets": sum(len(r.inputs.dataset_inputs) for r in runs),
         "statuses": sorted(r.info.status for r in runs),
         "versions": len(versions),
         "champion": client.get_model_version_by_alias("churn-model", "champion").version,
@@ -134,9 +138,11 @@ def _counts(platform: Any) -> dict[str, Any]:
     service = platform.experiments
     runs = service.list(origin="import", limit=1000)
     model = platform.registry.get_model("churn-model")
+    views = [service.get(r["id"]) for r in runs]
     return {
         "runs": len(runs),
-        "params": sum(len(service.get(r["id"])["hyperparameters"]) for r in runs),
+        "params": sum(len(view["hyperparameters"]) for view in views),
+        "datasets": sum(len(view["reproducibility"].get("datasets") or []) for view in views),
         "points": sum(service.metrics(r["id"])["count"] for r in runs),
         "artifacts": sum(len(service.list_run_artifacts(r["id"])) for r in runs),
         "versions": len(model["versions"]),
@@ -145,7 +151,7 @@ def _counts(platform: Any) -> dict[str, Any]:
 
 
 def _expected(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("runs", "params", "points", "artifacts", "versions", "champion")
+    keys = ("runs", "params", "datasets", "points", "artifacts", "versions", "champion")
     return {**{k: report[k] for k in keys}, "champion": str(report["champion"])}
 
 
@@ -184,6 +190,7 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
     summary = json.loads(first.stdout)
     assert summary["runs_imported"] == report["runs"] == 3
     assert summary["metric_points"] == report["points"]
+    assert summary["datasets"] == report["datasets"] == 1
     platform = make_platform(
         tmp_path / "home",
         database={"url": f"sqlite:///{tmp_path / 'home' / 'mlrig.db'}"},
@@ -200,6 +207,9 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
         history = platform.experiments.metrics(runs["lr-0"]["id"])["metrics"]
         assert sorted(set(history["loss"]["steps"])) == [0, 1, 2, 3, 4]
         assert all(math.isnan(x) for x in history["diverged"]["values"])
+        [dataset] = lr0["reproducibility"]["datasets"]
+        assert dataset["name"] == "train" and dataset["context"] == "training"
+        assert dataset["source"].endswith("train.csv") and dataset["rows"] == 4
         files = [a["path"] for a in platform.experiments.list_run_artifacts(runs["lr-0"]["id"])]
         assert files == ["notes.txt", "plots/sub/notes.txt"]
         one = platform.registry.get_version("churn-model", "1")

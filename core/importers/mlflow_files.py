@@ -27,6 +27,7 @@ from mlrig.importers.mlflow_records import (
     ModelVersion,
     RegisteredModel,
     Run,
+    dataset_record,
     from_millis,
     metric_value,
 )
@@ -133,10 +134,37 @@ class FileStoreSource(ModelLocator):
                     lifecycle_stage=stage,
                     params=_values(child / "params"),
                     tags=_values(child / "tags"),
+                    datasets=self._datasets(folder, child),
                 )
             )
         runs.sort(key=lambda r: (r.start_time is None, r.start_time or 0, r.id))
         yield from runs
+
+    @staticmethod
+    def _datasets(experiment: Path, run: Path) -> list[dict[str, object]]:
+        """``<run>/inputs/<id>/meta.yaml`` (source_type DATASET) -> the dataset in
+        ``<experiment>/datasets/<source_id>/meta.yaml``."""
+        found = []
+        inputs = run / "inputs"
+        for folder in sorted(inputs.iterdir()) if inputs.is_dir() else []:
+            link = _meta(folder)
+            if link.get("source_type") != "DATASET":
+                continue
+            dataset = _meta(experiment / "datasets" / str(link.get("source_id")))
+            if not dataset:
+                continue
+            tags = link.get("tags") if isinstance(link.get("tags"), dict) else {}
+            found.append(
+                dataset_record(
+                    name=dataset.get("name"),
+                    digest=dataset.get("digest"),
+                    source=dataset.get("source"),
+                    schema=dataset.get("schema"),
+                    profile=dataset.get("profile"),
+                    context=tags.get("mlflow.data.context"),  # type: ignore[union-attr]
+                )
+            )
+        return found
 
     def metric_history(self, run: Run) -> Iterator[MetricPoint]:
         folder = self._run_dirs.get(run.id, self.root / run.experiment_id / run.id) / "metrics"

@@ -73,6 +73,7 @@ class ImportSummary:
                 "runs_resumed",
                 "params",
                 "tags",
+                "datasets",
                 "metric_points",
                 "metric_points_skipped",
                 "artifacts",
@@ -110,9 +111,9 @@ class ImportSummary:
         }
 
 
-def run_name(run: Run) -> str:
+def run_name(run: Run, fallback: str | None = None) -> str:
     """An mlrig experiment name from the MLflow run name (letters, digits, ``. _ -``)."""
-    stem = _UNSAFE.sub("-", run.name or "").strip("-._")[:160]
+    stem = _UNSAFE.sub("-", run.name or fallback or "").strip("-._")[:160]
     return stem or f"mlflow-{run.id[:12]}"
 
 
@@ -221,9 +222,9 @@ class MlflowImporter:
         return kept
 
     def _group(self, experiment: Experiment, runs: int) -> None:
-        self.summary.add("experiments")
         if experiment.id == "0" and experiment.name == "Default" and not runs:
             return  # MLflow's empty default experiment: no group for it
+        self.summary.add("experiments")
         service = self.runs
         try:
             service.get_group(experiment.name)
@@ -263,6 +264,13 @@ class MlflowImporter:
         self.summary.runs[run.id] = key
         self.summary.add("params", len(run.params))
         self.summary.add("tags", len(tags))
+        for dataset in run.datasets:
+            try:
+                service.log_dataset(key, dataset)
+            except ValidationError as exc:
+                self.summary.warn(f"{where}: dataset {dataset.get('name')!r} not recorded: {exc}")
+                continue
+            self.summary.add("datasets")
         self._metrics(key, run, self._written(key) if earlier is not None else {})
         if self.copy_artifacts:
             self._artifacts(key, run)
@@ -277,7 +285,7 @@ class MlflowImporter:
 
     def _start(self, experiment: Experiment, run: Run, tags: dict[str, str]) -> str:
         service = self.runs
-        base = run_name(run)
+        base = run_name(run, run.tags.get("mlflow.runName"))
         for name in (base, f"{base}-{run.id[:8]}", f"{base}-{run.id}"):
             try:
                 view = service.start_run(

@@ -45,6 +45,53 @@ def metric_value(value: object) -> float:
     return number
 
 
+def dataset_record(
+    *,
+    name: object,
+    digest: object,
+    source: object,
+    schema: object,
+    profile: object,
+    context: object = None,
+) -> dict[str, object]:
+    """An MLflow dataset input as mlrig's run dataset record (``{"name", "source",
+    "digest", "schema", "rows", "context"}``). MLflow keeps the source, schema and
+    profile as JSON text: the source's ``uri`` (or the text), the parsed schema and the
+    profile's ``num_rows`` are kept."""
+    import json
+
+    def parsed(text: object) -> object:
+        if not isinstance(text, str) or not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+    where = parsed(source)
+    if isinstance(where, dict):
+        where = where.get("uri") or where.get("url") or where.get("path") or source
+    record: dict[str, object] = {
+        "name": None if name is None else str(name)[:1000],
+        "source": None if source in (None, "") else str(where or source)[:1000],
+        "digest": None if digest is None else str(digest)[:1000],
+    }
+    schema_value = parsed(schema)
+    if schema_value is not None:
+        record["schema"] = schema_value
+    facts = parsed(profile)
+    facts = facts if isinstance(facts, dict) else {}
+    rows = facts.get("num_rows")
+    shape = facts.get("features_shape")  # a NumPy dataset's profile
+    if rows is None and isinstance(shape, list) and shape:
+        rows = shape[0]
+    if isinstance(rows, int) and rows >= 0:
+        record["rows"] = rows
+    if context:
+        record["context"] = str(context)[:1000]
+    return {k: x for k, x in record.items() if x is not None}
+
+
 @dataclass
 class Experiment:
     """An MLflow experiment (an mlrig run group)."""
@@ -74,6 +121,8 @@ class Run:
     tags: dict[str, str] = field(default_factory=dict)
     #: the metric names, where a reader learns them with the run (REST)
     metric_keys: list[str] = field(default_factory=list)
+    #: the datasets it used (``mlflow.log_input``), as mlrig records them
+    datasets: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

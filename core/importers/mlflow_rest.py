@@ -19,6 +19,7 @@ from mlrig.importers.mlflow_records import (
     ModelVersion,
     RegisteredModel,
     Run,
+    dataset_record,
     from_millis,
     metric_value,
 )
@@ -123,6 +124,17 @@ class RestSource:
                 params=_tags(data.get("params")),
                 tags=_tags(data.get("tags")),
                 metric_keys=sorted({m["key"] for m in data.get("metrics") or []}),
+                datasets=[
+                    dataset_record(
+                        name=(d.get("dataset") or {}).get("name"),
+                        digest=(d.get("dataset") or {}).get("digest"),
+                        source=(d.get("dataset") or {}).get("source"),
+                        schema=(d.get("dataset") or {}).get("schema"),
+                        profile=(d.get("dataset") or {}).get("profile"),
+                        context=_tags(d.get("tags")).get("mlflow.data.context"),
+                    )
+                    for d in (item.get("inputs") or {}).get("dataset_inputs") or []
+                ],
             )
 
     def metric_history(self, run: Run) -> Iterator[MetricPoint]:

@@ -24,6 +24,7 @@ from mlrig.importers.mlflow_records import (
     ModelVersion,
     RegisteredModel,
     Run,
+    dataset_record,
     from_millis,
     metric_value,
 )
@@ -119,7 +120,39 @@ class SqlStoreSource(ModelLocator):
                 tags=_pairs(
                     self._rows("SELECT key, value FROM tags WHERE run_uuid = :r", r=run_id)
                 ),
+                datasets=self._datasets(run_id),
             )
+
+    def _datasets(self, run_id: str) -> list[dict[str, object]]:
+        if not {"inputs", "datasets"} <= self.tables:
+            return []
+        contexts: dict[str, str] = {}
+        if "input_tags" in self.tables:
+            contexts = dict(
+                self._rows(
+                    "SELECT t.input_uuid, t.value FROM input_tags t JOIN inputs i "
+                    "ON i.input_uuid = t.input_uuid WHERE i.destination_id = :r "
+                    "AND t.name = 'mlflow.data.context'",
+                    r=run_id,
+                )
+            )
+        return [
+            dataset_record(
+                name=row[1],
+                digest=row[2],
+                source=row[3],
+                schema=row[4],
+                profile=row[5],
+                context=contexts.get(row[0]),
+            )
+            for row in self._rows(
+                "SELECT i.input_uuid, d.name, d.digest, d.dataset_source, d.dataset_schema, "
+                "d.dataset_profile FROM inputs i JOIN datasets d ON d.dataset_uuid = i.source_id "
+                "WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' "
+                "AND i.destination_id = :r ORDER BY i.input_uuid",
+                r=run_id,
+            )
+        ]
 
     def metric_history(self, run: Run) -> Iterator[MetricPoint]:
         for key, value, timestamp, step, is_nan in self._rows(

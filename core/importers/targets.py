@@ -55,6 +55,9 @@ class RemoteRuns:
     def set_tags(self, ref: str, tags: dict[str, str], *, actor: Principal) -> dict[str, Any]:
         return self.client.set_tags(ref, tags)
 
+    def log_dataset(self, ref: str, dataset: dict[str, Any]) -> dict[str, Any]:
+        return self.client.log_dataset(ref, dataset)
+
     def log_metrics(self, ref: str, points: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return {"written": self.client.log_metrics(ref, points)}
 
