@@ -83,8 +83,10 @@ _PG_INFINITY = {math.inf: _Text(PG_INFINITY_TEXT), -math.inf: _Text(f"-{PG_INFIN
 
 def _pg_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``rows`` with infinite values replaced by their PostgreSQL text (the same list when
-    none is infinite: one pass in C)."""
-    if not any(map(_INFINITIES.__contains__, map(itemgetter(1), rows))):
+    none is infinite: one ``sum`` in C, a second pass when there is a NaN)."""
+    values = map(itemgetter(1), rows)
+    # finite values are bounded (±1e10), so a finite sum means none is infinite
+    if math.isfinite(sum(values)) or _INFINITIES.isdisjoint(map(itemgetter(1), rows)):
         return rows
     return [(r[0], _PG_INFINITY[r[1]], *r[2:]) if r[1] in _INFINITIES else r for r in rows]
 
