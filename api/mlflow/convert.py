@@ -160,7 +160,7 @@ def experiment_json(group: dict[str, Any]) -> dict[str, Any]:
     """A group view as MLflow's ``Experiment``."""
     created = millis(group.get("created_at"))
     experiment_id = experiment_id_of(group)
-    return {
+    experiment = {
         "experiment_id": experiment_id,
         "name": group["name"],
         "artifact_location": f"mlflow-artifacts:/{experiment_id}",
@@ -169,6 +169,7 @@ def experiment_json(group: dict[str, Any]) -> dict[str, Any]:
         "last_update_time": created,
         "tags": pairs(group.get("tags") or {}),
     }
+    return {k: v for k, v in experiment.items() if v is not None}
 
 
 def run_name(view: dict[str, Any]) -> str:

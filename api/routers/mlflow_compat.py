@@ -84,18 +84,22 @@ def _all_groups(platform: Any) -> list[dict[str, Any]]:
     return platform.experiments.list_groups(include_deleted=True)
 
 
-def _default_group(platform: Any) -> dict[str, Any]:
+def _default_group(platform: Any, *, create: bool = False) -> dict[str, Any]:
+    """The group ``Default`` (MLflow's experiment ``"0"``, which always exists): made by
+    the first write into it; a read before that sees it without making it."""
     try:
         return platform.experiments.get_group(c.DEFAULT_EXPERIMENT_NAME)
     except NotFoundError:
-        return platform.experiments.ensure_group(c.DEFAULT_EXPERIMENT_NAME)
+        if create:
+            return platform.experiments.ensure_group(c.DEFAULT_EXPERIMENT_NAME)
+        return {"id": None, "name": c.DEFAULT_EXPERIMENT_NAME, "tags": {}, "deleted_at": None}
 
 
 def _group(platform: Any, experiment_id: str | None, *, active: bool = False) -> dict[str, Any]:
     """The group an MLflow experiment id names (deleted ones too unless ``active``)."""
     key = c.group_key(experiment_id)
     if key is None:
-        return _default_group(platform)
+        return _default_group(platform, create=active)
     found = next((g for g in _all_groups(platform) if uuid.UUID(g["id"]) == key), None)
     if found is None or found["name"] == c.DEFAULT_EXPERIMENT_NAME:
         msg = f"no experiment with id {experiment_id!r}"
@@ -191,9 +195,11 @@ def get_experiment_by_name(
 @_api("/experiments/search", "POST")
 def search_experiments(body: ExperimentSearch, platform: PlatformDep, _: Reader) -> dict[str, Any]:
     view_type = _view_type(body.view_type)
-    _default_group(platform)  # MLflow's experiment 0 always exists
+    groups = _all_groups(platform)
+    if not any(g["name"] == c.DEFAULT_EXPERIMENT_NAME for g in groups):
+        groups.append(_default_group(platform))  # MLflow's experiment 0 always exists
     records = []
-    for group in _all_groups(platform):
+    for group in groups:
         deleted = bool(group.get("deleted_at"))
         if (view_type == 1 and deleted) or (view_type == 2 and not deleted):
             continue
@@ -204,8 +210,8 @@ def search_experiments(body: ExperimentSearch, platform: PlatformDep, _: Reader)
                 "attributes": {
                     "name": experiment["name"],
                     "experiment_id": experiment["experiment_id"],
-                    "creation_time": experiment["creation_time"],
-                    "last_update_time": experiment["last_update_time"],
+                    "creation_time": experiment.get("creation_time"),
+                    "last_update_time": experiment.get("last_update_time"),
                     "lifecycle_stage": experiment["lifecycle_stage"],
                 },
                 "tags": dict(group.get("tags") or {}),
