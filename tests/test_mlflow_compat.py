@@ -338,6 +338,16 @@ def test_runs_batch_history_search_and_the_ajax_prefix(mlflow_api):
     done = {"run_id": ids[0], "status": "FINISHED", "end_time": 1_700_000_100_000}
     info = _ok(client.post(f"{API}/runs/update", json=done, headers=dev))["run_info"]
     assert info["status"] == "FINISHED" and info["end_time"] == 1_700_000_100_000
+    # a batch with one bad point writes nothing of it
+    bad = {
+        "run_id": ids[0],
+        "metrics": [{"key": "acc", "value": 1.0, "step": -5}],
+        "params": [{"key": "late", "value": "x"}],
+    }
+    refused = client.post(f"{API}/runs/log-batch", json=bad, headers=dev)
+    assert refused.status_code == 400 and refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    run0 = _ok(client.get(f"{API}/runs/get?run_id={ids[0]}", headers=dev))["run"]
+    assert {p["key"] for p in run0["data"]["params"]} == {"i"}
     killed = {"run_id": odd["info"]["run_id"], "status": "KILLED"}
     assert (
         _ok(client.post(f"{API}/runs/update", json=killed, headers=dev))["run_info"]["status"]

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from mlrig import validation as v
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
 from mlrig.api.mlflow import convert as c
@@ -53,6 +54,7 @@ from mlrig.api.mlflow.messages import (
 from mlrig.api.mlflow.search import filter_sort_page, parse_filter, parse_order_by
 from mlrig.api.security import Reader, Writer
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
+from mlrig.experiments.points import check_points
 
 router = APIRouter(tags=["mlflow"], route_class=MlflowRoute)
 
@@ -382,13 +384,18 @@ def log_batch(body: LogBatch, platform: PlatformDep, actor: Writer) -> dict[str,
             raise c.invalid(msg)
     service = platform.experiments
     key = body.run
+    # what can be checked alone is checked before anything is written: a bad point or
+    # tag refuses the whole batch (a param of another value still refuses the rest)
+    points = _points(body.metrics)
+    check_points(points)
+    tags = v.check_tags(c.unpairs(body.tags, field="tags"))
     if body.params:
         params = {p.key: p.value or "" for p in body.params}
         service.log_params(key, params, actor=actor)
-    if body.tags:
-        service.set_tags(key, c.unpairs(body.tags, field="tags"), actor=actor)
-    if body.metrics:
-        service.log_metrics(key, _points(body.metrics))
+    if tags:
+        service.set_tags(key, tags, actor=actor)
+    if points:
+        service.log_metrics(key, points)
     return {}
 
 
