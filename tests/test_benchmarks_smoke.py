@@ -28,6 +28,7 @@ SMOKE_TESTED = {
     "bench_scheduler.py",
     "bench_onnx_runtime.py",
     "bench_serving.py",
+    "bench_tracking_client.py",
 }
 
 
@@ -288,3 +289,14 @@ def test_bench_serving(tmp_path: Path):
     goals = {g["goal"]: g for g in report["goals"]}
     assert "rps_1row >= raw ASGI, 1 worker(s)" in goals
     assert all(isinstance(g["met"], bool) for g in goals.values())
+
+
+def test_bench_tracking_client():
+    """mlrig's side only (``--no-peer``: no MLflow environment): every point arrives."""
+    report = run_benchmark(
+        "bench_tracking_client.py", "--calls", "5000", "--rounds", "1", "--no-peer", timeout=300
+    )
+    (row,) = report["rows"]
+    assert row["system"] == "mlrig" and row["calls"] == 5000 and row["lost"] == 0
+    assert positive(row["cpu_us_per_call"]) and positive(row["end_s"])
+    assert isinstance(report["goal_met"], bool)
