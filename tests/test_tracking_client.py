@@ -489,7 +489,17 @@ def test_datasets_models_and_artifacts_against_a_server(
         ]
         model = LogisticRegression().fit(frame[["a"]], frame["b"])
         version = run.log_model(model, name="tracked-model", sample=frame[["a"]].head(2))
+        inside = mlrig.log_model(model, name="tracked-model")  # the active run's
+    outside = mlrig.log_model(model, name="plain-model")  # set_tracking's server, no run
     view = platform.experiments.get(run.id)
+    assert (
+        platform.registry.get_version("tracked-model", str(inside["version"]))["lineage"][
+            "source_experiment_id"
+        ]
+        == run.id
+    )
+    plain = platform.registry.get_version("plain-model", str(outside["version"]))
+    assert plain["lineage"]["source_experiment_id"] is None
     assert record["rows"] == 4 and record["schema"] == {"a": "float64", "b": "int64"}
     assert array["schema"] == {"dtype": "float64", "shape": [3]} and array["rows"] == 5
     assert len(record["digest"]) == 64

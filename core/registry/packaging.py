@@ -59,7 +59,9 @@ def log_model(
     platform: Platform | None = None,
     **version: Any,
 ) -> dict[str, Any]:
-    """Register ``model`` in the registry of ``platform`` (default: from ``mlrig.toml``).
+    """Register ``model`` in the registry of ``platform``; without one, where runs are
+    tracked: into the active run (``mlrig.start_run``: lineage to it), else on the server
+    of ``mlrig.set_tracking`` / ``MLRIG_URL``, else in the local config's registry.
 
     Works for scikit-learn, PyTorch, TensorFlow/Keras and ONNX models. Returns the new
     version as the API shows it.
@@ -68,6 +70,19 @@ def log_model(
     from mlrig.platform import Platform
     from mlrig.security import Principal
 
+    if platform is None:
+        from mlrig.tracking import fluent, stores
+
+        run = fluent.active_run()
+        if run is not None:
+            return run.log_model(model, name=name, sample=sample, **version)
+        remote = stores.remote_target()
+        if remote is not None:
+            store = stores.RemoteStore(*remote)
+            try:
+                return store.log_model(None, model, name=name, sample=sample, **version)
+            finally:
+                store.close()
     owned = platform is None
     platform = platform or Platform.from_config()
     try:

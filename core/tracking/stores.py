@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlrig.platform import Platform
     from mlrig.security import Principal
 
-__all__ = ["EmbeddedStore", "RemoteStore", "TrackingStore", "open_store"]
+__all__ = ["EmbeddedStore", "RemoteStore", "TrackingStore", "open_store", "remote_target"]
 
 View = dict[str, Any]
 Row = tuple[Any, ...]
@@ -228,13 +228,16 @@ class RemoteStore(TrackingStore):
         with file.open("rb") as data:
             return self.client.upload_run_artifact(run_id, path, data)
 
-    def log_model(self, run_id: str, model: Any, *, name: str, **version: Any) -> View:
+    def log_model(self, run_id: str | None, model: Any, *, name: str, **version: Any) -> View:
+        """Package ``model`` here and upload it as a new version (lineage to ``run_id``
+        when given; the model is created on first use)."""
         from mlrig.errors import ConflictError
         from mlrig.formats import package_model
 
         sample = version.pop("sample", None)
         framework = version.pop("framework", None)
-        version.setdefault("source_experiment_id", run_id)
+        if run_id is not None:
+            version.setdefault("source_experiment_id", run_id)
         with tempfile.TemporaryDirectory(prefix="mlrig-package-") as tmp:
             folder = Path(tmp)
             package = package_model(model, folder, sample=sample, framework=framework)
@@ -304,13 +307,20 @@ def configure(url: str | None, token: str | None) -> None:
     _configured = (url, token)
 
 
-def open_store() -> TrackingStore:
-    """The store runs go to now: the server given to ``set_tracking`` (or ``None`` there:
-    embedded), else ``MLRIG_URL`` (with ``MLRIG_TOKEN``), else the local config."""
+def remote_target() -> tuple[str, str | None] | None:
+    """``(url, token)`` of the server runs go to now, or ``None`` for embedded: the
+    server given to ``set_tracking`` (``None`` there: embedded), else ``MLRIG_URL`` (with
+    ``MLRIG_TOKEN``)."""
     if _configured is not None:
         url, token = _configured
     else:
         url, token = os.environ.get("MLRIG_URL"), os.environ.get("MLRIG_TOKEN")
-    if url:
-        return RemoteStore(url, token)
+    return (url, token) if url else None
+
+
+def open_store() -> TrackingStore:
+    """The store runs go to now (:func:`remote_target`, else the local config)."""
+    remote = remote_target()
+    if remote is not None:
+        return RemoteStore(*remote)
     return EmbeddedStore()
