@@ -208,9 +208,10 @@ def test_errors_are_mlflow_bodies_and_4xx(mlflow_api):
     assert "nope" in missing.json()["message"]
 
     experiment = _ok(client.post(f"{API}/experiments/create", json={"name": "e1"}, headers=dev))
-    again = client.post(f"{API}/experiments/create", json={"name": "e1"}, headers=dev)
-    assert again.status_code == 400
-    assert again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+    for name in ("e1", "Default"):
+        again = client.post(f"{API}/experiments/create", json={"name": name}, headers=dev)
+        assert again.status_code == 400
+        assert again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
 
     run = _ok(
         client.post(

@@ -164,7 +164,8 @@ def _api(suffix: str, method: str) -> Callable[[Callable[..., Any]], Callable[..
 
 @_api("/experiments/create", "POST")
 def create_experiment(body: ExperimentCreate, platform: PlatformDep, _: Writer) -> dict[str, Any]:
-    if any(g["name"] == body.name for g in _all_groups(platform)):
+    taken = body.name == c.DEFAULT_EXPERIMENT_NAME  # experiment 0 always exists
+    if taken or any(g["name"] == body.name for g in _all_groups(platform)):
         msg = f"experiment {body.name!r} already exists"
         raise MlflowError(RESOURCE_ALREADY_EXISTS, msg)
     tags = c.unpairs(body.tags, field="tags")
