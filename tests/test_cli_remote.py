@@ -323,7 +323,7 @@ def test_the_console_script_against_a_server(server: CliMode, run_cli: Any) -> N
     assert missing.exit_code == 1 and missing.stderr.startswith("Error: ")
 
 
-def test_the_remote_cli_imports_no_database_layer(server: CliMode) -> None:
+def test_the_remote_cli_imports_no_database_layer_nor_httpx(server: CliMode) -> None:
     import subprocess
 
     code = (
@@ -331,6 +331,7 @@ def test_the_remote_cli_imports_no_database_layer(server: CliMode) -> None:
         "try:\n    main(['models', 'list', '--json'])\n"
         "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
         "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
+        "assert 'httpx' not in sys.modules, 'httpx imported'  # JSON over http.client\n"
     )
     env = {**os.environ, "MLRIG_URL": server.url or "", "MLRIG_TOKEN": server.admin_token}
     proc = subprocess.run(
@@ -379,3 +380,42 @@ def test_what_the_facade_lacks_is_a_one_line_error(server: CliMode) -> None:
         assert remote.whoami().name == "cli-admin"
     finally:
         remote.close()
+
+
+def test_with_a_proxy_in_the_environment_json_goes_through_httpx(
+    server: CliMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlrig.remote import RemotePlatform
+    from mlrig.remote.http import ClientJson, JsonHttp
+
+    assert isinstance(RemotePlatform(server.url or "").http, JsonHttp)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # httpx honours it: still straight there
+    remote = RemotePlatform(server.url or "", token=server.admin_token)
+    try:
+        assert isinstance(remote.http, ClientJson)
+        assert remote.whoami().name == "cli-admin"
+        assert remote.registry.list_models() == []
+    finally:
+        remote.close()
+
+
+def test_json_http_keeps_the_connection_and_maps_errors(server: CliMode) -> None:
+    from mlrig.errors import NotFoundError, ValidationError
+    from mlrig.remote.http import JsonHttp
+
+    http = JsonHttp(server.url or "", server.admin_token)
+    try:
+        assert http.request("GET", "/users/me")["name"] == "cli-admin"
+        first = http._connection
+        with pytest.raises(NotFoundError, match="no model"):
+            http.request("GET", "/models/nope")
+        assert http.request("GET", "/models", params={"tag": ["a:b"], "limit": 5}) == {
+            "items": [],
+            "next_cursor": None,
+        }
+        assert http._connection is first  # one connection for the whole command
+        with pytest.raises(ValidationError, match="not JSON"):
+            http.request("POST", "/models", json={"name": float("nan")})
+    finally:
+        http.close()

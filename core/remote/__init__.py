@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlrig.client import Client
     from mlrig.remote.admin import RemoteAudit, RemoteDeployments, RemoteSecurity
     from mlrig.remote.experiments import RemoteExperiments
+    from mlrig.remote.http import ClientJson, JsonHttp
     from mlrig.remote.registry import RemoteEvaluator, RemoteLifecycle, RemoteRegistry
     from mlrig.security import Principal
 
@@ -49,59 +50,70 @@ class RemotePlatform:
 
     @cached_property
     def client(self) -> Client:
-        """The HTTP connection (made on first use)."""
+        """The :class:`mlrig.Client` of the server (httpx; made on first use): uploads,
+        streamed downloads, raw bodies and the routes the facades do not cover."""
         from mlrig.client import Client
 
         return Client(self.url, token=self.token, timeout=self.timeout)
+
+    @cached_property
+    def http(self) -> JsonHttp | ClientJson:
+        """What the facades send their JSON requests with: :class:`JsonHttp` (standard
+        library, quick to import), or :attr:`client` where a proxy is configured."""
+        from mlrig.remote.http import ClientJson, JsonHttp, proxy_configured
+
+        if proxy_configured():
+            return ClientJson(self.client)
+        return JsonHttp(self.url, self.token, timeout=self.timeout)
 
     def whoami(self) -> Principal:
         """The server's principal of the token (``GET /users/me``)."""
         from mlrig.security import Principal
 
-        me = self.client.request("GET", "/users/me")
+        me = self.http.request("GET", "/users/me")
         return Principal(name=me["name"], role=me["role"])
 
     @cached_property
     def registry(self) -> RemoteRegistry:
         from mlrig.remote.registry import RemoteRegistry
 
-        return RemoteRegistry(self.client)
+        return RemoteRegistry(self)
 
     @cached_property
     def lifecycle(self) -> RemoteLifecycle:
         from mlrig.remote.registry import RemoteLifecycle
 
-        return RemoteLifecycle(self.client)
+        return RemoteLifecycle(self)
 
     @cached_property
     def evaluator(self) -> RemoteEvaluator:
         from mlrig.remote.registry import RemoteEvaluator
 
-        return RemoteEvaluator(self.client)
+        return RemoteEvaluator(self)
 
     @cached_property
     def experiments(self) -> RemoteExperiments:
         from mlrig.remote.experiments import RemoteExperiments
 
-        return RemoteExperiments(self.client)
+        return RemoteExperiments(self)
 
     @cached_property
     def deployments(self) -> RemoteDeployments:
         from mlrig.remote.admin import RemoteDeployments
 
-        return RemoteDeployments(self.client)
+        return RemoteDeployments(self)
 
     @cached_property
     def security(self) -> RemoteSecurity:
         from mlrig.remote.admin import RemoteSecurity
 
-        return RemoteSecurity(self.client)
+        return RemoteSecurity(self)
 
     @cached_property
     def audit(self) -> RemoteAudit:
         from mlrig.remote.admin import RemoteAudit
 
-        return RemoteAudit(self.client)
+        return RemoteAudit(self)
 
     @property
     def datasets(self) -> _ServerDatasets:
@@ -116,7 +128,9 @@ class RemotePlatform:
         raise local_only(f"this command (it needs platform.{name})")
 
     def close(self) -> None:
-        """Close the connection (if one was made)."""
+        """Close the connections (those that were made)."""
+        if "http" in self.__dict__:
+            self.http.close()
         if "client" in self.__dict__:
             self.client.close()
 
@@ -129,14 +143,23 @@ class _ServerDatasets:
 
 
 class RemoteService:
-    """Base of the remote services: one client; a method the facade lacks (the embedded
-    service has more than the CLI uses) is a one-line error, not a traceback."""
+    """Base of the remote services: JSON requests through ``platform.http``, the rest
+    through ``platform.client``; a method the facade lacks (the embedded service has
+    more than the CLI uses) is a one-line error, not a traceback."""
 
     #: the attribute of :class:`RemotePlatform` this service is (for messages)
     attribute = "service"
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    def __init__(self, platform: RemotePlatform) -> None:
+        self.platform = platform
+
+    @property
+    def http(self) -> JsonHttp | ClientJson:
+        return self.platform.http
+
+    @property
+    def client(self) -> Client:
+        return self.platform.client
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -21,10 +21,10 @@ class RemoteDeployments(RemoteService):
         self, *, name: str, model: str, actor: Principal | None = None, **fields: Any
     ) -> dict[str, Any]:
         body = {"name": name, "model": model, **params(**fields)}
-        return self.client.request("POST", "/deployments", json=body)
+        return self.http.request("POST", "/deployments", json=body)
 
     def get(self, ref: str) -> dict[str, Any]:
-        return self.client.request("GET", f"/deployments/{segment(ref)}")
+        return self.http.request("GET", f"/deployments/{segment(ref)}")
 
     def list(
         self,
@@ -44,13 +44,13 @@ class RemoteDeployments(RemoteService):
             offset=offset or None,
             cursor=cursor,
         )
-        return self.client.request("GET", "/deployments", params=query)
+        return self.http.request("GET", "/deployments", params=query)
 
     def update(self, ref: str, *, actor: Principal | None = None, **changes: Any) -> dict[str, Any]:
-        return self.client.request("PUT", f"/deployments/{segment(ref)}", json=changes)
+        return self.http.request("PUT", f"/deployments/{segment(ref)}", json=changes)
 
     def delete(self, ref: str, *, actor: Principal | None = None) -> dict[str, Any]:
-        return self.client.request("DELETE", f"/deployments/{segment(ref)}")
+        return self.http.request("DELETE", f"/deployments/{segment(ref)}")
 
 
 class RemoteSecurity(RemoteService):
@@ -60,10 +60,10 @@ class RemoteSecurity(RemoteService):
 
     def create_user(self, *, name: str, role: str, email: str | None = None) -> dict[str, Any]:
         body = params(name=name, role=role, email=email)
-        return self.client.request("POST", "/users", json=body)
+        return self.http.request("POST", "/users", json=body)
 
     def list_users(self) -> list[dict[str, Any]]:
-        return self.client.request("GET", "/users")["items"]
+        return self.http.request("GET", "/users")["items"]
 
     def create_token(
         self,
@@ -77,7 +77,7 @@ class RemoteSecurity(RemoteService):
         body = params(
             user=user, name=name, ttl_days=ttl_days, scopes=list(scopes) if scopes else None
         )
-        return self.client.request("POST", "/tokens", json=body)
+        return self.http.request("POST", "/tokens", json=body)
 
     def list_tokens(
         self, *, user: str | None = None, actor: Principal | None = None
@@ -87,11 +87,11 @@ class RemoteSecurity(RemoteService):
 
         if actor is not None and user is not None and user != actor.name:
             actor.require(Permission.ADMIN)  # as the service: another's tokens are admin's
-        rows = self.client.request("GET", "/tokens")["items"]
+        rows = self.http.request("GET", "/tokens")["items"]
         return [t for t in rows if user is None or t["user"] == user]
 
     def revoke_token(self, token_id: str, *, actor: Principal | None = None) -> dict[str, Any]:
-        return self.client.request("DELETE", f"/tokens/{segment(token_id)}")
+        return self.http.request("DELETE", f"/tokens/{segment(token_id)}")
 
 
 class RemoteAudit(RemoteService):
@@ -117,4 +117,4 @@ class RemoteAudit(RemoteService):
         query = params(
             since=since.isoformat() if since else None, actor=actor, action=action, limit=limit
         )
-        return self.client.request("GET", "/audit", params=query)["items"]
+        return self.http.request("GET", "/audit", params=query)["items"]

@@ -35,7 +35,7 @@ class RemoteExperiments(RemoteService):
     ) -> dict[str, Any]:
         """``POST /experiments`` (the creator is the token's user)."""
         body = {"name": name, "trainer": trainer, **params(**fields)}
-        return self.client.request("POST", "/experiments", json=body)
+        return self.http.request("POST", "/experiments", json=body)
 
     def list(
         self,
@@ -59,10 +59,10 @@ class RemoteExperiments(RemoteService):
             limit=limit,
             offset=offset or None,
         )
-        return self.client.request("GET", "/experiments", params=query)["items"]
+        return self.http.request("GET", "/experiments", params=query)["items"]
 
     def get(self, ref: str) -> dict[str, Any]:
-        return self.client.request("GET", _path(ref))
+        return self.http.request("GET", _path(ref))
 
     def resolve(self, ref: str) -> str:
         """The id of experiment ``ref`` (an id, a prefix of one, or a name)."""
@@ -72,16 +72,16 @@ class RemoteExperiments(RemoteService):
         return self.get(ref)["status"]
 
     def start(self, ref: str) -> dict[str, Any]:
-        return self.client.request("POST", _path(ref, "start"))
+        return self.http.request("POST", _path(ref, "start"))
 
     def stop(self, ref: str) -> dict[str, Any]:
-        return self.client.request("POST", _path(ref, "stop"))
+        return self.http.request("POST", _path(ref, "stop"))
 
     def rerun(self, ref: str, *, actor: Principal | None = None) -> dict[str, Any]:
-        return self.client.request("POST", _path(ref, "rerun"))
+        return self.http.request("POST", _path(ref, "rerun"))
 
     def events(self, ref: str) -> list[dict[str, Any]]:
-        return self.client.request("GET", _path(ref, "events"))["items"]
+        return self.http.request("GET", _path(ref, "events"))["items"]
 
     def metrics(
         self,
@@ -100,10 +100,10 @@ class RemoteExperiments(RemoteService):
             limit=limit,
             fields=",".join(fields) if fields is not None else None,
         )
-        return self.client.request("GET", _path(ref, "metrics"), params=query)
+        return self.http.request("GET", _path(ref, "metrics"), params=query)
 
     def compare(self, refs: list[str]) -> dict[str, Any]:
-        return self.client.request("GET", "/experiments/compare", params={"ids": list(refs)})
+        return self.http.request("GET", "/experiments/compare", params={"ids": list(refs)})
 
     def read_logs(self, ref: str, offset: int = 0, limit: int | None = None) -> tuple[bytes, int]:
         """The job's log bytes from ``offset`` and the offset to ask for next."""

@@ -70,10 +70,10 @@ class RemoteRegistry(RemoteService):
         actor: Principal | None = None,
     ) -> dict[str, Any]:
         body = params(name=name, description=description, tags=tags)
-        return self.client.request("POST", "/models", json=body)
+        return self.http.request("POST", "/models", json=body)
 
     def get_model(self, ref: str) -> dict[str, Any]:
-        return self.client.request("GET", _models(ref))
+        return self.http.request("GET", _models(ref))
 
     def model_id(self, model_ref: str) -> uuid.UUID:
         return uuid.UUID(self.get_model(model_ref)["id"])
@@ -94,22 +94,22 @@ class RemoteRegistry(RemoteService):
             limit=limit,
             offset=offset or None,
         )
-        return self.client.request("GET", "/models", params=query)["items"]
+        return self.http.request("GET", "/models", params=query)["items"]
 
     def update_model(
         self, ref: str, *, description: str | None = None, tags: dict[str, str] | None = None
     ) -> dict[str, Any]:
         body = params(description=description, tags=tags)
-        return self.client.request("PUT", _models(ref), json=body)
+        return self.http.request("PUT", _models(ref), json=body)
 
     def delete_model(self, ref: str, *, actor: Principal, force: bool = False) -> dict[str, Any]:
-        return self.client.request("DELETE", _models(ref), params={"force": force})
+        return self.http.request("DELETE", _models(ref), params={"force": force})
 
     def restore_model(self, ref: str, *, actor: Principal) -> dict[str, Any]:
-        return self.client.request("POST", _models(ref, "restore"))
+        return self.http.request("POST", _models(ref, "restore"))
 
     def list_deleted(self, model_ref: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        page = self.client.request("GET", "/models/-/deleted", params=params(model=model_ref))
+        page = self.http.request("GET", "/models/-/deleted", params=params(model=model_ref))
         found: dict[str, list[dict[str, Any]]] = {"models": [], "versions": []}
         for item in page["items"]:
             kind = item.pop("kind")
@@ -169,12 +169,12 @@ class RemoteRegistry(RemoteService):
                 else:  # a binary file object
                     content = source
                 uploads.append(("files", (path, content, "application/octet-stream")))
-            return self.client.request(
+            return self.client.request(  # multipart: httpx
                 "POST", _models(model_ref, "versions"), files=uploads, data={"metadata": metadata}
             )
 
     def get_version(self, model_ref: str, version_ref: str) -> dict[str, Any]:
-        return self.client.request("GET", _models(model_ref, "versions", version_ref))
+        return self.http.request("GET", _models(model_ref, "versions", version_ref))
 
     def update_version(
         self,
@@ -186,18 +186,18 @@ class RemoteRegistry(RemoteService):
         frozen: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         body = {**(frozen or {}), **params(description=description, tags=tags)}
-        return self.client.request("PUT", _models(model_ref, "versions", version_ref), json=body)
+        return self.http.request("PUT", _models(model_ref, "versions", version_ref), json=body)
 
     def delete_version(
         self, model_ref: str, version_ref: str, *, actor: Principal, force: bool = False
     ) -> dict[str, Any]:
         path = _models(model_ref, "versions", version_ref)
-        return self.client.request("DELETE", path, params={"force": force})
+        return self.http.request("DELETE", path, params={"force": force})
 
     def restore_version(
         self, model_ref: str, version_ref: str, *, actor: Principal
     ) -> dict[str, Any]:
-        return self.client.request("POST", _models(model_ref, "versions", version_ref, "restore"))
+        return self.http.request("POST", _models(model_ref, "versions", version_ref, "restore"))
 
     def search_versions(self, query: VersionQuery) -> dict[str, Any]:
         """One page of versions: ``GET /models/{id}/versions`` for one model, else
@@ -216,17 +216,17 @@ class RemoteRegistry(RemoteService):
             cursor=query.cursor,
         )
         if query.model_id is not None:
-            return self.client.request(
+            return self.http.request(
                 "GET", _models(str(query.model_id), "versions"), params=filters
             )
         filters.update(
             params(name=query.name, name_prefix=query.name_prefix, q=query.name_contains)
         )
-        return self.client.request("GET", "/model-versions", params=filters)
+        return self.http.request("GET", "/model-versions", params=filters)
 
     def list_artifacts(self, model_ref: str, version_ref: str) -> list[dict[str, Any]]:
         path = _models(model_ref, "versions", version_ref, "artifacts")
-        return self.client.request("GET", path)["items"]
+        return self.http.request("GET", path)["items"]
 
     def download_version(self, model_ref: str, version_ref: str, folder: Path) -> list[Path]:
         """Write every artifact of a version under ``folder`` (each checked against its
@@ -263,10 +263,10 @@ class RemoteLifecycle(RemoteService):
         self, model_ref: str, alias: str, version_ref: str, *, actor: Principal
     ) -> dict[str, Any]:
         path = _models(model_ref, "aliases", alias)
-        return self.client.request("PUT", path, json={"version": version_ref})
+        return self.http.request("PUT", path, json={"version": version_ref})
 
     def delete_alias(self, model_ref: str, alias: str, *, actor: Principal) -> dict[str, Any]:
-        return self.client.request("DELETE", _models(model_ref, "aliases", alias))
+        return self.http.request("DELETE", _models(model_ref, "aliases", alias))
 
     def transition(
         self,
@@ -278,20 +278,20 @@ class RemoteLifecycle(RemoteService):
         comment: str | None = None,
     ) -> dict[str, Any]:
         path = _models(model_ref, "versions", version_ref, "stage")
-        return self.client.request("POST", path, json=params(stage=stage, comment=comment))
+        return self.http.request("POST", path, json=params(stage=stage, comment=comment))
 
     def list_requests(
         self, *, status: str | None = "pending", model: str | None = None
     ) -> list[dict[str, Any]]:
         query = params(status=status or "all", model=model)
-        return self.client.request("GET", "/approvals", params=query)["items"]
+        return self.http.request("GET", "/approvals", params=query)["items"]
 
     def decide(
         self, request_id: str, *, approve: bool, actor: Principal, comment: str | None = None
     ) -> dict[str, Any]:
         verb = "approve" if approve else "reject"
         path = f"/approvals/{segment(request_id)}/{verb}"
-        return self.client.request("POST", path, json=params(comment=comment))
+        return self.http.request("POST", path, json=params(comment=comment))
 
 
 class RemoteEvaluator(RemoteService):
@@ -313,12 +313,10 @@ class RemoteEvaluator(RemoteService):
     ) -> list[dict[str, Any]]:
         body = params(dataset_uri=dataset_uri, target=target, task=task, runtime=runtime)
         return [
-            self.client.request(
-                "POST", _models(model_ref, "versions", ref, "evaluations"), json=body
-            )
+            self.http.request("POST", _models(model_ref, "versions", ref, "evaluations"), json=body)
             for ref in version_refs
         ]
 
     def compare(self, model_ref: str, version_refs: list[str]) -> dict[str, Any]:
         query = {"versions": list(version_refs)}
-        return self.client.request("GET", _models(model_ref, "compare"), params=query)
+        return self.http.request("GET", _models(model_ref, "compare"), params=query)
