@@ -40,12 +40,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
             note += f", {summary['runs_skipped']} already there"
             if summary["runs_resumed"]:
                 note += f", {summary['runs_resumed']} finished (cut off before)"
+            if summary["runs_failed"]:
+                note += f", {summary['runs_failed']} failed"
         if key == "versions":
             note += f", {summary['versions_skipped']} already there"
             if summary["versions_not_converted"]:
                 note += f", {summary['versions_not_converted']} kept as MLflow files"
             if summary["versions_unreachable"]:
                 note += f", {summary['versions_unreachable']} unreachable"
+            if summary["versions_failed"]:
+                note += f", {summary['versions_failed']} failed"
         if key == "artifacts":
             note = f"{summary['artifact_bytes']:,} bytes"
         rows.append([label, summary[key], note])
@@ -99,6 +103,7 @@ def mlflow_command(
 
     URI is a tracking server (http://host:5000), a database (sqlite:///mlflow.db,
     postgresql://...) or a mlruns folder. Running it again imports only what is new.
+    Exits 1 when a run or a version could not be imported (the summary says why).
     """
     from mlrig.cli.context import audit_cli, get_platform, require_writer
     from mlrig.importers import open_mlflow
@@ -132,6 +137,8 @@ def mlflow_command(
         print_json(summary)
     else:
         _print_summary(summary)
+    if summary["runs_failed"] or summary["versions_failed"]:
+        raise SystemExit(1)  # the summary says what; scripts see that not all went in
 
 
 class _progress:

@@ -71,6 +71,7 @@ class ImportSummary:
                 "runs_imported",
                 "runs_skipped",
                 "runs_resumed",
+                "runs_failed",
                 "params",
                 "tags",
                 "datasets",
@@ -85,6 +86,7 @@ class ImportSummary:
                 "versions_skipped",
                 "versions_not_converted",
                 "versions_unreachable",
+                "versions_failed",
                 "aliases",
                 "stages",
             ),
@@ -181,7 +183,11 @@ class MlflowImporter:
         for experiment, runs in planned:
             self._group(experiment, len(runs))
             for run in runs:
-                self._run(experiment, run, known.get(run.id))
+                try:
+                    self._run(experiment, run, known.get(run.id))
+                except (MlrigError, OSError) as exc:  # one bad run does not stop the others
+                    self.summary.add("runs_failed")
+                    self.summary.warn(f"run {run.id} ({run.name}) not imported: {exc}")
                 done += 1
                 self.progress("runs", done, total)
         if self.import_models:
@@ -404,8 +410,12 @@ class MlflowImporter:
                 continue
             imported: set[str] = set()
             for version in versions:
-                if self._version(model, version, existing):
-                    imported.add(version.version)
+                try:
+                    if self._version(model, version, existing):
+                        imported.add(version.version)
+                except (MlrigError, OSError) as exc:
+                    self.summary.add("versions_failed")
+                    self.summary.warn(f"{model.name} version {version.version}: {exc}")
                 done += 1
                 self.progress("models", done, total)
             self._aliases(model, imported | existing)
@@ -437,6 +447,12 @@ class MlflowImporter:
         where = f"{model.name} version {version.version}"
         if version.version in existing:
             self.summary.add("versions_skipped")
+            tags = self.platform.registry.get_version(model.name, version.version)["tags"]
+            if tags.get(VERSION_TAG) != version.version:
+                self.summary.warn(
+                    f"{where}: mlrig's model already has a version {version.version} that was "
+                    "not imported from MLflow; it is left as it is"
+                )
             return True
         try:
             tree = self.source.version_artifacts(version)
