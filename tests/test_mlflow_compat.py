@@ -44,6 +44,8 @@ with mlflow.start_run(run_name="baseline") as run:
         f.write("step,loss\n0,1.0\n")
     mlflow.log_artifact(os.path.join(folder, "notes.txt"))
     mlflow.log_artifacts(os.path.join(folder, "plots"), artifact_path="plots")
+    with mlflow.start_run(run_name="fold-1", nested=True):
+        mlflow.log_metric("fold_acc", 0.7)
 baseline = run.info.run_id
 with mlflow.start_run(run_id=baseline):  # resumed, as MLflow users do
     mlflow.log_metric("loss", 0.1, step=5)
@@ -105,13 +107,15 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     assert seen["plots"] == ["plots/curve.csv"]
     assert seen["downloaded"] == "hello from mlflow"
     assert seen["experiments"] == ["Default", "churn"]
-    assert seen["all_runs"] == 2
+    assert seen["all_runs"] == 3
 
     # what mlrig holds: the same records, as tracked runs of the group "churn"
     service = platform.experiments
     assert [g["name"] for g in service.list_groups()] == ["churn"]  # Default: not written to
     runs = {r["name"]: r for r in service.list(group="churn")}
-    assert set(runs) == {"baseline", "broken"}
+    assert set(runs) == {"baseline", "fold-1", "broken"}
+    assert runs["fold-1"]["parent_id"] == runs["baseline"]["id"]  # nested in mlrig too
+    assert runs["fold-1"]["status"] == "completed"
     baseline = service.get(runs["baseline"]["id"])
     assert uuid.UUID(baseline["id"]).hex == seen["baseline"]
     assert baseline["origin"] == "mlflow"

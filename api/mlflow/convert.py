@@ -8,7 +8,8 @@
   ``FINISHED``, failed = ``FAILED``, cancelled = ``KILLED``.
 - Times: MLflow's milliseconds since the epoch, mlrig's ISO 8601 in UTC.
 - A run's MLflow name is its tag ``mlflow.runName`` when set (MLflow names need not be
-  unique, mlrig's do), else its mlrig name. A run deleted through MLflow carries the tag
+  unique, mlrig's do), else its mlrig name. A nested run (tag ``mlflow.parentRunId``) is
+  nested in mlrig too (``parent_id``). A run deleted through MLflow carries the tag
   :data:`DELETED_TAG` (mlrig has no run deletion; MLflow's is soft too).
 """
 
@@ -25,6 +26,8 @@ from mlrig.api.mlflow.errors import RESOURCE_DOES_NOT_EXIST, MlflowError
 DEFAULT_EXPERIMENT_ID = "0"
 DEFAULT_EXPERIMENT_NAME = "Default"
 RUN_NAME_TAG = "mlflow.runName"
+#: the tag a nested MLflow run names its parent by (the mlrig run's ``parent_id`` too)
+PARENT_TAG = "mlflow.parentRunId"
 #: the tag that marks a run deleted through MLflow (hidden from MLflow's views of it)
 DELETED_TAG = "mlrig.mlflow.deleted"
 _HIDDEN_TAGS = frozenset({DELETED_TAG})

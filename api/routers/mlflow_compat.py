@@ -286,6 +286,7 @@ def create_run(body: RunCreate, platform: PlatformDep, actor: Writer) -> dict[st
     fields = {
         "actor": actor,
         "group": group["name"],
+        "parent": _parent(platform, tags.get(c.PARENT_TAG)),
         "tags": tags,
         "origin": "mlflow",
         "started_at": c.from_millis(body.start_time, field="start_time"),
@@ -299,6 +300,21 @@ def create_run(body: RunCreate, platform: PlatformDep, actor: Writer) -> dict[st
         view = platform.experiments.start_run(name=None, **fields)
     view = platform.experiments.get(view["id"])
     return {"run": c.run_json(view, c.experiment_id_of(group))}
+
+
+def _parent(platform: Any, run_id: str | None) -> uuid.UUID | None:
+    """The run a nested MLflow run names (tag ``mlflow.parentRunId``), if mlrig has it."""
+    if not run_id:
+        return None
+    try:
+        key = uuid.UUID(run_id)
+    except ValueError:
+        return None
+    try:
+        platform.experiments.resolve(key)
+    except NotFoundError:
+        return None
+    return key
 
 
 @_api("/runs/get", "GET")
