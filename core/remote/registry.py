@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +13,8 @@ from mlrig.errors import NotFoundError, StorageError
 from mlrig.remote import RemoteService, local_only, params, segment
 
 if TYPE_CHECKING:
+    import uuid
+
     from mlrig.registry.search import VersionQuery
     from mlrig.security import Principal
 
@@ -76,6 +75,8 @@ class RemoteRegistry(RemoteService):
         return self.http.request("GET", _models(ref))
 
     def model_id(self, model_ref: str) -> uuid.UUID:
+        import uuid
+
         return uuid.UUID(self.get_model(model_ref)["id"])
 
     def list_models(
@@ -159,6 +160,8 @@ class RemoteRegistry(RemoteService):
         return True
 
     def _upload(self, model_ref: str, files: Mapping[str, Any], metadata: str) -> dict[str, Any]:
+        import io
+
         with contextlib.ExitStack() as opened:
             uploads = []
             for path, source in files.items():
@@ -247,6 +250,8 @@ class RemoteRegistry(RemoteService):
 
 
 def _sha256(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
