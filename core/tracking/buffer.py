@@ -253,9 +253,7 @@ class MetricBuffer:
         self._acked = 0
         self._lock = threading.Condition()
         self._wake = threading.Event()
-        self._flush_asked = False
         self._stopping = False
-        self._deadline: float | None = None
         self._last_seal = time.monotonic()
         self._threads: list[threading.Thread] = []
 
@@ -289,7 +287,6 @@ class MetricBuffer:
         done = self.flush(timeout)
         with self._lock:
             self._stopping = True
-            self._deadline = time.monotonic()
             self._lock.notify_all()
         self._wake.set()
         for thread in self._threads:
@@ -311,7 +308,7 @@ class MetricBuffer:
             log.warning(
                 "mlrig: %s metric points of run %s could not be sent to %s; they are kept "
                 "in %s and sent by the next run tracked to the same place "
-                "(or mlrig.tracking.replay_spilled())",
+                "(or mlrig.tracking.buffer.replay_spilled)",
                 f"{left:,}",
                 self.run_id,
                 self.sink.target,
@@ -375,19 +372,19 @@ class MetricBuffer:
     def _next(self) -> _Batch | None:
         with self._lock:
             while True:
+                if self._stopping:  # close() spills what is left
+                    return None
                 if self._spill.pending:
                     return self._spill.peek()
                 if self._queue:
                     return self._queue[0]
-                if self._stopping:
-                    return None
                 self._lock.wait(1.0)
 
     def _done(self, batch: _Batch, written: int, size: int) -> None:
         with self._lock:
             if batch.spilled_at is not None:
                 self._spill.done(batch)
-            else:
+            elif self._queue and self._queue[0] is batch:
                 self._queue.popleft()
                 self._queued_points -= size
             self.counters.sent += written
