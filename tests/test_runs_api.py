@@ -124,6 +124,8 @@ BAD_REQUESTS = [
     ("post", "/experiments/{id}/datasets", {"rows": -1, "name": "x"}),
     ("post", "/experiments/{id}/datasets", {"rows": 3}),
     ("post", "/experiments/{id}/datasets", {"name": "", "source": ""}),
+    ("post", "/experiments/{id}/datasets", {"source": None}),
+    ("post", "/experiments/{id}/datasets", {"name": "x", "rows": False}),
     ("post", "/experiments/{id}/datasets", {"name": "x", "colour": "red"}),
     ("post", "/groups", {"name": ""}),
     ("post", "/groups", {"name": "a\u0000"}),

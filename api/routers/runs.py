@@ -153,7 +153,10 @@ class RunDataset(InputModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra=lambda schema: schema.update(
-            anyOf=[{"required": ["name"]}, {"required": ["source"]}]
+            anyOf=[
+                {"required": [key], "properties": {key: {"type": "string"}}}
+                for key in ("name", "source")
+            ]
         ),
     )
 
@@ -161,7 +164,7 @@ class RunDataset(InputModel):
     source: NonEmptyShortText | None = Field(default=None, description="A URI or a path.")
     digest: ShortText | None = Field(default=None, description="sha256 of the data.")
     schema_: JsonObject | None = Field(default=None, alias="schema")
-    rows: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    rows: int | None = Field(default=None, ge=0, le=INT64_MAX, strict=True)
     context: ShortText | None = Field(default=None, description="train, validation, test...")
 
 
