@@ -62,7 +62,18 @@ found = mlflow.search_runs(
     experiment_names=["churn"], filter_string="metrics.loss < 0.5 and params.lr = '0.1'"
 )
 downloaded = mlflow.artifacts.download_artifacts(run_id=baseline, artifact_path="notes.txt")
+# the same client with a viewer's token: it reads, and is refused writes
+os.environ["MLFLOW_TRACKING_TOKEN"] = os.environ["VIEWER_TOKEN"]
+viewer_sees = sorted(e.name for e in client.search_experiments())
+try:
+    mlflow.set_experiment("not-mine")
+    refused = None
+except mlflow.exceptions.MlflowException as exc:
+    refused = [exc.error_code, exc.message]
+
 print("RESULT " + json.dumps({
+    "viewer_sees": viewer_sees,
+    "refused": refused,
     "baseline": baseline,
     "found": found["run_id"].tolist(),
     "status": found["status"].tolist(),
@@ -86,11 +97,13 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     platform, live_server, make_token, mlflow_client_python
 ):
     token = make_token("mlflow-user", "developer")["Authorization"].split()[1]
+    viewer = make_token("watcher", "viewer")["Authorization"].split()[1]
     done = run_mlflow_script(
         MLFLOW_SCRIPT,
         env={
             "TRACKING_URI": live_server,
             "MLFLOW_TRACKING_TOKEN": token,
+            "VIEWER_TOKEN": viewer,
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         },
         python=mlflow_client_python,
@@ -108,10 +121,15 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     assert seen["downloaded"] == "hello from mlflow"
     assert seen["experiments"] == ["Default", "churn"]
     assert seen["all_runs"] == 3
+    assert seen["viewer_sees"] == ["Default", "churn"]
+    code, message = seen["refused"]
+    assert code == "PERMISSION_DENIED"  # MLflow's code, mlrig's message
+    assert "lacks the 'write' permission" in message
 
     # what mlrig holds: the same records, as tracked runs of the group "churn"
     service = platform.experiments
-    assert [g["name"] for g in service.list_groups()] == ["churn"]  # Default: not written to
+    # Default was only read (made by no write), and the viewer's experiment was refused
+    assert [g["name"] for g in service.list_groups()] == ["churn"]
     runs = {r["name"]: r for r in service.list(group="churn")}
     assert set(runs) == {"baseline", "fold-1", "broken"}
     assert runs["fold-1"]["parent_id"] == runs["baseline"]["id"]  # nested in mlrig too
@@ -141,44 +159,6 @@ def test_an_unchanged_mlflow_script_tracks_into_mlrig(
     broken = service.get(runs["broken"]["id"])
     assert broken["status"] == "failed"
     assert broken["hyperparameters"] == {"lr": "0.5"}
-
-
-VIEWER_SCRIPT = r"""
-import json, os
-import mlflow
-from mlflow.exceptions import MlflowException
-
-mlflow.set_tracking_uri(os.environ["TRACKING_URI"])
-seen = {"experiments": sorted(e.name for e in mlflow.search_experiments())}
-try:
-    mlflow.set_experiment("not-mine")
-except MlflowException as exc:
-    seen["refused"] = [exc.error_code, exc.message]
-print("RESULT " + json.dumps(seen))
-"""
-
-
-def test_the_mlflow_client_with_a_viewer_token_reads_but_cannot_write(
-    platform, live_server, make_token, mlflow_client_python
-):
-    token = make_token("watcher", "viewer")["Authorization"].split()[1]
-    done = run_mlflow_script(
-        VIEWER_SCRIPT,
-        env={
-            "TRACKING_URI": live_server,
-            "MLFLOW_TRACKING_TOKEN": token,
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        },
-        python=mlflow_client_python,
-        timeout=120,
-    )
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    seen = json.loads(line[len("RESULT ") :])
-    assert seen["experiments"] == ["Default"]
-    code, message = seen["refused"]
-    assert code == "PERMISSION_DENIED"
-    assert "lacks the 'write' permission" in message
-    assert platform.experiments.list_groups() == []  # a read made nothing
 
 
 # --- the REST contract, on SQLite and PostgreSQL -----------------------------------------
