@@ -4,18 +4,19 @@ deployments), restore, purge; over the service on SQLite and PostgreSQL, REST an
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import update
 
 from mlrig.db.models import MLModel, ModelDeployment, RegisteredModel
 from mlrig.errors import ConflictError, NotFoundError, PermissionDeniedError
 from mlrig.security import Principal
+from mlrig.testing.cli_modes import MODES, cli_in_mode
 
 ADMIN = Principal(name="root", role="admin")
 OPS = Principal(name="ops", role="deployer")
@@ -225,43 +226,30 @@ def test_rest_delete_permissions_force_and_restore(platform: Any, api_client: An
 # --- CLI ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Any:
-    """``mlrig --config ... models ARGS`` in this process, through the real click group."""
-    from mlrig.cli.context import CliState
-    from mlrig.cli.main import cli as group
-    from mlrig.cli.models import models
+@pytest.fixture(params=MODES)
+def cli(request: Any, tmp_path: Path) -> Any:
+    """``mlrig models ARGS`` in this process, embedded and against a uvicorn server of the
+    same installation (:mod:`mlrig.testing.cli_modes`); ``cli.platform()`` is that
+    installation."""
+    with cli_in_mode(request.param, tmp_path / "cli-home") as runner:
 
-    config = tmp_path / "mlrig.toml"
-    config.write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path / "cli.db"}"\n'
-        f'[storage.local]\nroot = "{tmp_path / "artifacts"}"\n'
-    )
-    if "models" not in group.commands:
-        group.add_command(models, name="models")
-    states: list[CliState] = []
+        def run(*args: str, token: str | None = None) -> Any:
+            return runner("models", *args, token=token)
 
-    def run(*args: str, token: str | None = None) -> Result:
-        state = CliState()
-        states.append(state)
-        prefix = ["--config", str(config)] + (["--token", token] if token else [])
-        return CliRunner().invoke(
-            group, [*prefix, "models", *args], obj=state, catch_exceptions=False
-        )
-
-    run.platform = lambda: _platform(states, config)  # type: ignore[attr-defined]
-    yield run
-    for state in states:
-        if state._platform is not None:
-            state._platform.close()
+        run.platform = lambda: runner.platform  # type: ignore[attr-defined]
+        run.mode = runner.mode  # type: ignore[attr-defined]
+        yield run
 
 
-def _platform(states: list[Any], config: Path) -> Any:
-    from mlrig.cli.context import CliState
-
-    state = CliState(config_path=str(config))
-    states.append(state)
-    return state.platform()
+def _actions(platform: Any, wanted: set[str]) -> set[str]:
+    """The audited actions, once ``wanted`` are there (a server writes its entries just
+    after answering) or after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = {e["action"] for e in platform.audit.query(limit=20)}
+        if wanted <= found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def test_cli_delete_needs_the_delete_permission_and_force_needs_admin(cli: Any) -> None:
@@ -298,14 +286,18 @@ def test_cli_delete_needs_the_delete_permission_and_force_needs_admin(cli: Any) 
     restored = cli("restore", "iris", "1", token=tokens["deployer"])
     assert restored.exit_code == 0, restored.output
     assert "restored version 1 of iris" in restored.output
-    audit = [e["action"] for e in platform.audit.query(limit=20)]
-    assert {"delete_version", "restore_version"} <= set(audit)
+    wanted = {"delete_version", "restore_version"}
+    assert wanted <= _actions(platform, wanted)
 
 
 def test_cli_purge(cli: Any) -> None:
     platform = cli.platform()
     _register(platform)
     platform.registry.delete_model("iris", actor=OPS)
+    if cli.mode == "remote":  # no REST route purges: it runs next to the database
+        refused = cli("purge", "--dry-run")
+        assert refused.exit_code == 2 and "runs next to the database" in refused.output
+        return
     nothing = cli("purge", "--dry-run")
     assert nothing.exit_code == 0 and "would remove 0 models" in nothing.output
     now = cli("purge", "--older-than", "0", "--yes")
