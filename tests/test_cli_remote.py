@@ -419,3 +419,37 @@ def test_json_http_keeps_the_connection_and_maps_errors(server: CliMode) -> None
             http.request("POST", "/models", json={"name": float("nan")})
     finally:
         http.close()
+
+
+def test_start_wait_and_logs(cli_mode: CliMode) -> None:
+    """`start --wait` follows the run until a worker ends it (exit 0 completed, 1 failed);
+    `logs` and `logs -f` print the job's output: embedded and from the server."""
+    import threading
+
+    platform = cli_mode.platform
+    for name in ("w1", "w2"):
+        made = cli_mode(
+            "experiments", "create", name, "--trainer", "sklearn", "--max-attempts", "1"
+        )
+        assert made.exit_code == 0, made.output
+    platform.experiments.log_metrics("w1", [{"name": "loss", "value": 0.25, "step": 2}])
+    platform.experiments.logs.append(platform.experiments.get("w1")["id"], b"hello\nworld\n")
+
+    def finish(complete: bool) -> None:
+        time.sleep(0.6)
+        job = platform.queue.claim("test-worker", lease_seconds=30)
+        assert job is not None
+        if complete:
+            platform.queue.complete(job, detail="done")
+        else:
+            platform.queue.fail(job, "boom", retry=False)
+
+    for name, complete, code in (("w1", True, 0), ("w2", False, 1)):
+        worker = threading.Thread(target=finish, args=(complete,))
+        worker.start()
+        result = cli_mode("experiments", "start", name, "--wait")
+        worker.join()
+        assert result.exit_code == code, result.output
+        assert ("completed loss=0.25" if complete else "boom") in result.output
+    assert cli_mode("experiments", "logs", "w1").output == "hello\nworld\n"
+    assert cli_mode("experiments", "logs", "w1", "-f", "--offset", "6").output == "world\n"
