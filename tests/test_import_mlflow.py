@@ -335,6 +335,19 @@ def test_tracking_server_round_trips_over_rest(stores: dict[str, Any], tmp_path:
             assert _counts(platform) == _expected(report)
         finally:
             platform.close()
+        # the server's artifact proxy (mlflow-artifacts:/ URIs), as the import reads it
+        proxied = Path(stores["folder"]) / "mlartifacts" / "7" / "run" / "artifacts"
+        (proxied / "sub").mkdir(parents=True)
+        (proxied / "sub" / "a.txt").write_bytes(b"alpha")
+        (proxied / "b.bin").write_bytes(b"\x00" * 10)
+        from mlrig.importers.mlflow_artifacts import ProxyTree
+
+        with httpx.Client(base_url=url, timeout=30) as http:
+            tree = ProxyTree(http, "7/run/artifacts")
+            files = sorted((f.path, f.size) for f in tree.files())
+            assert files == [("b.bin", 10), ("sub/a.txt", 5)]
+            with tree.open("sub/a.txt") as stream:
+                assert stream.read() == b"alpha"
     finally:
         server.terminate()
         try:
