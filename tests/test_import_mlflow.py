@@ -74,6 +74,9 @@ def fill(uri, artifacts):
     with mlflow.start_run(run_name="failed-one"):
         mlflow.log_param("x", "1")
         mlflow.end_run(status="FAILED")
+    with mlflow.start_run(run_name="sweep"):
+        with mlflow.start_run(run_name="trial-1", nested=True):
+            mlflow.log_metric("score", 0.5)
     client.set_registered_model_alias("churn-model", "champion", "2")
     client.transition_model_version_stage("churn-model", "1", "Staging")
     client.set_registered_model_tag("churn-model", "owner", "growth")
@@ -188,7 +191,7 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
     first = _cli(config, "import", "mlflow", report["uri"], "--json")
     assert first.exit_code == 0, first.output
     summary = json.loads(first.stdout)
-    assert summary["runs_imported"] == report["runs"] == 3
+    assert summary["runs_imported"] == report["runs"] == 5
     assert summary["metric_points"] == report["points"]
     assert summary["datasets"] == report["datasets"] == 1
     platform = make_platform(
@@ -198,7 +201,8 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
     try:
         assert _counts(platform) == _expected(report)
         runs = {r["name"]: r for r in platform.experiments.list(origin="import", limit=100)}
-        assert sorted(runs) == ["failed-one", "lr-0", "lr-1"]
+        assert sorted(runs) == ["failed-one", "lr-0", "lr-1", "sweep", "trial-1"]
+        assert runs["trial-1"]["parent_id"] == runs["sweep"]["id"]
         assert runs["failed-one"]["status"] == "failed"
         assert runs["lr-0"]["status"] == "completed" and runs["lr-0"]["group"] == "churn"
         lr0 = platform.experiments.get(runs["lr-0"]["id"])
@@ -234,7 +238,7 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
     again = _cli(config, "import", "mlflow", report["uri"], "--json")
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout)
-    assert second["runs_imported"] == 0 and second["runs_skipped"] == 3
+    assert second["runs_imported"] == 0 and second["runs_skipped"] == 5
     assert second["metric_points"] == 0 and second["artifacts"] == 0
     assert second["versions_imported"] == 0 and second["versions_skipped"] == 2
     assert second["groups_created"] == 0 and second["models_created"] == 0
@@ -250,11 +254,11 @@ def test_sqlite_store_round_trips(stores: dict[str, Any], tmp_path: Path) -> Non
             summary = MlflowImporter(platform, with_source, actor=ADMIN).run()
         finally:
             with_source.close()
-        assert summary.counts["runs_imported"] == 3
+        assert summary.counts["runs_imported"] == 5
         assert _counts(platform) == _expected(report)
         statuses = sorted(r["status"] for r in platform.experiments.list(origin="import"))
-        assert statuses == ["completed", "completed", "failed"]
-        assert report["statuses"] == ["FAILED", "FINISHED", "FINISHED"]
+        assert statuses == ["completed"] * 4 + ["failed"]
+        assert report["statuses"] == ["FAILED"] + ["FINISHED"] * 4
     finally:
         platform.close()
 
@@ -372,7 +376,7 @@ def test_import_into_a_server_with_url_and_a_developer_token(
     first = _cli(config, *args)
     assert first.exit_code == 0, first.output
     summary = json.loads(first.stdout)
-    assert summary["runs_imported"] == 3 and summary["versions_imported"] == 2
+    assert summary["runs_imported"] == 5 and summary["versions_imported"] == 2
     assert _counts(platform) == _expected(report)
     assert platform.registry.get_version("churn-model", "1")["stage"] == "staging"
     again = json.loads(_cli(config, *args).stdout)

@@ -119,6 +119,29 @@ def run_name(run: Run, fallback: str | None = None) -> str:
     return stem or f"mlflow-{run.id[:12]}"
 
 
+def _parents_first(runs: list[Run]) -> list[Run]:
+    """``runs`` (oldest first) with each nested run after its parent (``mlflow.parentRunId``),
+    so that the parent's mlrig id is known when the child is imported."""
+    ids = {run.id for run in runs}
+    placed: set[str] = set()
+    ordered: list[Run] = []
+    pending = list(runs)
+    while pending:
+        waiting = []
+        for run in pending:
+            parent = run.tags.get("mlflow.parentRunId")
+            if parent in ids and parent not in placed and parent != run.id:
+                waiting.append(run)
+                continue
+            ordered.append(run)
+            placed.add(run.id)
+        if len(waiting) == len(pending):  # a cycle: keep the source's order
+            ordered.extend(waiting)
+            break
+        pending = waiting
+    return ordered
+
+
 def _nonfinite_accepted() -> bool:
     """Whether this mlrig stores NaN and infinite metric values."""
     from mlrig.experiments.points import check_points
@@ -176,7 +199,7 @@ class MlflowImporter:
             msg = f"no MLflow experiment named {', '.join(map(repr, missing))} in the store"
             raise NotFoundError(msg)
         known = self._imported_runs()
-        planned = [(e, list(self.source.runs(e))) for e in chosen]
+        planned = [(e, _parents_first(list(self.source.runs(e)))) for e in chosen]
         total = sum(len(runs) for _, runs in planned)
         done = 0
         self.progress("runs", 0, total)
@@ -298,6 +321,7 @@ class MlflowImporter:
                     actor=self.actor,
                     name=name,
                     group=experiment.name,
+                    parent=self.summary.runs.get(run.tags.get("mlflow.parentRunId") or ""),
                     params=dict(run.params),
                     tags=tags,
                     description=run.tags.get("mlflow.note.content"),
