@@ -41,6 +41,32 @@ class RequestIdMiddleware:
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_PREFIX = "/api/ml/"
+#: the MLflow-compatible routes (api/routers/mlflow_compat.py), audited like /api/ml
+MLFLOW_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+#: MLflow calls that are reads sent as POST, or the per-point logging a training loop
+#: sends at a high rate (the run's own records hold what they wrote)
+MLFLOW_NOT_AUDITED = frozenset(
+    {
+        "runs/search",
+        "experiments/search",
+        "logged-models/search",
+        "runs/log-metric",
+        "runs/log-batch",
+        "runs/log-parameter",
+        "runs/set-tag",
+        "runs/log-inputs",
+    }
+)
+
+
+def _mlflow_call(path: str) -> str | None:
+    """``runs/create`` for ``/api/2.0/mlflow/runs/create`` (``artifacts/...`` for the
+    artifact proxy), ``None`` for a path outside the MLflow-compatible routes."""
+    for prefix in MLFLOW_PREFIXES:
+        if path.startswith(prefix + "/") or path.startswith(prefix + "-artifacts/"):
+            rest = path[len(prefix) :]
+            return rest.removeprefix("-artifacts").lstrip("/")
+    return None
 
 
 def _outcome(status: int) -> str:
@@ -64,7 +90,11 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        mlflow_call = None if scope["path"].startswith(API_PREFIX) else _mlflow_call(scope["path"])
+        if mlflow_call is None and not scope["path"].startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
         status = 500
@@ -79,17 +109,22 @@ class AuditMiddleware:
             await self.app(scope, receive, capture)
         finally:
             audited = scope.get("state", {}).get("audit", True)
+            if mlflow_call is not None and mlflow_call in MLFLOW_NOT_AUDITED:
+                audited = False
             if status in (401, 403) or (audited and scope["method"] in MUTATING_METHODS):
-                await self._record(scope, status)
+                await self._record(scope, status, mlflow_call)
 
-    async def _record(self, scope: Scope, status: int) -> None:
+    async def _record(self, scope: Scope, status: int, mlflow_call: str | None = None) -> None:
         import anyio
 
         state = scope.get("state", {})
         principal = state.get("principal")
         route = scope.get("route")
         params = scope.get("path_params") or {}
-        resource_type = scope["path"][len(API_PREFIX) :].split("/", 1)[0] or None
+        if mlflow_call is not None:
+            resource_type = "mlflow"
+        else:
+            resource_type = scope["path"][len(API_PREFIX) :].split("/", 1)[0] or None
         resource_id = state.get("audit_resource_id") or params.get("id") or params.get("name")
         action = getattr(route, "name", None) or f"{scope['method']} {scope['path']}"
         platform = scope["app"].state.platform

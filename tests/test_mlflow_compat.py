@@ -469,3 +469,26 @@ def test_order_by_puts_missing_values_last():
     assert [r["metrics"].get("acc") for r in ordered] == [0.8, 0.2, None]
     ordered = sort_records(records, parse_order_by(["metrics.acc"]))
     assert [r["metrics"].get("acc") for r in ordered] == [0.2, 0.8, None]
+
+
+def test_mlflow_writes_are_audited_but_not_per_point_logging(mlflow_api, db_platform):
+    client, h = mlflow_api
+    dev = h["developer"]
+    experiment_id = _ok(
+        client.post(f"{API}/experiments/create", json={"name": "audited"}, headers=dev)
+    )["experiment_id"]
+    run_id = _ok(
+        client.post(f"{API}/runs/create", json={"experiment_id": experiment_id}, headers=dev)
+    )["run"]["info"]["run_id"]
+    point = {"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 1, "step": 0}
+    _ok(client.post(f"{API}/runs/log-metric", json=point, headers=dev))
+    refused = client.post(f"{API}/experiments/create", json={"name": "x"}, headers=h["viewer"])
+    assert refused.status_code == 403
+
+    entries = [e for e in db_platform.audit.query(limit=100) if e["resource_type"] == "mlflow"]
+    paths = {(e["details"]["path"], e["outcome"]) for e in entries}
+    assert (f"{API}/experiments/create", "success") in paths
+    assert (f"{API}/runs/create", "success") in paths
+    assert (f"{API}/experiments/create", "denied") in paths
+    assert not any(path.endswith("/runs/log-metric") for path, _ in paths)
+    assert {e["actor"] for e in entries if e["outcome"] == "success"} == {"m-developer"}
