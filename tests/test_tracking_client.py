@@ -609,3 +609,25 @@ def test_points_left_by_an_ended_process_are_replayed_by_the_next(tmp_path: Path
         platform.close()
     assert sorted(steps["steps"]) == list(range(1500))
     assert not list(spill.iterdir())
+
+
+def test_a_stored_login_is_used_for_the_server_mlrig_url_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_tracking: None
+) -> None:
+    from mlrig.api import create_app
+    from mlrig.remote import credentials
+
+    platform = _server_platform(tmp_path / "server")
+    token = _token(platform)
+    monkeypatch.setenv("MLRIG_CREDENTIALS", str(tmp_path / "credentials.toml"))
+    try:
+        with serve(create_app(platform)) as url:
+            credentials.store(url, token, user="scientist")
+            monkeypatch.setenv("MLRIG_URL", url)  # no MLRIG_TOKEN
+            with mlrig.start_run("study") as run:
+                run.log_param("where", "server")
+        view = platform.experiments.get(run.id)
+    finally:
+        platform.close()
+    assert view["hyperparameters"] == {"where": "server"}
+    assert view["created_by"] == "scientist"

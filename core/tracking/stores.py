@@ -310,12 +310,22 @@ def configure(url: str | None, token: str | None) -> None:
 def remote_target() -> tuple[str, str | None] | None:
     """``(url, token)`` of the server runs go to now, or ``None`` for embedded: the
     server given to ``set_tracking`` (``None`` there: embedded), else ``MLRIG_URL`` (with
-    ``MLRIG_TOKEN``)."""
+    ``MLRIG_TOKEN``); without a token, the one ``mlrig login URL`` stored for it."""
     if _configured is not None:
         url, token = _configured
     else:
         url, token = os.environ.get("MLRIG_URL"), os.environ.get("MLRIG_TOKEN")
-    return (url, token) if url else None
+    if not url:
+        return None
+    if not token:  # the token `mlrig login URL` stored, as the CLI uses it
+        from mlrig.errors import MlrigError
+        from mlrig.remote import credentials
+
+        try:
+            token = credentials.token_for(url)
+        except (MlrigError, OSError, ValueError):
+            token = None
+    return url, token
 
 
 def open_store() -> TrackingStore:
