@@ -39,7 +39,6 @@ from mlrig.api.types import (
     UtcDatetime,
 )
 from mlrig.experiments.run_files import MAX_PATH_LENGTH, PATH_PATTERN
-from mlrig.validation import INT64_MAX
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ class RunDataset(InputModel):
     source: NonEmptyShortText | None = Field(default=None, description="A URI or a path.")
     digest: ShortText | None = Field(default=None, description="sha256 of the data.")
     schema_: JsonObject | None = Field(default=None, alias="schema")
-    rows: int | None = Field(default=None, ge=0, le=INT64_MAX, strict=True)
+    rows: int | None = Field(default=None, ge=0, le=2**53 - 1, strict=True)  # exact in JSON
     context: ShortText | None = Field(default=None, description="train, validation, test...")
 
 

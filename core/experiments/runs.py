@@ -119,7 +119,7 @@ def check_dataset(dataset: object) -> dict[str, Any]:
         raise ValidationError(msg, details={"field": "dataset"})
     rows = checked.get("rows")
     if rows is not None:
-        v.check_int(rows, field="dataset.rows", low=0)
+        v.check_int(rows, field="dataset.rows", low=0, high=2**53 - 1)
     return checked
 
 
