@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import mlrig
+from mlrig.security import Principal
 from mlrig.testing.fixtures import make_platform, serve
 from mlrig.tracking import fluent, stores
 
@@ -518,14 +519,15 @@ def test_heartbeats_keep_a_long_run_alive_past_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_tracking: None
 ) -> None:
     config = _config(
-        tmp_path / "home", heartbeat_timeout_seconds=1.0, heartbeat_interval_seconds=0.2
+        tmp_path / "home", heartbeat_timeout_seconds=2.0, heartbeat_interval_seconds=0.2
     )
     monkeypatch.setenv("MLRIG_CONFIG", str(config))
-    platform = make_platform(tmp_path / "home", tracking={"heartbeat_timeout_seconds": 1.0})
+    platform = make_platform(tmp_path / "home", tracking={"heartbeat_timeout_seconds": 2.0})
     try:
+        silent = platform.experiments.start_run(actor=Principal(name="t", role="admin"))
         with mlrig.start_run("study") as run:
-            time.sleep(1.5)  # longer than the timeout: only the heartbeats keep it
-            assert platform.experiments.expire_silent_runs() == 0
+            time.sleep(2.5)  # longer than the timeout: only the heartbeats keep it
+            assert platform.experiments.expire_silent_runs() == 1  # the silent one
             assert platform.experiments.get(run.id)["status"] == "running"
             # an outage longer than the timeout: the sweep fails it, the script goes on,
             # and its next heartbeat puts it back to running
@@ -535,9 +537,6 @@ def test_heartbeats_keep_a_long_run_alive_past_the_timeout(
             while platform.experiments.get(run.id)["status"] != "running":
                 assert time.monotonic() < deadline, "not revived"
                 time.sleep(0.05)
-        silent = platform.experiments.start_run(actor=run.store.actor, name="silent")
-        time.sleep(1.2)
-        assert platform.experiments.expire_silent_runs() == 1
         assert platform.experiments.get(silent["id"])["status"] == "failed"
         assert platform.experiments.get(run.id)["status"] == "completed"
     finally:
