@@ -245,22 +245,24 @@ def test_file_store_round_trips_through_the_cli_and_a_second_import_adds_nothing
     assert second["aliases"] == 0
 
 
-def test_sqlite_store_round_trips(stores: dict[str, Any], tmp_path: Path) -> None:
+def test_sqlite_store_round_trips(stores: dict[str, Any], db_platform: Any) -> None:
+    """Into SQLite and PostgreSQL (NaN points, the stage written as it was)."""
     report = stores["sqlite"]
-    platform = make_platform(tmp_path / "home")
+    platform = db_platform
+    with_source = open_mlflow(report["uri"])
     try:
-        with_source = open_mlflow(report["uri"])
-        try:
-            summary = MlflowImporter(platform, with_source, actor=ADMIN).run()
-        finally:
-            with_source.close()
-        assert summary.counts["runs_imported"] == 5
-        assert _counts(platform) == _expected(report)
-        statuses = sorted(r["status"] for r in platform.experiments.list(origin="import"))
-        assert statuses == ["completed"] * 4 + ["failed"]
-        assert report["statuses"] == ["FAILED"] + ["FINISHED"] * 4
+        summary = MlflowImporter(platform, with_source, actor=ADMIN).run()
     finally:
-        platform.close()
+        with_source.close()
+    assert summary.counts["runs_imported"] == 5
+    assert _counts(platform) == _expected(report)
+    statuses = sorted(r["status"] for r in platform.experiments.list(origin="import"))
+    assert statuses == ["completed"] * 4 + ["failed"]
+    assert report["statuses"] == ["FAILED"] + ["FINISHED"] * 4
+    [lr0] = platform.experiments.list(origin="import", name_prefix="lr-0")
+    values = platform.experiments.metrics(lr0["id"], name="diverged")["metrics"]
+    assert all(math.isnan(x) for x in values["diverged"]["values"])
+    assert platform.registry.get_version("churn-model", "1")["stage"] == "staging"
 
 
 def test_a_cut_off_import_is_finished_without_duplicate_points(
