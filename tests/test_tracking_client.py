@@ -264,25 +264,29 @@ def test_sigterm_ends_the_run_killed_and_the_process_dies_of_it(tmp_path: Path) 
         """
         import time, mlrig
         run = mlrig.start_run("study")  # no with: the handler ends it
-        print(run.id, flush=True)
-        for step in range(100000):
-            run.log_metric("loss", 0.1, step=step)
-            time.sleep(0.001)
+        inner = mlrig.start_run("study", nested=True)  # a with block: its exit ends it
+        print(run.id, inner.id, flush=True)
+        with inner:
+            for step in range(100000):
+                run.log_metric("loss", 0.1, step=step)
+                time.sleep(0.001)
         """,
     )
     assert proc.stdout is not None
-    run_id = proc.stdout.readline().strip()
+    run_id, inner_id = proc.stdout.readline().split()
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     platform = make_platform(tmp_path / "home")
     try:
         view = platform.experiments.get(run_id)
+        inner = platform.experiments.get(inner_id)
         count = platform.experiments.metrics(run_id, fields=["steps"])["count"]
     finally:
         platform.close()
     assert proc.returncode == -signal.SIGTERM
     assert (view["status"], view["status_detail"]) == ("cancelled", "killed: SIGTERM")
+    assert (inner["status"], inner["status_detail"]) == ("cancelled", "killed: SIGTERM")
     assert count > 0  # the points logged before the signal were sent
 
 

@@ -270,7 +270,9 @@ class Run:
         if exc is None:
             self.end("completed")
         elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (signals.Terminated)
-            self.end("killed", error=_one_line(exc) if str(exc) else None)
+            from mlrig.tracking.signals import Terminated
+
+            self.end("killed", error="SIGTERM" if isinstance(exc, Terminated) else None)
         else:
             self.end("failed", error=_one_line(exc))
 
