@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,6 +207,8 @@ def _compare_and_download(platform: Platform, versions: list[dict[str, Any]]) ->
     _step("download the champion and load it back")
     frame = datasets.load("iris")
     features, labels = frame.drop(columns=["species"]), frame["species"].to_numpy()
+    import tempfile  # here: every mlrig command imports this module
+
     with tempfile.TemporaryDirectory() as tmp:
         platform.registry.download_version(MODEL, "champion", Path(tmp))
         model = load_native(Path(tmp))

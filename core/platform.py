@@ -132,7 +132,7 @@ class Platform:
 
         return ModelRegistry(
             self.db,
-            self.artifacts,
+            self.__dict__.get("artifacts") or _LazyArtifacts(self),  # type: ignore[arg-type]
             self.hooks,
             retention_days=self.settings.registry.delete_retention_days,
         )
@@ -170,8 +170,13 @@ class Platform:
         """Training experiments: create, start, stop, rerun, compare; metrics and logs."""
         from mlrig.experiments import ExperimentService
 
+        artifacts = self.__dict__.get("artifacts") or _LazyArtifacts(self)
         return ExperimentService(
-            self.db, self.queue, self.artifacts, self.hooks, settings=self.settings
+            self.db,
+            self.queue,
+            artifacts,  # type: ignore[arg-type]
+            self.hooks,
+            settings=self.settings,
         )
 
     @cached_property
@@ -254,3 +259,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class _LazyArtifacts:
+    """:attr:`Platform.artifacts`, built on first use: reading the registry (``mlrig
+    models list``) needs no storage, and loading the storage backend's plugin and the
+    store's modules costs a short command tens of milliseconds."""
+
+    __slots__ = ("_platform",)
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._platform.artifacts, name)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self._platform.__dict__.get('artifacts', 'artifact store')!r}>"
