@@ -5,42 +5,35 @@ become registry models.
 Idempotent: each imported run carries the tag ``mlflow.run_id``, each imported version
 the tag ``mlflow.version`` (its number is the MLflow number too), so a second import of
 the same store skips what the first brought in. A run whose import was cut off (still
-``running`` in mlrig) is imported again: its points are dropped and written anew, its
-files replaced, then it ends as in MLflow.
+``running`` in mlrig) is finished: the points it wrote are kept and the rest written,
+its files written again, then it ends as in MLflow.
+
+The registered models are :mod:`.mlflow_registry`'s half; the readers of the three store
+forms are :mod:`.mlflow_files`, :mod:`.mlflow_sql` and :mod:`.mlflow_rest`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import tempfile
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrig import validation as v
 from mlrig.errors import ConflictError, MlrigError, NotFoundError, ValidationError
-from mlrig.importers.mlflow_models import fetch, prepare_version
 from mlrig.importers.mlflow_records import (
     Experiment,
     MetricPoint,
     MlflowSource,
-    ModelVersion,
-    RegisteredModel,
     Run,
 )
+from mlrig.importers.mlflow_registry import RegistryImport
+from mlrig.importers.mlflow_summary import RUN_ID_TAG, ImportSummary, Progress
 from mlrig.importers.targets import is_remote, runs_service
 
 if TYPE_CHECKING:
     from mlrig.platform import Platform
     from mlrig.security import Principal
 
-#: the tag that ties an mlrig run to the MLflow run it came from
-RUN_ID_TAG = "mlflow.run_id"
-#: the tag that marks an imported version (the MLflow version number)
-VERSION_TAG = "mlflow.version"
 #: points per log_metrics call
 BATCH = 10_000
 #: how MLflow's run statuses end an imported run, and the error recorded
@@ -51,66 +44,9 @@ END = {
     "RUNNING": ("killed", "was still RUNNING in MLflow when it was imported"),
     "SCHEDULED": ("killed", "was still SCHEDULED in MLflow when it was imported"),
 }
-STAGES = {"staging": "staging", "production": "production", "archived": "archived"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-#: ``progress(phase, done, total)``: phase is ``runs`` or ``models``
-Progress = Callable[[str, int, int], None]
 
-
-@dataclass
-class ImportSummary:
-    """What an import did, for the CLI's summary and ``--json``."""
-
-    source: str
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            (
-                "experiments",
-                "groups_created",
-                "runs",
-                "runs_imported",
-                "runs_skipped",
-                "runs_resumed",
-                "runs_failed",
-                "params",
-                "tags",
-                "datasets",
-                "metric_points",
-                "metric_points_skipped",
-                "artifacts",
-                "artifact_bytes",
-                "models",
-                "models_created",
-                "versions",
-                "versions_imported",
-                "versions_skipped",
-                "versions_not_converted",
-                "versions_unreachable",
-                "versions_failed",
-                "aliases",
-                "stages",
-            ),
-            0,
-        )
-    )
-    warnings: list[str] = field(default_factory=list)
-    #: MLflow run id -> mlrig run id, for every run of the store (new and earlier imports)
-    runs: dict[str, str] = field(default_factory=dict)
-
-    def add(self, key: str, amount: int = 1) -> None:
-        self.counts[key] += amount
-
-    def warn(self, message: str) -> None:
-        if len(self.warnings) < 200:
-            self.warnings.append(message)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            **self.counts,
-            "warnings": list(self.warnings),
-            "runs_map": dict(self.runs),
-        }
+__all__ = ["RUN_ID_TAG", "ImportSummary", "MlflowImporter"]
 
 
 def run_name(run: Run, fallback: str | None = None) -> str:
@@ -153,7 +89,7 @@ def _nonfinite_accepted() -> bool:
     return True
 
 
-class MlflowImporter:
+class MlflowImporter(RegistryImport):
     """One import of ``source`` into ``platform``, as ``actor``.
 
     :param experiments: only these MLflow experiments (names); all when None.
@@ -417,155 +353,3 @@ class MlflowImporter:
                 stored = self.runs.put_run_artifact(key, item.path, stream)
             self.summary.add("artifacts")
             self.summary.add("artifact_bytes", int(stored.get("size_bytes") or 0))
-
-    # --- registered models ------------------------------------------------------------
-
-    def _models(self, known: dict[str, dict[str, Any]]) -> None:
-        models = self.source.registered_models()
-        planned = [(m, self.source.model_versions(m)) for m in models]
-        total = sum(len(versions) for _, versions in planned)
-        done = 0
-        self.progress("models", 0, total)
-        for model, versions in planned:
-            existing = self._model(model)
-            if existing is None:
-                done += len(versions)
-                self.progress("models", done, total)
-                continue
-            imported: set[str] = set()
-            for version in versions:
-                try:
-                    if self._version(model, version, existing):
-                        imported.add(version.version)
-                except (MlrigError, OSError) as exc:
-                    self.summary.add("versions_failed")
-                    self.summary.warn(f"{model.name} version {version.version}: {exc}")
-                done += 1
-                self.progress("models", done, total)
-            self._aliases(model, imported | existing)
-            self.summary.add("models")
-
-    def _model(self, model: RegisteredModel) -> set[str] | None:
-        """Make the model unless it exists; the version names it already has."""
-        registry = self.platform.registry
-        try:
-            return {x["version"] for x in registry.get_model(model.name)["versions"]}
-        except NotFoundError:
-            pass
-        try:
-            registry.create_model(
-                name=model.name,
-                actor=self.actor,
-                description=model.description,
-                tags=self._clean_tags(model.tags, f"model {model.name!r}"),
-            )
-        except (ConflictError, ValidationError) as exc:
-            self.summary.warn(f"model {model.name!r} not imported: {exc.message}")
-            return None
-        self.summary.add("models_created")
-        return set()
-
-    def _version(self, model: RegisteredModel, version: ModelVersion, existing: set[str]) -> bool:
-        """Import one version; whether it is in mlrig now."""
-        self.summary.add("versions")
-        where = f"{model.name} version {version.version}"
-        if version.version in existing:
-            self.summary.add("versions_skipped")
-            tags = self.platform.registry.get_version(model.name, version.version)["tags"]
-            if tags.get(VERSION_TAG) != version.version:
-                self.summary.warn(
-                    f"{where}: mlrig's model already has a version {version.version} that was "
-                    "not imported from MLflow; it is left as it is"
-                )
-            return True
-        try:
-            tree = self.source.version_artifacts(version)
-        except (OSError, MlrigError) as exc:
-            tree = None
-            self.summary.warn(f"{where}: {exc}")
-        if tree is None:
-            self.summary.add("versions_unreachable")
-            self.summary.warn(
-                f"{where}: its files ({version.storage_location or version.source}) are not "
-                "reachable from here; not imported"
-            )
-            return False
-        with tempfile.TemporaryDirectory(prefix="mlrig-import-") as tmp:
-            work = Path(tmp)
-            folder = fetch(tree, work / "download")
-            prepared = prepare_version(folder, work, convert=self.convert)
-            if not prepared.files:
-                self.summary.add("versions_unreachable")
-                self.summary.warn(f"{where}: no files at {version.source!r}; not imported")
-                return False
-            tags = {
-                **version.tags,
-                VERSION_TAG: version.version,
-                "mlflow.source": (version.source or "")[: v.MAX_TAG_VALUE_LENGTH],
-                "mlflow.flavors": ",".join(prepared.flavors),
-            }
-            if version.run_id:
-                tags[RUN_ID_TAG] = version.run_id
-            lineage = self.summary.runs.get(version.run_id or "")
-            view = self.platform.registry.create_version(
-                model.name,
-                files=prepared.files,
-                actor=self.actor,
-                version=version.version,
-                description=version.description,
-                framework=prepared.framework,
-                model_type=prepared.model_type,
-                tags=self._clean_tags(tags, where),
-                signature=prepared.signature,
-                requirements=prepared.requirements,
-                source_experiment_id=lineage,
-                source_run=version.run_id,
-            )
-        if prepared.not_converted:
-            self.summary.add("versions_not_converted")
-            self.summary.warn(f"{where}: stored as MLflow files only: {prepared.not_converted}")
-        self.summary.add("versions_imported")
-        stage = STAGES.get(version.stage.lower())
-        if stage is not None:
-            self._stage(model.name, version.version, view["id"], stage)
-        return True
-
-    def _stage(self, model: str, version: str, version_id: str, stage: str) -> None:
-        """Record the stage the version had in MLflow. It was decided there, so it is
-        written as it was, without mlrig's approval workflow; against a server (no
-        database here) it goes through the server's stage route, which may open an
-        approval request instead."""
-        if self.remote:
-            done = self.platform.lifecycle.transition(model, version, stage, actor=self.actor)
-            if done.get("status") == "pending_approval":
-                self.summary.warn(
-                    f"{model} version {version}: moving it to {stage} awaits approval "
-                    f"(request {done['request']['id']})"
-                )
-                return
-            self.summary.add("stages")
-            return
-        from mlrig.db.models import MLModel
-
-        with self.platform.db.session() as session:
-            row = session.get(MLModel, uuid.UUID(version_id))
-            if row is not None:
-                row.stage = stage
-        self.summary.add("stages")
-
-    def _aliases(self, model: RegisteredModel, versions: set[str]) -> None:
-        current = self.platform.registry.get_model(model.name).get("aliases") or {}
-        for alias, number in sorted(model.aliases.items()):
-            if current.get(alias) == number:
-                continue  # set by an earlier import
-            if number not in versions:
-                self.summary.warn(
-                    f"alias {alias!r} of {model.name!r}: version {number} was not imported"
-                )
-                continue
-            try:
-                self.platform.lifecycle.set_alias(model.name, alias, number, actor=self.actor)
-            except (ValidationError, ConflictError) as exc:
-                self.summary.warn(f"alias {alias!r} of {model.name!r} not set: {exc.message}")
-                continue
-            self.summary.add("aliases")
