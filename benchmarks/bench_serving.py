@@ -768,7 +768,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--logging-only",
         action="store_true",
-        help="with --variants: only logging off and on (no auth variants)",
+        help="only mlrig with inference logging off and on, at the first --workers count "
+        "(no other server, no auth variants)",
     )
     parser.add_argument("--tiny", action="store_true", help="CI smoke size: mlrig + raw, 1 run")
     parser.add_argument("--json", action="store_true")
@@ -795,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         load = LoadGenerator(work, load_wrk)
         targets: list[Target] = []
         setup: dict[str, str] = {}
-        for system in args.server_list:
+        for system in [] if args.logging_only else args.server_list:
             for workers in args.worker_list:
                 if system == "mlrig":
                     setup = setup or prepare_mlrig(work / "mlrig")
@@ -816,8 +817,15 @@ def main(argv: list[str] | None = None) -> int:
                     venv = ensure_venv(args.peer_venvs / "serving-bentoml", "bentoml", "bentoml")
                     targets.append(bentoml_target(venv, model_pkl, workers))
         logs = work / "logs"
-        rows = bench_group(targets, (one, hundred), expected, load, args, logs)
-        top = best(rows, "mlrig")
+        if args.logging_only:
+            # only the logging figure: mlrig at the first --workers count, no main group
+            setup = setup or prepare_mlrig(work / "mlrig")
+            rows: list[dict[str, Any]] = []
+            top: dict[str, Any] | None = {"workers": args.worker_list[0]}
+            args.variants = True
+        else:
+            rows = bench_group(targets, (one, hundred), expected, load, args, logs)
+            top = best(rows, "mlrig")
         if args.variants and top and setup:
             # a group of its own, mlrig's better replica count with and without each
             # feature, in turns: the differences are small beside a shared machine's noise

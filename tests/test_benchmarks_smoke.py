@@ -29,6 +29,7 @@ SMOKE_TESTED = {
     "bench_onnx_runtime.py",
     "bench_serving.py",
     "bench_tracking_client.py",
+    "bench_cli.py",
 }
 
 
@@ -300,3 +301,16 @@ def test_bench_tracking_client():
     assert row["system"] == "mlrig" and row["calls"] == 5000 and row["lost"] == 0
     assert positive(row["cpu_us_per_call"]) and positive(row["end_s"])
     assert isinstance(report["goal_met"], bool)
+
+
+def test_bench_cli():
+    """One run of each command (``--tiny``: no MLflow environment), every one exits 0 and
+    prints what was seeded (the script checks), embedded and against ``mlrig server``."""
+    report = run_benchmark("bench_cli.py", "--tiny", timeout=300)
+    rows = {r["command"]: r for r in report["results"]}
+    for mode in ("embedded", "remote"):
+        for command in ("models list", "experiments list"):
+            row = rows[f"mlrig {command} ({mode})"]
+            assert row["runs"] == 1 and positive(row["median_ms"]), row
+    assert not any(c.startswith("mlflow") for c in rows)
+    assert len(report["goals"]) == 4 and all(isinstance(g["met"], bool) for g in report["goals"])
