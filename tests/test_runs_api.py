@@ -66,6 +66,9 @@ def test_the_life_of_a_run_over_rest(client):
     dataset = {"name": "train", "schema": {"x": "float64"}, "rows": 3, "digest": "d" * 64}
     view = client.post(f"{rid}/datasets", json=dataset).json()
     assert view["reproducibility"]["datasets"] == [dataset]
+    # JSON's 3.0 is the integer 3: the same record, kept once
+    view = client.post(f"{rid}/datasets", json={**dataset, "rows": 3.0}).json()
+    assert view["reproducibility"]["datasets"] == [dataset]
     body = b"\x00\x01binary" * 1000
     put = client.put(f"{rid}/artifacts/plots/loss%20curve.bin", content=body)
     assert put.status_code == 200 and put.json()["size_bytes"] == len(body), put.text
@@ -126,6 +129,8 @@ BAD_REQUESTS = [
     ("post", "/experiments/{id}/datasets", {"name": "", "source": ""}),
     ("post", "/experiments/{id}/datasets", {"source": None}),
     ("post", "/experiments/{id}/datasets", {"name": "x", "rows": False}),
+    ("post", "/experiments/{id}/datasets", {"name": "x", "rows": "3"}),
+    ("post", "/experiments/{id}/datasets", {"name": "x", "rows": 2**53}),
     ("post", "/experiments/{id}/datasets", {"name": "x", "colour": "red"}),
     ("post", "/groups", {"name": ""}),
     ("post", "/groups", {"name": "a\u0000"}),
