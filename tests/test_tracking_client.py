@@ -604,6 +604,14 @@ def test_points_left_by_an_ended_process_are_replayed_by_the_next(tmp_path: Path
         assert buffer.close(timeout=0.5) == 1200  # the run ended while it was down
         assert len(list(spill.glob("*.points"))) == 1
         assert replay_spilled(store, spill) == 0  # still down: kept
+        (left,) = spill.glob("*.points")
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        left.rename(left.with_name(f"{left.name}.replaying-{dead}"))  # its replayer died
         store.budget = 10**6
         assert replay_spilled(store, spill) == 1200
         assert replay_spilled(store, spill) == 0  # once

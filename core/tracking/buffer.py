@@ -23,6 +23,7 @@ the bad points are dropped with a warning (one per batch) and the rest sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -470,6 +471,16 @@ class MetricBuffer:
 # --- leftovers of earlier processes -------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def replay_spilled(sink: PointSink, spill_dir: Path) -> int:
     """Send the points that earlier processes spilled for ``sink.target`` and could not
     send before they ended; returns how many were written. Files of other targets stay.
@@ -482,6 +493,11 @@ def replay_spilled(sink: PointSink, spill_dir: Path) -> int:
     written = 0
     if not spill_dir.is_dir():
         return 0
+    for stale in spill_dir.glob(f"*{SPILL_SUFFIX}.replaying-*"):  # its replayer died
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.rename(stale.with_name(stale.name.split(".replaying-")[0]))
     for path in sorted(spill_dir.glob(f"*{SPILL_SUFFIX}")):
         if path in _open_spills:
             continue  # a buffer of this process still uses it
