@@ -301,7 +301,7 @@ class MlflowImporter(RegistryImport):
         return self.nonfinite
 
     def _metrics(self, key: str, run: Run, written: dict[str, int]) -> None:
-        batch: list[dict[str, Any]] = []
+        batch: list[tuple[Any, ...]] = []
         skipped = 0
         already = dict(written)
         for point in self.source.metric_history(run):
@@ -311,14 +311,8 @@ class MlflowImporter(RegistryImport):
             if already.get(point.key):
                 already[point.key] -= 1  # written by the cut-off import
                 continue
-            batch.append(
-                {
-                    "name": point.key,
-                    "value": point.value,
-                    "step": point.step,
-                    "recorded_at": point.timestamp,
-                }
-            )
+            # (name, value, step, epoch, kind, recorded_at): the service's sequence form
+            batch.append((point.key, point.value, point.step, None, None, point.timestamp))
             if len(batch) >= BATCH:
                 self._write(key, batch)
                 batch = []
@@ -331,7 +325,7 @@ class MlflowImporter(RegistryImport):
                 "a name over 100 characters, or a value mlrig cannot store)"
             )
 
-    def _write(self, key: str, batch: list[dict[str, Any]]) -> None:
+    def _write(self, key: str, batch: list[tuple[Any, ...]]) -> None:
         self.runs.log_metrics(key, batch)
         self.summary.add("metric_points", len(batch))
 

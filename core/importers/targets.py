@@ -5,7 +5,7 @@ already have the services' signatures; tracked runs go through :class:`mlrig.Cli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
@@ -58,8 +58,12 @@ class RemoteRuns:
     def log_dataset(self, ref: str, dataset: dict[str, Any]) -> dict[str, Any]:
         return self.client.log_dataset(ref, dataset)
 
-    def log_metrics(self, ref: str, points: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        return {"written": self.client.log_metrics(ref, points)}
+    def log_metrics(self, ref: str, points: Iterable[Sequence[Any]]) -> dict[str, Any]:
+        """``(name, value, step, epoch, kind, recorded_at)`` points, sent as the objects the
+        REST schema states."""
+        fields = ("name", "value", "step", "epoch", "kind", "recorded_at")
+        wired = [{k: x for k, x in zip(fields, p, strict=False) if x is not None} for p in points]
+        return {"written": self.client.log_metrics(ref, wired)}
 
     def put_run_artifact(self, ref: str, path: str, data: BinaryIO) -> dict[str, Any]:
         return self.client.upload_run_artifact(ref, path, data.read())
