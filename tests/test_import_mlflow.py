@@ -386,6 +386,23 @@ def test_import_into_a_server_with_url_and_a_developer_token(
     assert _counts(platform) == _expected(report)
 
 
+def test_experiment_filter_and_leaving_parts_out(stores: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(tmp_path / "home")
+    args = ["import", "mlflow", stores["files"]["uri"], "--json", "--experiment", "other"]
+    done = _cli(config, *args, "--no-artifacts", "--no-models")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["experiments"] == 1 and summary["runs_imported"] == 3  # failed-one, sweep, trial
+    assert summary["artifacts"] == 0 and summary["versions"] == 0
+    kept = _cli(config, "import", "mlflow", stores["files"]["uri"], "--json", "--no-convert")
+    assert kept.exit_code == 0, kept.output
+    second = json.loads(kept.stdout)
+    assert second["runs_imported"] == 2 and second["runs_skipped"] == 3
+    assert second["versions_imported"] == second["versions_not_converted"] == 2
+    unknown = _cli(config, *args[:-1], "nope")
+    assert unknown.exit_code == 1 and "no MLflow experiment named 'nope'" in unknown.output
+
+
 def test_bad_uris_are_one_line_errors(tmp_path: Path) -> None:
     config = _config(tmp_path / "home")
     missing = _cli(config, "import", "mlflow", str(tmp_path / "nothing"))
