@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
@@ -101,15 +101,6 @@ ArtifactPath = Annotated[
 ]
 
 
-def _json_integer(value: Any) -> Any:
-    # lax int() would take false for 0 and "3" for 3; JSON's 3.0 is the integer 3
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("an integer is needed")
-    return value
-
-
-#: a count of rows: JSON's integers (3.0 too, as JSON Schema), exact in a double
-Rows = Annotated[int, BeforeValidator(_json_integer), Field(ge=0, le=2**53 - 1)]
 #: run params: a JSON object whose keys have 1-250 characters
 Params = Annotated[
     JsonObject,
@@ -174,8 +165,17 @@ class RunDataset(InputModel):
     source: NonEmptyShortText | None = Field(default=None, description="A URI or a path.")
     digest: ShortText | None = Field(default=None, description="sha256 of the data.")
     schema_: JsonObject | None = Field(default=None, alias="schema")
-    rows: Rows | None = None
+    rows: int | None = Field(default=None, ge=0, le=2**53 - 1)  # exact in JSON
     context: ShortText | None = Field(default=None, description="train, validation, test...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_integer_rows(cls, data: Any) -> Any:
+        # lax int() would take false for 0 and "3" for 3; JSON's 3.0 is the integer 3
+        rows = data.get("rows") if isinstance(data, dict) else None
+        if isinstance(rows, bool) or not isinstance(rows, (int, float, type(None))):
+            raise ValueError("rows must be an integer")
+        return data
 
 
 class Heartbeat(Out):
