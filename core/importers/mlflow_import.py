@@ -124,6 +124,8 @@ class MlflowImporter(RegistryImport):
         self.remote = is_remote(platform)
         #: groups and tracked runs: the experiment service, or the server's REST API
         self.runs = runs_service(platform)
+        #: experiments whose name is no group name mlrig takes
+        self.ungrouped: set[str] = set()
 
     # --- the whole import -------------------------------------------------------------
 
@@ -191,19 +193,26 @@ class MlflowImporter(RegistryImport):
             return  # MLflow's empty default experiment: no group for it
         self.summary.add("experiments")
         service = self.runs
-        try:
-            service.get_group(experiment.name)
-        except NotFoundError:
-            self.summary.add("groups_created")
         tags = {k: x for k, x in experiment.tags.items() if k != "mlflow.note.content"}
         tags["mlflow.experiment_id"] = experiment.id
-        service.ensure_group(
-            experiment.name,
-            description=experiment.tags.get("mlflow.note.content"),
-            tags=self._clean_tags(tags, f"experiment {experiment.name!r}")
-            if len(tags) <= v.MAX_TAGS
-            else {"mlflow.experiment_id": experiment.id},
-        )
+        try:
+            try:
+                service.get_group(experiment.name)
+            except NotFoundError:
+                self.summary.add("groups_created")
+            service.ensure_group(
+                experiment.name,
+                description=experiment.tags.get("mlflow.note.content"),
+                tags=self._clean_tags(tags, f"experiment {experiment.name!r}")
+                if len(tags) <= v.MAX_TAGS
+                else {"mlflow.experiment_id": experiment.id},
+            )
+        except ValidationError as exc:  # a name mlrig refuses: its runs go in ungrouped
+            self.ungrouped.add(experiment.id)
+            self.summary.warn(
+                f"experiment {experiment.name!r}: no run group made ({exc.message}); its runs "
+                "are imported without a group, with the tag mlflow.experiment_id"
+            )
 
     def _run(self, experiment: Experiment, run: Run, earlier: dict[str, Any] | None) -> None:
         self.summary.add("runs")
@@ -256,7 +265,7 @@ class MlflowImporter(RegistryImport):
                 view = service.start_run(
                     actor=self.actor,
                     name=name,
-                    group=experiment.name,
+                    group=None if experiment.id in self.ungrouped else experiment.name,
                     parent=self.summary.runs.get(run.tags.get("mlflow.parentRunId") or ""),
                     params=dict(run.params),
                     tags=tags,
