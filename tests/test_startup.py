@@ -62,3 +62,20 @@ def test_help_stays_off_the_database_and_web_stacks():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+
+
+def test_models_list_loads_no_storage(tmp_path):
+    # Listing reads the database only: the storage plugin (stevedore's entry points, the
+    # artifact store and its crypto) is built on first use, not for every command.
+    from mlrig.testing.cli_modes import write_config
+
+    config = write_config(tmp_path / "home")
+    code = PROBE.format(
+        args=["--config", str(config), "models", "list", "--json"],
+        heavy=["stevedore", "mlrig.artifacts", "mlrig.plugins.storage_local"],
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"  # the command ran: no models yet
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
