@@ -113,7 +113,7 @@ def cli(ctx: click.Context, config_path: str | None, url: str | None, token: str
     """
     state = ctx.ensure_object(CliState)
     state.config_path = config_path
-    state.url = url or None
+    state.url = _server_url(url) if url else None
     state.token = token or None
     if state.url and ctx.invoked_subcommand in LOCAL_ONLY:
         click.echo(
@@ -123,6 +123,18 @@ def cli(ctx: click.Context, config_path: str | None, url: str | None, token: str
             err=True,
         )
         ctx.exit(2)
+
+
+def _server_url(url: str) -> str:
+    """``--url``/``MLRIG_URL`` in normal form (:func:`mlrig.remote.credentials.normalize_url`);
+    a malformed one is a usage error (exit 2), not a request to some other place."""
+    from mlrig.errors import ValidationError
+    from mlrig.remote.credentials import normalize_url
+
+    try:
+        return normalize_url(url)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="'--url' / MLRIG_URL") from None
 
 
 def _add_builtin_commands(group: click.Group) -> None:

@@ -8,6 +8,7 @@ failed write leaves only nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,13 @@ from pydantic import BaseModel, ConfigDict
 from mlrig.artifacts.keys import normalize_key
 from mlrig.config import ConfigPath
 from mlrig.contracts.storage import PendingUpload, StorageBackend
-from mlrig.errors import ArtifactNotFoundError, InvalidKeyError, StorageError
+from mlrig.errors import (
+    ArtifactNotFoundError,
+    ConflictError,
+    InvalidKeyError,
+    MlrigError,
+    StorageError,
+)
 
 #: temporary files end with this; listings skip them and keys may not look like them
 TEMP_SUFFIX = ".mlrig-tmp"
@@ -62,7 +69,7 @@ class LocalStorage(StorageBackend):
                 prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
             )
         except OSError as exc:
-            raise _storage_error("create", key, exc) from exc
+            raise _write_error("create", key, exc) from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield _Writer(handle, key)  # type: ignore[misc]
@@ -73,7 +80,7 @@ class LocalStorage(StorageBackend):
                     handle.close()
                     os.replace(temp, path)
                 except OSError as exc:
-                    raise _storage_error("write", key, exc) from exc
+                    raise _write_error("write", key, exc) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -233,6 +240,35 @@ def _fsync_dir(folder: Path) -> None:
 def _not_found(key: str, root: Path) -> ArtifactNotFoundError:
     msg = f"no artifact {key!r} under {str(root)!r}"
     return ArtifactNotFoundError(msg, details={"key": key})
+
+
+class KeyTooLongError(InvalidKeyError, StorageError):
+    """A part of the key is longer than the file system takes: the caller's mistake (a
+    4xx through the API), and still the store's :class:`StorageError`."""
+
+
+class KeyConflictError(ConflictError, StorageError):
+    """The key needs a folder where a file is, or names a folder: the caller's mistake
+    (409 through the API), and still the store's :class:`StorageError`."""
+
+
+def _write_error(action: str, key: str, exc: OSError) -> MlrigError:
+    """What a failed write tells its caller: the key's own fault (a name too long for the
+    file system, a file where the key needs a folder or a folder where it names a file)
+    is the client's mistake, not a 500; anything else the store's."""
+    if exc.errno == errno.ENAMETOOLONG:
+        msg = (
+            f"artifact key {key[:200]!r} has a part longer than the file system takes "
+            "(about 230 bytes per file or folder name in the local store); use shorter names"
+        )
+        return KeyTooLongError(msg, details={"key": key[:200]})
+    if isinstance(exc, FileExistsError | NotADirectoryError | IsADirectoryError):
+        msg = (
+            f"artifact key {key[:200]!r} conflicts with an existing one: one of its folders "
+            "is a file, or it names a folder (a name cannot be both)"
+        )
+        return KeyConflictError(msg, details={"key": key[:200]})
+    return _storage_error(action, key, exc)
 
 
 def _storage_error(action: str, key: str, exc: OSError) -> StorageError:

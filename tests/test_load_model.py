@@ -222,3 +222,43 @@ def test_without_a_platform_or_client_it_reads_where_tracking_goes(
     remote = mlrig.load_model("models:/bc@champion", cache_dir=tmp_path / "b")
     assert remote.version_id == first["id"] and remote.downloaded > 0
     np.testing.assert_array_equal(remote.predict(x), breast_cancer_estimator(0).predict(x))
+
+
+# --- hostile URIs and a damaged cache or version (clear errors, no deep tracebacks) -------
+
+
+@pytest.mark.parametrize(
+    ("uri", "error", "said"),
+    [
+        ("models:/bc\x00/1", ValidationError, "NUL"),
+        ("models:/../x", NotFoundError, "no model '..'"),
+        ("models:/bc/../1", ValidationError, "invalid model URI"),
+        ("models:/bc@nope", NotFoundError, "has no alias 'nope' (aliases: champion)"),
+        ("models:/bc/Staging", NotFoundError, "no version in stage 'staging'"),
+        ("models:/bc/" + "9" * 30, NotFoundError, "has no version"),
+    ],
+)
+def test_hostile_uris_are_clear_errors(platform, two_versions, tmp_path, uri, error, said):
+    with pytest.raises(error, match=None) as caught:
+        mlrig.load_model(uri, platform=platform, cache_dir=tmp_path / "cache")
+    assert said in caught.value.message
+
+
+def test_a_cache_folder_that_is_a_file_is_one_clear_error(platform, two_versions, tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")  # was a NotADirectoryError from deep inside
+    with pytest.raises(mlrig.errors.ConfigError, match="cannot use the model cache") as caught:
+        mlrig.load_model("models:/bc@champion", platform=platform, cache_dir=cache)
+    assert "cache_dir" in caught.value.message
+
+
+def test_a_damaged_model_file_is_one_clear_error(platform, tmp_path):
+    version = platform.registry.create_version(
+        "broken",
+        files={"model.joblib": b"garbage, not a pickle"},
+        actor=ACTOR,
+        create_model=True,
+        framework="sklearn",
+    )
+    with pytest.raises(ValidationError, match="runtime 'sklearn' cannot load broken version 1"):
+        mlrig.load_model(version["id"], platform=platform, cache_dir=tmp_path / "cache")

@@ -121,3 +121,20 @@ def test_platform_builds_local_store_relative_to_config(tmp_path: Path) -> None:
     assert (tmp_path / "store" / "m" / "1" / "model.bin").is_file()
     assert stored.compression == "zstd" and stored.stored_size < stored.size
     assert platform.artifacts.get_bytes("m/1/model.bin") == b"weights" * 1000
+
+
+def test_a_key_the_file_system_cannot_hold_is_the_callers_mistake(tmp_path: Path) -> None:
+    from mlrig.errors import ConflictError, InvalidKeyError
+
+    storage = make_local(tmp_path)
+    with storage.open_write("dir/file.bin") as out:
+        out.write(b"x")
+    # a file where a folder is needed, a folder where a file is named: 409, not 500
+    for key in ("dir/file.bin/below.bin", "dir"):
+        with pytest.raises(ConflictError, match="conflicts with an existing one"):
+            with storage.open_write(key) as out:
+                out.write(b"y")
+    with pytest.raises(InvalidKeyError, match="longer than the file system takes"):
+        storage.open_write("n" * 300).__enter__()
+    with storage.open_read("dir/file.bin") as read:
+        assert read.read() == b"x"

@@ -168,9 +168,30 @@ def create_experiment(body: ExperimentCreate, platform: PlatformDep, _: Writer) 
     if taken or any(g["name"] == body.name for g in _all_groups(platform)):
         msg = f"experiment {body.name!r} already exists"
         raise MlflowError(RESOURCE_ALREADY_EXISTS, msg)
-    tags = c.unpairs(body.tags, field="tags")
-    group = platform.experiments.ensure_group(body.name, tags=tags or None)
+    group = _create_group(platform, body.name, c.unpairs(body.tags, field="tags"))
     return {"experiment_id": c.experiment_id_of(group)}
+
+
+def _create_group(platform: Any, name: str, tags: dict[str, str]) -> dict[str, Any]:
+    """A new group ``name``, or ``RESOURCE_ALREADY_EXISTS`` when it exists: the insert
+    decides (the unique name), so of two creates at once one wins and the other is told
+    (the service's ``ensure_group`` is get-or-create: both would get the one group)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from mlrig.db.models import RunGroup
+    from mlrig.experiments.groups import check_group_name, group_view
+
+    name = check_group_name(name)
+    checked = v.check_tags(tags)
+    try:
+        with platform.db.session() as session:
+            row = RunGroup(id=uuid.uuid4(), name=name, description=None, tags=checked)
+            session.add(row)
+            session.flush()
+            return group_view(row)
+    except IntegrityError:
+        msg = f"experiment {name!r} already exists"
+        raise MlflowError(RESOURCE_ALREADY_EXISTS, msg) from None
 
 
 @_api("/experiments/get", "GET")

@@ -232,6 +232,19 @@ class ArtifactCache:
         """The folder holding every artifact of ``version``, checked against its sha256s;
         only the files missing from the cache (or corrupted there) are downloaded."""
         self.downloaded = 0
+        try:
+            return self._version_folder(registry, version)
+        except OSError as exc:  # a cache folder that is a file, read-only, full...
+            from mlrig.errors import ConfigError
+
+            msg = (
+                f"cannot use the model cache {self.root}: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}; fix it or remove it, "
+                "or give load_model(cache_dir=...)"
+            )
+            raise ConfigError(msg, details={"cache_dir": str(self.root)}) from None
+
+    def _version_folder(self, registry: _Registry, version: dict[str, Any]) -> Path:
         artifacts = version.get("artifacts") or []
         folder = self.root / "versions" / version["id"]
         if (folder / _COMPLETE).is_file() and all(
@@ -415,7 +428,7 @@ def load_model(
     backend = load_backend("runtimes", name).from_options(
         {}, where=f"runtimes.{name}", base_dir=base_dir
     )
-    loaded = backend.load(folder, metadata)
+    loaded = _load(backend, name, folder, metadata, version)
     cls = (
         LoadedClassifierVersion
         if callable(getattr(loaded, "predict_proba", None))
@@ -424,6 +437,27 @@ def load_model(
     result = cls(loaded, runtime=name, metadata=version, path=folder)
     result.downloaded = cache.downloaded
     return result
+
+
+def _load(
+    backend: Any, runtime: str, folder: Path, metadata: dict[str, Any], version: dict[str, Any]
+) -> LoadedModel:
+    """``backend.load``, a framework's own failure (a damaged pickle, a file of another
+    format) told as one :class:`ValidationError` naming the version and the runtime
+    rather than as the framework's traceback (chained, for whoever debugs it)."""
+    from mlrig.errors import MlrigError
+
+    try:
+        return backend.load(folder, metadata)
+    except MlrigError:
+        raise
+    except Exception as exc:
+        msg = (
+            f"runtime {runtime!r} cannot load {version['name']} version {version['version']} "
+            f"({type(exc).__name__}: {str(exc)[:200] or 'no message'}); its files may be "
+            "damaged or of another framework version"
+        )
+        raise ValidationError(msg, details={"version": version["id"], "runtime": runtime}) from exc
 
 
 def _metadata(folder: Path, version: dict[str, Any]) -> dict[str, Any]:
