@@ -204,10 +204,19 @@ class InferenceLogger:
         if rate < 1.0 and (rate <= 0.0 or self._random() >= rate):
             self._sampled_out += 1  # a lost increment under a thread race is harmless
             return False
-        try:
-            inputs_text, prediction_text = dump_json(inputs), dump_json(prediction)
-        except Exception:  # a value whose tolist()/str() fails: given up by the writer
-            inputs_text = prediction_text = _UNCONVERTIBLE
+        try:  # the common case in line (rows of numbers, a list): a third cheaper
+            if inputs is None or prediction is None:
+                raise TypeError
+            raw_inputs = _dumps(inputs, option=_JSON_OPTIONS)
+            raw_prediction = _dumps(prediction, option=_JSON_OPTIONS)
+            if b"\\u0000" in raw_inputs or b"\\u0000" in raw_prediction:
+                raise TypeError
+            inputs_text, prediction_text = raw_inputs.decode(), raw_prediction.decode()
+        except TypeError:  # None, NUL characters, what orjson cannot write as it is
+            try:
+                inputs_text, prediction_text = dump_json(inputs), dump_json(prediction)
+            except Exception:  # a value whose tolist()/str() fails: given up by the writer
+                inputs_text = prediction_text = _UNCONVERTIBLE
         entry = (
             deployment_id,
             request_id,
@@ -553,6 +562,7 @@ class InferenceLogger:
 
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
 
 
 def dump_json(value: Any) -> str | None:
