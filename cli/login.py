@@ -7,6 +7,8 @@ server when a command names it with ``--url`` or ``MLRIG_URL`` and gives no toke
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from mlrig.cli.context import get_state
@@ -18,7 +20,7 @@ from mlrig.cli.output import json_option, print_json
 @click.option(
     "--token",
     "token_option",
-    help="The API token (default: MLRIG_TOKEN, else asked for, not echoed).",
+    help="The API token (default: MLRIG_TOKEN, else read from a pipe or asked for, not echoed).",
 )
 @json_option
 def login(url: str, token_option: str | None, as_json: bool) -> None:
@@ -29,7 +31,9 @@ def login(url: str, token_option: str | None, as_json: bool) -> None:
 
     url = credentials.normalize_url(url)
     token = token_option or get_state().token
-    if not token:
+    if not token and not sys.stdin.isatty():  # `... | mlrig login URL`: no prompt to hide
+        token = sys.stdin.readline().strip()
+    elif not token:
         token = click.prompt(f"API token for {url}", hide_input=True).strip()
     if not token:
         raise click.UsageError("an empty token: give --token or type one")

@@ -78,7 +78,7 @@ class MlrigGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MlrigError as exc:
-            failure = click.ClickException(exc.message)
+            failure = click.ClickException(exc.message + _login_hint(ctx, exc))
             if exc.code == "local_only":  # mlrig.remote.LocalOnlyError
                 failure.exit_code = 2
             raise failure from None
@@ -123,6 +123,21 @@ def cli(ctx: click.Context, config_path: str | None, url: str | None, token: str
             err=True,
         )
         ctx.exit(2)
+
+
+def _login_hint(ctx: click.Context, exc: MlrigError) -> str:
+    """What to do when a server wants a token and the command had none to send."""
+    from mlrig.errors import AuthenticationError
+
+    state = ctx.find_object(CliState)
+    if not isinstance(exc, AuthenticationError) or state is None or not state.remote:
+        return ""
+    try:
+        if state.server_token():
+            return ""
+    except MlrigError:
+        return ""
+    return f"; log in with: mlrig login {state.url} (or give --token / MLRIG_TOKEN)"
 
 
 def _server_url(url: str) -> str:

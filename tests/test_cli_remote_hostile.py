@@ -117,22 +117,23 @@ def test_two_cli_logins_at_once_against_a_server(tmp_path, platform, live_server
     for name in ("ann", "bob"):
         platform.security.create_user(name=name, role="viewer")
         tokens.append(platform.security.create_token(user=name)["token"])
-    env = {"MLRIG_CREDENTIALS": str(tmp_path / "credentials.toml")}
+    env = {**os.environ, "MLRIG_CREDENTIALS": str(tmp_path / "credentials.toml")}
     other = live_server.replace("127.0.0.1", "localhost")  # a second server URL, same server
-    runs = [
+    runs = [  # ann's token comes through a pipe (as `echo $TOKEN | mlrig login URL`)
         subprocess.Popen(
-            [sys.executable, "-m", "mlrig.cli", "login", url, "--token", token],
+            [sys.executable, "-m", "mlrig.cli", "login", url, *extra],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **env},
+            env=env,
         )
-        for url, token in ((live_server, tokens[0]), (other, tokens[1]))
+        for url, extra in ((live_server, []), (other, ["--token", tokens[1]]))
     ]
-    for run in runs:
-        _out, err = run.communicate(timeout=60)
+    for run, given in zip(runs, (tokens[0] + "\n", ""), strict=True):
+        _out, err = run.communicate(given, timeout=60)
         assert run.returncode == 0, err
-    # the file parses, and holds both logins
+        assert err == ""  # no getpass warning about a terminal there is none of
     done = subprocess.run(
         [
             sys.executable,
@@ -141,7 +142,12 @@ def test_two_cli_logins_at_once_against_a_server(tmp_path, platform, live_server
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env=env,
         timeout=60,
     )
     assert done.stdout.strip() == repr(sorted([live_server, other])), done.stderr
+    # a server URL without a stored login nor a token: the error says how to log in
+    env["MLRIG_CREDENTIALS"] = str(tmp_path / "none.toml")
+    refused = _mlrig("--url", live_server, "models", "list", env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"log in with: mlrig login {live_server}" in refused.stderr

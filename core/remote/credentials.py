@@ -180,6 +180,8 @@ def store(url: str, token: str, *, user: str | None = None) -> Path:
 def remove(url: str | None = None) -> list[str]:
     """Forget the login of ``url`` (every login when ``None``); the URLs forgotten."""
     wanted = None if url is None else normalize_url(url)
+    if not credentials_path().exists():
+        return []
     with _locked():
         servers = load()
         gone = list(servers) if wanted is None else [u for u in servers if u == wanted]
