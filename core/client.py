@@ -131,7 +131,7 @@ class Client:
 
     def get_experiment(self, ref: str) -> dict[str, Any]:
         """An experiment by name or id, with its latest metric values."""
-        return self._request("GET", f"/experiments/{ref}")
+        return self._request("GET", f"/experiments/{_segment(ref)}")
 
     def list_experiments(self, **filters: Any) -> list[dict[str, Any]]:
         """One page of experiments, newest first (``status``, ``name_prefix``, ``trainer``,
@@ -140,11 +140,11 @@ class Client:
 
     def start_experiment(self, ref: str) -> dict[str, Any]:
         """Queue an experiment for the workers."""
-        return self._request("POST", f"/experiments/{ref}/start")
+        return self._request("POST", f"/experiments/{_segment(ref)}/start")
 
     def stop_experiment(self, ref: str) -> dict[str, Any]:
         """Cancel a queued or running experiment (its process tree is ended)."""
-        return self._request("POST", f"/experiments/{ref}/stop")
+        return self._request("POST", f"/experiments/{_segment(ref)}/stop")
 
     def log_metrics(
         self,
@@ -174,7 +174,7 @@ class Client:
                 raise errors.ValidationError(msg) from None
             result = self._request(
                 "POST",
-                f"/experiments/{ref}/metrics",
+                f"/experiments/{_segment(ref)}/metrics",
                 content=body,
                 headers={"Content-Type": "application/json"},
             )
@@ -216,7 +216,7 @@ class Client:
                 "fields": ",".join(fields) if fields is not None else None,
             }
         )
-        history = self._request("GET", f"/experiments/{ref}/metrics", params=params)
+        history = self._request("GET", f"/experiments/{_segment(ref)}/metrics", params=params)
         for series in history.get("metrics", {}).values():
             values = series.get("values")
             if values and str in map(type, values):  # NaN and infinities come as text
@@ -232,14 +232,14 @@ class Client:
 
     def get_model(self, ref: str) -> dict[str, Any]:
         """A registered model by name or id."""
-        return self._request("GET", f"/models/{ref}")
+        return self._request("GET", f"/models/{_segment(ref)}")
 
     def list_versions(self, model: str, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every version of ``model`` matching the filters (``framework``, ``stage``,
         ``tag``, ``metric="accuracy>0.9"``, ``sort``...), following the pages."""
         params = _params(filters)
         while True:
-            page = self._request("GET", f"/models/{model}/versions", params=params)
+            page = self._request("GET", f"/models/{_segment(model)}/versions", params=params)
             yield from page["items"]
             if not page.get("next_cursor"):
                 return
@@ -247,7 +247,7 @@ class Client:
 
     def get_version(self, model: str, version: str) -> dict[str, Any]:
         """A version (number, name, alias or id) with its lineage."""
-        return self._request("GET", f"/models/{model}/versions/{version}")
+        return self._request("GET", f"/models/{_segment(model)}/versions/{_segment(version)}")
 
     def register_version(
         self, model: str, files: Mapping[str, str | os.PathLike[str] | bytes], **metadata: Any
@@ -268,7 +268,7 @@ class Client:
                 uploads.append(("files", (path, content, "application/octet-stream")))
             return self._request(
                 "POST",
-                f"/models/{model}/versions",
+                f"/models/{_segment(model)}/versions",
                 files=uploads,
                 data={"metadata": orjson.dumps(metadata).decode()},
             )
@@ -280,27 +280,33 @@ class Client:
     def delete_model(self, model: str, *, force: bool = False) -> dict[str, Any]:
         """Soft-delete a model and its versions (``delete`` permission); ``force`` (admin)
         deletes even versions in production, aliased or deployed (else 409)."""
-        return self._request("DELETE", f"/models/{model}", params={"force": force})
+        return self._request("DELETE", f"/models/{_segment(model)}", params={"force": force})
 
     def delete_version(self, model: str, version: str, *, force: bool = False) -> dict[str, Any]:
         """Soft-delete one version; ``force`` as for :meth:`delete_model`."""
         return self._request(
-            "DELETE", f"/models/{model}/versions/{version}", params={"force": force}
+            "DELETE",
+            f"/models/{_segment(model)}/versions/{_segment(version)}",
+            params={"force": force},
         )
 
     def restore_model(self, model: str) -> dict[str, Any]:
         """Bring back a deleted model with the versions deleted along with it."""
-        return self._request("POST", f"/models/{model}/restore")
+        return self._request("POST", f"/models/{_segment(model)}/restore")
 
     def restore_version(self, model: str, version: str) -> dict[str, Any]:
         """Bring back a deleted version of a live model."""
-        return self._request("POST", f"/models/{model}/versions/{version}/restore")
+        return self._request(
+            "POST", f"/models/{_segment(model)}/versions/{_segment(version)}/restore"
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def set_alias(self, model: str, alias: str, version: str) -> dict[str, Any]:
         """Point ``alias`` (``champion``...) at ``version``."""
-        return self._request("PUT", f"/models/{model}/aliases/{alias}", json={"version": version})
+        return self._request(
+            "PUT", f"/models/{_segment(model)}/aliases/{_segment(alias)}", json={"version": version}
+        )
 
     def set_stage(
         self, model: str, version: str, stage: str, *, comment: str | None = None
@@ -308,7 +314,9 @@ class Client:
         """Move a version to a stage; ``production`` opens an approval request instead
         (when the policy asks for one), which the result describes."""
         body = {"stage": stage, "comment": comment}
-        return self._request("POST", f"/models/{model}/versions/{version}/stage", json=body)
+        return self._request(
+            "POST", f"/models/{_segment(model)}/versions/{_segment(version)}/stage", json=body
+        )
 
     def list_approvals(self, **filters: Any) -> list[dict[str, Any]]:
         """Approval requests (``status``, ``model``)."""
@@ -316,11 +324,15 @@ class Client:
 
     def approve(self, request_id: str, *, comment: str | None = None) -> dict[str, Any]:
         """Approve a request (as another user than the requester, with the deployer role)."""
-        return self._request("POST", f"/approvals/{request_id}/approve", json={"comment": comment})
+        return self._request(
+            "POST", f"/approvals/{_segment(request_id)}/approve", json={"comment": comment}
+        )
 
     def reject(self, request_id: str, *, comment: str | None = None) -> dict[str, Any]:
         """Reject a request."""
-        return self._request("POST", f"/approvals/{request_id}/reject", json={"comment": comment})
+        return self._request(
+            "POST", f"/approvals/{_segment(request_id)}/reject", json={"comment": comment}
+        )
 
     def download_artifact(
         self, model: str, version: str, path: str, destination: str | os.PathLike[str]
@@ -332,7 +344,7 @@ class Client:
         target = Path(destination)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
-        url = f"/models/{model}/versions/{version}/artifacts/{path}"
+        url = f"/models/{_segment(model)}/versions/{_segment(version)}/artifacts/{_path(path)}"
         try:
             with self._http.stream("GET", url) as response:
                 if response.is_error:
@@ -588,10 +600,13 @@ def _batches(points: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _segment(value: str) -> str:
-    """``value`` as one URL path segment (a name with ``/`` or ``?`` stays one segment)."""
+    """``value`` as one URL path segment (a name with ``/`` or ``?`` stays one segment, and
+    ``.`` or ``..`` is not resolved away by the HTTP client: ``get_version("m", "..")``
+    asked for the model, ``delete_version("m", "..")`` deleted it)."""
     from urllib.parse import quote
 
-    return quote(str(value), safe="")
+    text = quote(str(value), safe="")
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 def _plain(value: Any) -> Any:

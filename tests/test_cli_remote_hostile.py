@@ -151,3 +151,28 @@ def test_two_cli_logins_at_once_against_a_server(tmp_path, platform, live_server
     refused = _mlrig("--url", live_server, "models", "list", env=env)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"log in with: mlrig login {live_server}" in refused.stderr
+
+
+def test_client_path_segments_are_not_resolved_away(platform, live_server):
+    """``..`` or ``?`` in a name sent by :class:`mlrig.Client` stays in its segment: a
+    version named ``..`` was the model itself, so ``delete_version`` deleted the model."""
+    from mlrig.client import Client
+    from mlrig.errors import NotFoundError
+    from mlrig.security import Principal
+
+    actor = Principal(name="ops", role="admin")
+    platform.registry.create_version(
+        "bc", files={"model.joblib": b"x"}, actor=actor, create_model=True, framework="sklearn"
+    )
+    platform.security.create_user(name="dep", role="deployer")
+    token = platform.security.create_token(user="dep")["token"]
+    with Client(live_server, token=token) as client:
+        for version in ("..", ".", "1?force=true"):
+            with pytest.raises(NotFoundError, match="has no version"):
+                client.delete_version("bc", version)
+        with pytest.raises(NotFoundError):  # one segment: no route takes it
+            client.delete_version("bc", "1/../1")
+        with pytest.raises(NotFoundError, match="no model"):
+            client.get_model("bc?x=1")
+        assert client.get_version("bc", "1")["version"] == "1"
+    assert platform.registry.get_model("bc")["name"] == "bc"  # not deleted
