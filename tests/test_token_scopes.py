@@ -432,7 +432,8 @@ def test_live_predictions_make_no_database_query_within_the_ttl(live):
                 assert live.predict(where, "fraud", "viewer").status_code == 200
     finally:
         event.remove(live.platform.db.engine, "before_cursor_execute", count)
-    assert seen == []
+    # the API server's sweep for silent tracked runs may tick meanwhile: not a prediction's
+    assert [s for s in seen if "training_experiments" not in s] == []
 
 
 def test_live_revocation_is_honoured_within_the_ttl(live):
