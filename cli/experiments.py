@@ -231,14 +231,15 @@ def list_(
         return
     print_table(
         "experiments",
-        ["name", "status", "trainer", "priority", "attempts", "by", "created", "id"],
+        ["name", "status", "origin", "group", "trainer", "attempts", "by", "created", "id"],
         (
             [
                 _fmt(r["name"]),
                 r["status"],
-                r["trainer"],
-                r["priority"],
-                f"{r['attempts']}/{r['max_attempts']}",
+                r.get("origin", "engine"),
+                _fmt(r.get("group") or ""),
+                r["trainer"] or "",
+                f"{r['attempts']}/{r['max_attempts']}" if r["trainer"] else "",
                 r["created_by"],
                 (r["created_at"] or "")[:19],
                 r["id"],
