@@ -130,8 +130,13 @@ class Client:
         )
 
     def get_experiment(self, ref: str) -> dict[str, Any]:
-        """An experiment by name or id, with its latest metric values."""
-        return self._request("GET", f"/experiments/{_segment(ref)}")
+        """An experiment by name or id, with its latest metric values (NaN and infinities
+        as floats, as the service gives them)."""
+        view = self._request("GET", f"/experiments/{_segment(ref)}")
+        for latest in (view.get("metrics") or {}).values():
+            if isinstance(latest, dict) and type(latest.get("value")) is str:
+                latest["value"] = _NON_FINITE.get(latest["value"], latest["value"])
+        return view
 
     def list_experiments(self, **filters: Any) -> list[dict[str, Any]]:
         """One page of experiments, newest first (``status``, ``name_prefix``, ``trainer``,

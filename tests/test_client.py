@@ -174,3 +174,14 @@ def test_error_codes_map_to_the_public_classes_whatever_else_is_imported():
     assert classes["not_found"] is errors.NotFoundError
     assert classes["validation_error"] is errors.ValidationError
     assert not any(cls.__name__.startswith("_") for cls in classes.values())
+
+
+def test_non_finite_latest_values_come_back_as_floats(client):
+    import math
+
+    run = client.start_run(name="diverged")
+    client.log_metric(run["id"], "loss", float("nan"), step=0)
+    client.log_metric(run["id"], "grad", float("inf"), step=0)
+    latest = client.get_experiment(run["id"])["metrics"]
+    assert math.isnan(latest["loss"]["value"])
+    assert latest["grad"]["value"] == math.inf
