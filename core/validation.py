@@ -263,6 +263,10 @@ def json_problem(
         elif kind is float:
             if not math.isfinite(item):
                 return where, f"{item!r} is not JSON (no NaN or infinity): numbers must be finite"
+            # JSON has one number type: 1e27 is the integer 10**27 to a JSON Schema
+            # validator, so the 64-bit bound the schema states holds for it too
+            if item.is_integer() and not INT64_MIN <= item <= INT64_MAX:
+                return where, "numbers without a fraction must fit in 64 bits (as integers do)"
         elif not other_types:
             return where, f"a {kind.__name__} is not a JSON value"
         if max_chars is not None and chars > max_chars:

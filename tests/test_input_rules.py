@@ -61,6 +61,7 @@ def test_naive_datetimes_are_utc_and_the_range_is_checked():
 
 def test_json_documents_are_bounded():
     assert v.check_json(_nested(v.MAX_JSON_DEPTH), field="p") == _nested(v.MAX_JSON_DEPTH)
+    assert v.check_json({"lr": 1e-30, "x": 12345.678, "n": 2.0**62}, field="p")
     with pytest.raises(ValidationError, match="deeper than 32"):
         v.check_json(_nested(v.MAX_JSON_DEPTH + 1), field="p")
     with pytest.raises(ValidationError, match="deeper"):
@@ -70,6 +71,7 @@ def test_json_documents_are_bounded():
         ({SURROGATE: 1}, "key contains a lone UTF-16 surrogate"),
         ({"a": float("nan")}, "no NaN"),
         ({"a": 2**64}, "64 bits"),
+        ({"a": [1.7851222110343262e27]}, "64 bits"),  # a JSON integer to JSON Schema
         ({"a": object()}, "not a JSON value"),
         ({"a": "x" * (v.MAX_JSON_BYTES + 1)}, "characters of text|bytes of JSON"),
         ({str(i): i for i in range(v.MAX_JSON_KEYS + 1)}, "at most 1000"),
