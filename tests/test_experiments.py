@@ -596,8 +596,12 @@ def test_cli_wait_exit_codes_metrics_and_logs(cli_run, trainer, tmp_path):
     platform.experiments.logs.append(exp["id"], b"hello\nworld\n")
 
     def finish(complete):
-        time.sleep(0.6)
-        job = platform.queue.claim("test-worker", lease_seconds=30)
+        # claim once the CLI has queued it (a loaded machine can take over a second)
+        deadline = time.monotonic() + 30
+        job = None
+        while job is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = platform.queue.claim("test-worker", lease_seconds=30)
         assert job is not None
         if complete:
             platform.queue.complete(job, detail="done")
@@ -671,9 +675,9 @@ def test_workers_are_known_alive_while_they_run(db_platform):
         thread.join(20)
     assert queue.live_workers() == 0  # a clean stop removes it
     # a worker that died: its heartbeat expires
-    queue.worker_heartbeat("host:1:dead", ttl_seconds=0.05, concurrency=1)
-    assert queue.live_workers() == 1
-    time.sleep(0.1)
+    queue.worker_heartbeat("host:1:dead", ttl_seconds=1.0, concurrency=1)
+    assert queue.live_workers() == 1  # (a TTL long enough for a loaded machine)
+    time.sleep(1.2)
     assert queue.live_workers() == 0
 
 
