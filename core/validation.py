@@ -202,7 +202,9 @@ def check_json(
     if max_keys is not None and isinstance(value, Mapping) and len(value) > max_keys:
         msg = f"{field}: {len(value):,} keys; at most {max_keys}"
         raise ValidationError(msg, details={"field": field})
-    problem = json_problem(value, max_depth=max_depth, max_chars=max_bytes)
+    problem = json_problem(
+        value, max_depth=max_depth, max_chars=max_bytes, integral_floats_as_integers=True
+    )
     if problem is not None:
         where, what = problem
         location = (field + shorten(where)).lstrip(".") or "value"
@@ -222,13 +224,21 @@ def shorten(where: str, limit: int = 100) -> str:
 
 
 def json_problem(
-    value: Any, *, max_depth: int, max_chars: int | None = None, other_types: bool = False
+    value: Any,
+    *,
+    max_depth: int,
+    max_chars: int | None = None,
+    other_types: bool = False,
+    integral_floats_as_integers: bool = False,
 ) -> tuple[str, str] | None:
     """``(where, what)`` for the first value that is not storable JSON, else ``None``.
 
     ``where`` is a path such as ``.layers[3].name``. Walks iteratively (no recursion
     limit to hit) and stops early once the strings alone pass ``max_chars``. With
     ``other_types``, values that are not JSON (a model, a datetime) are let through.
+    With ``integral_floats_as_integers`` (free-form JSON, whose schema bounds every
+    integer to 64 bits), a float without a fraction (``1e27``) is bounded like the
+    integer it is to a JSON Schema validator.
     """
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     chars = 0
@@ -265,7 +275,11 @@ def json_problem(
                 return where, f"{item!r} is not JSON (no NaN or infinity): numbers must be finite"
             # JSON has one number type: 1e27 is the integer 10**27 to a JSON Schema
             # validator, so the 64-bit bound the schema states holds for it too
-            if item.is_integer() and not INT64_MIN <= item <= INT64_MAX:
+            if (
+                integral_floats_as_integers
+                and item.is_integer()
+                and not INT64_MIN <= item <= INT64_MAX
+            ):
                 return where, "numbers without a fraction must fit in 64 bits (as integers do)"
         elif not other_types:
             return where, f"a {kind.__name__} is not a JSON value"
