@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -270,3 +272,44 @@ def test_two_creates_of_one_experiment_at_once_one_wins(tmp_path, pg_url, reques
     assert set(view["hyperparameters"]) == {"shared", "p0", "p1", "p2", "p3"}
     steps = platform.experiments.metrics(run, name="m")["metrics"]["m"]["steps"]
     assert sorted(steps) == list(range(200))
+
+
+def test_like_is_sql_like_and_takes_no_exponential_time(mlflow):
+    import random
+    import re
+
+    from mlrig.api.mlflow.search import _like
+
+    def regex_like(pattern, value, ignore_case):
+        regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+        return re.fullmatch(regex, value, re.S | (re.I if ignore_case else 0)) is not None
+
+    rng = random.Random(11)
+    for _ in range(5000):  # short strings: the regex is quick there, and right
+        pattern = "".join(rng.choice("aAb%_") for _ in range(rng.randint(0, 7)))
+        value = "".join(rng.choice("aAb") for _ in range(rng.randint(0, 8)))
+        for ignore_case in (False, True):
+            expected = regex_like(pattern, value, ignore_case)
+            assert _like(pattern, value, ignore_case=ignore_case) is expected, (pattern, value)
+
+    # a viewer's filter that held a worker for minutes (exponential backtracking)
+    client, headers, experiment, run = mlflow
+    tag = {"run_id": run, "key": "note", "value": "a" * 3000 + "c"}
+    assert client.post(f"{API}/runs/set-tag", json=tag, headers=headers).status_code == 200
+    hostile = "tags.note LIKE '" + "%a" * 30 + "%b'"
+    script = (  # in a process of its own: without the fix it never ends, holding the GIL
+        "from mlrig.api.mlflow.search import matches, parse_filter; "
+        "record = {'tags': {'note': 'a' * 3000 + 'c'}, 'metrics': {}, 'params': {}, "
+        "'attributes': {}}; "
+        f"print(matches(record, parse_filter({hostile!r})))"
+    )
+    alone = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert alone.stdout.strip() == "False", alone.stderr
+    answer = client.post(
+        f"{API}/runs/search",
+        json={"experiment_ids": [experiment], "filter": hostile},
+        headers=headers,
+    )
+    assert answer.status_code == 200 and answer.json() == {"runs": []}, answer.text
