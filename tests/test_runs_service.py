@@ -362,3 +362,22 @@ def test_file_names_that_no_store_key_takes_as_is_are_kept_apart(service):
     assert len(service.list_run_artifacts("r")) == 3
     for path, data in ((long_name, b"long"), (nfc, b"composed"), (nfd, b"decomposed")):
         assert b"".join(service.open_run_artifact("r", path)[0]) == data
+
+
+def test_concurrent_group_tag_changes_all_land(service):
+    service.ensure_group("race")
+    errors: list[BaseException] = []
+
+    def tag(i: int) -> None:
+        try:
+            service.update_group("race", tags={f"k{i}": str(i)})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tag, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert service.get_group("race")["tags"] == {f"k{i}": str(i) for i in range(8)}

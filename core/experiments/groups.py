@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -85,6 +85,16 @@ class RunGroups:
             raise NotFoundError(msg, details={"group": str(ref)})
         return row
 
+    def _lock_group(self, session: Session, row: RunGroup) -> None:
+        """Hold ``row`` for a read-merge-write of its tags: concurrent tag changes with
+        different keys all land (on PostgreSQL each merge saw the same old tags)."""
+        if self.db.dialect == "postgresql":
+            session.refresh(row, with_for_update=True)
+
+    def _begin_group_write(self, session: Session) -> None:
+        if self.db.dialect == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE"))  # the write lock before the read
+
     def _run_count(self, session: Session, name: str) -> int:
         return (
             session.scalar(
@@ -110,10 +120,15 @@ class RunGroups:
             description, field="description", max_length=v.MAX_DESCRIPTION_LENGTH
         )
         checked_tags = v.check_tags(tags or {})
+        changes = description is not None or bool(checked_tags)
         for _ in range(3):
             with self.db.session() as session:
+                if changes:
+                    self._begin_group_write(session)
                 row = session.scalar(select(RunGroup).where(RunGroup.name == name))
                 if row is not None:
+                    if changes:
+                        self._lock_group(session, row)
                     row.deleted_at = None
                     if description is not None:
                         row.description = description
@@ -177,7 +192,9 @@ class RunGroups:
         checked_tags = v.check_tags(tags or {})
         try:
             with self.db.session() as session:
+                self._begin_group_write(session)
                 row = self._group_row(session, ref, deleted=False)
+                self._lock_group(session, row)
                 if new_name is not None and new_name != row.name:
                     session.execute(
                         update(TrainingExperiment)
