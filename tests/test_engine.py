@@ -214,6 +214,8 @@ def test_worker_runs_the_sklearn_trainer_end_to_end(platform):
     assert version["metrics"]["val_accuracy"] > 0.8
     repro = row.reproducibility
     assert repro["seed"] == 7 and repro["config_hash"] and repro["packages"]["scikit-learn"]
+    # submitted from a folder outside any git repository: both facts recorded as unknown
+    assert (repro["git_commit"], repro["git_dirty"]) == (None, None)
     with platform.db.session() as session:
         names = {
             m.metric_name for m in session.query(TrainingMetric).filter_by(experiment_id=job_id)

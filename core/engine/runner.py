@@ -20,7 +20,6 @@ import json
 import os
 import platform as pyplatform
 import random
-import subprocess
 import sys
 import traceback
 import uuid
@@ -62,22 +61,6 @@ def _package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _git_commit(folder: str | None) -> str | None:
-    if not folder:
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", folder, "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def config_hash(experiment: dict[str, Any]) -> str:
@@ -138,13 +121,17 @@ def record_reproducibility(
     platform: Any, job_id: uuid.UUID, experiment: dict[str, Any], datasets: list[dict[str, Any]]
 ) -> None:
     from mlrig.db.models import TrainingExperiment
+    from mlrig.tracking.reproducibility import git_state
 
+    origin = os.environ.get("MLRIG_ORIGIN_DIR")  # where the experiment was submitted from
+    commit, dirty = git_state(Path(origin)) if origin else (None, None)
     facts = {
         "seed": experiment["seed"],
         "python": pyplatform.python_version(),
         "platform": pyplatform.platform(),
         "packages": _package_versions(),
-        "git_commit": _git_commit(os.environ.get("MLRIG_ORIGIN_DIR")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "config_hash": config_hash(experiment),
         "datasets": datasets,
     }
