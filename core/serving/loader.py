@@ -10,15 +10,14 @@ renamed into place, so replicas sharing the cache never see half a download.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrig.errors import MlrigError, ValidationError
+from mlrig.folders import publish_folder, scratch_beside
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,7 +148,7 @@ class ModelLoader:
         if (folder / COMPLETE_MARKER).is_file():
             return folder
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir / f".{target.version_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp = scratch_beside(folder)
         try:
             written = self.platform.registry.download_version(target.model, target.version_id, tmp)
             if not written:
@@ -158,17 +157,9 @@ class ModelLoader:
                     "nothing to serve"
                 )
                 raise ValidationError(msg)
-            (tmp / COMPLETE_MARKER).write_text(target.version_id + "\n")
-            if folder.exists():  # an incomplete leftover (a crash mid-download)
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                if not (folder / COMPLETE_MARKER).is_file():  # not another replica's copy
-                    raise
+            return publish_folder(tmp, folder, marker=COMPLETE_MARKER, content=target.version_id)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return folder
 
     def metadata(self, target: Target, folder: Path) -> dict[str, Any]:
         """What the runtime is told: the package manifest, under the registry's version

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlrig.errors import NotFoundError, ValidationError
+from mlrig.folders import publish_folder, scratch_beside
 
 if TYPE_CHECKING:
     from mlrig.client import Client
@@ -251,25 +252,16 @@ class ArtifactCache:
             _matches(folder / a["path"], a["sha256"]) for a in artifacts
         ):
             return folder
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        tmp = scratch_beside(folder)
         try:
             for artifact in artifacts:
                 blob = self._blob_of(registry, version, artifact)
                 target = tmp / _safe_relative(artifact["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(blob, target)
-            tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / _COMPLETE).write_text(version["id"] + "\n")
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                if not (folder / _COMPLETE).is_file():  # not another process's copy
-                    raise
+            return publish_folder(tmp, folder, marker=_COMPLETE, content=version["id"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return folder
 
     def _blob_of(self, registry: _Registry, version: dict[str, Any], artifact: dict) -> Path:
         expected = str(artifact["sha256"]).lower()
