@@ -434,7 +434,7 @@ class Client:
 
     def delete_tag(self, ref: str, key: str) -> dict[str, Any]:
         """Remove one tag of a run."""
-        return self._request("DELETE", f"{_run(ref)}/tags/{_segment(key)}")
+        return self._request("DELETE", f"{_run(ref)}/tags/{_path(key)}")  # keys may hold '/'
 
     def heartbeat(self, ref: str) -> dict[str, Any]:
         """Tell the server the run's script is alive (:class:`~mlrig.errors.ConflictError`
@@ -604,14 +604,25 @@ def _batches(points: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _segment(value: str) -> str:
-    """``value`` as one URL path segment (a name with ``/`` or ``?`` stays one segment, and
-    ``.`` or ``..`` is not resolved away by the HTTP client: ``get_version("m", "..")``
-    asked for the model, ``delete_version("m", "..")`` deleted it)."""
+def url_segment(value: Any) -> str:
+    """``value`` (a name or an id) as one URL path segment: ``?`` and ``#`` stay in it, and
+    ``.`` or ``..`` is not resolved away by the HTTP client (``get_version("m", "..")``
+    asked for the model, ``delete_version("m", "..")`` deleted it).
+
+    :raises ValidationError: ``value`` holds a ``/``: the server decodes ``%2F`` before
+        routing, so ``delete_model("m/versions/1")`` would reach the delete of version 1
+        of ``m``; no name or id has one.
+    """
     from urllib.parse import quote
 
+    if "/" in str(value):
+        msg = f"{str(value)[:100]!r} is not a name or an id: it contains '/'"
+        raise errors.ValidationError(msg, details={"value": str(value)[:100]})
     text = quote(str(value), safe="")
     return text.replace(".", "%2E") if text in (".", "..") else text
+
+
+_segment = url_segment
 
 
 def _plain(value: Any) -> Any:

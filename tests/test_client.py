@@ -185,3 +185,18 @@ def test_non_finite_latest_values_come_back_as_floats(client):
     latest = client.get_experiment(run["id"])["metrics"]
     assert math.isnan(latest["loss"]["value"])
     assert latest["grad"]["value"] == math.inf
+
+
+def test_a_slash_in_a_name_is_refused_not_routed_elsewhere(client):
+    from mlrig.errors import ValidationError
+
+    client.create_model("slashed")
+    version = client.register_version("slashed", {"model.bin": b"x"})
+    # the server decodes %2F before routing: this would be the delete of version 1
+    with pytest.raises(ValidationError, match="contains '/'"):
+        client.delete_model(f"slashed/versions/{version['version']}", force=True)
+    assert client.get_version("slashed", version["version"])["id"] == version["id"]
+    run = client.start_run(name="tagged")
+    client.set_tags(run["id"], {"team/owner": "ada"})
+    client.delete_tag(run["id"], "team/owner")  # tag keys may hold '/': a path route
+    assert "team/owner" not in client.get_experiment(run["id"])["tags"]

@@ -176,10 +176,11 @@ def local_only(what: str) -> LocalOnlyError:
 
 
 def segment(value: Any) -> str:
-    """``value`` as one URL path segment."""
-    from urllib.parse import quote
+    """``value`` as one URL path segment (:func:`mlrig.client.url_segment`: a ``/`` in a
+    name or id is refused, ``..`` is not resolved away)."""
+    from mlrig.client import url_segment
 
-    return quote(str(value), safe="")
+    return url_segment(value)
 
 
 def params(**values: Any) -> dict[str, Any]:
