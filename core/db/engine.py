@@ -132,6 +132,13 @@ class Database:
         finally:
             session.close()
 
+    def begin_write(self, session: Session) -> None:
+        """Take the write lock now on SQLite (``BEGIN IMMEDIATE``), so that a read followed
+        by a write in ``session`` is one atomic step; PostgreSQL callers lock the rows they
+        read (``FOR UPDATE``) instead."""
+        if self.dialect == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE"))
+
     # --- schema -------------------------------------------------------------------
 
     def schema_revision(self) -> str | None:

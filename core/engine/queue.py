@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mlrig.db.models import EngineWorker, ExperimentEvent, TrainingExperiment
@@ -112,11 +112,6 @@ class JobQueue:
             raise NotFoundError(msg)
         return job
 
-    def _begin_write(self, session: Session) -> None:
-        """SQLite: take the write lock now, so read-then-write is one atomic step."""
-        if self.db.dialect == "sqlite":
-            session.execute(text("BEGIN IMMEDIATE"))
-
     def record_created(self, session: Session, job: TrainingExperiment) -> list[dict[str, Any]]:
         """Log the ``created`` event (``None -> created``) of a new experiment, in the
         caller's transaction; the caller fires the returned events after committing."""
@@ -128,7 +123,7 @@ class JobQueue:
         """Queue a created (or finished, to run it again) experiment."""
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             job = self._job(session, job_id, lock=True)
             if job.status not in states.STARTABLE:
                 msg = (
@@ -150,7 +145,7 @@ class JobQueue:
         """Cancel a job; a running one is killed by its worker at the next heartbeat."""
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             job = self._job(session, job_id, lock=True)
             if job.status in states.FINAL:
                 msg = f"experiment {job.name!r} already {job.status}"
@@ -172,7 +167,7 @@ class JobQueue:
         """Take the highest-priority, oldest queued job whose resources ``fits`` accepts."""
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             stmt = (
                 select(TrainingExperiment)
                 .where(TrainingExperiment.status == states.QUEUED)
@@ -254,7 +249,7 @@ class JobQueue:
     ) -> bool:
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             stmt = select(TrainingExperiment).where(self._fenced(job.id, job.owner, job.attempt))
             if self.db.dialect == "postgresql":
                 stmt = stmt.with_for_update()
@@ -282,7 +277,7 @@ class JobQueue:
         events: list[dict[str, Any]] = []
         now = utcnow()
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             stmt = select(TrainingExperiment).where(
                 TrainingExperiment.status == states.RUNNING,
                 TrainingExperiment.lease_expires_at < now,

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -91,10 +91,6 @@ class RunGroups:
         if self.db.dialect == "postgresql":
             session.refresh(row, with_for_update=True)
 
-    def _begin_group_write(self, session: Session) -> None:
-        if self.db.dialect == "sqlite":
-            session.execute(text("BEGIN IMMEDIATE"))  # the write lock before the read
-
     def _run_count(self, session: Session, name: str) -> int:
         return (
             session.scalar(
@@ -124,7 +120,7 @@ class RunGroups:
         for _ in range(3):
             with self.db.session() as session:
                 if changes:
-                    self._begin_group_write(session)
+                    self.db.begin_write(session)
                 row = session.scalar(select(RunGroup).where(RunGroup.name == name))
                 if row is not None:
                     if changes:
@@ -192,7 +188,7 @@ class RunGroups:
         checked_tags = v.check_tags(tags or {})
         try:
             with self.db.session() as session:
-                self._begin_group_write(session)
+                self.db.begin_write(session)
                 row = self._group_row(session, ref, deleted=False)
                 self._lock_group(session, row)
                 if new_name is not None and new_name != row.name:

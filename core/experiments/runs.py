@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mlrig import validation as v
@@ -171,13 +171,9 @@ class TrackedRuns:
             return DEFAULT_HEARTBEAT_TIMEOUT
         return float(self.settings.tracking.heartbeat_timeout_seconds)
 
-    def _begin_write(self, session: Session) -> None:
-        if self.db.dialect == "sqlite":
-            session.execute(text("BEGIN IMMEDIATE"))
-
     def _locked(self, session: Session, ref: str | uuid.UUID) -> TrainingExperiment:
         """The run ``ref``, locked for a read-then-write (SQLite: the write lock)."""
-        self._begin_write(session)
+        self.db.begin_write(session)
         row = self._row(session, ref)
         if self.db.dialect == "postgresql":
             session.refresh(row, with_for_update=True)
@@ -498,7 +494,7 @@ class TrackedRuns:
         events: list[dict[str, Any]] = []
         detail = SILENT_DETAIL.format(seconds=timeout)
         with self.db.session() as session:
-            self._begin_write(session)
+            self.db.begin_write(session)
             stmt = select(TrainingExperiment).where(silent, TrainingExperiment.id.in_(candidates))
             if self.db.dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
