@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mlrig import errors
+from mlrig.nonfinite import from_json, to_json
 
 if TYPE_CHECKING:
     import httpx
@@ -135,7 +136,7 @@ class Client:
         view = self._request("GET", f"/experiments/{_segment(ref)}")
         for latest in (view.get("metrics") or {}).values():
             if isinstance(latest, dict) and type(latest.get("value")) is str:
-                latest["value"] = _NON_FINITE.get(latest["value"], latest["value"])
+                latest["value"] = from_json(latest["value"])
         return view
 
     def list_experiments(self, **filters: Any) -> list[dict[str, Any]]:
@@ -225,7 +226,7 @@ class Client:
         for series in history.get("metrics", {}).values():
             values = series.get("values")
             if values and str in map(type, values):  # NaN and infinities come as text
-                series["values"] = [_NON_FINITE.get(x, x) if type(x) is str else x for x in values]
+                series["values"] = [from_json(x) for x in values]
         return history
 
     # --- models -----------------------------------------------------------------------------
@@ -529,29 +530,12 @@ class Client:
         return self._request("POST", "/groups", json=body)
 
 
-_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-
-def _wire_value(value: Any) -> Any:
-    """A non-finite number as its JSON text (``"NaN"``, ``"Infinity"``, ``"-Infinity"``)."""
-    import math
-
-    try:
-        if math.isfinite(value):
-            return value
-    except TypeError:
-        return value
-    if value != value:
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
 def _wire_point(point: Any) -> Any:
     if isinstance(point, Mapping):
-        return {**point, "value": _wire_value(point.get("value"))} if "value" in point else point
+        return {**point, "value": to_json(point.get("value"))} if "value" in point else point
     items = list(point)
     if len(items) > 1:
-        items[1] = _wire_value(items[1])
+        items[1] = to_json(items[1])
     return items
 
 

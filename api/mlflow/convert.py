@@ -16,12 +16,12 @@
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from mlrig.api.mlflow.errors import RESOURCE_DOES_NOT_EXIST, MlflowError
+from mlrig.nonfinite import to_json
 
 DEFAULT_EXPERIMENT_ID = "0"
 DEFAULT_EXPERIMENT_NAME = "Default"
@@ -143,13 +143,8 @@ def wire_value(value: Any) -> float | str:
     return "NaN" if found is None else metric_value(found)
 
 
-def metric_value(value: float) -> float | str:
-    """A metric value as protobuf's JSON writes it (``"NaN"``, ``"Infinity"``...)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
+#: a metric value as protobuf's JSON writes it (``"NaN"``, ``"Infinity"``...)
+metric_value = to_json
 
 
 def number(value: Any) -> float | None:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlrig.errors import ValidationError
+from mlrig.nonfinite import NON_FINITE_TEXT, to_json
 from mlrig.validation import as_utc, find_bad_text
 
 #: metric kinds a point may have (or none)
@@ -33,10 +34,6 @@ def _int_ok(value: object) -> bool:
     return value is None or (type(value) is int and 0 <= value <= INT32_MAX)
 
 
-#: the JSON texts of the non-finite values (JSON has no NaN): accepted and returned so
-NON_FINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
 def _real(value: object) -> float:
     """A float from any real number but a bool (NumPy scalars included), or from one of
     the texts ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
@@ -47,13 +44,8 @@ def _real(value: object) -> float:
     return float(value)
 
 
-def wire_value(value: float | None) -> float | str | None:
-    """``value`` for JSON: a finite number as is, NaN and infinities as their texts."""
-    if value is None or math.isfinite(value):
-        return value
-    if value != value:
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
+#: ``value`` for JSON: a finite number as is, NaN and infinities as their texts
+wire_value = to_json
 
 
 def wire_values(values: list[Any]) -> list[Any]:

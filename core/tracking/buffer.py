@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlrig.nonfinite import to_json
+
 __all__ = [
     "MetricBuffer",
     "OutcomeUnknownError",
@@ -101,15 +103,6 @@ class _IsoCache(dict[int, str]):
         return text
 
 
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
-
-
-def _finite_or_text(value: float) -> float | str:
-    if value != value:  # NaN
-        return "NaN"
-    return _NON_FINITE.get(value, value)
-
-
 def to_wire(rows: Sequence[Row]) -> list[Row]:
     """Buffered rows (``recorded_at`` a ``time.time()`` float) as rows to send: the time as
     ISO 8601 text, and a non-finite value as ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``
@@ -121,7 +114,7 @@ def to_wire(rows: Sequence[Row]) -> list[Row]:
     except OverflowError:
         finite = False
     if not finite:  # rare: a diverged loss; find which
-        out = [(n, _finite_or_text(v), s, e, k, t) for n, v, s, e, k, t in out]
+        out = [(n, to_json(v), s, e, k, t) for n, v, s, e, k, t in out]
     return out
 
 
