@@ -262,6 +262,21 @@ class TrackingSection(Section):
     spill_dir: ConfigPath | None = None
 
 
+class SearchSection(BackendSection):
+    """Hyperparameter sweeps: the default search strategy (``[search] backend``, a
+    sweep may name another) with its ``[search.NAME]`` option tables, and the limits."""
+
+    _kind = "search"
+    _section = "search"
+    backend: str = "nevergrad"
+    #: the most trials one sweep may ask for
+    max_trials: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: a grid search larger than this is refused (with its count) before it starts
+    max_grid_points: int = Field(default=100_000, ge=1, le=100_000_000)
+    #: how often a server or worker advances the sweeps it drives (seconds)
+    driver_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+
+
 class PluginsSection(Section):
     """``[plugins.NAME]`` tables, one per hook plugin, each validated by that plugin's
     ``Options`` model when the platform is assembled (see :mod:`mlrig.hooks`)."""
@@ -310,6 +325,7 @@ class Settings(BaseSettings):
     datasets: DatasetsSection = Field(default_factory=DatasetsSection)
     serving: ServingSection = Field(default_factory=ServingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    search: SearchSection = Field(default_factory=SearchSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
 
     #: the file the settings were read from, if any (not a config key)
@@ -387,7 +403,7 @@ class Settings(BaseSettings):
         data["storage"]["previous_master_keys"] = ["********"] * len(
             self.storage.previous_master_keys
         )
-        for section in ("storage", "executor", "plugins"):
+        for section in ("storage", "executor", "search", "plugins"):
             for key, table in data[section].items():
                 if isinstance(table, dict):
                     extra = (secret_options or {}).get(key, set()) if section == "plugins" else ()

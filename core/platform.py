@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mlrig.registry.lifecycle import ModelLifecycle
     from mlrig.security import AuditTrail, SecurityService
     from mlrig.serving.service import DeploymentService
+    from mlrig.sweeps.service import SweepService
 
 
 class Platform:
@@ -178,6 +179,13 @@ class Platform:
             self.hooks,
             settings=self.settings,
         )
+
+    @cached_property
+    def sweeps(self) -> SweepService:
+        """Hyperparameter sweeps: trials on the job queue, driven by a search strategy."""
+        from mlrig.sweeps.service import SweepService
+
+        return SweepService(self)
 
     @cached_property
     def deployments(self) -> DeploymentService:

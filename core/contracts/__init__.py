@@ -8,12 +8,21 @@ capabilities are separate small Protocols next to the contract they extend.
 from mlrig.contracts.executor import Executor, JobHandle, JobSpec, Resources
 from mlrig.contracts.monitor import Monitor
 from mlrig.contracts.runtime import LoadedModel, ModelRuntime
-from mlrig.contracts.search import Choice, FloatRange, IntRange, SearchSpace, SearchStrategy, Trial
+from mlrig.contracts.search import (
+    Choice,
+    Constant,
+    FloatRange,
+    IntRange,
+    SearchSpace,
+    SearchStrategy,
+    Trial,
+)
 from mlrig.contracts.storage import StorageBackend
 from mlrig.contracts.trainer import PermanentError, Trainer, TrainingContext, TrainResult
 
 __all__ = [
     "Choice",
+    "Constant",
     "Executor",
     "FloatRange",
     "IntRange",

@@ -88,6 +88,7 @@ class Worker:
         self.running: dict[uuid.UUID, RunningJob] = {}
         self.finished = 0
         self._logs: LogStore | None = None
+        self._last_drive = 0.0
 
     @property
     def logs(self) -> LogStore:
@@ -123,7 +124,11 @@ class Worker:
                     # tracked runs whose script went silent (as the API server does)
                     self.platform.experiments.expire_silent_runs()
                     last_sweep = now
+                finished = self.finished
                 self._reap()  # first: a failed attempt may requeue its job for this claim
+                # a trial that just ended makes room for the sweep's next: ask for it now,
+                # so this very iteration can claim it
+                self._drive_sweeps(now, force=self.finished != finished)
                 claimed = self._claim_while_free(max_jobs)
                 if now - last_beat >= self.heartbeat_seconds:
                     self._heartbeat()
@@ -255,6 +260,19 @@ class Worker:
                 continue
             self.echo(f"{running.job.name}: {beat.status}; ending its processes")
             running.handle.terminate(grace_seconds=STOP_GRACE_SECONDS)
+
+    def _drive_sweeps(self, now: float, *, force: bool) -> None:
+        """Advance the running sweeps (tell finished trials, queue the next ones) every
+        ``[search] driver_interval_seconds``, or at once after a job ended. A failure is
+        reported and retried on the next round, never fatal to the loop."""
+        interval = self.platform.settings.search.driver_interval_seconds
+        if not force and now - self._last_drive < interval:
+            return
+        self._last_drive = now
+        try:
+            self.platform.sweeps.advance(owner=self.owner)
+        except Exception as exc:  # the database may be briefly away: the next round retries
+            self.echo(f"worker {self.owner}: sweeps not advanced: {exc}")
 
     def _beat_worker(self) -> None:
         """Tell the queue this worker is alive (waiting commands ask it); a database

@@ -42,7 +42,8 @@ Views = list[dict[str, Any]]
 
 #: where a run can come from besides the engine
 TRACKED_ORIGINS = ("tracking", "mlflow", "import")
-ORIGINS = ("engine", *TRACKED_ORIGINS)
+#: a sweep's own record: the engine runs its trials, not the sweep
+ORIGINS = ("engine", *TRACKED_ORIGINS, "sweep")
 #: how a tracked run may end, and the status each is stored as
 END_STATUSES = {
     "completed": states.COMPLETED,

@@ -24,6 +24,7 @@ from mlrig.db.models.serving import (
     ModelDeployment,
     ModelPerformanceMetric,
 )
+from mlrig.db.models.sweeps import TRIAL_STATES, Sweep, SweepTrial
 from mlrig.db.models.training import (
     EXPERIMENT_STATUSES,
     AutoMLJob,
@@ -56,6 +57,7 @@ __all__ = [
     "ROLES",
     "SPEC_TABLES",
     "STAGES",
+    "TRIAL_STATES",
     "ABTestExperiment",
     "ApiToken",
     "ApprovalRequest",
@@ -75,6 +77,8 @@ __all__ = [
     "RegisteredModel",
     "RunArtifact",
     "RunGroup",
+    "Sweep",
+    "SweepTrial",
     "TrainingExperiment",
     "TrainingMetric",
     "User",
