@@ -295,10 +295,11 @@ class ExperimentSummary(Out):
     started_at: Timestamp | None
     completed_at: Timestamp | None
     updated_at: Timestamp | None
-    origin: Literal["engine", "tracking", "mlflow", "import"] = Field(
+    origin: Literal["engine", "tracking", "mlflow", "import", "sweep"] = Field(
         default="engine",
         description="engine: a job the engine runs; tracking: a script's run "
-        "(mlrig.start_run); mlflow: made through the MLflow routes; import: mlrig import.",
+        "(mlrig.start_run); mlflow: made through the MLflow routes; import: mlrig import; "
+        "sweep: a hyperparameter sweep (/sweeps; its trials are engine runs nested in it).",
     )
     group: str | None = Field(default=None, description="The run group (study) it is in.")
     parent_id: str | None = Field(default=None, description="The run it is nested in.")
@@ -372,6 +373,125 @@ class ExperimentComparison(Out):
         from mlrig.experiments.points import wire_values
 
         return {name: wire_values(values) for name, values in metrics.items()}
+
+
+# --- sweeps -------------------------------------------------------------------------
+
+#: a number that may be non-finite on the wire (JSON has no NaN: mlrig.nonfinite)
+WireFloat = float | Literal["NaN", "Infinity", "-Infinity"]
+TrialState = Literal["queued", "running", "completed", "failed", "pruned", "cancelled"]
+
+
+def _wire(value: Any) -> Any:
+    from mlrig.nonfinite import to_json
+
+    return to_json(value)
+
+
+class SweepTrialCounts(Out):
+    """Trials by state (``total``: all the strategy asked for)."""
+
+    total: int
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    pruned: int
+    cancelled: int
+
+
+class SweepBest(Out):
+    """The best completed trial so far."""
+
+    trial_id: str
+    number: int
+    experiment_id: str | None
+    value: WireFloat
+    params: dict[str, Any]
+
+    @field_serializer("value")
+    def _wire_value(self, value: Any) -> Any:
+        return _wire(value)
+
+
+class Sweep(Out):
+    """A hyperparameter sweep: its settings, progress and best trial."""
+
+    id: str | None = Field(description="Null in a dry run's answer (nothing was created).")
+    name: str
+    description: str | None
+    status: ExperimentStatus
+    status_detail: str | None
+    trainer: str
+    strategy: str
+    strategy_options: dict[str, Any]
+    objective: str = Field(description="The metric the trials report.")
+    objective_kind: str
+    direction: Literal["minimize", "maximize"]
+    max_trials: int
+    parallelism: int
+    max_seconds: int | None = Field(description="Wall-time budget (null: trials only).")
+    pruner: dict[str, Any] | None
+    seed: int | None
+    space: dict[str, Any] = Field(description="The search space (canonical form).")
+    template: dict[str, Any] = Field(description="What every trial is made from.")
+    planned_trials: int | None = Field(description="A grid's count, else max_trials.")
+    trials: SweepTrialCounts
+    best: SweepBest | None
+    model_version_id: str | None = Field(description="Registered from the best trial.")
+    created_by: str | None
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    strategy_info: dict[str, Any] = Field(description="What the strategy says of itself.")
+
+
+class SweepTrial(Out):
+    """One trial: the params the strategy asked for and what came of them."""
+
+    id: str
+    number: int
+    experiment_id: str | None
+    experiment_name: str | None
+    params: dict[str, Any]
+    state: TrialState
+    value: WireFloat | None = Field(description="The objective (a pruned trial: its last).")
+    rung: int | None = Field(description="Pruned trials: the rung they stopped at.")
+    pruned_at_step: int | None
+    detail: str | None
+    duration_s: float | None
+    created_at: Timestamp | None
+    completed_at: Timestamp | None
+
+    @field_serializer("value")
+    def _wire_value(self, value: Any) -> Any:
+        return _wire(value)
+
+
+class BestSoFarPoint(Out):
+    number: int
+    value: WireFloat
+    best: WireFloat
+
+    @field_serializer("value", "best")
+    def _wire_value(self, value: Any) -> Any:
+        return _wire(value)
+
+
+class SweepImportances(Out):
+    method: str = Field(description="How the scores were computed.")
+    params: dict[str, float] = Field(description="Parameter -> score; the scores sum to 1.")
+    reason: str | None = Field(default=None, description="Why there are no scores.")
+
+
+class SweepResults(Out):
+    sweep_id: str
+    objective: str
+    direction: Literal["minimize", "maximize"]
+    best: SweepBest | None
+    trials: list[SweepTrial] = Field(description="Every trial, by number.")
+    best_so_far: list[BestSoFarPoint] = Field(description="In completion order.")
+    importances: SweepImportances
 
 
 # --- health -------------------------------------------------------------------------

@@ -200,8 +200,9 @@ def create(
 @click.option("--trainer")
 @click.option(
     "--origin",
-    type=click.Choice(["engine", "tracking", "mlflow", "import"]),
-    help="Run by the engine, tracked from user code, by the MLflow client, or imported.",
+    type=click.Choice(["engine", "tracking", "mlflow", "import", "sweep"]),
+    help="Run by the engine, tracked from user code, by the MLflow client, imported, "
+    "or a sweep (its trials: --parent SWEEP).",
 )
 @click.option("--group", help="Only the runs of this group (study).")
 @click.option("--parent", help="Only the runs nested in this one (id or name).")

@@ -416,6 +416,65 @@ class Client:
         """Whether deployment ``ref`` is loaded and serving, per version."""
         return self._request("GET", f"/deployments/{_segment(ref)}/health")
 
+    # --- sweeps -----------------------------------------------------------------------------
+
+    def create_sweep(
+        self,
+        name: str,
+        *,
+        trainer: str,
+        space: Mapping[str, Any],
+        objective: str,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Create a hyperparameter sweep and queue its first trials: ``space`` as in a space
+        file (docs/sweeps.md), ``objective`` the metric to optimise; ``fields`` as in
+        ``POST /sweeps``: ``direction`` (``minimize``/``maximize``), ``objective_kind``,
+        ``strategy``, ``strategy_options``, ``max_trials``, ``parallelism``,
+        ``max_seconds``, ``pruner``, ``hyperparameters`` (the base of every trial),
+        ``dataset``, ``resources``, ``seed``, ``model_name``, ``description``;
+        ``dry_run=True`` validates and returns the sweep it would be, creating nothing
+        (``planned_trials`` is a grid's count)."""
+        from mlrig.remote.sweeps import floats
+
+        body = {"name": name, "trainer": trainer, "space": dict(space), "objective": objective}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        return floats(self._request("POST", "/sweeps", json=body))
+
+    def list_sweeps(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of sweeps, newest first (``status``, ``limit``, ``offset`` or ``cursor``)."""
+        from mlrig.remote.sweeps import floats
+
+        return floats(self._items("/sweeps", filters))
+
+    def get_sweep(self, ref: str) -> dict[str, Any]:
+        """A sweep by id, id prefix or name: its settings, trial counts by state and best
+        trial."""
+        from mlrig.remote.sweeps import floats
+
+        return floats(self._request("GET", f"/sweeps/{_segment(ref)}"))
+
+    def sweep_trials(self, ref: str, **filters: Any) -> list[dict[str, Any]]:
+        """A sweep's trials by number (``state``, ``limit``, ``offset``): params, state,
+        objective value, rung if pruned, duration, the trial's experiment."""
+        from mlrig.remote.sweeps import floats
+
+        return floats(self._items(f"/sweeps/{_segment(ref)}/trials", filters))
+
+    def sweep_results(self, ref: str) -> dict[str, Any]:
+        """A sweep's results: ``best``, every trial, the ``best_so_far`` curve (in
+        completion order) and parameter ``importances`` (with the ``method`` used)."""
+        from mlrig.remote.sweeps import floats
+
+        return floats(self._request("GET", f"/sweeps/{_segment(ref)}/results"))
+
+    def stop_sweep(self, ref: str) -> dict[str, Any]:
+        """End a sweep now: its queued and running trials are cancelled
+        (:class:`~mlrig.errors.ConflictError` if it has ended already)."""
+        from mlrig.remote.sweeps import floats
+
+        return floats(self._request("POST", f"/sweeps/{_segment(ref)}/stop"))
+
     # --- tracked runs -----------------------------------------------------------------------
 
     def start_run(self, **fields: Any) -> dict[str, Any]:

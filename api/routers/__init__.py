@@ -9,6 +9,7 @@ from mlrig.api.routers import (
     models,
     predict,
     runs,
+    sweeps,
     tokens,
     users,
     versions,
@@ -24,6 +25,7 @@ ROUTERS = [
     audit.router,
     experiments.router,
     runs.router,
+    sweeps.router,
     deployments.router,
     predict.router,
 ]

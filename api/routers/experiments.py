@@ -136,7 +136,7 @@ def list_experiments(
     | None = None,
     name_prefix: str | None = Query(default=None, description="Names starting with this."),
     trainer: str | None = None,
-    origin: Literal["engine", "tracking", "mlflow", "import"] | None = None,
+    origin: Literal["engine", "tracking", "mlflow", "import", "sweep"] | None = None,
     group: str | None = Query(default=None, max_length=255, description="Runs of this group."),
     parent: str | None = Query(
         default=None, max_length=255, description="Runs nested in this one (id or name)."

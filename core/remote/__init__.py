@@ -2,7 +2,7 @@
 
 :class:`RemotePlatform` has the attributes of :class:`mlrig.platform.Platform` that the
 CLI's commands use (``registry``, ``lifecycle``, ``evaluator``, ``experiments``,
-``deployments``, ``security``, ``audit``, ``datasets``), each with the method signatures
+``deployments``, ``sweeps``, ``security``, ``audit``, ``datasets``), each with the method signatures
 of the service it stands for and the same views, implemented with
 :meth:`mlrig.Client.request`. The commands run unchanged: same output, ``--json`` and exit
 codes. The server checks permissions and writes the audit log itself.
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mlrig.remote.experiments import RemoteExperiments
     from mlrig.remote.http import ClientJson, JsonHttp
     from mlrig.remote.registry import RemoteEvaluator, RemoteLifecycle, RemoteRegistry
+    from mlrig.remote.sweeps import RemoteSweeps
     from mlrig.security import Principal
 
 __all__ = ["LocalOnlyError", "RemotePlatform", "RemoteService"]
@@ -96,6 +97,12 @@ class RemotePlatform:
         from mlrig.remote.experiments import RemoteExperiments
 
         return RemoteExperiments(self)
+
+    @cached_property
+    def sweeps(self) -> RemoteSweeps:
+        from mlrig.remote.sweeps import RemoteSweeps
+
+        return RemoteSweeps(self)
 
     @cached_property
     def deployments(self) -> RemoteDeployments:

@@ -1,0 +1,266 @@
+"""``/api/ml/sweeps``: hyperparameter sweeps (create, list, show, trials, results, stop).
+
+A sweep is an experiment too (``origin = "sweep"``: ``GET /experiments?origin=sweep``
+lists them, and each trial is an engine experiment nested in it, ``parent=<sweep>``), but
+its settings, trials and results have routes of their own here: a sweep is made and read
+as a whole, not through the experiment routes. The views are
+:class:`mlrig.sweeps.service.SweepService`'s.
+
+The app's lifespan runs the sweep driver (:func:`drive_sweeps`): every ``[search]
+driver_interval_seconds`` it tells the strategies about trials that ended and queues the
+next ones (the workers do the same; one process drives a sweep at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response, status
+from pydantic import Field
+
+from mlrig.api.deps import PlatformDep
+from mlrig.api.openapi import errors
+from mlrig.api.pagination import offset_page
+from mlrig.api.routers.experiments import Kind, Resources
+from mlrig.api.schemas import ExperimentStatus, Page, Sweep, SweepResults, SweepTrial, TrialState
+from mlrig.api.security import Reader, Writer
+from mlrig.api.types import (
+    Cursor,
+    Description,
+    ExperimentName,
+    InputModel,
+    JsonObject,
+    MetricName,
+    ModelName,
+    Offset,
+)
+from mlrig.backends import backend_names
+from mlrig.validation import INT32_MAX
+
+log = logging.getLogger(__name__)
+
+
+# --- the driver -------------------------------------------------------------------------
+
+
+def driver_owner() -> str:
+    """How this server process appears as the driver of a sweep."""
+    return f"server:{socket.gethostname()}:{os.getpid()}"
+
+
+def drive_sweeps(platform: Any, stop: threading.Event) -> None:
+    """Until ``stop`` is set: advance the running sweeps every ``[search]
+    driver_interval_seconds`` (errors are logged, never fatal: the database may be
+    briefly away, or one sweep broken)."""
+    owner = driver_owner()
+    interval = platform.settings.search.driver_interval_seconds
+    while not stop.wait(interval):
+        try:
+            platform.sweeps.advance(owner=owner)
+        except Exception:
+            log.warning("driving the sweeps failed (retried in %.1f s)", interval, exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def driver_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run :func:`drive_sweeps` in a thread while the app serves."""
+    platform = getattr(app.state, "platform", None)
+    stop = threading.Event()
+    thread = None
+    if platform is not None:
+        thread = threading.Thread(
+            target=drive_sweeps, args=(platform, stop), name="mlrig-sweep-driver", daemon=True
+        )
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(10)
+
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], lifespan=driver_lifespan)
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+SweepStatus = ExperimentStatus
+ShortName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class SweepCreate(InputModel):
+    """What ``SweepService.create`` takes: the search, its budget, and the trial template."""
+
+    name: ExperimentName
+    trainer: ShortName = Field(
+        description="An installed trainer backend, e.g. sklearn.",
+        json_schema_extra=lambda schema: schema.update(enum=backend_names("trainers")),
+    )
+    space: JsonObject = Field(
+        min_length=1,
+        description='The search space: {"C": {"type": "float", "low": 0.001, "high": 1000, '
+        '"log": true}, "kernel": {"type": "choice", "options": ["linear", "rbf"]}, ...} '
+        "(docs/sweeps.md).",
+    )
+    objective: MetricName = Field(description="The metric to optimise, e.g. val_loss.")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    objective_kind: Kind = Field(
+        default="validation", description="Which kind of the metric counts."
+    )
+    strategy: ShortName | None = Field(
+        default=None,
+        description="A search strategy (default: [search] backend).",
+        json_schema_extra=lambda schema: schema.update(
+            anyOf=[{"enum": backend_names("search"), "type": "string"}, {"type": "null"}]
+        ),
+    )
+    strategy_options: JsonObject | None = Field(
+        default=None, description='The strategy\'s options, e.g. {"optimizer": "NGOpt"}.'
+    )
+    max_trials: int = Field(default=20, ge=1, le=1_000_000, description="Trials at most.")
+    parallelism: int = Field(default=1, ge=1, le=1000, description="Trials running at once.")
+    max_seconds: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="Wall-time budget from the start."
+    )
+    pruner: JsonObject | None = Field(
+        default=None,
+        description='{"rule": "median", ...} or {"rule": "asha", ...} (docs/sweeps.md).',
+    )
+    hyperparameters: JsonObject = Field(
+        default_factory=dict, description="The base every trial's params are merged over."
+    )
+    dataset: JsonObject | None = Field(
+        default=None,
+        description='{"uri": "data/train.csv", "target": "label", ...}',
+        json_schema_extra={
+            "required": ["uri"],
+            "properties": {
+                "uri": {
+                    "type": "string",
+                    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+                    "maxLength": 1000,
+                },
+                "target": {"type": "string", "minLength": 1, "maxLength": 1000},
+            },
+        },
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per trial.")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Of every trial.")
+    max_attempts: int = Field(default=1, ge=1, le=100, description="Per trial.")
+    checkpoint_interval_s: int = Field(default=600, ge=0, le=7 * 86400)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default: random.")
+    model_name: ModelName | None = Field(
+        default=None, description="Where the best trial's model is registered (default: NAME)."
+    )
+    description: Description | None = None
+    dry_run: bool = Field(
+        default=False,
+        description="Validate and answer the sweep it would be (a grid's count in "
+        "planned_trials), creating nothing (200, not 201).",
+    )
+
+
+# --- routes -----------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a sweep (its first trials are queued at once)",
+    responses={
+        200: {"model": Sweep, "description": "dry_run: the sweep it would be, not created."},
+        **errors(409, e409="An experiment or sweep of that name exists."),
+    },
+    response_model_exclude_unset=True,
+)
+def create_sweep(
+    body: SweepCreate, request: Request, response: Response, platform: PlatformDep, actor: Writer
+) -> Sweep:
+    fields = body.model_dump()
+    fields["resources"] = body.resources.model_dump()
+    view = platform.sweeps.create(actor=actor, **fields)
+    if body.dry_run:
+        response.status_code = status.HTTP_200_OK  # nothing was created
+    else:
+        request.state.audit_resource_id = view["id"]
+    return view  # type: ignore[return-value]
+
+
+@router.get("", summary="List sweeps", response_model_exclude_unset=True)
+def list_sweeps(
+    platform: PlatformDep,
+    _: Reader,
+    status: SweepStatus | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: Offset = 0,
+    cursor: Cursor = None,
+) -> Page[Sweep]:
+    """One page, newest first: ``{"items": [...], "next_cursor": ...}``."""
+    return offset_page(  # type: ignore[return-value]
+        lambda n, skip: platform.sweeps.list(status=status, limit=n, offset=skip),
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
+    )
+
+
+@router.get(
+    "/{id}",
+    summary="Get a sweep (id, id prefix or name)",
+    responses=errors(404),
+    response_model_exclude_unset=True,
+)
+def get_sweep(id: str, platform: PlatformDep, _: Reader) -> Sweep:
+    return platform.sweeps.get(id)  # type: ignore[return-value]
+
+
+@router.get(
+    "/{id}/trials",
+    summary="List a sweep's trials, by number",
+    responses=errors(404),
+    response_model_exclude_unset=True,
+)
+def sweep_trials(
+    id: str,
+    platform: PlatformDep,
+    _: Reader,
+    state: TrialState | None = None,
+    limit: int = Query(default=1000, ge=1, le=10_000),
+    offset: Offset = 0,
+    cursor: Cursor = None,
+) -> Page[SweepTrial]:
+    """One page: ``{"items": [...], "next_cursor": ...}``."""
+    key = platform.sweeps.get(id)["id"]  # a 404 before paging
+    return offset_page(  # type: ignore[return-value]
+        lambda n, skip: platform.sweeps.trials(key, state=state, limit=n, offset=skip),
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
+    )
+
+
+@router.get(
+    "/{id}/results",
+    summary="A sweep's results: best trial, every trial, best-so-far, importances",
+    responses=errors(404),
+    response_model_exclude_unset=True,
+)
+def sweep_results(id: str, platform: PlatformDep, _: Reader) -> SweepResults:
+    return platform.sweeps.results(id)  # type: ignore[return-value]
+
+
+@router.post(
+    "/{id}/stop",
+    summary="Stop a sweep: cancel its queued and running trials",
+    responses=errors(404, 409, e409="The sweep has ended already."),
+    response_model_exclude_unset=True,
+)
+def stop_sweep(id: str, platform: PlatformDep, actor: Writer) -> Sweep:
+    return platform.sweeps.stop(id, actor=actor)  # type: ignore[return-value]
