@@ -28,6 +28,7 @@ BUILTIN_COMMANDS = {
     "audit": "mlrig.cli.audit:audit",
     "models": "mlrig.cli.models:models",
     "experiments": "mlrig.cli.experiments:experiments",
+    "sweeps": "mlrig.cli.sweeps:sweeps",
     "storage": "mlrig.cli.storage:storage",
     "worker": "mlrig.cli.worker:worker",
     "deployments": "mlrig.cli.deployments:deployments",
