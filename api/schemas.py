@@ -420,7 +420,9 @@ class Sweep(Out):
     id: str | None = Field(description="Null in a dry run's answer (nothing was created).")
     name: str
     description: str | None
-    status: ExperimentStatus
+    status: ExperimentStatus | Literal["dry_run"] = Field(
+        description="running until it ends; dry_run in a dry run's answer."
+    )
     status_detail: str | None
     trainer: str
     strategy: str
@@ -435,7 +437,12 @@ class Sweep(Out):
     seed: int | None
     space: dict[str, Any] = Field(description="The search space (canonical form).")
     template: dict[str, Any] = Field(description="What every trial is made from.")
-    planned_trials: int | None = Field(description="A grid's count, else max_trials.")
+    planned_trials: int | None = Field(
+        description="A grid's count (at most max_trials), else max_trials."
+    )
+    grid_points: int | None = Field(
+        default=None, description="A dry run of a grid: the grid's full count."
+    )
     trials: SweepTrialCounts
     best: SweepBest | None
     model_version_id: str | None = Field(description="Registered from the best trial.")

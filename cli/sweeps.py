@@ -244,20 +244,28 @@ def create(
     if dry_run or strategy == "grid":  # a grid's count before anything starts
         planned = service.create(actor=actor, dry_run=True, **fields)
         if planned.get("strategy") == "grid":
-            click.echo(f"grid: {planned['planned_trials']:,} points", err=as_json)
+            click.echo(_grid_line(planned), err=as_json)
         if dry_run:
             _dry_run_summary(planned, as_json)
             return
     view = service.create(actor=actor, **fields)
     audit_cli("create_sweep", resource_type="sweeps", resource_id=view["id"])
     if strategy is None and view.get("strategy") == "grid":  # the configured default
-        click.echo(f"grid: {view['planned_trials']:,} points", err=as_json)
+        click.echo(_grid_line(view), err=as_json)
     if wait:
         if not as_json:
             click.echo(_created_line(view))
         _wait_and_exit(service, view["id"], as_json)
         return
     show_result(view, as_json, _created_line(view))
+
+
+def _grid_line(view: dict[str, Any]) -> str:
+    points = view.get("grid_points") or view["planned_trials"]
+    line = f"grid: {points:,} points"
+    if view["planned_trials"] < points:
+        line += f" (--trials {view['max_trials']}: the first {view['planned_trials']:,} run)"
+    return line
 
 
 def _created_line(view: dict[str, Any]) -> str:
