@@ -119,6 +119,16 @@ class JobQueue:
         self._record(session, job, states.CREATED, None, events, initial=True)
         return events
 
+    def record_status(
+        self, session: Session, job: TrainingExperiment, new: str, detail: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Change ``job``'s status with its event row in the caller's transaction (a sweep
+        records its own status and queues its trials so); the caller fires the returned
+        events after committing."""
+        events: list[dict[str, Any]] = []
+        self._record(session, job, new, detail, events)
+        return events
+
     def enqueue(self, job_id: uuid.UUID) -> dict[str, Any]:
         """Queue a created (or finished, to run it again) experiment."""
         events: list[dict[str, Any]] = []
