@@ -74,7 +74,7 @@ MAX_OPTIONS = 10_000
 #: most values a float range without step contributes to a grid
 MAX_FLOAT_POINTS = 10_000
 #: the most combinations of condition-relevant choices the analysis of a space tracks
-MAX_CONDITION_STATES = 100_000
+MAX_CONDITION_STATES = 50_000
 #: the parameter types of the dict form
 TYPES = ("float", "int", "choice", "const")
 _KEYS = {
@@ -148,7 +148,9 @@ def _step_count(low: float, high: float, step: float) -> int:
     """How many of ``low + k * step`` lie in ``[low, high]`` (exact; 0.3/0.1 gives 4)."""
     ratio = (Fraction(high) - Fraction(low)) / Fraction(step)
     k = math.floor(ratio)
-    if ratio - k > 1 - Fraction(1, 10**9):  # 0.3 / 0.1 = 2.9999999999999998...
+    # 0.3 / 0.1 is 2.9999999999999998... in binary: a ratio within float error of an
+    # integer is that integer
+    if (k + 1) - ratio < Fraction(1, 10**9) + ratio * Fraction(1, 10**15):
         k += 1
     return k + 1
 
@@ -854,6 +856,8 @@ class SearchSpace:
                     classes[tuple(k in cond_keys[c][name] for c in children[name])] += 1
             new: dict[tuple[Any, ...], int] = defaultdict(int)
             for state, weight in states.items():
+                if len(new) > MAX_CONDITION_STATES:
+                    raise _entangled()
                 if all(state[f] is not None and state[f][s] for f, s in parents):
                     active.add(name)
                     if structural:
@@ -874,12 +878,7 @@ class SearchSpace:
                 frontier = [frontier[j] for j in keep]
                 new = merged
             if len(new) > MAX_CONDITION_STATES:
-                msg = (
-                    f"the conditions of this space are too entangled to analyse (more than "
-                    f"{MAX_CONDITION_STATES:,} combinations of the choices they name); "
-                    "condition fewer parameters on more choices"
-                )
-                raise ValidationError(msg, details={"field": "space"})
+                raise _entangled()
             states = new
         return sum(states.values()), active
 
@@ -1026,6 +1025,15 @@ class SearchSpace:
 
 
 _END = object()
+
+
+def _entangled() -> ValidationError:
+    msg = (
+        f"the conditions of this space are too entangled to analyse (more than "
+        f"{MAX_CONDITION_STATES:,} combinations of the choices they name); "
+        "condition fewer parameters on more choices"
+    )
+    return ValidationError(msg, details={"field": "space"})
 
 
 def _check_float_points(float_points: Any) -> None:
