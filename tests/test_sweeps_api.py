@@ -1,0 +1,286 @@
+"""``/api/ml/sweeps``: every route, bad input (4xx in the one error shape), dry runs,
+stop, permissions, paging, and a sweep run to the end by a worker, read through
+:class:`mlrig.Client`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlrig import datasets
+from mlrig.errors import ConflictError
+
+BASE = "/api/ml/sweeps"
+SPACE = {"C": {"type": "float", "low": 0.01, "high": 10.0, "log": True}}
+BASE_PARAMS = {"estimator": "sklearn.linear_model.LogisticRegression", "max_iter": 300}
+
+
+@pytest.fixture
+def client(api_client, admin_headers):
+    api_client.headers.update(admin_headers)
+    return api_client
+
+
+def _body(trainer_name, name="sw", **kw):
+    body = {
+        "name": name,
+        "trainer": trainer_name,
+        "space": SPACE,
+        "objective": "val_accuracy",
+        "direction": "maximize",
+        "strategy": "random",
+        "max_trials": 4,
+        "parallelism": 2,
+        "hyperparameters": BASE_PARAMS,
+        "dataset": {"uri": str(datasets.path("iris")), "target": "species"},
+        "seed": 7,
+    }
+    body.update(kw)
+    return body
+
+
+def _create(client, trainer, name="sw", **kw):
+    response = client.post(BASE, json=_body(trainer, name, **kw))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _error(response, status, code=None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_create_show_list_trials_results(client, trainer, platform):
+    created = _create(client, trainer, description="first sweep")
+    assert created["status"] == "running" and created["name"] == "sw"
+    assert created["strategy"] == "random" and created["direction"] == "maximize"
+    assert created["max_trials"] == 4 and created["parallelism"] == 2
+    assert created["planned_trials"] == 4 and created["created_by"] == "root-admin"
+    assert created["template"]["hyperparameters"] == BASE_PARAMS
+    assert created["trials"]["total"] == 2 and created["trials"]["queued"] == 2
+    assert created["best"] is None
+    # by id, by name, by id prefix: the same sweep
+    for ref in (created["id"], "sw", created["id"][:8]):
+        shown = client.get(f"{BASE}/{ref}")
+        assert shown.status_code == 200 and shown.json()["id"] == created["id"]
+    listed = client.get(BASE).json()
+    assert [s["id"] for s in listed["items"]] == [created["id"]]
+    assert listed["next_cursor"] is None
+    assert client.get(BASE, params={"status": "completed"}).json()["items"] == []
+    trials = client.get(f"{BASE}/sw/trials").json()["items"]
+    assert [t["number"] for t in trials] == [0, 1]
+    for trial in trials:
+        assert trial["state"] == "queued" and trial["value"] is None
+        assert 0.01 <= trial["params"]["C"] <= 10.0
+        assert trial["experiment_name"] == f"sw-t{trial['number']:04d}"
+    results = client.get(f"{BASE}/sw/results").json()
+    assert results["sweep_id"] == created["id"] and results["best"] is None
+    assert [t["number"] for t in results["trials"]] == [0, 1]
+    assert results["best_so_far"] == [] and results["importances"]["params"] == {}
+    assert "at least 5" in results["importances"]["reason"]
+    # the sweep is an experiment (origin sweep) and its trials are nested in it
+    experiments = client.get("/api/ml/experiments", params={"origin": "sweep"}).json()["items"]
+    assert [e["id"] for e in experiments] == [created["id"]]
+    nested = client.get("/api/ml/experiments", params={"parent": created["id"]}).json()["items"]
+    assert sorted(e["name"] for e in nested) == ["sw-t0000", "sw-t0001"]
+    entries = platform.audit.query(action="create_sweep")
+    assert [e["resource_id"] for e in entries] == [created["id"]]
+
+
+def test_dry_run_creates_nothing_and_counts_a_grid(client, trainer):
+    space = {
+        "C": {"type": "choice", "options": [0.1, 1.0, 10.0]},
+        "max_iter": {"type": "int", "low": 100, "high": 400, "step": 100},
+    }
+    response = client.post(BASE, json=_body(trainer, strategy="grid", space=space, dry_run=True))
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["id"] is None and view["status"] == "dry_run"
+    assert view["planned_trials"] == 4  # max_trials bounds it
+    assert view["grid_points"] == 12
+    assert client.get(BASE).json()["items"] == []
+    assert client.get("/api/ml/experiments").json()["items"] == []
+    _error(client.get(f"{BASE}/sw"), 404, "not_found")
+
+
+def test_stop_cancels_the_trials_and_twice_is_409(client, trainer):
+    created = _create(client, trainer)
+    stopped = client.post(f"{BASE}/{created['id']}/stop")
+    assert stopped.status_code == 200, stopped.text
+    view = stopped.json()
+    assert view["status"] == "cancelled"
+    assert view["trials"]["cancelled"] == 2 and view["trials"]["queued"] == 0
+    states = {t["state"] for t in client.get(f"{BASE}/sw/trials").json()["items"]}
+    assert states == {"cancelled"}
+    again = _error(client.post(f"{BASE}/sw/stop"), 409, "conflict")
+    assert "cancelled" in again["message"]
+    _error(client.post(f"{BASE}/nope/stop"), 404, "not_found")
+
+
+def test_a_name_in_use_is_409(client, trainer):
+    _create(client, trainer)
+    _error(client.post(BASE, json=_body(trainer)), 409, "conflict")
+    client.post("/api/ml/experiments", json={"name": "taken", "trainer": trainer})
+    _error(client.post(BASE, json=_body(trainer, name="taken")), 409, "conflict")
+
+
+NUL = "a\u0000b"
+
+
+BAD_BODIES = [
+    ({"colour": "blue"}, "colour"),  # unknown field
+    ({"space": {}}, "space"),
+    ({"space": []}, "space"),
+    ({"space": {"C": {"type": "float", "low": 5, "high": 1}}}, "C"),
+    ({"space": {"C": {"type": "spline"}}}, "C"),
+    ({"space": {"k": {"type": "choice", "options": []}}}, "k"),
+    ({"space": {"g": {"type": "float", "low": 0, "high": 1, "when": {"nope": "x"}}}}, "g"),
+    ({"name": NUL}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": "x" * 201}, "name"),
+    ({"objective": ""}, "objective"),
+    ({"objective": "x" * 101}, "objective"),
+    ({"objective": NUL}, "objective"),
+    ({"direction": "up"}, "direction"),
+    ({"objective_kind": "holdout"}, "objective_kind"),
+    ({"strategy": "simulated-annealing"}, "strategy"),
+    ({"max_trials": 0}, "max_trials"),
+    ({"max_trials": 10**20}, "max_trials"),
+    ({"max_trials": "many"}, "max_trials"),
+    ({"max_trials": 2.5}, "max_trials"),
+    ({"parallelism": 0}, "parallelism"),
+    ({"max_seconds": 0}, "max_seconds"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"priority": 5000}, "priority"),
+    ({"pruner": {"rule": "coin-flip"}}, "pruner"),
+    ({"strategy_options": {"no_such_option": 1}}, "strategy_options"),
+    ({"hyperparameters": {"k": NUL}}, "hyperparameters"),
+    ({"trainer": "no-such-trainer"}, "trainer"),
+    ({"dry_run": "yes please"}, "dry_run"),
+]
+
+
+def test_bad_input_is_422_in_the_error_shape(client, trainer):
+    """Each bad body: a 422 naming the field, and nothing created."""
+    wrong = []
+    for change, field in BAD_BODIES:
+        response = client.post(BASE, json=_body(trainer, **change))
+        error = _error(response, 422, "validation_error")
+        if field not in json.dumps(error):
+            wrong.append((change, error))
+    assert wrong == []
+    assert client.get(BASE).json()["items"] == []
+
+
+def test_a_lone_surrogate_is_refused(client, trainer):
+    raw = json.dumps(_body(trainer)).replace('"sw"', '"s\\ud800w"')
+    response = client.post(BASE, content=raw, headers={"Content-Type": "application/json"})
+    _error(response, 422, "validation_error")
+
+
+def test_a_huge_grid_is_refused_with_its_count(client, trainer):
+    space = {f"p{i}": {"type": "int", "low": 1, "high": 10} for i in range(9)}  # 10**9
+    error = _error(client.post(BASE, json=_body(trainer, strategy="grid", space=space)), 422)
+    assert "1,000,000,000" in error["message"] or "1000000000" in error["message"]
+
+
+BAD_QUERIES = [
+    (BASE, {"status": "bogus"}),
+    (BASE, {"limit": 0}),
+    (BASE, {"limit": 1001}),
+    (BASE, {"offset": -1}),
+    (BASE, {"cursor": "!!"}),
+    (f"{BASE}/sw/trials", {"state": "bogus"}),
+    (f"{BASE}/sw/trials", {"limit": 0}),
+]
+
+
+def test_bad_query_parameters_are_422_and_unknown_sweeps_404(client, trainer):
+    _create(client, trainer)
+    for path, params in BAD_QUERIES:
+        _error(client.get(path, params=params), 422, "validation_error")
+    for suffix in ("", "/trials", "/results"):
+        error = _error(client.get(f"{BASE}/no-such-sweep{suffix}"), 404, "not_found")
+        assert "no-such-sweep" in error["message"]
+
+
+def test_pages_follow_the_cursor(client, trainer):
+    for name in ("a1", "a2", "a3"):
+        _create(client, trainer, name=name, parallelism=1, max_trials=1)
+    first = client.get(BASE, params={"limit": 2}).json()
+    assert [s["name"] for s in first["items"]] == ["a3", "a2"]
+    assert first["next_cursor"]
+    second = client.get(BASE, params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [s["name"] for s in second["items"]] == ["a1"] and second["next_cursor"] is None
+
+
+def test_permissions(api_client, make_token, trainer):
+    _error(api_client.get(BASE), 401, "unauthenticated")
+    viewer = make_token("vic", "viewer")
+    developer = make_token("dev", "developer")
+    _error(api_client.post(BASE, json=_body(trainer), headers=viewer), 403, "forbidden")
+    made = api_client.post(BASE, json=_body(trainer), headers=developer)
+    assert made.status_code == 201, made.text
+    assert made.json()["created_by"] == "dev"
+    for suffix in ("", "/sw", "/sw/trials", "/sw/results"):
+        assert api_client.get(f"{BASE}{suffix}", headers=viewer).status_code == 200
+    _error(api_client.post(f"{BASE}/sw/stop", headers=viewer), 403, "forbidden")
+    assert api_client.post(f"{BASE}/sw/stop", headers=developer).status_code == 200
+
+
+def test_the_permission_map_has_the_sweep_routes(api_client):
+    from mlrig.api.security import route_permissions
+    from mlrig.security import Permission
+
+    needs = {(r.method, r.path): r.permission for r in route_permissions(api_client.app)}
+    assert needs[("POST", BASE)] == needs[("POST", "/api/ml/experiments")] == Permission.WRITE
+    assert needs[("POST", f"{BASE}/{{id}}/stop")] == Permission.WRITE
+    for path in (BASE, f"{BASE}/{{id}}", f"{BASE}/{{id}}/trials", f"{BASE}/{{id}}/results"):
+        assert needs[("GET", path)] == Permission.READ
+
+
+def test_a_sweep_runs_to_the_end_and_the_client_reads_it(platform, live_server, admin_headers):
+    """Through mlrig.Client against a real server; a worker in this process runs the
+    trials and drives the sweep."""
+    from mlrig import Client
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+
+    token = admin_headers["Authorization"].split()[1]
+    with Client(live_server, token=token) as ml:
+        body = _body("sklearn", name="iris-c", max_trials=5)
+        name = body.pop("name")
+        planned = ml.create_sweep(name, **{**body, "dry_run": True})
+        assert planned["id"] is None and ml.list_sweeps() == []
+        created = ml.create_sweep(name, **body)
+        assert created["status"] == "running"
+        Worker(platform, concurrency=2, capacity=Capacity(cpus=(0, 0))).run(exit_when_idle=True)
+        sweep = ml.get_sweep("iris-c")
+        assert sweep["status"] == "completed", sweep["status_detail"]
+        assert sweep["trials"]["completed"] == 5 and sweep["trials"]["total"] == 5
+        trials = ml.sweep_trials("iris-c")
+        assert [t["number"] for t in trials] == [0, 1, 2, 3, 4]
+        assert all(t["state"] == "completed" and 0 <= t["value"] <= 1 for t in trials)
+        assert all(t["duration_s"] > 0 for t in trials)
+        assert ml.sweep_trials("iris-c", state="failed") == []
+        best = sweep["best"]
+        assert best["value"] == max(t["value"] for t in trials)
+        results = ml.sweep_results("iris-c")
+        assert results["best"]["trial_id"] == best["trial_id"]
+        curve = results["best_so_far"]
+        assert len(curve) == 5 and curve[-1]["best"] == best["value"]
+        assert [p["best"] for p in curve] == sorted(p["best"] for p in curve)  # maximize
+        importances = results["importances"]
+        assert importances["method"].startswith("permutation importance")
+        assert set(importances["params"]) <= {"C"}
+        assert sweep["model_version_id"]  # the best trial's model, registered
+        with pytest.raises(ConflictError, match="completed"):
+            ml.stop_sweep("iris-c")
