@@ -402,7 +402,8 @@ class SweepDriver:
         session.flush()  # a second row for this number fails the whole step here
         queue = self.platform.queue
         events = queue.record_created(session, experiment)
-        experiment.queued_at = now
+        # trials asked together are claimed in ask order (the queue orders by queued_at)
+        experiment.queued_at = now + timedelta(microseconds=point.number % 1_000_000)
         events += queue.record_status(session, experiment, states.QUEUED, None)
         return events
 

@@ -310,13 +310,12 @@ class SweepService:
         it unasked (restarted from its first state), a sample point, the grid's size."""
         limit = self.platform.settings.search.max_grid_points
         strategy = load_strategy(self.platform, name, options)
-        if strategy.exhaustive:
-            try:
-                size = space.grid_size(float_points=options.get("float_points"))
-            except (TypeError, ValueError):  # the strategy's own option form: it checks
-                size = None
-            if size is not None and size > limit:
-                raise _grid_too_large(size, limit)
+        if strategy.exhaustive and "max_points" in getattr(
+            type(strategy).Options, "model_fields", {}
+        ):
+            # an exhaustive strategy refuses a grid over the limit in start(), with its count
+            options.setdefault("max_points", limit)
+            strategy = load_strategy(self.platform, name, options)
         strategy.start(
             space, direction=direction, seed=seed, parallelism=parallelism, budget=max_trials
         )  # type: ignore[arg-type]
