@@ -720,7 +720,7 @@ when = { kernel = ["poly"] }
 """
 
 YAML = """
-C: {type: float, low: 1.0e-3, high: 1.0e+3, log: true}
+C: {type: float, low: 1e-3, high: 1e3, log: true}  # 1e-3: a float, as in YAML 1.2
 depth: {type: int, low: 2, high: 12, step: 2}
 kernel: {type: choice, options: [linear, rbf, poly]}
 gamma:

@@ -54,6 +54,7 @@ import json
 import math
 import numbers
 import random
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -652,7 +653,7 @@ class SearchSpace:
                         "(or write the space as JSON or TOML)"
                     )
                     raise MissingExtraError(msg, details={"missing": ["pyyaml"]}) from None
-                data = yaml.safe_load(text)
+                data = yaml.load(text, Loader=_yaml_loader(yaml))  # a SafeLoader subclass
             else:
                 msg = f"unknown search space format {format!r}; formats are: json, toml, yaml"
                 raise ValidationError(msg, details={"field": "format"})
@@ -1025,6 +1026,24 @@ class SearchSpace:
 
 
 _END = object()
+
+
+_FLOAT_1_2 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+def _yaml_loader(yaml: Any) -> type:
+    """PyYAML's SafeLoader that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's
+    YAML 1.1 resolver wants ``1.0e-3`` and would hand the space the string ``"1e-3"``)."""
+    loader = type("SpaceLoader", (yaml.SafeLoader,), {})
+    loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+    return loader
 
 
 def _entangled() -> ValidationError:
