@@ -4,6 +4,7 @@ model registration. It lives in the job's own process (see :mod:`mlrig.engine.ru
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import pickle
@@ -18,8 +19,11 @@ from mlrig.errors import MlrigError
 from mlrig.experiments.metrics import AttemptFence, AttemptLostError, drop_points, write_points
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from mlrig.engine.queue import ClaimedJob
     from mlrig.platform import Platform
+    from mlrig.search.pruning import ASHA, Decision, MedianStoppingRule
 
 METRIC_KINDS = ("train", "validation", "test")
 #: metric points are written when this many are buffered, or after FLUSH_SECONDS
@@ -32,6 +36,30 @@ class LeaseLostError(MlrigError):
 
     code = "lease_lost"
     http_status = 409
+
+
+class TrialPruning:
+    """A sweep trial's pruning: the rule, the objective it watches and the trial's best
+    value so far (what the median rule compares)."""
+
+    def __init__(self, sweep: dict[str, Any]) -> None:
+        from mlrig.search.pruning import make_rule
+
+        self.sweep_id = sweep["id"]
+        self.trial_id = sweep.get("trial_id")
+        self.objective: str = sweep["objective"]
+        self.kind: str = sweep.get("objective_kind") or "validation"
+        self.direction: str = sweep.get("direction") or "minimize"
+        self.rule: MedianStoppingRule | ASHA = make_rule(sweep["pruner"])
+        self.best: float | None = None
+
+    def observe(self, value: float) -> float:
+        """Take the value into the best so far; return the value the rule compares."""
+        if math.isnan(value):
+            return value
+        if self.best is None or (value < self.best) == (self.direction == "minimize"):
+            self.best = value
+        return self.best if self.rule.compares_best else value
 
 
 class JobContext:
@@ -68,6 +96,21 @@ class JobContext:
         self.model_version_id: str | None = None
         self.created_by: uuid.UUID | None = experiment.get("created_by")
         self.creator_name: str | None = experiment.get("creator_name")
+        #: configuration["sweep"] of a sweep's trial (mlrig.sweeps), else None
+        self.sweep: dict[str, Any] | None = experiment.get("sweep") or None
+        self._pruning = self._make_pruning(self.sweep)
+        #: the pruner's decision once it pruned this trial (should_stop is then True)
+        self.pruned: Decision | None = None
+
+    @staticmethod
+    def _make_pruning(sweep: dict[str, Any] | None) -> TrialPruning | None:
+        if not sweep or not sweep.get("pruner"):
+            return None
+        try:
+            return TrialPruning(sweep)
+        except (MlrigError, KeyError, TypeError) as exc:  # pruning must never fail a job
+            print(f"[mlrig] no pruning for this trial: {exc}", flush=True)
+            return None
 
     # --- signals ------------------------------------------------------------------------
 
@@ -108,6 +151,54 @@ class JobContext:
         self.last_epoch = epoch if epoch is not None else self.last_epoch
         if len(self._buffer) >= FLUSH_POINTS or time.monotonic() - self._last_flush > FLUSH_SECONDS:
             self.flush()
+        if self._pruning is not None:
+            self._check_pruning(metrics, step if step is not None else epoch, kind)
+
+    def _check_pruning(self, metrics: dict[str, float], step: int | None, kind: str) -> None:
+        """At a step where the sweep's pruning rule decides: write this trial's points (so
+        the peers see them), read the peers' values at the step, decide. A failure to read
+        them never fails the job: training goes on."""
+        pruning = self._pruning
+        assert pruning is not None
+        if self.pruned is not None or kind != pruning.kind or pruning.objective not in metrics:
+            return
+        if step is None:
+            return
+        reported = float(metrics[pruning.objective])
+        compared = pruning.observe(reported)
+        if not pruning.rule.evaluates(step):
+            return
+        self.flush()
+        try:
+            from mlrig.search.peers import peer_values
+
+            peers = peer_values(
+                self.platform.db,
+                sweep_id=pruning.sweep_id,
+                experiment_id=self.job.id,
+                metric=pruning.objective,
+                kind=pruning.kind,
+                step=step,
+            )
+        except Exception as exc:  # pruning must never fail a job
+            text = " ".join(str(exc).split())[:300]
+            print(f"[mlrig] pruning check at step {step} skipped: {text}", flush=True)
+            return
+        decision = pruning.rule.decide(compared, peers, pruning.direction, step=step)
+        if decision is not None and decision.prune:
+            # the trial's value is the one it reported last (the median compares its best)
+            self.pruned = dataclasses.replace(decision, value=reported)
+            print(f"[mlrig] {decision.detail(pruning.objective)}", flush=True)
+
+    def record_pruned(self, session: Session) -> None:
+        """Mark this trial's ``sweep_trials`` row pruned, in the transaction completing the
+        job (:meth:`mlrig.engine.queue.JobQueue.complete`'s ``also``)."""
+        pruning = self._pruning
+        if self.pruned is None or pruning is None or not pruning.trial_id:
+            return
+        from mlrig.search.peers import mark_pruned
+
+        mark_pruned(session, pruning.trial_id, self.pruned, self.pruned.detail(pruning.objective))
 
     @property
     def _fence(self) -> AttemptFence:
@@ -158,6 +249,7 @@ class JobContext:
             "step": step,
             "epoch": self.last_epoch,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+            "pruning": {"best": self._pruning.best} if self._pruning else None,
         }
         buffer = io.BytesIO()
         pickle.dump(payload, buffer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -198,6 +290,8 @@ class JobContext:
         step = payload.get("step")
         if self.early_stopping:
             self.early_stopping.load(payload.get("early_stopping"))
+        if self._pruning and payload.get("pruning"):
+            self._pruning.best = payload["pruning"].get("best")
         if step is not None:
             self._supersede(after_step=step)
         else:  # a checkpoint without a step: which points follow it is unknown, keep all
@@ -209,8 +303,20 @@ class JobContext:
     # --- control -------------------------------------------------------------------------
 
     def should_stop(self) -> bool:
-        """Whether early stopping (or a SIGTERM) asks the trainer to end now."""
-        return self._sigterm or bool(self.early_stopping and self.early_stopping.triggered)
+        """Whether early stopping, the sweep's pruner (or a SIGTERM) asks the trainer to
+        end now."""
+        return (
+            self._sigterm
+            or self.pruned is not None
+            or bool(self.early_stopping and self.early_stopping.triggered)
+        )
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether pruning or early stopping ended the run (it still completes)."""
+        return self.pruned is not None or bool(
+            self.early_stopping and self.early_stopping.triggered
+        )
 
     @property
     def interrupted(self) -> bool:
@@ -219,6 +325,8 @@ class JobContext:
 
     @property
     def stop_reason(self) -> str | None:
+        if self.pruned is not None and self._pruning is not None:
+            return self.pruned.detail(self._pruning.objective)
         if self.early_stopping and self.early_stopping.triggered:
             return self.early_stopping.reason()
         return "stopped by SIGTERM" if self._sigterm else None
@@ -267,6 +375,10 @@ class JobContext:
         )
         metadata.setdefault("metrics", dict(self.last_metrics))
         metadata.setdefault("datasets", list(self.datasets))
+        if self.sweep is not None:  # a sweep's trial: a candidate, registered if best
+            from mlrig.sweeps.candidates import store_candidate
+
+            return store_candidate(self, model, name=name, sample=sample, **metadata)
         version = register_model(
             self.platform,
             model,

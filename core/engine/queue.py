@@ -234,10 +234,17 @@ class JobQueue:
             return Heartbeat(False, status)
 
     def complete(
-        self, job: ClaimedJob, *, detail: str | None = None, result: dict[str, Any] | None = None
+        self,
+        job: ClaimedJob,
+        *,
+        detail: str | None = None,
+        result: dict[str, Any] | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> bool:
-        """Mark the job completed, if this attempt still holds it. Returns whether it did."""
-        return self._finish(job, states.COMPLETED, detail, result=result)
+        """Mark the job completed, if this attempt still holds it. Returns whether it did.
+
+        :param also: more writes for the same transaction (a pruned sweep trial's row)."""
+        return self._finish(job, states.COMPLETED, detail, result=result, also=also)
 
     def fail(self, job: ClaimedJob, reason: str, *, retry: bool = True) -> str | None:
         """Record a failed attempt: requeue while attempts remain (and ``retry``), else fail.
@@ -255,7 +262,12 @@ class JobQueue:
         return new if self._finish(job, new, detail) else None
 
     def _finish(
-        self, job: ClaimedJob, new: str, detail: str | None, result: dict[str, Any] | None = None
+        self,
+        job: ClaimedJob,
+        new: str,
+        detail: str | None,
+        result: dict[str, Any] | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> bool:
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
@@ -278,6 +290,8 @@ class JobQueue:
                 if result.get("model_version_id"):
                     row.model_id = uuid.UUID(result["model_version_id"])
             self._record(session, row, new, detail, events)
+            if also is not None:
+                also(session)
         self._fire(events)
         return True
 

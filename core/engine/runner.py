@@ -114,6 +114,8 @@ def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
             "last_checkpoint": row.last_checkpoint,
             "max_attempts": row.max_attempts,
             "reproducibility": dict(row.reproducibility or {}),
+            # a sweep's trial: its sweep, objective and pruner (mlrig.sweeps)
+            "sweep": config.get("sweep"),
         }
 
 
@@ -190,12 +192,10 @@ def run(job_id: str, attempt: int, owner: str) -> int:
             print(f"{PERMANENT_MARKER}{one_line(exc)}", flush=True)
             return EXIT_PERMANENT
         return 1
-    if context.interrupted:
+    if context.interrupted and context.pruned is None:  # a pruned trial is done: complete it
         print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)
         return EXIT_INTERRUPTED
-    detail = (
-        context.stop_reason if context.early_stopping and context.early_stopping.triggered else None
-    )
+    detail = context.stop_reason if context.stopped_early else None
     if context.resumed_from_step is not None:
         resumed = f"resumed from checkpoint step {context.resumed_from_step}"
         detail = f"{detail}; {resumed}" if detail else resumed
@@ -204,7 +204,11 @@ def run(job_id: str, attempt: int, owner: str) -> int:
         "model_version_id": getattr(result, "model_version_id", None) or context.model_version_id,
         "resumed_from_step": context.resumed_from_step,
     }
-    if not platform.queue.complete(job, detail=detail, result=outcome):
+    also = None
+    if context.pruned is not None:
+        outcome["pruned"] = context.pruned.as_outcome()
+        also = context.record_pruned  # the sweep_trials row, in the completing transaction
+    if not platform.queue.complete(job, detail=detail, result=outcome, also=also):
         print("[mlrig] this attempt lost the job before completing it", flush=True)
         return EXIT_LEASE_LOST
     print(f"[mlrig] completed{': ' + detail if detail else ''}", flush=True)
