@@ -8,12 +8,12 @@ integers. :meth:`count` is the exact number of points (``SearchSpace.grid_size``
 before the first ask; a grid larger than ``max_points`` is refused by :meth:`start` with
 its count (the sweep passes ``[search] max_grid_points`` as ``max_points``). After the last
 point ``ask()`` returns ``None``. The saved state is the space and the position (the
-trial number), so a restored grid neither repeats nor skips a point.
+trial number), so a restored grid neither repeats nor skips a point; it goes straight to
+its position (:meth:`SearchSpace.grid` with ``start``), without walking the points before.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,9 +90,8 @@ class GridSearch(SearchStrategy):
         position = ledger.next_number
         if position >= self.size:
             return None
-        if self._points is None:  # after start or restore: skip what was asked already
-            grid = space.grid(float_points=self.float_points)
-            self._points = itertools.islice(grid, position, None)
+        if self._points is None:  # after start or restore: go straight to the position
+            self._points = space.grid(float_points=self.float_points, start=position)
         point = next(self._points, None)
         if point is None:  # pragma: no cover - grid() yields exactly grid_size() points
             return None

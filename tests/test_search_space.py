@@ -620,6 +620,15 @@ def test_a_billion_point_grid_is_counted_without_enumerating() -> None:
     )
     assert huge.grid_size() == (2**62 + 1) * (10**12 + 1) * (98 + 2 * (10**12 + 1))
     assert next(iter(huge.grid())) == {"x": 0, "y": 0.0, "k": 0, "z": 0}
+    last = huge.grid_size() - 1
+    assert huge.grid_point(last) == {"x": 2**62, "y": 1e9, "k": 99}
+    assert huge.grid_point(10**12) == {"x": 0, "y": 0.0, "k": 0, "z": 10**12}
+    assert huge.grid_point(10**12 + 1) == {"x": 0, "y": 0.0, "k": 1, "z": 0}
+    assert huge.grid_point(2 * (10**12 + 1) + 5) == {"x": 0, "y": 0.0, "k": 7}
+    assert s.grid_point(10**9 - 1) == {f"x{i}": 10 for i in range(9)}
+    assert s.grid_point(123_456_789) == {f"x{i}": int(d) + 1 for i, d in enumerate("123456789")}
+    with pytest.raises(IndexError):
+        s.grid_point(10**9)
 
 
 def _random_space(rng: random.Random) -> SearchSpace:
@@ -674,6 +683,9 @@ def test_grid_size_matches_enumeration_on_random_conditional_spaces() -> None:
             for combo in itertools.product(*values.values())
         }
         assert brute == keys
+        for k in {0, len(points) // 3, len(points) // 2, len(points) - 1}:  # random access
+            assert s.grid_point(k, float_points=3) == points[k]
+            assert list(s.grid(float_points=3, start=k)) == points[k:]
         checked += 1
 
 

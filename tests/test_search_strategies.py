@@ -248,3 +248,17 @@ def test_grid_restore_continues_at_the_position() -> None:
     assert trial.params == full[100]
     assert trial.extra == {"index": 100}
     assert restored.count() == len(full) == MIXED.grid_size(float_points=5)
+    assert [restored.ask().params for _ in range(50)] == full[101:151]
+
+
+def test_grid_restore_far_into_a_large_grid() -> None:
+    space = SearchSpace({f"x{i}": IntRange(0, 9) for i in range(9)})
+    strategy = grid_search(max_points=10**9)
+    strategy.start(space, direction="minimize", seed=None)
+    state = json.loads(strategy.save())
+    state["ledger"]["next_number"] = 987_654_321  # as if that many were asked
+    restored = grid_search()
+    restored.restore(json.dumps(state).encode())
+    trial = restored.ask()
+    assert trial.number == 987_654_321
+    assert trial.params == {f"x{i}": int(d) for i, d in enumerate("987654321")}

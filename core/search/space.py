@@ -831,11 +831,16 @@ class SearchSpace:
                 return False
         return True
 
-    def _count(self, sizes: Mapping[str, int]) -> tuple[int, set[str]]:
+    def _count(
+        self, sizes: Mapping[str, int], fixed: Mapping[str, Any] | None = None
+    ) -> tuple[int, set[str]]:
         """Sum over the combinations of condition-relevant values (variable elimination in
         dependency order; the values of a parent are grouped by which conditions they
         satisfy): the number of distinct active points when each other parameter counts
-        ``sizes[name]`` values, and the parameters that can be active at all."""
+        ``sizes[name]`` values, and the parameters that can be active at all. ``fixed``
+        pins parameters to one value (``_SKIP``: absent): then it counts the points that
+        agree with it."""
+        fixed = fixed or {}
         order: list[str] = self._order  # type: ignore[attr-defined]
         children: dict[str, list[str]] = self._children  # type: ignore[attr-defined]
         cond_keys: dict[str, dict[str, frozenset[Any]]] = self._cond_keys  # type: ignore[attr-defined]
@@ -850,11 +855,19 @@ class SearchSpace:
             parents = [(frontier.index(p), slot[p][name]) for p in cond_keys[name]]
             structural = name in children
             classes: Counter[tuple[bool, ...]] = Counter()
+            pinned = name in fixed
             if structural:
-                values = param.options if isinstance(param, Choice) else (param.value,)  # type: ignore[union-attr]
+                if pinned:
+                    values = () if fixed[name] is _SKIP else (fixed[name],)
+                elif isinstance(param, Choice):
+                    values = param.options
+                else:
+                    values = (param.value,)  # type: ignore[union-attr]
                 for v in values:
                     k = _key(v)
                     classes[tuple(k in cond_keys[c][name] for c in children[name])] += 1
+            size = (0 if fixed[name] is _SKIP else 1) if pinned else sizes[name]
+            absent = 1 if not pinned or fixed[name] is _SKIP else 0
             new: dict[tuple[Any, ...], int] = defaultdict(int)
             for state, weight in states.items():
                 if len(new) > MAX_CONDITION_STATES:
@@ -864,9 +877,9 @@ class SearchSpace:
                     if structural:
                         for signature, count in classes.items():
                             new[(*state, signature)] += weight * count
-                    else:
-                        new[state] += weight * sizes[name]
-                else:
+                    elif size:
+                        new[state] += weight * size
+                elif absent:
                     new[(*state, None) if structural else state] += weight
             if structural:
                 frontier.append(name)
@@ -989,24 +1002,72 @@ class SearchSpace:
         total, _active = self._count(sizes)
         return total
 
-    def grid(self, *, float_points: int | None = 5) -> Iterator[dict[str, Any]]:
+    def grid(self, *, float_points: int | None = 5, start: int = 0) -> Iterator[dict[str, Any]]:
         """Every distinct active point of the grid, lazily, in a fixed order: the first
         parameter of :attr:`order` varies slowest; a conditional parameter only branches
-        where it is active. Yields :meth:`grid_size` points."""
+        where it is active. Yields :meth:`grid_size` points, from the ``start``-th one
+        (reached without walking the points before it)."""
         values = self._values(float_points)
-        order: list[str] = self._order  # type: ignore[attr-defined]
-        return self._walk(order, values)
+        return self._walk(values, start)
 
-    def _walk(self, order: list[str], values: dict[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
-        skip = object()
+    def grid_point(self, index: int, *, float_points: int | None = 5) -> dict[str, Any]:
+        """The ``index``-th point of :meth:`grid` (computed, not enumerated).
+        :raises IndexError: outside ``0 .. grid_size - 1``."""
+        return next(self.grid(float_points=float_points, start=index))
+
+    def _descend(
+        self, values: dict[str, Sequence[Any]], index: int
+    ) -> list[tuple[str, int | None]]:
+        """The position of the ``index``-th grid point at each depth of :attr:`order`:
+        ``(name, k)`` with ``k`` the value's index, ``None`` where the name is inactive."""
+        sizes = {name: len(v) for name, v in values.items()}
+        total = self._count(sizes)[0]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < total:
+            raise IndexError(f"grid index {index!r} is outside 0 .. {total - 1}")
+        children: dict[str, list[str]] = self._children  # type: ignore[attr-defined]
+        fixed: dict[str, Any] = {}
         point: dict[str, Any] = {}
+        path: list[tuple[str, int | None]] = []
+        for name in self._order:  # type: ignore[attr-defined]
+            if not self._holds(name, point):
+                fixed[name] = _SKIP
+                path.append((name, None))
+                continue
+            vals = values[name]
+            if name not in children:  # nothing depends on it: every value counts the same
+                fixed[name] = vals[0]
+                per = self._count(sizes, fixed)[0]
+                k, index = divmod(index, per)
+            else:
+                for k in range(len(vals)):  # a choice or constant: a few values
+                    fixed[name] = vals[k]
+                    below = self._count(sizes, fixed)[0]
+                    if index < below:
+                        break
+                    index -= below
+            fixed[name] = point[name] = vals[k]
+            path.append((name, k))
+        return path
 
-        def options(i: int) -> Iterator[Any]:
-            name = order[i]
-            return iter(values[name]) if self._holds(name, point) else iter((skip,))
-
-        stack = [options(0)]
+    def _walk(self, values: dict[str, Sequence[Any]], start: int) -> Iterator[dict[str, Any]]:
+        order: list[str] = self._order  # type: ignore[attr-defined]
+        point: dict[str, Any] = {}
         last = len(order) - 1
+
+        def options(i: int, first: int = 0) -> Iterator[Any]:
+            vals = values[order[i]]
+            return (vals[j] for j in range(first, len(vals)))
+
+        if start == 0:
+            stack = [options(0) if self._holds(order[0], point) else iter((_SKIP,))]
+        else:  # each depth's iterator just past the start point's value (the last: at it)
+            stack = []
+            for depth, (name, k) in enumerate(self._descend(values, start)):
+                if k is None:
+                    stack.append(iter((_SKIP,)) if depth == last else iter(()))
+                else:
+                    point[name] = values[name][k]
+                    stack.append(options(depth, k if depth == last else k + 1))
         while stack:
             depth = len(stack) - 1
             name = order[depth]
@@ -1015,17 +1076,19 @@ class SearchSpace:
                 stack.pop()
                 point.pop(name, None)
                 continue
-            if value is skip:
+            if value is _SKIP:
                 point.pop(name, None)
             else:
                 point[name] = value
             if depth == last:
                 yield {n: _fresh(point[n]) for n in self.params if n in point}
             else:
-                stack.append(options(depth + 1))
+                nxt = order[depth + 1]
+                stack.append(options(depth + 1) if self._holds(nxt, point) else iter((_SKIP,)))
 
 
 _END = object()
+_SKIP = object()
 
 
 _FLOAT_1_2 = re.compile(
