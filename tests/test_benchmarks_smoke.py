@@ -30,6 +30,7 @@ SMOKE_TESTED = {
     "bench_serving.py",
     "bench_tracking_client.py",
     "bench_cli.py",
+    "bench_search.py",
 }
 
 
@@ -314,3 +315,54 @@ def test_bench_cli():
             assert row["runs"] == 1 and positive(row["median_ms"]), row
     assert not any(c.startswith("mlflow") for c in rows)
     assert len(report["goals"]) == 4 and all(isinstance(g["met"], bool) for g in report["goals"])
+
+
+# --- search strategies: bench_search.py ---------------------------------------------------
+# --smoke: the three test functions, 5 evaluations, 1 seed, no digits task; Optuna only when
+# its environment is cached already (the smoke run installs nothing).
+
+
+def _bench_search():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_search
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return bench_search
+
+
+def test_bench_search_functions_have_their_known_optima():
+    """Branin, Hartmann6 and Rosenbrock-10D give their published minima at their minimisers,
+    and no better value at points around them."""
+    bench = _bench_search()
+    for name, f in bench.FUNCTIONS.items():
+        for point in f["argmin"]:
+            assert f["fn"](point) == pytest.approx(f["optimum"], abs=1e-5), name
+            for key in point:
+                for delta in (-1e-3, 1e-3):
+                    near = {**point, key: point[key] + delta}
+                    assert f["fn"](near) > f["optimum"] - 1e-5, (name, key, delta)
+    assert bench.branin({"x1": 9.42478, "x2": 2.475}) == pytest.approx(0.397887, abs=1e-5)
+    assert bench.rosenbrock({f"x{j}": 0.0 for j in range(10)}) == 9.0
+    assert bench.hartmann6({f"x{j}": 0.0 for j in range(6)}) > -3.32237
+
+
+def test_bench_search():
+    report = run_benchmark("bench_search.py", "--smoke", timeout=300)
+    rows = {(r["problem"], r["strategy"]): r for r in report["rows"]}
+    strategies = {"random", "nevergrad"}
+    if not report["skipped"]:
+        strategies.add("optuna")
+    assert set(rows) == {
+        (p, s) for p in ("branin", "hartmann6", "rosenbrock10") for s in strategies
+    }
+    for row in rows.values():
+        assert row["evals"] == 5 and row["seeds"] == 1 and row["iqr"] == 0, row
+        assert row["median_best"] >= row["optimum"] - 1e-6, row
+        assert row["wins"] in (0, 1) and positive(row["ms_per_trial"]), row
+        curve = row["median_curve"]
+        assert len(curve) == 5 and curve == sorted(curve, reverse=True), row
+        if row["strategy"] != "optuna":
+            assert positive(row["state_bytes"]) and positive(row["restore_ms"]), row
+    assert sum(rows[("branin", s)]["wins"] for s in strategies) >= 1
+    assert isinstance(report["goal"]["met"], bool)
