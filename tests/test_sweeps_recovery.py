@@ -187,3 +187,79 @@ def test_a_sigkilled_server_and_worker_resume_the_sweep_exactly(home):
     following = restored.ask()
     assert following.number == MAX_TRIALS and following.params == reference[MAX_TRIALS]
     platform.close()
+
+
+def test_a_step_that_dies_midway_leaves_nothing_and_nevergrad_continues(tmp_path, monkeypatch):
+    """A driver dying inside a step (here: an error after its first new trial) commits
+    none of it: no trial row, no tell, no state. Another process then continues the
+    nevergrad search: numbers go on, and the restored optimizer was told every trial."""
+    pytest.importorskip("mlrig.plugins.search_nevergrad")
+    from test_sweeps import IRIS, run_trial
+
+    from mlrig.sweeps.driver import SweepDriver
+
+    home = tmp_path / "home"
+    platform = make_platform(home)
+    view = platform.sweeps.create(
+        name="ng",
+        trainer="sklearn",
+        space={
+            "n_estimators": {"type": "int", "low": 2, "high": 30},
+            "max_depth": {"type": "int", "low": 1, "high": 6},
+        },
+        objective="val_loss",
+        dataset=IRIS,
+        strategy="nevergrad",
+        seed=3,
+        max_trials=6,
+        parallelism=2,
+        actor=ACTOR,
+    )
+    sweep_id = uuid.UUID(view["id"])
+
+    def rows():
+        with platform.db.session() as session:
+            sweep = session.get(Sweep, sweep_id)
+            trials = session.scalars(select(SweepTrial).where(SweepTrial.sweep_id == sweep_id))
+            return sweep.state_version, sorted((t.number, t.told) for t in trials)
+
+    run_trial(platform, value=0.5)
+    run_trial(platform, value=0.4)
+    before = rows()
+    original = SweepDriver._queue_trial
+    calls = []
+
+    def dies_on_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-step")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SweepDriver, "_queue_trial", dies_on_the_second)
+    with pytest.raises(RuntimeError, match="killed mid-step"):
+        platform.sweeps.advance(owner="doomed")
+    assert rows() == before  # neither the tells nor the first new trial were kept
+    monkeypatch.setattr(SweepDriver, "_queue_trial", original)
+    restarted = make_platform(home)  # another process, nothing cached
+    try:
+        for value in (0.3, 0.35, 0.2, 0.25):
+            restarted.sweeps.advance(owner="restarted")
+            run_trial(restarted, value=value)
+        restarted.sweeps.advance(owner="restarted")
+        done = restarted.sweeps.get(sweep_id)
+        assert done["status"] == "completed", done["status_detail"]
+        assert [t["number"] for t in restarted.sweeps.trials(sweep_id)] == list(range(6))
+        assert done["best"]["value"] == pytest.approx(0.2)
+        with restarted.db.session() as session:
+            sweep = session.get(Sweep, sweep_id)
+            state, told = sweep.strategy_state, sweep.trials_asked
+        from mlrig.sweeps.service import load_strategy
+
+        strategy = load_strategy(restarted, "nevergrad", dict(view["strategy_options"]))
+        strategy.restore(state)
+        assert told == 6
+        assert strategy._optimizer.num_tell == 6  # every trial told once, none twice
+        assert strategy.ask().number == 6
+    finally:
+        restarted.close()
+        platform.close()
