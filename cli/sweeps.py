@@ -418,6 +418,15 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARKS[round((v - low) / (high - low) * top)] for v in shown)
 
 
+def _constants(space: dict[str, Any]) -> dict[str, Any]:
+    """The space's constants (the same in every trial: left out of the trials table)."""
+    return {
+        name: spec["value"]
+        for name, spec in space.items()
+        if isinstance(spec, dict) and spec.get("type") == "const" and not spec.get("when")
+    }
+
+
 @sweeps.command("show")
 @click.argument("sweep")
 @json_option
@@ -454,21 +463,24 @@ def show(sweep: str, as_json: bool) -> None:
     for line in lines:
         click.echo(line)
     best_number = best["number"] if best else None
-    print_table(
-        "trials (* = best)",
-        ["#", "state", view["objective"], "params", "duration", "detail"],
-        (
-            [
-                f"{t['number']}{' *' if t['number'] == best_number else ''}",
-                t["state"] + (f" (rung {t['rung']})" if t.get("rung") is not None else ""),
-                _fmt(t["value"]),
-                _params_text(t["params"]),
-                f"{t['duration_s']:.1f} s" if t.get("duration_s") is not None else "",
-                " ".join(str(t.get("detail") or "").split())[:60],
-            ]
-            for t in results["trials"]
-        ),
-    )
+    constants = _constants(view.get("space") or {})
+    details = any(t.get("detail") for t in results["trials"])
+    rows = []
+    for t in results["trials"]:
+        row = [
+            f"{t['number']}{' *' if t['number'] == best_number else ''}",
+            t["state"] + (f" (rung {t['rung']})" if t.get("rung") is not None else ""),
+            _fmt(t["value"]),
+            _params_text({k: v for k, v in t["params"].items() if k not in constants}),
+            f"{t['duration_s']:.1f} s" if t.get("duration_s") is not None else "",
+        ]
+        if details:
+            row.append(" ".join(str(t.get("detail") or "").split())[:60])
+        rows.append(row)
+    columns = ["#", "state", view["objective"], "params", "duration"]
+    print_table("trials (* = best)", [*columns, "detail"] if details else columns, rows)
+    if constants:
+        click.echo(f"constants: {_params_text(constants, 100)}")
     found = results["importances"]
     if found["params"]:
         print_table(
