@@ -245,6 +245,8 @@ class Platform:
 
     def close(self) -> None:
         """Release pooled connections and other resources."""
+        if "executor" in self.__dict__:
+            self.executor.close()  # its warm interpreter (the local executor's fork server)
         if "db" in self.__dict__:
             self.db.dispose()
 

@@ -1,23 +1,41 @@
-"""The ``local`` executor: each job is a subprocess in its own session (process group).
+"""The ``local`` executor: each job is a process in its own session (process group).
 
 Resource limits are applied in the child before it runs the job: an address-space
 rlimit for memory, CPU affinity to the CPUs the allocator handed out, and
 ``CUDA_VISIBLE_DEVICES`` for the GPUs. Stopping a job signals the whole process group,
 so processes the job started die with it.
+
+A job that is a Python module of this interpreter (``JobSpec.python_entry``: the engine's
+runner) is forked from a pre-warmed fork server (``prefork = true``, the default where
+``os.fork`` exists; :mod:`mlrig.engine.launcher`), so it skips the interpreter start and
+the imports. Until the server is ready (it starts in the background on the first such
+job), when it has died three times in a row, for a job with a memory limit (an
+address-space limit would count the server's preloaded modules) and for any other
+command, the job is a plain subprocess.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlrig.contracts.executor import Executor, JobHandle, JobSpec, Resources
+
+if TYPE_CHECKING:
+    from mlrig.engine.launcher import ForkServer
+
+log = logging.getLogger("mlrig.engine")
+#: a fork server that died this many times in a row is not started again
+MAX_SERVER_FAILURES = 3
 
 
 class LocalExecutorOptions(BaseModel):
@@ -28,6 +46,11 @@ class LocalExecutorOptions(BaseModel):
     inherit_env: bool = True
     #: kill a job when the process that launched it dies (Linux)
     die_with_parent: bool = True
+    #: fork runner jobs from a pre-warmed server instead of starting an interpreter each
+    prefork: bool = hasattr(os, "fork") and sys.platform != "darwin"
+    #: modules the fork server imports besides mlrig's own (missing ones are skipped);
+    #: never list torch/tensorflow unless the server may import them (no CUDA before fork)
+    preload: list[str] = Field(default_factory=lambda: ["numpy", "pandas", "sklearn"])
 
 
 PR_SET_PDEATHSIG = 1
@@ -97,15 +120,24 @@ class LocalJobHandle(JobHandle):
 
 
 class LocalExecutor(Executor):
-    """Run jobs as subprocesses of this machine, with rlimits, CPU affinity and GPU masks."""
+    """Run jobs as processes of this machine, with rlimits, CPU affinity and GPU masks."""
 
     Options = LocalExecutorOptions
 
-    def launch(self, spec: JobSpec) -> LocalJobHandle:
+    def __init__(self, options: BaseModel) -> None:
+        super().__init__(options)
+        self._lock = threading.Lock()
+        self._server: ForkServer | None = None
+        self._server_failures = 0
+
+    def launch(self, spec: JobSpec) -> JobHandle:
         env = dict(os.environ) if self.options.inherit_env else {}
         env.update(spec.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.resources.gpus)
         spec.workdir.mkdir(parents=True, exist_ok=True)
+        forked = self._fork(spec, env)
+        if forked is not None:
+            return forked
         with ExitStack() as files:
             stdout = files.enter_context(spec.stdout_path.open("ab")) if spec.stdout_path else None
             stderr = files.enter_context(spec.stderr_path.open("ab")) if spec.stderr_path else None
@@ -122,3 +154,99 @@ class LocalExecutor(Executor):
                 else None,
             )
         return LocalJobHandle(process)
+
+    # --- the fork server ----------------------------------------------------------------
+
+    def prepare(self, timeout: float | None = None) -> bool:
+        """Start the fork server now (it otherwise starts on the first runner job) and
+        wait up to ``timeout`` seconds for it; whether runner jobs are now forked."""
+        if not self.options.prefork:
+            return False
+        env = dict(os.environ) if self.options.inherit_env else {}
+        with self._lock:
+            server = self._server_for(env)
+        return server is not None and server.wait_ready(timeout)
+
+    def _fork(self, spec: JobSpec, env: dict[str, str]) -> JobHandle | None:
+        """The job forked from the server, or ``None``: run it as a plain subprocess."""
+        from mlrig.engine.launcher import LauncherError
+
+        entry = spec.python_entry
+        if (
+            not self.options.prefork
+            or entry is None
+            or spec.argv[:1] != (sys.executable,)
+            or spec.resources.memory_bytes
+        ):
+            return None
+        with self._lock:
+            server = self._server_for(env)
+            if server is None or not server.ready:
+                return None
+            try:
+                handle = server.spawn(
+                    module=entry[0],
+                    args=entry[1],
+                    cwd=spec.workdir,
+                    env=env,
+                    stdout=spec.stdout_path,
+                    stderr=spec.stderr_path,
+                    cpus=spec.resources.cpus,
+                )
+            except LauncherError as exc:
+                log.warning("fork server: %s; running the job as a subprocess", exc)
+                server.kill()
+                return None
+            self._server_failures = 0
+            return handle
+
+    def _server_for(self, env: dict[str, str]) -> ForkServer | None:
+        """The fork server for jobs with this environment: started (in the background)
+        when there is none, replaced when it died or (once idle) when the job's start-up
+        variables differ from its own. Holds ``self._lock``."""
+        from mlrig.engine.launcher import ForkServer, startup_env
+
+        server = self._server
+        if server is not None and server.dead:
+            if server.died_unexpectedly:
+                self._server_failures += 1
+                log.warning(
+                    "fork server %s exited (%d in a row)", server.server_pid, self._server_failures
+                )
+            server = self._server = None
+        if server is not None and server.key != startup_env(env):
+            if server.running:
+                return None  # its jobs need it; this one runs as a subprocess
+            server.close()
+            server = self._server = None
+        if server is None:
+            if self._server_failures >= MAX_SERVER_FAILURES:
+                return None
+            server_env = {**env, "CUDA_VISIBLE_DEVICES": ""}  # the server never sees a GPU
+            server = ForkServer(
+                preload=self.options.preload,
+                env=server_env,
+                die_with_parent=self.options.die_with_parent,
+            )
+            try:
+                server.start()
+            except OSError as exc:
+                log.warning("fork server did not start: %s", exc)
+                self._server_failures += 1
+                return None
+            self._server = server
+        return server
+
+    def close(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def __del__(self) -> None:
+        server: Any = self.__dict__.get("_server")
+        if server is not None:
+            try:
+                server.close()
+            except Exception:  # interpreter shutdown: the server sees EOF and exits anyway
+                pass

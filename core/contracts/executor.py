@@ -20,7 +20,14 @@ class Resources:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One process to run: command, working directory, environment, resources, log files."""
+    """One process to run: command, working directory, environment, resources, log files.
+
+    ``python_entry`` is ``(module, args)`` when ``argv`` is ``(python, "-m", module,
+    *args)``: an executor may then run the module in an interpreter it keeps warm (the
+    local executor forks it from a pre-warmed server) with the same working directory,
+    environment, resources, files and exit status; any executor may ignore it and run
+    ``argv``.
+    """
 
     argv: tuple[str, ...]
     workdir: Path
@@ -28,6 +35,7 @@ class JobSpec:
     resources: Resources = field(default_factory=Resources)
     stdout_path: Path | None = None
     stderr_path: Path | None = None
+    python_entry: tuple[str, tuple[str, ...]] | None = None
 
 
 class JobHandle(ABC):
@@ -57,3 +65,7 @@ class Executor(Backend, ABC):
     @abstractmethod
     def launch(self, spec: JobSpec) -> JobHandle:
         """Start ``spec`` and return at once with a handle on it."""
+
+    def close(self) -> None:
+        """Release what the executor keeps between jobs (a warm interpreter, a
+        connection). Jobs already launched are not waited for. Idempotent."""

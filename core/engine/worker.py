@@ -35,6 +35,8 @@ LOG_SHIP_SECONDS = 1.0
 STOP_GRACE_SECONDS = 2.0
 #: a job that recorded its completion gets this long to exit on its own
 EXIT_GRACE_SECONDS = 30.0
+#: while jobs run, the loop looks this often whether one ended (between its rounds)
+REAP_POLL_SECONDS = 0.005
 
 
 def _describe_exit(code: int) -> str:
@@ -137,10 +139,28 @@ class Worker:
                     break
                 if exit_when_idle and not claimed and not self.running:
                     break
-                stop.wait(self.poll_seconds if not claimed else 0)
+                self._wait(stop, self.poll_seconds if not claimed else 0)
         finally:
             self._shutdown()
         return self.finished
+
+    def _wait(self, stop: threading.Event, seconds: float) -> None:
+        """Wait up to ``seconds`` between rounds; while jobs run, return as soon as one
+        has ended (checked every ``REAP_POLL_SECONDS`` with ``poll()``, a ``waitpid`` or
+        a look at the fork server's reports: no database query), so the next round
+        records it and claims the next job at once."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self.running:
+                stop.wait(left)
+                return
+            if stop.wait(min(left, REAP_POLL_SECONDS)):
+                return
+            if any(r.handle.poll() is not None for r in self.running.values()):
+                return
 
     def _claim_while_free(self, max_jobs: int | None) -> int:
         claimed = 0
@@ -167,15 +187,11 @@ class Worker:
             "MLRIG_ORIGIN_DIR": str(settings.base_dir),
             INHERITED_ENV: settings.to_json(),
         }
+        args = (str(job.id), str(job.attempt), self.owner)
         spec = JobSpec(
-            argv=(
-                sys.executable,
-                "-m",
-                "mlrig.engine.runner",
-                str(job.id),
-                str(job.attempt),
-                self.owner,
-            ),
+            argv=(sys.executable, "-m", "mlrig.engine.runner", *args),
+            # the executor may run it in a warm interpreter (the local one's fork server)
+            python_entry=("mlrig.engine.runner", args),
             workdir=folder,
             env=env,
             resources=resources,
