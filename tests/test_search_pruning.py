@@ -1,12 +1,13 @@
 """Pruning of sweep trials: the median stopping rule and ASHA as pure rules, the peers'
-values read from the database, the training context's decision, and a real worker whose
-clearly worse trial is pruned at its rung while the good ones complete."""
+values read from the database, the training context's decision, and a real sweep run by a
+real worker whose clearly worse trial is pruned at its rung while the good ones complete."""
 
 from __future__ import annotations
 
 import math
 import random
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -474,44 +475,68 @@ def _sgd(eta0, epochs, data):
     }
 
 
-def test_a_worker_prunes_the_clearly_worse_trial_at_its_rung(platform, tiny_csv, monkeypatch):
+def test_a_real_sweep_with_asha_prunes_its_worse_trial_and_registers_a_completed_one(
+    platform, tiny_csv
+):
+    """Through the sweep service and its driver: a grid of three learning rates run one
+    at a time; the one that barely learns comes last and is pruned at rung 0."""
     from mlrig.engine.worker import Worker
     from mlrig.experiments.metrics import read_history
-    from mlrig.sweeps.service import SweepService
+    from mlrig.security import Principal
 
-    # only this test's trials: no sweep driver asks for more
-    monkeypatch.setattr(SweepService, "advance", lambda self, **_kw: None)
-    pruner = {"rule": "asha", "min_resource": 1, "max_resource": 6, "reduction_factor": 3}
-    # two good trials, then one that barely learns (eta0 1e-6: its loss stays near log 2)
-    data = [_sgd(0.05, 6, tiny_csv), _sgd(0.1, 6, tiny_csv), _sgd(1e-6, 6, tiny_csv)]
-    _sweep_id, trials = make_sweep(platform, pruner=pruner, data=data)
-    for experiment_id, _ in trials:  # queued in order: one worker slot runs them in turn
-        platform.queue.enqueue(experiment_id)
-    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0, 0)), lease_seconds=10)
+    base = _sgd(0.1, 6, tiny_csv)
+    base.pop("_dataset")
+    base.pop("eta0")
+    view = platform.sweeps.create(
+        name="asha-sweep",
+        trainer="sklearn",
+        space={"eta0": {"type": "choice", "options": [0.1, 0.05, 1e-6]}},
+        objective="val_loss",
+        direction="minimize",
+        actor=Principal(name="alice", role="admin"),
+        dataset=tiny_csv,
+        hyperparameters=base,
+        strategy="grid",
+        max_trials=3,
+        parallelism=1,
+        pruner={"rule": "asha", "min_resource": 1, "max_resource": 6},
+        seed=7,
+        model_name="asha-best",
+    )
+    worker = Worker(
+        platform, concurrency=1, capacity=Capacity(cpus=(0, 0)), lease_seconds=10, poll_seconds=0.05
+    )
     stop = threading.Event()
-    timer = threading.Timer(120, stop.set)
-    timer.start()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop}, daemon=True)
+    thread.start()
     try:
-        assert worker.run(stop=stop, exit_when_idle=True) == 3
+        for _ in range(1200):
+            if platform.sweeps.get(view["id"])["status"] != "running":
+                break
+            stop.wait(0.1)
     finally:
-        timer.cancel()
-    rows = []
+        stop.set()
+        thread.join(30)
+    done = platform.sweeps.get(view["id"])
+    assert done["status"] == "completed", done["status_detail"]
+    assert (done["trials"]["completed"], done["trials"]["pruned"]) == (2, 1)
+    trials = {t["params"]["eta0"]: t for t in platform.sweeps.trials(view["id"])}
+    bad = trials[1e-6]
+    assert (bad["state"], bad["rung"], bad["pruned_at_step"]) == ("pruned", 0, 1)
+    assert bad["detail"].startswith("pruned at rung 0 (step 1): val_loss")
+    bad_job = platform.experiments.get(bad["experiment_id"])
+    assert bad_job["status"] == "completed" and bad_job["status_detail"] == bad["detail"]
     with platform.db.session() as session:
-        for experiment_id, _ in trials:
-            job = session.get(TrainingExperiment, experiment_id)
-            rows.append((job.status, job.status_detail, job.configuration.get("result")))
-    good, good2, bad = rows
-    assert good[0] == good2[0] == "completed" and bad[0] == "completed", rows
-    assert "pruned" not in (good[1] or "") and "pruned" not in good[2]
-    assert bad[1].startswith("pruned at rung 0 (step 1): val_loss"), bad[1]
-    assert bad[2]["pruned"]["rung"] == 0 and bad[2]["pruned"]["step"] == 1
-    trial = _trial_row(platform, trials[2][1])
-    assert (trial.state, trial.rung, trial.pruned_at_step) == ("pruned", 0, 1)
-    assert trial.value == pytest.approx(bad[2]["pruned"]["value"])
-    # it stopped at once: no epoch after the rung; the good ones ran all six
-    steps = [
-        read_history(platform.db, e, name="val_loss", kind="validation")["val_loss"]["steps"]
-        for e, _ in trials
-    ]
-    assert steps == [list(range(6)), list(range(6)), [0, 1]]
-    assert all(_trial_row(platform, t).state == "queued" for _, t in trials[:2])
+        result = session.get(TrainingExperiment, uuid.UUID(bad["experiment_id"])).configuration
+    assert result["result"]["pruned"] == {"rung": 0, "step": 1, "value": bad["value"]}
+    # it stopped at once, freeing the worker: no epoch after the rung; the others ran six
+    steps = {
+        eta0: read_history(platform.db, t["experiment_id"], name="val_loss", kind="validation")[
+            "val_loss"
+        ]["steps"]
+        for eta0, t in trials.items()
+    }
+    assert steps == {0.1: list(range(6)), 0.05: list(range(6)), 1e-6: [0, 1]}
+    assert done["best"]["params"]["eta0"] in (0.1, 0.05)
+    version = platform.registry.get_version("asha-best", done["model_version_id"])
+    assert version["lineage"]["experiment"]["id"] == done["best"]["experiment_id"]
