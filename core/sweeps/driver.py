@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ NO_OBJECTIVE = "reported no "
 EARLY_FAIL_TRIALS = 3
 #: how long the driver that registers a sweep's best model holds it (seconds)
 REGISTER_LEASE_SECONDS = 300
+#: how often a process looks for candidates left in ended sweeps (seconds)
+LEFTOVER_SECONDS = 30.0
 _LIVE = ("created", "queued", "running")
 
 
@@ -106,6 +109,7 @@ class SweepDriver:
         self._cache_lock = threading.Lock()
         #: how many strategies this process restored from their saved state (tests)
         self.restores = 0
+        self._leftovers_at = -LEFTOVER_SECONDS
 
     @property
     def db(self) -> Any:
@@ -150,8 +154,11 @@ class SweepDriver:
             except Exception as exc:  # a view must show even when the plugin is missing
                 return {"name": sweep.strategy, "error": str(exc)}, None
             self._keep(sweep.id, sweep.state_version, strategy)
-        info = {"name": sweep.strategy, **(strategy.describe() or {})}
-        return info, strategy.count() if strategy.exhaustive else None
+        try:
+            info = {"name": sweep.strategy, **(strategy.describe() or {})}
+            return info, strategy.count() if strategy.exhaustive else None
+        except Exception as exc:  # informational: a driver may be stepping this copy
+            return {"name": sweep.strategy, "error": str(exc)}, None
 
     # --- locking --------------------------------------------------------------------------
 
@@ -302,7 +309,7 @@ class SweepDriver:
                 sweep.best_trial_id, sweep.best_value = trial.id, value
             changed = True
             after.count += 1
-        if self._objective_missing(session, sweep):
+        if changed and self._objective_missing(session, sweep):
             detail = self._no_objective_detail(session, sweep)
             after.events += self.platform.queue.record_status(session, row, states.FAILED, detail)
             row.completed_at = now
@@ -532,7 +539,9 @@ class SweepDriver:
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
             sweep, row = self._lock(session, sweep_id)
-            if row.status != states.RUNNING:
+            if row.status != states.RUNNING:  # stopped meanwhile: keep the link only
+                if version_id is not None and sweep.model_version_id is None:
+                    sweep.model_version_id = version_id
                 return
             sweep.driver_owner = sweep.driver_expires_at = None
             best = session.get(SweepTrial, sweep.best_trial_id) if sweep.best_trial_id else None
@@ -582,32 +591,42 @@ class SweepDriver:
     def _tidy_ended(self) -> None:
         """Trials still live in a sweep that ended (stopped through ``mlrig experiments
         stop``, a crash between a step and its cancels) are cancelled; candidates left
-        in ended sweeps (a trial that stored one as its sweep ended) are deleted."""
-        ended = (TrainingExperiment.status.in_(states.FINAL)) & (
-            TrainingExperiment.origin == "sweep"
-        )
+        in ended sweeps (a trial that stored one as its sweep ended) are deleted (that
+        scan at most every :data:`LEFTOVER_SECONDS`)."""
+        from sqlalchemy.orm import aliased
+
+        parent = aliased(TrainingExperiment)
         with self.db.session() as session:
-            sweep_rows = select(TrainingExperiment.id).where(ended)
+            # few jobs are live: the status index finds them, the parent join keeps
+            # those of ended sweeps
             live = list(
                 session.scalars(
-                    select(SweepTrial.experiment_id).where(
-                        SweepTrial.sweep_id.in_(sweep_rows),
-                        SweepTrial.told.is_(False),
-                        SweepTrial.experiment_id.in_(
-                            select(TrainingExperiment.id).where(
-                                TrainingExperiment.status.in_(_LIVE)
-                            )
-                        ),
+                    select(TrainingExperiment.id)
+                    .join(parent, parent.id == TrainingExperiment.parent_id)
+                    .where(
+                        TrainingExperiment.status.in_(_LIVE),
+                        parent.origin == "sweep",
+                        parent.status.in_(states.FINAL),
                     )
                 )
             )
-            leftovers = set(
-                session.scalars(
-                    select(SweepTrial.sweep_id).where(
-                        SweepTrial.sweep_id.in_(sweep_rows), SweepTrial.candidate_key.is_not(None)
+            leftovers: set[uuid.UUID] = set()
+            now = time.monotonic()
+            if now - self._leftovers_at >= LEFTOVER_SECONDS:
+                self._leftovers_at = now
+                ended = select(TrainingExperiment.id).where(
+                    TrainingExperiment.origin == "sweep",
+                    TrainingExperiment.status.in_(states.FINAL),
+                )
+                leftovers = set(
+                    session.scalars(
+                        select(SweepTrial.sweep_id)
+                        .where(
+                            SweepTrial.candidate_key.is_not(None), SweepTrial.sweep_id.in_(ended)
+                        )
+                        .distinct()
                     )
                 )
-            )
         for job_id in live:
             self._cancel(job_id, "the sweep ended")
         for sweep_id in leftovers:

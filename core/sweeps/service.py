@@ -493,7 +493,8 @@ class SweepService:
             .group_by(SweepTrial.state, SweepTrial.told, TrainingExperiment.status)
         ).all()
         for state, told, status, count in pairs:
-            counts[trial_state(state, told, status)] += count
+            key = trial_state(state, told, status)
+            counts[key] = counts.get(key, 0) + count
         best = None
         if sweep.best_trial_id is not None:
             trial = session.get(SweepTrial, sweep.best_trial_id)
