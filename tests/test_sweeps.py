@@ -455,3 +455,71 @@ def test_a_real_sweep_of_the_sklearn_trainer_registers_its_best_model(platform):
     assert keys == []
     stored = list(platform.artifacts.list("experiments/"))
     assert not [k for k in stored if "candidate" in str(k)]
+
+
+# --- pruned trials and candidates ---------------------------------------------------------------
+
+
+def _context(platform, job, tmp_path):
+    from mlrig.engine.context import JobContext
+    from mlrig.engine.runner import load_experiment
+
+    experiment = load_experiment(platform, job.id)
+    assert experiment["sweep"]["trial_id"]
+    return JobContext(platform, job, workdir=tmp_path, experiment=experiment)
+
+
+def test_a_pruned_trial_is_told_its_value_and_its_candidate_never_registered(platform, tmp_path):
+    from sklearn.dummy import DummyClassifier
+
+    from mlrig.search.peers import mark_pruned
+    from mlrig.search.pruning import Decision
+
+    view = make_sweep(
+        platform,
+        max_trials=2,
+        parallelism=2,
+        pruner={"rule": "median", "warmup_steps": 0, "min_trials": 1},
+        model_name="pruned-best",
+    )
+    features = [[1.0, 2.0], [2.0, 1.0], [1.5, 1.5]]
+    model = DummyClassifier().fit(features, [0, 1, 0])
+    outcomes = []
+    for value, pruned in ((0.1, True), (0.4, False)):  # the pruned one has the lower loss
+        job = platform.queue.claim("sim-worker", lease_seconds=30)
+        context = _context(platform, job, tmp_path)
+        context.log_metrics({"val_loss": value}, step=0, kind="validation")
+        stored = context.register_model(model, sample=features[:2])
+        assert stored["candidate"] is True and stored["id"] is None
+        context.flush()
+        also = None
+        if pruned:
+            decision = Decision(prune=True, rung=0, step=0, value=value)
+            trial_id = context.sweep["trial_id"]
+
+            def also(session, decision=decision, trial_id=trial_id):
+                mark_pruned(session, trial_id, decision, decision.detail("val_loss"))
+
+        result = {"pruned": {"rung": 0, "step": 0, "value": value}} if pruned else {}
+        assert platform.queue.complete(job, result=result, also=also)
+        outcomes.append(job.id)
+    platform.sweeps.advance(owner="d")
+    done = platform.sweeps.get(view["id"])
+    assert done["status"] == "completed", done["status_detail"]
+    assert done["trials"]["pruned"] == 1 and done["trials"]["completed"] == 1
+    pruned_trial = platform.sweeps.trials(view["id"], state="pruned")[0]
+    assert pruned_trial["value"] == pytest.approx(0.1) and pruned_trial["rung"] == 0
+    assert pruned_trial["detail"].startswith("pruned at rung 0 (step 0)")
+    # the best is the completed trial, not the pruned one's lower early value
+    assert done["best"]["value"] == pytest.approx(0.4)
+    version = platform.registry.get_version("pruned-best", done["model_version_id"])
+    assert version["lineage"]["experiment"]["id"] == str(outcomes[1])
+    with platform.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(MLModel)) == 1
+        assert (
+            session.scalars(
+                select(SweepTrial.candidate_key).where(SweepTrial.candidate_key.is_not(None))
+            ).all()
+            == []
+        )
+    assert not [k for k in platform.artifacts.list("experiments/") if "candidate" in k]
