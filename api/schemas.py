@@ -420,8 +420,8 @@ class Sweep(Out):
     id: str | None = Field(description="Null in a dry run's answer (nothing was created).")
     name: str
     description: str | None
-    status: ExperimentStatus | Literal["dry_run"] = Field(
-        description="running until it ends; dry_run in a dry run's answer."
+    status: Literal["running", "completed", "failed", "cancelled", "dry_run"] = Field(
+        description="running from its creation until it ends; dry_run in a dry run's answer."
     )
     status_detail: str | None
     trainer: str

@@ -15,7 +15,7 @@ import click
 from mlrig.cli.context import audit_cli, get_platform, require_writer
 from mlrig.cli.output import json_option, print_json, print_table, show_result
 
-STATUSES = ["created", "queued", "running", "completed", "failed", "cancelled"]
+STATUSES = ["running", "completed", "failed", "cancelled"]
 FINAL = frozenset({"completed", "failed", "cancelled"})
 TRIAL_STATES = ["queued", "running", "completed", "failed", "pruned", "cancelled"]
 POLL_SECONDS = 0.5

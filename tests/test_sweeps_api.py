@@ -110,6 +110,20 @@ def test_dry_run_creates_nothing_and_counts_a_grid(client, trainer):
     _error(client.get(f"{BASE}/sw"), 404, "not_found")
 
 
+def test_a_pruner_is_stored_with_its_defaults(client, trainer):
+    made = _create(client, trainer, pruner={"rule": "asha", "max_resource": 27})
+    assert made["pruner"] == {
+        "rule": "asha",
+        "min_resource": 1,
+        "max_resource": 27,
+        "reduction_factor": 3,
+        "min_early_stopping_rate": 0,
+    }
+    trial = client.get(f"{BASE}/sw/trials").json()["items"][0]
+    configuration = client.get(f"/api/ml/experiments/{trial['experiment_id']}").json()
+    assert configuration["parent_id"] == made["id"]
+
+
 def test_stop_cancels_the_trials_and_twice_is_409(client, trainer):
     created = _create(client, trainer)
     stopped = client.post(f"{BASE}/{created['id']}/stop")
@@ -161,6 +175,11 @@ BAD_BODIES = [
     ({"seed": 2**32}, "seed"),
     ({"priority": 5000}, "priority"),
     ({"pruner": {"rule": "coin-flip"}}, "pruner"),
+    ({"pruner": {"rule": "asha"}}, "max_resource"),  # required
+    ({"pruner": {"rule": "asha", "max_resource": 3, "min_resource": 3}}, "max_resource"),
+    ({"pruner": {"rule": "asha", "max_resource": 9, "min_early_stopping_rate": 10**8}}, "rate"),
+    ({"pruner": {"rule": "median", "warmup_steps": -1}}, "warmup_steps"),
+    ({"pruner": {"rule": "median", "patience": 3}}, "patience"),
     ({"strategy_options": {"no_such_option": 1}}, "strategy_options"),
     ({"hyperparameters": {"k": NUL}}, "hyperparameters"),
     ({"trainer": "no-such-trainer"}, "trainer"),

@@ -28,7 +28,7 @@ from mlrig.api.deps import PlatformDep
 from mlrig.api.openapi import errors
 from mlrig.api.pagination import offset_page
 from mlrig.api.routers.experiments import Kind, Resources
-from mlrig.api.schemas import ExperimentStatus, Page, Sweep, SweepResults, SweepTrial, TrialState
+from mlrig.api.schemas import Page, Sweep, SweepResults, SweepTrial, TrialState
 from mlrig.api.security import Reader, Writer
 from mlrig.api.types import (
     Cursor,
@@ -41,6 +41,7 @@ from mlrig.api.types import (
     Offset,
 )
 from mlrig.backends import backend_names
+from mlrig.sweeps.service import MAX_PARALLELISM, MAX_SECONDS
 from mlrig.validation import INT32_MAX
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,38 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"], lifespan=driver_lifespan)
 
 # --- bodies -----------------------------------------------------------------------------
 
-SweepStatus = ExperimentStatus
+#: the statuses a sweep has (``running`` from its creation until it ends)
+SweepStatus = Literal["running", "completed", "failed", "cancelled"]
 ShortName = Annotated[str, Field(min_length=1, max_length=100)]
+Step = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+class MedianPruner(InputModel):
+    """Stop a trial whose objective at a step is worse than the median of the other
+    trials' at that step."""
+
+    rule: Literal["median"]
+    warmup_steps: Step = Field(default=0, description="Steps before any trial is judged.")
+    min_trials: int = Field(
+        default=5, ge=1, le=INT32_MAX, description="Peers that reported the step, at least."
+    )
+    interval: int = Field(default=1, ge=1, le=INT32_MAX, description="Judge every N steps.")
+
+
+class AshaPruner(InputModel):
+    """Asynchronous successive halving: at each rung (min_resource * reduction_factor **
+    (k + min_early_stopping_rate) steps) only the best 1/reduction_factor go on."""
+
+    rule: Literal["asha"]
+    min_resource: int = Field(default=1, ge=1, le=INT32_MAX, description="The first rung's step.")
+    max_resource: int = Field(
+        ge=1, le=INT32_MAX, description="The last step a trial trains to (its epochs)."
+    )
+    reduction_factor: int = Field(default=3, ge=2, le=100, description="eta.")
+    min_early_stopping_rate: int = Field(default=0, ge=0, le=30)
+
+
+Pruner = Annotated[MedianPruner | AshaPruner, Field(discriminator="rule")]
 
 
 class SweepCreate(InputModel):
@@ -124,14 +155,22 @@ class SweepCreate(InputModel):
     strategy_options: JsonObject | None = Field(
         default=None, description='The strategy\'s options, e.g. {"optimizer": "NGOpt"}.'
     )
-    max_trials: int = Field(default=20, ge=1, le=1_000_000, description="Trials at most.")
-    parallelism: int = Field(default=1, ge=1, le=1000, description="Trials running at once.")
-    max_seconds: int | None = Field(
-        default=None, ge=1, le=INT32_MAX, description="Wall-time budget from the start."
+    max_trials: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Trials at most (and at most the server's [search] max_trials).",
     )
-    pruner: JsonObject | None = Field(
+    parallelism: int = Field(
+        default=1, ge=1, le=MAX_PARALLELISM, description="Trials running at once."
+    )
+    max_seconds: int | None = Field(
+        default=None, ge=1, le=MAX_SECONDS, description="Wall-time budget from the start."
+    )
+    pruner: Pruner | None = Field(
         default=None,
-        description='{"rule": "median", ...} or {"rule": "asha", ...} (docs/sweeps.md).',
+        description='{"rule": "median", ...} or {"rule": "asha", "max_resource": N, ...} '
+        "(docs/sweeps.md).",
     )
     hyperparameters: JsonObject = Field(
         default_factory=dict, description="The base every trial's params are merged over."
@@ -184,7 +223,6 @@ def create_sweep(
     body: SweepCreate, request: Request, response: Response, platform: PlatformDep, actor: Writer
 ) -> Sweep:
     fields = body.model_dump()
-    fields["resources"] = body.resources.model_dump()
     view = platform.sweeps.create(actor=actor, **fields)
     if body.dry_run:
         response.status_code = status.HTTP_200_OK  # nothing was created

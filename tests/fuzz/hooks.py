@@ -83,6 +83,8 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
         if path == "/api/ml/experiments":
             body["hyperparameters"] = {}
             body["dataset"] = None
+        elif path == "/api/ml/sweeps":
+            _searchable(body)
         elif path.endswith("/evaluations"):
             body["dataset_uri"] = "artifact://fuzz/no-such-dataset.csv"
         elif path == "/api/ml/deployments":
@@ -101,6 +103,30 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
         body.pop("runtime", None)
         _deployable(body)
     return case
+
+
+#: a space every strategy can search (grid included) whose sample the trainer accepts
+FUZZ_SPACE = {"n_estimators": {"type": "int", "low": 10, "high": 50, "step": 10}}
+
+
+def _searchable(body: dict[str, object]) -> None:
+    """What a sweep needs beyond its shape: a space the strategies and the trainer accept
+    (its rules, low <= high..., are checked by the service), options the strategy knows,
+    trials within the server's ``[search] max_trials``, an ASHA ladder that fits."""
+    body.update(space=FUZZ_SPACE, hyperparameters={}, dataset=None, strategy_options=None)
+    if isinstance(body.get("max_trials"), int):
+        body["max_trials"] = min(body["max_trials"], 10_000)  # type: ignore[type-var]
+    pruner = body.get("pruner")
+    if isinstance(pruner, dict) and pruner.get("rule") == "asha":
+        # the first rung (min_resource * reduction_factor ** min_early_stopping_rate) must
+        # lie below max_resource, which the schema bounds to 32 bits
+        first = pruner.get("min_resource", 1) * pruner.get("reduction_factor", 3) ** pruner.get(
+            "min_early_stopping_rate", 0
+        )
+        if first >= 2**31 - 1:
+            pruner.update(min_resource=1, min_early_stopping_rate=0)
+            first = 1
+        pruner["max_resource"] = max(pruner.get("max_resource", 1), first + 1)
 
 
 #: the model valid deployment cases deploy (registered by run.py), and rows that fit it
