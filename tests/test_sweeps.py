@@ -201,9 +201,15 @@ def test_a_sweep_queues_parallelism_trials_and_tells_each_once(db_platform):
     assert all(t.told for t in trials) and sweep.trials_asked == 5
     results = platform.sweeps.results(view["id"])
     assert [p["best"] for p in results["best_so_far"]] == pytest.approx([0.9, 0.3, 0.3, 0.2, 0.2])
-    # the sweep's experiment cannot be started, rerun or resumed as a job
+    # the sweep's experiment cannot be started, rerun or resumed as a job or a run
     with pytest.raises(ConflictError):
         platform.experiments.start(view["id"])
+    with pytest.raises(ConflictError):
+        platform.experiments.rerun(view["id"], actor=ACTOR)
+    with pytest.raises(ConflictError, match="is a sweep"):
+        platform.experiments.resume_run(view["id"], actor=ACTOR)
+    with pytest.raises(ConflictError, match="is a sweep"):
+        platform.experiments.heartbeat(view["id"])
 
 
 def test_maximize_picks_the_largest(platform):

@@ -186,6 +186,12 @@ class TrackedRuns:
 
     @staticmethod
     def _require_tracked(row: TrainingExperiment, what: str) -> None:
+        if row.origin == "sweep":  # its status is the sweep's: mlrig sweeps stop ends it
+            msg = (
+                f"experiment {row.name!r} is a sweep, run by its trials; only tracked runs "
+                f"(mlrig.start_run) can be {what}"
+            )
+            raise ConflictError(msg, details={"experiment": str(row.id), "origin": row.origin})
         if row.origin == "engine":
             msg = (
                 f"experiment {row.name!r} is run by the engine (trainer {row.trainer!r}); "
@@ -386,7 +392,7 @@ class TrackedRuns:
                 .where(
                     TrainingExperiment.id == key,
                     TrainingExperiment.status == states.RUNNING,
-                    TrainingExperiment.origin != "engine",
+                    TrainingExperiment.origin.not_in(("engine", "sweep")),
                 )
                 .values(heartbeat_at=now)
                 .execution_options(synchronize_session=False)
