@@ -529,3 +529,23 @@ def test_a_pruned_trial_is_told_its_value_and_its_candidate_never_registered(pla
             == []
         )
     assert not [k for k in platform.artifacts.list("experiments/") if "candidate" in k]
+
+
+def test_a_strategy_that_raises_fails_the_sweep_saying_so(platform, monkeypatch):
+    from mlrig.plugins.search_random import RandomSearch
+
+    view = make_sweep(platform, max_trials=5, parallelism=1)
+    run_trial(platform, value=0.5)
+
+    def broken(self, trial, value):
+        raise ArithmeticError("the model went singular")
+
+    monkeypatch.setattr(RandomSearch, "tell", broken)
+    platform.sweeps.advance(owner="d")
+    done = platform.sweeps.get(view["id"])
+    assert done["status"] == "failed"
+    assert (
+        "the search strategy failed: ArithmeticError: the model went singular"
+        in (done["status_detail"])
+    )
+    assert platform.queue.claim("w", lease_seconds=5) is None

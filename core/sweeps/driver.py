@@ -87,6 +87,20 @@ def better(value: float, than: float | None, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
 
 
+class StrategyError(Exception):
+    """The strategy's ask, tell or save raised: a bug or a state it cannot go on from,
+    which every retry would repeat, so the sweep fails saying so."""
+
+
+def _call(method: Any, *args: Any) -> Any:
+    try:
+        return method(*args)
+    except Exception as exc:
+        from mlrig.engine.runner import one_line
+
+        raise StrategyError(one_line(exc)) from exc
+
+
 @dataclass
 class _After:
     """What a step leaves to do once it committed."""
@@ -259,7 +273,16 @@ class SweepDriver:
             ):
                 return 0
             strategy = self._take(sweep)
-            kept = self._locked_step(session, sweep, row, strategy, owner, now, after)
+            try:
+                kept = self._locked_step(session, sweep, row, strategy, owner, now, after)
+            except StrategyError as exc:
+                failure = exc  # this step rolls back; the sweep is failed below
+                session.rollback()
+            else:
+                failure = None
+        if failure is not None:
+            self._fail(sweep_id, f"the search strategy failed: {failure}")
+            return 0
         # committed: the strategy in memory is the saved one
         if kept is not None:
             self._keep(sweep_id, *kept)
@@ -301,9 +324,9 @@ class SweepDriver:
                 number=trial.number, params=dict(trial.params or {}), extra=dict(trial.extra or {})
             )
             if kind in ("completed", "pruned") and value is not None:
-                strategy.tell(point, value)
+                _call(strategy.tell, point, value)
             else:
-                strategy.tell_failed(point, detail)
+                _call(strategy.tell_failed, point, detail)
             record_outcome(trial, experiment, kind, value, detail, now)
             if kind == "completed" and better(value, sweep.best_value, sweep.direction):
                 sweep.best_trial_id, sweep.best_value = trial.id, value
@@ -318,7 +341,7 @@ class SweepDriver:
             return self._save(sweep, strategy) if changed else None
         exhausted = False
         while outstanding < sweep.parallelism and not self._budget_spent(sweep, row, now):
-            point = strategy.ask()
+            point = _call(strategy.ask)
             if point is None:
                 exhausted = True
                 break
@@ -334,7 +357,7 @@ class SweepDriver:
 
     @staticmethod
     def _save(sweep: Sweep, strategy: SearchStrategy) -> tuple[int, SearchStrategy]:
-        sweep.strategy_state = strategy.save()
+        sweep.strategy_state = _call(strategy.save)
         sweep.state_version = (sweep.state_version or 0) + 1
         return sweep.state_version, strategy
 
@@ -563,7 +586,14 @@ class SweepDriver:
 
         return delete_candidates(self.platform, sweep_id)
 
-    def stop(self, sweep_id: uuid.UUID, *, detail: str) -> None:
+    def _fail(self, sweep_id: uuid.UUID, detail: str) -> None:
+        """End a running sweep ``failed``, cancelling its live trials."""
+        try:
+            self.stop(sweep_id, detail=detail, status=states.FAILED)
+        except ConflictError:  # it ended meanwhile
+            pass
+
+    def stop(self, sweep_id: uuid.UUID, *, detail: str, status: str = states.CANCELLED) -> None:
         """Cancel the sweep, then its queued and running trials (the strategy is told
         nothing more)."""
         events: list[dict[str, Any]] = []
@@ -572,7 +602,7 @@ class SweepDriver:
             if row.status != states.RUNNING:
                 msg = f"sweep {row.name!r} already {row.status}"
                 raise ConflictError(msg, details={"status": row.status})
-            events += self.platform.queue.record_status(session, row, states.CANCELLED, detail)
+            events += self.platform.queue.record_status(session, row, status, detail[:4000])
             row.completed_at = utcnow()
             sweep.driver_owner = sweep.driver_expires_at = None
             live = list(
