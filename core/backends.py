@@ -8,7 +8,9 @@ only; :func:`load_backend` imports exactly the backend asked for.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -114,18 +116,75 @@ def _info(kind: str, ep: metadata.EntryPoint) -> BackendInfo:
     )
 
 
+#: what the last scan of the installed metadata found, with the path state it was for
+_SCANS: dict[Any, Any] = {}
+#: (sys.path entry, its mtime) -> whether it holds distributions
+_HOLDS_DISTRIBUTIONS: dict[tuple[str, int], bool] = {}
+
+
+def installed_state() -> tuple[tuple[str, int], ...]:
+    """What the installed distributions depend on: the ``sys.path`` folders that hold
+    distributions, with their modification times. Installing or removing a distribution
+    in a folder changes its mtime; folders without any (a job's working directory) do
+    not matter."""
+    state = []
+    for entry in sys.path:
+        try:
+            mtime = os.stat(entry or ".").st_mtime_ns
+        except OSError:
+            continue
+        key = (entry, mtime)
+        holds = _HOLDS_DISTRIBUTIONS.get(key)
+        if holds is None:
+            try:
+                with os.scandir(entry or ".") as found:
+                    holds = any(e.name.endswith((".dist-info", ".egg-info")) for e in found)
+            except OSError:  # a zip archive (it may hold eggs) or an unreadable folder
+                holds = True
+            _HOLDS_DISTRIBUTIONS[key] = holds
+        if holds:
+            state.append(key)
+    return tuple(state)
+
+
+def _scanned(key: Any, scan: Any) -> Any:
+    """``scan()``, remembered while the installed distributions stay the same: a process
+    asks for entry points several times (the config's checks, the loader, the hooks),
+    and every ``metadata.entry_points()`` reads every distribution's files."""
+    state = installed_state()
+    if _SCANS.get("state") != state:
+        _SCANS.clear()
+        _SCANS["state"] = state
+    if key not in _SCANS:
+        _SCANS[key] = scan()
+    return _SCANS[key]
+
+
+def entry_points(group: str) -> list[metadata.EntryPoint]:
+    """The entry points of ``group`` on ``sys.path`` (read again once a distribution was
+    installed or removed)."""
+    every = _scanned("entry_points", metadata.entry_points)
+    return list(every.select(group=group))
+
+
 def available_backends(kind: str | None = None) -> list[BackendInfo]:
     """The installed backends of ``kind`` (every kind if ``None``), from metadata alone."""
     kinds = [kind] if kind else list(KINDS)
     found = []
     for k in kinds:
-        group = _check_kind(k)
-        seen = set()
-        for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
-            if ep.name in seen:  # the same distribution seen twice on sys.path
-                continue
-            seen.add(ep.name)
-            found.append(_info(k, ep))
+        found += _scanned(("backends", k), lambda k=k: _scan_backends(k))
+    return found
+
+
+def _scan_backends(kind: str) -> list[BackendInfo]:
+    group = _check_kind(kind)
+    seen = set()
+    found = []
+    for ep in sorted(entry_points(group), key=lambda e: e.name):
+        if ep.name in seen:  # the same distribution seen twice on sys.path
+            continue
+        seen.add(ep.name)
+        found.append(_info(kind, ep))
     return found
 
 
@@ -198,6 +257,7 @@ def forget_loaded_backends() -> None:
     from stevedore.extension import ExtensionManager
 
     load_backend.cache_clear()
+    _SCANS.clear()
     ExtensionManager.ENTRY_POINT_CACHE.clear()
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from mlrig import hookspecs
-from mlrig.backends import HOOKS_GROUP
+from mlrig.backends import HOOKS_GROUP, entry_points
 from mlrig.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class PluginManager(pluggy.PluginManager):
 
 def _hook_entry_points() -> Iterator[tuple[metadata.EntryPoint, HookPluginStatus]]:
     seen = set()
-    for ep in sorted(metadata.entry_points(group=HOOKS_GROUP), key=lambda e: e.name):
+    for ep in sorted(entry_points(HOOKS_GROUP), key=lambda e: e.name):
         if ep.name in seen:  # the same distribution seen twice on sys.path
             continue
         seen.add(ep.name)

@@ -53,11 +53,21 @@ CORE_PRELOAD = (
     "mlrig.platform",
     "mlrig.db",
     "mlrig.db.models",
+    "mlrig.db.migrate",
+    "mlrig.db.migrations",
     "mlrig.experiments",
     "mlrig.experiments.metrics",
     "mlrig.artifacts",
     "mlrig.tracking.reproducibility",
+    "mlrig.plugins.storage_local",
+    "mlrig.plugins.trainer_sklearn",
     "sqlalchemy.orm",
+    # create_engine imports the dialect and its driver on first use
+    "sqlalchemy.dialects.sqlite",
+    "sqlite3",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "psycopg",
+    "stevedore.driver",
 )
 #: environment variables an interpreter or a native library reads when it starts or loads:
 #: a job whose values differ from the server's needs a server started with its own
@@ -77,6 +87,8 @@ GPU_MODULES = ("torch", "tensorflow", "jax")
 PR_SET_PDEATHSIG = 1
 #: the server's ``sys.path[0]`` (its working directory, as ``python -m`` set it)
 _SERVER_PATH: list[str | None] = [None]
+#: what the server's scan of the entry points was for (``installed_state()``)
+_INSTALLED: list[Any] = [None]
 #: the server's threadpoolctl controller (BLAS/OpenMP pools), when scikit-learn is loaded
 _POOLS: list[Any] = [None]
 
@@ -166,13 +178,12 @@ class ForkServer:
         preload: Sequence[str] = (),
         env: Mapping[str, str],
         die_with_parent: bool = True,
-        cwd: Path | None = None,
     ) -> None:
         self.preload = tuple(preload)
         self.env = dict(env)
         self.key = startup_env(env)
         self.die_with_parent = die_with_parent
-        self.cwd = cwd
+        self._home: str | None = None
         self.missing: dict[str, str] = {}
         self.server_pid: int | None = None
         self._cond = threading.Condition()
@@ -210,6 +221,11 @@ class ForkServer:
 
     def start(self) -> None:
         """Start the server process; returns at once (see :meth:`wait_ready`)."""
+        import tempfile
+
+        # an empty working directory: ``python -m`` puts it first on sys.path, where it
+        # adds nothing (the worker's may hold modules or an editable install's metadata)
+        self._home = tempfile.mkdtemp(prefix="mlrig-fork-server-")
         ours, theirs = socket.socketpair()
         command = [
             sys.executable,
@@ -224,7 +240,7 @@ class ForkServer:
             self._proc = subprocess.Popen(
                 command,
                 env=self.env,
-                cwd=self.cwd,
+                cwd=self._home,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
@@ -351,12 +367,20 @@ class ForkServer:
                 self._exits[pid] = int(report["code"])
                 self._running.pop(pid, None)
             elif "ready" in report:
+                self._remove_home()
                 self.server_pid = int(report["ready"])
                 self.missing = dict(report.get("missing") or {})
                 self._ready = True
             else:
                 self._replies[int(report["id"])] = report
             self._cond.notify_all()
+
+    def _remove_home(self) -> None:
+        if self._home is not None:
+            import shutil
+
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = None
 
     def _on_server_gone(self) -> None:
         """The server exited: kill what it still ran and report those jobs as killed."""
@@ -383,6 +407,7 @@ class ForkServer:
                 self._proc.wait(5)
         if self._sock is not None:
             self._sock.close()
+        self._remove_home()
 
 
 # --- the server's side ---------------------------------------------------------------------
@@ -406,6 +431,8 @@ def _preload(names: Sequence[str]) -> dict[str, str]:
         from mlrig.engine.runner import _package_versions
 
         _package_versions()
+    with contextlib.suppress(Exception):
+        _scan_entry_points()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()  # its first call sets up the legacy generator (~80 ms)
@@ -415,6 +442,34 @@ def _preload(names: Sequence[str]) -> dict[str, str]:
 
             _POOLS[0] = ThreadpoolController()
     return missing
+
+
+def _scan_entry_points() -> None:
+    """Read the installed entry points once, for every child: mlrig's backends and hook
+    plugins (metadata only, nothing imported) and stevedore's per-namespace lists, which
+    it keeps for the life of a process. A child checks that the installed distributions
+    are still those (:func:`_check_entry_points`)."""
+    from stevedore import _cache
+    from stevedore.extension import ExtensionManager
+
+    from mlrig import backends
+
+    backends.available_backends()
+    backends.entry_points(backends.HOOKS_GROUP)
+    for namespace in backends.KINDS.values():
+        eps = list(_cache.get_group_all(namespace))
+        ExtensionManager.ENTRY_POINT_CACHE.setdefault(namespace, eps)
+    _INSTALLED[0] = backends.installed_state()
+
+
+def _check_entry_points() -> None:
+    """A distribution was installed or removed since the server scanned: scan anew."""
+    if _INSTALLED[0] is None:
+        return
+    from mlrig import backends
+
+    if backends.installed_state() != _INSTALLED[0]:
+        backends.forget_loaded_backends()
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -527,6 +582,7 @@ def _child(request: dict[str, Any], server: int, inherited: tuple[Any, ...]) -> 
     _redirect(request.get("stdout"), request.get("stderr"))
     if sys.path and sys.path[0] == _SERVER_PATH[0]:
         sys.path[0] = request["cwd"]  # ``python -m`` puts the working directory first
+    _check_entry_points()
     _fresh_numeric_state(len(set(cpus)))
     return _run_module(request["module"], request["args"])
 
