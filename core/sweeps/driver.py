@@ -46,6 +46,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 
 from mlrig.db.models import Sweep, SweepTrial, TrainingExperiment, TrainingMetric
 from mlrig.engine import states
@@ -148,6 +149,22 @@ class SweepDriver:
             return cached[1]
         return self._restore(sweep)
 
+    def _warm(self, sweep_id: uuid.UUID) -> None:
+        """Restore a stale cached strategy before taking the lock: a long search's restore
+        (nevergrad replays its log) must not hold the sweep, or SQLite's write lock."""
+        with self.db.session() as session:
+            version = session.scalar(select(Sweep.state_version).where(Sweep.id == sweep_id))
+            with self._cache_lock:
+                cached = self._cache.get(sweep_id)
+            if version is None or (cached is not None and cached[0] == version):
+                return
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is None:
+                return
+            version, settings = sweep.state_version, sweep
+            strategy = self._restore(settings)
+        self._keep(sweep_id, version, strategy)
+
     def _keep(self, sweep_id: uuid.UUID, version: int, strategy: SearchStrategy) -> None:
         with self._cache_lock:
             self._cache[sweep_id] = (version, strategy)
@@ -221,7 +238,8 @@ class SweepDriver:
         """A cheap unlocked read: does the sweep have anything to do now?"""
         now = utcnow()
         with self.db.session() as session:
-            sweep = session.get(Sweep, sweep_id)
+            # the settings only: the strategy's state is read when it must be restored
+            sweep = session.get(Sweep, sweep_id, options=[defer(Sweep.strategy_state)])
             row = session.get(TrainingExperiment, sweep_id)
             if sweep is None or row is None or row.status != states.RUNNING:
                 return False
@@ -262,6 +280,7 @@ class SweepDriver:
         were told or queued."""
         if not self._needs_step(sweep_id):
             return 0
+        self._warm(sweep_id)
         after = _After()
         kept: tuple[int, SearchStrategy] | None = None
         with self.db.session() as session:
