@@ -32,7 +32,8 @@ def _step(title: str) -> None:
 )
 def quickstart(directory: Path) -> None:
     """Initialise ./.mlrig (config, database, artifacts) and run the tour: train on the
-    engine, register, promote with an approval, compare, download."""
+    engine, a small hyperparameter sweep, register, promote with an approval, compare,
+    download, serve."""
     from mlrig.cli.init import STARTER
     from mlrig.platform import Platform
 
@@ -62,6 +63,7 @@ def quickstart(directory: Path) -> None:
 
     operator = state.principal()
     versions = _train(platform, operator)
+    sweep = _sweep(platform, operator)
     _promote(platform, versions)
     _compare_and_download(platform, versions)
     token = _serve(platform)
@@ -69,6 +71,7 @@ def quickstart(directory: Path) -> None:
     _step("next")
     for command, what in [
         ("mlrig experiments list", "the runs, their metrics and logs"),
+        (f"mlrig sweeps show {sweep}", "the sweep's trials, importances, best so far"),
         (f"mlrig models versions {MODEL}", "the registered versions"),
         (f"mlrig models show {MODEL} champion", "the champion with its lineage"),
         ("mlrig server", "REST API + predictions + job worker; docs at http://127.0.0.1:8080/docs"),
@@ -154,6 +157,63 @@ def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
             f"{MODEL} version {version['version']}"
         )
     return versions
+
+
+#: the quickstart's sweep: LogisticRegression's C and solver on iris
+SWEEP_SPACE = {
+    "C": {"type": "float", "low": 0.001, "high": 100.0, "log": True},
+    "solver": {"type": "choice", "options": ["lbfgs", "newton-cg"]},
+}
+SWEEP_TRIALS = 6
+
+
+def _sweep(platform: Platform, operator: Principal) -> str:
+    """A small sweep on the engine: random search over two parameters, 2 trials at a
+    time, the best trial's model registered. Returns the sweep's name."""
+    from mlrig import datasets
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+
+    _step(f"a sweep: {SWEEP_TRIALS} trials of random search, 2 at a time")
+    name = f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}-sweep"
+    view = platform.sweeps.create(
+        name=name,
+        trainer="sklearn",
+        actor=operator,
+        space=SWEEP_SPACE,
+        objective="val_accuracy",
+        direction="maximize",
+        strategy="random",
+        max_trials=SWEEP_TRIALS,
+        parallelism=2,
+        hyperparameters={"estimator": "sklearn.linear_model.LogisticRegression", "max_iter": 500},
+        dataset={"uri": str(datasets.path("iris")), "target": "species"},
+        model_name=f"{MODEL}-sweep",
+        seed=42,
+    )
+    click.echo(f"sweep {name}: C (log scale) x solver on iris, maximize val_accuracy")
+    worker = Worker(platform, concurrency=2, capacity=Capacity(cpus=(0, 0)))
+    from rich.console import Console
+
+    with Console().status("running the trials (the worker queues the next as one ends)..."):
+        worker.run(exit_when_idle=True)
+    view = platform.sweeps.get(view["id"])
+    best = view.get("best")
+    if view["status"] != "completed" or best is None:
+        msg = (
+            f"sweep {name} ended {view['status']}: {view.get('status_detail')}; "
+            f"see: mlrig sweeps show {name}"
+        )
+        raise click.ClickException(msg)
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
+    )
+    click.echo(
+        f"{view['trials']['completed']} trials completed; best: trial {best['number']}, "
+        f"val_accuracy {best['value']:.3f} with {params}; registered as {MODEL}-sweep"
+    )
+    click.echo(f"the trials, importances and best-so-far curve: mlrig sweeps show {name}")
+    return name
 
 
 def _user(platform: Platform, name: str, role: str) -> Principal:

@@ -212,6 +212,13 @@ def test_quickstart_ends_with_how_to_get_a_token(tmp_path: Path, run_cli: Any) -
     curl = tour.stdout[tour.stdout.index("predict through the server") :]
     assert "curl -H 'Authorization: Bearer mlr_" in curl
     assert "/api/ml/deployments/iris-quickstart/predict" in curl
+    # the small sweep ran its 6 trials and points at `mlrig sweeps show`
+    swept = re.search(r"6 trials completed; best: trial \d+, val_accuracy (\S+) ", tour.stdout)
+    assert swept is not None and float(swept.group(1)) > 0.8, tour.stdout
+    sweep = re.search(r"mlrig sweeps show (quickstart-\S+-sweep)", tour.stdout).group(1)
+    shown = run_cli("sweeps", "show", sweep, "--json", cwd=tmp_path)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["sweep"]["trials"]["completed"] == 6
 
 
 def test_approval_requests_by_id_prefix(cli: Any) -> None:
