@@ -64,6 +64,8 @@ NO_OBJECTIVE = "reported no "
 EARLY_FAIL_TRIALS = 3
 #: how long the driver that registers a sweep's best model holds it (seconds)
 REGISTER_LEASE_SECONDS = 300
+#: how often a process looks for live trials of ended sweeps (seconds)
+TIDY_SECONDS = 2.0
 #: how often a process looks for candidates left in ended sweeps (seconds)
 LEFTOVER_SECONDS = 30.0
 _LIVE = ("created", "queued", "running")
@@ -125,6 +127,7 @@ class SweepDriver:
         #: how many strategies this process restored from their saved state (tests)
         self.restores = 0
         self._leftovers_at = -LEFTOVER_SECONDS
+        self._tidied_at = -TIDY_SECONDS
 
     @property
     def db(self) -> Any:
@@ -226,10 +229,13 @@ class SweepDriver:
                 done += self.step(sweep_id, owner=owner)
             except Exception as exc:  # one broken sweep must not stop the others
                 errors.append(exc)
-        try:
-            self._tidy_ended()
-        except Exception as exc:
-            errors.append(exc)
+        now = time.monotonic()
+        if now - self._tidied_at >= TIDY_SECONDS:
+            self._tidied_at = now
+            try:
+                self._tidy_ended()
+            except Exception as exc:
+                errors.append(exc)
         if errors:
             raise errors[0]
         return done
@@ -436,7 +442,7 @@ class SweepDriver:
             group_name=row.group_name or row.name,
         )
         session.add(experiment)
-        session.flush()
+        session.flush()  # the trial's row refers to it (no ORM relationship orders them)
         session.add(
             SweepTrial(
                 id=trial_id,
