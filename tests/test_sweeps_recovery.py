@@ -137,19 +137,19 @@ def test_a_sigkilled_server_and_worker_resume_the_sweep_exactly(home):
     sweep_id = uuid.UUID(view["id"])
     procs = _processes(home, port)
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 120  # a safety net, generous for a loaded machine
         while time.monotonic() < deadline:  # mid-way: trials done, trials running
             asked, running, _ = _snapshot(platform, sweep_id)
             if len(asked) >= 3 and running:
                 break
             time.sleep(0.05)
         else:
-            pytest.fail("the sweep did not get half-way within 40 s")
+            pytest.fail("the sweep did not get half-way within 120 s")
         _kill(procs)
         before, _, status = _snapshot(platform, sweep_id)
         assert status == "running" and 3 <= len(before) < MAX_TRIALS
         procs = _processes(home, port)
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if _snapshot(platform, sweep_id)[2] != "running":
                 break
