@@ -126,6 +126,7 @@ def test_bad_input_is_refused_at_create_naming_the_field(platform, change, needl
 
 
 def test_an_unknown_nevergrad_optimizer_lists_the_optimizers(platform):
+    pytest.importorskip("nevergrad")
     pytest.importorskip("mlrig.plugins.search_nevergrad")
     with pytest.raises(ValidationError) as caught:
         make_sweep(platform, strategy="nevergrad", strategy_options={"optimizer": "NoSuchOpt"})

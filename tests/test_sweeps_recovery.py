@@ -193,6 +193,7 @@ def test_a_step_that_dies_midway_leaves_nothing_and_nevergrad_continues(tmp_path
     """A driver dying inside a step (here: an error after its first new trial) commits
     none of it: no trial row, no tell, no state. Another process then continues the
     nevergrad search: numbers go on, and the restored optimizer was told every trial."""
+    pytest.importorskip("nevergrad")
     pytest.importorskip("mlrig.plugins.search_nevergrad")
     from test_sweeps import IRIS, run_trial
 
