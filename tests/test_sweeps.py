@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from mlrig import datasets
 from mlrig.db.models import MLModel, Sweep, SweepTrial, TrainingExperiment
 from mlrig.engine.allocator import Capacity
+from mlrig.engine.queue import utcnow
 from mlrig.engine.worker import Worker
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.experiments.metrics import AttemptFence, write_points
@@ -177,7 +178,10 @@ def test_a_sweep_queues_parallelism_trials_and_tells_each_once(db_platform):
     trial_exp = platform.experiments.get("sw-t0000")
     trial = platform.sweeps.trials(view["id"])[0]
     assert trial_exp["hyperparameters"] == trial["params"]
-    # the sweep's own experiment is never claimed by a worker
+    # the sweep's own experiment (running, no lease) is never requeued nor failed as silent
+    assert platform.queue.requeue_expired() == 0
+    assert platform.experiments.expire_silent_runs(now=utcnow() + timedelta(days=30)) == 0
+    assert platform.sweeps.get(view["id"])["status"] == "running"
     values = [0.9, 0.3, 0.5, 0.2, 0.7]
     for value in values:
         run_trial(platform, value=value)
