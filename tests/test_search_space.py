@@ -72,6 +72,13 @@ def test_python_form_equals_the_dict_form() -> None:
     )
 
 
+def test_python_conditions_may_be_sets() -> None:
+    abc = Choice(("a", "b", "c"))
+    a = SearchSpace({"k": abc, "x": IntRange(0, 1, when={"k": {"c", "a"}})})
+    b = SearchSpace({"k": abc, "x": IntRange(0, 1, when={"k": ["a", "c"]})})
+    assert a == b
+
+
 def test_python_form_is_validated_too() -> None:
     with pytest.raises(ValidationError, match=r"parameter 'C': low .* greater than high"):
         SearchSpace({"C": FloatRange(2, 1)})
@@ -134,6 +141,7 @@ def test_order_puts_parents_first() -> None:
     [
         ({}, "empty: give at least one parameter"),
         ([1, 2], "must be an object mapping parameter names"),
+        ({"x": {"type": ["float"]}}, r"parameter 'x': unknown type \['float'\]"),
         (
             {"x": {"type": "gaussian"}},
             r"parameter 'x': unknown type 'gaussian'; types are: float, int, choice, const",
@@ -798,6 +806,15 @@ def test_bad_yaml(tmp_path) -> None:
         ValidationError, match="parameter 'when': value is not a storable JSON value: a date"
     ):
         SearchSpace.load(path)
+
+
+def test_yaml_aliases_are_refused() -> None:
+    pytest.importorskip("yaml")
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    with pytest.raises(
+        ValidationError, match=r"not valid YAML: aliases \(\*name\) are not allowed"
+    ):
+        SearchSpace.parse(bomb, format="yaml")
 
 
 def test_missing_file(tmp_path) -> None:

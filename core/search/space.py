@@ -418,7 +418,10 @@ def _normalize_when(name: str, when: Any) -> dict[str, tuple[Any, ...]]:
     out = {}
     for parent, values in when.items():
         _check_name(parent, what="condition parameter name")
-        items = list(values) if isinstance(values, (list, tuple)) else [values]
+        if isinstance(values, (set, frozenset)):  # Python: {"rbf", "poly"}, in a fixed order
+            items = sorted(values, key=lambda v: json.dumps(v, sort_keys=True, default=repr))
+        else:
+            items = list(values) if isinstance(values, (list, tuple)) else [values]
         if not items:
             raise _fail(name, f"the condition on {parent!r} lists no values; give at least one")
         out[parent] = tuple(_json_value(name, v, f"condition value of {parent!r}") for v in items)
@@ -534,7 +537,7 @@ def _parse_param(name: str, spec: Any) -> Any:
             'write {"type": "const", "value": {...}}'
         )
         raise _fail(name, msg)
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise _fail(name, f"unknown type {kind!r}; types are: {', '.join(TYPES)}")
     unknown = [str(k) for k in spec if k not in _KEYS[kind]]
     if unknown:
@@ -1103,8 +1106,18 @@ _FLOAT_1_2 = re.compile(
 
 def _yaml_loader(yaml: Any) -> type:
     """PyYAML's SafeLoader that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's
-    YAML 1.1 resolver wants ``1.0e-3`` and would hand the space the string ``"1e-3"``)."""
-    loader = type("SpaceLoader", (yaml.SafeLoader,), {})
+    YAML 1.1 resolver wants ``1.0e-3`` and would hand the space the string ``"1e-3"``),
+    and refuses aliases."""
+
+    def compose_node(self: Any, parent: Any, index: Any) -> Any:
+        # an alias repeats a node by reference: nine nested ones make 10**9 values
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            msg = "aliases (*name) are not allowed in a search space; write the values out"
+            raise yaml.composer.ComposerError(None, None, msg, mark)
+        return yaml.SafeLoader.compose_node(self, parent, index)
+
+    loader = type("SpaceLoader", (yaml.SafeLoader,), {"compose_node": compose_node})
     loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
     return loader
 
