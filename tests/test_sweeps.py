@@ -554,3 +554,38 @@ def test_a_strategy_that_raises_fails_the_sweep_saying_so(platform, monkeypatch)
         in (done["status_detail"])
     )
     assert platform.queue.claim("w", lease_seconds=5) is None
+
+
+def test_a_driver_dying_while_registering_the_best_model_registers_it_once(
+    platform, tmp_path, monkeypatch
+):
+    from sklearn.dummy import DummyClassifier
+
+    from mlrig.sweeps import candidates
+    from mlrig.sweeps.driver import SweepDriver
+
+    view = make_sweep(platform, max_trials=1, parallelism=1, model_name="once")
+    features = [[1.0, 2.0], [2.0, 1.0], [1.5, 1.5]]
+    job = platform.queue.claim("sim-worker", lease_seconds=30)
+    context = _context(platform, job, tmp_path)
+    context.log_metrics({"val_loss": 0.3}, step=0, kind="validation")
+    context.register_model(DummyClassifier().fit(features, [0, 1, 0]), sample=features[:2])
+    context.flush()
+    assert platform.queue.complete(job)
+
+    def dies_after_registering(self, sweep_id, owner):
+        candidates.register_best(self.platform, sweep_id)  # then the process is killed
+
+    monkeypatch.setattr(SweepDriver, "_register_and_finish", dies_after_registering)
+    platform.sweeps.advance(owner="doomed")
+    assert platform.sweeps.get(view["id"])["status"] == "running"  # its lease holds it
+    monkeypatch.undo()
+    with platform.db.session() as session:  # the lease of the dead driver expires
+        sweep = session.get(Sweep, uuid.UUID(view["id"]))
+        assert sweep.driver_owner == "doomed"
+        sweep.driver_expires_at = utcnow() - timedelta(seconds=1)
+    platform.sweeps.advance(owner="next")
+    done = platform.sweeps.get(view["id"])
+    assert done["status"] == "completed" and done["model_version_id"]
+    with platform.db.session() as session:  # one version: the first one, found again
+        assert session.scalar(select(func.count()).select_from(MLModel)) == 1
