@@ -102,7 +102,7 @@ class MedianPruner(InputModel):
     """Stop a trial whose objective at a step is worse than the median of the other
     trials' at that step."""
 
-    rule: Literal["median"]
+    rule: Literal["median"] = Field(json_schema_extra={"enum": ["median"]})
     warmup_steps: Step = Field(default=0, description="Steps before any trial is judged.")
     min_trials: int = Field(
         default=5, ge=1, le=INT32_MAX, description="Peers that reported the step, at least."
@@ -114,7 +114,7 @@ class AshaPruner(InputModel):
     """Asynchronous successive halving: at each rung (min_resource * reduction_factor **
     (k + min_early_stopping_rate) steps) only the best 1/reduction_factor go on."""
 
-    rule: Literal["asha"]
+    rule: Literal["asha"] = Field(json_schema_extra={"enum": ["asha"]})
     min_resource: int = Field(default=1, ge=1, le=INT32_MAX, description="The first rung's step.")
     max_resource: int = Field(
         ge=1, le=INT32_MAX, description="The last step a trial trains to (its epochs)."
