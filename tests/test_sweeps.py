@@ -316,6 +316,7 @@ def test_a_grid_ends_when_exhausted(platform):
         parallelism=2,
     )
     assert view["planned_trials"] == 3
+    assert platform.sweeps.list()[0]["planned_trials"] == 3
     for value in (0.3, 0.1, 0.2):
         run_trial(platform, value=value)
         platform.sweeps.advance(owner="d")

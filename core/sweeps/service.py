@@ -13,7 +13,8 @@ sweep::
                 "cancelled"},
      "best": {"trial_id", "number", "experiment_id", "value", "params"} | None,
      "model_version_id", "created_by", "created_at", "started_at", "completed_at",
-     "strategy_info"}             # SearchStrategy.describe() ({"name"} in list())
+     "strategy_info"}             # SearchStrategy.describe() (list(): {"name"}, but
+                                  # a grid's in full)
 
 A dry run's view has ``"id": None`` and ``"status": "dry_run"``.
 
@@ -446,7 +447,11 @@ class SweepService:
             stmt = stmt.where(TrainingExperiment.status == status)
         with self.db.session() as session:
             pairs = session.execute(stmt.limit(limit).offset(offset)).all()
-            return [self._view(session, row, sweep, describe=False) for row, sweep in pairs]
+            # a grid's count is its planned trials: restored (cheap for a grid); others not
+            return [
+                self._view(session, row, sweep, describe=_exhaustive(sweep.strategy))
+                for row, sweep in pairs
+            ]
 
     def get(self, ref: str | uuid.UUID) -> View:
         """A sweep (an id, a unique id prefix or a name)."""
@@ -583,6 +588,15 @@ class SweepService:
 
 
 _STATE_KEYS = ("queued", "running", "completed", "failed", "pruned", "cancelled")
+
+
+def _exhaustive(name: str) -> bool:
+    try:
+        from mlrig.backends import load_backend
+
+        return bool(getattr(load_backend("search", name), "exhaustive", False))
+    except Exception:  # a plugin missing here: the view shows it without its count
+        return False
 
 
 def _grid_too_large(size: int, limit: int) -> ValidationError:
