@@ -279,23 +279,23 @@ class NevergradSearch(SearchStrategy):
         parametrization = ng.p.Dict(**params)
         parametrization.random_state = _random_state(seed)
         name = self.optimizer_name
+        factory = ng.optimizers.registry[name]
+        if parallelism > 1 and getattr(factory, "no_parallelization", False):
+            msg = (
+                f"nevergrad optimizer {name!r} runs one trial at a time; use parallelism 1 "
+                f"or another optimizer (parallelism is {parallelism})"
+            )
+            raise ValidationError(msg, details={"field": "optimizer", "value": name})
         try:
             with _quiet(ng):
-                optimizer = ng.optimizers.registry[name](
+                optimizer = factory(
                     parametrization=parametrization, budget=budget, num_workers=parallelism
                 )
         except ImportError as exc:
             msg = f"nevergrad optimizer {name!r} needs a package that is not installed: {exc}"
             raise ValidationError(msg, details={"field": "optimizer", "value": name}) from exc
         except Exception as exc:
-            sequential = getattr(ng.optimizers.registry[name], "no_parallelization", False)
-            if sequential and parallelism > 1:
-                msg = (
-                    f"nevergrad optimizer {name!r} runs one trial at a time; use parallelism 1 "
-                    f"or another optimizer (parallelism is {parallelism})"
-                )
-            else:
-                msg = f"nevergrad optimizer {name!r} cannot search this space: {exc}"
+            msg = f"nevergrad optimizer {name!r} cannot search this space: {exc}"
             raise ValidationError(msg, details={"field": "optimizer", "value": name}) from exc
         self.space = space
         self.seed = seed
