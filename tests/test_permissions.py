@@ -308,6 +308,9 @@ CLI_MIRRORS = [
     (["deployments", "show", "nope"], "GET", "/api/ml/deployments/{id}"),
     (["deployments", "update", "nope", "--max-batch-size", "4"], "PUT", "/api/ml/deployments/{id}"),
     (["deployments", "delete", "nope", "--yes"], "DELETE", "/api/ml/deployments/{id}"),
+    (["sweeps", "list"], "GET", "/api/ml/sweeps"),
+    (["sweeps", "show", "nope"], "GET", "/api/ml/sweeps/{id}"),
+    (["sweeps", "stop", "nope"], "POST", "/api/ml/sweeps/{id}/stop"),
 ]
 
 
