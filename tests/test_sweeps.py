@@ -148,6 +148,10 @@ def test_a_name_taken_by_an_experiment_is_a_conflict(platform):
     make_sweep(platform, name="taken")
     with pytest.raises(ConflictError):
         make_sweep(platform, name="taken")
+    platform.experiments.create(name="plain-one", trainer="sklearn", actor=ACTOR)
+    with pytest.raises(ConflictError):
+        make_sweep(platform, name="plain-one")
+    assert [g["name"] for g in platform.experiments.list_groups()] == ["taken"]
 
 
 def test_dry_run_validates_and_creates_nothing(platform):

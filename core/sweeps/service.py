@@ -289,6 +289,8 @@ class SweepService:
                 "completed_at": None,
                 "strategy_info": started.describe(),
             }
+        with self.db.session() as session:  # before the group is made for the name
+            self._check_free(session, fields["name"])
         # the trials are grouped under the sweep's name (a run group, made on first use)
         self.platform.experiments.ensure_group(fields["name"])
         sweep_id = self._insert(
@@ -332,6 +334,13 @@ class SweepService:
         fresh.restore(first)
         return fresh, dict(trial.params), grid_points
 
+    @staticmethod
+    def _check_free(session: Session, name: str) -> None:
+        taken = session.scalar(select(TrainingExperiment.id).where(TrainingExperiment.name == name))
+        if taken is not None:
+            msg = f"an experiment named {name!r} already exists; pick another name"
+            raise ConflictError(msg, details={"name": name})
+
     def _insert(
         self,
         fields: dict[str, Any],
@@ -346,12 +355,7 @@ class SweepService:
         queue = self.platform.queue
         events: list[dict[str, Any]] = []
         with self.db.session() as session:
-            taken = session.scalar(
-                select(TrainingExperiment.id).where(TrainingExperiment.name == fields["name"])
-            )
-            if taken is not None:
-                msg = f"an experiment named {fields['name']!r} already exists; pick another name"
-                raise ConflictError(msg, details={"name": fields["name"]})
+            self._check_free(session, fields["name"])
             now = utcnow()
             row = TrainingExperiment(
                 id=uuid.uuid4(),
