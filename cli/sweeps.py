@@ -64,36 +64,15 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
 
 
 def read_space(path: Path) -> dict[str, Any]:
-    """The raw space of a ``.json``, ``.toml`` or ``.yaml``/``.yml`` file (the service
-    validates it and names the bad parameter)."""
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            import tomllib
+    """The space of a ``.json``, ``.toml`` or ``.yaml``/``.yml`` file, checked here (an
+    error names the file and the parameter) and sent in its canonical form."""
+    from mlrig.errors import ValidationError
+    from mlrig.search.space import SearchSpace
 
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                msg = f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON/TOML"
-                raise click.BadParameter(msg, param_hint="'--space'") from None
-            data = yaml.safe_load(text)
-        else:
-            msg = f"{path}: a space file ends in .json, .toml, .yaml or .yml"
-            raise click.BadParameter(msg, param_hint="'--space'")
-    except click.BadParameter:
-        raise
-    except Exception as exc:  # each parser has its own error class
-        msg = f"{path} is not valid {suffix[1:].upper()}: {exc}"
-        raise click.BadParameter(" ".join(msg.split()), param_hint="'--space'") from None
-    if not isinstance(data, dict):
-        msg = f"{path}: the space is a mapping of parameter names, not {type(data).__name__}"
-        raise click.BadParameter(msg, param_hint="'--space'")
-    return data
+    try:
+        return SearchSpace.load(path).to_dict()
+    except ValidationError as exc:
+        raise click.BadParameter(" ".join(exc.message.split()), param_hint="'--space'") from None
 
 
 def _fmt(value: Any) -> str:

@@ -132,8 +132,8 @@ def test_space_files_in_toml_and_yaml(cli_mode, tmp_path):
 @pytest.mark.parametrize(
     ("space", "extra", "expected", "code"),
     [
-        ({"C": {"type": "float", "low": 5, "high": 1}}, [], "C", 1),
-        ({}, [], "space", 1),
+        ({"C": {"type": "float", "low": 5, "high": 1}}, [], "'C'", 2),  # checked locally
+        ({}, [], "empty", 2),
         (SPACE, ["--strategy", "no-such-strategy"], "no-such-strategy", 1),
         (SPACE, ["--max-time", "soon"], "--max-time", 2),
         (SPACE, ["--option", "novalue"], "KEY=VALUE", 2),
@@ -153,7 +153,7 @@ def test_unreadable_space_files_and_unknown_sweeps(cli_mode, tmp_path):
     assert "not valid JSON" in _one_line_error(cli_mode(*_create_args("b", str(broken))), 2)
     listed = tmp_path / "list.json"
     listed.write_text("[1, 2]")
-    assert "mapping" in _one_line_error(cli_mode(*_create_args("b", str(listed))), 2)
+    assert "object mapping" in _one_line_error(cli_mode(*_create_args("b", str(listed))), 2)
     other = tmp_path / "space.ini"
     other.write_text("[C]")
     assert ".json, .toml" in _one_line_error(cli_mode(*_create_args("b", str(other))), 2)
