@@ -417,6 +417,10 @@ def aggregate(problem: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[
                 row[key] = statistics.median(r[key] for r in mine)
         if "version" in mine[0]:
             row["version"] = mine[0]["version"]
+        selected = sorted({str(r.get("describe", {}).get("selected")) for r in mine} - {"None"})
+        if selected:
+            row["selected"] = selected  # the optimizer NGOpt chose
+        row["distinct_bests"] = len(set(bests))
         rows.append(row)
     return rows
 
@@ -461,6 +465,12 @@ def table(report: dict[str, Any]) -> str:
             f"{_fmt(r['iqr']):>10} {r['wins']:>3}/{r['seeds']:<2} {r['ms_per_trial']:>9.2f} "
             f"{state:>8} {restore:>8}"
         )
+    for r in report["rows"]:
+        if "selected" in r:
+            lines.append(
+                f"{r['problem']}: NGOpt chose {', '.join(r['selected'])}; "
+                f"{r['distinct_bests']} distinct best value(s) over {r['seeds']} seeds"
+            )
     g = report["goal"]
     for v in g["problems"]:
         verdict = "yes" if v["at_least_as_good"] else "no"
