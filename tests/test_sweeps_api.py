@@ -303,3 +303,13 @@ def test_a_sweep_runs_to_the_end_and_the_client_reads_it(platform, live_server, 
         assert sweep["model_version_id"]  # the best trial's model, registered
         with pytest.raises(ConflictError, match="completed"):
             ml.stop_sweep("iris-c")
+
+
+def test_an_unknown_nevergrad_optimizer_lists_what_nevergrad_has(client, trainer):
+    pytest.importorskip("nevergrad")
+    body = _body(trainer, strategy="nevergrad", strategy_options={"optimizer": "NGOpt9000"})
+    error = _error(client.post(BASE, json=body), 422, "validation_error")
+    assert "NGOpt9000" in error["message"]
+    assert "NGOpt" in error["details"]["allowed"] and "CMA" in error["message"]
+    made = _create(client, trainer, strategy="nevergrad", strategy_options={"optimizer": "CMA"})
+    assert made["strategy"] == "nevergrad" and made["strategy_options"]["optimizer"] == "CMA"
