@@ -64,6 +64,8 @@ NO_OBJECTIVE = "reported no "
 EARLY_FAIL_TRIALS = 3
 #: how long the driver that registers a sweep's best model holds it (seconds)
 REGISTER_LEASE_SECONDS = 300
+#: strategies a process keeps restored (running sweeps, and the ones last viewed)
+CACHE_SIZE = 64
 #: how often a process looks for live trials of ended sweeps (seconds)
 TIDY_SECONDS = 2.0
 #: how often a process looks for candidates left in ended sweeps (seconds)
@@ -170,7 +172,10 @@ class SweepDriver:
 
     def _keep(self, sweep_id: uuid.UUID, version: int, strategy: SearchStrategy) -> None:
         with self._cache_lock:
+            self._cache.pop(sweep_id, None)
             self._cache[sweep_id] = (version, strategy)
+            while len(self._cache) > CACHE_SIZE:  # the least recently kept go first
+                self._cache.pop(next(iter(self._cache)))
 
     def forget(self, sweep_id: uuid.UUID) -> None:
         with self._cache_lock:
@@ -318,6 +323,8 @@ class SweepDriver:
             self._register_and_finish(sweep_id, owner)
         elif after.cleanup:
             self.cleanup(sweep_id)
+        if after.register or after.cleanup:  # it ended: nothing more to ask
+            self.forget(sweep_id)
         return after.count
 
     def _locked_step(
