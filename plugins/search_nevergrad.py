@@ -115,9 +115,9 @@ def check_optimizer(name: object) -> str:
         folded = {n.lower(): n for n in names}
         if name.lower() in folded:
             close.append(folded[name.lower()])
-        for match in difflib.get_close_matches(name, names, n=_CLOSE_MATCHES, cutoff=0.6):
-            if match not in close:
-                close.append(match)
+        for match in difflib.get_close_matches(name.lower(), folded, n=_CLOSE_MATCHES, cutoff=0.6):
+            if folded[match] not in close:
+                close.append(folded[match])
     version = getattr(_nevergrad(), "__version__", "?")
     hint = f"did you mean {', '.join(close)}? " if close else ""
     msg = (
@@ -292,8 +292,7 @@ class NevergradSearch(SearchStrategy):
                     parametrization=parametrization, budget=budget, num_workers=parallelism
                 )
         except ImportError as exc:
-            msg = f"nevergrad optimizer {name!r} needs a package that is not installed: {exc}"
-            raise ValidationError(msg, details={"field": "optimizer", "value": name}) from exc
+            raise self._missing(exc) from exc
         except Exception as exc:
             msg = f"nevergrad optimizer {name!r} cannot search this space: {exc}"
             raise ValidationError(msg, details={"field": "optimizer", "value": name}) from exc
@@ -308,6 +307,14 @@ class NevergradSearch(SearchStrategy):
         self._worst = None
         self._log = bytearray()
         self._history = False
+
+    def _missing(self, exc: ImportError) -> ValidationError:
+        name = self.optimizer_name
+        msg = (
+            f"nevergrad optimizer {name!r} needs a package that is not installed ({exc}); "
+            "install it or choose another optimizer"
+        )
+        return ValidationError(msg, details={"field": "optimizer", "value": name})
 
     def _ready(self) -> tuple[SearchSpace, TrialLedger]:
         if self.space is None or self.ledger is None:
@@ -333,8 +340,14 @@ class NevergradSearch(SearchStrategy):
             candidate.set_standardized_data(np.asarray(recorded, dtype=float))
             data = recorded
         else:
-            with _quiet(ng):
-                candidate = optimizer.ask()
+            try:
+                with _quiet(ng):
+                    candidate = optimizer.ask()
+            except Exception as exc:  # an optimizer that imports its package on first use
+                missing = _import_error(exc)
+                if missing is None:
+                    raise
+                raise self._missing(missing) from exc
             data = candidate.get_standardized_data(reference=optimizer.parametrization).tolist()
             if recorded is not None and data != recorded:
                 raise _Diverged(number)
@@ -515,6 +528,17 @@ class NevergradSearch(SearchStrategy):
                 return str(getattr(optimizer, "name", type(optimizer).__name__))
             optimizer, seen = inner, seen + 1
         return None
+
+
+def _import_error(exc: BaseException) -> ImportError | None:
+    """The ImportError behind ``exc`` (recast optimizers re-raise their thread's errors
+    as a RuntimeError caused by them), if any."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, ImportError):
+            return exc
+        exc, seen = exc.__cause__, seen + 1  # type: ignore[assignment]
+    return None
 
 
 def _positive(name: str, value: object) -> int:
