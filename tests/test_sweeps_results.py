@@ -124,3 +124,17 @@ def test_importances_of_a_flat_objective_say_why_there_are_none():
 def test_importances_are_deterministic():
     trials = _sample(30, lambda p: p["depth"] + math.log10(p["lr"]))
     assert importances(SPACE, trials) == importances(SPACE, trials)
+
+
+def test_importances_fit_the_most_recent_trials_only():
+    from mlrig.sweeps.results import MAX_TRIALS
+
+    trials = _sample(MAX_TRIALS + 20, lambda p: p["depth"])
+    for trial in trials:
+        trial["completed_at"] = f"2026-01-01T{trial['number'] // 3600:02d}:" + (
+            f"{trial['number'] // 60 % 60:02d}:{trial['number'] % 60:02d}+00:00"
+        )
+    result = importances(SPACE, trials)
+    assert f"{MAX_TRIALS} trials" in result["method"]
+    assert f"the last {MAX_TRIALS} completed" in result["method"]
+    assert next(iter(result["params"])) == "depth"
