@@ -90,6 +90,14 @@ def sweep_rows(platform, sweep_id):
 # --- bad input ------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def unchanged(tmp_path_factory):
+    """One platform for the refused creates (each asserts that it is still empty)."""
+    platform = make_platform(tmp_path_factory.mktemp("refused") / "home")
+    yield platform
+    platform.close()
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
@@ -118,12 +126,12 @@ def sweep_rows(platform, sweep_id):
         ({"pruner": {"rule": "coinflip"}}, "coinflip"),
     ],
 )
-def test_bad_input_is_refused_at_create_naming_the_field(platform, change, needle):
+def test_bad_input_is_refused_at_create_naming_the_field(unchanged, change, needle):
     with pytest.raises(ValidationError) as caught:
-        make_sweep(platform, **change)
+        make_sweep(unchanged, **change)
     assert needle in caught.value.message
-    assert platform.sweeps.list() == []
-    assert platform.experiments.list() == []
+    assert unchanged.sweeps.list() == []
+    assert unchanged.experiments.list() == []
 
 
 def test_an_unknown_nevergrad_optimizer_lists_the_optimizers(platform):
