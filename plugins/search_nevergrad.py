@@ -228,6 +228,7 @@ class NevergradSearch(SearchStrategy):
         self.parallelism = 1
         self.budget = 0
         self.restored_from: str | None = None
+        self._direction = "minimize"
         self._optimizer: Any = None
         self._decoders: dict[str, Callable[[Any], Any]] = {}
         self._fixed: dict[str, Any] = {}
@@ -480,14 +481,15 @@ class NevergradSearch(SearchStrategy):
         self.tell_failed_as = failed_as
         self.restored_from = "log"
         try:
-            self._setup(space, **settings)
-            self._replay(events)
-        except _Diverged:
-            self._setup(space, **settings)
-            self._history = True
-            self.restored_from = "history"
-            self._replay(events)
-            self._history = False
+            try:
+                self._setup(space, **settings)
+                self._replay(events)
+            except _Diverged:
+                self._setup(space, **settings)
+                self._history = True
+                self.restored_from = "history"
+                self._replay(events)
+                self._history = False
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             msg = f"the saved nevergrad search state is damaged ({exc!r})"
             raise ValidationError(msg, details={"field": "state"}) from None
