@@ -147,10 +147,11 @@ def installed_state() -> tuple[tuple[str, int], ...]:
     return tuple(state)
 
 
-def _scanned(key: Any, scan: Any) -> Any:
-    """``scan()``, remembered while the installed distributions stay the same: a process
-    asks for entry points several times (the config's checks, the loader, the hooks),
-    and every ``metadata.entry_points()`` reads every distribution's files."""
+def while_installed(key: Any, scan: Any) -> Any:
+    """``scan()``, remembered under ``key`` while the installed distributions stay the
+    same (:func:`installed_state`): a process asks for entry points several times (the
+    config's checks, the loader, the hooks), and every ``metadata.entry_points()`` reads
+    every distribution's files."""
     state = installed_state()
     if _SCANS.get("state") != state:
         _SCANS.clear()
@@ -163,7 +164,7 @@ def _scanned(key: Any, scan: Any) -> Any:
 def entry_points(group: str) -> list[metadata.EntryPoint]:
     """The entry points of ``group`` on ``sys.path`` (read again once a distribution was
     installed or removed)."""
-    every = _scanned("entry_points", metadata.entry_points)
+    every = while_installed("entry_points", metadata.entry_points)
     return list(every.select(group=group))
 
 
@@ -172,7 +173,7 @@ def available_backends(kind: str | None = None) -> list[BackendInfo]:
     kinds = [kind] if kind else list(KINDS)
     found = []
     for k in kinds:
-        found += _scanned(("backends", k), lambda k=k: _scan_backends(k))
+        found += while_installed(("backends", k), lambda k=k: _scan_backends(k))
     return found
 
 

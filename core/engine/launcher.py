@@ -47,6 +47,7 @@ from mlrig.contracts.executor import JobHandle
 
 #: imported by every fork server: what ``mlrig.engine.runner`` needs before the trainer
 CORE_PRELOAD = (
+    "numpy",  # the runner seeds NumPy's generator when an experiment has a seed
     "mlrig.engine.runner",
     "mlrig.engine.context",
     "mlrig.engine.queue",
@@ -185,6 +186,8 @@ class ForkServer:
         self.die_with_parent = die_with_parent
         self._home: str | None = None
         self.missing: dict[str, str] = {}
+        #: pid -> {"cpu_s", "page_faults"} of the jobs that ended (their rusage)
+        self.usage: dict[int, dict[str, float]] = {}
         self.server_pid: int | None = None
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
@@ -366,6 +369,7 @@ class ForkServer:
                 pid = int(report["exit"])
                 self._exits[pid] = int(report["code"])
                 self._running.pop(pid, None)
+                self.usage[pid] = {k: report[k] for k in ("cpu_s", "page_faults") if k in report}
             elif "ready" in report:
                 self._remove_home()
                 self.server_pid = int(report["ready"])
@@ -436,7 +440,7 @@ def _preload(names: Sequence[str]) -> dict[str, str]:
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()  # its first call sets up the legacy generator (~80 ms)
-    if "threadpoolctl" in sys.modules or "sklearn" in sys.modules:
+    if numpy is not None:
         with contextlib.suppress(Exception):  # finds the BLAS/OpenMP libraries once
             from threadpoolctl import ThreadpoolController
 
@@ -521,12 +525,19 @@ def serve(sock: socket.socket, parent: int, with_parent: bool, preload: Sequence
 def _reap(sock: socket.socket) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        report = {
+            "exit": pid,
+            "code": os.waitstatus_to_exitcode(status),
+            # what the job cost, for benchmarks and debugging
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
+            "page_faults": usage.ru_minflt,
+        }
+        _send(sock, report)
 
 
 def _fork(request: dict[str, Any], selector: Any, inherited: tuple[Any, ...]) -> dict[str, Any]:

@@ -53,6 +53,15 @@ def one_line(exc: BaseException) -> str:
 
 
 def _package_versions() -> dict[str, str]:
+    """The versions of the packages a run depends on, read once while the installed
+    distributions stay the same (each read parses a METADATA file; a forked job inherits
+    its fork server's)."""
+    from mlrig.backends import while_installed
+
+    return dict(while_installed("package_versions", _read_package_versions))
+
+
+def _read_package_versions() -> dict[str, str]:
     wanted = ["mlrig", "numpy", "pandas", "scikit-learn", "torch", "tensorflow", "onnxruntime"]
     found = {}
     for name in wanted:
