@@ -374,3 +374,13 @@ def test_state_stays_small() -> None:
     # about 30 kB: 200 x (5 floats of ~20 characters + the ask and tell framing)
     assert sizes[-1] < 200 * (5 * 25 + 60), sizes[-1]
     assert sizes[-1] - sizes[99] < 1.1 * (sizes[99] - sizes[0])  # grows linearly, no more
+
+
+def test_an_unseeded_search_keeps_the_seed_it_drew() -> None:
+    original = nevergrad_search(optimizer="TwoPointsDE")
+    original.start(MIXED, direction="minimize", seed=None, parallelism=2, budget=20)
+    _run(original, 3)
+    copy = nevergrad_search()
+    copy.restore(original.save())
+    assert copy.describe()["seed"] == original.describe()["seed"]
+    assert [copy.ask().params for _ in range(2)] == [original.ask().params for _ in range(2)]
