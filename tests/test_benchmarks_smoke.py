@@ -32,6 +32,7 @@ SMOKE_TESTED = {
     "bench_cli.py",
     "bench_search.py",
     "bench_asha.py",
+    "bench_sweeps.py",
 }
 
 
@@ -389,3 +390,25 @@ def test_bench_asha():
             assert trial["epochs_trained"] == trial["pruned_at_step"] + 1 in (2, 4), trial
     assert report["step_ratio"] == round(asha["steps"] / full["steps"], 4)
     assert isinstance(report["goal_met"], bool)
+
+
+def test_bench_sweeps():
+    """4 trials with prefork on and off and 2 CPU-bound trials at parallelism 1 and 2,
+    each a real sweep on a real worker process: every timed trial is counted, the forked
+    ones only with prefork, and the overhead is the wall per trial minus the trial's loop."""
+    report = run_benchmark("bench_sweeps.py", "--smoke", timeout=600)
+    assert report["trials"] == 4 and report["warmup"] == 1 and positive(report["goal_ms"])
+    on, off = report["overhead"]
+    assert (on["prefork"], off["prefork"]) == (True, False)
+    assert on["timed_trials"] == [3] and on["forked_trials"] == [3]
+    assert off["timed_trials"] == [3] and off["forked_trials"] == [0]
+    for row in (on, off):
+        for key in ("wall_ms", "train_ms", "cpu_per_trial_ms", "cpu_job_ms", "start_ms"):
+            assert positive(row[key]), (key, row)
+        assert abs(row["overhead_ms"] - (row["wall_ms"] - row["train_ms"])) <= 0.2, row
+        assert isinstance(row["goal_met"], bool)
+    assert on["cpu_fork_server_ms"] >= 0 and off["cpu_fork_server_ms"] == 0
+    speedup = report["speedup"]
+    assert speedup["trials"] == 2 and positive(speedup["speedup"])
+    for side in ("parallelism_1", "parallelism_2"):
+        assert positive(speedup[side]["wall_s"]) and positive(speedup[side]["train_s_mean"])
