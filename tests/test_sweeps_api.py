@@ -5,6 +5,7 @@ stop, permissions, paging, and a sweep run to the end by a worker, read through
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -313,3 +314,53 @@ def test_an_unknown_nevergrad_optimizer_lists_what_nevergrad_has(client, trainer
     assert "NGOpt" in error["details"]["allowed"] and "CMA" in error["message"]
     made = _create(client, trainer, strategy="nevergrad", strategy_options={"optimizer": "CMA"})
     assert made["strategy"] == "nevergrad" and made["strategy_options"]["optimizer"] == "CMA"
+
+
+def test_the_driver_thread_survives_errors_and_names_its_process(caplog):
+    """The app's lifespan thread: advance() every driver interval; an error is logged and
+    the next round runs."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from mlrig.api.routers.sweeps import drive_sweeps
+
+    calls, done = [], threading.Event()
+
+    def advance(*, owner):
+        calls.append(owner)
+        if len(calls) == 1:
+            raise RuntimeError("database briefly away")
+        if len(calls) == 3:
+            done.set()
+        return 0
+
+    platform = SimpleNamespace(
+        settings=SimpleNamespace(search=SimpleNamespace(driver_interval_seconds=0.01)),
+        sweeps=SimpleNamespace(advance=advance),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=drive_sweeps, args=(platform, stop))
+    with caplog.at_level("WARNING", logger="mlrig.api.routers.sweeps"):
+        thread.start()
+        assert done.wait(30)
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert calls[0].startswith("server:") and calls[0].endswith(f":{os.getpid()}")
+    assert "driving the sweeps failed" in caplog.text and "database briefly away" in caplog.text
+
+
+def test_the_app_lifespan_drives_sweeps(platform, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+
+    owners = []
+    monkeypatch.setattr(platform.settings.search, "driver_interval_seconds", 0.01)
+    monkeypatch.setattr(platform.sweeps, "advance", lambda *, owner: owners.append(owner) or 0)
+    with TestClient(create_app(platform)):
+        deadline = time.monotonic() + 30
+        while not owners and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert owners and owners[0].startswith("server:")
