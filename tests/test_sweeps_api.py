@@ -364,3 +364,60 @@ def test_the_app_lifespan_drives_sweeps(platform, monkeypatch):
         while not owners and time.monotonic() < deadline:
             time.sleep(0.01)
     assert owners and owners[0].startswith("server:")
+
+
+def test_non_finite_values_travel_as_text_and_come_back_as_floats(platform, live_server):
+    """A trial whose objective was infinite (SQLite stores NaN as NULL; PostgreSQL keeps
+    it): the wire says "Infinity" (JSON has none), the Client and the remote CLI's facade
+    give the float back, and the curve leaves it out."""
+    import math
+
+    from sqlalchemy import select
+
+    from mlrig import Client
+    from mlrig.db.models.sweeps import SweepTrial
+    from mlrig.remote import RemotePlatform
+
+    token = platform.security.create_token(user=_admin(platform))["token"]
+    with Client(live_server, token=token) as ml:
+        body = _body("sklearn")
+        sweep = ml.create_sweep(body.pop("name"), **body)
+        with platform.db.session() as session:
+            rows = session.scalars(select(SweepTrial).order_by(SweepTrial.number)).all()
+            rows[0].value, rows[0].state, rows[0].told = math.inf, "completed", True
+            rows[1].value, rows[1].state, rows[1].told = 0.9, "completed", True
+        raw = ml.request("GET", f"/sweeps/{sweep['id']}/trials")["items"]
+        assert raw[0]["value"] == "Infinity" and raw[1]["value"] == 0.9
+        trials = ml.sweep_trials(sweep["id"])
+        assert trials[0]["value"] == math.inf and trials[1]["value"] == 0.9
+        results = ml.sweep_results(sweep["id"])
+        assert results["trials"][0]["value"] == math.inf
+        assert [p["number"] for p in results["best_so_far"]] == [1]
+    remote = RemotePlatform(live_server, token=token)
+    try:
+        assert remote.sweeps.trials(sweep["id"])[0]["value"] == math.inf
+    finally:
+        remote.close()
+
+
+def _admin(platform):
+    platform.security.create_user(name="nan-admin", role="admin")
+    return "nan-admin"
+
+
+def test_create_read_and_stop_on_each_database(db_platform, trainer):
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+
+    db_platform.security.create_user(name="db-admin", role="admin")
+    token = db_platform.security.create_token(user="db-admin")["token"]
+    with TestClient(create_app(db_platform), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        made = _create(client, trainer)
+        assert client.get(f"{BASE}/sw").json()["trials"]["total"] == 2
+        assert len(client.get(f"{BASE}/sw/trials").json()["items"]) == 2
+        assert client.get(f"{BASE}/sw/results").json()["sweep_id"] == made["id"]
+        assert client.post(f"{BASE}/sw/stop").json()["status"] == "cancelled"
+        _error(client.post(f"{BASE}/sw/stop"), 409, "conflict")
+        assert [s["status"] for s in client.get(BASE).json()["items"]] == ["cancelled"]
