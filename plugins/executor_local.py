@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlrig.engine")
 #: a fork server that died this many times in a row is not started again
 MAX_SERVER_FAILURES = 3
+#: a fork server that has not imported its modules after this long is killed (seconds)
+START_TIMEOUT = 300.0
 
 
 class LocalExecutorOptions(BaseModel):
@@ -207,6 +209,9 @@ class LocalExecutor(Executor):
         from mlrig.engine.launcher import ForkServer, startup_env
 
         server = self._server
+        if server is not None and not server.ready and server.started_for() > START_TIMEOUT:
+            log.warning("fork server not ready after %.0f s; killing it", START_TIMEOUT)
+            server.kill()  # its reader thread marks it dead: counted below, next time
         if server is not None and server.dead:
             if server.died_unexpectedly:
                 self._server_failures += 1

@@ -86,6 +86,8 @@ STARTUP_PREFIXES = (
 #: never preloaded implicitly: a process that initialised CUDA cannot fork safely
 GPU_MODULES = ("torch", "tensorflow", "jax")
 PR_SET_PDEATHSIG = 1
+#: the last jobs whose CPU time and page faults :attr:`ForkServer.usage` keeps
+USAGE_KEPT = 1000
 #: the server's ``sys.path[0]`` (its working directory, as ``python -m`` set it)
 _SERVER_PATH: list[str | None] = [None]
 #: what the server's scan of the entry points was for (``installed_state()``)
@@ -143,23 +145,30 @@ class ForkedJob(JobHandle):
     def __init__(self, server: ForkServer, pid: int) -> None:
         self._server = server
         self._pid = pid
+        self._code: int | None = None
 
     @property
     def pid(self) -> int | None:
         return self._pid
 
     def poll(self) -> int | None:
-        return self._server.exit_code(self._pid)
+        return self._seen(self._server.exit_code(self._pid))
 
     def wait(self, timeout: float | None = None) -> int | None:
-        return self._server.wait_exit(self._pid, timeout)
+        return self._seen(self._server.wait_exit(self._pid, timeout))
+
+    def _seen(self, code: int | None) -> int | None:
+        if code is not None and self._code is None:
+            self._code = code
+            self._server.forget(self._pid)  # this handle remembers it now
+        return self._code
 
     def terminate(self, grace_seconds: float = 5.0) -> int | None:
         _killpg(self._pid, signal.SIGTERM)
-        self._server.wait_exit(self._pid, grace_seconds)
+        self.wait(grace_seconds)
         # children of the job may outlive its main process: kill the group either way
         _killpg(self._pid, signal.SIGKILL)
-        code = self._server.wait_exit(self._pid, 60.0)
+        code = self.wait(60.0)
         return -signal.SIGKILL if code is None else code
 
 
@@ -185,6 +194,7 @@ class ForkServer:
         self.key = startup_env(env)
         self.die_with_parent = die_with_parent
         self._home: str | None = None
+        self._started = time.monotonic()
         self.missing: dict[str, str] = {}
         #: pid -> {"cpu_s", "page_faults"} of the jobs that ended (their rusage)
         self.usage: dict[int, dict[str, float]] = {}
@@ -215,6 +225,10 @@ class ForkServer:
     def died_unexpectedly(self) -> bool:
         return self._dead and not self._closing
 
+    def started_for(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self._started
+
     @property
     def running(self) -> int:
         with self._cond:
@@ -229,6 +243,7 @@ class ForkServer:
         # an empty working directory: ``python -m`` puts it first on sys.path, where it
         # adds nothing (the worker's may hold modules or an editable install's metadata)
         self._home = tempfile.mkdtemp(prefix="mlrig-fork-server-")
+        self._started = time.monotonic()
         ours, theirs = socket.socketpair()
         command = [
             sys.executable,
@@ -247,6 +262,11 @@ class ForkServer:
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
+        except BaseException:
+            ours.close()
+            self._dead = True
+            self._remove_home()
+            raise
         finally:
             theirs.close()
         self._sock = ours
@@ -334,6 +354,11 @@ class ForkServer:
                 self._running[pid] = request["stdout"]
             return ForkedJob(self, pid)
 
+    def forget(self, pid: int) -> None:
+        """Drop an exit status its handle has taken (a worker runs jobs for weeks)."""
+        with self._cond:
+            self._exits.pop(pid, None)
+
     def exit_code(self, pid: int) -> int | None:
         with self._cond:
             return self._exits.get(pid)
@@ -370,6 +395,8 @@ class ForkServer:
                 self._exits[pid] = int(report["code"])
                 self._running.pop(pid, None)
                 self.usage[pid] = {k: report[k] for k in ("cpu_s", "page_faults") if k in report}
+                if len(self.usage) > USAGE_KEPT:
+                    self.usage.pop(next(iter(self.usage)))
             elif "ready" in report:
                 self._remove_home()
                 self.server_pid = int(report["ready"])
