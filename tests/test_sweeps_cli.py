@@ -196,6 +196,24 @@ def test_wait_shows_the_sweep_to_its_end(cli_mode, tmp_path):
         assert "importances: none yet (2 completed trial(s)" in shown.output
 
 
+def test_wait_on_a_sweep_that_fails_exits_1_saying_why(cli_mode, tmp_path):
+    if cli_mode.mode == "remote":
+        pytest.skip("the same exit path as embedded; one trial run is enough")
+    stop, thread = _worker(cli_mode.platform)
+    try:
+        args = _create_args("typo", _space(tmp_path), "--strategy", "random", "--trials", "1")
+        args[args.index("val_accuracy")] = "val_acuracy"  # no trial reports it
+        result = cli_mode(*args, "--wait")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    verdict = result.output.strip().splitlines()[-1]
+    assert verdict.startswith("failed: ") and "val_acuracy" in verdict, result.output
+    assert "val_accuracy" in verdict  # what the trials did report
+
+
 def test_wait_without_a_worker_says_so(cli_mode, tmp_path, monkeypatch):
     if cli_mode.mode == "remote":
         pytest.skip("against a server the CLI trusts the server's worker")
