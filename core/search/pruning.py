@@ -68,6 +68,18 @@ _MINIMA = {
     "reduction_factor": 2,
     "min_early_stopping_rate": 0,
 }
+#: the most each integer key takes: steps are 32-bit (the metric points' ``step``); the
+#: REST schema has the same bounds, and they keep ``eta ** rate`` cheap to compute
+_STEP_MAX = 2**31 - 1
+_MAXIMA = {
+    "warmup_steps": _STEP_MAX,
+    "min_trials": 10_000,
+    "interval": _STEP_MAX,
+    "min_resource": _STEP_MAX,
+    "max_resource": _STEP_MAX,
+    "reduction_factor": 100,
+    "min_early_stopping_rate": 30,
+}
 
 
 def _bad(key: str, message: str, **details: Any) -> ValidationError:
@@ -106,9 +118,14 @@ def check_pruner(rule: dict[str, Any] | None) -> dict[str, Any] | None:
         value = rule.get(key, default)
         if value is None and key == "max_resource":
             raise _bad(key, "is required: the last step a trial trains to (its number of epochs)")
-        least = _MINIMA[key]
-        if type(value) is not int or value < least:
-            raise _bad(key, f"must be an integer >= {least}, got {value!r}", minimum=least)
+        least, most = _MINIMA[key], _MAXIMA[key]
+        if type(value) is not int or not least <= value <= most:
+            raise _bad(
+                key,
+                f"must be an integer from {least} to {most}, got {value!r}",
+                minimum=least,
+                maximum=most,
+            )
         checked[key] = value
     if name == "asha":
         first = (
