@@ -121,8 +121,11 @@ def load_strategy(platform: Platform, name: str, options: dict[str, Any]) -> Sea
         return cls.from_options(options, where=f"search.{name}")
     except ValidationError:
         raise
-    except ConfigError as exc:  # an option the strategy's model refused: the user's input
-        raise ValidationError(exc.message, details={"field": "strategy_options"}) from None
+    except ConfigError as exc:  # an option the strategy's model refused: the user's input,
+        # not the config file's ("config error: search.random.bogus: ..." misleads)
+        reason = exc.message.removeprefix("config error: ")
+        msg = f"bad strategy option: {reason}"
+        raise ValidationError(msg, details={"field": "strategy_options"}) from None
 
 
 def trial_seed(seed: int | None, number: int) -> int | None:
