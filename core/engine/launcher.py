@@ -100,9 +100,13 @@ class LauncherError(Exception):
     """The fork server could not start a job (it died, refused, or did not answer)."""
 
 
+#: start-up variables a child applies itself (its streams are rebuilt per job)
+PER_JOB = ("PYTHONUNBUFFERED",)
+
+
 def startup_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of ``env`` that must match the server's for a job to be forked from it."""
-    return {k: v for k, v in env.items() if k.startswith(STARTUP_PREFIXES)}
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_PREFIXES) and k not in PER_JOB}
 
 
 def die_with_parent() -> None:
