@@ -192,7 +192,12 @@ class SweepCreate(InputModel):
     )
     resources: Resources = Field(default_factory=Resources, description="Per trial.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Of every trial.")
-    max_attempts: int = Field(default=1, ge=1, le=100, description="Per trial.")
+    max_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Per trial: 2 retries a trial once when its worker dies (from its checkpoint).",
+    )
     checkpoint_interval_s: int = Field(default=600, ge=0, le=7 * 86400)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default: random.")
     model_name: ModelName | None = Field(

@@ -173,7 +173,7 @@ class SweepService:
         dataset: dict[str, Any] | None = None,
         resources: dict[str, int] | None = None,
         priority: int = 0,
-        max_attempts: int = 1,
+        max_attempts: int = 2,
         checkpoint_interval_s: int = 600,
         seed: int | None = None,
         model_name: str | None = None,
