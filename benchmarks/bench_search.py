@@ -492,10 +492,10 @@ def table(report: dict[str, Any]) -> str:
 
 
 def _jobs(
-    chosen: list[dict[str, Any]], strategies: list[str], peer: Path | None
+    chosen: list[dict[str, Any]], strategies: list[str], peer: Path | None, first_seed: int = 0
 ) -> Iterator[dict[str, Any]]:
     for problem in chosen:
-        for seed in range(problem["seeds"]):
+        for seed in range(first_seed, first_seed + problem["seeds"]):
             for strategy in strategies:
                 yield {
                     "problem": problem["name"],
@@ -517,6 +517,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--digits-seeds", type=int, default=5)
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ..."
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (processes)")
     parser.add_argument(
         "--smoke", action="store_true", help="CI: 5 evaluations, 1 seed, no digits, no install"
@@ -553,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             strategies.remove("optuna")
             skipped.append({"strategy": "optuna", "reason": "--smoke installs no environment"})
     chosen = problems(args)
-    jobs = list(_jobs(chosen, strategies, peer))
+    jobs = list(_jobs(chosen, strategies, peer, args.first_seed))
     started = time.perf_counter()
     runs = []
     with contextlib.ExitStack() as stack:
