@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from mlrig.contracts.executor import JobHandle
+
+log = logging.getLogger("mlrig.engine")
 
 #: imported by every fork server: what ``mlrig.engine.runner`` needs before the trainer
 CORE_PRELOAD = (
@@ -405,6 +408,14 @@ class ForkServer:
                 self._remove_home()
                 self.server_pid = int(report["ready"])
                 self.missing = dict(report.get("missing") or {})
+                if report.get("gpu_modules"):
+                    log.warning(
+                        "fork server %s imported %s without being asked to (preload): a job "
+                        "that uses CUDA may fail in a forked process; set [executor.local] "
+                        "prefork = false if it does",
+                        self.server_pid,
+                        ", ".join(report["gpu_modules"]),
+                    )
                 self._ready = True
             else:
                 self._replies[int(report["id"])] = report
@@ -531,7 +542,9 @@ def serve(sock: socket.socket, parent: int, with_parent: bool, preload: Sequence
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    _send(sock, {"ready": os.getpid(), "missing": missing})
+    # a GPU framework pulled in by another module: CUDA must not be initialised before fork
+    gpu = [m for m in GPU_MODULES if m in sys.modules and m not in preload]
+    _send(sock, {"ready": os.getpid(), "missing": missing, "gpu_modules": gpu})
     inherited = (sock, wake_r, wake_w)
     buffer = b""
     while True:
