@@ -35,6 +35,7 @@ results, though not on the same random path; ``describe()`` then says
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import secrets
@@ -67,7 +68,16 @@ _CLOSE_MATCHES = 5
 def _nevergrad() -> Any:
     """The nevergrad module, or :class:`MissingExtraError` saying what to install."""
     try:
-        import nevergrad
+        with warnings.catch_warnings():
+            # cma (a nevergrad dependency) warns at import that matplotlib is missing,
+            # which is for its plotting only: nothing a sweep's user can act on
+            # (nevergrad imports cma lazily, at the first ask of a CMA-based optimizer:
+            # import it here, under the filter)
+            warnings.filterwarnings("ignore", message=".*matplotlib", category=UserWarning)
+            import nevergrad
+
+            with contextlib.suppress(ImportError):
+                import cma  # noqa: F401
     except ModuleNotFoundError as exc:
         msg = (
             "search strategy 'nevergrad' needs: pip install 'mlrig[nevergrad]' "
@@ -80,9 +90,9 @@ def _nevergrad() -> Any:
 
 def _numpy_scalars(ng: Any) -> None:
     """nevergrad 1.0's MetaModel (NGOpt picks it for small continuous spaces) calls
-    ``float()`` on one-element arrays, a TypeError since numpy 2.4 (nevergrad issue
-    #1612). Give that one module the ``float()`` older numpy had: one-element arrays
-    convert, everything else as before."""
+    ``float()`` on one-element arrays, a TypeError since numpy 2.4. Give that one module
+    the ``float()`` older numpy had: one-element arrays convert, everything else as
+    before."""
     try:
         from nevergrad.optimization import metamodel
     except ImportError:  # pragma: no cover - another layout: nothing to mend
