@@ -277,3 +277,32 @@ def test_a_worker_runs_runner_jobs_the_same_with_prefork_on_and_off(site, tmp_pa
             assert f"parent {expected_parent}".encode() in log
     finally:
         platform.close()
+
+
+def test_the_worker_claims_the_next_job_when_one_ends_not_at_its_next_poll(site, tmp_path):
+    """With a 60 s poll interval, two jobs in a row on one slot still both run within the
+    45 s the worker is given: its wait ends when a running job's process has ended."""
+    platform = make_platform(tmp_path / "home", executor={"local": {"prefork": False}})
+    try:
+        ids = [add_job(platform, f"quick-{i}", i + 1) for i in range(2)]
+        worker = Worker(
+            platform,
+            concurrency=1,
+            capacity=Capacity(cpus=(0,)),
+            lease_seconds=180,
+            heartbeat_seconds=60,
+            poll_seconds=60,
+        )
+        stop = threading.Event()
+        timer = threading.Timer(45, stop.set)
+        timer.start()
+        try:
+            done = worker.run(stop=stop, max_jobs=2)
+        finally:
+            timer.cancel()
+        assert done == 2
+        with platform.db.session() as session:
+            statuses = [session.get(TrainingExperiment, i).status for i in ids]
+        assert statuses == ["completed", "completed"]
+    finally:
+        platform.close()
