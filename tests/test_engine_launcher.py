@@ -162,6 +162,16 @@ def test_a_forked_job_is_the_job_a_subprocess_would_be(forking, tmp_path, monkey
     )
 
 
+def test_ctrl_c_at_the_worker_s_terminal_does_not_reach_the_server(forking, tmp_path):
+    """The server has its own session (a terminal's SIGINT goes to the worker, which
+    stops its jobs with SIGTERM so they checkpoint) and ignores SIGINT sent to it."""
+    server = forking._server.server_pid
+    assert os.getsid(server) == server != os.getsid(0)
+    os.kill(server, signal.SIGINT)
+    handle = forking.launch(job(tmp_path, "random"))
+    assert isinstance(handle, ForkedJob) and handle.wait(60) == 0 and alive(server)
+
+
 def test_forked_jobs_draw_their_own_random_numbers(forking, tmp_path):
     handles = [forking.launch(job(tmp_path, "random", name=f"r{i}")) for i in range(2)]
     assert [h.wait(60) for h in handles] == [0, 0]

@@ -268,6 +268,9 @@ class ForkServer:
                 cwd=self._home,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
+                # a terminal's Ctrl-C reaches the worker, which stops its jobs with
+                # SIGTERM (they checkpoint); it must not kill the server and them first
+                start_new_session=True,
             )
         except BaseException:
             ours.close()
@@ -527,6 +530,7 @@ def serve(sock: socket.socket, parent: int, with_parent: bool, preload: Sequence
     import gc
     import selectors
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     if with_parent:
         die_with_parent()
         if os.getppid() != parent:  # the worker died before the signal was set
