@@ -383,6 +383,13 @@ class ExperimentService(TrackedRuns, RunGroups, RunFiles):
     def _engine_only(self, ref: str | uuid.UUID, what: str) -> uuid.UUID:
         with self.db.session() as session:
             row = self._row(session, ref)
+            if row.origin == "sweep":
+                msg = (
+                    f"experiment {row.name!r} is a sweep: the engine runs its trials, not "
+                    f"the sweep, so it cannot be {what}; start a new sweep (mlrig sweeps "
+                    "create) or rerun one of its trials"
+                )
+                raise ConflictError(msg, details={"origin": row.origin})
             if row.origin != "engine":
                 msg = (
                     f"experiment {row.name!r} is a tracked run (origin {row.origin}), not a "
