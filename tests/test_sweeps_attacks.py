@@ -353,3 +353,28 @@ def test_a_sweep_whose_every_trial_fails_ends_failed_saying_why(db_platform):
     assert "the trainer broke" in ended["status_detail"]
     assert ended["trials"]["failed"] == 3 and ended["trials"]["total"] == 3
     assert db_platform.queue.claim("sim", lease_seconds=30) is None  # nothing more asked
+
+
+def test_an_id_prefix_of_two_sweeps_is_ambiguous_not_a_guess(client, platform, monkeypatch):
+    real = uuid.uuid4
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("abcd" + real().hex[4:]))
+    first = platform.sweeps.create(**sweep_args("one", parallelism=1))
+    second = platform.sweeps.create(**sweep_args("two", parallelism=1))
+    monkeypatch.undo()
+    assert first["id"].startswith("abcd") and second["id"].startswith("abcd")
+    for method, path in (
+        ("GET", f"{BASE}/abcd"),
+        ("GET", f"{BASE}/abcd/trials"),
+        ("GET", f"{BASE}/abcd/results"),
+        ("POST", f"{BASE}/abcd/stop"),
+    ):
+        response = client.request(method, path)
+        assert response.status_code == 422, (path, response.text)
+        error = response.json()["error"]
+        assert "ambiguous" in error["message"]
+        assert set(error["details"]["candidates"]) == {first["id"], second["id"]}
+    assert {platform.sweeps.get(s["id"])["status"] for s in (first, second)} == {"running"}
+    # a longer prefix picks one
+    picked = client.get(f"{BASE}/{second['id'][:-1]}")
+    assert picked.status_code == 200, picked.text
+    assert picked.json()["id"] == second["id"]
