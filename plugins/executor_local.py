@@ -8,10 +8,10 @@ so processes the job started die with it.
 A job that is a Python module of this interpreter (``JobSpec.python_entry``: the engine's
 runner) is forked from a pre-warmed fork server (``prefork = true``, the default where
 ``os.fork`` exists; :mod:`mlrig.engine.launcher`), so it skips the interpreter start and
-the imports. Until the server is ready (it starts in the background on the first such
-job), when it has died three times in a row, for a job with a memory limit (an
-address-space limit would count the server's preloaded modules) and for any other
-command, the job is a plain subprocess.
+the imports. The job is a plain subprocess until the server is ready (it starts in the
+background on the second such job: a worker that runs one job never pays for it), after
+the server died three times in a row, when it has a memory limit (an address-space limit
+would count the server's preloaded modules), and for any other command.
 """
 
 from __future__ import annotations
@@ -34,6 +34,21 @@ if TYPE_CHECKING:
     from mlrig.engine.launcher import ForkServer
 
 log = logging.getLogger("mlrig.engine")
+#: what the bundled sklearn trainer imports in every job: the data, the estimators, and
+#: the ONNX export and check of the model it registers (skl2onnx alone takes about 1 s)
+SKLEARN_PRELOAD = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "sklearn",
+    "sklearn.ensemble",
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "joblib",
+    "skl2onnx",
+    "onnxruntime",
+)
 #: a fork server that died this many times in a row is not started again
 MAX_SERVER_FAILURES = 3
 #: a fork server that has not imported its modules after this long is killed (seconds)
@@ -52,7 +67,7 @@ class LocalExecutorOptions(BaseModel):
     prefork: bool = hasattr(os, "fork") and sys.platform != "darwin"
     #: modules the fork server imports besides mlrig's own (missing ones are skipped);
     #: never list torch/tensorflow unless the server may import them (no CUDA before fork)
-    preload: list[str] = Field(default_factory=lambda: ["numpy", "pandas", "sklearn"])
+    preload: list[str] = Field(default_factory=lambda: list(SKLEARN_PRELOAD))
 
 
 PR_SET_PDEATHSIG = 1
@@ -131,6 +146,7 @@ class LocalExecutor(Executor):
         self._lock = threading.Lock()
         self._server: ForkServer | None = None
         self._server_failures = 0
+        self._runner_jobs = 0
 
     def launch(self, spec: JobSpec) -> JobHandle:
         env = dict(os.environ) if self.options.inherit_env else {}
@@ -182,6 +198,9 @@ class LocalExecutor(Executor):
         ):
             return None
         with self._lock:
+            self._runner_jobs += 1
+            if self._server is None and self._runner_jobs < 2:
+                return None  # a worker that runs one job never pays for a server
             server = self._server_for(env)
             if server is None or not server.ready:
                 return None
