@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import secrets
 import warnings
 from collections.abc import Callable
@@ -185,7 +186,12 @@ def _parametrize(ng: Any, space: SearchSpace) -> tuple[dict[str, Any], dict, dic
         elif isinstance(param, FloatRange) and param.step is None:
             lo, hi = param.low, param.high
             if param.log:
-                params[name] = ng.p.Log(lower=lo, upper=hi)
+                try:
+                    params[name] = ng.p.Log(lower=lo, upper=hi)
+                except ValueError:  # subnormal or very narrow: its own bounds check fails
+                    params[name] = ng.p.Scalar(lower=math.log(lo), upper=math.log(hi))
+                    decoders[name] = lambda v, lo=lo, hi=hi: min(max(math.exp(float(v)), lo), hi)
+                    continue
             else:
                 params[name] = ng.p.Scalar(lower=lo, upper=hi)
             decoders[name] = lambda v, lo=lo, hi=hi: min(max(float(v), lo), hi)
@@ -413,7 +419,8 @@ class NevergradSearch(SearchStrategy):
         space, ledger = self._ready()
         number = ledger.next_number
         candidate = self._ask(number)
-        point = {name: decode(candidate.value[name]) for name, decode in self._decoders.items()}
+        value = candidate.value  # computed afresh on every access: once, not per parameter
+        point = {name: decode(value[name]) for name, decode in self._decoders.items()}
         point.update(self._fixed)
         params = space.active(point)
         extra: dict[str, Any] = {"optimizer": self.optimizer_name}

@@ -378,3 +378,27 @@ def test_an_id_prefix_of_two_sweeps_is_ambiguous_not_a_guess(client, platform, m
     picked = client.get(f"{BASE}/{second['id'][:-1]}")
     assert picked.status_code == 200, picked.text
     assert picked.json()["id"] == second["id"]
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(1e-300, 1.0000001e-300), (1e-320, 1e-310)], ids=["narrow", "subnormal"]
+)
+def test_nevergrad_searches_a_narrow_or_subnormal_log_range(client, low, high):
+    """nevergrad's Log parameter fails its own bounds check there (it was a 500)."""
+    pytest.importorskip("nevergrad")
+    space = {"C": {"type": "float", "low": low, "high": high, "log": True}}
+    body = _body(space=space, strategy="nevergrad", dry_run=True)
+    body["strategy_options"] = {"optimizer": "RandomSearch"}
+    response = client.post(BASE, json=body)
+    assert response.status_code == 200, response.text
+    from mlrig.backends import load_backend
+    from mlrig.search.space import SearchSpace
+
+    strategy = load_backend("search", "nevergrad").from_options(
+        {"optimizer": "NGOpt"}, where="search.nevergrad"
+    )
+    strategy.start(SearchSpace.from_dict(space), direction="minimize", seed=1, parallelism=2)
+    for _ in range(4):
+        trial = strategy.ask()
+        assert low <= trial.params["C"] <= high
+        strategy.tell(trial, trial.params["C"] / low)
