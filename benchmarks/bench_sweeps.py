@@ -15,11 +15,11 @@ experiment on the queue, claimed, launched (forked from the fork server with ``p
 true``, a new interpreter with ``false``), trained, completed, told to the strategy by the
 worker's sweep driver, which queues the next trial.
 
-Before the sweep, one job of the same trainer runs on the worker, untimed, and the script
-waits until the worker's fork server (prefork) has imported its modules: the worker's and
-the server's start-up are not part of any trial (the first jobs of a fresh worker run as
-plain subprocesses while its server starts; ``forked_trials`` says how many timed trials
-were forked).
+Before the sweep, two jobs of the same trainer run on the worker, untimed, and the script
+waits until the worker's fork server (prefork; it starts on a worker's second job) has
+imported its modules: the worker's and the server's start-up are not part of any trial
+(the first jobs of a fresh worker run as plain subprocesses while its server starts;
+``forked_trials`` says how many timed trials were forked).
 
 **(a) overhead** (``overhead``): parallelism 1, ``--trials`` trials of about
 ``--work-ms`` of loop each, ``[executor.local] prefork`` on, then off. Per trial:
@@ -63,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 GOAL_MS = 50.0
+#: untimed jobs before a sweep: the worker's start, its fork server's start (on the 2nd)
+WARM_UP_JOBS = 2
 TRAINER = "bench-work"
 TRAINER_MODULE = '''"""A trainer with fixed, known work: a pure-Python loop."""
 
@@ -187,7 +189,7 @@ def run_sweep(
         "--cpus",
         str(parallelism),
         "--max-jobs",
-        str(trials + 1),  # the warm-up job, then the trials
+        str(trials + WARM_UP_JOBS),  # the warm-up jobs, then the trials
         "--quiet",
     ]
     worker = subprocess.Popen(
@@ -201,7 +203,7 @@ def run_sweep(
     )
     deadline = time.monotonic() + timeout
     try:
-        # one job first: the worker's start and (prefork) its fork server's start, untimed
+        # jobs first: the worker's start and (prefork) its fork server's start, untimed
         warm_up(platform, worker, prefork=prefork, deadline=deadline)
         sampler = CpuSampler(worker.pid)
         sampler.start()
@@ -353,14 +355,31 @@ def untimed(trials: list[dict[str, Any]], warmup: int, prefork: bool) -> int:
 def warm_up(
     platform: Any, worker: subprocess.Popen[str], *, prefork: bool, deadline: float
 ) -> None:
-    """Run one job of the trainer on ``worker`` and wait until it completed and (with
-    prefork) the worker's fork server has imported its modules (a child of the worker
-    running ``mlrig.engine.launcher`` whose CPU time stopped growing)."""
+    """Run ``WARM_UP_JOBS`` jobs of the trainer on ``worker`` and wait until they completed
+    and (with prefork) the worker's fork server has imported its modules (a child of the
+    worker running ``mlrig.engine.launcher`` whose CPU time stopped growing; a worker
+    starts its server on its second job)."""
+    for i in range(WARM_UP_JOBS):
+        _warm_up_job(platform, worker, f"warm-up-{i}", deadline)
+    if not prefork:
+        return
+    last = None
+    while True:
+        used = _fork_server_cpu(worker.pid)
+        if used is not None and used == last:
+            return
+        last = used
+        if time.monotonic() > deadline:
+            raise SystemExit("the worker's fork server did not become idle")
+        time.sleep(0.5)
+
+
+def _warm_up_job(platform: Any, worker: subprocess.Popen[str], name: str, deadline: float) -> None:
     from mlrig.db.models import TrainingExperiment
 
     with platform.db.session() as session:
         row = TrainingExperiment(
-            name="warm-up", trainer=TRAINER, hyperparameters={"loops": 1000}, max_attempts=1
+            name=name, trainer=TRAINER, hyperparameters={"loops": 1000}, max_attempts=1
         )
         session.add(row)
         session.flush()
@@ -379,17 +398,6 @@ def warm_up(
         if time.monotonic() > deadline:
             raise SystemExit("the warm-up job did not complete")
         time.sleep(0.1)
-    if not prefork:
-        return
-    last = None
-    while True:
-        used = _fork_server_cpu(worker.pid)
-        if used is not None and used == last:
-            return
-        last = used
-        if time.monotonic() > deadline:
-            raise SystemExit("the worker's fork server did not become idle")
-        time.sleep(0.5)
 
 
 def _fork_server_cpu(parent: int) -> int | None:
