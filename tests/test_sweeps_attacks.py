@@ -402,3 +402,43 @@ def test_nevergrad_searches_a_narrow_or_subnormal_log_range(client, low, high):
         trial = strategy.ask()
         assert low <= trial.params["C"] <= high
         strategy.tell(trial, trial.params["C"] / low)
+
+
+def test_a_state_that_cannot_be_restored_fails_the_sweep_instead_of_retrying(platform):
+    """A restore that raises would raise on every round, the sweep running forever."""
+    view = platform.sweeps.create(**sweep_args("garbled", max_trials=4, parallelism=1))
+    sweep_id = uuid.UUID(view["id"])
+    with platform.db.session() as session:
+        sweep = session.get(Sweep, sweep_id)
+        sweep.strategy_state = b"garbage"
+        sweep.state_version += 1  # another process saved it: this one must restore
+    job = platform.queue.claim("sim", lease_seconds=30)
+    assert platform.queue.fail(job, "boom", retry=False)
+    platform.sweeps.advance(owner="t")  # does not raise
+    ended = platform.sweeps.get(view["id"])
+    assert ended["status"] == "failed"
+    assert "could not be restored" in ended["status_detail"]
+    assert "not a saved random search state" in ended["status_detail"]
+    assert platform.queue.claim("sim", lease_seconds=30) is None
+    assert platform.sweeps.advance(owner="t") == 0  # and nothing more to do
+
+
+def test_a_strategy_not_installed_here_leaves_the_sweep_to_other_drivers(platform, monkeypatch):
+    """A worker without the strategy's extra must not fail other people's sweeps."""
+    import mlrig.backends
+
+    view = platform.sweeps.create(**sweep_args("elsewhere", max_trials=4, parallelism=1))
+    job = platform.queue.claim("sim", lease_seconds=30)
+    assert platform.queue.fail(job, "boom", retry=False)
+    platform.sweeps.driver.forget(uuid.UUID(view["id"]))
+    real = mlrig.backends.backend_names
+    monkeypatch.setattr(
+        mlrig.backends,
+        "backend_names",
+        lambda kind: [n for n in real(kind) if n != "random"] if kind == "search" else real(kind),
+    )
+    with pytest.raises(Exception, match="unknown search strategy 'random'"):
+        platform.sweeps.advance(owner="t")
+    assert platform.sweeps.get(view["id"])["status"] == "running"
+    monkeypatch.undo()
+    assert platform.sweeps.advance(owner="t") == 2  # told the failure, asked the next

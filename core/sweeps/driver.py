@@ -140,8 +140,15 @@ class SweepDriver:
     def _restore(self, sweep: Sweep) -> SearchStrategy:
         from mlrig.sweeps.service import load_strategy
 
+        # not installed here (a worker without the extra): an error, the sweep left to others
         strategy = load_strategy(self.platform, sweep.strategy, dict(sweep.strategy_options or {}))
-        strategy.restore(sweep.strategy_state or b"")
+        try:
+            strategy.restore(sweep.strategy_state or b"")
+        except Exception as exc:  # every retry would fail the same way: the sweep fails
+            from mlrig.engine.runner import one_line
+
+            msg = f"its saved state could not be restored: {one_line(exc)}"
+            raise StrategyError(msg) from exc
         self.restores += 1
         return strategy
 
@@ -291,7 +298,11 @@ class SweepDriver:
         were told or queued."""
         if not self._needs_step(sweep_id):
             return 0
-        self._warm(sweep_id)
+        try:
+            self._warm(sweep_id)
+        except StrategyError as exc:
+            self._fail(sweep_id, f"the search strategy failed: {exc}")
+            return 0
         after = _After()
         kept: tuple[int, SearchStrategy] | None = None
         with self.db.session() as session:
@@ -302,8 +313,8 @@ class SweepDriver:
                 sweep.driver_owner is not None and held is not None and held > now
             ):
                 return 0
-            strategy = self._take(sweep)
             try:
+                strategy = self._take(sweep)
                 kept = self._locked_step(session, sweep, row, strategy, owner, now, after)
             except StrategyError as exc:
                 failure = exc  # this step rolls back; the sweep is failed below
