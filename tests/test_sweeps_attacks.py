@@ -442,3 +442,26 @@ def test_a_strategy_not_installed_here_leaves_the_sweep_to_other_drivers(platfor
     assert platform.sweeps.get(view["id"])["status"] == "running"
     monkeypatch.undo()
     assert platform.sweeps.advance(owner="t") == 2  # told the failure, asked the next
+
+
+@pytest.mark.parametrize("strategy", ["random", "grid", "nevergrad"])
+def test_an_int_range_of_2_63_values_is_no_500(client, strategy):
+    """len() of its range overflowed (OverflowError: a 500 at create)."""
+    if strategy == "nevergrad":
+        pytest.importorskip("nevergrad")
+    space = {"max_iter": {"type": "int", "low": 0, "high": 2**63 - 1}}
+    response = client.post(BASE, json=_body(space=space, strategy=strategy, dry_run=True))
+    assert response.status_code in (200, 422), response.text
+    if strategy == "grid":  # refused with its count
+        assert response.status_code == 422
+        assert "9,223,372,036,854,775,808 points" in response.json()["error"]["message"]
+    else:
+        assert response.status_code == 200, response.text
+
+
+def test_the_size_of_a_huge_int_range_is_exact():
+    from mlrig.search.space import SearchSpace
+
+    space = SearchSpace.from_dict({"n": {"type": "int", "low": -(2**62), "high": 2**62}})
+    assert space.params["n"].size() == 2**63 + 1
+    assert space.grid_size() == 2**63 + 1

@@ -262,7 +262,9 @@ class IntRange:
     def size(self, float_points: int | None = None) -> int:
         """Distinct values in a grid: every value; a log range with ``float_points``:
         that many log-spaced values, rounded, duplicates dropped."""
-        return len(self.values(float_points))
+        if self.log and float_points is not None and float_points < self.count:
+            return len(self.values(float_points))
+        return self.count  # len() of a range of 2**63 values or more overflows
 
     def values(self, float_points: int | None = None) -> Sequence[int]:
         """The grid values (a lazy ``range`` unless log-spaced)."""
