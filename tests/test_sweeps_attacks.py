@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from mlrig import datasets
 from mlrig.db.models import RunGroup, Sweep, SweepTrial, TrainingExperiment
-from mlrig.errors import ConflictError
+from mlrig.errors import ConflictError, ValidationError
 from mlrig.security import Principal
 
 ACTOR = Principal(name="mallory", role="admin")
@@ -465,3 +465,33 @@ def test_the_size_of_a_huge_int_range_is_exact():
     space = SearchSpace.from_dict({"n": {"type": "int", "low": -(2**62), "high": 2**62}})
     assert space.params["n"].size() == 2**63 + 1
     assert space.grid_size() == 2**63 + 1
+
+
+def test_a_bad_option_of_a_choice_is_refused_at_create_whatever_the_sample(platform):
+    # the trainer checked one sample point only: a choice holding a bad option passed
+    # whenever the sample missed it, and those trials then failed one by one
+    space = {**SPACE, "solver": {"type": "choice", "options": ["lbfgs", "newton-cg", "bogus"]}}
+    for seed in (1, 2, 3, 4):
+        before = counts(platform)
+        with pytest.raises(ValidationError) as caught:
+            platform.sweeps.create(**sweep_args(f"bad-{seed}", space=space, seed=seed))
+        assert "bogus" in caught.value.message
+        assert counts(platform) == before
+
+
+def test_too_many_merged_hyperparameters_are_refused_before_the_strategy_starts(
+    platform, monkeypatch
+):
+    from mlrig.sweeps import service
+
+    started = []
+    monkeypatch.setattr(
+        service.SweepService,
+        "_start_strategy",
+        lambda self, *a, **k: started.append(1) or pytest.fail("strategy started"),
+    )
+    space = {f"p{i}": {"type": "float", "low": 0.0, "high": 1.0} for i in range(999)}
+    with pytest.raises(ValidationError) as caught:
+        platform.sweeps.create(**sweep_args("wide", space=space, strategy="nevergrad"))
+    assert "hyperparameters" in caught.value.message
+    assert not started

@@ -128,6 +128,27 @@ def load_strategy(platform: Platform, name: str, options: dict[str, Any]) -> Sea
         raise ValidationError(msg, details={"field": "strategy_options"}) from None
 
 
+#: the most trainer checks one create runs (a sample point and choices' options)
+MAX_CHECKED_POINTS = 50
+
+
+def _check_points(space: SearchSpace, sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points the trainer's ``check`` sees at create: ``sample`` and, for each
+    unconditional choice, ``sample`` with each of its other options (bounded)."""
+    from mlrig.search.space import Choice
+
+    points = [sample]
+    for name, param in space.params.items():
+        if not isinstance(param, Choice) or param.when or name not in sample:
+            continue
+        for option in param.options:
+            if len(points) >= MAX_CHECKED_POINTS:
+                return points
+            if option != sample[name]:
+                points.append(space.active({**sample, name: option}))
+    return points
+
+
 def trial_seed(seed: int | None, number: int) -> int | None:
     """The seed of trial ``number``: derived from the sweep's, distinct per trial."""
     if seed is None:
@@ -234,18 +255,25 @@ class SweepService:
             **settings.search.backend_options(strategy_name),
             **rules.check_json("strategy_options", strategy_options or {}),
         }
+        # the trials' merged hyperparameters must fit the experiments' bounds: checked
+        # before the strategy starts (nevergrad takes a minute over 1000 parameters)
+        rules.check_json(
+            "hyperparameters", {**fields["hyperparameters"], **dict.fromkeys(parsed.names)}
+        )
         started, sample, grid_points = self._start_strategy(
             strategy_name, options, parsed, direction, sweep_seed, parallelism, max_trials
         )
-        # what would fail every trial is refused now: the trainer's check of a sample point
-        self.platform.experiments._check_trainable(
-            {
-                **fields,
-                "hyperparameters": rules.check_json(
-                    "hyperparameters", {**fields["hyperparameters"], **sample}
-                ),
-            }
-        )
+        # what would fail every trial is refused now: the trainer's check of a sample
+        # point, and of every option of each choice (one the sample missed fails too)
+        for point in _check_points(parsed, sample):
+            self.platform.experiments._check_trainable(
+                {
+                    **fields,
+                    "hyperparameters": rules.check_json(
+                        "hyperparameters", {**fields["hyperparameters"], **point}
+                    ),
+                }
+            )
         template = {
             "trainer": fields["trainer"],
             "hyperparameters": fields["hyperparameters"],
