@@ -420,7 +420,7 @@ class SweepService:
                 raise ConflictError(msg, details={"name": fields["name"]}) from None
             events += queue.record_created(session, row)
             strategy = settings_row["strategy"]
-            events += queue.record_status(session, row, "running", f"sweep ({strategy})")
+            events += queue.record_status(session, row, "running", f"searching with {strategy}")
             session.add(Sweep(id=row.id, strategy_state=state, state_version=1, **settings_row))
             key = row.id
         for event in events:
