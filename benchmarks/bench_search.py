@@ -12,7 +12,9 @@ HistGradientBoostingClassifier on sklearn's digits (1,797 8x8 images, 10 classes
 mean accuracy of a stratified 5-fold cross-validation (the folds fixed for every trial),
 maximised over ``--digits-trials`` trials (50) and ``--digits-seeds`` seeds (5), in a
 6-parameter space (``learning_rate`` and ``l2_regularization`` on a log scale,
-``max_iter``, ``max_leaf_nodes``, ``min_samples_leaf``, ``max_features``). Each fit runs
+``max_iter``, ``max_leaf_nodes``, ``min_samples_leaf``, ``max_features``); the slow part:
+15 runs of 50 five-fold fits take well over an hour on a shared 2-core machine
+(``--skip-digits``, ``--first-seed`` and ``--progress`` help run it in pieces). Each fit runs
 on one thread (OpenMP threads spin and starve on a shared 2-core machine: a 5-fold fit
 took 30x longer with two).
 
