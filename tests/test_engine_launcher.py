@@ -316,3 +316,21 @@ def test_the_worker_claims_the_next_job_when_one_ends_not_at_its_next_poll(site,
         assert statuses == ["completed", "completed"]
     finally:
         platform.close()
+
+
+def test_the_server_s_database_warm_up_connects_to_nothing(monkeypatch, tmp_path):
+    import sqlite3
+    import tempfile
+
+    from mlrig.engine import launcher
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fork server opened a database connection")
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    psycopg = pytest.importorskip("psycopg")
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(refuse))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "psycopg", psycopg)  # the PostgreSQL engine too
+    launcher._warm_database()  # raises (not suppressed here) when anything fails
+    assert list(tmp_path.iterdir()) == []  # its never-opened SQLite folder is removed

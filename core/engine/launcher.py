@@ -482,6 +482,12 @@ def _preload(names: Sequence[str]) -> dict[str, str]:
         _package_versions()
     with contextlib.suppress(Exception):
         _scan_entry_points()
+    with contextlib.suppress(Exception):
+        _warm_database()
+    with contextlib.suppress(Exception):  # cached by the module: the same machine for all
+        import platform
+
+        platform.platform()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()  # its first call sets up the legacy generator (~80 ms)
@@ -491,6 +497,35 @@ def _preload(names: Sequence[str]) -> dict[str, str]:
 
             _POOLS[0] = ThreadpoolController()
     return missing
+
+
+def _warm_database() -> None:
+    """What a job's first engine and first statements set up once per process, done here
+    without connecting: an engine of each preloaded dialect (the dialect's and the pool's
+    set-up) and the job's primary-key reads compiled against it (the ORM's and the
+    compiler's per-class set-up; the compiled statements themselves are cached per engine,
+    so each job still compiles its own). The engines are disposed of unused."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from sqlalchemy import select
+
+    from mlrig.db import Database
+    from mlrig.db.models import TrainingExperiment, User
+
+    folder = tempfile.mkdtemp(prefix="mlrig-fork-server-warm-")
+    urls = [f"sqlite:///{folder}/never-opened.db"]
+    if "psycopg" in sys.modules:
+        urls.append("postgresql+psycopg://mlrig@localhost/never-opened")
+    try:
+        for url in urls:
+            db = Database(url)
+            for model in (TrainingExperiment, User):
+                select(model).where(model.id == uuid.uuid4()).compile(dialect=db.engine.dialect)
+            db.engine.dispose()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _scan_entry_points() -> None:
