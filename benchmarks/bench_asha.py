@@ -2,7 +2,7 @@
 beside the same sweep without pruning, both run through the job engine by a real worker.
 
     python benchmarks/bench_asha.py                   # 32 trials, 27 epochs, eta 3
-    python benchmarks/bench_asha.py --smoke --json    # CI: 6 trials, 9 epochs
+    python benchmarks/bench_asha.py --smoke --json    # CI: 4 trials, 4 epochs
 
 Each sweep trains scikit-learn's ``MLPClassifier`` with the ``sklearn`` trainer epoch by
 epoch (``epochs``: one ``partial_fit`` per epoch, the training and validation metrics
@@ -150,12 +150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per sweep")
-    parser.add_argument("--smoke", action="store_true", help="CI: 6 trials of 9 epochs")
+    parser.add_argument("--smoke", action="store_true", help="CI: 4 trials of 4 epochs")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.trials, args.epochs = 6, 9
+        args.trials, args.epochs = 4, 4
     return args
 
 
