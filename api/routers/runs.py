@@ -9,18 +9,17 @@ runs whose script went silent for ``[tracking] heartbeat_timeout_seconds`` are f
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import threading
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, model_validator
 
+from mlrig.api.background import thread_lifespan
 from mlrig.api.deps import PlatformDep
 from mlrig.api.middleware import body_class
 from mlrig.api.openapi import errors
@@ -48,25 +47,6 @@ SWEEP_MAX_SECONDS = 5.0
 SPOOL_BYTES = 8 * 1024 * 1024
 
 
-@contextlib.asynccontextmanager
-async def sweep_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run :func:`sweep_silent_runs` in a thread while the app serves."""
-    platform = getattr(app.state, "platform", None)
-    stop = threading.Event()
-    thread = None
-    if platform is not None:
-        thread = threading.Thread(
-            target=sweep_silent_runs, args=(platform, stop), name="mlrig-run-sweep", daemon=True
-        )
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(10)
-
-
 def sweep_interval(timeout: float) -> float:
     """Seconds between sweeps: a quarter of the heartbeat timeout, at most 5 s, at least
     0.2 s (so a run is failed at most ~timeout + interval after its last heartbeat)."""
@@ -83,6 +63,8 @@ def sweep_silent_runs(platform: Any, stop: threading.Event) -> None:
         except Exception:
             log.warning("the sweep for silent tracked runs failed", exc_info=True)
 
+
+sweep_lifespan = thread_lifespan(sweep_silent_runs, name="mlrig-run-sweep")
 
 router = APIRouter(tags=["runs"], lifespan=sweep_lifespan)
 

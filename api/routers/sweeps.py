@@ -13,17 +13,16 @@ next ones (the workers do the same; one process drives a sweep at a time).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import Field
 
+from mlrig.api.background import thread_lifespan
 from mlrig.api.deps import PlatformDep
 from mlrig.api.openapi import errors
 from mlrig.api.pagination import offset_page
@@ -68,24 +67,7 @@ def drive_sweeps(platform: Any, stop: threading.Event) -> None:
             log.warning("driving the sweeps failed (retried in %.1f s)", interval, exc_info=True)
 
 
-@contextlib.asynccontextmanager
-async def driver_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run :func:`drive_sweeps` in a thread while the app serves."""
-    platform = getattr(app.state, "platform", None)
-    stop = threading.Event()
-    thread = None
-    if platform is not None:
-        thread = threading.Thread(
-            target=drive_sweeps, args=(platform, stop), name="mlrig-sweep-driver", daemon=True
-        )
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(10)
-
+driver_lifespan = thread_lifespan(drive_sweeps, name="mlrig-sweep-driver")
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], lifespan=driver_lifespan)
 
