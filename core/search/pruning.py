@@ -73,7 +73,7 @@ _MINIMA = {
 _STEP_MAX = 2**31 - 1
 _MAXIMA = {
     "warmup_steps": _STEP_MAX,
-    "min_trials": 10_000,
+    "min_trials": _STEP_MAX,
     "interval": _STEP_MAX,
     "min_resource": _STEP_MAX,
     "max_resource": _STEP_MAX,
