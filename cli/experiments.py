@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,38 +24,72 @@ NO_WORKER_SECONDS = 5.0
 EXIT_NO_WORKER = 3
 
 
-class _WorkerWatch:
-    """Notices when no worker is alive while a job waits for one (queued) or runs on a
-    worker that died (running): nothing would ever finish it, so the wait ends."""
+class WorkerWatch:
+    """Notices when no worker is alive while a wait depends on one (a job queued or
+    running, a sweep with trials to run): nothing would ever finish it, so the wait ends.
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
+    :param queue: the job queue (its ``live_workers``).
+    :param waiting: whether ``view`` still needs a worker.
+    :param describe: ``view`` -> (what waits, what happens once a worker comes), the two
+        ends of the one-line message.
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        *,
+        waiting: Callable[[dict[str, Any]], bool],
+        describe: Callable[[dict[str, Any]], tuple[str, str]],
+        grace_seconds: float | None = None,
+    ) -> None:
+        self.queue = queue
+        #: how long no worker may be alive before the wait ends (default NO_WORKER_SECONDS)
+        self.grace_seconds = NO_WORKER_SECONDS if grace_seconds is None else grace_seconds
+        self.waiting = waiting
+        self.describe = describe
         self.missing_since: float | None = None
         self.checked_at = 0.0
 
     def check(self, view: dict[str, Any]) -> None:
         """Exit with :data:`EXIT_NO_WORKER` once no worker was alive for a while."""
-        if view["status"] not in ("queued", "running"):
+        if not self.waiting(view):
             self.missing_since = None
             return
         now = time.monotonic()
         if now - self.checked_at < 1.0:
             return
         self.checked_at = now
-        if self.service.queue.live_workers():
+        if self.queue.live_workers():
             self.missing_since = None
             return
         self.missing_since = self.missing_since or now
-        if now - self.missing_since < NO_WORKER_SECONDS:
+        if now - self.missing_since < self.grace_seconds:
             return
+        what, then = self.describe(view)
         click.echo(
-            f"{view['name']} is {view['status']}, but no worker is running (none has sent "
-            f"a heartbeat for {NO_WORKER_SECONDS:.0f} s): start one with `mlrig worker` "
-            "(same config), or `mlrig server`, which runs one; the experiment stays "
-            f"{view['status']} until a worker takes it",
+            f"{what}, but no worker is running (none has sent a heartbeat for "
+            f"{self.grace_seconds:.0f} s): start one with `mlrig worker` (same config), or "
+            f"`mlrig server`, which runs one; {then}",
             err=True,
         )
         sys.exit(EXIT_NO_WORKER)
+
+
+def _job_watch(service: Any) -> WorkerWatch:
+    """The watch of one experiment's wait: while it is queued or running."""
+    return WorkerWatch(
+        service.queue,
+        waiting=lambda view: view["status"] in ("queued", "running"),
+        describe=lambda view: (
+            f"{view['name']} is {view['status']}",
+            f"the experiment stays {view['status']} until a worker takes it",
+        ),
+    )
+
+
+def elapsed_clock(seconds: int) -> str:
+    """``H:MM:SS`` of a progress line."""
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _value(text: str) -> Any:
@@ -339,7 +374,7 @@ def _progress(view: dict[str, Any], since: float) -> str:
         parts.append(f"step {max(steps)}")
     if latest:
         parts.append(_metric_line(latest))
-    parts.append(f"{elapsed // 3600:d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}")
+    parts.append(elapsed_clock(elapsed))
     return " | ".join(parts)
 
 
@@ -351,7 +386,7 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
 
     since = time.time()
     view = service.get(key)
-    workers = _WorkerWatch(service)
+    workers = _job_watch(service)
     console = Console(stderr=True, quiet=quiet)
     with Live(Text(_progress(view, since)), console=console, refresh_per_second=4) as live:
         while view["status"] not in FINAL:
@@ -459,7 +494,7 @@ def logs(experiment: str, follow: bool, offset: int) -> None:
     service = get_platform().experiments
     key = service.resolve(experiment)
     out = sys.stdout.buffer
-    workers = _WorkerWatch(service)
+    workers = _job_watch(service)
     name = experiment
     while True:
         state = service.status(key) if follow else None

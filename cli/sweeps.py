@@ -13,16 +13,13 @@ from typing import Any
 import click
 
 from mlrig.cli.context import audit_cli, get_platform, require_writer
+from mlrig.cli.experiments import NO_WORKER_SECONDS, WorkerWatch, elapsed_clock
 from mlrig.cli.output import json_option, print_json, print_table, show_result
 
 STATUSES = ["running", "completed", "failed", "cancelled"]
 FINAL = frozenset({"completed", "failed", "cancelled"})
 TRIAL_STATES = ["queued", "running", "completed", "failed", "pruned", "cancelled"]
 POLL_SECONDS = 0.5
-#: a waiting command gives up, saying so, after this long without any live worker
-NO_WORKER_SECONDS = 5.0
-#: the exit code of a waiting command that found no live worker (as `experiments --wait`)
-EXIT_NO_WORKER = 3
 SPARKS = "▁▂▃▄▅▆▇█"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -266,37 +263,18 @@ def _dry_run_summary(view: dict[str, Any], as_json: bool) -> None:
     )
 
 
-class _WorkerWatch:
-    """Notices when no worker is alive while the sweep has trials to run."""
-
-    def __init__(self) -> None:
-        self.queue = get_platform().experiments.queue
-        self.missing_since: float | None = None
-        self.checked_at = 0.0
-
-    def check(self, view: dict[str, Any]) -> None:
-        """Exit with :data:`EXIT_NO_WORKER` once no worker was alive for a while."""
-        if view["status"] in FINAL:
-            return
-        now = time.monotonic()
-        if now - self.checked_at < 1.0:
-            return
-        self.checked_at = now
-        if self.queue.live_workers():
-            self.missing_since = None
-            return
-        self.missing_since = self.missing_since or now
-        if now - self.missing_since < NO_WORKER_SECONDS:
-            return
-        click.echo(
+def _sweep_watch() -> Any:
+    """The watch of a sweep's wait: while it has trials to run."""
+    return WorkerWatch(
+        get_platform().experiments.queue,
+        waiting=lambda view: view["status"] not in FINAL,
+        describe=lambda view: (
             f"sweep {view['name']} is {view['status']} with {_done(view)}/"
-            f"{view['planned_trials']} trials done, but no worker is running (none has sent "
-            f"a heartbeat for {NO_WORKER_SECONDS:.0f} s): start one with `mlrig worker` (same "
-            "config), or `mlrig server`, which runs one; the sweep goes on when a worker "
-            "takes its trials",
-            err=True,
-        )
-        sys.exit(EXIT_NO_WORKER)
+            f"{view['planned_trials']} trials done",
+            "the sweep goes on when a worker takes its trials",
+        ),
+        grace_seconds=NO_WORKER_SECONDS,
+    )
 
 
 def _progress(view: dict[str, Any], since: float) -> str:
@@ -311,7 +289,7 @@ def _progress(view: dict[str, Any], since: float) -> str:
     if counts.get("failed") or counts.get("pruned"):
         parts.append(f"{counts.get('failed', 0)} failed, {counts.get('pruned', 0)} pruned")
     parts.append(_best_text(view))
-    parts.append(f"{elapsed // 3600:d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}")
+    parts.append(elapsed_clock(elapsed))
     return " | ".join(parts)
 
 
@@ -323,7 +301,7 @@ def _watch(service: Any, key: str, *, quiet: bool) -> dict[str, Any]:
 
     since = time.time()
     view = service.get(key)
-    workers = _WorkerWatch()
+    workers = _sweep_watch()
     console = Console(stderr=True, quiet=quiet)
     with Live(Text(_progress(view, since)), console=console, refresh_per_second=4) as live:
         while view["status"] not in FINAL:
