@@ -230,3 +230,18 @@ def check_request_params(request: HTTPConnection) -> None:  # WebSocket routes t
         if counts[name] > v.MAX_PARAM_REPEATS:
             msg = f"{field} is repeated more than {v.MAX_PARAM_REPEATS} times"
             raise ValidationError(msg, details={"field": name})
+
+
+#: the schema of an experiment's (or a sweep's trials') ``dataset`` object: ``uri``
+#: required, ``target`` optional, anything else the trainer reads
+DATASET_SCHEMA: dict[str, Any] = {
+    "required": ["uri"],
+    "properties": {
+        "uri": {
+            "type": "string",
+            "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+            "maxLength": 1000,
+        },
+        "target": {"type": "string", "minLength": 1, "maxLength": 1000},
+    },
+}

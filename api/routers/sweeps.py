@@ -30,6 +30,7 @@ from mlrig.api.routers.experiments import Kind, Resources
 from mlrig.api.schemas import Page, Sweep, SweepResults, SweepTrial, TrialState
 from mlrig.api.security import Reader, Writer
 from mlrig.api.types import (
+    DATASET_SCHEMA,
     Cursor,
     Description,
     ExperimentName,
@@ -160,17 +161,7 @@ class SweepCreate(InputModel):
     dataset: JsonObject | None = Field(
         default=None,
         description='{"uri": "data/train.csv", "target": "label", ...}',
-        json_schema_extra={
-            "required": ["uri"],
-            "properties": {
-                "uri": {
-                    "type": "string",
-                    "pattern": "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
-                    "maxLength": 1000,
-                },
-                "target": {"type": "string", "minLength": 1, "maxLength": 1000},
-            },
-        },
+        json_schema_extra=DATASET_SCHEMA,
     )
     resources: Resources = Field(default_factory=Resources, description="Per trial.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="Of every trial.")
