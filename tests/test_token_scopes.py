@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from fastapi import APIRouter
@@ -227,7 +228,10 @@ def test_predictions_cost_no_database_query_within_the_ttl(client, users, scoped
     seen: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
+        # the app's background loops (sweep driver, silent-run sweeper) poll on their own
+        # clock; only what the requests cost counts here
+        if not threading.current_thread().name.startswith("mlrig-"):
+            seen.append(statement)
 
     event.listen(scoped_platform.db.engine, "before_cursor_execute", count)
     try:
@@ -247,8 +251,6 @@ def test_predictions_cost_no_database_query_within_the_ttl(client, users, scoped
 
 
 def test_revocation_reaches_predict_routes_within_the_ttl(tmp_path):
-    import threading
-
     from mlrig.testing.fixtures import make_platform
 
     platform = make_platform(tmp_path / "short", serving={"token_cache_seconds": 0.3})
@@ -422,7 +424,10 @@ def test_live_predictions_make_no_database_query_within_the_ttl(live):
     seen: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
+        # the app's background loops (sweep driver, silent-run sweeper) poll on their own
+        # clock; only what the requests cost counts here
+        if not threading.current_thread().name.startswith("mlrig-"):
+            seen.append(statement)
 
     event.listen(live.platform.db.engine, "before_cursor_execute", count)
     try:
