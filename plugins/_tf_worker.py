@@ -13,10 +13,12 @@ user's model inside its scope and the user's data, sharded per worker, and runs
   (the job process logs them); at each epoch end the chief reads the stop file and the
   cluster agrees on it through an all-reduce, so every worker stops after the same epoch.
 
-Files in RUN_DIR: ``spec.json`` (written by the job process), ``started-I``/``ready-I``
-(worker I imported TensorFlow / joined the cluster), ``error-I.json`` (a failure in the
-user's code: exit status 3), ``model.keras`` and ``sample.npy`` (the chief, at the end),
-``weights-I.npz`` (each worker's final weights, with ``dump_weights``).
+Files in RUN_DIR: ``spec.json`` (written by the job process); per worker I: ``pid-I``,
+``started-I`` (its strategy built: its class, replicas and cluster, as JSON), ``joining-I`` (at
+the first collective), ``ready-I`` (past it: the cluster is up), ``error-I.json`` (the
+user's code failed: exit status 3), ``weights-I.npz`` (its final weights, with
+``dump_weights``); from the chief: ``events.jsonl``, ``backup/``, and at the end
+``model.keras`` and ``sample.npy``.
 """
 
 from __future__ import annotations
@@ -363,7 +365,14 @@ def run(run_dir: Path) -> int:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = tf.distribute.MirroredStrategy()
-    (run_dir / f"started-{index}").write_text(str(time.time()))
+    resolver = getattr(strategy, "cluster_resolver", None)
+    started = {
+        "strategy": type(strategy).__name__,  # MultiWorkerMirrored's is CollectiveAllReduce
+        "replicas": strategy.num_replicas_in_sync,
+        "cluster": resolver.cluster_spec().as_dict() if resolver is not None else None,
+        "task": [resolver.task_type, resolver.task_id] if resolver is not None else None,
+    }
+    _write_json(run_dir / f"started-{index}", started)
     params = spec["params"]
     try:
         if spec.get("seed") is not None:
@@ -390,6 +399,7 @@ def run(run_dir: Path) -> int:
         _write_json(run_dir / f"error-{index}.json", {"where": "module", "message": message})
         traceback.print_exc()
         return EXIT_USER_ERROR
+    (run_dir / f"joining-{index}").write_text(str(time.time()))
     agree(strategy, False)  # the first collective: every worker has joined
     (run_dir / f"ready-{index}").write_text(str(time.time()))
 

@@ -140,7 +140,7 @@ class Cluster:
         self.pgid: int | None = None
 
     def start(self) -> None:
-        for stale in ("started-*", "ready-*", "error-*.json", "pid-*", "stop"):
+        for stale in ("started-*", "joining-*", "ready-*", "error-*.json", "pid-*", "stop"):
             for path in self.run_dir.glob(stale):
                 path.unlink()
         ports = free_ports(self.workers)
@@ -399,12 +399,15 @@ class _Run:
             late = first_up is not None and now - first_up > timeout
             if late or now - started > IMPORT_TIMEOUT_S:
                 missing = [
-                    i for i in range(cluster.workers) if not (self.run_dir / f"ready-{i}").exists()
+                    i
+                    for i in range(cluster.workers)
+                    if not (self.run_dir / f"joining-{i}").exists()
                 ]
                 cluster.kill()
                 msg = (
-                    f"worker(s) {', '.join(map(str, missing))} did not join the cluster within "
-                    f"{timeout} s (startup_timeout_s) of the first worker starting"
+                    f"worker(s) {', '.join(map(str, missing or range(cluster.workers)))} did not "
+                    f"join the cluster within {timeout} s (startup_timeout_s) of the first "
+                    "worker starting"
                 )
                 raise PermanentError(msg)
             time.sleep(POLL_S)
