@@ -14,11 +14,11 @@ user's model inside its scope and the user's data, sharded per worker, and runs
   cluster agrees on it through an all-reduce, so every worker stops after the same epoch.
 
 Files in RUN_DIR: ``spec.json`` (written by the job process); per worker I: ``pid-I``,
-``started-I`` (its strategy built: its class, replicas and cluster, as JSON), ``joining-I`` (at
-the first collective), ``ready-I`` (past it: the cluster is up), ``error-I.json`` (the
-user's code failed: exit status 3), ``weights-I.npz`` (its final weights, with
-``dump_weights``); from the chief: ``events.jsonl``, ``backup/``, and at the end
-``model.keras`` and ``sample.npy``.
+``started-I`` (its strategy built: its class, replicas and cluster, as JSON),
+``joining-I`` (its data built, at the first collective), ``ready-I`` (past it: the cluster
+is up), ``error-I.json`` (the user's code failed: exit status 3), ``weights-I.npz`` (its
+final weights, with ``dump_weights``); from the chief: ``events.jsonl``, ``backup/``, and
+at the end ``model.keras`` and ``sample.npy``.
 """
 
 from __future__ import annotations
@@ -380,6 +380,8 @@ def run(run_dir: Path) -> int:
         module = load_user_module(spec["module"])
         data = _call(module, "build_dataset", params)
         train, validation, sample = _as_datasets(data, float(spec["validation_split"]))
+        # variables made in the scope are broadcast from the chief: a collective
+        (run_dir / f"joining-{index}").write_text(str(time.time()))
         with strategy.scope():
             model = _call(module, "build_model", params)
             if not isinstance(model, keras.Model):
@@ -399,7 +401,6 @@ def run(run_dir: Path) -> int:
         _write_json(run_dir / f"error-{index}.json", {"where": "module", "message": message})
         traceback.print_exc()
         return EXIT_USER_ERROR
-    (run_dir / f"joining-{index}").write_text(str(time.time()))
     agree(strategy, False)  # the first collective: every worker has joined
     (run_dir / f"ready-{index}").write_text(str(time.time()))
 

@@ -241,6 +241,7 @@ def test_a_killed_worker_relaunches_the_cluster_which_resumes_at_its_epoch(
         assert thread.is_alive(), "the worker ended before epoch 1"
         time.sleep(0.05)
     victim = int((folder / "pid-1").read_text())
+    assert victim in tf_workers(str(workdir))  # the /proc scan sees the workers
     os.kill(victim, signal.SIGKILL)
     wait(thread, stop, timeout)
     done = platform.experiments.get("tf-killed")
@@ -303,7 +304,7 @@ def test_bad_input_fails_the_experiment_saying_why_with_no_process_left(
             "build_model(params) raised RuntimeError: the builder refuses: no GPU today",
         ),
         "tf-too-many": (
-            {"module": user_module, "workers": 3},
+            {"module": user_module, "workers": 3, "batch_size": 30},
             "workers=3 is more than the 2 CPU(s) this job may use",
         ),
         "tf-never-up": (
