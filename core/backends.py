@@ -194,6 +194,12 @@ def backend_names(kind: str) -> list[str]:
     return [info.name for info in available_backends(kind)]
 
 
+def usable_backend_names(kind: str) -> list[str]:
+    """The names of the installed backends of ``kind`` whose extras are installed too:
+    what a request may name and expect to run (the REST schema's enums)."""
+    return [info.name for info in available_backends(kind) if not info.missing]
+
+
 def backend_info(kind: str, name: str) -> BackendInfo:
     """Metadata of one backend; :class:`PluginError` listing the installed names if unknown."""
     for info in available_backends(kind):

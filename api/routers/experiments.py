@@ -40,7 +40,7 @@ from mlrig.api.types import (
     ModelName,
     Offset,
 )
-from mlrig.backends import backend_names
+from mlrig.backends import usable_backend_names
 from mlrig.engine.states import FINAL
 from mlrig.errors import ValidationError
 from mlrig.experiments.logs import DEFAULT_READ_BYTES, MAX_READ_BYTES
@@ -79,7 +79,7 @@ class ExperimentCreate(InputModel):
     trainer: Annotated[str, Field(min_length=1, max_length=100)] = Field(
         description="An installed trainer backend, e.g. sklearn.",
         # the schema lists what is installed where it is served (entry points, read once)
-        json_schema_extra=lambda schema: schema.update(enum=backend_names("trainers")),
+        json_schema_extra=lambda schema: schema.update(enum=usable_backend_names("trainers")),
     )
     description: Description | None = None
     hyperparameters: JsonObject = Field(default_factory=dict)

@@ -40,7 +40,7 @@ from mlrig.api.types import (
     ModelName,
     Offset,
 )
-from mlrig.backends import backend_names
+from mlrig.backends import usable_backend_names
 from mlrig.sweeps.service import MAX_PARALLELISM, MAX_SECONDS
 from mlrig.validation import INT32_MAX
 
@@ -115,7 +115,7 @@ class SweepCreate(InputModel):
     name: ExperimentName
     trainer: ShortName = Field(
         description="An installed trainer backend, e.g. sklearn.",
-        json_schema_extra=lambda schema: schema.update(enum=backend_names("trainers")),
+        json_schema_extra=lambda schema: schema.update(enum=usable_backend_names("trainers")),
     )
     space: JsonObject = Field(
         min_length=1,
@@ -132,7 +132,7 @@ class SweepCreate(InputModel):
         default=None,
         description="A search strategy (default: [search] backend).",
         json_schema_extra=lambda schema: schema.update(
-            anyOf=[{"enum": backend_names("search"), "type": "string"}, {"type": "null"}]
+            anyOf=[{"enum": usable_backend_names("search"), "type": "string"}, {"type": "null"}]
         ),
     )
     strategy_options: JsonObject | None = Field(

@@ -11,10 +11,11 @@ or name), so "valid requests are accepted" is checked on real cursors; cases who
 is meant to be invalid keep what schemathesis made.
 
 What depends on the world rather than on the request's shape: an experiment's
-hyperparameters are checked by its trainer (the estimator's own parameters), a dataset
+hyperparameters are checked by its trainer (the estimator's own parameters; a distributed
+trainer needs its ``module``), a dataset
 must exist and lie where the server may read ([datasets] allowed_roots), and a metric
-filter or sort must name a metric some version has. Valid cases get an empty
-``hyperparameters`` and no ``dataset``, an ``artifact://`` dataset that does not exist
+filter or sort must name a metric some version has. Valid cases train with ``sklearn``
+on an empty ``hyperparameters`` and no ``dataset``, an ``artifact://`` dataset that does not exist
 (404), and no metric filter or metric sort. A followed log (``follow=true``) streams
 until its experiment ends, and none runs here (no worker): cases follow for 0.5 s.
 
@@ -81,8 +82,7 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
     body = case.body
     if isinstance(body, dict) and method == "POST" and _valid(case, ParameterLocation.BODY):
         if path == "/api/ml/experiments":
-            body["hyperparameters"] = {}
-            body["dataset"] = None
+            body.update(trainer="sklearn", hyperparameters={}, dataset=None)
         elif path == "/api/ml/sweeps":
             _searchable(body)
         elif path.endswith("/evaluations"):
@@ -113,7 +113,9 @@ def _searchable(body: dict[str, object]) -> None:
     """What a sweep needs beyond its shape: a space the strategies and the trainer accept
     (its rules, low <= high..., are checked by the service), options the strategy knows,
     trials within the server's ``[search] max_trials``, an ASHA ladder that fits."""
-    body.update(space=FUZZ_SPACE, hyperparameters={}, dataset=None, strategy_options=None)
+    body.update(
+        trainer="sklearn", space=FUZZ_SPACE, hyperparameters={}, dataset=None, strategy_options=None
+    )
     if isinstance(body.get("max_trials"), int):
         body["max_trials"] = min(body["max_trials"], 10_000)  # type: ignore[type-var]
     pruner = body.get("pruner")
