@@ -9,16 +9,18 @@ user's model inside its scope and the user's data, sharded per worker, and runs
 - a backup (:class:`ClusterBackup`, a ``keras.callbacks.BackupAndRestore``) written by the
   chief into ``RUN_DIR/backup`` at each epoch end and read by every worker at start, so a
   relaunched cluster resumes at the epoch after the last backup;
-- the relay (:class:`Relay`): the chief appends each epoch's logs to ``RUN_DIR/events.jsonl``
-  (the job process logs them); at each epoch end the chief reads the stop file and the
-  cluster agrees on it through an all-reduce, so every worker stops after the same epoch.
+- the relay (:class:`Relay`, over :mod:`mlrig.plugins._distributed`'s files): the chief
+  appends each epoch's logs as metric lines (the job process logs them); at each epoch end
+  the chief reads the stop file and the cluster agrees on it through an all-reduce, so
+  every worker stops after the same epoch.
 
 Files in RUN_DIR: ``spec.json`` (written by the job process); per worker I: ``pid-I``,
 ``started-I`` (its strategy built: its class, replicas and cluster, as JSON),
 ``joining-I`` (its data built, at the first collective), ``ready-I`` (past it: the cluster
 is up), ``error-I.json`` (the user's code failed: exit status 3), ``weights-I.npz`` (its
-final weights, with ``dump_weights``); from the chief: ``events.jsonl``, ``backup/``, and
-at the end ``model.keras`` and ``sample.npy``.
+final weights, with ``dump_weights``); from the chief: ``metrics.jsonl`` (the relay's),
+``events.jsonl`` (restored/epoch/stopped/saved), ``backup/``, and at the end
+``model.keras`` and ``sample.npy``; from the job process: ``stop``.
 """
 
 from __future__ import annotations
@@ -52,37 +54,44 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_user_module(ref: str) -> Any:
-    """The user's module from a file path (``train.py``) or an import string (``pkg.mod``)."""
-    import importlib
-    import importlib.util
+def load_module(ref: str) -> Any:
+    """The user's module (:func:`mlrig.plugins._distributed.load_user_module`)."""
+    from mlrig.errors import ValidationError
+    from mlrig.plugins._distributed import load_user_module
 
-    if ref.endswith(".py") or os.sep in ref:
-        path = Path(ref)
-        if not path.is_file():
-            msg = f"module file {ref!r} does not exist"
-            raise UserCodeError("load", msg)
-        spec = importlib.util.spec_from_file_location(f"mlrig_user_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            msg = f"cannot load {ref!r} as a Python module"
-            raise UserCodeError("load", msg)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(ref)
+    try:
+        return load_user_module(ref)
+    except ValidationError as exc:
+        raise UserCodeError("load", exc.message) from None
 
 
-def _call(module: Any, name: str, params: dict[str, Any]) -> Any:
-    function = getattr(module, name, None)
-    if not callable(function):
-        msg = f"the module {module.__name__!r} has no function {name}(params)"
-        raise UserCodeError(name, msg)
+def _call(module: Any, name: str, params: dict[str, Any], ref: str) -> Any:
+    from mlrig.errors import ValidationError
+    from mlrig.plugins._distributed import require_function
+
+    try:
+        function = require_function(module, name, spec=ref)
+    except ValidationError as exc:
+        raise UserCodeError(name, exc.message) from None
     try:
         return function(dict(params))
     except Exception as exc:
         text = " ".join(f"{type(exc).__name__}: {exc}".split())[:800]
         raise UserCodeError(name, f"{name}(params) raised {text}") from exc
+
+
+def record_error(run_dir: Path, index: int, message: str) -> None:
+    """A failure of the user's code, as :class:`mlrig.plugins._distributed.RelayDir` reads
+    it back (permanent: no relaunch can fix it)."""
+    from mlrig.plugins._distributed import RelayDir, atomic_write
+
+    record = {
+        "rank": index,
+        "message": message,
+        "traceback": traceback.format_exc()[-4000:],
+        "permanent": True,
+    }
+    atomic_write(RelayDir(run_dir).error(index), json.dumps(record))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -222,11 +231,16 @@ def _rmtree(path: Path) -> None:
 
 
 class Relay:
-    """The chief's side of the relay: epoch logs into ``events.jsonl``."""
+    """The chief's side of the relay: epoch metrics and the stop file through
+    :class:`mlrig.plugins._distributed.WorkerRelay`, the trainer's own events (restored,
+    stopped, saved) into ``events.jsonl``. Other workers write nothing."""
 
-    def __init__(self, run_dir: Path, *, chief: bool) -> None:
+    def __init__(self, run_dir: Path, *, index: int) -> None:
+        from mlrig.plugins._distributed import WorkerRelay
+
+        self.worker = WorkerRelay(run_dir, rank=index)
         self.path = run_dir / "events.jsonl"
-        self.chief = chief
+        self.chief = index == 0
 
     def write(self, event: dict[str, Any]) -> None:
         if not self.chief:
@@ -234,6 +248,20 @@ class Relay:
         with self.path.open("a") as fh:
             fh.write(json.dumps(event) + "\n")
             fh.flush()
+
+    def log_epoch(self, epoch: int, logs: dict[str, float]) -> None:
+        if not self.chief:
+            return
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        validation = {k: v for k, v in logs.items() if k.startswith("val_")}
+        if train:
+            self.worker.log_metrics(train, step=epoch, epoch=epoch, kind="train")
+        if validation:
+            self.worker.log_metrics(validation, step=epoch, epoch=epoch, kind="validation")
+        self.write({"event": "epoch", "epoch": epoch})
+
+    def stop_requested(self) -> bool:
+        return self.chief and self.worker.stop_requested()
 
 
 def _relay_class() -> type:
@@ -245,18 +273,18 @@ def _relay_class() -> type:
         the chief reads the stop file, an all-reduce (a sum of 0s and 1s) tells every
         worker the chief's answer, so all of them stop after the same epoch."""
 
-        def __init__(self, strategy: Any, relay: Relay, stop_file: Path, chief: bool) -> None:
+        def __init__(self, strategy: Any, relay: Relay) -> None:
             super().__init__()
             self.strategy = strategy
             self.relay = relay
-            self.stop_file = stop_file
-            self.chief = chief
             self.stopped_at: int | None = None
+            self.last_logs: dict[str, float] = {}
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-            self.relay.write({"event": "epoch", "epoch": epoch, "logs": values})
-            if agree(self.strategy, self.chief and self.stop_file.exists()):
+            self.last_logs = values
+            self.relay.log_epoch(epoch, values)
+            if agree(self.strategy, self.relay.stop_requested()):
                 self.model.stop_training = True
                 self.stopped_at = epoch
                 self.relay.write({"event": "stopped", "epoch": epoch})
@@ -377,13 +405,13 @@ def run(run_dir: Path) -> int:
     try:
         if spec.get("seed") is not None:
             keras.utils.set_random_seed(int(spec["seed"]) % 2**31)
-        module = load_user_module(spec["module"])
-        data = _call(module, "build_dataset", params)
+        module = load_module(spec["module"])
+        data = _call(module, "build_dataset", params, spec["module"])
         train, validation, sample = _as_datasets(data, float(spec["validation_split"]))
         # variables made in the scope are broadcast from the chief: a collective
         (run_dir / f"joining-{index}").write_text(str(time.time()))
         with strategy.scope():
-            model = _call(module, "build_model", params)
+            model = _call(module, "build_model", params, spec["module"])
             if not isinstance(model, keras.Model):
                 msg = f"build_model returned {type(model).__name__}, not a keras.Model"
                 raise UserCodeError("build_model", msg)
@@ -393,12 +421,12 @@ def run(run_dir: Path) -> int:
             if not model.built:
                 model.build((None, *sample.shape[1:]))
     except UserCodeError as exc:
-        _write_json(run_dir / f"error-{index}.json", {"where": exc.where, "message": exc.message})
+        record_error(run_dir, index, exc.message)
         traceback.print_exc()
         return EXIT_USER_ERROR
     except Exception as exc:
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:800]
-        _write_json(run_dir / f"error-{index}.json", {"where": "module", "message": message})
+        record_error(run_dir, index, message)
         traceback.print_exc()
         return EXIT_USER_ERROR
     agree(strategy, False)  # the first collective: every worker has joined
@@ -410,9 +438,9 @@ def run(run_dir: Path) -> int:
     if validation is not None and int(validation.cardinality()) >= batch:
         fit["validation_data"], fit["validation_steps"] = _distributed(validation, batch)
     _patch_symbolic_build(model, strategy)
-    relay = Relay(run_dir, chief=chief)
+    relay = Relay(run_dir, index=index)
     backup = _backup_class()(str(run_dir / "backup"), chief=chief, events=relay)
-    relayer = _relay_class()(strategy, relay, run_dir / "stop", chief)
+    relayer = _relay_class()(strategy, relay)
     try:
         model.fit(
             train_data, epochs=int(spec["epochs"]), callbacks=[backup, relayer], verbose=0, **fit
@@ -421,7 +449,7 @@ def run(run_dir: Path) -> int:
         raise  # a peer went away: exit 1, the job process relaunches the cluster
     except Exception as exc:  # the user's model or data: relaunching cannot fix it
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:800]
-        _write_json(run_dir / f"error-{index}.json", {"where": "fit", "message": message})
+        record_error(run_dir, index, message)
         traceback.print_exc()
         return EXIT_USER_ERROR
     if spec.get("dump_weights"):
@@ -436,7 +464,7 @@ def run(run_dir: Path) -> int:
         model.save(str(tmp))
         np.save(run_dir / "sample.npy", np.asarray(sample))
         os.replace(tmp, run_dir / "model.keras")
-        relay.write({"event": "saved", "stopped_at": relayer.stopped_at})
+        relay.write({"event": "saved", "stopped_at": relayer.stopped_at, "logs": relayer.last_logs})
     return 0
 
 

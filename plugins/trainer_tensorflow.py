@@ -140,7 +140,7 @@ class Cluster:
         self.pgid: int | None = None
 
     def start(self) -> None:
-        for stale in ("started-*", "joining-*", "ready-*", "error-*.json", "pid-*", "stop"):
+        for stale in ("started-*", "joining-*", "ready-*", "error-*.json", "pid-*"):
             for path in self.run_dir.glob(stale):
                 path.unlink()
         ports = free_ports(self.workers)
@@ -328,6 +328,9 @@ class _Run:
         self.context = context
         self.options = options
         self.run_dir = run_dir
+        from mlrig.plugins._distributed import JobRelay
+
+        self.relay = JobRelay(run_dir)
         self.events = EventTail(run_dir / "events.jsonl")
         self.final: dict[str, float] = {}
         self.restarts = 0
@@ -370,12 +373,11 @@ class _Run:
         for index, code in enumerate(exits):
             if code is not None and code < 0:  # killed: what the others raised follows
                 raise WorkerFailure(f"worker {index} ended ({_describe_exit(code)})")
-        for index in range(cluster.workers):
-            error = self.run_dir / f"error-{index}.json"
-            if error.exists():
-                cluster.kill()
-                why = json.loads(error.read_text())
-                raise PermanentError(f"worker {index}: {why['message']}")
+        permanent = [e for e in self.relay.errors() if e.get("permanent")]
+        if permanent:
+            cluster.kill()
+            error = permanent[0]
+            raise PermanentError(f"worker {error.get('rank')}: {error.get('message')}")
         for index, code in enumerate(exits):
             if code is None or (code == 0 and not before_ready):
                 continue
@@ -415,7 +417,6 @@ class _Run:
     def _follow(self, cluster: Cluster) -> None:
         while True:
             self._relay()
-            self._check_stop()
             exits = cluster.exits()
             if all(code == 0 for code in exits):
                 self._relay()
@@ -427,30 +428,26 @@ class _Run:
             time.sleep(POLL_S)
 
     def _check_stop(self) -> None:
-        if not self.stop_sent and self.context.should_stop():
-            (self.run_dir / "stop").write_text("stop")
+        """Metric lines into the context; the stop file when ``should_stop()``."""
+        self.relay.poll(self.context)
+        if not self.stop_sent and self.relay.dir.stop.exists():
             self.stop_sent = True
             print("[mlrig] asked the workers to stop after this epoch", flush=True)
 
     def _relay(self) -> None:
+        self._check_stop()
         for event in self.events.read():
             kind = event.get("event")
             if kind == "epoch":
-                self._log_epoch(int(event["epoch"]), event.get("logs") or {})
+                self._checkpoint(int(event["epoch"]))
             elif kind == "restored":
                 print(f"[mlrig] the workers restored their backup: epoch {event['epoch']}")
             elif kind == "saved":
                 self.saved = True
+                self.final = dict(event.get("logs") or {})
 
-    def _log_epoch(self, epoch: int, logs: dict[str, float]) -> None:
-        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
-        validation = {k: v for k, v in logs.items() if k.startswith("val_")}
-        context = self.context
-        if train:
-            context.log_metrics(train, step=epoch, epoch=epoch, kind="train")
-        if validation:
-            context.log_metrics(validation, step=epoch, epoch=epoch, kind="validation")
-        self.final = dict(logs)
+    def _checkpoint(self, epoch: int) -> None:
+        """The chief's backup after ``epoch`` through the context (when it is due)."""
         backup = read_backup(self.run_dir / "backup")
         if backup is not None and backup["epoch"] == epoch + 1:
-            context.checkpoint({"backup": backup, "epoch": epoch, "step": epoch})
+            self.context.checkpoint({"backup": backup, "epoch": epoch, "step": epoch})

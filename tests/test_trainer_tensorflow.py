@@ -236,7 +236,7 @@ def test_a_killed_worker_relaunches_the_cluster_which_resumes_at_its_epoch(
     folder = run_dir(workdir, experiment)
     events = folder / "events.jsonl"
     deadline = time.monotonic() + 120
-    while '"epoch": 1,' not in (events.read_text() if events.exists() else ""):
+    while '"epoch": 1}' not in (events.read_text() if events.exists() else ""):
         assert time.monotonic() < deadline, "epoch 1 never ended"
         assert thread.is_alive(), "the worker ended before epoch 1"
         time.sleep(0.05)
