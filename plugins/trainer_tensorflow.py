@@ -283,7 +283,15 @@ class TensorflowTrainer(Trainer):
             print(f"[mlrig] resuming from the checkpoint of epoch {restored['epoch']}", flush=True)
         run = _Run(context, options, run_dir)
         final = run.supervise()
-        if getattr(context, "interrupted", False):
+        if getattr(context, "interrupted", False):  # SIGTERM: the last backup is kept
+            backup = read_backup(run_dir / "backup")
+            if backup is not None:
+                state = {
+                    "backup": backup,
+                    "epoch": backup["epoch"] - 1,
+                    "step": backup["epoch"] - 1,
+                }
+                context.checkpoint(state)  # due: the context saves on SIGTERM
             return TrainResult(metrics=final)
         version = self._register(context, run_dir, final)
         shutil.rmtree(run_dir / "backup", ignore_errors=True)

@@ -4,7 +4,8 @@ start TensorFlow workers on loopback (MultiWorkerMirroredStrategy, one TF_CONFIG
 A 2-worker run: the loss falls, both workers end with identical weights, the model is
 registered and its ONNX export served by the ``onnx`` runtime equals Keras's predictions;
 a worker killed mid-run (SIGKILL): the cluster relaunches and resumes from the backup (the
-epoch count goes on); early stopping through ``should_stop()`` stops every worker after the
+epoch count goes on); SIGTERM to the job: the backup is checkpointed and the next attempt
+resumes from it; early stopping through ``should_stop()`` stops every worker after the
 same epoch; bad input fails the experiment saying why, in bounded time, no process left.
 """
 
@@ -16,13 +17,14 @@ import signal
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from mlrig.db.models import TrainingMetric
+from mlrig.db.models import TrainingExperiment, TrainingMetric
 from mlrig.engine.allocator import Capacity
 from mlrig.engine.worker import Worker
 from mlrig.errors import ValidationError
@@ -158,8 +160,6 @@ def assert_no_workers_left(marker: str) -> None:
 
 
 def metric_points(platform: Any, experiment_id: str, name: str) -> list[tuple[int, float]]:
-    import uuid
-
     with platform.db.session() as session:
         rows = session.query(TrainingMetric).filter_by(
             experiment_id=uuid.UUID(experiment_id), metric_name=name
@@ -257,6 +257,55 @@ def test_a_killed_worker_relaunches_the_cluster_which_resumes_at_its_epoch(
     assert steps == list(range(epochs)), steps
     epochs_run = [e["epoch"] for e in restored if e["event"] == "epoch"]
     assert epochs_run == list(range(epochs)), "an epoch ran twice or not at all"
+    assert done["model_version_id"]
+    assert_no_workers_left(str(workdir))
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def test_sigterm_checkpoints_the_backup_and_the_next_attempt_resumes_from_it(
+    platform, user_module, tmp_path
+):
+    """SIGTERM to the job process: the workers stop after their epoch, the backup goes into
+    a checkpoint (the interval is not due: SIGTERM saves), the engine requeues the job, and
+    attempt 2 (a new folder, as on another machine) resumes from the checkpoint."""
+    workdir = tmp_path / "work"
+    epochs = 8
+    params = {"module": user_module, "workers": 2, "epochs": epochs, "rows": 512, "slow_ms": 1}
+    experiment = create(platform, "tf-sigterm", params)
+    with platform.db.session() as session:
+        row = session.get(TrainingExperiment, uuid.UUID(experiment["id"]))
+        row.checkpoint_interval_s = 3600  # only SIGTERM makes the checkpoint due
+    thread, stop, timeout = run_worker(platform, workdir, timeout=200)
+    folder = run_dir(workdir, experiment)
+    events = folder / "events.jsonl"
+    deadline = time.monotonic() + 120
+    while '"epoch": 1}' not in (events.read_text() if events.exists() else ""):
+        assert time.monotonic() < deadline, "epoch 1 never ended"
+        assert thread.is_alive(), "the worker ended before epoch 1"
+        time.sleep(0.05)
+    job = _parent(int((folder / "pid-0").read_text()))
+    os.kill(job, signal.SIGTERM)
+    wait(thread, stop, timeout)
+    done = platform.experiments.get("tf-sigterm")
+    assert done["status"] == "completed", done["status_detail"]
+    assert done["attempts"] == 2 and "resumed from checkpoint step" in done["status_detail"]
+    first = output_log(workdir, experiment, 1)
+    assert "asked the workers to stop after this epoch" in first
+    assert "interrupted by SIGTERM" in first
+    second = output_log(workdir, experiment, 2)
+    assert "resuming from the checkpoint of epoch" in second
+    resumed = [
+        json.loads(line)["epoch"]
+        for line in (run_dir(workdir, experiment, 2) / "events.jsonl").read_text().splitlines()
+        if '"restored"' in line
+    ]
+    assert len(resumed) == 1 and 2 <= resumed[0] < epochs, resumed
+    steps = [s for s, _ in metric_points(platform, experiment["id"], "loss")]
+    assert steps == list(range(epochs)), steps
     assert done["model_version_id"]
     assert_no_workers_left(str(workdir))
 
