@@ -123,6 +123,17 @@ def tf_config(ports: list[int], index: int, host: str = "127.0.0.1") -> dict[str
     }
 
 
+def gpu_share(visible: str | None, workers: int, index: int) -> str | None:
+    """Worker ``index``'s part of the job's GPUs (``CUDA_VISIBLE_DEVICES``, as the executor
+    set it), split evenly; ``None``: leave it as it is (no GPUs, one worker, or fewer GPUs
+    than workers: they share them)."""
+    devices = [d for d in (visible or "").split(",") if d.strip()]
+    if workers < 2 or len(devices) < workers:
+        return None
+    share = len(devices) // workers
+    return ",".join(devices[index * share : (index + 1) * share])
+
+
 class WorkerFailure(MlrigError):
     """A worker of the cluster died (not from the user's code): the cluster relaunches."""
 
@@ -155,6 +166,9 @@ class Cluster:
             )
             if self.workers == 1:
                 env.pop("TF_CONFIG")
+            gpus = gpu_share(os.environ.get("CUDA_VISIBLE_DEVICES"), self.workers, index)
+            if gpus is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpus
             log = (self.run_dir / f"worker-{index}.log").open("ab")
             try:
                 proc = subprocess.Popen(

@@ -402,3 +402,13 @@ def test_tf_config_names_every_worker_on_loopback():
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
         "task": {"type": "worker", "index": 2},
     }
+
+
+def test_each_worker_gets_its_share_of_the_job_s_gpus():
+    from mlrig.plugins.trainer_tensorflow import gpu_share
+
+    assert [gpu_share("0,1,2,3", 2, i) for i in (0, 1)] == ["0,1", "2,3"]
+    assert [gpu_share("4,5", 2, i) for i in (0, 1)] == ["4", "5"]
+    assert gpu_share("0", 2, 1) is None  # fewer GPUs than workers: shared as they are
+    assert gpu_share("0,1", 1, 0) is None  # one worker: MirroredStrategy over all of them
+    assert gpu_share(None, 2, 0) is None and gpu_share("", 2, 0) is None
