@@ -338,7 +338,16 @@ class TensorflowTrainer(Trainer):
         _tf()
         import keras
 
-        model = keras.models.load_model(run_dir / "model.keras")
+        try:
+            model = keras.models.load_model(run_dir / "model.keras")
+        except (TypeError, ValueError):
+            # custom layers: registered (keras.saving.register_keras_serializable) when the
+            # user's module is imported; import it here too, then load again
+            from mlrig.plugins._distributed import load_user_module
+
+            spec = json.loads((run_dir / "spec.json").read_text())
+            load_user_module(spec["module"])
+            model = keras.models.load_model(run_dir / "model.keras")
         sample = np.load(run_dir / "sample.npy")
         return context.register_model(model, sample=sample, metrics=final)
 
