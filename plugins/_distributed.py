@@ -55,6 +55,7 @@ __all__ = [
     "RelayDir",
     "WorkerRelay",
     "atomic_write",
+    "die_with_parent",
     "load_user_module",
     "require_function",
     "session_processes",
@@ -257,6 +258,7 @@ class JobRelay:
         self._seen_seq = 0
         self.points = 0
         self.last_step: int | None = None
+        self._max_step: dict[tuple[str, str], int] = {}
 
     def seed_checkpoint(self, data: bytes, *, step: int, epoch: int | None = None) -> None:
         """Write a restored checkpoint (``context.restore()``) before the launch, so the
@@ -294,8 +296,11 @@ class JobRelay:
         context saves it when its interval is due, on SIGTERM or with ``force_checkpoint``);
         the stop file when ``context.should_stop()``."""
         for point in self.read_metrics():
+            metrics = self._new_points(point)
+            if not metrics:
+                continue
             context.log_metrics(
-                point["metrics"],
+                metrics,
                 step=point.get("step"),
                 epoch=point.get("epoch"),
                 kind=point.get("kind") or "train",
@@ -320,6 +325,21 @@ class JobRelay:
         if context.should_stop():
             self.request_stop()
 
+    def _new_points(self, point: dict[str, Any]) -> dict[str, float]:
+        """The values of a metric line past the last step seen for (name, kind): after an
+        elastic restart the lead rank logs again the steps since its checkpoint, and the
+        history keeps the first value of each."""
+        step, kind = point.get("step"), point.get("kind") or "train"
+        if step is None:
+            return dict(point["metrics"])
+        fresh = {}
+        for name, value in point["metrics"].items():
+            key = (name, kind)
+            if step > self._max_step.get(key, -1):
+                self._max_step[key] = step
+                fresh[name] = value
+        return fresh
+
     def request_stop(self) -> None:
         if not self.dir.stop.exists():
             atomic_write(self.dir.stop, "stop\n")
@@ -343,7 +363,9 @@ class ProcessGroup:
     Use as a context manager: leaving the block (normally, by an exception, or by
     ``SystemExit``) kills what is left of the group. SIGTERM first, SIGKILL after
     ``grace`` seconds; afterwards every process of the session found under /proc gets
-    SIGKILL too (a worker that moved to its own group).
+    SIGKILL too (a worker that moved to its own group). The launcher gets
+    ``parent_death_signal`` (Linux) if this process dies without cleaning up (SIGKILL);
+    its workers should call :func:`die_with_parent` so they follow it.
     """
 
     def __init__(
@@ -355,9 +377,11 @@ class ProcessGroup:
         stdout: Any = None,
         stderr: Any = None,
         grace: float = 5.0,
+        parent_death_signal: int | None = signal.SIGTERM,
     ) -> None:
         self.argv = list(argv)
         self.grace = grace
+        self.parent_death_signal = parent_death_signal
         self.proc = subprocess.Popen(
             self.argv,
             env=env,
@@ -366,8 +390,14 @@ class ProcessGroup:
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # the launcher ends its workers on SIGTERM: also when this process is killed
+            preexec_fn=self._preexec if parent_death_signal else None,
         )
         self.pid = self.proc.pid  # also the group's and the session's id
+
+    def _preexec(self) -> None:
+        if self.parent_death_signal:
+            die_with_parent(self.parent_death_signal)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -400,6 +430,17 @@ class ProcessGroup:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: have the kernel send ``sig`` to this process when the thread that started it
+    ends (its parent died, even by SIGKILL). Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def session_processes(sid: int) -> list[int]:

@@ -1,0 +1,330 @@
+"""The ``torch-ddp`` trainer: a user's PyTorch module trained with DistributedDataParallel
+under torch elastic (``torch.distributed.run``, the machinery behind ``torchrun``).
+
+The job process launches ``python -m torch.distributed.run`` in its own session, running
+:mod:`mlrig.plugins._ddp_worker` on ``nproc_per_node`` ranks (c10d rendezvous, elastic
+restarts up to ``max_restarts``), and supervises it: the lead rank's metric lines and
+checkpoints come back through the relay (:mod:`mlrig.plugins._distributed`) into the
+training context, ``should_stop()`` (early stopping, a stop request, SIGTERM) goes to the
+ranks as a stop file, and at the end the final state dict is loaded into the user's model
+here and registered (native artifact + ONNX export with a parity check).
+
+Hyperparameters (everything else reaches the user's functions as ``params``):
+
+``module`` (required) a ``.py`` path or an import string, with ``build_model(params)``
+and ``build_dataset(params)`` (a torch Dataset, or ``(train, validation)``); optional
+``loss(output, target)`` and ``step(model, batch) -> loss``. ``nproc_per_node`` (1),
+``nnodes`` (1), ``rdzv_endpoint`` (default ``127.0.0.1:<free port>``), ``rdzv_timeout_s``
+(60), ``max_restarts`` (3), ``epochs`` (1), ``batch_size`` (32), ``lr`` (1e-3),
+``grad_accum`` (1), ``precision`` (fp32|bf16|fp16: GPU only), ``compile`` (false: GPU only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mlrig.contracts.trainer import PermanentError, Trainer, TrainingContext, TrainResult
+from mlrig.errors import ValidationError
+from mlrig.plugins._distributed import JobRelay, ProcessGroup, load_user_module, require_function
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+RESERVED = (
+    "module", "nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_timeout_s", "max_restarts",
+    "epochs", "batch_size", "lr", "grad_accum", "precision", "compile",
+)  # fmt: skip
+#: seconds a launch may take to import torch and start before its rendezvous timeout runs
+STARTUP_SLACK_S = 60.0
+POLL_S = 0.2
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _int(params: dict[str, Any], name: str, default: int, *, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if type(value) is not int or not low <= value <= high:
+        msg = f"{name} must be an integer from {low} to {high}, got {value!r}"
+        raise ValidationError(msg)
+    return value
+
+
+def _number(params: dict[str, Any], name: str, default: float, *, low: float) -> float:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
+        msg = f"{name} must be a number above {low}, got {value!r}"
+        raise ValidationError(msg)
+    return float(value)
+
+
+def parse_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's own hyperparameters, checked, with their defaults.
+
+    :raises ValidationError: naming the bad value and what is allowed.
+    """
+    module = params.get("module")
+    if not isinstance(module, str) or not module.strip():
+        msg = (
+            "the torch-ddp trainer needs hyperparameter module: a file path ('train.py') or "
+            f"an import string ('pkg.train') with build_model and build_dataset, got {module!r}"
+        )
+        raise ValidationError(msg)
+    precision = params.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        msg = f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        raise ValidationError(msg)
+    compile_ = params.get("compile", False)
+    if type(compile_) is not bool:
+        msg = f"compile must be true or false, got {compile_!r}"
+        raise ValidationError(msg)
+    endpoint = params.get("rdzv_endpoint")
+    if endpoint is not None:
+        host, _, port = str(endpoint).rpartition(":")
+        if not isinstance(endpoint, str) or not host or not port.isdigit() or int(port) > 65535:
+            msg = f"rdzv_endpoint must be HOST:PORT, got {endpoint!r}"
+            raise ValidationError(msg)
+    return {
+        "module": module.strip(),
+        "nproc_per_node": _int(params, "nproc_per_node", 1, low=1, high=1024),
+        "nnodes": _int(params, "nnodes", 1, low=1, high=1024),
+        "max_restarts": _int(params, "max_restarts", 3, low=0, high=100),
+        "epochs": _int(params, "epochs", 1, low=1, high=10**6),
+        "batch_size": _int(params, "batch_size", 32, low=1, high=10**7),
+        "grad_accum": _int(params, "grad_accum", 1, low=1, high=10**4),
+        "rdzv_timeout_s": _number(params, "rdzv_timeout_s", 60, low=0),
+        "lr": _number(params, "lr", 1e-3, low=0),
+        "precision": precision,
+        "compile": compile_,
+        "rdzv_endpoint": endpoint,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _is_local(host: str) -> bool:
+    return host in LOCAL_HOSTS or host in (socket.gethostname(), socket.getfqdn())
+
+
+def allowed_cpus(context: Any) -> int:
+    """The CPUs this job may use: its resources' ``cpus`` when given, else its affinity."""
+    resources = getattr(getattr(context, "job", None), "resources", None) or {}
+    cpus = resources.get("cpus")
+    if isinstance(cpus, int) and cpus > 0:
+        return cpus
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class TorchDDPTrainer(Trainer):
+    """Train a user's torch module on ``nproc_per_node`` x ``nnodes`` ranks; register it."""
+
+    def check(self, *, params: dict[str, Any], dataset: dict[str, Any] | None) -> None:
+        """At create time: the trainer's options (types and ranges, ``module`` given). The
+        module itself is imported when the job runs (importing runs its code)."""
+        parse_options(params)
+
+    def train(self, context: TrainingContext) -> TrainResult:
+        import torch
+
+        options = parse_options(context.params)
+        user_params = {k: v for k, v in context.params.items() if k not in RESERVED}
+        base = Path(os.environ.get("MLRIG_ORIGIN_DIR") or Path.cwd())
+        module = load_user_module(options["module"], base=base)
+        build_model = require_function(module, "build_model", spec=options["module"])
+        require_function(module, "build_dataset", spec=options["module"])
+        nproc = options["nproc_per_node"]
+        cuda = torch.cuda.is_available()
+        if cuda and nproc > torch.cuda.device_count():
+            msg = (
+                f"nproc_per_node={nproc} is more than the {torch.cuda.device_count()} GPU(s) "
+                "this job may use: lower it or ask for more gpus in the resources"
+            )
+            raise ValidationError(msg)
+        cpus = allowed_cpus(context)
+        if not cuda and nproc > cpus:
+            msg = (
+                f"nproc_per_node={nproc} is more than the {cpus} CPU(s) this job may use: "
+                f"lower it or ask for resources cpus={nproc}"
+            )
+            raise ValidationError(msg)
+        if not cuda and (options["precision"] != "fp32" or options["compile"]):
+            what = "compile=true" if options["compile"] else f"precision={options['precision']}"
+            msg = f"{what} needs a CUDA GPU and this job has none: use fp32 without compile on CPU"
+            raise ValidationError(msg)
+
+        run_dir = Path(context.workdir) / "ddp"
+        relay = JobRelay(run_dir)
+        restored = context.restore()
+        if restored and restored.get("blob"):
+            relay.seed_checkpoint(
+                restored["blob"], step=restored["step"], epoch=restored.get("epoch")
+            )
+        leader, endpoint, is_host = self._rendezvous(context, options)
+        spec = {
+            **{k: options[k] for k in ("module", "epochs", "batch_size", "lr", "grad_accum")},
+            "precision": options["precision"],
+            "compile": options["compile"],
+            "params": user_params,
+            "base": str(base),
+            "seed": context.seed or 0,
+            "checkpoint_interval_s": getattr(context, "checkpoint_interval", 0),
+            "cuda": cuda,
+            "leader_node": leader,
+        }
+        (run_dir / "spec.json").write_text(json.dumps(spec))
+        timeout = options["rdzv_timeout_s"]
+        argv = [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nnodes={options['nnodes']}", f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={self._run_id(context)}",
+            f"--rdzv-conf=is_host={str(is_host).lower()},join_timeout={int(max(1, timeout))},"
+            f"read_timeout={int(max(1, timeout))}",
+            f"--max-restarts={options['max_restarts']}", "--monitor-interval=0.5",
+            f"--log-dir={run_dir / 'logs'}",
+            "--module", "mlrig.plugins._ddp_worker", str(run_dir),
+        ]  # fmt: skip
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // nproc)))
+        env["PYTHONUNBUFFERED"] = "1"
+        print(f"[mlrig] torch-ddp: {' '.join(argv[1:])}", flush=True)
+        log = run_dir / "torchrun.log"
+        started = time.monotonic()
+        with open(log, "wb") as out, ProcessGroup(argv, env=env, stdout=out, stderr=out) as group:
+            tail = _Tail(log)
+            while group.poll() is None:
+                time.sleep(POLL_S)
+                tail.copy()
+                relay.poll(context)
+                permanent = [e for e in relay.errors() if e.get("permanent")]
+                if permanent:
+                    group.kill()
+                    tail.copy()
+                    raise PermanentError(f"rank {permanent[0]['rank']}: {permanent[0]['message']}")
+                why = self._node_failure(context, leader, options)
+                if why:
+                    group.kill()
+                    raise PermanentError(why)
+                joined = any(run_dir.glob("worker-*.json"))
+                if not joined and time.monotonic() - started > timeout + STARTUP_SLACK_S:
+                    group.kill()
+                    msg = f"rendezvous at {endpoint} not reached within {timeout:g} s"
+                    raise PermanentError(msg)
+            code = group.poll()
+            tail.copy()
+        relay.poll(context, force_checkpoint=context.interrupted)
+        if code != 0:
+            raise self._failure(code, relay, log, endpoint, options)
+        restarts = relay.restarts()
+        metrics = {"elastic_restarts": float(restarts)}
+        if context.interrupted:
+            return TrainResult(metrics=metrics)
+        hashes = {json.loads(p.read_text())["sha256"] for p in run_dir.glob("params-*.json")}
+        metrics["replicas_identical"] = 1.0 if len(hashes) == 1 else 0.0
+        if not leader:  # a node job: the leader registers the model
+            return TrainResult(metrics=metrics)
+        model = build_model(dict(user_params))
+        model.load_state_dict(torch.load(run_dir / "final.pt", map_location="cpu"))
+        model.eval()
+        sample = None
+        if (run_dir / "sample.pt").exists():
+            sample = torch.load(run_dir / "sample.pt", map_location="cpu").numpy()
+        context.log_metrics(metrics, step=relay.last_step)
+        version = context.register_model(model, sample=sample)
+        return TrainResult(metrics=metrics, model_version_id=version["id"])
+
+    # --- rendezvous and nodes ------------------------------------------------------------
+
+    @staticmethod
+    def _run_id(context: Any) -> str:
+        role = _node_role(context)
+        return str(role.leader_id if role else getattr(context, "experiment_id", "mlrig"))
+
+    @staticmethod
+    def _rendezvous(context: Any, options: dict[str, Any]) -> tuple[bool, str, bool]:
+        """(whether this job leads, the endpoint, whether it hosts the c10d store)."""
+        role = _node_role(context)
+        if role is not None:  # a node job: join the leader's rendezvous
+            return False, str(role.rendezvous["endpoint"]), False
+        endpoint = options["rdzv_endpoint"]
+        if endpoint is None:
+            host = "127.0.0.1" if options["nnodes"] == 1 else _node_host()
+            endpoint = f"{host}:{_free_port()}"
+        is_host = _is_local(endpoint.rpartition(":")[0])
+        if options["nnodes"] > 1:
+            from mlrig.engine.nodes import start_nodes
+
+            start_nodes(context, nnodes=options["nnodes"], rendezvous={"endpoint": endpoint})
+        return True, endpoint, is_host
+
+    @staticmethod
+    def _node_failure(context: Any, leader: bool, options: dict[str, Any]) -> str | None:
+        if options["nnodes"] == 1 or not leader:
+            return None
+        from mlrig.engine.nodes import watch_nodes
+
+        return watch_nodes(context)
+
+    @staticmethod
+    def _failure(
+        code: int, relay: JobRelay, log: Path, endpoint: str, options: dict[str, Any]
+    ) -> Exception:
+        errors = relay.errors()
+        text = log.read_text(errors="replace")[-20000:] if log.exists() else ""
+        if "Rendezvous" in text and ("Timeout" in text or "ConnectionError" in text):
+            msg = (
+                f"rendezvous at {endpoint} failed within {options['rdzv_timeout_s']:g} s "
+                "(nobody answered, or too few nodes joined)"
+            )
+            return PermanentError(msg)
+        if errors:
+            first = errors[0]
+            return RuntimeError(
+                f"torchrun exited with {code} after {options['max_restarts']} restart(s); "
+                f"rank {first['rank']}: {first['message']}"
+            )
+        lines = [line for line in text.splitlines() if line.strip()]
+        return RuntimeError(f"torchrun exited with {code}: {' | '.join(lines[-3:])[:800]}")
+
+
+def _node_role(context: Any) -> Any:
+    try:
+        from mlrig.engine.nodes import node_role
+    except ImportError:
+        return None
+    return node_role(context)
+
+
+def _node_host() -> str:
+    """The address other nodes reach this one at: the hostname's (127.0.0.1 when it does
+    not resolve); give rdzv_endpoint to choose another."""
+    with contextlib.suppress(OSError):
+        return socket.gethostbyname(socket.gethostname())
+    return "127.0.0.1"
+
+
+class _Tail:
+    """Copies what the launcher wrote to its log onto this job's stdout."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def copy(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except OSError:
+            return
+        if chunk:
+            self.offset += len(chunk)
+            sys.stdout.buffer.write(chunk) if hasattr(sys.stdout, "buffer") else None
+            sys.stdout.flush()

@@ -1,0 +1,321 @@
+"""The torch-ddp trainer on CPU through a real worker: torch elastic (torchrun) launching
+two gloo ranks, the relay into the training context, elastic restart after a SIGKILLed
+rank, bad input failing fast with no process left, ONNX parity of the registered model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlrig.db.models import TrainingExperiment, TrainingMetric
+from mlrig.engine.allocator import Capacity
+from mlrig.engine.worker import Worker
+
+pytestmark = pytest.mark.heavy
+
+MODULE = """
+import time
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def build_model(params):
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def build_dataset(params):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(int(params.get("samples", 256)), 4, generator=g)
+    y = (x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1).squeeze(1)
+    n = len(x) * 3 // 4
+    return TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:])
+
+
+def step(model, batch):
+    pause = float(PAUSE)
+    if pause and model.training:
+        time.sleep(pause)
+    x, y = batch
+    return nn.functional.mse_loss(model(x).squeeze(1), y)
+"""
+
+
+def write_module(folder: Path, name="train_mlp.py", pause=0.0, body=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(body if body is not None else MODULE.replace("PAUSE", repr(pause)))
+    return path
+
+
+def add_job(platform, name, params, *, resources=None, interval=0, max_attempts=1):
+    with platform.db.session() as session:
+        job = TrainingExperiment(
+            name=name,
+            trainer="torch-ddp",
+            hyperparameters=params,
+            configuration={},
+            resources=resources or {"cpus": 2},
+            max_attempts=max_attempts,
+            checkpoint_interval_s=interval,
+            seed=3,
+        )
+        session.add(job)
+        session.flush()
+        platform.queue.record_created(session, job)
+        job_id = job.id
+    platform.queue.enqueue(job_id)
+    return job_id
+
+
+def job_row(platform, job_id):
+    with platform.db.session() as session:
+        return session.get(TrainingExperiment, job_id)
+
+
+def points(platform, job_id, name, kind="train"):
+    with platform.db.session() as session:
+        rows = session.query(TrainingMetric).filter_by(
+            experiment_id=job_id, metric_name=name, metric_type=kind
+        )
+        return sorted((m.step, m.metric_value) for m in rows)
+
+
+def start_worker(platform, workdir, *, concurrency=1, cpus=(0, 1)):
+    worker = Worker(
+        platform,
+        concurrency=concurrency,
+        capacity=Capacity(cpus=cpus),
+        lease_seconds=20,
+        workdir=workdir,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=worker.run, kwargs={"stop": stop, "exit_when_idle": True}, daemon=True
+    )
+    thread.start()
+    return stop, thread
+
+
+def run_jobs(platform, workdir, *, timeout=240, **kw):
+    stop, thread = start_worker(platform, workdir, **kw)
+    thread.join(timeout)
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive(), "the worker did not finish in time"
+
+
+def run_dir(workdir, job_id, attempt=1):
+    return workdir / str(job_id) / f"attempt-{attempt}" / "ddp"
+
+
+def leftovers(marker: str) -> list[str]:
+    """Live processes whose command line names ``marker`` (a test's own run folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def torch_and_onnx_predictions(platform, version, module_path, run, tmp_path):
+    """What torch (the user's model with the final weights) and the ``onnx`` runtime
+    (the registered export, downloaded like the data plane does) predict."""
+    import torch
+
+    from mlrig.backends import load_backend
+    from mlrig.plugins._distributed import load_user_module
+
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(5))
+    model = load_user_module(str(module_path)).build_model({})
+    model.load_state_dict(torch.load(run / "final.pt"))
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    folder = tmp_path / f"download-{version['id']}"
+    platform.registry.download_version(version["name"], version["version"], folder)
+    runtime = load_backend("runtimes", "onnx").from_options({}, where="runtimes.onnx")
+    served = runtime.load(folder, version)
+    import numpy as np
+
+    got = np.asarray(served.predict(x.numpy()), dtype=np.float32).reshape(expected.shape)
+    return expected, got
+
+
+def check_trained(platform, job_id, run, module_path, tmp_path):
+    """The checks every successful run passes: loss falls, identical replicas, the
+    model registered, its ONNX export served by ``onnx`` equal to torch within 1e-4."""
+    import numpy as np
+
+    row = job_row(platform, job_id)
+    assert row.status == "completed", row.status_detail
+    epochs = points(platform, job_id, "epoch_loss")
+    assert len(epochs) >= 3 and epochs[-1][1] < 0.5 * epochs[0][1], epochs
+    assert points(platform, job_id, "val_loss", "validation")
+    hashes = [json.loads(p.read_text()) for p in sorted(run.glob("params-*.json"))]
+    assert len(hashes) == 2 and hashes[0]["sha256"] == hashes[1]["sha256"], hashes
+    result = row.configuration["result"]
+    assert result["metrics"]["replicas_identical"] == 1.0
+    version = platform.registry.get_version(row.name, result["model_version_id"])
+    assert "model.onnx" in [a["path"] for a in version["artifacts"]], version["artifacts"]
+    expected, got = torch_and_onnx_predictions(platform, version, module_path, run, tmp_path)
+    assert np.abs(expected - got).max() <= 1e-4
+    return row
+
+
+def test_two_ranks_on_cpu_train_identical_replicas_and_register_an_onnx_model(platform, tmp_path):
+    module = write_module(tmp_path)
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 6, "batch_size": 16,
+              "lr": 0.05, "grad_accum": 2, "rdzv_timeout_s": 30}  # fmt: skip
+    job_id = add_job(platform, "ddp-mlp", params)
+    work = tmp_path / "work"
+    run_jobs(platform, work)
+    run = run_dir(work, job_id)
+    check_trained(platform, job_id, run, module, tmp_path)
+    workers = [json.loads(p.read_text()) for p in run.glob("worker-*.json")]
+    assert sorted(w["world"] for w in workers) == [2, 2]
+    # 192 training rows on 2 ranks, batches of 16, an optimizer step every 2: 3 per epoch
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(18))
+    assert leftovers(str(run)) == []
+
+
+def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path):
+    module = write_module(tmp_path, pause=0.08)
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 5, "batch_size": 8,
+              "lr": 0.03, "max_restarts": 2, "rdzv_timeout_s": 30}  # fmt: skip
+    job_id = add_job(platform, "ddp-killed", params)
+    work = tmp_path / "work"
+    stop, thread = start_worker(platform, work)
+    run = run_dir(work, job_id)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "no checkpoint at step 5 or later"
+            info = None
+            with_ckpt = run / "checkpoint.json"
+            if with_ckpt.exists():
+                info = json.loads(with_ckpt.read_text())
+            if info and info["step"] >= 5 and (run / "worker-1.json").exists():
+                break
+            time.sleep(0.05)
+        victim = json.loads((run / "worker-1.json").read_text())
+        assert victim["restart"] == 0
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed_after = info["step"]
+        thread.join(180)
+    finally:
+        stop.set()
+        thread.join(30)
+    check_trained(platform, job_id, run, module, tmp_path)
+    restarts = json.loads((run / "restarts.json").read_text())
+    assert restarts["count"] >= 1, restarts
+    first, resumed = restarts["starts"][0], restarts["starts"][-1]
+    assert first["step"] == 0 and resumed["restart"] >= 1
+    # the restarted group went on from the checkpoint, not from step 0
+    assert resumed["step"] > killed_after >= 5, restarts
+    assert points(platform, job_id, "resumed_step")
+    row = job_row(platform, job_id)
+    assert row.configuration["result"]["metrics"]["elastic_restarts"] >= 1
+    # one point per step in the history: 192 rows on 2 ranks in batches of 8, 5 epochs
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(60))
+    assert leftovers(str(run)) == []
+
+
+RAISES = """
+def build_model(params):
+    raise ValueError("width 7 is not supported by this builder")
+
+
+def build_dataset(params):
+    return []
+"""
+NO_BUILDER = """
+def build_dataset(params):
+    return []
+"""
+
+
+def test_bad_input_fails_the_experiment_saying_why_with_no_process_left(platform, tmp_path):
+    from mlrig.testing.fixtures import free_port
+
+    good = write_module(tmp_path)
+    cases = {
+        "no-builder": (
+            {"module": str(write_module(tmp_path, "nobuild.py", body=NO_BUILDER))},
+            {"cpus": 1},
+            "has no function build_model",
+        ),
+        "raises": (
+            {"module": str(write_module(tmp_path, "raises.py", body=RAISES))},
+            {"cpus": 1},
+            "ValueError: width 7 is not supported by this builder",
+        ),
+        "too-many-ranks": (
+            {"module": str(good), "nproc_per_node": 2},
+            {"cpus": 1},
+            "nproc_per_node=2 is more than the 1 CPU(s) this job may use",
+        ),
+        "nobody-answers": (
+            {
+                "module": str(good),
+                "rdzv_endpoint": f"127.0.0.2:{free_port()}",
+                "rdzv_timeout_s": 3,
+            },
+            {"cpus": 1},
+            "rendezvous at 127.0.0.2:",
+        ),
+    }
+    jobs = {add_job(platform, name, p, resources=r, max_attempts=3): (name, why)
+            for name, (p, r, why) in cases.items()}  # fmt: skip
+    work = tmp_path / "work"
+    started = time.monotonic()
+    run_jobs(platform, work, concurrency=2, timeout=150)
+    elapsed = time.monotonic() - started
+    for job_id, (name, why) in jobs.items():
+        row = job_row(platform, job_id)
+        assert (row.status, row.attempts) == ("failed", 1), (name, row.status_detail)
+        assert why in row.status_detail, (name, row.status_detail)
+    assert elapsed < 120, f"4 bad experiments took {elapsed:.0f} s"
+    assert leftovers(str(work)) == []
+
+
+def test_check_refuses_bad_options_at_create():
+    from mlrig.errors import ValidationError
+    from mlrig.plugins.trainer_torch_ddp import TorchDDPTrainer
+
+    trainer = TorchDDPTrainer.from_options({}, where="trainers.torch-ddp")
+    trainer.check(params={"module": "train.py", "nproc_per_node": 2}, dataset=None)
+    bad = [
+        ({}, "needs hyperparameter module"),
+        ({"module": "t.py", "nproc_per_node": 0}, "nproc_per_node must be an integer"),
+        ({"module": "t.py", "nproc_per_node": "2"}, "nproc_per_node must be an integer"),
+        ({"module": "t.py", "nnodes": 1.5}, "nnodes must be an integer"),
+        ({"module": "t.py", "precision": "fp8"}, "precision must be one of fp32, bf16, fp16"),
+        ({"module": "t.py", "compile": "yes"}, "compile must be true or false"),
+        ({"module": "t.py", "rdzv_endpoint": "nohost"}, "rdzv_endpoint must be HOST:PORT"),
+        ({"module": "t.py", "rdzv_timeout_s": -1}, "rdzv_timeout_s must be a number"),
+    ]
+    for params, why in bad:
+        with pytest.raises(ValidationError, match=why):
+            trainer.check(params=params, dataset=None)
+
+
+def test_importing_the_trainer_imports_no_torch():
+    import subprocess
+    import sys
+
+    script = "import sys, mlrig.plugins.trainer_torch_ddp; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
