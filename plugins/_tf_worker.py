@@ -37,6 +37,7 @@ from typing import Any
 
 #: exit status of a worker whose user code failed (error-I.json says how)
 EXIT_USER_ERROR = 3
+INSTALL = "pip install 'mlrig[tensorflow]' where the worker runs"
 
 
 class UserCodeError(Exception):
@@ -385,7 +386,11 @@ def run(run_dir: Path) -> int:
     workers = int(spec["workers"])
     chief = index == 0
     (run_dir / f"pid-{index}").write_text(str(os.getpid()))
-    tf = _quiet_tensorflow(int(spec.get("threads", 1)))
+    try:
+        tf = _quiet_tensorflow(int(spec.get("threads", 1)))
+    except ImportError as exc:  # on every relaunch the same: not worth a retry
+        record_error(run_dir, index, f"TensorFlow does not import here ({exc}): {INSTALL}")
+        return EXIT_USER_ERROR
     import keras
 
     if workers > 1:
