@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
 #: no run waits longer than this for its workers to import TensorFlow
 IMPORT_TIMEOUT_S = 600
 POLL_S = 0.1
+#: how long the other workers may take to exit once one ended well and the model is saved
+EXIT_GRACE_S = 60
 EXIT_USER_ERROR = 3  # mlrig.plugins._tf_worker.EXIT_USER_ERROR (not imported: it is cheap)
 MAX_WORKERS = 256
 
@@ -446,6 +448,7 @@ class _Run:
             time.sleep(POLL_S)
 
     def _follow(self, cluster: Cluster) -> None:
+        first_done: float | None = None
         while True:
             self._relay()
             exits = cluster.exits()
@@ -453,6 +456,13 @@ class _Run:
                 self._relay()
                 if not (self.run_dir / "model.keras").exists():
                     raise WorkerFailure("the workers ended without the chief saving the model")
+                return
+            if first_done is None and 0 in exits:
+                first_done = time.monotonic()
+            if self.saved and first_done and time.monotonic() - first_done > EXIT_GRACE_S:
+                # the model is saved; a worker stuck on its way out is not waited for
+                print(f"[mlrig] workers still running {EXIT_GRACE_S} s after the end: killed")
+                cluster.kill()
                 return
             if any(code is not None and code != 0 for code in exits):
                 self._failed(cluster)
