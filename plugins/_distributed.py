@@ -55,6 +55,7 @@ __all__ = [
     "RelayDir",
     "WorkerRelay",
     "atomic_write",
+    "descendants",
     "die_with_parent",
     "load_user_module",
     "require_function",
@@ -419,13 +420,15 @@ class ProcessGroup:
     def kill(self) -> None:
         """End the group: SIGTERM, up to ``grace`` seconds, then SIGKILL to the group and
         to any process left in the session. Returns once the launcher is reaped."""
+        # the launcher may start its workers in sessions of their own (torch elastic does)
+        family = descendants(self.pid)
         if self.proc.poll() is None:
             self.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(self.grace)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        for pid in session_processes(self.pid):
+        for pid in [*session_processes(self.pid), *family]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -441,6 +444,31 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _stat_fields(entry: Path) -> list[str]:
+    # pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses
+    return (entry / "stat").read_text().rpartition(")")[2].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry)
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def session_processes(sid: int) -> list[int]:

@@ -200,16 +200,7 @@ def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path
     stop, thread = start_worker(platform, work)
     run = run_dir(work, job_id)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert time.monotonic() < deadline, "no checkpoint at step 5 or later"
-            info = None
-            with_ckpt = run / "checkpoint.json"
-            if with_ckpt.exists():
-                info = json.loads(with_ckpt.read_text())
-            if info and info["step"] >= 5 and (run / "worker-1.json").exists():
-                break
-            time.sleep(0.05)
+        info = wait_for_checkpoint(run, 5)
         victim = json.loads((run / "worker-1.json").read_text())
         assert victim["restart"] == 0
         os.kill(victim["pid"], signal.SIGKILL)
@@ -231,6 +222,79 @@ def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path
     # one point per step in the history: 192 rows on 2 ranks in batches of 8, 5 epochs
     assert [s for s, _ in points(platform, job_id, "loss")] == list(range(60))
     assert leftovers(str(run)) == []
+
+
+def wait_for_checkpoint(run, step, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, f"no checkpoint at step {step} or later"
+        try:
+            info = json.loads((run / "checkpoint.json").read_text())
+        except (OSError, ValueError):
+            info = None
+        if info and info["step"] >= step and (run / "worker-1.json").exists():
+            return info
+        time.sleep(0.05)
+
+
+def test_sigterm_checkpoints_and_the_next_attempt_resumes_from_it(platform, tmp_path):
+    """A worker shutting down SIGTERMs the job: the ranks stop at the same step, the lead
+    checkpoints, the context stores it; the next attempt (another worker) resumes there."""
+    module = write_module(tmp_path, pause=0.08)
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 5, "batch_size": 8,
+              "lr": 0.03, "rdzv_timeout_s": 30}  # fmt: skip
+    job_id = add_job(platform, "ddp-sigterm", params, interval=3600, max_attempts=2)
+    work = tmp_path / "work"
+    stop, thread = start_worker(platform, work)
+    first = run_dir(work, job_id)
+    try:
+        wait_for_checkpoint(first, 5)
+    finally:
+        stop.set()
+        thread.join(60)
+    row = job_row(platform, job_id)
+    assert row.status == "queued", row.status_detail
+    saved = row.last_checkpoint["step"]
+    assert saved >= 5
+    run_jobs(platform, work)
+    check_trained(platform, job_id, run_dir(work, job_id, attempt=2), module, tmp_path)
+    row = job_row(platform, job_id)
+    assert row.configuration["result"]["resumed_from_step"] == saved
+    starts = json.loads((run_dir(work, job_id, attempt=2) / "restarts.json").read_text())
+    assert starts["starts"][0]["step"] == saved + 1
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(60))
+    assert leftovers(str(work)) == []
+
+
+def test_a_killed_job_process_leaves_no_rank_behind(platform, tmp_path):
+    """SIGKILL to the job process (no cleanup runs): torchrun gets SIGTERM from the
+    kernel (parent-death signal) and ends its ranks, which follow it if it dies."""
+    module = write_module(tmp_path, pause=0.2)
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 5, "batch_size": 8}
+    job_id = add_job(platform, "ddp-job-killed", params)
+    work = tmp_path / "work"
+    stop, thread = start_worker(platform, work)
+    run = run_dir(work, job_id)
+    try:
+        wait_for_checkpoint(run, 1)
+        rank = json.loads((run / "worker-0.json").read_text())["pid"]
+        launcher = parent_of(rank)
+        job = parent_of(launcher)
+        assert f"{run}" in Path(f"/proc/{launcher}/cmdline").read_text()
+        os.kill(job, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while leftovers(str(run)):
+            assert time.monotonic() < deadline, leftovers(str(run))
+            time.sleep(0.1)
+        thread.join(60)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert job_row(platform, job_id).status == "failed"
+
+
+def parent_of(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 RAISES = """
