@@ -259,7 +259,8 @@ class Rank:
         )
         loader = DataLoader(self.train_set, batch_size=batch_size, sampler=sampler)
         step = start_step
-        last_saved = time.monotonic()
+        last_saved = began = time.monotonic()
+        samples = 0
         stop = torch.zeros(1, device=self.device)
         stopped = False
         epoch = start_epoch
@@ -286,6 +287,7 @@ class Rank:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 total += float(loss.detach())
                 count += 1
+                samples += len(_batch_parts(batch)[0]) if self.step_fn is None else batch_size
                 if not boundary:
                     continue
                 if self.scaler is not None:
@@ -317,6 +319,9 @@ class Rank:
                 last_saved = time.monotonic()
             if stopped:
                 break
+        if self.is_lead and samples:
+            rate = samples * self.world / max(time.monotonic() - began, 1e-9)
+            self.relay.log_metrics({"samples_per_s": rate}, step=step - 1)
         self._finish(step)
 
     def _validate(self, ddp: Any, batch_size: int, step: int, epoch: int) -> None:

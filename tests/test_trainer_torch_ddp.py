@@ -87,11 +87,11 @@ def points(platform, job_id, name, kind="train"):
         return sorted((m.step, m.metric_value) for m in rows)
 
 
-def start_worker(platform, workdir, *, concurrency=1, cpus=(0, 1)):
+def start_worker(platform, workdir, *, concurrency=1, cpus=(0, 1), gpus=()):
     worker = Worker(
         platform,
         concurrency=concurrency,
-        capacity=Capacity(cpus=cpus),
+        capacity=Capacity(cpus=cpus, gpus=gpus),
         lease_seconds=20,
         workdir=workdir,
     )
@@ -383,3 +383,49 @@ def test_importing_the_trainer_imports_no_torch():
     script = "import sys, mlrig.plugins.trainer_torch_ddp; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+GPU_MODULE = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def build_model(params):
+    width = int(params.get("width", 1024))
+    return nn.Sequential(nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                         nn.Linear(width, 1))
+
+
+def build_dataset(params):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(int(params.get("samples", 65536)), 64, generator=g)
+    y = x[:, :8].sum(dim=1)
+    return TensorDataset(x, y)
+"""
+
+
+@pytest.mark.gpu
+def test_one_gpu_bf16_and_compile_against_fp32(platform, tmp_path):
+    """On a CUDA machine: nccl, one rank on the job's GPU, bf16 autocast + torch.compile
+    against fp32 on the same model; both train and register; samples/s are printed."""
+    module = write_module(tmp_path, "gpu_mlp.py", body=GPU_MODULE)
+    base = {"module": str(module), "epochs": 2, "batch_size": 1024, "lr": 1e-3}
+    jobs = {
+        "fp32": add_job(platform, "gpu-fp32", base, resources={"cpus": 1, "gpus": 1}),
+        "bf16+compile": add_job(
+            platform, "gpu-bf16", {**base, "precision": "bf16", "compile": True},
+            resources={"cpus": 1, "gpus": 1},
+        ),
+    }  # fmt: skip
+    run_jobs(platform, tmp_path / "work", cpus=(0, 1), gpus=(0,), timeout=500)
+    rates = {}
+    for name, job_id in jobs.items():
+        row = job_row(platform, job_id)
+        assert row.status == "completed", (name, row.status_detail)
+        epochs = points(platform, job_id, "epoch_loss")
+        assert epochs[-1][1] < epochs[0][1], (name, epochs)
+        rates[name] = points(platform, job_id, "samples_per_s")[-1][1]
+        spec = json.loads((run_dir(tmp_path / "work", job_id) / "spec.json").read_text())
+        assert spec["cuda"] is True
+    print(f"samples/s: {rates}")
