@@ -123,7 +123,8 @@ class Rank:
         if self.is_lead:
             self.relay = WorkerRelay(run_dir, rank=self.rank)
         info = {"pid": os.getpid(), "restart": self.restart, "local_rank": self.local_rank,
-                "lead": self.lead, "world": self.world}  # fmt: skip
+                "lead": self.lead, "world": self.world,
+                "backend": dist.get_backend()}  # fmt: skip
         atomic_write(run_dir / f"worker-{self.rank}.json", json.dumps(info))
 
     def _store(self) -> Any:

@@ -131,9 +131,21 @@ class TorchDDPTrainer(Trainer):
         parse_options(params)
 
     def train(self, context: TrainingContext) -> TrainResult:
+        options = parse_options(context.params)
+        if options["nnodes"] == 1 or _node_role(context) is not None:
+            return self._train(context, options)
+        try:  # the leader of several nodes: its nodes end with it
+            return self._train(context, options)
+        except BaseException as exc:
+            from mlrig.engine.nodes import stop_nodes
+
+            with contextlib.suppress(Exception):
+                stop_nodes(context, reason=f"the leader failed: {exc}"[:500])
+            raise
+
+    def _train(self, context: TrainingContext, options: dict[str, Any]) -> TrainResult:
         import torch
 
-        options = parse_options(context.params)
         user_params = {k: v for k, v in context.params.items() if k not in RESERVED}
         base = Path(os.environ.get("MLRIG_ORIGIN_DIR") or Path.cwd())
         module = load_user_module(options["module"], base=base)

@@ -54,7 +54,9 @@ def write_module(folder: Path, name="train_mlp.py", pause=0.0, body=None) -> Pat
     return path
 
 
-def add_job(platform, name, params, *, resources=None, interval=0, max_attempts=1):
+def add_job(
+    platform, name, params, *, resources=None, interval=0, max_attempts=1, early_stopping=None
+):
     with platform.db.session() as session:
         job = TrainingExperiment(
             name=name,
@@ -64,6 +66,7 @@ def add_job(platform, name, params, *, resources=None, interval=0, max_attempts=
             resources=resources or {"cpus": 2},
             max_attempts=max_attempts,
             checkpoint_interval_s=interval,
+            early_stopping=early_stopping,
             seed=3,
         )
         session.add(job)
@@ -186,6 +189,7 @@ def test_two_ranks_on_cpu_train_identical_replicas_and_register_an_onnx_model(pl
     check_trained(platform, job_id, run, module, tmp_path)
     workers = [json.loads(p.read_text()) for p in run.glob("worker-*.json")]
     assert sorted(w["world"] for w in workers) == [2, 2]
+    assert {w["backend"] for w in workers} == {"gloo"}  # CPU: gloo (nccl needs CUDA)
     # 192 training rows on 2 ranks, batches of 16, an optimizer step every 2: 3 per epoch
     assert [s for s, _ in points(platform, job_id, "loss")] == list(range(18))
     assert leftovers(str(run)) == []
@@ -291,6 +295,28 @@ def test_a_killed_job_process_leaves_no_rank_behind(platform, tmp_path):
         stop.set()
         thread.join(30)
     assert job_row(platform, job_id).status == "failed"
+
+
+def test_early_stopping_stops_every_rank_at_the_same_step(platform, tmp_path):
+    """should_stop() (here early stopping on val_loss) reaches the ranks: they stop
+    together, the run completes early and still registers its model."""
+    module = write_module(tmp_path)
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 40, "batch_size": 32,
+              "lr": 1e-9}  # fmt: skip
+    rule = {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.01}
+    job_id = add_job(platform, "ddp-stalls", params, early_stopping=rule)
+    work = tmp_path / "work"
+    run_jobs(platform, work)
+    row = job_row(platform, job_id)
+    assert row.status == "completed", row.status_detail
+    assert "early stopped: val_loss did not improve" in row.status_detail
+    epochs = points(platform, job_id, "val_loss", "validation")
+    assert 3 <= len(epochs) < 10, epochs
+    run = run_dir(work, job_id)
+    hashes = {json.loads(p.read_text())["sha256"] for p in run.glob("params-*.json")}
+    steps = {json.loads(p.read_text())["step"] for p in run.glob("params-*.json")}
+    assert len(hashes) == 1 and len(steps) == 1, (hashes, steps)
+    assert row.configuration["result"]["model_version_id"]
 
 
 def parent_of(pid):
