@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ RESERVED = (
 #: seconds a launch may take to import torch and start before its rendezvous timeout runs
 STARTUP_SLACK_S = 60.0
 POLL_S = 0.2
+NODE_CHECK_S = 2.0
+#: seconds a node's launcher may take to end after its leader ended
+NODE_EXIT_GRACE_S = 10.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -222,6 +226,11 @@ class TorchDDPTrainer(Trainer):
                     raise PermanentError(f"rank {permanent[0]['rank']}: {permanent[0]['message']}")
                 why = self._node_failure(context, leader, options)
                 if why:
+                    # a leader that completed ended its ranks, and so ends ours: let the
+                    # launcher see that; anything else stops the run now
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        if not leader and group.wait(NODE_EXIT_GRACE_S) == 0:
+                            break
                     group.kill()
                     raise PermanentError(why)
                 joined = any(run_dir.glob("worker-*.json"))
@@ -276,13 +285,20 @@ class TorchDDPTrainer(Trainer):
             start_nodes(context, nnodes=options["nnodes"], rendezvous={"endpoint": endpoint})
         return True, endpoint, is_host
 
-    @staticmethod
-    def _node_failure(context: Any, leader: bool, options: dict[str, Any]) -> str | None:
-        if options["nnodes"] == 1 or not leader:
+    def _node_failure(self, context: Any, leader: bool, options: dict[str, Any]) -> str | None:
+        """Why the run cannot go on: a node job failed (leader), or the leader ended (a
+        node). Asked of the database every NODE_CHECK_S."""
+        if options["nnodes"] == 1:
             return None
-        from mlrig.engine.nodes import watch_nodes
+        now = time.monotonic()
+        if now - getattr(self, "_node_checked", 0.0) < NODE_CHECK_S:
+            return None
+        self._node_checked = now
+        from mlrig.engine.nodes import leader_ended, watch_nodes
 
-        return watch_nodes(context)
+        if leader:
+            return watch_nodes(context)
+        return "the leader job ended" if leader_ended(context) else None
 
     @staticmethod
     def _failure(

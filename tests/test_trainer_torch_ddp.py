@@ -134,7 +134,7 @@ def leftovers(marker: str) -> list[str]:
     return found
 
 
-def torch_and_onnx_predictions(platform, version, module_path, run, tmp_path):
+def torch_and_onnx_predictions(platform, version, module_path, final, tmp_path):
     """What torch (the user's model with the final weights) and the ``onnx`` runtime
     (the registered export, downloaded like the data plane does) predict."""
     import torch
@@ -144,7 +144,7 @@ def torch_and_onnx_predictions(platform, version, module_path, run, tmp_path):
 
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(5))
     model = load_user_module(str(module_path)).build_model({})
-    model.load_state_dict(torch.load(run / "final.pt"))
+    model.load_state_dict(torch.load(final))
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     folder = tmp_path / f"download-{version['id']}"
@@ -157,7 +157,7 @@ def torch_and_onnx_predictions(platform, version, module_path, run, tmp_path):
     return expected, got
 
 
-def check_trained(platform, job_id, run, module_path, tmp_path):
+def check_trained(platform, job_id, run, module_path, tmp_path, params_files="params-*.json"):
     """The checks every successful run passes: loss falls, identical replicas, the
     model registered, its ONNX export served by ``onnx`` equal to torch within 1e-4."""
     import numpy as np
@@ -167,13 +167,14 @@ def check_trained(platform, job_id, run, module_path, tmp_path):
     epochs = points(platform, job_id, "epoch_loss")
     assert len(epochs) >= 3 and epochs[-1][1] < 0.5 * epochs[0][1], epochs
     assert points(platform, job_id, "val_loss", "validation")
-    hashes = [json.loads(p.read_text()) for p in sorted(run.glob("params-*.json"))]
+    hashes = [json.loads(p.read_text()) for p in sorted(run.glob(params_files))]
     assert len(hashes) == 2 and hashes[0]["sha256"] == hashes[1]["sha256"], hashes
     result = row.configuration["result"]
     assert result["metrics"]["replicas_identical"] == 1.0
     version = platform.registry.get_version(row.name, result["model_version_id"])
     assert "model.onnx" in [a["path"] for a in version["artifacts"]], version["artifacts"]
-    expected, got = torch_and_onnx_predictions(platform, version, module_path, run, tmp_path)
+    final = next(run.glob(params_files.replace("params-*.json", "final.pt")))
+    expected, got = torch_and_onnx_predictions(platform, version, module_path, final, tmp_path)
     assert np.abs(expected - got).max() <= 1e-4
     return row
 
@@ -317,6 +318,37 @@ def test_early_stopping_stops_every_rank_at_the_same_step(platform, tmp_path):
     steps = {json.loads(p.read_text())["step"] for p in run.glob("params-*.json")}
     assert len(hashes) == 1 and len(steps) == 1, (hashes, steps)
     assert row.configuration["result"]["model_version_id"]
+
+
+def test_two_nodes_on_loopback_are_two_engine_jobs(platform, tmp_path):
+    """nnodes=2: the leader job queues a node job (mlrig.engine.nodes), both run torchrun
+    against the leader's c10d store on 127.0.0.1; the same checks as on one node, the
+    replicas compared across both jobs' folders."""
+    pytest.importorskip("mlrig.engine.nodes", reason="mlrig.engine.nodes (node jobs) missing")
+    module = write_module(tmp_path)
+    params = {"module": str(module), "nnodes": 2, "nproc_per_node": 1, "epochs": 6,
+              "batch_size": 16, "lr": 0.05, "grad_accum": 2, "rdzv_timeout_s": 60}  # fmt: skip
+    job_id = add_job(platform, "ddp-2nodes", params, resources={"cpus": 1})
+    work = tmp_path / "work"
+    run_jobs(platform, work, concurrency=2, timeout=300)
+    with platform.db.session() as session:
+        rows = session.query(TrainingExperiment).all()
+        jobs = {row.id: (row.name, row.status, row.status_detail) for row in rows}
+    assert len(jobs) == 2, jobs
+    assert jobs[job_id][1] == "completed", jobs
+    # the node job ends on its own once its ranks are done, or is cancelled by the
+    # leader completing first (mlrig.engine.nodes): either way after training
+    (node,) = [row for key, row in jobs.items() if key != job_id]
+    assert node[0] == "ddp-2nodes-node1" and node[1] in ("completed", "cancelled"), node
+    check_trained(platform, job_id, work, module, tmp_path, "*/attempt-1/ddp/params-*.json")
+    workers = [json.loads(p.read_text()) for p in work.glob("*/attempt-1/ddp/worker-*.json")]
+    assert sorted(w["world"] for w in workers) == [2, 2]
+    # the lead rank is the leader job's, whatever rank c10d gave it
+    leads = {w["lead"] for w in workers}
+    assert len(leads) == 1
+    assert (run_dir(work, job_id) / f"worker-{leads.pop()}.json").exists()
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(18))
+    assert leftovers(str(work)) == []
 
 
 def parent_of(pid):
