@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mlrig.db.models import EngineWorker, ExperimentEvent, TrainingExperiment
-from mlrig.engine import states
+from mlrig.engine import nodes, states
 from mlrig.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
@@ -96,6 +96,21 @@ class JobQueue:
             }
         )
 
+    def _recorder(
+        self, events: list[dict[str, Any]]
+    ) -> Callable[[Session, TrainingExperiment, str, str | None], None]:
+        def record(session: Session, job: TrainingExperiment, new: str, detail: str | None) -> None:
+            self._record(session, job, new, detail, events)
+
+        return record
+
+    def _end_nodes(
+        self, session: Session, job: TrainingExperiment, new: str, events: list[dict[str, Any]]
+    ) -> None:
+        """A leader leaving ``running``: its node jobs end with it (:mod:`mlrig.engine.nodes`;
+        no query for a job without nodes)."""
+        nodes.end_nodes(session, job, new, self._recorder(events), dialect=self.db.dialect)
+
     def _fire(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.hooks.experiment_state_changed(event)
@@ -162,8 +177,9 @@ class JobQueue:
                 raise ConflictError(msg)
             job.completed_at = utcnow()
             self._record(session, job, states.CANCELLED, detail, events)
+            self._end_nodes(session, job, states.CANCELLED, events)
         self._fire(events)
-        return events[-1]
+        return events[0]
 
     # --- claiming -------------------------------------------------------------------------
 
@@ -290,6 +306,7 @@ class JobQueue:
                 if result.get("model_version_id"):
                     row.model_id = uuid.UUID(result["model_version_id"])
             self._record(session, row, new, detail, events)
+            self._end_nodes(session, row, new, events)
             if also is not None:
                 also(session)
         self._fire(events)
@@ -308,7 +325,9 @@ class JobQueue:
             )
             if self.db.dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
+            moved = 0
             for job in session.scalars(stmt):
+                moved += 1
                 owner = job.lease_owner
                 job.lease_owner = None
                 job.lease_expires_at = None
@@ -332,8 +351,11 @@ class JobQueue:
                         f"({job.attempts}/{job.max_attempts})",
                         events,
                     )
+                self._end_nodes(session, job, job.status, events)
+            # the backstop for node jobs whose leader ended by a path without the hook
+            nodes.cancel_orphaned_nodes(session, self._recorder(events), dialect=self.db.dialect)
         self._fire(events)
-        return len(events)
+        return moved
 
     # --- workers --------------------------------------------------------------------------
 
