@@ -198,7 +198,7 @@ def test_two_ranks_on_cpu_train_identical_replicas_and_register_an_onnx_model(pl
 
 def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path):
     module = write_module(tmp_path, pause=0.08)
-    params = {"module": str(module), "nproc_per_node": 2, "epochs": 5, "batch_size": 8,
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 4, "batch_size": 8,
               "lr": 0.03, "max_restarts": 2, "rdzv_timeout_s": 30}  # fmt: skip
     job_id = add_job(platform, "ddp-killed", params)
     work = tmp_path / "work"
@@ -224,8 +224,8 @@ def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path
     assert points(platform, job_id, "resumed_step")
     row = job_row(platform, job_id)
     assert row.configuration["result"]["metrics"]["elastic_restarts"] >= 1
-    # one point per step in the history: 192 rows on 2 ranks in batches of 8, 5 epochs
-    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(60))
+    # one point per step in the history: 192 rows on 2 ranks in batches of 8, 4 epochs
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(48))
     assert leftovers(str(run)) == []
 
 
@@ -246,7 +246,7 @@ def test_sigterm_checkpoints_and_the_next_attempt_resumes_from_it(platform, tmp_
     """A worker shutting down SIGTERMs the job: the ranks stop at the same step, the lead
     checkpoints, the context stores it; the next attempt (another worker) resumes there."""
     module = write_module(tmp_path, pause=0.08)
-    params = {"module": str(module), "nproc_per_node": 2, "epochs": 5, "batch_size": 8,
+    params = {"module": str(module), "nproc_per_node": 2, "epochs": 4, "batch_size": 8,
               "lr": 0.03, "rdzv_timeout_s": 30}  # fmt: skip
     job_id = add_job(platform, "ddp-sigterm", params, interval=3600, max_attempts=2)
     work = tmp_path / "work"
@@ -267,7 +267,7 @@ def test_sigterm_checkpoints_and_the_next_attempt_resumes_from_it(platform, tmp_
     assert row.configuration["result"]["resumed_from_step"] == saved
     starts = json.loads((run_dir(work, job_id, attempt=2) / "restarts.json").read_text())
     assert starts["starts"][0]["step"] == saved + 1
-    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(60))
+    assert [s for s, _ in points(platform, job_id, "loss")] == list(range(48))
     assert leftovers(str(work)) == []
 
 
