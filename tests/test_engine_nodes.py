@@ -295,7 +295,9 @@ def test_start_nodes_is_idempotent_per_leader_attempt(db_platform, tmp_path):
     again = children(db_platform, leader)
     assert [n.status for n in again] == ["queued"] * 2 and len(again) == 2
     assert {n.configuration["node"]["rendezvous"]["endpoint"] for n in again} == {"127.0.0.1:2"}
-    assert {n.attempts for n in again} == {0}
+    # attempts go on counting (a stale process stays fenced out), with a fresh budget
+    assert [n.attempts for n in again] == [1, 0]
+    assert {n.max_attempts - n.attempts for n in again} == {3}
     # the stale attempt can no longer start nodes
     from mlrig.engine.context import LeaseLostError
 
@@ -349,3 +351,35 @@ def test_bad_calls_are_refused(db_platform, tmp_path):
     with pytest.raises(PermanentError, match="'ddp-node1': an experiment of that name exists"):
         nodes.start_nodes(ctx, nnodes=2, rendezvous={})
     assert children(db_platform, leader) == []
+
+
+def test_a_node_job_registers_no_model(db_platform, tmp_path):
+    from mlrig import PermanentError
+
+    leader = add_leader(db_platform)
+    ctx = context_of(db_platform, claim(db_platform, leader), tmp_path)
+    nodes.start_nodes(ctx, nnodes=2, rendezvous={"endpoint": "h:1"})
+    node = context_of(db_platform, db_platform.queue.claim("w1", lease_seconds=30), tmp_path)
+    with pytest.raises(PermanentError, match="its leader registers the model"):
+        node.register_model(object())
+
+
+def test_a_restarted_leader_starts_a_new_run_of_its_nodes(db_platform, tmp_path):
+    """A leader that failed and is started again (attempts back to 1) requeues its nodes
+    with a new run token: a node of the old run sees its leader ended."""
+    leader = add_leader(db_platform, attempts=1)
+    first = claim(db_platform, leader)
+    ctx = context_of(db_platform, first, tmp_path)
+    ids = nodes.start_nodes(ctx, nnodes=2, rendezvous={"endpoint": "h:1"})
+    old_node = context_of(db_platform, db_platform.queue.claim("w1", lease_seconds=30), tmp_path)
+    old_run = nodes.node_role(old_node).run
+    assert db_platform.queue.fail(first, "boom") == "failed"
+    assert row(db_platform, uuid.UUID(ids[0])).status == "cancelled"
+    db_platform.experiments.start("ddp")
+    again = claim(db_platform, leader)
+    assert again.attempt == 1
+    ctx2 = context_of(db_platform, again, tmp_path)
+    assert nodes.start_nodes(ctx2, nnodes=2, rendezvous={"endpoint": "h:2"}) == ids
+    new_node = context_of(db_platform, db_platform.queue.claim("w1", lease_seconds=30), tmp_path)
+    assert nodes.node_role(new_node).run != old_run
+    assert nodes.leader_ended(old_node) and not nodes.leader_ended(new_node)

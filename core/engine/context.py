@@ -365,9 +365,15 @@ class JobContext:
         self, model: Any, *, name: str | None = None, sample: Any = None, **metadata: Any
     ) -> dict[str, Any]:
         """Register ``model`` as a new version with lineage to this experiment."""
+        from mlrig.engine.nodes import node_role
         from mlrig.registry.packaging import register_model
         from mlrig.security import Principal
 
+        if node_role(self) is not None:  # one of several nodes (mlrig.engine.nodes)
+            from mlrig.contracts.trainer import PermanentError
+
+            msg = f"{self.name!r} is a node job of a multi-node run: its leader registers the model"
+            raise PermanentError(msg)
         self.flush()
         metadata.setdefault(
             "params",

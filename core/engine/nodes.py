@@ -4,7 +4,7 @@ A distributed trainer asked for ``nnodes > 1`` runs as the leader (node 0). It c
 :func:`start_nodes`, which creates (once) and queues the node experiments
 ``<name>-node1`` .. ``<name>-node<N-1>``, nested under the leader (``parent_id``), with
 the leader's trainer, hyperparameters, resources and priority, and
-``configuration["node"] = {"index", "count", "leader_id", "leader_attempt",
+``configuration["node"] = {"index", "count", "leader_id", "leader_attempt", "run",
 "rendezvous"}``. Any worker that reaches the database claims them like any job; in each,
 :func:`node_role` tells the trainer which node it is and where to meet the leader.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -67,6 +68,8 @@ class NodeRole:
     rendezvous: dict[str, Any]
     #: the leader attempt that (re)started this node
     leader_attempt: int = 0
+    #: the token of that start (a new one each time the leader starts its nodes)
+    run: str = ""
 
 
 def utcnow() -> datetime:
@@ -90,9 +93,26 @@ def _configuration(context: JobContext) -> dict[str, Any]:
 # --- in a node job ---------------------------------------------------------------------
 
 
+_roles: weakref.WeakKeyDictionary[Any, NodeRole | None] = weakref.WeakKeyDictionary()
+
+
 def node_role(context: JobContext) -> NodeRole | None:
     """This job's role from ``configuration["node"]``; ``None`` for a leader or a
-    single-node job (one small query)."""
+    single-node job. Read once per context (one small query): the role this attempt
+    started with, even once a later run of the leader changed it."""
+    try:
+        return _roles[context]
+    except (KeyError, TypeError):
+        pass
+    role = _read_role(context)
+    try:
+        _roles[context] = role
+    except TypeError:  # a context that takes no weak reference: read each time
+        pass
+    return role
+
+
+def _read_role(context: JobContext) -> NodeRole | None:
     node = _configuration(context).get(NODE_KEY)
     if not isinstance(node, dict):
         return None
@@ -102,6 +122,7 @@ def node_role(context: JobContext) -> NodeRole | None:
         leader_id=str(node["leader_id"]),
         rendezvous=dict(node.get("rendezvous") or {}),
         leader_attempt=int(node.get("leader_attempt") or 0),
+        run=str(node.get("run") or ""),
     )
 
 
@@ -115,16 +136,17 @@ def leader_ended(context: JobContext) -> bool:
         return False
     with context.platform.db.session() as session:
         found = session.execute(
-            select(TrainingExperiment.status, TrainingExperiment.attempts).where(
+            select(TrainingExperiment.status, TrainingExperiment.configuration).where(
                 TrainingExperiment.id == uuid.UUID(role.leader_id)
             )
         ).first()
     if found is None:
         return True
-    status, attempts = found
-    if status != states.RUNNING:
+    status, config = found
+    plan = (config or {}).get(NODES_KEY)
+    if status != states.RUNNING or not isinstance(plan, dict) or plan.get("ended"):
         return True
-    return bool(role.leader_attempt) and attempts != role.leader_attempt
+    return plan.get("run") != role.run
 
 
 # --- in the leader -----------------------------------------------------------------------
@@ -211,6 +233,14 @@ def start_nodes(
             int(r.configuration[NODE_KEY]["index"]): r
             for r in _children(session, leader.id, lock=True, dialect=db.dialect)
         }
+        plan = config.get(NODES_KEY)
+        same = (
+            isinstance(plan, dict)
+            and plan.get("attempt") == attempt
+            and plan.get("count") == nnodes
+            and not plan.get("ended")
+        )
+        run = str(plan["run"]) if same else uuid.uuid4().hex
         now = utcnow()
         ids: list[str] = []
         for index in range(1, nnodes):
@@ -219,17 +249,14 @@ def start_nodes(
                 "count": nnodes,
                 "leader_id": str(leader.id),
                 "leader_attempt": attempt,
+                "run": run,
                 "rendezvous": rendezvous,
             }
             row = existing.get(index)
             if row is None:
                 row = _new_node(session, leader, config, node, nnodes)
                 events += queue.record_created(session, row)
-            elif (
-                row.status in LIVE
-                and (row.configuration or {}).get(NODE_KEY, {}).get("leader_attempt") == attempt
-                and row.configuration[NODE_KEY].get("count") == nnodes
-            ):
+            elif same and row.status in LIVE and row.configuration[NODE_KEY].get("run") == run:
                 ids.append(str(row.id))  # already started by this attempt
                 continue
             else:
@@ -242,7 +269,9 @@ def start_nodes(
             row.lease_owner = None
             row.lease_expires_at = None
             row.completed_at = None
-            row.attempts = 0
+            # attempts go on counting (they fence a stale process of an earlier run out);
+            # the run gets the leader's budget of attempts again
+            row.max_attempts = (row.attempts or 0) + leader.max_attempts
             detail = f"node {index} of {nnodes} for attempt {attempt} of {leader.name!r}"
             if was == states.RUNNING:
                 detail += " (its earlier run is ended)"
@@ -261,7 +290,8 @@ def start_nodes(
                 "ids": ids,
                 "count": nnodes,
                 "attempt": attempt,
-                "started_at": now.isoformat(),
+                "run": run,
+                "started_at": plan["started_at"] if same else now.isoformat(),
                 "start_timeout_s": float(start_timeout_s),
             },
         }
@@ -348,12 +378,16 @@ def _node_trouble(context: JobContext) -> str | None:
         if leader is None:
             return None
         plan = (leader.configuration or {}).get(NODES_KEY)
-        if not isinstance(plan, dict) or plan.get("attempt") != context.job.attempt:
+        if (
+            not isinstance(plan, dict)
+            or plan.get("attempt") != context.job.attempt
+            or plan.get("ended")
+        ):
             return None
         ids = [uuid.UUID(i) for i in plan.get("ids") or []]
         rows = session.scalars(select(TrainingExperiment).where(TrainingExperiment.id.in_(ids)))
         nodes = sorted(rows, key=lambda r: r.name)
-        waited = (utcnow() - datetime.fromisoformat(plan["started_at"])).total_seconds()
+        started = datetime.fromisoformat(plan["started_at"])
         timeout = float(plan.get("start_timeout_s") or DEFAULT_START_TIMEOUT_S)
         count = int(plan.get("count") or len(ids) + 1)
         if len(nodes) < len(ids):
@@ -363,8 +397,16 @@ def _node_trouble(context: JobContext) -> str | None:
                 return f"node job {row.name!r} failed: {row.status_detail}"
             if row.status == states.CANCELLED:
                 return f"node job {row.name!r} was cancelled: {row.status_detail}"
-        stuck = [r.name for r in nodes if r.status in (states.QUEUED, states.CREATED)]
-        if stuck and waited > timeout:
+        # how long each waiting node waits: since it was last queued (a node requeued
+        # after a failed attempt of its own starts its wait again)
+        waits = {
+            r.name: (utcnow() - max(started, _aware(r.updated_at) or started)).total_seconds()
+            for r in nodes
+            if r.status in (states.QUEUED, states.CREATED)
+        }
+        stuck = [name for name, waited in waits.items() if waited > timeout]
+        if stuck:
+            waited = max(waits[name] for name in stuck)
             return (
                 f"node job(s) {', '.join(stuck)} still queued {waited:.0f} s after the leader "
                 f"started them (start timeout {timeout:g} s): a run of {count} nodes needs "
@@ -441,8 +483,11 @@ def end_nodes(
     """In the transaction taking ``leader`` out of ``running`` (to ``new``): cancel its
     node jobs still queued or running. Does nothing (no query) for a job that started
     no nodes."""
-    if not isinstance((leader.configuration or {}).get(NODES_KEY), dict):
+    plan = (leader.configuration or {}).get(NODES_KEY)
+    if not isinstance(plan, dict):
         return
+    # this start of the nodes is over: the next attempt starts them again
+    leader.configuration = {**leader.configuration, NODES_KEY: {**plan, "ended": True}}
     if new == states.QUEUED:
         why = (
             f"leader {leader.name!r} attempt {leader.attempts} ended; its next attempt "
