@@ -251,6 +251,12 @@ class TorchDDPTrainer(Trainer):
         metrics["replicas_identical"] = 1.0 if len(hashes) == 1 else 0.0
         if not leader:  # a node job: the leader registers the model
             return TrainResult(metrics=metrics)
+        if options["nnodes"] > 1:  # the leader's end cancels nodes still running
+            from mlrig.engine.nodes import wait_nodes
+
+            why = wait_nodes(context, timeout_s=NODE_EXIT_GRACE_S * 3)
+            if why:  # every rank passed the final barrier: the model is whole
+                print(f"[mlrig] torch-ddp: {why}", flush=True)
         model = build_model(dict(user_params))
         model.load_state_dict(torch.load(run_dir / "final.pt", map_location="cpu"))
         model.eval()
@@ -282,7 +288,13 @@ class TorchDDPTrainer(Trainer):
         if options["nnodes"] > 1:
             from mlrig.engine.nodes import start_nodes
 
-            start_nodes(context, nnodes=options["nnodes"], rendezvous={"endpoint": endpoint})
+            # a node job not started by the rendezvous timeout fails the run (watch_nodes)
+            start_nodes(
+                context,
+                nnodes=options["nnodes"],
+                rendezvous={"endpoint": endpoint},
+                start_timeout_s=options["rdzv_timeout_s"],
+            )
         return True, endpoint, is_host
 
     def _node_failure(self, context: Any, leader: bool, options: dict[str, Any]) -> str | None:

@@ -336,10 +336,9 @@ def test_two_nodes_on_loopback_are_two_engine_jobs(platform, tmp_path):
         jobs = {row.id: (row.name, row.status, row.status_detail) for row in rows}
     assert len(jobs) == 2, jobs
     assert jobs[job_id][1] == "completed", jobs
-    # the node job ends on its own once its ranks are done, or is cancelled by the
-    # leader completing first (mlrig.engine.nodes): either way after training
+    # the leader waits for its node job to complete before it ends (which would cancel it)
     (node,) = [row for key, row in jobs.items() if key != job_id]
-    assert node[0] == "ddp-2nodes-node1" and node[1] in ("completed", "cancelled"), node
+    assert node[:2] == ("ddp-2nodes-node1", "completed"), node
     check_trained(platform, job_id, work, module, tmp_path, "*/attempt-1/ddp/params-*.json")
     workers = [json.loads(p.read_text()) for p in work.glob("*/attempt-1/ddp/worker-*.json")]
     assert sorted(w["world"] for w in workers) == [2, 2]
@@ -348,6 +347,28 @@ def test_two_nodes_on_loopback_are_two_engine_jobs(platform, tmp_path):
     assert len(leads) == 1
     assert (run_dir(work, job_id) / f"worker-{leads.pop()}.json").exists()
     assert [s for s, _ in points(platform, job_id, "loss")] == list(range(18))
+    assert leftovers(str(work)) == []
+
+
+def test_a_node_job_that_never_starts_fails_the_leader_in_bounded_time(platform, tmp_path):
+    """nnodes=2 on a worker with one slot: the node job stays queued, the leader fails
+    after about rdzv_timeout_s saying why, the node job is cancelled, no rank is left."""
+    pytest.importorskip("mlrig.engine.nodes", reason="mlrig.engine.nodes (node jobs) missing")
+    module = write_module(tmp_path)
+    params = {"module": str(module), "nnodes": 2, "rdzv_timeout_s": 5}
+    add_job(platform, "ddp-alone", params, resources={"cpus": 1}, max_attempts=2)
+    work = tmp_path / "work"
+    started = time.monotonic()
+    run_jobs(platform, work, concurrency=1, timeout=120)
+    elapsed = time.monotonic() - started
+    with platform.db.session() as session:
+        rows = {r.name: (r.status, r.attempts, r.status_detail)
+                for r in session.query(TrainingExperiment)}  # fmt: skip
+    status, attempts, detail = rows["ddp-alone"]
+    assert (status, attempts) == ("failed", 1), rows
+    assert "ddp-alone-node1 still queued" in detail or "rendezvous at 127.0.0.1:" in detail, detail
+    assert rows["ddp-alone-node1"][0] == "cancelled", rows
+    assert elapsed < 70, f"{elapsed:.0f} s"
     assert leftovers(str(work)) == []
 
 
