@@ -383,3 +383,14 @@ def test_a_restarted_leader_starts_a_new_run_of_its_nodes(db_platform, tmp_path)
     new_node = context_of(db_platform, db_platform.queue.claim("w1", lease_seconds=30), tmp_path)
     assert nodes.node_role(new_node).run != old_run
     assert nodes.leader_ended(old_node) and not nodes.leader_ended(new_node)
+
+
+def test_node_jobs_take_their_leader_s_place_in_the_queue(db_platform, tmp_path):
+    """A job queued after the leader (same priority) waits behind the leader's nodes: the
+    leader is running and cannot go on without them."""
+    leader = add_leader(db_platform)
+    ctx = context_of(db_platform, claim(db_platform, leader), tmp_path)
+    later = add_leader(db_platform, "later")
+    ids = nodes.start_nodes(ctx, nnodes=3, rendezvous={"endpoint": "h:1"})
+    order = [str(db_platform.queue.claim("w", lease_seconds=30).id) for _ in range(3)]
+    assert order == [*ids, str(later)]

@@ -265,7 +265,9 @@ def start_nodes(
                 row.resources = dict(leader.resources or {})
                 row.priority = leader.priority
             was = row.status
-            row.queued_at = now + timedelta(microseconds=index)  # claimed in index order
+            # the leader's place in the queue (it waits for them): before what was queued
+            # since at the same priority, in index order
+            row.queued_at = (_aware(leader.queued_at) or now) + timedelta(microseconds=index)
             row.lease_owner = None
             row.lease_expires_at = None
             row.completed_at = None
