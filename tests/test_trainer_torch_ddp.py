@@ -300,8 +300,9 @@ def test_a_killed_job_process_leaves_no_rank_behind(platform, tmp_path):
 
 def test_early_stopping_stops_every_rank_at_the_same_step(platform, tmp_path):
     """should_stop() (here early stopping on val_loss) reaches the ranks: they stop
-    together, the run completes early and still registers its model."""
-    module = write_module(tmp_path)
+    together, the run completes early and still registers its model. The stop is
+    asynchronous (the job polls every 0.2 s): a few more steps run after the trigger."""
+    module = write_module(tmp_path, pause=0.05)
     params = {"module": str(module), "nproc_per_node": 2, "epochs": 40, "batch_size": 32,
               "lr": 1e-9}  # fmt: skip
     rule = {"monitor": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.01}
@@ -312,7 +313,7 @@ def test_early_stopping_stops_every_rank_at_the_same_step(platform, tmp_path):
     assert row.status == "completed", row.status_detail
     assert "early stopped: val_loss did not improve" in row.status_detail
     epochs = points(platform, job_id, "val_loss", "validation")
-    assert 3 <= len(epochs) < 10, epochs
+    assert 3 <= len(epochs) < 15, epochs  # of 40
     run = run_dir(work, job_id)
     hashes = {json.loads(p.read_text())["sha256"] for p in run.glob("params-*.json")}
     steps = {json.loads(p.read_text())["step"] for p in run.glob("params-*.json")}
