@@ -394,3 +394,16 @@ def test_node_jobs_take_their_leader_s_place_in_the_queue(db_platform, tmp_path)
     ids = nodes.start_nodes(ctx, nnodes=3, rendezvous={"endpoint": "h:1"})
     order = [str(db_platform.queue.claim("w", lease_seconds=30).id) for _ in range(3)]
     assert order == [*ids, str(later)]
+
+
+def test_a_node_job_cannot_be_started_or_rerun_on_its_own(db_platform, tmp_path):
+    from mlrig.errors import ConflictError
+
+    leader = add_leader(db_platform)
+    ctx = context_of(db_platform, claim(db_platform, leader), tmp_path)
+    nodes.start_nodes(ctx, nnodes=2, rendezvous={"endpoint": "h:1"})
+    nodes.stop_nodes(ctx, reason="test")
+    with pytest.raises(ConflictError, match="is node 1 of the multi-node run 'ddp'"):
+        db_platform.experiments.start("ddp-node1")
+    with pytest.raises(ConflictError, match="start or rerun 'ddp'"):
+        db_platform.experiments.rerun("ddp-node1", actor=None)

@@ -397,6 +397,16 @@ class ExperimentService(TrackedRuns, RunGroups, RunFiles):
                     "(mlrig.start_run(run_id=...))"
                 )
                 raise ConflictError(msg, details={"origin": row.origin})
+            node = (row.configuration or {}).get("node")
+            if isinstance(node, dict):  # one node of a multi-node run (mlrig.engine.nodes)
+                leader = session.get(TrainingExperiment, _as_uuid(node.get("leader_id")))
+                name = leader.name if leader is not None else node.get("leader_id")
+                msg = (
+                    f"experiment {row.name!r} is node {node.get('index')} of the multi-node "
+                    f"run {name!r}: it cannot be {what} on its own; start or rerun {name!r}, "
+                    "which starts its nodes"
+                )
+                raise ConflictError(msg, details={"leader": str(node.get("leader_id"))})
             return row.id
 
     def start(self, ref: str | uuid.UUID) -> View:
