@@ -314,7 +314,9 @@ class JobQueue:
 
     def requeue_expired(self) -> int:
         """Send running jobs whose lease expired back to the queue (or fail them when out of
-        attempts). Returns how many it moved."""
+        attempts); on the way, cancel node jobs whose leader ended
+        (:func:`mlrig.engine.nodes.cancel_orphaned_nodes`). Returns how many expired jobs
+        it moved."""
         events: list[dict[str, Any]] = []
         now = utcnow()
         with self.db.session() as session:
