@@ -33,6 +33,7 @@ SMOKE_TESTED = {
     "bench_search.py",
     "bench_asha.py",
     "bench_sweeps.py",
+    "bench_ddp.py",
 }
 
 
@@ -412,3 +413,29 @@ def test_bench_sweeps():
     assert speedup["trials"] == 2 and positive(speedup["speedup"])
     for side in ("parallelism_1", "parallelism_2"):
         assert positive(speedup[side]["wall_s"]) and positive(speedup[side]["train_s_mean"])
+
+
+@pytest.mark.heavy
+def test_bench_ddp():
+    """2 tiny epochs through the ``torch-ddp`` trainer on a real worker and through plain
+    ``torchrun --standalone``, at 2 processes and at 1: both walls and the ranks' samples/s
+    parse and are positive, the overhead is the pair's relative difference."""
+    report = run_benchmark("bench_ddp.py", "--smoke", timeout=600)
+    assert report["epochs"] == 2 and report["samples"] == 512 and report["runs"] == 1
+    assert report["nproc"] == 2 and report["model"] == "MLP 32-32-32-1"
+    over = report["overhead"]
+    [mlrig_wall], [plain_wall] = over["mlrig_wall_s"], over["plain_wall_s"]
+    assert positive(mlrig_wall) and positive(plain_wall)
+    assert over["median"] == pytest.approx((mlrig_wall - plain_wall) / plain_wall, abs=1e-3)
+    assert over["mlrig_wall_s_median"] == mlrig_wall and over["plain_wall_s_median"] == plain_wall
+    rates = report["throughput"]
+    for key in ("nproc_1", "nproc_2"):
+        row = rates[key]
+        for field in ("mlrig_samples_per_s", "plain_samples_per_s", "mlrig_wall_s", "plain_wall_s"):
+            assert positive(row[field]), (key, field, row)
+    for side in ("mlrig", "plain"):
+        expected = (
+            rates["nproc_2"][f"{side}_samples_per_s"] / rates["nproc_1"][f"{side}_samples_per_s"]
+        )
+        assert rates[f"speedup_{side}"] == pytest.approx(expected, rel=1e-2)
+    assert isinstance(report["goal_met"], bool)
