@@ -14,10 +14,16 @@ server's: the server has one on the worker, so a job still dies with its worker)
 NumPy seeds; then it runs the entry module as ``python -m MODULE ARGS`` would and exits
 with its status. The server reports each child's exit status to the worker over a socket.
 
-What it never does: open a database connection (so no connection is shared across a fork;
-the server is a fresh interpreter, so none of the worker's descriptors reach it either),
-or import torch or tensorflow unless they are listed in ``preload``: a process that
-initialised CUDA cannot fork safely (see docs/configuration.md). Modules read their
+After forking the first job of a worker's settings (``MLRIG_SETTINGS_JSON``), the server
+builds that platform once (:func:`mlrig.engine.runner.prepare_platform`: settings parsed,
+plugins, the engine, the schema check, the job's statements compiled) and closes its
+connections again, so later children start with it; a child whose settings differ, or
+that finds the installed plugins changed, builds its own as a plain job would.
+
+What it never does: hold a database connection while it forks (so no connection is shared
+across a fork; the server is a fresh interpreter, so none of the worker's descriptors
+reach it either), or import torch or tensorflow unless they are listed in ``preload``: a
+process that initialised CUDA cannot fork safely (see docs/configuration.md). Modules read their
 environment variables when imported; the server imports with the worker's environment,
 and it is restarted when a job's interpreter-level variables (``PYTHON*``, ``LD_*``,
 ``OMP_*``, thread-count variables of the numeric libraries) differ from its own. Children
@@ -97,6 +103,15 @@ _SERVER_PATH: list[str | None] = [None]
 _INSTALLED: list[Any] = [None]
 #: the server's threadpoolctl controller (BLAS/OpenMP pools), when scikit-learn is loaded
 _POOLS: list[Any] = [None]
+#: entry module -> (spec, code) as the server first read it, for the children to run
+#: (with ``PYTHONDONTWRITEBYTECODE`` every ``runpy`` run would compile the source again)
+_ENTRY_CODE: dict[str, tuple[Any, Any]] = {}
+#: settings JSON -> when building its platform last failed (monotonic), retried later
+_PREPARE_FAILED: dict[str, float] = {}
+#: seconds before a platform that could not be built is tried again
+PREPARE_RETRY_SECONDS = 60.0
+#: the variable a worker hands its settings down in (``mlrig.config.INHERITED_ENV``)
+_SETTINGS_ENV = "MLRIG_SETTINGS_JSON"
 
 
 class LauncherError(Exception):
@@ -148,6 +163,9 @@ def _killpg(pid: int, sig: int) -> None:
 
 class ForkedJob(JobHandle):
     """A job forked by a :class:`ForkServer`: the same semantics as a plain subprocess."""
+
+    #: :meth:`wait` returns as soon as the server reports the exit (a condition, no polling)
+    wakes_on_exit = True
 
     def __init__(self, server: ForkServer, pid: int) -> None:
         self._server = server
@@ -547,13 +565,59 @@ def _scan_entry_points() -> None:
 
 
 def _check_entry_points() -> None:
-    """A distribution was installed or removed since the server scanned: scan anew."""
+    """A distribution was installed or removed since the server scanned: scan anew (and
+    build the platform anew: its plugin manager came from the old scan)."""
     if _INSTALLED[0] is None:
         return
     from mlrig import backends
 
     if backends.installed_state() != _INSTALLED[0]:
         backends.forget_loaded_backends()
+        runner = sys.modules.get("mlrig.engine.runner")
+        if runner is not None:
+            runner.forget_prepared_platform()
+
+
+def _prepare(request: dict[str, Any]) -> None:
+    """After forking a runner job: have its platform ready for the next ones (see
+    :func:`mlrig.engine.runner.prepare_platform`). A failure (the database away) is
+    said once on the server's stderr and tried again after ``PREPARE_RETRY_SECONDS``;
+    meanwhile jobs build their own platform, as plain ones do."""
+    import gc
+
+    with contextlib.suppress(Exception):
+        _read_entry_code(request["module"])
+    text = (request.get("env") or {}).get(_SETTINGS_ENV)
+    if request.get("module") != "mlrig.engine.runner" or not text:
+        return
+    failed = _PREPARE_FAILED.get(text)
+    if failed is not None and time.monotonic() - failed < PREPARE_RETRY_SECONDS:
+        return
+    from mlrig.engine import runner
+
+    try:
+        runner.prepare_platform(text)
+    except Exception as exc:
+        if failed is None:
+            print(f"[mlrig] fork server: jobs build their own platform: {exc}", file=sys.stderr)
+        _PREPARE_FAILED[text] = time.monotonic()
+        return
+    _PREPARE_FAILED.pop(text, None)
+    gc.freeze()  # the platform's objects too: fewer pages copied per child
+
+
+def _read_entry_code(module: str) -> None:
+    """Server: compile an entry module (not a package) once, like a preloaded module."""
+    if module in _ENTRY_CODE:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is not None:
+        return
+    code = spec.loader.get_code(module)  # type: ignore[attr-defined]
+    if code is not None:
+        _ENTRY_CODE[module] = (spec, code)
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -602,6 +666,7 @@ def serve(sock: socket.socket, parent: int, with_parent: bool, preload: Sequence
                 line, buffer = buffer.split(b"\n", 1)
                 request = json.loads(line)
                 _send(sock, _fork(request, selector, inherited))
+                _prepare(request)  # for the next job, while this one starts
         _reap(sock)
 
 
@@ -738,7 +803,10 @@ def _run_module(module: str, args: Sequence[str]) -> int:
     sys.argv = [module, *args]
     code = 0
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if module in _ENTRY_CODE:
+            _run_code(*_ENTRY_CODE[module])
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = _exit_status(exc.code)
     except BaseException:
@@ -748,6 +816,26 @@ def _run_module(module: str, args: Sequence[str]) -> int:
         threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
     atexit._run_exitfuncs()
     return code
+
+
+def _run_code(spec: Any, code: Any) -> None:
+    """What ``runpy.run_module(..., run_name="__main__", alter_sys=True)`` does, with the
+    code the server compiled: a fresh ``__main__`` module, ``sys.argv[0]`` its file."""
+    import builtins
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=spec.origin,
+        __cached__=spec.cached,
+        __loader__=spec.loader,
+        __package__=spec.parent,
+        __spec__=spec,
+        __builtins__=builtins,
+    )
+    sys.modules["__main__"] = main
+    sys.argv[0] = spec.origin
+    exec(code, main.__dict__)
 
 
 def _exit_status(value: object) -> int:

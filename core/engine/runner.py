@@ -32,6 +32,12 @@ EXIT_INTERRUPTED = 4
 EXIT_PERMANENT = 5
 #: how the last output line of a permanent failure starts (the worker reads the reason)
 PERMANENT_MARKER = "[mlrig] not retried: "
+#: ``[commit, dirty]`` of the origin folder as the worker last looked (JSON); without it
+#: the job runs ``git`` itself
+ORIGIN_GIT_ENV = "MLRIG_ORIGIN_GIT"
+#: a platform a fork server built before forking this process: ``(settings JSON,
+#: platform)`` (see :func:`prepare_platform`)
+_PREPARED: list[tuple[str, Any] | None] = [None]
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -128,15 +134,19 @@ def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
         }
 
 
-def record_reproducibility(
-    platform: Any, job_id: uuid.UUID, experiment: dict[str, Any], datasets: list[dict[str, Any]]
-) -> None:
-    from mlrig.db.models import TrainingExperiment
+def reproducibility_facts(
+    experiment: dict[str, Any], datasets: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the run's reproducibility record holds (see :mod:`mlrig.tracking.reproducibility`)."""
     from mlrig.tracking.reproducibility import git_state
 
     origin = os.environ.get("MLRIG_ORIGIN_DIR")  # where the experiment was submitted from
-    commit, dirty = git_state(Path(origin)) if origin else (None, None)
-    facts = {
+    seen = os.environ.get(ORIGIN_GIT_ENV)  # the worker's look at it (at most seconds old)
+    if seen:
+        commit, dirty = json.loads(seen)
+    else:
+        commit, dirty = git_state(Path(origin)) if origin else (None, None)
+    return {
         "seed": experiment["seed"],
         "python": pyplatform.python_version(),
         "platform": pyplatform.platform(),
@@ -146,10 +156,105 @@ def record_reproducibility(
         "config_hash": config_hash(experiment),
         "datasets": datasets,
     }
+
+
+def record_reproducibility(
+    platform: Any,
+    job_id: uuid.UUID,
+    experiment: dict[str, Any],
+    datasets: list[dict[str, Any]],
+    *,
+    session: Any = None,
+) -> None:
+    """Store the reproducibility facts on the experiment, in ``session`` when given (the
+    transaction that completes the job), else in a transaction of its own."""
+    facts = reproducibility_facts(experiment, datasets)
+    if session is None:
+        with platform.db.session() as own:
+            _store_facts(own, job_id, facts)
+    else:
+        _store_facts(session, job_id, facts)
+
+
+def _store_facts(session: Any, job_id: uuid.UUID, facts: dict[str, Any]) -> None:
+    from mlrig.db.models import TrainingExperiment
+
+    row = session.get(TrainingExperiment, job_id)
+    if row is not None:
+        row.reproducibility = {**(row.reproducibility or {}), **facts}
+
+
+def prepare_platform(settings_json: str) -> None:
+    """In a fork server, before it forks a job: build the platform of these settings (a
+    worker's ``MLRIG_SETTINGS_JSON``) once, so that every job forked with the same settings
+    starts with it (:func:`_prepared_platform`): the settings parsed, the plugin manager
+    built, the engine created, the schema checked, and the statements a job runs compiled
+    (reads of a random id, and a fenced write that finds no such attempt: nothing is
+    written). Its connections are closed again before this returns, so no connection is
+    ever shared with a forked job. The ``platform_started`` hook runs in each job."""
+    held = _PREPARED[0]
+    if held is not None and held[0] == settings_json:
+        return
+    _PREPARED[0] = None
+    if held is not None:
+        held[1].db.dispose()
+    from mlrig.config import _from_json
+    from mlrig.platform import Platform
+
+    platform = Platform(_from_json(settings_json))
+    try:
+        _compile_job_statements(platform)
+    finally:
+        platform.db.dispose()
+    _PREPARED[0] = (settings_json, platform)
+
+
+def forget_prepared_platform() -> None:
+    """Drop the prepared platform (the installed plugins changed since it was built)."""
+    _PREPARED[0] = None
+
+
+def _compile_job_statements(platform: Any) -> None:
+    from mlrig.db.models import User
+    from mlrig.engine.queue import ClaimedJob
+    from mlrig.experiments.metrics import AttemptFence, AttemptLostError, drop_points
+
+    nobody = uuid.uuid4()
+    try:
+        load_experiment(platform, nobody)
+    except SystemExit:  # no such experiment: what was wanted is the compiled read
+        pass
     with platform.db.session() as session:
-        row = session.get(TrainingExperiment, job_id)
-        if row is not None:
-            row.reproducibility = {**(row.reproducibility or {}), **facts}
+        session.get(User, nobody)
+    try:
+        drop_points(platform.db, nobody, after_step=None, fence=AttemptFence("-", 0))
+    except AttemptLostError:
+        pass
+    job = ClaimedJob(
+        id=nobody, name="-", trainer=None, attempt=0, max_attempts=1, resources={}, owner="-"
+    )
+    platform.queue.complete(job, result={})  # holds no such attempt: writes nothing
+
+
+def _prepared_platform() -> Any:
+    """The platform the fork server prepared, if this job's settings are the ones it was
+    built for, with what a fresh one does per process: the schema policy (one query on
+    the job's own, first connection) and the ``platform_started`` hook."""
+    from mlrig.config import INHERITED_ENV
+    from mlrig.engine import runner  # this code runs as ``__main__``: the server's module
+
+    held, runner._PREPARED[0] = runner._PREPARED[0], None
+    if held is None or os.environ.get(INHERITED_ENV) != held[0]:
+        return None
+    platform = held[1]
+    pool = platform.db.engine.pool
+    counts = getattr(pool, "checkedin", None), getattr(pool, "checkedout", None)
+    if None in counts or any(count() for count in counts):  # type: ignore[misc]
+        # the server disposed of its pool; if a connection were left, drop it unused
+        platform.db.engine.dispose(close=False)
+    platform.db.ensure_schema()
+    platform.hooks.platform_started()
+    return platform
 
 
 def run(job_id: str, attempt: int, owner: str) -> int:
@@ -159,8 +264,9 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     from mlrig.engine.queue import ClaimedJob
     from mlrig.platform import Platform
 
-    # The worker hands down its effective settings (MLRIG_SETTINGS_JSON).
-    platform = Platform.from_config()
+    # The worker hands down its effective settings (MLRIG_SETTINGS_JSON); a fork server
+    # may have built the platform of those settings already.
+    platform = _prepared_platform() or Platform.from_config()
     key = uuid.UUID(job_id)
     experiment = load_experiment(platform, key)
     job = ClaimedJob(
@@ -185,7 +291,7 @@ def run(job_id: str, attempt: int, owner: str) -> int:
         )
         result = trainer.train(context)
         context.flush(closing=True)
-        record_reproducibility(platform, key, experiment, context.datasets)
+        facts = reproducibility_facts(experiment, context.datasets)
     except LeaseLostError as exc:
         print(f"[mlrig] {exc}", flush=True)
         return EXIT_LEASE_LOST
@@ -202,6 +308,8 @@ def run(job_id: str, attempt: int, owner: str) -> int:
             return EXIT_PERMANENT
         return 1
     if context.interrupted and context.pruned is None:  # a pruned trial is done: complete it
+        with platform.db.session() as session:  # the record of what ran, kept as before
+            _store_facts(session, key, facts)
         print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)
         return EXIT_INTERRUPTED
     detail = context.stop_reason if context.stopped_early else None
@@ -213,10 +321,17 @@ def run(job_id: str, attempt: int, owner: str) -> int:
         "model_version_id": getattr(result, "model_version_id", None) or context.model_version_id,
         "resumed_from_step": context.resumed_from_step,
     }
-    also = None
-    if context.pruned is not None:
+    pruned = context.pruned is not None
+    if pruned:
         outcome["pruned"] = context.pruned.as_outcome()
-        also = context.record_pruned  # the sweep_trials row, in the completing transaction
+
+    def also(session: Any) -> None:
+        """In the transaction completing the job: the reproducibility record, and a pruned
+        trial's ``sweep_trials`` row."""
+        _store_facts(session, key, facts)
+        if pruned:
+            context.record_pruned(session)
+
     if not platform.queue.complete(job, detail=detail, result=outcome, also=also):
         print("[mlrig] this attempt lost the job before completing it", flush=True)
         return EXIT_LEASE_LOST
