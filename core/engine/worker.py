@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING
 from mlrig.config import INHERITED_ENV
 from mlrig.contracts.executor import JobHandle, JobSpec
 from mlrig.engine.allocator import Capacity, ResourceAllocator
-from mlrig.engine.runner import EXIT_LEASE_LOST, EXIT_PERMANENT, PERMANENT_MARKER
+from mlrig.engine.runner import (
+    EXIT_LEASE_LOST,
+    EXIT_PERMANENT,
+    ORIGIN_GIT_ENV,
+    PERMANENT_MARKER,
+)
 from mlrig.engine.states import COMPLETED
 
 if TYPE_CHECKING:
@@ -37,6 +42,10 @@ STOP_GRACE_SECONDS = 2.0
 EXIT_GRACE_SECONDS = 30.0
 #: while jobs run, the loop looks this often whether one ended (between its rounds)
 REAP_POLL_SECONDS = 0.005
+#: while one job runs on a handle that wakes on its exit, ``stop`` is looked at this often
+STOP_CHECK_SECONDS = 0.05
+#: the origin folder's git state handed to jobs is at most this old (seconds)
+GIT_STATE_SECONDS = 5.0
 
 
 def _describe_exit(code: int) -> str:
@@ -91,6 +100,8 @@ class Worker:
         self.finished = 0
         self._logs: LogStore | None = None
         self._last_drive = 0.0
+        self._settings_json: str | None = None
+        self._git: tuple[float, str] | None = None  # (when, "[commit, dirty]")
 
     @property
     def logs(self) -> LogStore:
@@ -147,8 +158,9 @@ class Worker:
     def _wait(self, stop: threading.Event, seconds: float) -> None:
         """Wait up to ``seconds`` between rounds; while jobs run, return as soon as one
         has ended (checked every ``REAP_POLL_SECONDS`` with ``poll()``, a ``waitpid`` or
-        a look at the fork server's reports: no database query), so the next round
-        records it and claims the next job at once."""
+        a look at the fork server's reports: no database query; a single job whose handle
+        ``wakes_on_exit``, a forked one, is waited on instead), so the next round records
+        it and claims the next job at once."""
         deadline = time.monotonic() + seconds
         while not stop.is_set():
             left = deadline - time.monotonic()
@@ -157,6 +169,13 @@ class Worker:
             if not self.running:
                 stop.wait(left)
                 return
+            if len(self.running) == 1:
+                (only,) = self.running.values()
+                if getattr(only.handle, "wakes_on_exit", False):
+                    # its wait returns as soon as the exit is reported: no polling
+                    if only.handle.wait(min(left, STOP_CHECK_SECONDS)) is not None:
+                        return
+                    continue
             if stop.wait(min(left, REAP_POLL_SECONDS)):
                 return
             if any(r.handle.poll() is not None for r in self.running.values()):
@@ -182,10 +201,13 @@ class Worker:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "output.log"
         settings = self.platform.settings
+        if self._settings_json is None:  # the same for every job of this worker
+            self._settings_json = settings.to_json()
         env = {
             "PYTHONUNBUFFERED": "1",
             "MLRIG_ORIGIN_DIR": str(settings.base_dir),
-            INHERITED_ENV: settings.to_json(),
+            ORIGIN_GIT_ENV: self._origin_git(settings.base_dir),
+            INHERITED_ENV: self._settings_json,
         }
         args = (str(job.id), str(job.attempt), self.owner)
         spec = JobSpec(
@@ -206,6 +228,19 @@ class Worker:
             return
         self.running[job.id] = RunningJob(job, handle, log_path)
         self.echo(f"started {job.name} ({job.id}) attempt {job.attempt}, cpus {resources.cpus}")
+
+    def _origin_git(self, folder: Path) -> str:
+        """``[commit, dirty]`` of the origin folder for a job's reproducibility record,
+        looked up (two ``git`` runs) at most every ``GIT_STATE_SECONDS`` instead of in
+        every job."""
+        now = time.monotonic()
+        if self._git is None or now - self._git[0] >= GIT_STATE_SECONDS:
+            import json
+
+            from mlrig.tracking.reproducibility import git_state
+
+            self._git = (now, json.dumps(list(git_state(folder))))
+        return self._git[1]
 
     def _ship_logs(self, running: RunningJob, *, final: bool = False) -> None:
         now = time.monotonic()
