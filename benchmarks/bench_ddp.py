@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ class Bench:
             **self.params(samples=samples),
         }
         os.environ["OMP_NUM_THREADS"] = str(max(1, CPUS // nproc))
-        started = time.perf_counter()
+        started, submitted = time.perf_counter(), time.time()
         view = self.platform.experiments.create(
             name=f"ddp-bench-{self.count}",
             trainer="torch-ddp",
@@ -225,7 +226,17 @@ class Bench:
         history = self.platform.experiments.metrics(
             view["id"], name="samples_per_s", fields=["steps", "values"]
         )["metrics"]["samples_per_s"]
-        return {"wall_s": round(wall, 3), "samples_per_s": round(history["values"][-1], 1)}
+        rate = history["values"][-1]
+        train_s = (samples or self.args.samples) * epochs / rate
+        at = {e["new"]: _epoch(e["at"]) for e in done["events"]}
+        final = self.folder / "work" / str(view["id"]) / "attempt-1" / "ddp" / "final.pt"
+        phases = {  # submit -> claimed, the ranks' loop, the loop's end -> completed
+            "queue_s": round(at["running"] - submitted, 3),
+            "train_s": round(train_s, 3),
+            "end_s": round(at["completed"] - final.stat().st_mtime, 3),
+        }
+        phases["start_s"] = round(wall - train_s - phases["queue_s"] - phases["end_s"], 3)
+        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases}
 
     def run_plain(self, nproc: int, epochs: int) -> dict[str, Any]:
         """``torchrun --standalone`` on the plain script: the launcher's wall and the
@@ -256,7 +267,15 @@ class Bench:
         if proc.returncode != 0:
             raise SystemExit(f"plain torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         result = json.loads((out / "result.json").read_text())
-        return {"wall_s": round(wall, 3), "samples_per_s": round(result["samples_per_s"], 1)}
+        rate = result["samples_per_s"]
+        train_s = self.args.samples * epochs / rate
+        phases = {"train_s": round(train_s, 3), "rest_s": round(wall - train_s, 3)}
+        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases}
+
+
+def _epoch(text: str) -> float:
+    at = datetime.fromisoformat(text)
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def median(values: list[float], digits: int = 3) -> float:
@@ -335,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             "median": overhead,
             "of_medians": round((mlrig_wall - plain_wall) / plain_wall, 4),
             "seconds": round(mlrig_wall - plain_wall, 3),
+            "mlrig_phases_s": {
+                k: median([m["phases"][k] for m, _ in pairs]) for k in pairs[0][0]["phases"]
+            },
+            "plain_phases_s": {
+                k: median([p["phases"][k] for _, p in pairs]) for k in pairs[0][1]["phases"]
+            },
         },
         "throughput": {
             "nproc_1": one,
@@ -359,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"median: {mlrig_wall:.2f} s vs {plain_wall:.2f} s, overhead {overhead:+.1%} "
             f"({o['seconds']:+.2f} s): {'goal met' if report['goal_met'] else 'goal MISSED'}"
+        )
+        mp, pp = o["mlrig_phases_s"], o["plain_phases_s"]
+        print(
+            f"where the time goes (medians): mlrig queue {mp['queue_s']:.2f} s, start "
+            f"{mp['start_s']:.2f} s, training {mp['train_s']:.2f} s, end {mp['end_s']:.2f} s; "
+            f"plain training {pp['train_s']:.2f} s, start+end {pp['rest_s']:.2f} s"
         )
         print(f"{'samples/s':<10} {'nproc 1':>10} {f'nproc {args.nproc}':>10} {'speed-up':>9}")
         for side in ("mlrig", "plain"):
