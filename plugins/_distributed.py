@@ -87,7 +87,12 @@ def load_user_module(spec: object, *, base: Path | None = None) -> ModuleType:
         path = Path(text)
         if not path.is_absolute():
             path = (base or Path.cwd()) / path
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a name too long for the file system, say
+            msg = f"module file {text!r} cannot be read: {exc.strerror or exc}"
+            raise ValidationError(msg) from None
+        if not exists:
             msg = f"module file {text!r} does not exist (looked at {path})"
             raise ValidationError(msg)
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]

@@ -43,6 +43,8 @@ RESERVED = (
 #: seconds a launch may take to import torch and start before its rendezvous timeout runs
 STARTUP_SLACK_S = 60.0
 POLL_S = 0.2
+#: the longest rendezvous wait a run may ask for (a day)
+RDZV_TIMEOUT_MAX_S = 86400.0
 NODE_CHECK_S = 2.0
 #: seconds a node's launcher may take to end after its leader ended
 NODE_EXIT_GRACE_S = 10.0
@@ -57,10 +59,13 @@ def _int(params: dict[str, Any], name: str, default: int, *, low: int, high: int
     return value
 
 
-def _number(params: dict[str, Any], name: str, default: float, *, low: float) -> float:
+def _number(
+    params: dict[str, Any], name: str, default: float, *, low: float, high: float = float("inf")
+) -> float:
     value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
-        msg = f"{name} must be a number above {low}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        upto = "" if high == float("inf") else f" and at most {high:g}"
+        msg = f"{name} must be a number above {low}{upto}, got {value!r}"
         raise ValidationError(msg)
     return float(value)
 
@@ -88,7 +93,14 @@ def parse_options(params: dict[str, Any]) -> dict[str, Any]:
     endpoint = params.get("rdzv_endpoint")
     if endpoint is not None:
         host, _, port = str(endpoint).rpartition(":")
-        if not isinstance(endpoint, str) or not host or not port.isdigit() or int(port) > 65535:
+        if (
+            not isinstance(endpoint, str)
+            or not host
+            or len(host) > 255
+            or not host.isprintable()
+            or any(c.isspace() for c in host)
+            or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+        ):
             msg = f"rdzv_endpoint must be HOST:PORT, got {endpoint!r}"
             raise ValidationError(msg)
     return {
@@ -99,7 +111,7 @@ def parse_options(params: dict[str, Any]) -> dict[str, Any]:
         "epochs": _int(params, "epochs", 1, low=1, high=10**6),
         "batch_size": _int(params, "batch_size", 32, low=1, high=10**7),
         "grad_accum": _int(params, "grad_accum", 1, low=1, high=10**4),
-        "rdzv_timeout_s": _number(params, "rdzv_timeout_s", 60, low=0),
+        "rdzv_timeout_s": _number(params, "rdzv_timeout_s", 60, low=0, high=RDZV_TIMEOUT_MAX_S),
         "lr": _number(params, "lr", 1e-3, low=0),
         "precision": precision,
         "compile": compile_,
