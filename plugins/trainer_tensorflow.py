@@ -290,6 +290,12 @@ class TensorflowTrainer(Trainer):
                 f"use: ask for resources cpus={options['workers']} or fewer workers"
             )
             raise PermanentError(msg)
+        if options["threads"] > cpus:
+            msg = (
+                f"threads={options['threads']} (per worker) is more than the {cpus} CPU(s) "
+                f"this job may use: ask for resources cpus={options['threads']} or fewer threads"
+            )
+            raise PermanentError(msg)
         run_dir = Path(context.workdir) / "tf"
         run_dir.mkdir(parents=True, exist_ok=True)
         self._write_spec(context, options, run_dir)

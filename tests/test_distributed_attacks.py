@@ -196,3 +196,16 @@ def test_cancelling_a_leader_while_its_nodes_complete(db_platform, tmp_path):
     rows = children(db_platform, leader)
     assert all(r.status in (states.COMPLETED, states.CANCELLED) for r in rows), rows
     assert _status(db_platform.experiments.get("ddp")) == states.CANCELLED
+
+
+def test_tensorflow_threads_above_the_job_s_cpus_fail_before_any_worker_starts(tmp_path):
+    from types import SimpleNamespace
+
+    from mlrig.contracts.trainer import PermanentError
+    from mlrig.plugins.trainer_tensorflow import TensorflowTrainer, job_cpus
+
+    params = {"module": "a.py", "workers": 1, "threads": 2**31 - 1}
+    context = SimpleNamespace(params=params, workdir=tmp_path)
+    with pytest.raises(PermanentError, match=rf"threads=2147483647 .* the {job_cpus()} CPU"):
+        TensorflowTrainer({}).train(context)
+    assert not (tmp_path / "tf").exists()
