@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "dump_weights": False,
 }
+#: the longest startup_timeout_s: a module that hangs while building holds its slot this long
+MAX_STARTUP_TIMEOUT_S = 86_400
 #: no run waits longer than this for its workers to import TensorFlow
 IMPORT_TIMEOUT_S = 600
 POLL_S = 0.1
@@ -74,6 +76,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     for name in ("workers", "epochs", "batch_size", "threads", "startup_timeout_s"):
         options[name] = _positive_int(params, name)
     options["max_restarts"] = _positive_int(params, "max_restarts", minimum=0)
+    if options["startup_timeout_s"] > MAX_STARTUP_TIMEOUT_S:
+        msg = (
+            f"startup_timeout_s must be at most {MAX_STARTUP_TIMEOUT_S} (a day), "
+            f"got {options['startup_timeout_s']}"
+        )
+        raise ValidationError(msg)
     if options["workers"] > MAX_WORKERS:
         msg = f"workers must be at most {MAX_WORKERS}, got {options['workers']}"
         raise ValidationError(msg)
