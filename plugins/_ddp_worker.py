@@ -233,6 +233,7 @@ class Rank:
         epochs = int(spec.get("epochs", 1))
         batch_size = int(spec.get("batch_size", 32))
         accum = max(1, int(spec.get("grad_accum", 1)))
+        log_every = max(1, int(spec.get("log_every_steps", 1)))
         interval = float(spec.get("checkpoint_interval_s") or 0)
         precision = spec.get("precision", "fp32")
         seed = int(spec.get("seed") or 0)
@@ -297,11 +298,16 @@ class Rank:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.is_lead:
-                    self.relay.log_metrics({"loss": float(loss.detach())}, step=step, epoch=epoch)
-                    stop.fill_(1.0 if self.relay.stop_requested() else 0.0)
-                dist.broadcast(stop, src=self.lead)
-                stopped = bool(stop.item())
+                # every rank takes the same steps, so they agree on which ones sync: the
+                # broadcast and the metric line cost a collective and the job's CPU per step
+                if step % log_every == 0 or index + 1 == batches:
+                    if self.is_lead:
+                        self.relay.log_metrics(
+                            {"loss": float(loss.detach())}, step=step, epoch=epoch
+                        )
+                        stop.fill_(1.0 if self.relay.stop_requested() else 0.0)
+                    dist.broadcast(stop, src=self.lead)
+                    stopped = bool(stop.item())
                 due = time.monotonic() - last_saved >= interval
                 if self.is_lead and (due or stopped):
                     data = self._state_bytes(step, epoch, index + 1)

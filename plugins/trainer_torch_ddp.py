@@ -16,7 +16,9 @@ and ``build_dataset(params)`` (a torch Dataset, or ``(train, validation)``); opt
 ``loss(output, target)`` and ``step(model, batch) -> loss``. ``nproc_per_node`` (1),
 ``nnodes`` (1), ``rdzv_endpoint`` (default ``127.0.0.1:<free port>``), ``rdzv_timeout_s``
 (60), ``max_restarts`` (3), ``epochs`` (1), ``batch_size`` (32), ``lr`` (1e-3),
-``grad_accum`` (1), ``precision`` (fp32|bf16|fp16: GPU only), ``compile`` (false: GPU only).
+``grad_accum`` (1), ``precision`` (fp32|bf16|fp16: GPU only), ``compile`` (false: GPU only),
+``log_every_steps`` (10: the loss is logged, and a stop request seen, every N optimizer
+steps and at each epoch's last one).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from mlrig.plugins._distributed import JobRelay, ProcessGroup, load_user_module,
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESERVED = (
     "module", "nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_timeout_s", "max_restarts",
-    "epochs", "batch_size", "lr", "grad_accum", "precision", "compile",
+    "epochs", "batch_size", "lr", "grad_accum", "precision", "compile", "log_every_steps",
 )  # fmt: skip
 #: seconds a launch may take to import torch and start before its rendezvous timeout runs
 STARTUP_SLACK_S = 60.0
@@ -111,6 +113,7 @@ def parse_options(params: dict[str, Any]) -> dict[str, Any]:
         "epochs": _int(params, "epochs", 1, low=1, high=10**6),
         "batch_size": _int(params, "batch_size", 32, low=1, high=10**7),
         "grad_accum": _int(params, "grad_accum", 1, low=1, high=10**4),
+        "log_every_steps": _int(params, "log_every_steps", 10, low=1, high=10**6),
         "rdzv_timeout_s": _number(params, "rdzv_timeout_s", 60, low=0, high=RDZV_TIMEOUT_MAX_S),
         "lr": _number(params, "lr", 1e-3, low=0),
         "precision": precision,
@@ -196,7 +199,10 @@ class TorchDDPTrainer(Trainer):
             )
         leader, endpoint, is_host = self._rendezvous(context, options)
         spec = {
-            **{k: options[k] for k in ("module", "epochs", "batch_size", "lr", "grad_accum")},
+            **{
+                k: options[k]
+                for k in ("module", "epochs", "batch_size", "lr", "grad_accum", "log_every_steps")
+            },
             "precision": options["precision"],
             "compile": options["compile"],
             "params": user_params,
