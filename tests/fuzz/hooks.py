@@ -116,8 +116,10 @@ def _searchable(body: dict[str, object]) -> None:
     body.update(
         trainer="sklearn", space=FUZZ_SPACE, hyperparameters={}, dataset=None, strategy_options=None
     )
-    if isinstance(body.get("max_trials"), int):
-        body["max_trials"] = min(body["max_trials"], 10_000)  # type: ignore[type-var]
+    trials = body.get("max_trials")
+    if isinstance(trials, (int, float)) and not isinstance(trials, bool):
+        # an integral float (26465.0) is an integer to JSON Schema, and capped as well
+        body["max_trials"] = min(int(trials), 10_000)
     pruner = body.get("pruner")
     if isinstance(pruner, dict) and pruner.get("rule") == "asha":
         # the first rung (min_resource * reduction_factor ** min_early_stopping_rate) must
