@@ -119,7 +119,7 @@ def _searchable(body: dict[str, object]) -> None:
     trials = body.get("max_trials")
     if isinstance(trials, (int, float)) and not isinstance(trials, bool):
         # an integral float (26465.0) is an integer to JSON Schema, and capped as well
-        body["max_trials"] = min(int(trials), 10_000)
+        body["max_trials"] = trials if trials <= 10_000 else 10_000
     pruner = body.get("pruner")
     if isinstance(pruner, dict) and pruner.get("rule") == "asha":
         # the first rung (min_resource * reduction_factor ** min_early_stopping_rate) must
