@@ -1,73 +1,18 @@
 """The training engine: queue semantics on both databases, and a real worker running real
 job processes (sklearn on the bundled iris data, checkpoints, early stopping, stop)."""
 
-import os
 import threading
 import time
 import uuid
 
 import pytest
+from _jobs import add_job, job_row
 from _processes import alive
-from _trainers import install_test_trainers
 
 from mlrig import datasets
-from mlrig.backends import forget_loaded_backends
-from mlrig.db.models import ExperimentEvent, TrainingExperiment, TrainingMetric
+from mlrig.db.models import ExperimentEvent, TrainingMetric
 from mlrig.engine.allocator import Capacity
 from mlrig.engine.worker import Worker
-
-
-def add_job(
-    platform,
-    name="job",
-    *,
-    trainer="steps",
-    priority=0,
-    params=None,
-    dataset=None,
-    resources=None,
-    max_attempts=3,
-    early_stopping=None,
-    interval=0,
-    queue=True,
-):
-    with platform.db.session() as session:
-        job = TrainingExperiment(
-            name=name,
-            trainer=trainer,
-            priority=priority,
-            hyperparameters=params or {},
-            configuration={"dataset": dataset} if dataset else {},
-            resources=resources or {},
-            max_attempts=max_attempts,
-            early_stopping=early_stopping,
-            checkpoint_interval_s=interval,
-            seed=7,
-        )
-        session.add(job)
-        session.flush()
-        events = platform.queue.record_created(session, job)
-        job_id = job.id
-    assert events[0]["new"] == "created"
-    if queue:
-        platform.queue.enqueue(job_id)
-    return job_id
-
-
-def job_row(platform, job_id):
-    with platform.db.session() as session:
-        return session.get(TrainingExperiment, job_id)
-
-
-@pytest.fixture
-def test_trainers(tmp_path, monkeypatch):
-    site = install_test_trainers(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    forget_loaded_backends()
-    yield
-    forget_loaded_backends()
-
 
 # --- the queue ---------------------------------------------------------------------------
 

@@ -3,17 +3,15 @@ nested under it; they run on the engine's workers at the same time, meet at the 
 rendezvous (a TCP barrier on 127.0.0.1 in the fake trainer), and end with the leader."""
 
 import json
-import os
 import threading
 import time
 import uuid
 
 import pytest
+from _jobs import add_job, job_row
 from _processes import alive
-from _trainers import install_test_trainers
 from sqlalchemy import select, update
 
-from mlrig.backends import forget_loaded_backends
 from mlrig.db.models import ExperimentEvent, TrainingExperiment
 from mlrig.engine import nodes
 from mlrig.engine.allocator import Capacity
@@ -21,40 +19,17 @@ from mlrig.engine.context import JobContext
 from mlrig.engine.worker import Worker
 
 
-@pytest.fixture
-def test_trainers(tmp_path, monkeypatch):
-    site = install_test_trainers(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    forget_loaded_backends()
-    yield
-    forget_loaded_backends()
-
-
 def add_leader(platform, name="ddp", *, params=None, resources=None, priority=0, attempts=3):
-    with platform.db.session() as session:
-        job = TrainingExperiment(
-            name=name,
-            trainer="multi-node",
-            priority=priority,
-            hyperparameters={"nnodes": 3, **(params or {})},
-            configuration={"model_name": name},
-            resources=resources or {},
-            max_attempts=attempts,
-            checkpoint_interval_s=0,
-            seed=7,
-        )
-        session.add(job)
-        session.flush()
-        platform.queue.record_created(session, job)
-        job_id = job.id
-    platform.queue.enqueue(job_id)
-    return job_id
-
-
-def row(platform, job_id):
-    with platform.db.session() as session:
-        return session.get(TrainingExperiment, job_id)
+    return add_job(
+        platform,
+        name,
+        trainer="multi-node",
+        priority=priority,
+        params={"nnodes": 3, **(params or {})},
+        configuration={"model_name": name},
+        resources=resources,
+        max_attempts=attempts,
+    )
 
 
 def children(platform, job_id):
@@ -136,7 +111,7 @@ def test_a_leader_of_three_runs_with_two_node_jobs_nested_under_it(
     )
     with WorkerThread(db_platform, tmp_path) as worker:
         worker.join()
-    done = row(db_platform, leader)
+    done = job_row(db_platform, leader)
     assert done.status == "completed", (done.status_detail, worker.lines)
     nodes_ = children(db_platform, leader)
     assert [n.name for n in nodes_] == ["ddp-node1", "ddp-node2"]
@@ -165,7 +140,7 @@ def test_the_cli_lists_the_node_jobs_under_their_leader(platform, test_trainers,
     leader = add_leader(platform, params={"nnodes": 2, "steps": 1})
     with WorkerThread(platform, tmp_path) as worker:
         worker.join()
-    assert row(platform, leader).status == "completed", worker.lines
+    assert job_row(platform, leader).status == "completed", worker.lines
     env = {INHERITED_ENV: platform.settings.to_json()}
     shown = run_cli("experiments", "list", "--parent", "ddp", "--json", env=env)
     assert shown.exit_code == 0, shown.stderr
@@ -180,7 +155,7 @@ def test_a_retried_leader_reuses_its_node_jobs(platform, test_trainers, tmp_path
     leader = add_leader(platform, params={"kill_leader_attempt": 1, "steps": 2})
     with WorkerThread(platform, tmp_path) as worker:
         worker.join()
-    done = row(platform, leader)
+    done = job_row(platform, leader)
     assert (done.status, done.attempts) == ("completed", 2), (done.status_detail, worker.lines)
     nodes_ = children(platform, leader)
     assert [n.name for n in nodes_] == ["ddp-node1", "ddp-node2"]
@@ -229,7 +204,7 @@ def test_a_failing_node_fails_the_leader_with_its_reason(platform, test_trainers
     leader = add_leader(platform, params={"fail_node": 2})
     with WorkerThread(platform, tmp_path) as worker:
         worker.join()
-    done = row(platform, leader)
+    done = job_row(platform, leader)
     assert done.status == "failed", worker.lines
     assert "node job 'ddp-node2' failed" in done.status_detail
     assert "node 2 broke on purpose" in done.status_detail
@@ -248,7 +223,7 @@ def test_nodes_that_find_no_free_slot_fail_the_leader_in_bounded_time(
     with WorkerThread(platform, tmp_path, concurrency=2) as worker:
         worker.join()
     assert time.monotonic() - started < 40
-    done = row(platform, leader)
+    done = job_row(platform, leader)
     assert done.status == "failed", worker.lines
     assert "ddp-node2 still queued" in done.status_detail
     assert "needs 3 worker slots free at once" in done.status_detail
@@ -259,7 +234,7 @@ def test_a_leader_that_ends_leaves_no_running_node(platform, test_trainers, tmp_
     leader = add_leader(platform, params={"wait_nodes": False, "node_sleep": 120, "nnodes": 2})
     with WorkerThread(platform, tmp_path) as worker:
         worker.join(60)
-    assert row(platform, leader).status == "completed", worker.lines
+    assert job_row(platform, leader).status == "completed", worker.lines
     (node,) = children(platform, leader)
     assert (node.status, node.status_detail) == ("cancelled", "leader 'ddp' completed")
     assert not any(alive(p) for p in pids(tmp_path, node.id))
@@ -315,8 +290,8 @@ def test_node_failures_and_cancels_reach_the_leader_s_watch(db_platform, tmp_pat
     why = nodes.watch_nodes(ctx)
     assert why.startswith("node job 'ddp-node1' failed") and "out of memory" in why
     nodes.stop_nodes(ctx, reason="giving up")
-    assert row(db_platform, uuid.UUID(ids[1])).status == "cancelled"
-    assert "giving up" in row(db_platform, uuid.UUID(ids[1])).status_detail
+    assert job_row(db_platform, uuid.UUID(ids[1])).status == "cancelled"
+    assert "giving up" in job_row(db_platform, uuid.UUID(ids[1])).status_detail
 
 
 def test_a_node_whose_leader_ended_without_the_hook_is_cancelled_by_the_sweep(
@@ -374,7 +349,7 @@ def test_a_restarted_leader_starts_a_new_run_of_its_nodes(db_platform, tmp_path)
     old_node = context_of(db_platform, db_platform.queue.claim("w1", lease_seconds=30), tmp_path)
     old_run = nodes.node_role(old_node).run
     assert db_platform.queue.fail(first, "boom") == "failed"
-    assert row(db_platform, uuid.UUID(ids[0])).status == "cancelled"
+    assert job_row(db_platform, uuid.UUID(ids[0])).status == "cancelled"
     db_platform.experiments.start("ddp")
     again = claim(db_platform, leader)
     assert again.attempt == 1

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _jobs import add_job as queue_job
+from _jobs import job_row
 
 from mlrig.db.models import TrainingExperiment, TrainingMetric
 from mlrig.engine.allocator import Capacity
@@ -57,29 +59,17 @@ def write_module(folder: Path, name="train_mlp.py", pause=0.0, body=None) -> Pat
 def add_job(
     platform, name, params, *, resources=None, interval=0, max_attempts=1, early_stopping=None
 ):
-    with platform.db.session() as session:
-        job = TrainingExperiment(
-            name=name,
-            trainer="torch-ddp",
-            hyperparameters=params,
-            configuration={},
-            resources=resources or {"cpus": 2},
-            max_attempts=max_attempts,
-            checkpoint_interval_s=interval,
-            early_stopping=early_stopping,
-            seed=3,
-        )
-        session.add(job)
-        session.flush()
-        platform.queue.record_created(session, job)
-        job_id = job.id
-    platform.queue.enqueue(job_id)
-    return job_id
-
-
-def job_row(platform, job_id):
-    with platform.db.session() as session:
-        return session.get(TrainingExperiment, job_id)
+    return queue_job(
+        platform,
+        name,
+        trainer="torch-ddp",
+        params=params,
+        resources=resources or {"cpus": 2},
+        max_attempts=max_attempts,
+        interval=interval,
+        early_stopping=early_stopping,
+        seed=3,
+    )
 
 
 def points(platform, job_id, name, kind="train"):
