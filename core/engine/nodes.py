@@ -30,13 +30,14 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from mlrig.db.models import TrainingExperiment
+from mlrig.db.types import as_utc, utcnow
 from mlrig.engine import states
 
 if TYPE_CHECKING:
@@ -70,16 +71,6 @@ class NodeRole:
     leader_attempt: int = 0
     #: the token of that start (a new one each time the leader starts its nodes)
     run: str = ""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 def _configuration(context: JobContext) -> dict[str, Any]:
@@ -267,7 +258,7 @@ def start_nodes(
             was = row.status
             # the leader's place in the queue (it waits for them): before what was queued
             # since at the same priority, in index order
-            row.queued_at = (_aware(leader.queued_at) or now) + timedelta(microseconds=index)
+            row.queued_at = (as_utc(leader.queued_at) or now) + timedelta(microseconds=index)
             row.lease_owner = None
             row.lease_expires_at = None
             row.completed_at = None
@@ -402,7 +393,7 @@ def _node_trouble(context: JobContext) -> str | None:
         # how long each waiting node waits: since it was last queued (a node requeued
         # after a failed attempt of its own starts its wait again)
         waits = {
-            r.name: (utcnow() - max(started, _aware(r.updated_at) or started)).total_seconds()
+            r.name: (utcnow() - max(started, as_utc(r.updated_at) or started)).total_seconds()
             for r in nodes
             if r.status in (states.QUEUED, states.CREATED)
         }

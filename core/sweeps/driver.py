@@ -42,13 +42,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import defer
 
 from mlrig.db.models import Sweep, SweepTrial, TrainingExperiment, TrainingMetric
+from mlrig.db.types import as_utc, utcnow
 from mlrig.engine import states
 from mlrig.errors import ConflictError, NotFoundError
 
@@ -71,16 +72,6 @@ TIDY_SECONDS = 2.0
 #: how often a process looks for candidates left in ended sweeps (seconds)
 LEFTOVER_SECONDS = 30.0
 _LIVE = ("created", "queued", "running")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 def better(value: float, than: float | None, direction: str) -> bool:
@@ -261,7 +252,7 @@ class SweepDriver:
             row = session.get(TrainingExperiment, sweep_id)
             if sweep is None or row is None or row.status != states.RUNNING:
                 return False
-            held = _aware(sweep.driver_expires_at)
+            held = as_utc(sweep.driver_expires_at)
             if sweep.driver_owner is not None and held is not None and held > now:
                 return False  # its best model is being registered
             statuses = list(
@@ -286,7 +277,7 @@ class SweepDriver:
         """No more trials: ``max_trials`` asked or the wall-time budget spent."""
         if sweep.trials_asked >= sweep.max_trials:
             return True
-        started = _aware(row.started_at)
+        started = as_utc(row.started_at)
         return bool(
             sweep.max_seconds is not None
             and started is not None
@@ -308,7 +299,7 @@ class SweepDriver:
         with self.db.session() as session:
             sweep, row = self._lock(session, sweep_id)
             now = utcnow()
-            held = _aware(sweep.driver_expires_at)
+            held = as_utc(sweep.driver_expires_at)
             if row.status != states.RUNNING or (
                 sweep.driver_owner is not None and held is not None and held > now
             ):
@@ -807,7 +798,7 @@ def record_outcome(
             trial.rung = trial.rung if trial.rung is not None else pruned.get("rung")
             if trial.pruned_at_step is None:
                 trial.pruned_at_step = pruned.get("step")
-        started, ended = _aware(experiment.started_at), _aware(experiment.completed_at)
+        started, ended = as_utc(experiment.started_at), as_utc(experiment.completed_at)
         trial.completed_at = ended or now
         if started is not None:
             trial.duration_s = max(0.0, ((ended or now) - started).total_seconds())
