@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "search": "mlrig.search",
     "monitors": "mlrig.monitors",
     "executors": "mlrig.executors",
+    "online_stores": "mlrig.online_stores",
 }
 
 #: kind -> the contract class its backends subclass ("module:attr", imported on use)
@@ -36,6 +37,7 @@ CONTRACTS: dict[str, str] = {
     "search": "mlrig.contracts.search:SearchStrategy",
     "monitors": "mlrig.contracts.monitor:Monitor",
     "executors": "mlrig.contracts.executor:Executor",
+    "online_stores": "mlrig.contracts.online_store:OnlineStore",
 }
 
 HOOKS_GROUP = "mlrig.hooks"

@@ -277,6 +277,19 @@ class SearchSection(BackendSection):
     driver_interval_seconds: float = Field(default=0.5, gt=0, le=60)
 
 
+class FeaturesSection(BackendSection):
+    """The feature store: the online store (``[features] backend``, options in
+    ``[features.NAME]``) and how PII is shown to readers without the permission."""
+
+    _kind = "online_stores"
+    _section = "features"
+    backend: str = "sql"
+    #: what a reader without ``features:read_pii`` gets for a ``pii``-tagged feature
+    pii_mask: Literal["hash", "null"] = "hash"
+    #: the most entity keys one online read may ask for
+    max_entities_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class PluginsSection(Section):
     """``[plugins.NAME]`` tables, one per hook plugin, each validated by that plugin's
     ``Options`` model when the platform is assembled (see :mod:`mlrig.hooks`)."""
@@ -326,6 +339,7 @@ class Settings(BaseSettings):
     serving: ServingSection = Field(default_factory=ServingSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     search: SearchSection = Field(default_factory=SearchSection)
+    features: FeaturesSection = Field(default_factory=FeaturesSection)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
 
     #: the file the settings were read from, if any (not a config key)

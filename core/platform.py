@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 
     from mlrig.artifacts import ArtifactStore
     from mlrig.contracts import Executor, StorageBackend
+    from mlrig.contracts.online_store import OnlineStore
     from mlrig.datasets.access import DatasetAccess
     from mlrig.db import Database
     from mlrig.engine.queue import JobQueue
     from mlrig.experiments import ExperimentService
+    from mlrig.features.service import FeatureService
     from mlrig.registry import ModelRegistry
     from mlrig.registry.evaluation import Evaluator
     from mlrig.registry.lifecycle import ModelLifecycle
@@ -102,6 +104,21 @@ class Platform:
             where=f"executor.{section.backend}",
             base_dir=self.settings.base_dir,
         )
+
+    @cached_property
+    def online_store(self) -> OnlineStore:
+        """The configured online feature store (``[features] backend``)."""
+        section = self.settings.features
+        cls = load_backend("online_stores", section.backend)
+        store = cls.from_options(
+            section.backend_options(),
+            where=f"features.{section.backend}",
+            base_dir=self.settings.base_dir,
+        )
+        bind = getattr(store, "bind", None)
+        if bind is not None:  # a store on the platform database (``sql``) needs it
+            bind(self)
+        return store
 
     @cached_property
     def db(self) -> Database:
@@ -188,6 +205,13 @@ class Platform:
         return SweepService(self)
 
     @cached_property
+    def features(self) -> FeatureService:
+        """The feature store: entities, views, training sets, materialisation, online reads."""
+        from mlrig.features.service import FeatureService
+
+        return FeatureService(self)
+
+    @cached_property
     def deployments(self) -> DeploymentService:
         """Model deployments: the serving control plane (``mlrig.serving.service``)."""
         from mlrig.serving.service import DeploymentService
@@ -245,6 +269,8 @@ class Platform:
 
     def close(self) -> None:
         """Release pooled connections and other resources."""
+        if "online_store" in self.__dict__:
+            self.online_store.close()
         if "executor" in self.__dict__:
             self.executor.close()  # its warm interpreter (the local executor's fork server)
         if "db" in self.__dict__:

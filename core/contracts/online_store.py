@@ -1,0 +1,79 @@
+"""Contract of online feature stores (entry-point group ``mlrig.online_stores``).
+
+An online store keeps, per feature view and entity key, the newest row of feature values
+that materialisation (or a push) wrote, and answers reads by key fast: a read is on the
+prediction path of feature-backed deployments.
+
+What callers assume, and :class:`mlrig.testing.online_store.OnlineStoreContract` checks:
+
+- **Keys.** An entity key is a tuple of strings, one per join key of the view, in the
+  view's join-key order (core turns typed key values into strings before calling).
+- **Newest wins.** :meth:`write` keeps, per key, the row with the greatest
+  ``(event_timestamp, created_timestamp)``; writing an older row over a newer one leaves
+  the newer one. A row holds every feature of the view; ``None`` is a stored missing value.
+- **TTL.** :meth:`read` is given ``ttl_seconds`` (``None``: no expiry) and ``now``; a row
+  whose event timestamp is older than ``now - ttl`` comes back as missing, never stale.
+- **Reads.** :meth:`read` returns one entry per key asked, in order: a dict of the asked
+  features (or ``None`` where the key has no live row). Unknown keys are not errors.
+- **Threads and processes.** One instance is shared by a server's threads; several
+  processes write and read the same store at once.
+- **Errors.** A failure of the library below is translated into
+  :class:`~mlrig.errors.MlrigError` subclasses with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mlrig.contracts.base import Backend
+
+#: an entity key as stored: one string per join key, in the view's join-key order
+EntityKey = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """One entity's feature values of one view at one event time."""
+
+    key: EntityKey
+    values: dict[str, Any]
+    event_timestamp: datetime
+    created_timestamp: datetime | None = None
+    #: free room for a store (unused by core)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OnlineStore(Backend, ABC):
+    """Write and read the latest feature values by entity key, TTL honoured."""
+
+    @abstractmethod
+    def write(self, view: str, rows: Sequence[OnlineRow]) -> int:
+        """Store ``rows`` of ``view``, newest per key winning; return how many were
+        written (rows older than what the store holds count as not written)."""
+
+    @abstractmethod
+    def read(
+        self,
+        view: str,
+        keys: Sequence[EntityKey],
+        features: Sequence[str],
+        *,
+        ttl_seconds: float | None,
+        now: datetime,
+    ) -> list[dict[str, Any] | None]:
+        """The ``features`` of each key's live row (``None`` where there is none)."""
+
+    @abstractmethod
+    def delete_view(self, view: str) -> None:
+        """Forget every row of ``view`` (a dropped or re-created view)."""
+
+    def check(self) -> dict[str, Any]:
+        """Probe the store; raise when it cannot work. Returns JSON-able facts."""
+        return {}
+
+    def close(self) -> None:
+        """Release connections."""

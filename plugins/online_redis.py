@@ -1,0 +1,1 @@
+"""The ``redis`` online store (placeholder: being written)."""

@@ -1,0 +1,1 @@
+"""The ``sql`` online store: the platform database (placeholder: being written)."""
