@@ -103,3 +103,24 @@ class FeatureViewSpec:
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class OnDemandViewSpec:
+    """Features computed at read time by a registered Python function.
+
+    ``function`` is an import string (``package.module:function``) importable on the
+    server and workers; it gets a pandas DataFrame holding the ``inputs`` features (by
+    name) and the ``request_fields`` (values sent with the request) and returns a
+    DataFrame with one column per feature of :attr:`features`. Applied the same way to
+    training sets and to online reads, so both see the same values.
+    """
+
+    name: str
+    function: str
+    inputs: tuple[str, ...]
+    features: tuple[FeatureSpec, ...]
+    request_fields: dict[str, FeatureType] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    version: int = 1

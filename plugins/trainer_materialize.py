@@ -1,0 +1,1 @@
+"""The ``features-materialize`` trainer (placeholder: being written)."""
