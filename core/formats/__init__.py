@@ -14,6 +14,7 @@ from mlrig.formats._package import (
     load_manifest,
     load_native,
     package_model,
+    read_package,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "load_manifest",
     "load_native",
     "package_model",
+    "read_package",
 ]

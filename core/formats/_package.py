@@ -142,6 +142,30 @@ def _write(
     )
 
 
+def read_package(folder: str | os.PathLike[str]) -> ModelPackage:
+    """The package :func:`package_model` wrote to ``folder`` (in another process, say), as
+    it is: nothing is loaded, exported or checked again.
+
+    :raises NotFoundError: ``folder`` has no manifest, or lacks a file the manifest lists.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    missing = [rel for rel in manifest.get("files", []) if not (folder / rel).is_file()]
+    if missing or not manifest.get("files"):
+        msg = f"the model package in {str(folder)!r} is incomplete: missing {missing or 'files'}"
+        raise NotFoundError(msg)
+    return ModelPackage(
+        folder=folder,
+        framework=manifest["framework"],
+        model_type=manifest.get("model_type"),
+        files=list(manifest["files"]),
+        signature=manifest["signature"],
+        requirements=list(manifest.get("requirements") or []),
+        onnx=manifest.get("onnx") or {},
+        manifest=manifest,
+    )
+
+
 def load_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest (``mlrig-model.json``) of the model package in ``folder``."""
     path = Path(folder) / MANIFEST

@@ -28,27 +28,35 @@ def register_model(
 ) -> dict[str, Any]:
     """Package ``model`` (an object or a path) and register it as a new version of ``name``.
 
+    :param model: a model object, a path, or a :class:`~mlrig.formats.ModelPackage`
+        written already (:func:`~mlrig.formats.read_package`), registered as it is.
     :param sample: a few input rows; used to infer the signature and export to ONNX.
     :param version: more fields of :meth:`ModelRegistry.create_version` (``version``,
         ``metrics``, ``params``, ``tags``, ``parent_version``, ``datasets``...).
     """
-    from mlrig.formats import package_model
+    from mlrig.formats import ModelPackage, package_model
 
+    if isinstance(model, ModelPackage):
+        return _create_version(platform, model, name=name, actor=actor, **version)
     with tempfile.TemporaryDirectory(prefix="mlrig-package-") as tmp:
-        folder = Path(tmp)
-        package = package_model(model, folder, sample=sample, framework=framework)
-        files = {rel: folder / rel for rel in package.files}
-        return platform.registry.create_version(
-            name,
-            files=files,
-            actor=actor,
-            create_model=True,
-            framework=package.framework,
-            model_type=version.pop("model_type", None) or package.model_type,
-            signature=package.signature,
-            requirements=package.requirements,
-            **version,
-        )
+        package = package_model(model, Path(tmp), sample=sample, framework=framework)
+        return _create_version(platform, package, name=name, actor=actor, **version)
+
+
+def _create_version(
+    platform: Platform, package: Any, *, name: str, actor: Principal, **version: Any
+) -> dict[str, Any]:
+    return platform.registry.create_version(
+        name,
+        files={rel: package.folder / rel for rel in package.files},
+        actor=actor,
+        create_model=True,
+        framework=package.framework,
+        model_type=version.pop("model_type", None) or package.model_type,
+        signature=package.signature,
+        requirements=package.requirements,
+        **version,
+    )
 
 
 def log_model(
