@@ -7,7 +7,15 @@ experiment events) sit beside them.
 
 from mlrig.db.models.auth import ROLES, ApiToken, AuditLog, User
 from mlrig.db.models.base import NAMING_CONVENTION, Base
-from mlrig.db.models.features import FeatureDefinition
+from mlrig.db.models.features import (
+    FeatureDefinition,
+    FeatureDefinitionVersion,
+    FeatureEntity,
+    FeatureOnlineValue,
+    FeaturePushRow,
+    FeatureStatistics,
+    FeatureView,
+)
 from mlrig.db.models.registry import (
     APPROVAL_STATUSES,
     STAGES,
@@ -67,6 +75,12 @@ __all__ = [
     "EngineWorker",
     "ExperimentEvent",
     "FeatureDefinition",
+    "FeatureDefinitionVersion",
+    "FeatureEntity",
+    "FeatureOnlineValue",
+    "FeaturePushRow",
+    "FeatureStatistics",
+    "FeatureView",
     "InferenceRequest",
     "MLModel",
     "ModelAlias",
