@@ -216,7 +216,14 @@ class Platform:
         """Model deployments: the serving control plane (``mlrig.serving.service``)."""
         from mlrig.serving.service import DeploymentService
 
-        return DeploymentService(self.db, self.registry, self.hooks, self.audit, self.settings)
+        return DeploymentService(
+            self.db,
+            self.registry,
+            self.hooks,
+            self.audit,
+            self.settings,
+            features=lambda: self.features,
+        )
 
     # --- serving --------------------------------------------------------------------
 
