@@ -539,6 +539,17 @@ class DeploymentShadow(Out):
     version_id: str
 
 
+class DeploymentFeatures(Out):
+    refs: list[str] = Field(description="Feature references (view:name): the model's columns.")
+    entity_keys: list[str] = Field(description="The key fields each request row sends.")
+    request_fields: list[str] = Field(
+        description="Request-time values, columns after the features."
+    )
+    fill_value: float | dict[str, float] | None = Field(
+        description="What a missing feature value becomes (null: the request is refused, 422)."
+    )
+
+
 class Deployment(Out):
     """A model version served at an endpoint."""
 
@@ -560,6 +571,10 @@ class Deployment(Out):
     traffic: list[DeploymentTraffic] = Field(description="Canary versions and their share.")
     shadow: DeploymentShadow | None = Field(description="Gets a copy of every request.")
     allow_nan: bool = Field(description="Whether NaN inputs are accepted.")
+    features: DeploymentFeatures | None = Field(
+        default=None,
+        description="Feature-backed: requests send entity keys, the online store the features.",
+    )
     endpoint_url: str = Field(description="Where predictions are answered (POST).")
     created_by: str | None
     created_at: Timestamp | None

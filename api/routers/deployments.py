@@ -115,6 +115,40 @@ def _not_both(schema: dict[str, Any], model: type) -> None:
     schema["not"] = both
 
 
+FeatureName = Annotated[str, Field(pattern=spec.FEATURE_NAME_PATTERN, max_length=128)]
+FeatureRef = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}(:[A-Za-z_][A-Za-z0-9_]{0,127})?$",
+        max_length=257,
+        description="A feature: `name` or `view:name`.",
+    ),
+]
+
+
+class FeaturesIn(InputModel):
+    """A feature-backed deployment: the model's inputs come from the feature store."""
+
+    refs: Annotated[
+        list[FeatureRef],
+        Field(
+            min_length=1,
+            max_length=spec.MAX_FEATURE_REFS,
+            description="Features in the order of the model's input columns.",
+        ),
+    ]
+    entity_keys: (
+        Annotated[list[FeatureName], Field(min_length=1, max_length=spec.MAX_REQUEST_FIELDS)] | None
+    ) = Field(default=None, description="Key fields per request row (default: the join keys).")
+    request_fields: (
+        Annotated[list[FeatureName], Field(max_length=spec.MAX_REQUEST_FIELDS)] | None
+    ) = Field(default=None, description="Request-time values: model columns after the features.")
+    fill_value: float | dict[str, float] | None = Field(
+        default=None,
+        description="A missing value becomes this (a number, or per feature); null: a 422.",
+    )
+
+
 class DeploymentCreate(InputModel):
     """Exactly one of ``version`` and ``alias``."""
 
@@ -134,6 +168,7 @@ class DeploymentCreate(InputModel):
     traffic: Traffic | None = None
     shadow: Shadow | None = None
     allow_nan: bool = False
+    features: FeaturesIn | None = None
 
 
 class DeploymentUpdate(InputModel):
@@ -152,12 +187,15 @@ class DeploymentUpdate(InputModel):
     traffic: Traffic | None = None
     shadow: Shadow | None = None
     allow_nan: bool | None = None
+    features: FeaturesIn | None = Field(
+        default=None, description="Feature references; null makes it a plain deployment."
+    )
     status: Literal[spec.REQUESTED_STATUSES] | None = Field(  # type: ignore[valid-type]
         default=None, description="inactive stops serving, active starts again."
     )
 
 
-_CLEARABLE = ("traffic", "shadow")
+_CLEARABLE = ("traffic", "shadow", "features")
 
 
 def _fields(body: InputModel, names: set[str] | None = None) -> dict[str, Any]:

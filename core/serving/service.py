@@ -14,7 +14,7 @@ new targets and a new revision, which the data plane rolls out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ UPDATABLE = frozenset(  # replicas and batching merge into what is set
         "traffic",
         "shadow",
         "allow_nan",
+        "features",
         "status",
     }
 )
@@ -78,12 +79,16 @@ class DeploymentService:
         hooks: Hooks,
         audit: AuditTrail,
         settings: Settings,
+        *,
+        features: Callable[[], Any] | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.hooks = hooks
         self.audit = audit
         self.settings = settings
+        #: the feature store (``platform.features``), asked only for feature-backed deployments
+        self._feature_store = features
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -206,6 +211,7 @@ class DeploymentService:
         shadow: str | None,
         environment: str,
         alias_gone: bool = False,
+        features: Mapping[str, Any] | None = None,
     ) -> tuple[MLModel, dict[str, Any]]:
         """The primary version and the config's resolved targets (traffic, shadow).
 
@@ -244,6 +250,14 @@ class DeploymentService:
                 msg = "shadow: the shadow version must differ from the primary version"
                 raise ValidationError(msg, details={"field": "shadow"})
             shadow_target = self._target(session, version, runtime, installed)
+            served_or_shadow = [*served, version]
+        else:
+            served_or_shadow = served
+        if features:
+            for version in served_or_shadow:
+                spec.check_signature_columns(
+                    version.signature, features, f"{version.name} version {version.version}"
+                )
         self._check_production(environment, served)
         config.update(
             {
@@ -257,6 +271,85 @@ class DeploymentService:
             }
         )
         return primary, config
+
+    def _features(self, value: object) -> dict[str, Any] | None:
+        """A ``features`` field checked and resolved against the feature store: the refs
+        normalised to ``view:name``, the entity keys defaulted to the views' join keys.
+
+        :raises NotFoundError: unknown feature references (listed).
+        :raises ValidationError: a bad shape, keys that do not cover the views' join keys,
+            a view that is not online or is computed on demand.
+        """
+        checked = spec.check_features(value)
+        if checked is None:
+            return None
+        if self._feature_store is None:
+            msg = "this platform has no feature store: a deployment cannot declare features"
+            raise ValidationError(msg, details={"field": "features"})
+        groups = self._feature_store().resolve(checked["refs"])
+        owner: dict[str, str] = {}
+        join_keys: list[str] = []
+        for view, names in groups:
+            keys = getattr(view, "join_keys", None)
+            if keys is None:  # an on-demand view: computed from other features
+                msg = (
+                    f"features.refs: {', '.join(names)} of on-demand view {view.name!r} cannot "
+                    "back a deployment yet; reference batch view features"
+                )
+                raise ValidationError(msg, details={"field": "features.refs", "view": view.name})
+            if not getattr(view, "online", True):
+                msg = (
+                    f"features.refs: view {view.name!r} is not online (online = false): its "
+                    "values are not materialised for serving"
+                )
+                raise ValidationError(msg, details={"field": "features.refs", "view": view.name})
+            for name in names:
+                owner[name] = view.name
+            join_keys += [k for k in keys if k not in join_keys]
+        names = [r.rsplit(":", 1)[-1] for r in checked["refs"]]
+        checked["refs"] = [f"{owner[n]}:{n}" for n in names]
+        keys = checked["entity_keys"] or join_keys
+        missing = [k for k in join_keys if k not in keys]
+        extra = [k for k in keys if k not in join_keys]
+        if missing or extra:
+            problem = "; ".join(
+                p
+                for p in (
+                    f"misses join key(s) {', '.join(missing)}" if missing else "",
+                    f"{', '.join(extra)} is no join key of the views" if extra else "",
+                )
+                if p
+            )
+            msg = f"features.entity_keys {problem} (the views are keyed by {', '.join(join_keys)})"
+            raise ValidationError(
+                msg, details={"field": "features.entity_keys", "join_keys": join_keys}
+            )
+        checked["entity_keys"] = keys
+        clash = sorted(set(checked["request_fields"]) & set(keys))
+        if clash:
+            msg = f"features.request_fields: {', '.join(clash)} is an entity key"
+            raise ValidationError(msg, details={"field": "features.request_fields"})
+        return checked
+
+    def feature_users(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """Feature name -> the live deployments (names) whose ``features.refs`` use it.
+
+        For the feature store, which refuses a breaking type change of a feature in use.
+        """
+        wanted = set(names)
+        found: dict[str, list[str]] = {}
+        with self.db.session() as session:
+            rows = session.execute(
+                select(ModelDeployment.name, ModelDeployment.deployment_config).where(
+                    ModelDeployment.deleted_at.is_(None)
+                )
+            ).all()
+        for name, config in rows:
+            for ref in ((config or {}).get("features") or {}).get("refs") or ():
+                feature = str(ref).rsplit(":", 1)[-1]
+                if feature in wanted:
+                    found.setdefault(feature, []).append(name)
+        return found
 
     def _fire(self, action: str, view: dict[str, Any]) -> None:
         self.hooks.deployment_changed(
@@ -292,8 +385,12 @@ class DeploymentService:
         traffic: list[Any] | None = None,
         shadow: Any = None,
         allow_nan: bool = False,
+        features: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Deploy a version (``version``) or whatever ``alias`` points at; status pending.
+
+        ``features`` makes it feature-backed (see :func:`mlrig.serving.spec.check_features`):
+        requests send entity keys, the data plane reads the features from the online store.
 
         :raises ValidationError: a bad field, a version without artifacts, no runtime.
         :raises NotFoundError: no such model, version or alias.
@@ -324,6 +421,9 @@ class DeploymentService:
         checked_resources = spec.check_resources(resources if resources is not None else {})
         canaries = spec.parse_traffic(traffic if traffic is not None else [])
         shadow_ref = spec.parse_shadow(shadow)
+        feature_config = self._features(features)
+        if feature_config is not None:
+            config["features"] = feature_config
         try:
             with self.db.session() as session:
                 registered = self.registry._model(session, model)
@@ -336,6 +436,7 @@ class DeploymentService:
                     traffic=canaries,
                     shadow=shadow_ref,
                     environment=environment,
+                    features=feature_config,
                 )
                 row = ModelDeployment(
                     id=uuid.uuid4(),
@@ -430,6 +531,7 @@ class DeploymentService:
         if "allow_nan" in changes and not isinstance(changes["allow_nan"], bool):
             msg = "allow_nan must be true or false"
             raise ValidationError(msg, details={"field": "allow_nan"})
+        feature_config = self._features(changes["features"]) if "features" in changes else None
         with self.db.session() as session:
             row = self._row(session, ref, lock=True)
             before = spec.revision(row, self._view(session, row))
@@ -448,6 +550,11 @@ class DeploymentService:
                 )
             if "allow_nan" in changes:
                 config["allow_nan"] = changes["allow_nan"]
+            if "features" in changes:  # null: a plain deployment again
+                if feature_config is None:
+                    config.pop("features", None)
+                else:
+                    config["features"] = feature_config
             if changes.get("resources") is not None:
                 row.resources = spec.check_resources(changes["resources"])
             environment = row.environment or "development"
@@ -494,6 +601,7 @@ class DeploymentService:
                     shadow=shadow,
                     environment=environment,
                     alias_gone=alias_gone,
+                    features=config.get("features"),
                 )
                 row.deployment_config = config
                 row.model_id = primary.id
@@ -654,6 +762,10 @@ class DeploymentService:
         else:
             try:
                 target = self._target(session, version, config.get("runtime", spec.AUTO), None)
+                if config.get("features"):
+                    spec.check_signature_columns(
+                        version.signature, config["features"], f"version {version.version}"
+                    )
             except ValidationError as exc:
                 problem = f"alias {alias!r} moved to version {version.version}: {exc.message}"
         if problem is not None:

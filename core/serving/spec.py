@@ -194,6 +194,171 @@ def parse_shadow(value: object) -> str | None:
     return check_ref(value, "shadow.version")
 
 
+# --- feature-backed deployments -----------------------------------------------------------
+
+#: most feature references (model input columns from the feature store) of a deployment
+MAX_FEATURE_REFS = 500
+MAX_REQUEST_FIELDS = 100
+#: a feature, join key or request field name (they become DataFrame columns)
+FEATURE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_FEATURE_NAME = re.compile(FEATURE_NAME_PATTERN)
+_FEATURE_KEYS = frozenset({"refs", "entity_keys", "request_fields", "fill_value"})
+
+
+def _names(value: object, field: str, *, max_items: int, min_items: int = 0) -> list[str]:
+    if not isinstance(value, list) or not min_items <= len(value) <= max_items:
+        msg = f"{field} must be a list of {min_items}-{max_items} names"
+        raise ValidationError(msg, details={"field": field})
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not _FEATURE_NAME.match(item):
+            shown = v.shorten(repr(item), 80)
+            msg = f"{field}[{i}] must be a name (letters, digits, _; no digit first), got {shown}"
+            raise ValidationError(msg, details={"field": f"{field}[{i}]"})
+        out.append(item)
+    repeated = sorted({n for n in out if out.count(n) > 1})
+    if repeated:
+        msg = f"{field}: {', '.join(map(repr, repeated))} appear(s) more than once"
+        raise ValidationError(msg, details={"field": field, "repeated": repeated})
+    return out
+
+
+def _fill_number(value: object, field: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = type(value).__name__
+        msg = f"{field} must be a number (the value a missing feature gets), got {kind}"
+        raise ValidationError(msg, details={"field": field})
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = f"{field} must be a finite number"
+        raise ValidationError(msg, details={"field": field})
+    return value
+
+
+def check_features(value: object) -> dict[str, Any] | None:
+    """A deployment's ``features`` field (``None``: a plain deployment), checked for shape:
+
+    ``{"refs": [...], "entity_keys"?: [...], "request_fields"?: [...], "fill_value"?: ...}``
+
+    - ``refs``: 1-500 feature references, ``name`` or ``view:name``; their order is the
+      order of the model's input columns;
+    - ``entity_keys``: the key fields a request sends per row (default: the views' join
+      keys; they must cover every join key of the views);
+    - ``request_fields``: values sent with each row at request time, model input columns
+      after the features, in this order;
+    - ``fill_value``: the missing-value policy: absent or ``null``: a missing feature value
+      (unknown key, expired, stored null) refuses the request (422 naming rows and
+      features); a number: every missing value becomes it; ``{feature: number}``: those
+      features are filled, any other missing one refuses.
+
+    Whether the references exist is the service's (through ``platform.features.resolve``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        msg = "features must be an object {refs, entity_keys?, request_fields?, fill_value?}"
+        raise ValidationError(msg, details={"field": "features"})
+    unknown = sorted(set(value) - _FEATURE_KEYS)
+    if unknown:
+        msg = (
+            f"features: unknown key {v.shorten(repr(unknown[0]), 60)}; use refs, entity_keys, "
+            "request_fields and fill_value"
+        )
+        raise ValidationError(msg, details={"field": "features"})
+    refs = value.get("refs")
+    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_FEATURE_REFS:
+        msg = f"features.refs must be a list of 1-{MAX_FEATURE_REFS} feature references"
+        raise ValidationError(msg, details={"field": "features.refs"})
+    checked_refs = []
+    for i, ref in enumerate(refs):
+        parts = ref.split(":") if isinstance(ref, str) else []
+        if not 1 <= len(parts) <= 2 or not all(
+            isinstance(p, str) and _FEATURE_NAME.match(p) for p in parts
+        ):
+            shown = v.shorten(repr(ref), 80)
+            msg = f"features.refs[{i}] must be 'name' or 'view:name', got {shown}"
+            raise ValidationError(msg, details={"field": f"features.refs[{i}]"})
+        checked_refs.append(ref)
+    names = [r.rsplit(":", 1)[-1] for r in checked_refs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        msg = f"features.refs: feature(s) {', '.join(map(repr, repeated))} named more than once"
+        raise ValidationError(msg, details={"field": "features.refs", "repeated": repeated})
+    out: dict[str, Any] = {"refs": checked_refs}
+    keys = value.get("entity_keys")
+    out["entity_keys"] = (
+        None
+        if keys is None
+        else _names(keys, "features.entity_keys", max_items=MAX_REQUEST_FIELDS, min_items=1)
+    )
+    fields = value.get("request_fields")
+    out["request_fields"] = (
+        []
+        if fields is None
+        else _names(fields, "features.request_fields", max_items=MAX_REQUEST_FIELDS)
+    )
+    clash = sorted(set(out["request_fields"]) & (set(names) | set(out["entity_keys"] or ())))
+    if clash:
+        msg = f"features.request_fields: {', '.join(map(repr, clash))} is also a feature or key"
+        raise ValidationError(msg, details={"field": "features.request_fields"})
+    fill = value.get("fill_value")
+    if isinstance(fill, Mapping):
+        strange = sorted(set(fill) - set(names))
+        if strange:
+            msg = (
+                f"features.fill_value names {', '.join(map(repr, strange[:10]))}, which "
+                "features.refs does not"
+            )
+            raise ValidationError(msg, details={"field": "features.fill_value"})
+        fill = {str(k): _fill_number(x, f"features.fill_value.{k}") for k, x in fill.items()}
+    elif fill is not None:
+        fill = _fill_number(fill, "features.fill_value")
+    out["fill_value"] = fill
+    return out
+
+
+def feature_columns(features: Mapping[str, Any]) -> list[str]:
+    """The model's input columns of a feature-backed deployment: the features in the refs'
+    order, then the request fields."""
+    return [r.rsplit(":", 1)[-1] for r in features["refs"]] + list(
+        features.get("request_fields") or ()
+    )
+
+
+def check_signature_columns(
+    signature: Mapping[str, Any] | None, features: Mapping[str, Any], where: str
+) -> None:
+    """A version's input signature must take the deployment's feature columns: a dataframe
+    signature their names in order, a tensor signature ``[-1, F]`` their count. No or
+    another kind of signature: nothing to check (the data plane checks at predict)."""
+    inputs = (signature or {}).get("inputs") if isinstance(signature, Mapping) else None
+    if not isinstance(inputs, Mapping):
+        return
+    columns = feature_columns(features)
+    if inputs.get("kind") == "dataframe":
+        declared = inputs.get("columns") or ()
+        expected = [str(c.get("name")) for c in declared if isinstance(c, Mapping)]
+        if expected != columns:
+            msg = (
+                f"{where} takes the columns {expected[:20]} (in this order), the deployment's "
+                f"features give {columns[:20]}: list features.refs (then request_fields) in "
+                "the model's column order"
+            )
+            raise ValidationError(
+                msg, details={"field": "features.refs", "expected": expected, "given": columns}
+            )
+    elif inputs.get("kind") == "tensor":
+        shape = inputs.get("shape") or []
+        width = shape[1] if len(shape) == 2 else None
+        if isinstance(width, int) and width > 0 and width != len(columns):
+            msg = (
+                f"{where} takes rows of {width} values, the deployment's features give "
+                f"{len(columns)} ({', '.join(columns[:10])})"
+            )
+            raise ValidationError(
+                msg, details={"field": "features.refs", "expected": width, "given": len(columns)}
+            )
+
+
 # --- runtimes -----------------------------------------------------------------------------
 
 
@@ -322,6 +487,7 @@ def deployment_view(
         if shadow
         else None,
         "allow_nan": bool(config.get("allow_nan", False)),
+        "features": config.get("features"),
         "endpoint_url": ENDPOINT.format(id=row.id),
         "created_by": creator,
         "created_at": _iso(row.created_at),
@@ -383,5 +549,7 @@ def revision(row: ModelDeployment, view: Mapping[str, Any]) -> str:
         "allow_nan": view["allow_nan"],
         "resources": view["resources"],
     }
+    if view.get("features"):  # absent for plain deployments: their revisions stay as they were
+        basis["features"] = view["features"]
     text = json.dumps(basis, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
