@@ -1,1 +1,233 @@
-"""The ``sql`` online store: the platform database (placeholder: being written)."""
+"""The ``sql`` online store: the platform database (the default ``[features] backend``).
+
+Rows live in the table ``feature_online_values`` (created by the platform's migrations):
+primary key ``(view, entity_key)``, the feature values as one JSON document, the event
+and created timestamps. A read is one indexed query (``WHERE view = ? AND entity_key IN
+(...)``, the TTL applied in the same ``WHERE``); a write is a batched upsert
+(``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the new row is not older) on SQLite and
+PostgreSQL alike, so concurrent writers cannot make an older row win.
+
+Options (``[features.sql]``): ``batch_size`` (rows per upsert statement).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Column, MetaData, String, Table, Text, and_, cast, func, literal, or_
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mlrig.contracts.online_store import EntityKey, OnlineRow, OnlineStore, OnlineStoreError
+from mlrig.db.types import JSONType, UTCDateTime, utcnow
+from mlrig.errors import ConfigError
+from mlrig.features.online import newest_per_key
+
+if TYPE_CHECKING:
+    from mlrig.db import Database
+
+TABLE = "feature_online_values"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+_metadata = MetaData()
+#: the columns this store uses (the migration owns the table's definition)
+online_values = Table(
+    TABLE,
+    _metadata,
+    Column("view", String(255), primary_key=True),
+    Column("entity_key", String(1024), primary_key=True),
+    Column("values", JSONType),
+    Column("event_timestamp", UTCDateTime, nullable=False),
+    Column("created_timestamp", UTCDateTime, nullable=True),
+    Column("written_at", UTCDateTime, nullable=True),
+)
+
+
+class SqlOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: rows per upsert statement (each row binds six parameters)
+    batch_size: int = Field(default=1000, ge=1, le=5000)
+
+
+def encode_stored_key(key: EntityKey) -> str:
+    """The ``entity_key`` column's text of a key: a JSON array of its strings."""
+    return orjson.dumps(list(key)).decode()
+
+
+class SqlOnlineStore(OnlineStore):
+    """Online feature values in the platform database (``feature_online_values``)."""
+
+    Options = SqlOptions
+
+    def __init__(self, options: BaseModel) -> None:
+        super().__init__(options)
+        self._db: Database | None = None
+        self._lock = threading.Lock()
+        self._upsert: Any = None
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def bind(self, platform: Any) -> None:
+        """Use the platform's database (called by ``platform.online_store``)."""
+        self.bind_database(platform.db)
+
+    def bind_database(self, db: Database) -> None:
+        """Use ``db`` (the contract tests and tools without a platform)."""
+        self._db = db
+        self._upsert = _upsert_statement(db.dialect)
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            msg = (
+                "the sql online store is not bound to a database; get it as "
+                "platform.online_store (or call bind(platform))"
+            )
+            raise ConfigError(msg)
+        return self._db
+
+    # --- the contract -------------------------------------------------------------------
+
+    def write(
+        self, view: str, rows: Sequence[OnlineRow], *, ttl_seconds: float | None = None
+    ) -> int:
+        if not rows:
+            return 0
+        db = self.db
+        newest = list(newest_per_key(rows).values())
+        size = self.options.batch_size
+        now = utcnow()
+        written = 0
+        try:
+            with db.bulk_write_lock, db.engine.begin() as conn:
+                for start in range(0, len(newest), size):
+                    batch = newest[start : start + size]
+                    params = [
+                        {
+                            "view": view,
+                            "entity_key": encode_stored_key(row.key),
+                            "values": row.values,
+                            "event_timestamp": _aware(row.event_timestamp),
+                            "created_timestamp": _aware(row.created_timestamp),
+                            "written_at": now,
+                        }
+                        for row in batch
+                    ]
+                    result = conn.execute(self._upsert.values(params))
+                    written += max(result.rowcount, 0)
+        except SQLAlchemyError as exc:
+            raise self._error("write", view, exc) from exc
+        return written
+
+    def read(
+        self,
+        view: str,
+        keys: Sequence[EntityKey],
+        features: Sequence[str],
+        *,
+        ttl_seconds: float | None,
+        now: datetime,
+    ) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        stored = [encode_stored_key(k) for k in keys]
+        where = [online_values.c.view == view, online_values.c.entity_key.in_(set(stored))]
+        if ttl_seconds is not None:
+            cutoff = _aware(now) - timedelta(seconds=ttl_seconds)
+            where.append(online_values.c.event_timestamp >= cutoff)
+        query = sa_select(online_values.c.entity_key, cast(online_values.c["values"], Text)).where(
+            *where
+        )
+        try:
+            with self.db.engine.connect() as conn:
+                found = dict(conn.execute(query).all())
+        except SQLAlchemyError as exc:
+            raise self._error("read", view, exc) from exc
+        out: list[dict[str, Any] | None] = []
+        parsed: dict[str, dict[str, Any]] = {}
+        for key in stored:
+            text = found.get(key)
+            if text is None:
+                out.append(None)
+                continue
+            values = parsed.get(key)
+            if values is None:
+                values = parsed[key] = orjson.loads(text)
+            out.append({name: values.get(name) for name in features})
+        return out
+
+    def delete_view(self, view: str) -> None:
+        try:
+            with self.db.bulk_write_lock, self.db.engine.begin() as conn:
+                conn.execute(online_values.delete().where(online_values.c.view == view))
+        except SQLAlchemyError as exc:
+            raise self._error("delete the rows of", view, exc) from exc
+
+    def check(self) -> dict[str, Any]:
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(sa_select(func.count()).select_from(online_values).limit(1)).all()
+        except SQLAlchemyError as exc:
+            raise self._error("probe", None, exc) from exc
+        return {"backend": "sql", "database": self.db.dialect, "table": TABLE}
+
+    def close(self) -> None:
+        """The platform owns the database: nothing to release here."""
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _error(self, action: str, view: str | None, exc: Exception) -> OnlineStoreError:
+        first = " ".join(str(getattr(exc, "orig", exc) or exc).split())[:300]
+        what = f" view {view!r}" if view else ""
+        msg = (
+            f"the sql online store could not {action}{what} in {self.db.display_url} "
+            f"(table {TABLE}): {first}; run `mlrig db upgrade` if the table is missing"
+        )
+        return OnlineStoreError(msg, details={"view": view, "table": TABLE})
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _upsert_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (view, entity_key) DO UPDATE`` where the new row is at
+    least as new as the stored one (by event, then created timestamp)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        msg = f"the sql online store supports SQLite and PostgreSQL, not {dialect!r}"
+        raise ConfigError(msg)
+    stmt = insert(online_values)
+    new, old = stmt.excluded, online_values.c
+    epoch = literal(_EPOCH, UTCDateTime)
+    newer = or_(
+        new.event_timestamp > old.event_timestamp,
+        and_(
+            new.event_timestamp == old.event_timestamp,
+            func.coalesce(new.created_timestamp, epoch)
+            >= func.coalesce(old.created_timestamp, epoch),
+        ),
+    )
+    # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked to
+    return stmt.execution_options(preserve_rowcount=True).on_conflict_do_update(
+        index_elements=[old.view, old.entity_key],
+        set_={
+            "values": new["values"],
+            "event_timestamp": new.event_timestamp,
+            "created_timestamp": new.created_timestamp,
+            "written_at": new.written_at,
+        },
+        where=newer,
+    )

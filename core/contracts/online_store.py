@@ -18,7 +18,11 @@ What callers assume, and :class:`mlrig.testing.online_store.OnlineStoreContract`
 - **Threads and processes.** One instance is shared by a server's threads; several
   processes write and read the same store at once.
 - **Errors.** A failure of the library below is translated into
-  :class:`~mlrig.errors.MlrigError` subclasses with a message that says what to fix.
+  :class:`~mlrig.errors.MlrigError` subclasses (:class:`OnlineStoreError` for a store that
+  cannot be reached or answered wrongly) with a message that says what to fix.
+- **Expiry hint.** :meth:`write` may be given the view's ``ttl_seconds``; a store may use
+  it to drop rows that can no longer be read (Redis ``PEXPIREAT``). Reads still check the
+  TTL themselves: the hint only bounds memory.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from mlrig.contracts.base import Backend
+from mlrig.errors import MlrigError
 
 #: an entity key as stored: one string per join key, in the view's join-key order
 EntityKey = tuple[str, ...]
@@ -47,13 +52,27 @@ class OnlineRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class OnlineStoreError(MlrigError):
+    """The online store cannot be reached or failed (the server is down, the table is
+    missing); the message names the store's location and what to do."""
+
+    code = "online_store_error"
+    http_status = 503
+
+
 class OnlineStore(Backend, ABC):
     """Write and read the latest feature values by entity key, TTL honoured."""
 
     @abstractmethod
-    def write(self, view: str, rows: Sequence[OnlineRow]) -> int:
+    def write(
+        self, view: str, rows: Sequence[OnlineRow], *, ttl_seconds: float | None = None
+    ) -> int:
         """Store ``rows`` of ``view``, newest per key winning; return how many were
-        written (rows older than what the store holds count as not written)."""
+        written (rows older than what the store holds, or than another row of the same
+        key in ``rows``, count as not written).
+
+        :param ttl_seconds: the view's TTL, a hint a store may use to expire rows.
+        """
 
     @abstractmethod
     def read(

@@ -1,0 +1,133 @@
+"""The bundled online stores against the contract suite: ``sql`` on SQLite and on
+PostgreSQL (the platform database's ``feature_online_values``), and ``redis`` on
+127.0.0.1:6379 (a unique key prefix per test, deleted after)."""
+
+import uuid
+
+import pytest
+
+from mlrig.contracts.online_store import OnlineRow, OnlineStoreError
+from mlrig.db import Database
+from mlrig.plugins.online_redis import RedisOnlineStore
+from mlrig.plugins.online_sql import SqlOnlineStore
+from mlrig.testing.fixtures import make_platform
+from mlrig.testing.online_store import OnlineStoreContract, at, row
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class TestSqlOnlineStore(OnlineStoreContract):
+    @pytest.fixture
+    def online_store(self, database):
+        store = SqlOnlineStore.from_options({"batch_size": 700}, where="features.sql")
+        store.bind_database(database)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def broken_online_store(self, tmp_path):
+        db = Database(f"sqlite:///{tmp_path / 'empty.db'}")  # never migrated: no table
+        store = SqlOnlineStore.from_options({}, where="features.sql")
+        store.bind_database(db)
+        yield store
+        db.dispose()
+
+
+def _delete_prefix(prefix):
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.unlink(*keys)
+    client.close()
+    return len(keys)
+
+
+class TestRedisOnlineStore(OnlineStoreContract):
+    @pytest.fixture
+    def online_store(self):
+        prefix = f"mlrig-test:{uuid.uuid4().hex[:12]}:"
+        store = RedisOnlineStore.from_options(
+            {"url": REDIS_URL, "prefix": prefix, "batch_size": 300}, where="features.redis"
+        )
+        yield store
+        store.close()
+        _delete_prefix(prefix)
+
+    @pytest.fixture
+    def broken_online_store(self):
+        store = RedisOnlineStore.from_options(
+            {"url": "redis://:hunter2@127.0.0.1:1/0", "socket_timeout": 1}, where="features.redis"
+        )
+        yield store
+        store.close()
+
+
+def test_redis_down_names_the_url_without_the_password():
+    store = RedisOnlineStore.from_options(
+        {"url": "redis://:hunter2@127.0.0.1:1/0", "socket_timeout": 1}, where="features.redis"
+    )
+    with pytest.raises(OnlineStoreError, match=r"redis://\*\*\*@127\.0\.0\.1:1/0") as info:
+        store.read("v", [("k",)], ["a"], ttl_seconds=None, now=at(0))
+    assert "hunter2" not in str(info.value)
+    assert "is Redis running there?" in str(info.value)
+
+
+def test_sql_store_without_its_table_says_to_upgrade(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+    store = SqlOnlineStore.from_options({}, where="features.sql")
+    store.bind_database(db)
+    try:
+        with pytest.raises(OnlineStoreError, match="mlrig db upgrade"):
+            store.write("v", [row("k", 0, a=1)])
+    finally:
+        db.dispose()
+
+
+def test_redis_sets_an_expiry_from_the_ttl_hint():
+    from datetime import datetime, timezone
+
+    import redis
+
+    prefix = f"mlrig-test:{uuid.uuid4().hex[:12]}:"
+    store = RedisOnlineStore.from_options(
+        {"url": REDIS_URL, "prefix": prefix, "expire_margin_seconds": 60}, where="features.redis"
+    )
+    try:
+        now = datetime.now(timezone.utc)
+        one = [OnlineRow(key=("k",), values={"a": 1}, event_timestamp=now)]
+        store.write("v", one, ttl_seconds=600)
+        store.write("w", one)
+        client = redis.Redis.from_url(REDIS_URL)
+        ttl_v = client.ttl(prefix + 'v:["k"]')
+        ttl_w = client.ttl(prefix + 'w:["k"]')
+        client.close()
+        assert 600 < ttl_v <= 660
+        assert ttl_w == -1  # no TTL, no expiry
+    finally:
+        store.close()
+        _delete_prefix(prefix)
+
+
+def test_platform_loads_the_configured_store(tmp_path):
+    sql_platform = make_platform(tmp_path / "a")
+    try:
+        store = sql_platform.online_store
+        assert isinstance(store, SqlOnlineStore)
+        assert store.check()["table"] == "feature_online_values"
+        store.write("v", [row("k", 0, a=1)])
+        assert store.read("v", [("k",)], ["a"], ttl_seconds=None, now=at(1)) == [{"a": 1}]
+    finally:
+        sql_platform.close()
+    prefix = f"mlrig-test:{uuid.uuid4().hex[:12]}:"
+    redis_platform = make_platform(
+        tmp_path / "b", features={"backend": "redis", "redis": {"url": REDIS_URL, "prefix": prefix}}
+    )
+    try:
+        store = redis_platform.online_store
+        assert isinstance(store, RedisOnlineStore)
+        assert store.check()["prefix"] == prefix
+    finally:
+        redis_platform.close()
+        _delete_prefix(prefix)
