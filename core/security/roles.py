@@ -21,6 +21,7 @@ class Permission(str, Enum):
     APPROVE = "approve"  # decide approval requests, move versions to production
     DELETE = "delete"  # delete (and restore) models and versions
     ADMIN = "admin"  # users, tokens of others, the audit log
+    READ_PII = "read_pii"  # feature values tagged pii in the clear (others get them masked)
 
 
 #: the lowest role that holds each permission
@@ -32,6 +33,7 @@ PERMISSIONS: dict[Permission, str] = {
     Permission.APPROVE: "deployer",
     Permission.DELETE: "deployer",
     Permission.ADMIN: "admin",
+    Permission.READ_PII: "deployer",
 }
 
 
