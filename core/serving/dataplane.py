@@ -356,6 +356,7 @@ class DataPlane:
                 msg = f"deployment {name!r} has no version to serve"
                 raise ValidationError(msg)
             routes = [Route(self._version(deployment, t), t.variant, t.percent) for t in serving]
+            binding = self._features(deployment)
         except Exception as exc:
             reason = _reason(exc)
             log.warning("deployment %s: loading failed: %s", name, reason)
@@ -385,11 +386,21 @@ class DataPlane:
             shadow,
             recent=old.recent if old is not None else ResponseCache(),
             ready=True,
+            features=binding,
         )
         reported = (deployment.get("status"), deployment.get("status_reason"))
         if reported != ("active", shadow_problem):
             self._set_status(dep_id, "active", shadow_problem, revision)
         return state
+
+    def _features(self, deployment: dict[str, Any]) -> Any:
+        """A feature-backed deployment's binding: its views resolved now, once per load."""
+        config = deployment.get("features")
+        if not config:
+            return None
+        from mlrig.serving.features import FeatureBinding
+
+        return FeatureBinding.load(self.platform, config)
 
     def _report_loaded(self, deployment: dict[str, Any], state: DeploymentState) -> None:
         # the control plane set "deploying" (or another replica "failed") for a revision
@@ -563,6 +574,21 @@ class DataPlane:
         :raises MlrigError: bad input (422), overload (429), ...
         """
         started = time.perf_counter()
+        if state.features is not None:  # entity keys in: its own branch, off the hot path
+            from mlrig.serving.features import predict_features
+
+            return await predict_features(
+                self,
+                state,
+                body,
+                started=started,
+                content_type=content_type,
+                protocol=protocol,
+                request_id=request_id,
+                client_key=client_key,
+                version=version,
+                header_length=header_length,
+            )
         parsed = _parse(body, content_type, protocol, header_length)
         # a v2 "id" only correlates (Triton clients reuse them): echoed, not idempotent
         client_id = parsed.request_id if parsed.protocol != "v2" else None
@@ -726,7 +752,9 @@ class DataPlane:
         versions = [version(r.version, r.variant, r.percent) for r in state.routes]
         if state.shadow is not None:
             versions.append(version(state.shadow, "shadow", 0.0))
+        extra = {"features": state.features.describe()} if state.features is not None else {}
         return {
+            **extra,
             "deployment": state.name,
             "id": state.id,
             "status": status,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mlrig.serving.routing import TrafficSplit
 
 if TYPE_CHECKING:
+    from mlrig.serving.features import FeatureBinding
     from mlrig.serving.loader import LoadedVersion
 
 
@@ -100,6 +101,8 @@ class DeploymentState:
     split: TrafficSplit[Route] | None = None
     #: the revision whose targets are all loaded and warm
     ready: bool = False
+    #: a feature-backed deployment's views and store (requests send entity keys)
+    features: FeatureBinding | None = None
 
     def __post_init__(self) -> None:
         if self.routes:

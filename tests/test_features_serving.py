@@ -1,0 +1,343 @@
+"""Feature-backed deployments: the ``features`` field (shape, references, keys, signature),
+the data plane's feature branch (entity keys in, features from the online store, the
+model's answer, the missing-value policy, the inference log), other wire formats, and the
+plain path left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from mlrig.contracts.online_store import OnlineRow
+from mlrig.errors import NotFoundError, ValidationError
+from mlrig.serving import spec
+from mlrig.serving.dataplane import DataPlane
+from mlrig.testing.fixtures import make_platform
+from mlrig.testing.serving import ACTOR
+
+pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+FEATURES = ["avg_spend", "orders_7d", "days_since_signup"]
+NOW = datetime.now(timezone.utc)
+
+
+# --- the field's shape (pure) ---------------------------------------------------------------
+
+
+def test_check_features_normalises_and_defaults() -> None:
+    got = spec.check_features({"refs": ["stats:avg_spend", "orders_7d"]})
+    assert got == {
+        "refs": ["stats:avg_spend", "orders_7d"],
+        "entity_keys": None,
+        "request_fields": [],
+        "fill_value": None,
+    }
+    assert spec.check_features(None) is None
+    with_fill = spec.check_features({"refs": ["a", "b"], "fill_value": {"a": 0}})
+    assert with_fill["fill_value"] == {"a": 0}
+    assert spec.feature_columns({"refs": ["v:a", "b"], "request_fields": ["amount"]}) == [
+        "a",
+        "b",
+        "amount",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ([], "must be an object"),
+        ({}, "features.refs must be a list"),
+        ({"refs": []}, "features.refs must be a list"),
+        ({"refs": ["a:b:c"]}, "'name' or 'view:name'"),
+        ({"refs": ["1abc"]}, "'name' or 'view:name'"),
+        ({"refs": ["v:a", "w:a"]}, "named more than once"),
+        ({"refs": ["a"], "extra": 1}, "unknown key"),
+        ({"refs": ["a"], "entity_keys": []}, "features.entity_keys must be a list"),
+        ({"refs": ["a"], "entity_keys": ["k", "k"]}, "more than once"),
+        ({"refs": ["a"], "request_fields": ["a"]}, "also a feature or key"),
+        ({"refs": ["a"], "fill_value": "zero"}, "must be a number"),
+        ({"refs": ["a"], "fill_value": float("nan")}, "finite"),
+        ({"refs": ["a"], "fill_value": True}, "must be a number"),
+        ({"refs": ["a"], "fill_value": {"b": 1}}, "which features.refs does not"),
+    ],
+)
+def test_check_features_refuses(body: Any, words: str) -> None:
+    with pytest.raises(ValidationError, match=words):
+        spec.check_features(body)
+
+
+def test_signature_must_take_the_feature_columns() -> None:
+    features = {"refs": ["v:a", "v:b"], "request_fields": []}
+    frame = {"inputs": {"kind": "dataframe", "columns": [{"name": "a"}, {"name": "b"}]}}
+    spec.check_signature_columns(frame, features, "m version 1")  # fits
+    spec.check_signature_columns(None, features, "m version 1")  # nothing to check
+    spec.check_signature_columns(
+        {"inputs": {"kind": "tensor", "shape": [-1, 2]}}, features, "m version 1"
+    )
+    swapped = {"inputs": {"kind": "dataframe", "columns": [{"name": "b"}, {"name": "a"}]}}
+    with pytest.raises(ValidationError, match=r"in this order"):
+        spec.check_signature_columns(swapped, features, "m version 1")
+    with pytest.raises(ValidationError, match="rows of 3 values"):
+        spec.check_signature_columns(
+            {"inputs": {"kind": "tensor", "shape": [-1, 3]}}, features, "m version 1"
+        )
+
+
+# --- a platform with a view, an online store filled directly, a model -------------------
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Any]:
+    plat = make_platform(
+        tmp_path / "home", auth={"enabled": False}, serving={"refresh_seconds": 0.1}
+    )
+    yield plat
+    plat.close()
+
+
+def _frame(n: int = 40) -> Any:
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(1, n + 1),
+            "event_timestamp": pd.Timestamp(NOW - timedelta(hours=1)),
+            "avg_spend": rng.uniform(0, 100, n).round(2),
+            "orders_7d": rng.integers(0, 10, n).astype("float64"),
+            "days_since_signup": rng.integers(1, 900, n).astype("float64"),
+        }
+    )
+
+
+@pytest.fixture
+def store_data(platform: Any, tmp_path: Path) -> Any:
+    """Entity ``customer``, view ``customer_stats`` over a Parquet file (TTL one day), its
+    rows written to the online store directly (as materialisation would)."""
+    frame = _frame()
+    path = tmp_path / "customer_stats.parquet"
+    frame.to_parquet(path)
+    features = platform.features
+    features.create_entity({"name": "customer", "join_keys": ["customer_id"]}, actor=ACTOR)
+    features.create_view(
+        {
+            "name": "customer_stats",
+            "entities": ["customer"],
+            "source": {"kind": "file", "uri": str(path), "timestamp_field": "event_timestamp"},
+            "features": [{"name": n, "type": "numerical"} for n in FEATURES],
+            "ttl_seconds": 86400,
+        },
+        actor=ACTOR,
+    )
+    rows = [
+        OnlineRow(
+            key=(str(int(r.customer_id)),),
+            values={n: float(getattr(r, n)) for n in FEATURES},
+            event_timestamp=r.event_timestamp.to_pydatetime(),
+        )
+        for r in frame.itertuples()
+    ]
+    platform.online_store.write("customer_stats", rows)
+    return frame
+
+
+def _train(frame: Any, columns: list[str]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    x = frame[columns]
+    y = (frame["avg_spend"] > frame["avg_spend"].median()).astype(int)
+    return LogisticRegression(max_iter=500).fit(x, y)
+
+
+@pytest.fixture
+def model(platform: Any, store_data: Any) -> Any:
+    from mlrig.registry.packaging import register_model
+
+    estimator = _train(store_data, FEATURES)
+    register_model(
+        platform, estimator, name="churn", actor=ACTOR, sample=store_data[FEATURES].head(5)
+    )
+    return estimator
+
+
+def _deploy(platform: Any, name: str = "churn", **features: Any) -> dict[str, Any]:
+    body = {"refs": [f"customer_stats:{n}" for n in FEATURES], **features}
+    return platform.deployments.create(
+        name=name, model="churn", version="1", runtime="sklearn", actor=ACTOR, features=body
+    )
+
+
+def _ask(plane: DataPlane, name: str, body: Any, content_type: str = "application/json") -> Any:
+    async def go() -> Any:
+        state = await plane.resolve(name, _operator())
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await plane.predict(state, raw, content_type=content_type)
+
+    return asyncio.run(go())
+
+
+def _operator() -> Any:
+    from mlrig.api.security import LOCAL_OPERATOR
+
+    return LOCAL_OPERATOR
+
+
+@pytest.fixture
+def plane(platform: Any) -> Iterator[DataPlane]:
+    dataplane = DataPlane(platform, load_wait_seconds=30.0)
+    yield dataplane
+    dataplane.stop()
+
+
+# --- control plane --------------------------------------------------------------------------
+
+
+def test_create_resolves_and_stores_the_features(platform: Any, model: Any) -> None:
+    view = platform.deployments.create(
+        name="churn",
+        model="churn",
+        version="1",
+        runtime="sklearn",
+        actor=ACTOR,
+        features={"refs": ["avg_spend", "customer_stats:orders_7d", "days_since_signup"]},
+    )
+    assert view["features"] == {
+        "refs": [f"customer_stats:{n}" for n in FEATURES],
+        "entity_keys": ["customer_id"],
+        "request_fields": [],
+        "fill_value": None,
+    }
+    assert platform.deployments.feature_users(["orders_7d", "other"]) == {"orders_7d": ["churn"]}
+    plain = platform.deployments.update("churn", features=None, actor=ACTOR)
+    assert plain["features"] is None
+    assert platform.deployments.feature_users(["orders_7d"]) == {}
+
+
+def test_create_refuses_bad_features(platform: Any, model: Any) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        platform.deployments.create(
+            name="x",
+            model="churn",
+            version="1",
+            actor=ACTOR,
+            features={"refs": ["avg_spend", "no_such_feature", "nope:orders_7d"]},
+        )
+    assert "no_such_feature" in caught.value.message
+    with pytest.raises(ValidationError, match="in this order"):  # the model's column order
+        platform.deployments.create(
+            name="x",
+            model="churn",
+            version="1",
+            actor=ACTOR,
+            features={"refs": ["orders_7d", "avg_spend", "days_since_signup"]},
+        )
+    with pytest.raises(ValidationError, match="misses join key"):
+        _deploy(platform, "x", entity_keys=["user_id"])
+    with pytest.raises(ValidationError, match="columns"):  # a request field the model lacks
+        _deploy(platform, "x", request_fields=["amount"])
+    assert platform.deployments.list()["items"] == []
+
+
+# --- data plane -----------------------------------------------------------------------------
+
+
+def test_predict_with_entity_keys_only(platform: Any, model: Any, plane: DataPlane) -> None:
+    _deploy(platform)
+    plane.start(wait=True)
+    ids = [3, 17, 40, 1]
+    answer = _ask(plane, "churn", {"entities": [{"customer_id": i} for i in ids]})
+    assert answer.status == 200
+    got = orjson.loads(answer.body)
+    frame = _frame().set_index("customer_id").loc[ids, FEATURES]
+    assert got["predictions"] == model.predict(frame).tolist()
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(frame), rtol=1e-12)
+    # columns, MLflow records and CSV carry the same keys
+    for body, ctype in [
+        ({"entities": {"customer_id": ids}}, "application/json"),
+        ({"dataframe_records": [{"customer_id": i} for i in ids]}, "application/json"),
+        ({"inputs": {"customer_id": ids}}, "application/json"),
+        (b"customer_id\n3\n17\n40\n1\n", "text/csv"),
+    ]:
+        other = orjson.loads(_ask(plane, "churn", body, ctype).body)
+        assert other["predictions"] == got["predictions"], body
+    health = plane.health(plane.table.get("churn"))
+    assert health["features"]["columns"] == FEATURES
+    plane.inference_log.flush()
+    records = _inference_rows(platform)
+    first = next(r for r in records if r["inputs"]["entities"][0] == {"customer_id": 3})
+    assert first["inputs"]["features"][0] == {n: float(frame.loc[3, n]) for n in FEATURES}
+    assert first["prediction"] == got["predictions"]
+
+
+def _inference_rows(platform: Any) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from mlrig.db.models import InferenceRequest as InferenceRecord
+
+    with platform.db.session() as session:
+        rows = session.scalars(select(InferenceRecord)).all()
+        return [{"inputs": r.input_features, "prediction": r.prediction} for r in rows]
+
+
+def test_missing_features_are_a_422_naming_rows(
+    platform: Any, model: Any, plane: DataPlane
+) -> None:
+    _deploy(platform)
+    plane.start(wait=True)
+    with pytest.raises(ValidationError) as caught:
+        _ask(plane, "churn", {"entities": [{"customer_id": 2}, {"customer_id": 999}]})
+    error = caught.value
+    assert "row 1 (customer_id=999)" in error.message
+    assert error.details["missing"] == [
+        {"row": 1, "entity": {"customer_id": 999}, "features": FEATURES}
+    ]
+    with pytest.raises(ValidationError, match="misses customer_id"):
+        _ask(plane, "churn", {"entities": [{"client": 2}]})
+    with pytest.raises(ValidationError, match="unknown field"):
+        _ask(plane, "churn", {"entities": [{"customer_id": 2, "avg_spend": 1.0}]})
+    with pytest.raises(ValidationError, match="send entity rows by name"):
+        _ask(plane, "churn", {"inputs": [[1.0, 2.0, 3.0]]})
+    with pytest.raises(ValidationError, match="no entities"):
+        _ask(plane, "churn", {"entities": []})
+
+
+def test_expired_values_are_missing_and_fill_value_fills(
+    platform: Any, model: Any, plane: DataPlane
+) -> None:
+    old = NOW - timedelta(days=3)  # beyond the view's one-day TTL
+    platform.online_store.write(
+        "customer_stats",
+        [OnlineRow(key=("500",), values=dict.fromkeys(FEATURES, 1.0), event_timestamp=old)],
+    )
+    _deploy(platform, fill_value={"avg_spend": 0.0, "orders_7d": 0, "days_since_signup": 1})
+    plane.start(wait=True)
+    answer = _ask(plane, "churn", {"entities": [{"customer_id": 500}, {"customer_id": 5}]})
+    got = orjson.loads(answer.body)
+    import pandas as pd
+
+    frame = _frame().set_index("customer_id")
+    expected = pd.DataFrame([[0.0, 0.0, 1.0], frame.loc[5, FEATURES].tolist()], columns=FEATURES)
+    assert got["predictions"] == model.predict(expected).tolist()
+    plane.inference_log.flush()
+    logged = _inference_rows(platform)[-1]["inputs"]
+    assert logged["filled"] == [FEATURES, []]
+
+
+def test_plain_deployments_keep_the_plain_path(platform: Any, model: Any, plane: DataPlane) -> None:
+    platform.deployments.create(name="plain", model="churn", version="1", actor=ACTOR)
+    plane.start(wait=True)
+    assert plane.table.get("plain").features is None
+    row = _frame()[FEATURES].head(2).to_numpy().tolist()
+    answer = _ask(plane, "plain", {"inputs": row})
+    assert (
+        orjson.loads(answer.body)["predictions"]
+        == model.predict(_frame()[FEATURES].head(2)).tolist()
+    )
