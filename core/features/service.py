@@ -852,16 +852,16 @@ class FeatureService:
         missing or unknown column or a value of the wrong type refuses the whole push
         (nothing written). A row: join keys, the source's timestamp field (ISO 8601), the
         created-timestamp field if the source has one (optional), every feature."""
-        from mlrig.contracts.online_store import OnlineRow
-        from mlrig.features import offline
-        from mlrig.features.online import encode_key
-
         spec = self.view_spec(view)
         if not isinstance(spec, FeatureViewSpec) or spec.source.kind != "push":
             kind = "on-demand" if isinstance(spec, OnDemandViewSpec) else spec.source.kind
             msg = f"view {view!r} has a {kind} source; only views with a push source take pushes"
             raise ValidationError(msg, details={"field": "view", "source": kind})
         checked = _check_push_rows(spec, rows)
+        from mlrig.contracts.online_store import OnlineRow
+        from mlrig.features import offline
+        from mlrig.features.online import encode_key
+
         written = offline.append_push(self.platform, spec, checked)
         online = 0
         if spec.online:
@@ -976,7 +976,8 @@ def spec_kind(spec: AnyView) -> str:
 
 
 def _taken(what: str, name: str) -> ConflictError:
-    msg = f"a {what} named {name!r} exists; pick another name"
+    article = "an" if what[0] in "aeiou" else "a"
+    msg = f"{article} {what} named {name!r} exists; pick another name"
     return ConflictError(msg, details={"name": name})
 
 
