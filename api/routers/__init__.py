@@ -5,6 +5,7 @@ from mlrig.api.routers import (
     audit,
     deployments,
     experiments,
+    features,
     health,
     models,
     predict,
@@ -28,4 +29,5 @@ ROUTERS = [
     sweeps.router,
     deployments.router,
     predict.router,
+    features.router,
 ]
