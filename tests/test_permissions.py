@@ -114,6 +114,23 @@ def test_the_map_is_what_the_routes_declare(api_client):
     assert needs[("POST", "/api/ml/deployments/{id}/predict")] == Permission.PREDICT
     assert needs[("GET", "/api/ml/deployments/{id}/health")] == Permission.READ
     assert role_allows("viewer", Permission.PREDICT)
+    # the feature store: read to look (values too, PII masked without read_pii), write to
+    # define, push and materialise
+    assert needs[("GET", "/api/ml/features")] == Permission.READ
+    assert needs[("POST", "/api/ml/features")] == Permission.WRITE
+    assert needs[("PUT", "/api/ml/features/{name}")] == Permission.WRITE
+    assert needs[("GET", "/api/ml/features/{name}/values")] == Permission.READ
+    assert needs[("POST", "/api/ml/features/batch")] == Permission.READ
+    assert needs[("POST", "/api/ml/features/training-set")] == Permission.READ
+    assert needs[("POST", "/api/ml/entities")] == Permission.WRITE
+    assert needs[("GET", "/api/ml/entities/{name}")] == Permission.READ
+    assert needs[("POST", "/api/ml/feature-views")] == Permission.WRITE
+    assert needs[("PUT", "/api/ml/feature-views/{name}")] == Permission.WRITE
+    assert needs[("POST", "/api/ml/feature-views/{name}/push")] == Permission.WRITE
+    assert needs[("POST", "/api/ml/feature-views/{name}/materialize")] == Permission.WRITE
+    assert needs[("GET", "/api/ml/feature-views/{name}/statistics")] == Permission.READ
+    assert role_allows("deployer", Permission.READ_PII)
+    assert not role_allows("developer", Permission.READ_PII)
 
 
 def test_a_developer_cannot_delete_a_model(api_client, make_token):
