@@ -10,7 +10,8 @@ relaunches the cluster when a worker dies (up to ``max_restarts``), which resume
 epoch after the last backup. At the end it registers the chief's model (``model.keras``,
 SavedModel and ONNX through the registry's packaging, parity-checked).
 
-Hyperparameters: ``module`` (file path or import string; required), ``workers`` (2),
+Hyperparameters: ``module`` (file path or import string; required), ``workers``
+(default ``min(2, the job's CPUs)``: 1 with the default ``cpus = 1``),
 ``epochs`` (10), ``batch_size`` (global, 32), ``validation_split`` (0.2, for arrays),
 ``max_restarts`` (3), ``startup_timeout_s`` (120), ``threads`` (TensorFlow threads per
 worker, 1), ``dump_weights`` (false). Every hyperparameter reaches the user's functions.
@@ -34,7 +35,7 @@ from mlrig.errors import MlrigError, ValidationError
 
 #: the trainer's own hyperparameters with their defaults and checks
 DEFAULTS: dict[str, Any] = {
-    "workers": 2,
+    "workers": 2,  # at most: min(2, the job's CPUs) when not given (see check_params)
     "epochs": 10,
     "batch_size": 32,
     "validation_split": 0.2,
@@ -62,8 +63,13 @@ def _positive_int(params: dict[str, Any], name: str, *, minimum: int = 1) -> int
     return value
 
 
-def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's options with defaults; :class:`ValidationError` for a bad one."""
+def check_params(params: dict[str, Any], *, cpus: int | None = None) -> dict[str, Any]:
+    """The trainer's options with defaults; :class:`ValidationError` for a bad one.
+
+    ``workers`` not given: ``min(2, cpus)`` when the job's CPUs are known (at run time),
+    so that a run with the default resources (1 CPU) works with one worker; at create time
+    (``cpus`` unknown) the checks assume 2, the most it can be.
+    """
     module = params.get("module")
     if not isinstance(module, str) or not module.strip():
         msg = (
@@ -75,6 +81,8 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     options = {"module": module.strip()}
     for name in ("workers", "epochs", "batch_size", "threads", "startup_timeout_s"):
         options[name] = _positive_int(params, name)
+    if "workers" not in params and cpus is not None:
+        options["workers"] = max(1, min(DEFAULTS["workers"], cpus))
     options["max_restarts"] = _positive_int(params, "max_restarts", minimum=0)
     if options["startup_timeout_s"] > MAX_STARTUP_TIMEOUT_S:
         msg = (
@@ -290,8 +298,8 @@ class TensorflowTrainer(Trainer):
         check_params(params)
 
     def train(self, context: TrainingContext) -> TrainResult:
-        options = check_params(context.params)
         cpus = job_cpus()
+        options = check_params(context.params, cpus=cpus)
         if options["workers"] > cpus:
             msg = (
                 f"workers={options['workers']} is more than the {cpus} CPU(s) this job may "

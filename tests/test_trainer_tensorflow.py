@@ -222,6 +222,45 @@ def test_two_workers_train_one_model_served_by_onnx_like_keras(platform, user_mo
     print(f"2-worker run of 5 epochs: {elapsed:.1f} s from queue to completion")
 
 
+def test_an_experiment_with_the_defaults_runs_one_worker_on_its_one_cpu(
+    platform, user_module, tmp_path
+):
+    """No workers and no resources given: the job gets the default 1 CPU, and workers
+    defaults to min(2, the job's CPUs) = 1 (it defaulted to 2 and failed, 2 > 1 CPU)."""
+    workdir = tmp_path / "work"
+    experiment = platform.experiments.create(
+        name="tf-defaults",
+        trainer="tensorflow",
+        actor=ADMIN,
+        hyperparameters={"module": user_module, "epochs": 2},
+        seed=7,
+        start=True,
+    )
+    wait(*run_worker(platform, workdir))
+    done = platform.experiments.get("tf-defaults")
+    assert done["status"] == "completed", done["status_detail"]
+    assert done["model_version_id"]
+    folder = run_dir(workdir, experiment)
+    seen = json.loads((folder / "started-0").read_text())
+    assert seen["replicas"] == 1 and seen["strategy"] == "MirroredStrategy", seen
+    assert not (folder / "started-1").exists()
+    assert len(metric_points(platform, experiment["id"], "loss")) == 2
+    assert_no_workers_left(str(workdir))
+
+
+def test_workers_defaults_to_at_most_two_and_the_job_s_cpus():
+    from mlrig.plugins.trainer_tensorflow import check_params
+
+    assert check_params({"module": "m"}, cpus=1)["workers"] == 1
+    assert check_params({"module": "m"}, cpus=2)["workers"] == 2
+    assert check_params({"module": "m"}, cpus=16)["workers"] == 2
+    assert check_params({"module": "m"})["workers"] == 2  # at create time: the most it can be
+    # given, it is kept (and the job refuses it when it has too few CPUs)
+    assert check_params({"module": "m", "workers": 4}, cpus=1)["workers"] == 4
+    # an odd global batch is fine for one worker
+    assert check_params({"module": "m", "batch_size": 33}, cpus=1)["workers"] == 1
+
+
 # --- a killed worker ------------------------------------------------------------------------
 
 
