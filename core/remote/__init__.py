@@ -2,8 +2,8 @@
 
 :class:`RemotePlatform` has the attributes of :class:`mlrig.platform.Platform` that the
 CLI's commands use (``registry``, ``lifecycle``, ``evaluator``, ``experiments``,
-``deployments``, ``sweeps``, ``security``, ``audit``, ``datasets``), each with the method signatures
-of the service it stands for and the same views, implemented with
+``deployments``, ``sweeps``, ``features``, ``security``, ``audit``, ``datasets``), each
+with the method signatures of the service it stands for and the same views, implemented with
 :meth:`mlrig.Client.request`. The commands run unchanged: same output, ``--json`` and exit
 codes. The server checks permissions and writes the audit log itself.
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlrig.client import Client
     from mlrig.remote.admin import RemoteAudit, RemoteDeployments, RemoteSecurity
     from mlrig.remote.experiments import RemoteExperiments
+    from mlrig.remote.features import RemoteFeatures
     from mlrig.remote.http import ClientJson, JsonHttp
     from mlrig.remote.registry import RemoteEvaluator, RemoteLifecycle, RemoteRegistry
     from mlrig.remote.sweeps import RemoteSweeps
@@ -103,6 +104,12 @@ class RemotePlatform:
         from mlrig.remote.sweeps import RemoteSweeps
 
         return RemoteSweeps(self)
+
+    @cached_property
+    def features(self) -> RemoteFeatures:
+        from mlrig.remote.features import RemoteFeatures
+
+        return RemoteFeatures(self)
 
     @cached_property
     def deployments(self) -> RemoteDeployments:
