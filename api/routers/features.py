@@ -17,7 +17,6 @@ reads are audited. The views are :class:`mlrig.features.service.FeatureService`'
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,7 +29,6 @@ from mlrig.api.pagination import offset_page
 from mlrig.api.schemas import Experiment, Out, Page, Timestamp
 from mlrig.api.security import Reader, Writer
 from mlrig.api.types import Cursor, Description, InputModel, JsonObject, Offset, UtcDatetime
-from mlrig.errors import ValidationError
 from mlrig.features import definitions as d
 from mlrig.features.service import MAX_PUSH_ROWS, MAX_TRAINING_ROWS
 from mlrig.features.spec import FEATURE_TYPES
@@ -507,29 +505,6 @@ def feature_history(name: str, platform: PlatformDep, _: Reader) -> FeatureHisto
     return platform.features.feature_history(name)  # type: ignore[return-value]
 
 
-_KEY_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,127}):(.*)$", re.S)
-_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
-
-
-def parse_key(text: str) -> dict[str, int | str]:
-    """``customer_id:42`` or ``customer_id:42,store_id:s7`` -> one entity row; a value of
-    digits is an integer (send other strings of digits with ``POST /features/batch``)."""
-    row: dict[str, int | str] = {}
-    for part in text.split(","):
-        match = _KEY_PART.match(part)
-        if match is None:
-            msg = (
-                f"key {text[:100]!r} must be join_key:value, several joined by ',' "
-                "(e.g. customer_id:42,store_id:7)"
-            )
-            raise ValidationError(msg, details={"field": "key"})
-        name, value = match.groups()
-        if name in row:
-            raise ValidationError(f"key {text[:100]!r} repeats {name!r}", details={"field": "key"})
-        row[name] = int(value) if _INTEGER.match(value) and abs(int(value)) < 2**63 else value
-    return row
-
-
 @router.get(
     "/features/{name}/values",
     summary="A feature's online values for entity keys (as_of: an offline point lookup)",
@@ -553,28 +528,10 @@ def feature_values(
         Query(description="An ISO 8601 time: the value as of then, from the offline store."),
     ] = None,
 ) -> OnlineFeatures:
-    rows = [parse_key(k) for k in key]
-    if as_of is None:
-        answer = platform.features.get_online_features(
-            [name], rows, can_read_pii=_pii(actor), actor=actor
-        )
-        return {**answer, "entities": rows}  # type: ignore[return-value]
-    from mlrig import validation as v
-
-    when = v.as_utc(as_of, field="as_of").isoformat()
-    result = platform.features.training_set(
-        [name],
-        [{**r, "event_timestamp": when} for r in rows],
-        can_read_pii=_pii(actor),
-        actor=actor,
+    rows = [d.parse_key(k) for k in key]
+    return platform.features.feature_values(  # type: ignore[return-value]
+        name, rows, as_of=as_of, can_read_pii=_pii(actor), actor=actor
     )
-    names = result["features"]
-    return {  # type: ignore[return-value]
-        "features": names,
-        "entities": rows,
-        "results": [{n: r.get(n) for n in names} for r in result["rows"]],
-        "missing": [[n for n in names if r.get(n) is None] for r in result["rows"]],
-    }
 
 
 __all__ = ["FEATURE_TYPES", "router"]

@@ -443,3 +443,31 @@ def feature_definition(feature: FeatureSpec) -> dict[str, Any]:
 def is_breaking(old: FeatureSpec, new: FeatureSpec) -> bool:
     """A change that changes the values' type (what a deployed model was trained on)."""
     return old.dtype != new.dtype
+
+
+_KEY_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,127}):(.*)$", re.S)
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
+
+
+def parse_key(text: str) -> dict[str, int | str]:
+    """``customer_id:42`` or ``customer_id:42,store_id:s7`` -> one entity row (join key ->
+    value); a value of digits is an integer (``POST /features/batch`` sends typed values)."""
+    row: dict[str, int | str] = {}
+    for part in text.split(","):
+        match = _KEY_PART.match(part)
+        if match is None:
+            msg = (
+                f"key {text[:100]!r} must be join_key:value, several joined by ',' "
+                "(e.g. customer_id:42,store_id:7)"
+            )
+            raise _invalid("key", v.scrub(msg))
+        name, value = match.groups()
+        if name in row:
+            raise _invalid("key", v.scrub(f"key {text[:100]!r} repeats {name!r}"))
+        row[name] = int(value) if _INTEGER.match(value) and abs(int(value)) < 2**63 else value
+    return row
+
+
+def key_text(row: Mapping[str, Any]) -> str:
+    """An entity row as :func:`parse_key` reads it."""
+    return ",".join(f"{k}:{val}" for k, val in row.items())

@@ -735,6 +735,37 @@ class FeatureService:
             "missing": missing,
         }
 
+    def feature_values(
+        self,
+        ref: str,
+        entity_rows: Sequence[Mapping[str, Any]],
+        *,
+        as_of: datetime | None = None,
+        can_read_pii: bool = True,
+        actor: Principal | None = None,
+    ) -> View:
+        """One feature's values for entity rows: online (the latest live value), or with
+        ``as_of`` the offline store's value as of then (a point-in-time lookup). The
+        answer: :meth:`get_online_features`'s, plus ``entities`` (the rows)."""
+        rows = [dict(r) for r in entity_rows]
+        if as_of is None:
+            answer = self.get_online_features([ref], rows, can_read_pii=can_read_pii, actor=actor)
+            return {**answer, "entities": rows}
+        when = v.as_utc(as_of, field="as_of").isoformat()
+        result = self.training_set(
+            [ref],
+            [{**r, "event_timestamp": when} for r in rows],
+            can_read_pii=can_read_pii,
+            actor=actor,
+        )
+        names = result["features"]
+        return {
+            "features": names,
+            "entities": rows,
+            "results": [{n: r.get(n) for n in names} for r in result["rows"]],
+            "missing": [[n for n in names if r.get(n) is None] for r in result["rows"]],
+        }
+
     def get_historical_features(
         self,
         entity_df: pd.DataFrame,
