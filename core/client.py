@@ -475,6 +475,103 @@ class Client:
 
         return floats(self._request("POST", f"/sweeps/{_segment(ref)}/stop"))
 
+    # --- feature store ----------------------------------------------------------------------
+
+    def create_entity(self, name: str, join_keys: list[str], **fields: Any) -> dict[str, Any]:
+        """Create an entity keyed by ``join_keys`` (``description`` optional)."""
+        body = {"name": name, "join_keys": list(join_keys), **_params(fields)}
+        return self._request("POST", "/entities", json=body)
+
+    def list_entities(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of entities, by name (``limit``, ``offset`` or ``cursor``)."""
+        return self._items("/entities", filters)
+
+    def get_entity(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/entities/{_segment(name)}")
+
+    def create_feature_view(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a feature view with its features (docs/features.md has the body)."""
+        return self._request("POST", "/feature-views", json=dict(body))
+
+    def list_feature_views(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of views (``kind``, ``entity``, ``tag``, ``limit``, ``offset``)."""
+        return self._items("/feature-views", filters)
+
+    def get_feature_view(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/feature-views/{_segment(name)}")
+
+    def update_feature_view(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a view's definition (features left out are removed)."""
+        return self._request("PUT", f"/feature-views/{_segment(name)}", json=dict(body))
+
+    def create_feature(self, view: str, name: str, type: str, **fields: Any) -> dict[str, Any]:
+        """Add feature ``name`` of ``type`` to ``view`` (``expression``, ``tags``...)."""
+        body = {"view": view, "name": name, "type": type, **_params(fields)}
+        return self._request("POST", "/features", json=body)
+
+    def list_features(self, **filters: Any) -> list[dict[str, Any]]:
+        """One page of features (``type``, ``source``, ``tag``, ``entity``, ``view``,
+        ``limit``, ``offset``)."""
+        return self._items("/features", filters)
+
+    def get_feature(self, ref: str) -> dict[str, Any]:
+        """A feature by ``name`` or ``view:name``."""
+        return self._request("GET", f"/features/{_segment(ref)}")
+
+    def update_feature(self, ref: str, **fields: Any) -> dict[str, Any]:
+        """Change ``type``, ``expression``, ``description`` or ``tags`` (a new version)."""
+        return self._request("PUT", f"/features/{_segment(ref)}", json=_params(fields))
+
+    def feature_history(self, ref: str) -> dict[str, Any]:
+        """Every definition the feature has had, oldest first, with who and when."""
+        return self._request("GET", f"/features/{_segment(ref)}/history")
+
+    def get_online_features(
+        self,
+        features: list[str],
+        entity_rows: list[Mapping[str, Any]],
+        *,
+        request_data: list[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The latest values: ``{"features", "entities", "results": [{name: value}],
+        "missing": [[names]]}``, one result per entity row (unknown keys: null, missing)."""
+        body: dict[str, Any] = {
+            "features": list(features),
+            "entities": [dict(r) for r in entity_rows],
+        }
+        if request_data is not None:
+            body["request_data"] = [dict(r) for r in request_data]
+        return self._request("POST", "/features/batch", json=body)
+
+    def get_historical_features(
+        self, entity_df: Any, features: list[str], *, timestamp_column: str = "event_timestamp"
+    ) -> Any:
+        """A point-in-time-correct training set as a pandas DataFrame: ``entity_df``'s
+        rows (join keys and ``timestamp_column``) in order, one column per feature. Sent
+        in chunks of 10,000 rows."""
+        from mlrig.remote.features import historical_over_rest
+
+        return historical_over_rest(
+            self._request, entity_df, features, timestamp_column=timestamp_column
+        )
+
+    def push_features(self, view: str, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """Append rows to a push-source view (all refused on a schema mismatch)."""
+        from mlrig.remote.features import _plain as plain
+
+        body = {"rows": [{k: plain(v) for k, v in r.items()} for r in rows]}
+        return self._request("POST", f"/feature-views/{_segment(view)}/push", json=body)
+
+    def materialize(self, view: str, *, start: Any = None, end: Any = None) -> dict[str, Any]:
+        """Queue a materialisation of ``view`` (``[start, end)``; default from the
+        watermark to now): the experiment (follow it with :meth:`get_experiment`)."""
+        body = _params({"start": _jsonable(start), "end": _jsonable(end)})
+        return self._request("POST", f"/feature-views/{_segment(view)}/materialize", json=body)
+
+    def feature_statistics(self, view: str) -> dict[str, Any]:
+        """The latest statistics of each feature of ``view``."""
+        return self._request("GET", f"/feature-views/{_segment(view)}/statistics")
+
     # --- tracked runs -----------------------------------------------------------------------
 
     def start_run(self, **fields: Any) -> dict[str, Any]:
