@@ -67,6 +67,7 @@ def quickstart(directory: Path) -> None:
     _promote(platform, versions)
     _compare_and_download(platform, versions)
     token = _serve(platform)
+    features = _features(platform, operator)
 
     _step("next")
     for command, what in [
@@ -98,6 +99,9 @@ def quickstart(directory: Path) -> None:
     _step("predict through the server")
     click.echo("with `mlrig server` running, the deployment answers this (a predict-only token):")
     click.echo(_curl(token, "http://127.0.0.1:8080"))
+    if features:
+        click.echo("\nand the feature store's online values (a token of alice, see above):")
+        click.echo(_features_curl("http://127.0.0.1:8080"))
 
 
 def _train(platform: Platform, operator: Principal) -> list[dict[str, Any]]:
@@ -376,3 +380,119 @@ class _live_server:
         self.server.should_exit = True
         self.thread.join(10)
         self.dataplane.stop()
+
+
+#: the quickstart's feature view: a few customers' spending, two days of history
+FEATURE_VIEW = "customer_stats"
+FEATURE_NAMES = ("avg_spend", "orders_7d", "tenure_days")
+FEATURE_SOURCE = "artifact://quickstart/features/customer_stats.parquet"
+
+
+def _features_curl(base: str) -> str:
+    body = (
+        '{"features": ["customer_stats:avg_spend", "orders_7d"], "entities": [{"customer_id": 1}]}'
+    )
+    return (
+        "curl -H \"Authorization: Bearer $MLRIG_TOKEN\" -H 'Content-Type: application/json' \\\n"
+        f"     -d '{body}' {base}/api/ml/features/batch"
+    )
+
+
+def _feature_rows() -> Any:
+    """Two days of history for five customers (the newest an hour ago)."""
+    from datetime import datetime, timedelta, timezone
+
+    import pandas as pd
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    rows = [
+        {
+            "customer_id": customer,
+            "event_timestamp": now - timedelta(days=1 - day, hours=1),
+            "avg_spend": round(12.5 * customer + 3.0 * day, 2),
+            "orders_7d": float(customer + day),
+            "tenure_days": float(30 * customer + day),
+        }
+        for customer in range(1, 6)
+        for day in range(2)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _features(platform: Platform, operator: Principal) -> bool:
+    """An entity and a feature view over a Parquet file, materialised on the engine, read
+    online. Skipped (False) without the ``features`` extra."""
+    try:
+        import duckdb  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        _step("feature store: skipped (pip install 'mlrig[features]' for this part)")
+        return False
+    import io
+
+    from mlrig.engine.allocator import Capacity
+    from mlrig.engine.worker import Worker
+    from mlrig.errors import ConflictError
+
+    _step("feature store: an entity, a feature view over a Parquet file, materialise, read online")
+    buffer = io.BytesIO()
+    _feature_rows().to_parquet(buffer, index=False)
+    key = FEATURE_SOURCE.removeprefix("artifact://")
+    platform.artifacts.put(key, buffer.getvalue())
+    click.echo(f"wrote 10 rows of 5 customers to {FEATURE_SOURCE} (Parquet)")
+    store = platform.features
+    try:
+        store.create_entity(
+            {"name": "customer", "join_keys": ["customer_id"], "description": "a shop's customer"},
+            actor=operator,
+        )
+        store.create_view(
+            {
+                "name": FEATURE_VIEW,
+                "entities": ["customer"],
+                "source": {"kind": "file", "uri": FEATURE_SOURCE, "format": "parquet"},
+                "features": [{"name": n, "type": "numerical"} for n in FEATURE_NAMES],
+                "ttl_seconds": 7 * 86400,
+                "description": "spending per customer (quickstart)",
+            },
+            actor=operator,
+        )
+        click.echo(
+            f"entity 'customer' (join key customer_id), view {FEATURE_VIEW!r}: "
+            f"{', '.join(FEATURE_NAMES)}; TTL 7 days"
+        )
+    except ConflictError:  # a second tour
+        click.echo(f"entity 'customer' and view {FEATURE_VIEW!r} exist: materialising again")
+    experiment = store.materialize(FEATURE_VIEW, actor=operator)
+    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)))
+    worker.run(exit_when_idle=True)
+    experiment = platform.experiments.get(experiment["id"])
+    if experiment["status"] != "completed":
+        msg = (
+            f"materialising {FEATURE_VIEW} ended {experiment['status']}: "
+            f"{experiment.get('status_detail')}; see: mlrig experiments logs {experiment['id']}"
+        )
+        raise click.ClickException(msg)
+    metrics = (experiment.get("result") or {}).get("metrics") or {}
+    rows = metrics.get("rows")
+    click.echo(
+        f"materialised {FEATURE_VIEW} into the {platform.settings.features.backend!r} online "
+        f"store on the job engine" + (f" ({int(rows)} rows)" if rows is not None else "")
+    )
+    answer = store.get_online_features(
+        [f"{FEATURE_VIEW}:{n}" for n in FEATURE_NAMES],
+        [{"customer_id": 1}, {"customer_id": 3}, {"customer_id": 99}],
+        actor=operator,
+    )
+    for key_value, values, missing in zip(
+        (1, 3, 99), answer["results"], answer["missing"], strict=True
+    ):
+        shown = ", ".join(f"{n}={values.get(n)}" for n in FEATURE_NAMES)
+        note = f"  (missing: {', '.join(missing)}: no such customer)" if missing else ""
+        click.echo(f"online customer_id={key_value}: {shown}{note}")
+    click.echo(
+        "deploy a model on these features with entity keys only: see docs/serving.md "
+        "(feature-backed deployments) and examples/features/"
+    )
+    return True

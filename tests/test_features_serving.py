@@ -97,7 +97,10 @@ def test_signature_must_take_the_feature_columns() -> None:
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Any]:
     plat = make_platform(
-        tmp_path / "home", auth={"enabled": False}, serving={"refresh_seconds": 0.1}
+        tmp_path / "home",
+        auth={"enabled": False},
+        serving={"refresh_seconds": 0.1},
+        datasets={"allowed_roots": [str(tmp_path)]},
     )
     yield plat
     plat.close()
