@@ -29,6 +29,7 @@ BUILTIN_COMMANDS = {
     "models": "mlrig.cli.models:models",
     "experiments": "mlrig.cli.experiments:experiments",
     "sweeps": "mlrig.cli.sweeps:sweeps",
+    "features": "mlrig.cli.features:features",
     "storage": "mlrig.cli.storage:storage",
     "worker": "mlrig.cli.worker:worker",
     "deployments": "mlrig.cli.deployments:deployments",
