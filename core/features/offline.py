@@ -323,7 +323,7 @@ def _check_expression(con: Any, view: FeatureViewSpec, feature: FeatureSpec) -> 
     sql = f"SELECT ({feature.sql}) AS x FROM t"
     bad = None
     try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     except Exception as exc:  # a DuckDB parser error
         bad = str(exc)
     else:

@@ -65,6 +65,7 @@ def connect() -> Any:
     """A fresh in-memory DuckDB connection with bounded memory (spills to a temp folder)."""
     duckdb = require_extra()
     con = duckdb.connect(config={"memory_limit": os.environ.get("MLRIG_DUCKDB_MEMORY", "2GB")})
+    con.execute("SET TimeZone = 'UTC'")  # aware results come back in UTC
     return con
 
 
