@@ -39,6 +39,7 @@ __all__ = [
     "check_points",
     "drop_points",
     "history_fields",
+    "insert_checked",
     "latest_values",
     "new_ids",
     "read_history",
@@ -192,11 +193,23 @@ def write_points(
                 _require_experiment(session, key)
             else:
                 _require_attempt(session, key, fence, db.dialect == "postgresql")
-            raw = session.connection().connection.driver_connection
-            if db.dialect == "postgresql":
-                _copy_postgresql(raw, key, _pg_rows(rows), batch_time=now)
-            else:
-                _insert_sqlite(raw, key, rows)
+            insert_checked(session, key, rows, batch_time=now)
+    return len(rows)
+
+
+def insert_checked(
+    session: Session, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]], *, batch_time: datetime
+) -> int:
+    """Insert rows :func:`check_points` returned (``now=batch_time``) in ``session``'s
+    transaction, which the caller made safe to write in (the engine's completing
+    transaction holds the job's row, fenced by its attempt). Returns how many."""
+    if not rows:
+        return 0
+    raw = session.connection().connection.driver_connection
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_postgresql(raw, experiment_id, _pg_rows(rows), batch_time=batch_time)
+    else:
+        _insert_sqlite(raw, experiment_id, rows)
     return len(rows)
 
 
