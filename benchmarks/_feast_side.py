@@ -7,8 +7,8 @@ prints one JSON object on stdout. Commands:
 - ``setup``: writes ``feature_store.yaml`` into ``repo`` (project ``project``, a file
   registry, the ``online`` store: ``sqlite`` (a file in the repo) or ``redis``
   (``redis_host``, ``redis_port``, ``redis_db``), the ``offline`` store: ``file``
-  (Feast's default, pandas/dask) or ``duckdb``) and applies the entity and the feature views over the benchmark's Parquet
-  files (``_features_data.Layout``);
+  (Feast's default, pandas/dask) or ``duckdb``) and applies the entity and the feature
+  views over the benchmark's Parquet files (``_features_data.Layout``);
 - ``materialize``: ``store.materialize(START, END + 1 s)`` of every view, timed;
 - ``online``: ``store.get_online_features(features, entity_rows).to_dict()`` for each of
   ``keys`` (lists of driver ids), timed per call after ``warmup`` calls, plus a checksum
