@@ -11,12 +11,21 @@ import pickle
 import signal
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrig.engine.early_stopping import EarlyStopping
 from mlrig.errors import MlrigError
-from mlrig.experiments.metrics import AttemptFence, AttemptLostError, drop_points, write_points
+from mlrig.experiments.metrics import (
+    AttemptFence,
+    AttemptLostError,
+    check_points,
+    drop_points,
+    insert_checked,
+    write_points,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -95,7 +104,12 @@ class JobContext:
         self.datasets: list[dict[str, str | None]] = []
         self.model_version_id: str | None = None
         self.created_by: uuid.UUID | None = experiment.get("created_by")
-        self.creator_name: str | None = experiment.get("creator_name")
+        #: the creator's name; looked up when first needed if the experiment lacks it
+        #: (a job handed its experiment by the worker reads no user row it may not need)
+        self._creator_name: str | None = experiment.get("creator_name")
+        self._creator_known = "creator_name" in experiment
+        self._submitted_by: str | None = experiment.get("submitted_by")
+        self._closing_points = 0
         #: configuration["sweep"] of a sweep's trial (mlrig.sweeps), else None
         self.sweep: dict[str, Any] | None = experiment.get("sweep") or None
         self._pruning = self._make_pruning(self.sweep)
@@ -111,6 +125,24 @@ class JobContext:
         except (MlrigError, KeyError, TypeError) as exc:  # pruning must never fail a job
             print(f"[mlrig] no pruning for this trial: {exc}", flush=True)
             return None
+
+    @property
+    def creator_name(self) -> str | None:
+        """Who created the experiment (what it registers is theirs, not the worker's)."""
+        if not self._creator_known:
+            name = self._submitted_by
+            if self.created_by is not None:
+                from mlrig.db.models import User
+
+                with self.platform.db.session() as session:
+                    user = session.get(User, self.created_by)
+                    name = user.name if user is not None else name
+            self._creator_name, self._creator_known = name, True
+        return self._creator_name
+
+    @creator_name.setter
+    def creator_name(self, value: str | None) -> None:
+        self._creator_name, self._creator_known = value, True
 
     # --- signals ------------------------------------------------------------------------
 
@@ -233,6 +265,41 @@ class JobContext:
             raise LeaseLostError(msg) from None
         self._last_flush = time.monotonic()
         self.platform.hooks.metrics_logged(self.experiment_id, count)
+
+    def closing_writes(self) -> Callable[[Session], None]:
+        """The attempt's last flush (:meth:`flush` with ``closing``) as writes for the
+        transaction that completes the job (:meth:`JobQueue.complete`'s ``also``, which
+        holds the job's row fenced by this attempt): the points still buffered, and what
+        earlier attempts logged when this one has not superseded it yet. So the last
+        points and the completion commit together or not at all, in one transaction
+        instead of three. The points are checked here, before anything is written
+        (:class:`~mlrig.errors.ValidationError` as from :meth:`flush`); call
+        :meth:`closed` once the transaction committed."""
+        points, self._buffer = self._buffer, []
+        now = datetime.now(timezone.utc)
+        rows = check_points(points, now=now) if points else []
+        supersede = not self._superseded
+        key = self.job.id
+
+        def write(session: Session) -> None:
+            if supersede:
+                from sqlalchemy import delete
+
+                from mlrig.db.models import TrainingMetric
+
+                session.execute(delete(TrainingMetric).where(TrainingMetric.experiment_id == key))
+            insert_checked(session, key, rows, batch_time=now)
+
+        self._closing_points = len(rows)
+        return write
+
+    def closed(self) -> None:
+        """The completing transaction with :meth:`closing_writes` committed."""
+        self._superseded = True
+        self._last_flush = time.monotonic()
+        count, self._closing_points = self._closing_points, 0
+        if count:
+            self.platform.hooks.metrics_logged(self.experiment_id, count)
 
     # --- checkpoints -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,10 @@ class ClaimedJob:
     max_attempts: int
     resources: dict[str, Any]
     owner: str
+    #: what the job needs of its experiment as the claim read it
+    #: (:func:`mlrig.engine.runner.job_experiment`), handed to the job so that it does
+    #: not read it again; ``None`` where the job was not claimed here
+    experiment: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ class JobQueue:
             job.started_at = job.started_at or now
             detail = f"attempt {job.attempts} on {owner}"
             self._record(session, job, states.RUNNING, detail, events)
+            from mlrig.engine.runner import job_experiment
+
             claimed = ClaimedJob(
                 id=job.id,
                 name=job.name,
@@ -221,6 +227,7 @@ class JobQueue:
                 max_attempts=job.max_attempts,
                 resources=dict(job.resources or {}),
                 owner=owner,
+                experiment=job_experiment(job),
             )
         self._fire(events)
         return claimed

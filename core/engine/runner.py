@@ -35,6 +35,9 @@ PERMANENT_MARKER = "[mlrig] not retried: "
 #: ``[commit, dirty]`` of the origin folder as the worker last looked (JSON); without it
 #: the job runs ``git`` itself
 ORIGIN_GIT_ENV = "MLRIG_ORIGIN_GIT"
+#: a file with the experiment as the worker's claim read it (:func:`hand_over`); without
+#: it, or when it is not this attempt's, the job reads the experiment itself
+EXPERIMENT_ENV = "MLRIG_JOB_EXPERIMENT"
 #: a platform a fork server built before forking this process: ``(settings JSON,
 #: platform)`` (see :func:`prepare_platform`)
 _PREPARED: list[tuple[str, Any] | None] = [None]
@@ -110,28 +113,74 @@ def load_experiment(platform: Any, job_id: uuid.UUID) -> dict[str, Any]:
         if row is None:
             msg = f"no experiment {job_id}"
             raise SystemExit(msg)
-        config = dict(row.configuration or {})
+        experiment = job_experiment(row)
         creator = session.get(User, row.created_by) if row.created_by else None
-        return {
-            # who created the experiment: what it registers is theirs, not the worker's
-            "created_by": row.created_by,
-            "creator_name": creator.name if creator else config.get("submitted_by"),
-            "id": str(row.id),
-            "name": row.name,
-            "trainer": row.trainer,
-            "hyperparameters": dict(row.hyperparameters or {}),
-            "dataset": config.get("dataset"),
-            "model_name": config.get("model_name"),
-            "resources": dict(row.resources or {}),
-            "seed": row.seed,
-            "checkpoint_interval_s": row.checkpoint_interval_s,
-            "early_stopping": row.early_stopping,
-            "last_checkpoint": row.last_checkpoint,
-            "max_attempts": row.max_attempts,
-            "reproducibility": dict(row.reproducibility or {}),
-            # a sweep's trial: its sweep, objective and pruner (mlrig.sweeps)
-            "sweep": config.get("sweep"),
-        }
+        if creator is not None:
+            experiment["creator_name"] = creator.name
+        else:
+            experiment["creator_name"] = experiment["submitted_by"]
+        return experiment
+
+
+def job_experiment(row: Any) -> dict[str, Any]:
+    """What a job needs of its experiment row (a ``TrainingExperiment``), without the
+    creator's name (:attr:`JobContext.creator_name` looks it up when first needed)."""
+    config = dict(row.configuration or {})
+    return {
+        # who created the experiment: what it registers is theirs, not the worker's
+        "created_by": row.created_by,
+        "submitted_by": config.get("submitted_by"),
+        "id": str(row.id),
+        "name": row.name,
+        "trainer": row.trainer,
+        "hyperparameters": dict(row.hyperparameters or {}),
+        "dataset": config.get("dataset"),
+        "model_name": config.get("model_name"),
+        "resources": dict(row.resources or {}),
+        "seed": row.seed,
+        "checkpoint_interval_s": row.checkpoint_interval_s,
+        "early_stopping": row.early_stopping,
+        "last_checkpoint": row.last_checkpoint,
+        "max_attempts": row.max_attempts,
+        "reproducibility": dict(row.reproducibility or {}),
+        # a sweep's trial: its sweep, objective and pruner (mlrig.sweeps)
+        "sweep": config.get("sweep"),
+    }
+
+
+def hand_over(path: Path, experiment: dict[str, Any], attempt: int) -> bool:
+    """Worker: write the experiment its claim read (:func:`job_experiment`) for the job
+    of ``attempt`` to read instead of querying it (:func:`handed_experiment`). Returns
+    whether it did (a value JSON cannot carry: the job reads the row itself)."""
+    created_by = experiment.get("created_by")
+    record = {
+        "id": experiment["id"],
+        "attempt": attempt,
+        "experiment": {**experiment, "created_by": str(created_by) if created_by else None},
+    }
+    try:
+        path.write_text(json.dumps(record))
+    except (TypeError, ValueError, OSError):
+        return False
+    return True
+
+
+def handed_experiment(job_id: uuid.UUID, attempt: int) -> dict[str, Any] | None:
+    """The experiment the worker handed to this attempt (:data:`EXPERIMENT_ENV`), or
+    ``None`` (none, unreadable, or another experiment's or attempt's)."""
+    where = os.environ.get(EXPERIMENT_ENV)
+    if not where:
+        return None
+    try:
+        record = json.loads(Path(where).read_text())
+        if record["id"] != str(job_id) or record["attempt"] != attempt:
+            return None
+        experiment = dict(record["experiment"])
+        if experiment.get("created_by"):
+            experiment["created_by"] = uuid.UUID(experiment["created_by"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return experiment
 
 
 def reproducibility_facts(
@@ -215,7 +264,9 @@ def forget_prepared_platform() -> None:
 
 
 def _compile_job_statements(platform: Any) -> None:
-    from mlrig.db.models import User
+    from sqlalchemy import delete
+
+    from mlrig.db.models import TrainingMetric, User
     from mlrig.engine.queue import ClaimedJob
     from mlrig.experiments.metrics import AttemptFence, AttemptLostError, drop_points
 
@@ -234,6 +285,9 @@ def _compile_job_statements(platform: Any) -> None:
         id=nobody, name="-", trainer=None, attempt=0, max_attempts=1, resources={}, owner="-"
     )
     platform.queue.complete(job, result={})  # holds no such attempt: writes nothing
+    with platform.db.session() as session:  # the closing flush's (deletes nothing)
+        platform.db.begin_write(session)
+        session.execute(delete(TrainingMetric).where(TrainingMetric.experiment_id == nobody))
 
 
 def _prepared_platform() -> Any:
@@ -268,7 +322,8 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     # may have built the platform of those settings already.
     platform = _prepared_platform() or Platform.from_config()
     key = uuid.UUID(job_id)
-    experiment = load_experiment(platform, key)
+    # what the worker's claim read, else one read of our own
+    experiment = handed_experiment(key, attempt) or load_experiment(platform, key)
     job = ClaimedJob(
         id=key,
         name=experiment["name"],
@@ -290,7 +345,12 @@ def run(job_id: str, attempt: int, owner: str) -> int:
             flush=True,
         )
         result = trainer.train(context)
-        context.flush(closing=True)
+        # an interrupted attempt (not pruned) does not complete: it flushes on its own;
+        # otherwise the last points are written by the transaction that completes it
+        interrupted = context.interrupted and context.pruned is None
+        closing = None if interrupted else context.closing_writes()
+        if closing is None:
+            context.flush(closing=True)
         facts = reproducibility_facts(experiment, context.datasets)
     except LeaseLostError as exc:
         print(f"[mlrig] {exc}", flush=True)
@@ -307,7 +367,7 @@ def run(job_id: str, attempt: int, owner: str) -> int:
             print(f"{PERMANENT_MARKER}{one_line(exc)}", flush=True)
             return EXIT_PERMANENT
         return 1
-    if context.interrupted and context.pruned is None:  # a pruned trial is done: complete it
+    if closing is None:  # interrupted; a pruned trial is done: it completes
         with platform.db.session() as session:  # the record of what ran, kept as before
             _store_facts(session, key, facts)
         print("[mlrig] interrupted by SIGTERM; the last checkpoint is kept", flush=True)
@@ -326,8 +386,10 @@ def run(job_id: str, attempt: int, owner: str) -> int:
         outcome["pruned"] = context.pruned.as_outcome()
 
     def also(session: Any) -> None:
-        """In the transaction completing the job: the reproducibility record, and a pruned
-        trial's ``sweep_trials`` row."""
+        """In the transaction completing the job: the last metric points, the
+        reproducibility record, and a pruned trial's ``sweep_trials`` row."""
+        assert closing is not None
+        closing(session)
         _store_facts(session, key, facts)
         if pruned:
             context.record_pruned(session)
@@ -335,6 +397,7 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     if not platform.queue.complete(job, detail=detail, result=outcome, also=also):
         print("[mlrig] this attempt lost the job before completing it", flush=True)
         return EXIT_LEASE_LOST
+    context.closed()
     print(f"[mlrig] completed{': ' + detail if detail else ''}", flush=True)
     platform.close()
     return 0

@@ -25,8 +25,10 @@ from mlrig.engine.allocator import Capacity, ResourceAllocator
 from mlrig.engine.runner import (
     EXIT_LEASE_LOST,
     EXIT_PERMANENT,
+    EXPERIMENT_ENV,
     ORIGIN_GIT_ENV,
     PERMANENT_MARKER,
+    hand_over,
 )
 from mlrig.engine.states import COMPLETED
 
@@ -209,6 +211,10 @@ class Worker:
             ORIGIN_GIT_ENV: self._origin_git(settings.base_dir),
             INHERITED_ENV: self._settings_json,
         }
+        # the experiment as the claim read it: the job need not read it again
+        handed = folder / "experiment.json"
+        if job.experiment is not None and hand_over(handed, job.experiment, job.attempt):
+            env[EXPERIMENT_ENV] = str(handed)
         args = (str(job.id), str(job.attempt), self.owner)
         spec = JobSpec(
             argv=(sys.executable, "-m", "mlrig.engine.runner", *args),
