@@ -42,6 +42,8 @@ when it is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -115,7 +117,7 @@ def main(module_path, spec_path, out_dir):
     ddp = DDP(model)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(data, batch_size=spec["batch_size"], sampler=sampler)
-    began, samples = time.monotonic(), 0
+    began, began_at, samples = time.monotonic(), time.time(), 0
     for epoch in range(spec["epochs"]):
         sampler.set_epoch(epoch)
         ddp.train()
@@ -126,10 +128,11 @@ def main(module_path, spec_path, out_dir):
             optimizer.step()
             samples += len(x)
     train_s = time.monotonic() - began
+    ended_at = time.time()
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(out_dir, "final.pt"))
         result = {"samples_per_s": samples * world / train_s, "train_s": train_s,
-                  "loss": float(loss.detach())}
+                  "loss": float(loss.detach()), "began_at": began_at, "ended_at": ended_at}
         with open(os.path.join(out_dir, "result.json"), "w") as fh:
             json.dump(result, fh)
     dist.barrier()
@@ -236,7 +239,9 @@ class Bench:
             "end_s": round(at["completed"] - final.stat().st_mtime, 3),
         }
         phases["start_s"] = round(wall - train_s - phases["queue_s"] - phases["end_s"], 3)
-        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases}
+        timeline = mlrig_timeline(final.parent, submitted, at)
+        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases,
+                "timeline_s": timeline}  # fmt: skip
 
     def run_plain(self, nproc: int, epochs: int) -> dict[str, Any]:
         """``torchrun --standalone`` on the plain script: the launcher's wall and the
@@ -253,7 +258,7 @@ class Bench:
             f"--nproc-per-node={nproc}",
             str(self.plain), str(self.module), str(out / "spec.json"), str(out),
         ]  # fmt: skip
-        started = time.perf_counter()
+        started, launched = time.perf_counter(), time.time()
         proc = subprocess.run(
             command,
             env=env,
@@ -270,7 +275,36 @@ class Bench:
         rate = result["samples_per_s"]
         train_s = self.args.samples * epochs / rate
         phases = {"train_s": round(train_s, 3), "rest_s": round(wall - train_s, 3)}
-        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases}
+        timeline = {
+            "start_s": round(result["began_at"] - launched, 3),
+            "train_s": round(result["ended_at"] - result["began_at"], 3),
+            "end_s": round(launched + wall - result["ended_at"], 3),
+        }
+        return {"wall_s": round(wall, 3), "samples_per_s": round(rate, 1), "phases": phases,
+                "timeline_s": timeline}  # fmt: skip
+
+
+#: the marks of one mlrig run, in order: (name, where it comes from)
+MARKS = ("submitted", "claimed", "job_started", "torchrun_started", "first_step", "last_step",
+         "packaged", "ranks_exited", "registered", "completed")  # fmt: skip
+
+
+def mlrig_timeline(run: Path, submitted: float, at: dict[str, float]) -> dict[str, float]:
+    """Seconds between the marks of one run (``MARKS``; a mark that run lacks is skipped):
+    the engine's events (``running`` = claimed, ``completed``), the job process's
+    ``timeline.json``, the lead rank's first step (``restarts.json``) and last step
+    (``final.pt`` written) and its model package (``package/mlrig-model.json`` written)."""
+    stamps: dict[str, float] = {"submitted": submitted, "claimed": at["running"]}
+    with contextlib.suppress(OSError, ValueError):
+        stamps.update(json.loads((run / "timeline.json").read_text()))
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        stamps["first_step"] = json.loads((run / "restarts.json").read_text())["starts"][0]["at"]
+    stamps["last_step"] = (run / "final.pt").stat().st_mtime
+    with contextlib.suppress(OSError):
+        stamps["packaged"] = (run / "package" / "mlrig-model.json").stat().st_mtime
+    stamps["completed"] = at["completed"]
+    present = [m for m in MARKS if m in stamps]
+    return {f"{a}->{b}": round(stamps[b] - stamps[a], 3) for a, b in itertools.pairwise(present)}
 
 
 def _epoch(text: str) -> float:
@@ -291,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per rank per step")
     parser.add_argument("--nproc", type=int, default=2, help="processes of the overhead runs")
     parser.add_argument("--runs", type=int, default=3, help="mlrig/plain pairs at --nproc")
-    parser.add_argument("--throughput-runs", type=int, default=1, help="pairs at nproc 1")
+    parser.add_argument("--throughput-runs", type=int, default=1, help="pairs at nproc 1 (0: none)")
     parser.add_argument("--warmup", type=int, default=1, help="tiny untimed mlrig jobs")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--smoke", action="store_true", help="CI: 2 epochs of 512 rows, 1 run")
@@ -335,7 +369,29 @@ def main(argv: list[str] | None = None) -> int:
             "plain_wall_s": median([p["wall_s"] for _, p in rows]),
         }
 
-    one, many = rates(singles, 1), rates(pairs, args.nproc)
+    many = rates(pairs, args.nproc)
+    one = rates(singles, 1) if singles else None
+
+    def timelines(side: int) -> dict[str, float]:
+        keys = [
+            k
+            for k in pairs[0][side]["timeline_s"]
+            if all(k in r[side]["timeline_s"] for r in pairs)
+        ]
+        return {k: median([r[side]["timeline_s"][k] for r in pairs]) for k in keys}
+
+    def fixed(side: int) -> list[float]:  # wall minus the ranks' loop (first -> last step)
+        train = "first_step->last_step" if side == 0 else "train_s"
+        return [round(r[side]["wall_s"] - r[side]["timeline_s"][train], 3) for r in pairs]
+
+    speedups = (
+        {
+            "speedup_mlrig": round(many["mlrig_samples_per_s"] / one["mlrig_samples_per_s"], 3),
+            "speedup_plain": round(many["plain_samples_per_s"] / one["plain_samples_per_s"], 3),
+        }
+        if one
+        else {}
+    )
     report = {
         "epochs": args.epochs,
         "samples": args.samples,
@@ -360,12 +416,19 @@ def main(argv: list[str] | None = None) -> int:
             "plain_phases_s": {
                 k: median([p["phases"][k] for _, p in pairs]) for k in pairs[0][1]["phases"]
             },
+            # the marks of each run (mlrig_timeline) and the fixed cost: wall - the loop
+            "mlrig_timeline_s": timelines(0),
+            "plain_timeline_s": timelines(1),
+            "mlrig_fixed_s": fixed(0),
+            "plain_fixed_s": fixed(1),
+            "extra_fixed_s_median": median(
+                [m - p for m, p in zip(fixed(0), fixed(1), strict=True)]
+            ),
         },
         "throughput": {
             "nproc_1": one,
             f"nproc_{args.nproc}": many,
-            "speedup_mlrig": round(many["mlrig_samples_per_s"] / one["mlrig_samples_per_s"], 3),
-            "speedup_plain": round(many["plain_samples_per_s"] / one["plain_samples_per_s"], 3),
+            **speedups,
         },
         "goal": f"torch-ddp wall under {GOAL:.0%} above plain torchrun's on a 60 s run",
         "goal_met": overhead < GOAL,
@@ -391,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{mp['start_s']:.2f} s, training {mp['train_s']:.2f} s, end {mp['end_s']:.2f} s; "
             f"plain training {pp['train_s']:.2f} s, start+end {pp['rest_s']:.2f} s"
         )
+        print("mlrig timeline (medians): " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in o["mlrig_timeline_s"].items()))  # fmt: skip
+        print("plain timeline (medians): " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in o["plain_timeline_s"].items()))  # fmt: skip
+        print(
+            f"fixed cost (wall - loop): mlrig {o['mlrig_fixed_s']} s, plain {o['plain_fixed_s']}"
+            f" s; mlrig's extra: {o['extra_fixed_s_median']:+.2f} s (median)"
+        )
+        if one is None:
+            return 1 if args.check and not report["goal_met"] else 0
         print(f"{'samples/s':<10} {'nproc 1':>10} {f'nproc {args.nproc}':>10} {'speed-up':>9}")
         for side in ("mlrig", "plain"):
             a, b = one[f"{side}_samples_per_s"], many[f"{side}_samples_per_s"]

@@ -102,8 +102,9 @@ class Rank:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.relay = WorkerRelay(run_dir, rank=self.rank)
-        cuda = bool(self.spec.get("cuda")) and torch.cuda.is_available()
+        cuda = bool(self.spec.get("cuda"))
         if cuda:
+            self._confirm_cuda()
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
         else:
@@ -126,6 +127,26 @@ class Rank:
                 "lead": self.lead, "world": self.world,
                 "backend": dist.get_backend()}  # fmt: skip
         atomic_write(run_dir / f"worker-{self.rank}.json", json.dumps(info))
+
+    def _confirm_cuda(self) -> None:
+        """The job chose nccl from the GPUs it was given (without importing torch): check
+        that torch sees a CUDA device for this rank, else fail for good, saying why."""
+        import torch
+
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if self.local_rank < seen:
+            return
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        msg = (
+            f"the job was given {self.spec.get('gpus')} GPU(s) (CUDA_VISIBLE_DEVICES="
+            f"{visible!r}), so the ranks use nccl, but torch {torch.__version__} sees "
+            f"{seen} CUDA device(s) for local rank {self.local_rank}"
+            + (" (a CPU-only build of torch, or no working CUDA driver)" if not seen else "")
+            + ": install a CUDA build of torch, or run the job without gpus"
+        )
+        exc = RuntimeError(msg)
+        self.relay.record_error(exc, permanent=True)
+        raise exc
 
     def _store(self) -> Any:
         """The launcher's store under a prefix of this restart: after an elastic restart,
@@ -368,6 +389,7 @@ class Rank:
             self.run_dir / f"params-{self.rank}.json",
             json.dumps({"rank": self.rank, "sha256": param_hash(self.raw_model), "step": step}),
         )
+        sample = None
         if self.is_lead:
             buffer = io.BytesIO()
             torch.save({k: v.cpu() for k, v in self.raw_model.state_dict().items()}, buffer)
@@ -384,6 +406,39 @@ class Rank:
                 atomic_write(self.run_dir / "sample.pt", buffer.getvalue())
         dist.barrier()
         dist.destroy_process_group()
+        if self.is_lead and self.spec.get("package"):  # while the other ranks exit
+            state = {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}
+            self._package(state, sample)
+
+    def _package(self, state: dict[str, Any], sample: Any) -> None:
+        """The model the job registers, packaged as the registry stores it (native artifact,
+        ``torch.export`` program, ONNX export with its parity check: ``package_model``) into
+        RUN_DIR/package: the user's model built again on CPU with the final weights, in eval
+        mode, the sample as numpy, as the job process did before. Written into a temporary
+        folder renamed at the end; when it fails the job packages the model itself (and
+        fails there with the same error, if it is one)."""
+        import shutil
+
+        from mlrig.formats import package_model
+
+        if (self.run_dir / "no-package").exists():  # the job was interrupted
+            return
+        target = self.run_dir / "package"
+        tmp = self.run_dir / f".package.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build_model = require_function(self.user, "build_model", spec=self.spec["module"])
+            model = build_model(dict(self.spec.get("params") or {}))
+            model.load_state_dict(state)
+            model.eval()
+            rows = sample.numpy() if sample is not None else None
+            package_model(model, tmp, sample=rows)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                atomic_write(self.run_dir / "package-error.txt", traceback.format_exc()[-4000:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,5 +469,22 @@ def main(argv: list[str] | None = None) -> int:
     return _main()
 
 
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown (torch, onnx and onnxruntime
+    take a second or more to unload, on the run's critical path: the launcher waits for
+    every rank): stdio and logging flushed; everything the rank wrote is already on disk
+    (``atomic_write`` syncs) and the process group is destroyed."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if code == 0:
+        exit_now(0)
+    raise SystemExit(code)

@@ -57,6 +57,7 @@ __all__ = [
     "atomic_write",
     "descendants",
     "die_with_parent",
+    "find_user_module",
     "load_user_module",
     "require_function",
     "session_processes",
@@ -64,6 +65,52 @@ __all__ = [
 
 
 # --- the user's module ---------------------------------------------------------------------
+
+
+def _is_path(text: str) -> bool:
+    return text.endswith(".py") or os.sep in text or "/" in text
+
+
+def find_user_module(
+    spec: object, *, base: Path | None = None, importable: bool = True
+) -> Path | None:
+    """Check that the module ``spec`` names can be found, without running it: the file
+    of a ``.py`` path (relative paths start at ``base``), ``None`` for an import string
+    (whose top-level package must be installed, with ``importable``).
+
+    :raises ValidationError: as :func:`load_user_module` does for a missing module.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        msg = (
+            "module must be a file path ('train.py') or an import string ('pkg.train'), "
+            f"got {spec!r}"
+        )
+        raise ValidationError(msg)
+    text = spec.strip()
+    if _is_path(text):
+        path = Path(text)
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a name too long for the file system, say
+            msg = f"module file {text!r} cannot be read: {exc.strerror or exc}"
+            raise ValidationError(msg) from None
+        if not exists:
+            msg = f"module file {text!r} does not exist (looked at {path})"
+            raise ValidationError(msg)
+        return path
+    if not importable:
+        return None
+    top = text.partition(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        msg = f"importing module {text!r} failed: no module named {top!r} is installed"
+        raise ValidationError(msg)
+    return None
 
 
 def load_user_module(spec: object, *, base: Path | None = None) -> ModuleType:
@@ -76,25 +123,12 @@ def load_user_module(spec: object, *, base: Path | None = None) -> ModuleType:
     :raises ValidationError: ``spec`` is not a string, the file does not exist, or importing
         the module fails (its exception's message is in ours).
     """
-    if not isinstance(spec, str) or not spec.strip():
-        msg = (
-            "module must be a file path ('train.py') or an import string ('pkg.train'), "
-            f"got {spec!r}"
-        )
-        raise ValidationError(msg)
-    text = spec.strip()
-    if text.endswith(".py") or os.sep in text or "/" in text:
-        path = Path(text)
-        if not path.is_absolute():
-            path = (base or Path.cwd()) / path
-        try:
-            exists = path.is_file()
-        except OSError as exc:  # a name too long for the file system, say
-            msg = f"module file {text!r} cannot be read: {exc.strerror or exc}"
-            raise ValidationError(msg) from None
-        if not exists:
-            msg = f"module file {text!r} does not exist (looked at {path})"
-            raise ValidationError(msg)
+    if not isinstance(spec, str) or not _is_path(spec.strip()):
+        find_user_module(spec, base=base, importable=False)  # raises for a bad spec
+    text = str(spec).strip()
+    if _is_path(text):
+        path = find_user_module(text, base=base)
+        assert path is not None
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
         name = f"mlrig_user_{''.join(c if c.isalnum() else '_' for c in path.stem)}_{digest}"
         if name in sys.modules:

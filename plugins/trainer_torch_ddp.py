@@ -35,7 +35,14 @@ from typing import Any
 
 from mlrig.contracts.trainer import PermanentError, Trainer, TrainingContext, TrainResult
 from mlrig.errors import ValidationError
-from mlrig.plugins._distributed import JobRelay, ProcessGroup, load_user_module, require_function
+from mlrig.plugins._distributed import (
+    JobRelay,
+    ProcessGroup,
+    atomic_write,
+    find_user_module,
+    load_user_module,
+    require_function,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESERVED = (
@@ -51,6 +58,11 @@ NODE_CHECK_S = 2.0
 #: seconds a node's launcher may take to end after its leader ended
 NODE_EXIT_GRACE_S = 10.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: the job writes this file into the run folder when it was interrupted (SIGTERM): the lead
+#: rank does not package a model nobody registers
+NO_PACKAGE = "no-package"
+#: files whose presence says an NVIDIA (or ROCm) driver is loaded
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
 
 
 def _int(params: dict[str, Any], name: str, default: int, *, low: int, high: int) -> int:
@@ -132,6 +144,28 @@ def _is_local(host: str) -> bool:
     return host in LOCAL_HOSTS or host in (socket.gethostname(), socket.getfqdn())
 
 
+def job_gpus() -> int:
+    """How many GPUs this job may use, without importing torch: the devices in
+    ``CUDA_VISIBLE_DEVICES`` (the executor sets it to the job's allocated GPUs; CUDA stops
+    at the first invalid entry) or, when it is unset, the NVIDIA driver's GPUs
+    (``/proc/driver/nvidia/gpus``); 0 where no GPU driver is loaded. The ranks confirm it
+    with torch, and fail saying so when torch sees fewer CUDA devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        gpus = Path("/proc/driver/nvidia/gpus")
+        count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    else:
+        count = 0
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):
+                break
+            count += 1
+    if count and not any(Path(f).exists() for f in GPU_DRIVER_FILES):
+        return 0
+    return count
+
+
 def allowed_cpus(context: Any) -> int:
     """The CPUs this job may use: its resources' ``cpus`` when given, else its affinity."""
     resources = getattr(getattr(context, "job", None), "resources", None) or {}
@@ -163,18 +197,17 @@ class TorchDDPTrainer(Trainer):
             raise
 
     def _train(self, context: TrainingContext, options: dict[str, Any]) -> TrainResult:
-        import torch
-
+        # torch is not imported here: the ranks do, and the lead rank packages the model
+        timeline = {"job_started": time.time()}
         user_params = {k: v for k, v in context.params.items() if k not in RESERVED}
         base = Path(os.environ.get("MLRIG_ORIGIN_DIR") or Path.cwd())
-        module = load_user_module(options["module"], base=base)
-        build_model = require_function(module, "build_model", spec=options["module"])
-        require_function(module, "build_dataset", spec=options["module"])
+        find_user_module(options["module"], base=base)  # its builders: checked by the ranks
         nproc = options["nproc_per_node"]
-        cuda = torch.cuda.is_available()
-        if cuda and nproc > torch.cuda.device_count():
+        gpus = job_gpus()
+        cuda = gpus > 0
+        if cuda and nproc > gpus:
             msg = (
-                f"nproc_per_node={nproc} is more than the {torch.cuda.device_count()} GPU(s) "
+                f"nproc_per_node={nproc} is more than the {gpus} GPU(s) "
                 "this job may use: lower it or ask for more gpus in the resources"
             )
             raise ValidationError(msg)
@@ -210,7 +243,11 @@ class TorchDDPTrainer(Trainer):
             "seed": context.seed or 0,
             "checkpoint_interval_s": getattr(context, "checkpoint_interval", 0),
             "cuda": cuda,
+            "gpus": gpus,
             "leader_node": leader,
+            # the lead rank packages the model for the registry (a sweep's trial keeps the
+            # model object as its candidate: packaged here, as before)
+            "package": leader and getattr(context, "sweep", None) is None,
         }
         (run_dir / "spec.json").write_text(json.dumps(spec))
         timeout = options["rdzv_timeout_s"]
@@ -221,7 +258,7 @@ class TorchDDPTrainer(Trainer):
             f"--rdzv-id={self._run_id(context)}",
             f"--rdzv-conf=is_host={str(is_host).lower()},join_timeout={int(max(1, timeout))},"
             f"read_timeout={int(max(1, timeout))}",
-            f"--max-restarts={options['max_restarts']}", "--monitor-interval=0.5",
+            f"--max-restarts={options['max_restarts']}", "--monitor-interval=0.1",
             f"--log-dir={run_dir / 'logs'}",
             "--module", "mlrig.plugins._ddp_worker", str(run_dir),
         ]  # fmt: skip
@@ -231,12 +268,15 @@ class TorchDDPTrainer(Trainer):
         print(f"[mlrig] torch-ddp: {' '.join(argv[1:])}", flush=True)
         log = run_dir / "torchrun.log"
         started = time.monotonic()
+        timeline["torchrun_started"] = time.time()
         with open(log, "wb") as out, ProcessGroup(argv, env=env, stdout=out, stderr=out) as group:
             tail = _Tail(log)
             while group.poll() is None:
                 time.sleep(POLL_S)
                 tail.copy()
                 relay.poll(context)
+                if context.interrupted and not (run_dir / NO_PACKAGE).exists():
+                    atomic_write(run_dir / NO_PACKAGE, "interrupted\n")  # no model to package
                 permanent = [e for e in relay.errors() if e.get("permanent")]
                 if permanent:
                     group.kill()
@@ -258,6 +298,7 @@ class TorchDDPTrainer(Trainer):
                     raise PermanentError(msg)
             code = group.poll()
             tail.copy()
+        timeline["ranks_exited"] = time.time()
         relay.poll(context, force_checkpoint=context.interrupted)
         if code != 0:
             raise self._failure(code, relay, log, endpoint, options)
@@ -275,15 +316,35 @@ class TorchDDPTrainer(Trainer):
             why = wait_nodes(context, timeout_s=NODE_EXIT_GRACE_S * 3)
             if why:  # every rank passed the final barrier: the model is whole
                 print(f"[mlrig] torch-ddp: {why}", flush=True)
+        context.log_metrics(metrics, step=relay.last_step)
+        from mlrig.formats import MANIFEST, read_package
+
+        package = run_dir / "package"
+        if spec["package"] and (package / MANIFEST).is_file():  # what the lead rank wrote
+            version = context.register_model(read_package(package))
+        else:  # a sweep's trial, or the lead rank could not package it: the same error here
+            model, sample = self._final_model(run_dir, base, user_params)
+            version = context.register_model(model, sample=sample)
+        timeline["registered"] = time.time()
+        timeline["torch_in_job"] = "torch" in sys.modules  # False unless packaged here
+        atomic_write(run_dir / "timeline.json", json.dumps(timeline))
+        return TrainResult(metrics=metrics, model_version_id=version["id"])
+
+    @staticmethod
+    def _final_model(run_dir: Path, base: Path, user_params: dict[str, Any]) -> tuple[Any, Any]:
+        """The user's model with the final weights, and the sample (numpy), or ``None``."""
+        import torch
+
+        module = load_user_module(json.loads((run_dir / "spec.json").read_text())["module"],
+                                  base=base)  # fmt: skip
+        build_model = require_function(module, "build_model")
         model = build_model(dict(user_params))
         model.load_state_dict(torch.load(run_dir / "final.pt", map_location="cpu"))
         model.eval()
         sample = None
         if (run_dir / "sample.pt").exists():
             sample = torch.load(run_dir / "sample.pt", map_location="cpu").numpy()
-        context.log_metrics(metrics, step=relay.last_step)
-        version = context.register_model(model, sample=sample)
-        return TrainResult(metrics=metrics, model_version_id=version["id"])
+        return model, sample
 
     # --- rendezvous and nodes ------------------------------------------------------------
 

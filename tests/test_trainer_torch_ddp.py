@@ -185,6 +185,27 @@ def test_two_ranks_on_cpu_train_identical_replicas_and_register_an_onnx_model(pl
     # 192 training rows on 2 ranks, batches of 16, an optimizer step every 2: 3 per epoch
     assert [s for s, _ in points(platform, job_id, "loss")] == list(range(18))
     assert leftovers(str(run)) == []
+    # the lead rank packaged the model (the job process imports no torch): the version
+    # holds that package's files, byte for byte, with the ONNX parity check passed
+    import hashlib
+
+    manifest = json.loads((run / "package" / "mlrig-model.json").read_text())
+    assert manifest["onnx"]["status"] == "ok" and manifest["onnx"]["check"]["status"] == "ok"
+    assert manifest["native"]["program"]["status"] == "ok"
+    row = job_row(platform, job_id)
+    version = platform.registry.get_version(
+        row.name, row.configuration["result"]["model_version_id"]
+    )
+    assert sorted(a["path"] for a in version["artifacts"]) == manifest["files"]
+    folder = tmp_path / "registered"
+    platform.registry.download_version(version["name"], version["version"], folder)
+    for rel in manifest["files"]:
+        digest = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+        assert digest == hashlib.sha256((run / "package" / rel).read_bytes()).hexdigest(), rel
+    marks = json.loads((run / "timeline.json").read_text())
+    assert marks["job_started"] <= marks["torchrun_started"] <= marks["ranks_exited"]
+    assert marks["ranks_exited"] <= marks["registered"]
+    assert marks["torch_in_job"] is False  # the job process never imported torch
 
 
 def test_a_killed_rank_restarts_the_group_from_the_checkpoint(platform, tmp_path):
@@ -449,6 +470,42 @@ def test_check_refuses_bad_options_at_create():
     for params, why in bad:
         with pytest.raises(ValidationError, match=why):
             trainer.check(params=params, dataset=None)
+
+
+def test_the_job_counts_its_gpus_without_torch(monkeypatch, tmp_path):
+    """The job process picks nccl or gloo from the GPUs it was given (the executor's
+    CUDA_VISIBLE_DEVICES), and only where a GPU driver is loaded."""
+    from mlrig.plugins import trainer_torch_ddp as ddp
+
+    driver = tmp_path / "nvidia-version"
+    monkeypatch.setattr(ddp, "GPU_DRIVER_FILES", (str(driver),))
+    cases = {"": 0, "0": 1, "0,1": 2, " 2 , 3 ": 2, "0,-1,1": 1, "-1": 0}
+    for visible, count in cases.items():
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert ddp.job_gpus() == 0, visible  # no driver: CPU whatever the mask says
+        driver.write_text("NVRM")
+        assert ddp.job_gpus() == count, visible
+        driver.unlink()
+
+
+def test_a_rank_told_to_use_cuda_without_it_fails_for_good_saying_why(monkeypatch, tmp_path):
+    """The ranks confirm the job's choice with torch: nccl chosen, no CUDA device seen ->
+    a permanent error naming the GPUs given and what to do (the job fails at once)."""
+    import torch
+
+    from mlrig.plugins._ddp_worker import Rank
+    from mlrig.plugins._distributed import RelayDir, WorkerRelay
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    rank = Rank.__new__(Rank)
+    rank.spec, rank.local_rank = {"cuda": True, "gpus": 1}, 0
+    rank.relay = WorkerRelay(tmp_path, rank=0)
+    with pytest.raises(RuntimeError, match=r"given 1 GPU\(s\).*sees 0 CUDA device"):
+        rank._confirm_cuda()
+    (error,) = RelayDir(tmp_path).errors()
+    assert error["permanent"] is True
+    assert "install a CUDA build of torch, or run the job without gpus" in error["message"]
 
 
 def test_importing_the_trainer_imports_no_torch():
