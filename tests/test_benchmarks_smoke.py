@@ -34,6 +34,7 @@ SMOKE_TESTED = {
     "bench_asha.py",
     "bench_sweeps.py",
     "bench_ddp.py",
+    "bench_features.py",
 }
 
 
@@ -439,3 +440,45 @@ def test_bench_ddp():
         )
         assert rates[f"speedup_{side}"] == pytest.approx(expected, rel=1e-2)
     assert isinstance(report["goal_met"], bool)
+
+
+# --- the feature store beside Feast: bench_features.py ---------------------------------------
+# --tiny --no-peer: 200 drivers, 20 requests per figure, 2,000 training rows, mlrig's side only
+# (Feast's environment is neither made nor used).
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param("sql-sqlite", id="sql-sqlite"),
+        pytest.param("sql-postgresql", id="sql-postgresql", marks=pytest.mark.postgres),
+        pytest.param("redis", id="redis"),
+    ],
+)
+def test_bench_features(store: str, request: pytest.FixtureRequest, tmp_path: Path):
+    venv = tmp_path / "feast-venv"
+    args = ["--tiny", "--no-peer", "--feast-venv", str(venv), "--stores", store]
+    if store == "sql-postgresql":
+        args += ["--postgres-url", request.getfixturevalue("postgres_admin_url")]
+    report = run_benchmark("bench_features.py", *args, timeout=300)
+    assert not venv.exists(), "--no-peer must not create Feast's environment"
+    assert report["feast"] is None and report["feast_version"] is None
+    assert report["features_online"] == 50 and report["requests"] == 20
+    [row] = report["mlrig"]["stores"]
+    assert row["store"] == store and "error" not in row, row
+    mat = row["materialize"]
+    assert mat["source_rows"] == 200 * 5 * 5 and mat["keys_written"] == 200 * 5
+    assert positive(mat["rows_per_s"]) and positive(mat["seconds"])
+    for side in ("in_process", "http"):
+        for batch in ("1", "100"):
+            figures = row[side][batch]
+            assert positive(figures["p50_ms"]) and figures["p50_ms"] <= figures["p99_ms"], figures
+            # every driver exists and every value is live: 50 values per driver asked
+            assert figures["check"]["values"] == 50 * int(batch), figures
+    online = report["online"]
+    assert len(online) == 4 and all(r["feast_p99_ms"] is None for r in online)
+    assert all(r["goal_met"] is False for r in online)  # no Feast figure to beat
+    [training] = report["training"]
+    assert training["rows"] == 2000 and positive(training["seconds"])
+    assert positive(training["peak_rss_mib"]) and positive(training["non_null"])
+    assert isinstance(training["goal_met"], bool)
