@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from mlrig.errors import ValidationError
@@ -179,12 +179,13 @@ def historical_features(
         arrays[_TS] = stamps
         arrays[_ROW] = pa.array(np.arange(len(entity_df), dtype=np.int64))
         entities = pa.table(arrays)
+        span = _span(stamps)
         con = connect()
         try:
             prepared = _prepare(platform, con, [spec for spec, _ in batch])
             con.register("__mlrig_entity", entities)
             for (_spec, names), prep in zip(batch, prepared, strict=True):
-                table = _join(con, prep, names)
+                table = _join(con, prep, names, span)
                 for name in names:
                     out[name] = table.column(name).to_pandas().set_axis(entity_df.index)
         finally:
@@ -385,15 +386,34 @@ def _computed(prep: _Prepared, names: Sequence[str]) -> str:
 # --- the join ---------------------------------------------------------------------------
 
 
-def _join(con: Any, prep: _Prepared, names: Sequence[str]) -> pa.Table:
-    """One view's features for every entity row, in entity row order."""
+def _span(stamps: pa.Array) -> tuple[datetime, datetime] | None:
+    """The first and last entity timestamps (naive UTC), None without rows."""
+    import pyarrow.compute as pc
+
+    if len(stamps) == 0:
+        return None
+    bounds = pc.min_max(stamps)
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def _join(
+    con: Any, prep: _Prepared, names: Sequence[str], span: tuple[datetime, datetime] | None
+) -> pa.Table:
+    """One view's features for every entity row, in entity row order; source rows
+    outside ``span`` (less the TTL) cannot match and are skipped before the join."""
     view = prep.view
     keys = view.join_keys
     on = " AND ".join(f"e.{quote(k)} = f.{quote(k)}" for k in keys)
     on += f" AND e.{_TS} >= f.{_TS}"
     # the newest of equal (keys, event_ts): created_ts, then the last in the source
+    where = f"{_TS} IS NOT NULL"
+    if span is not None:
+        where += f" AND {_TS} <= {_stamp_literal(span[1])}"
+        if view.ttl_seconds is not None:
+            earliest = span[0] - timedelta(seconds=float(view.ttl_seconds))
+            where += f" AND {_TS} >= {_stamp_literal(earliest)}"
     latest = (
-        f"SELECT * FROM ({_computed(prep, names)}) WHERE {_TS} IS NOT NULL "
+        f"SELECT * FROM ({_computed(prep, names)}) WHERE {where} "
         f"QUALIFY row_number() OVER (PARTITION BY {', '.join(quote(k) for k in keys)}, {_TS} "
         f"ORDER BY {_CTS} DESC NULLS LAST, {FILE_COLUMN} DESC, {ORDER_COLUMN} DESC) = 1"
     )
