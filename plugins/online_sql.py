@@ -12,19 +12,32 @@ Options (``[features.sql]``): ``batch_size`` (rows per upsert statement).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Column, MetaData, String, Table, Text, and_, cast, func, literal, or_
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    cast,
+    create_engine,
+    func,
+    literal,
+    or_,
+)
 from sqlalchemy import select as sa_select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
 
 from mlrig.contracts.online_store import EntityKey, OnlineRow, OnlineStore, OnlineStoreError
-from mlrig.db.types import JSONType, UTCDateTime, utcnow
+from mlrig.db.types import UTCDateTime, utcnow
 from mlrig.errors import ConfigError
 from mlrig.features.online import newest_per_key
 
@@ -34,18 +47,43 @@ if TYPE_CHECKING:
 TABLE = "feature_online_values"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-_metadata = MetaData()
-#: the columns this store uses (the migration owns the table's definition)
-online_values = Table(
-    TABLE,
-    _metadata,
-    Column("view", String(255), primary_key=True),
-    Column("entity_key", String(1024), primary_key=True),
-    Column("values", JSONType),
-    Column("event_timestamp", UTCDateTime, nullable=False),
-    Column("created_timestamp", UTCDateTime, nullable=True),
-    Column("written_at", UTCDateTime, nullable=True),
-)
+
+class _JsonText(TypeDecorator[Any]):
+    """Values bound as JSON text made by orjson (fast; NaN becomes ``null``): stored in the
+    migration's JSON column as is on SQLite."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+class _JsonbText(_JsonText):
+    """The same, cast to ``JSONB`` by PostgreSQL."""
+
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return cast(bindvalue, JSONB)
+
+
+def _table(dialect: str) -> Table:
+    """The columns this store uses (the migration owns the table's definition)."""
+    return Table(
+        TABLE,
+        MetaData(),
+        Column("view", String(255), primary_key=True),
+        Column("entity_key", String(1024), primary_key=True),
+        Column("values", _JsonbText() if dialect == "postgresql" else _JsonText()),
+        Column("event_timestamp", UTCDateTime, nullable=False),
+        Column("created_timestamp", UTCDateTime, nullable=True),
+        Column("written_at", UTCDateTime, nullable=True),
+    )
 
 
 class SqlOptions(BaseModel):
@@ -67,8 +105,11 @@ class SqlOnlineStore(OnlineStore):
     def __init__(self, options: BaseModel) -> None:
         super().__init__(options)
         self._db: Database | None = None
-        self._lock = threading.Lock()
         self._upsert: Any = None
+        self._table = _table("sqlite")
+        self._dialect = "sqlite"
+        self._read_sql: dict[bool, str] = {}
+        self._reads: Engine | None = None
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -79,7 +120,11 @@ class SqlOnlineStore(OnlineStore):
     def bind_database(self, db: Database) -> None:
         """Use ``db`` (the contract tests and tools without a platform)."""
         self._db = db
-        self._upsert = _upsert_statement(db.dialect)
+        self._table = _table(db.dialect)
+        self._upsert = _upsert_statement(db.dialect, self._table)
+        self._dialect = db.dialect
+        self._read_sql = {ttl: _read_sql(db.dialect, ttl=ttl) for ttl in (False, True)}
+        self._reads = _read_engine(db)
 
     @property
     def db(self) -> Database:
@@ -136,50 +181,59 @@ class SqlOnlineStore(OnlineStore):
         if not keys:
             return []
         stored = [encode_stored_key(k) for k in keys]
-        where = [online_values.c.view == view, online_values.c.entity_key.in_(set(stored))]
+        unique = list(dict.fromkeys(stored))
+        params: list[Any] = [view]
+        if self._dialect == "postgresql":
+            params.append(unique)
+        else:
+            params.append(orjson.dumps(unique).decode())
         if ttl_seconds is not None:
             cutoff = _aware(now) - timedelta(seconds=ttl_seconds)
-            where.append(online_values.c.event_timestamp >= cutoff)
-        query = sa_select(online_values.c.entity_key, cast(online_values.c["values"], Text)).where(
-            *where
-        )
+            params.append(self._bind_time(cutoff))
+        sql = self._read_sql[ttl_seconds is not None]
+        engine = self._reads or self.db.engine
         try:
-            with self.db.engine.connect() as conn:
-                found = dict(conn.execute(query).all())
+            try:
+                with engine.connect() as conn:
+                    found = dict(conn.exec_driver_sql(sql, tuple(params)).all())
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # a pooled connection the server closed (no pre-ping on this path): once more
+                with engine.connect() as conn:
+                    found = dict(conn.exec_driver_sql(sql, tuple(params)).all())
         except SQLAlchemyError as exc:
             raise self._error("read", view, exc) from exc
-        out: list[dict[str, Any] | None] = []
-        parsed: dict[str, dict[str, Any]] = {}
-        for key in stored:
-            text = found.get(key)
-            if text is None:
-                out.append(None)
-                continue
-            values = parsed.get(key)
-            if values is None:
-                values = parsed[key] = orjson.loads(text)
-            out.append({name: values.get(name) for name in features})
-        return out
+        return _pick(stored, found, features)
 
     def delete_view(self, view: str) -> None:
         try:
             with self.db.bulk_write_lock, self.db.engine.begin() as conn:
-                conn.execute(online_values.delete().where(online_values.c.view == view))
+                conn.execute(self._table.delete().where(self._table.c.view == view))
         except SQLAlchemyError as exc:
             raise self._error("delete the rows of", view, exc) from exc
 
     def check(self) -> dict[str, Any]:
         try:
             with self.db.engine.connect() as conn:
-                conn.execute(sa_select(func.count()).select_from(online_values).limit(1)).all()
+                conn.execute(sa_select(func.count()).select_from(self._table).limit(1)).all()
         except SQLAlchemyError as exc:
             raise self._error("probe", None, exc) from exc
         return {"backend": "sql", "database": self.db.dialect, "table": TABLE}
 
     def close(self) -> None:
-        """The platform owns the database: nothing to release here."""
+        """Release the read pool (the platform owns the database itself)."""
+        if self._reads is not None and self._db is not None and self._reads is not self._db.engine:
+            self._reads.dispose()
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _bind_time(self, value: datetime) -> Any:
+        """A time as the driver compares it with the stored column: PostgreSQL takes the
+        instant; SQLite compares the naive UTC text SQLAlchemy stored."""
+        if self._dialect == "postgresql":
+            return value
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def _error(self, action: str, view: str | None, exc: Exception) -> OnlineStoreError:
         first = " ".join(str(getattr(exc, "orig", exc) or exc).split())[:300]
@@ -191,6 +245,58 @@ class SqlOnlineStore(OnlineStore):
         return OnlineStoreError(msg, details={"view": view, "table": TABLE})
 
 
+def _read_engine(db: Database) -> Engine:
+    """The engine reads go through. PostgreSQL: a pool of its own in autocommit, without
+    pre-ping, so that a read is one round trip (no ``BEGIN``/``ROLLBACK``, no ping); a
+    connection the server dropped is retried once. SQLite: the platform's engine."""
+    if db.dialect != "postgresql":
+        return db.engine
+    pool = db.engine.pool
+    return create_engine(
+        db.url,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=False,
+        pool_size=getattr(pool, "size", lambda: 10)(),
+        max_overflow=getattr(pool, "_max_overflow", 20),
+    )
+
+
+def _read_sql(dialect: str, *, ttl: bool) -> str:
+    """The one read query, in the driver's own parameter style (no SQL compilation per
+    request): the keys travel as one parameter, an array (PostgreSQL) or a JSON text
+    (SQLite's ``json_each``), so that the statement is the same for any number of keys."""
+    if dialect == "postgresql":
+        sql = (
+            f'SELECT entity_key, "values"::text FROM {TABLE} '
+            "WHERE view = %s AND entity_key = ANY(%s)"
+        )
+        return sql + (" AND event_timestamp >= %s" if ttl else "")
+    sql = (
+        f'SELECT entity_key, "values" FROM {TABLE} '
+        "WHERE view = ? AND entity_key IN (SELECT value FROM json_each(?))"
+    )
+    return sql + (" AND event_timestamp >= ?" if ttl else "")
+
+
+def _pick(
+    stored: Sequence[str], found: dict[str, Any], features: Sequence[str]
+) -> list[dict[str, Any] | None]:
+    """Per asked key (in order) the asked features of its row, or ``None``."""
+    wanted = set(features)
+    out: list[dict[str, Any] | None] = []
+    for key in stored:
+        text = found.get(key)
+        if text is None:
+            out.append(None)
+            continue
+        values = orjson.loads(text)  # a fresh dict per asked key, repeated keys included
+        if values.keys() == wanted:
+            out.append(values)
+        else:
+            out.append({name: values.get(name) for name in features})
+    return out
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -199,7 +305,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def _upsert_statement(dialect: str) -> Any:
+def _upsert_statement(dialect: str, table: Table) -> Any:
     """``INSERT ... ON CONFLICT (view, entity_key) DO UPDATE`` where the new row is at
     least as new as the stored one (by event, then created timestamp)."""
     if dialect == "postgresql":
@@ -209,8 +315,8 @@ def _upsert_statement(dialect: str) -> Any:
     else:
         msg = f"the sql online store supports SQLite and PostgreSQL, not {dialect!r}"
         raise ConfigError(msg)
-    stmt = insert(online_values)
-    new, old = stmt.excluded, online_values.c
+    stmt = insert(table)
+    new, old = stmt.excluded, table.c
     epoch = literal(_EPOCH, UTCDateTime)
     newer = or_(
         new.event_timestamp > old.event_timestamp,
