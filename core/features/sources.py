@@ -297,7 +297,19 @@ def check_query(query: str | None) -> str:
             f"({', '.join(own)}); query your data tables"
         )
         raise ValidationError(msg, details={"field": "source.query", "tables": own})
+    risky = sorted(words & _SERVER_FILES)
+    if risky:
+        msg = f"source query: {', '.join(risky)} cannot be used by a feature source"
+        raise ValidationError(msg, details={"field": "source.query", "names": risky})
     return body
+
+
+#: PostgreSQL functions and catalogs that reach the server's files or secrets
+_SERVER_FILES = {
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
+    "lo_get", "lo_export", "dblink", "pg_authid", "pg_shadow", "pg_user_mapping",
+    "sqlite_master", "sqlite_schema", "load_extension", "readfile",
+}  # fmt: skip
 
 
 def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
@@ -331,6 +343,9 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
         msg = f"view {view.name!r}: the source query returns duplicate column names ({names})"
         raise ValidationError(msg, details={"field": "source.query"})
     columns = {n: [r[i] for r in rows] for i, n in enumerate(names)}
+    for name in (view.source.timestamp_field, view.source.created_timestamp_field):
+        if name in columns:  # SQLite has no timestamp type: ISO 8601 text is parsed
+            columns[name] = _iso_or_same(columns[name])
     arrays = []
     for values in columns.values():
         try:
@@ -339,6 +354,20 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
             msg = f"view {view.name!r}: the source query returns mixed types ({_why(exc)})"
             raise ValidationError(msg, details={"field": "source.query"}) from None
     return pa.table(dict(zip(names, arrays, strict=True)))
+
+
+def _iso_or_same(values: list[Any]) -> list[Any]:
+    from datetime import datetime
+
+    if not any(isinstance(v, str) for v in values):
+        return values
+    try:
+        parsed = [None if v is None else datetime.fromisoformat(v) for v in values]
+    except (TypeError, ValueError):
+        return values  # left as text: refused as a timestamp of the wrong type
+    from mlrig.db.types import as_utc
+
+    return [as_utc(v) for v in parsed]
 
 
 # --- push -------------------------------------------------------------------------------
