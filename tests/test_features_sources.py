@@ -397,3 +397,21 @@ def test_pushed_rows_are_the_offline_history(db_platform: Any) -> None:
 def test_a_push_row_without_a_timestamp_is_refused(platform: Any) -> None:
     with pytest.raises(ValidationError, match="'event_timestamp' must be a timestamp"):
         offline.append_push(platform, push_view(), [{"driver_id": 1, "trips": 3}])
+
+
+# --- artifact store ---------------------------------------------------------------------
+
+
+def test_artifact_store_source(plat: Any) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    source_frame().to_parquet(buffer)
+    plat.artifacts.put("features/d.parquet", buffer.getvalue())
+    view = file_view("artifact://features/d.parquet")
+    offline.validate_source(plat, view)
+    check(offline.historical_features(plat, ENTITIES, [(view, list(EXPECTED))]))
+    window = offline.read_window(plat, view, None, None).to_pylist()
+    assert {r["driver_id"]: r["trips"] for r in window} == {1: 4, 2: 8}
+    with pytest.raises(ValidationError, match=r"'artifact://features/missing\.parquet' not found"):
+        offline.validate_source(plat, file_view("artifact://features/missing.parquet"))

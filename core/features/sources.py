@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlrig.errors import MissingExtraError, MlrigError, ValidationError
+from mlrig.errors import MissingExtraError, MlrigError, NotFoundError, ValidationError
 from mlrig.features.spec import FeatureViewSpec
 
 if TYPE_CHECKING:
@@ -209,7 +209,11 @@ def _read_remote(
     platform: Platform | None, access: Any, view: FeatureViewSpec, uri: str, scheme: str
 ) -> bytes:
     if scheme not in ("s3", "s3a") or platform is None:
-        return access.read(uri)  # artifact://, other fsspec schemes: access's own reader
+        try:
+            return access.read(uri)  # artifact://, other fsspec schemes: access's own reader
+        except NotFoundError:
+            msg = f"view {view.name!r}: source file {uri!r} not found"
+            raise ValidationError(msg, details={"uri": uri, "reason": "not_found"}) from None
     options = platform.settings.storage.backend_options("s3")
     try:
         import s3fs
