@@ -26,7 +26,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlrig.contracts.online_store import EntityKey, OnlineRow, OnlineStore, OnlineStoreError
+from mlrig.contracts.online_store import (
+    EntityKey,
+    OnlineRow,
+    OnlineStore,
+    OnlineStoreError,
+    ViewRead,
+)
 from mlrig.errors import MissingExtraError
 from mlrig.features.online import newest_per_key
 
@@ -158,19 +164,41 @@ class RedisOnlineStore(OnlineStore):
     ) -> list[dict[str, Any] | None]:
         if not keys:
             return []
-        prefix = self._view_prefix(view)
+        return self.read_many([ViewRead(view, keys, features, ttl_seconds)], now=now)[0]
+
+    def read_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """Every view's keys in one ``MGET`` (one round trip)."""
+        names: list[str] = []
+        for part in reads:
+            prefix = self._view_prefix(part.view)
+            names.extend(self._key(prefix, k) for k in part.keys)
+        if not names:
+            return [[] for _ in reads]
         try:
-            raw = self._client.mget([self._key(prefix, k) for k in keys])
+            raw = self._client.mget(names)
         except self._redis_errors as exc:
-            raise self._error("read", view, exc) from exc
-        cutoff = -1 if ttl_seconds is None else _micros(now) - int(ttl_seconds * 1_000_000)
-        out: list[dict[str, Any] | None] = []
-        for value in raw:
-            if value is None or (cutoff >= 0 and int(value[:_DIGITS]) < cutoff):
-                out.append(None)
-                continue
-            values = orjson.loads(value[_HEADER:])
-            out.append({name: values.get(name) for name in features})
+            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
+        now_us = _micros(now)
+        out: list[list[dict[str, Any] | None]] = []
+        at = 0
+        for part in reads:
+            ttl = part.ttl_seconds
+            cutoff = -1 if ttl is None else now_us - int(ttl * 1_000_000)
+            wanted = set(part.features)
+            found: list[dict[str, Any] | None] = []
+            for value in raw[at : at + len(part.keys)]:
+                if value is None or (cutoff >= 0 and int(value[:_DIGITS]) < cutoff):
+                    found.append(None)
+                    continue
+                values = orjson.loads(value[_HEADER:])
+                if values.keys() == wanted:
+                    found.append(values)
+                else:
+                    found.append({name: values.get(name) for name in part.features})
+            at += len(part.keys)
+            out.append(found)
         return out
 
     def delete_view(self, view: str) -> None:

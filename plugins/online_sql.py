@@ -36,7 +36,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from mlrig.contracts.online_store import EntityKey, OnlineRow, OnlineStore, OnlineStoreError
+from mlrig.contracts.online_store import (
+    EntityKey,
+    OnlineRow,
+    OnlineStore,
+    OnlineStoreError,
+    ViewRead,
+)
 from mlrig.db.types import UTCDateTime, utcnow
 from mlrig.errors import ConfigError
 from mlrig.features.online import newest_per_key
@@ -108,7 +114,7 @@ class SqlOnlineStore(OnlineStore):
         self._upsert: Any = None
         self._table = _table("sqlite")
         self._dialect = "sqlite"
-        self._read_sql: dict[bool, str] = {}
+        self._read_sql: dict[tuple[bool, ...], str] = {}
         self._reads: Engine | None = None
 
     # --- wiring -------------------------------------------------------------------------
@@ -123,7 +129,7 @@ class SqlOnlineStore(OnlineStore):
         self._table = _table(db.dialect)
         self._upsert = _upsert_statement(db.dialect, self._table)
         self._dialect = db.dialect
-        self._read_sql = {ttl: _read_sql(db.dialect, ttl=ttl) for ttl in (False, True)}
+        self._read_sql: dict[tuple[bool, ...], str] = {}
         self._reads = _read_engine(db)
 
     @property
@@ -180,31 +186,56 @@ class SqlOnlineStore(OnlineStore):
     ) -> list[dict[str, Any] | None]:
         if not keys:
             return []
-        stored = [encode_stored_key(k) for k in keys]
-        unique = list(dict.fromkeys(stored))
-        params: list[Any] = [view]
-        if self._dialect == "postgresql":
+        return self.read_many([ViewRead(view, keys, features, ttl_seconds)], now=now)[0]
+
+    def read_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """Every view's keys in one statement (a ``UNION ALL`` of one indexed lookup per
+        view, each with its TTL): one round trip."""
+        stored = [[encode_stored_key(k) for k in part.keys] for part in reads]
+        params: list[Any] = []
+        shape: list[bool] = []
+        for i, part in enumerate(reads):
+            if not stored[i]:
+                continue
+            unique = list(dict.fromkeys(stored[i]))
+            params.append(i)
+            params.append(part.view)
+            if self._dialect != "postgresql":
+                unique = orjson.dumps(unique).decode()  # type: ignore[assignment]
             params.append(unique)
-        else:
-            params.append(orjson.dumps(unique).decode())
-        if ttl_seconds is not None:
-            cutoff = _aware(now) - timedelta(seconds=ttl_seconds)
-            params.append(self._bind_time(cutoff))
-        sql = self._read_sql[ttl_seconds is not None]
+            if part.ttl_seconds is not None:
+                cutoff = _aware(now) - timedelta(seconds=part.ttl_seconds)
+                params.append(self._bind_time(cutoff))
+            shape.append(part.ttl_seconds is not None)
+        if not shape:
+            return [[] for _ in reads]
+        sql = self._read_sql.get(tuple(shape)) or self._remember_sql(tuple(shape))
         engine = self._reads or self.db.engine
+        views = ", ".join(r.view for r in reads)
         try:
             try:
                 with engine.connect() as conn:
-                    found = dict(conn.exec_driver_sql(sql, tuple(params)).all())
+                    rows = conn.exec_driver_sql(sql, tuple(params)).all()
             except DBAPIError as exc:
                 if not exc.connection_invalidated:
                     raise
                 # a pooled connection the server closed (no pre-ping on this path): once more
                 with engine.connect() as conn:
-                    found = dict(conn.exec_driver_sql(sql, tuple(params)).all())
+                    rows = conn.exec_driver_sql(sql, tuple(params)).all()
         except SQLAlchemyError as exc:
-            raise self._error("read", view, exc) from exc
-        return _pick(stored, found, features)
+            raise self._error("read", views, exc) from exc
+        found: list[dict[str, Any]] = [{} for _ in reads]
+        for part, key, text in rows:
+            found[part][key] = text
+        return [_pick(stored[i], found[i], part.features) for i, part in enumerate(reads)]
+
+    def _remember_sql(self, shape: tuple[bool, ...]) -> str:
+        sql = " UNION ALL ".join(_read_sql(self._dialect, ttl=ttl) for ttl in shape)
+        if len(self._read_sql) < 256:  # shapes: views per read x which have a TTL
+            self._read_sql[shape] = sql
+        return sql
 
     def delete_view(self, view: str) -> None:
         try:
@@ -262,17 +293,17 @@ def _read_engine(db: Database) -> Engine:
 
 
 def _read_sql(dialect: str, *, ttl: bool) -> str:
-    """The one read query, in the driver's own parameter style (no SQL compilation per
+    """One view's read query, in the driver's own parameter style (no SQL compilation per
     request): the keys travel as one parameter, an array (PostgreSQL) or a JSON text
     (SQLite's ``json_each``), so that the statement is the same for any number of keys."""
     if dialect == "postgresql":
         sql = (
-            f'SELECT entity_key, "values"::text FROM {TABLE} '
+            f'SELECT %s::int, entity_key, "values"::text FROM {TABLE} '
             "WHERE view = %s AND entity_key = ANY(%s)"
         )
         return sql + (" AND event_timestamp >= %s" if ttl else "")
     sql = (
-        f'SELECT entity_key, "values" FROM {TABLE} '
+        f'SELECT ?, entity_key, "values" FROM {TABLE} '
         "WHERE view = ? AND entity_key IN (SELECT value FROM json_each(?))"
     )
     return sql + (" AND event_timestamp >= ?" if ttl else "")

@@ -94,6 +94,26 @@ def test_read_online_one_call_per_view_and_missing_per_row():
     assert missing == [[], ["a", "b", "c"], ["a", "b", "c"]]
 
 
+def test_read_online_reads_many_views_in_one_call_where_the_store_can(platform):
+    store = platform.online_store
+    calls = []
+    read_many = store.read_many
+
+    def counting(reads, *, now):
+        calls.append([r.view for r in reads])
+        return read_many(reads, now=now)
+
+    store.read_many = counting
+    stats, other = _view("stats", ["a"], ttl=60), _view("other", ["c"])
+    store.write("stats", [OnlineRow(("1",), {"a": 1}, at(0)), OnlineRow(("2",), {"a": 2}, at(-99))])
+    store.write("other", [OnlineRow(("2",), {"c": "c2"}, at(0))])
+    rows = [{"driver_id": 1}, {"driver_id": 2}]
+    values, missing = read_online(store, [(stats, ["a"]), (other, ["c"])], rows, now=at(10))
+    assert calls == [["stats", "other"]]
+    assert values == [{"a": 1, "c": None}, {"a": None, "c": "c2"}]
+    assert missing == [["c"], ["a"]]
+
+
 def test_read_online_refuses_a_row_without_its_join_key():
     with pytest.raises(ValidationError, match="entity row 1 has no value for join key 'driver_id'"):
         read_online(CountingStore(), [(_view("s", ["a"]), ["a"])], [{"driver_id": 1}, {"x": 2}])

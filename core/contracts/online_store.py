@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mlrig.contracts.base import Backend
 from mlrig.errors import MlrigError
@@ -50,6 +50,29 @@ class OnlineRow:
     created_timestamp: datetime | None = None
     #: free room for a store (unused by core)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """One view's part of a :meth:`ReadsManyViews.read_many` call."""
+
+    view: str
+    keys: Sequence[EntityKey]
+    features: Sequence[str]
+    ttl_seconds: float | None = None
+
+
+@runtime_checkable
+class ReadsManyViews(Protocol):
+    """Optional capability: several views' reads in one round trip (a feature-backed
+    prediction often needs features of several views). Same semantics as :meth:`read`
+    for each part; core uses it when a read spans more than one view."""
+
+    def read_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """One result list per :class:`ViewRead`, as :meth:`OnlineStore.read` returns."""
+        ...
 
 
 class OnlineStoreError(MlrigError):

@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from mlrig.contracts.online_store import EntityKey, OnlineRow
+from mlrig.contracts.online_store import EntityKey, OnlineRow, ReadsManyViews, ViewRead
 from mlrig.errors import ValidationError
 from mlrig.features.spec import FeatureViewSpec, OnDemandViewSpec
 
@@ -130,6 +130,9 @@ def read_online(
     :param request_data: per row, request fields for on-demand views (over the row's own).
     :param resolve: turns on-demand inputs (feature references) into (view, names) pairs,
         for inputs not asked for themselves (fetched, not returned).
+    One store call per view, or one in all where the store reads many views at once
+    (:class:`~mlrig.contracts.online_store.ReadsManyViews`).
+
     :returns: per row a dict feature name -> value (``None`` where missing), and per row
         the names of the features that were missing (unknown key, expired, or null from an
         on-demand function).
@@ -140,27 +143,40 @@ def read_online(
     values: list[dict[str, Any]] = [{} for _ in range(n)]
     missing: list[list[str]] = [[] for _ in range(n)]
     on_demand: list[tuple[OnDemandViewSpec, Sequence[str]]] = []
-    fetched: dict[str, FeatureViewSpec] = {}
 
-    def fetch(view: FeatureViewSpec, names: Sequence[str], *, report: bool) -> None:
-        keys = row_keys(view, entity_rows)
-        found = store.read(view.name, keys, list(names), ttl_seconds=view.ttl_seconds, now=now)
-        for i, row in enumerate(found):
-            out = values[i]
-            if row is None:
-                for name in names:
-                    out[name] = None
-                if report:
-                    missing[i].extend(names)
-            else:
-                out.update(row)
-        fetched[view.name] = view
+    def fetch(parts: Sequence[tuple[FeatureViewSpec, Sequence[str], bool]]) -> None:
+        """Read ``parts`` (view, names, whether missing values are reported): one store
+        call for all of them where the store reads many views at once, else one per view."""
+        reads = [
+            ViewRead(view.name, row_keys(view, entity_rows), list(names), view.ttl_seconds)
+            for view, names, _ in parts
+        ]
+        if len(reads) > 1 and isinstance(store, ReadsManyViews):
+            results = store.read_many(reads, now=now)
+        else:
+            results = [
+                store.read(r.view, r.keys, r.features, ttl_seconds=r.ttl_seconds, now=now)
+                for r in reads
+            ]
+        for (_, names, report), found in zip(parts, results, strict=True):
+            for i, row in enumerate(found):
+                if row is None:
+                    out = values[i]
+                    for name in names:
+                        out[name] = None
+                    if report:
+                        missing[i].extend(names)
+                else:
+                    values[i].update(row)
 
+    stored: list[tuple[FeatureViewSpec, Sequence[str], bool]] = []
     for view, names in requests:
         if isinstance(view, OnDemandViewSpec):
             on_demand.append((view, names))
         else:
-            fetch(view, names, report=True)
+            stored.append((view, names, True))
+    if stored:
+        fetch(stored)
     if not on_demand:
         return values, missing
     if request_data is not None and len(request_data) != n:
@@ -200,12 +216,14 @@ def _fetch_inputs(
         )
         raise ValidationError(msg)
     hidden: set[str] = set()
+    parts: list[tuple[FeatureViewSpec, Sequence[str], bool]] = []
     for view, names in resolve(sorted(set(needed))):
         if isinstance(view, OnDemandViewSpec):
             msg = f"on-demand view inputs must be stored features, not {view.name!r}'s"
             raise ValidationError(msg)
-        fetch(view, names, report=False)
+        parts.append((view, names, False))
         hidden.update(names)
+    fetch(parts)
     return hidden
 
 

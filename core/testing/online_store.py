@@ -17,8 +17,8 @@ optionally ``broken_online_store`` (the store pointed at a server that is not th
 The suite checks what :mod:`mlrig.contracts.online_store` documents: newest wins (by
 event, then created timestamp, also within one batch and across threads), TTL expiry
 (an expired row is missing, never stale), unknown keys, the order of results, several
-views, multi-part keys, ``None`` values, concurrent writers and readers, ``delete_view``,
-and ``check``. The class needs no pytest plugin.
+views (and ``read_many`` where a store has it), multi-part keys, ``None`` values,
+concurrent writers and readers, ``delete_view``, and ``check``. The class needs no pytest plugin.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from typing import Any
 
 import pytest
 
-from mlrig.contracts.online_store import OnlineRow, OnlineStore, OnlineStoreError
+from mlrig.contracts.online_store import (
+    OnlineRow,
+    OnlineStore,
+    OnlineStoreError,
+    ReadsManyViews,
+    ViewRead,
+)
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -232,6 +238,34 @@ class OnlineStoreContract:
         online_store.delete_view("never-was")
         # an older row may be written again after a delete
         assert online_store.write("gone", [row("1", -100, a="back")]) == 1
+
+    def test_read_many_views_at_once(self, online_store: OnlineStore) -> None:
+        """Where the store reads several views in one call (ReadsManyViews), each part
+        answers exactly as its own read would, TTL per view."""
+        if not isinstance(online_store, ReadsManyViews):
+            pytest.skip("the store reads one view per call (no read_many)")
+        online_store.write("a", [row("1", 0, x=1), row("2", 95, x=2)])
+        online_store.write("b", [row("1", 0, y="b1"), row(("1", "z"), 0, y="pair")])
+        reads = [
+            ViewRead("a", [("2",), ("1",), ("9",), ("2",)], ["x"], 10),
+            ViewRead("b", [("1",), ("2",)], ["y"], None),
+            ViewRead("empty", [], ["x"], None),
+            ViewRead("a", [("1",)], ["x", "nope"], None),
+        ]
+        got = online_store.read_many(reads, now=at(100))
+        assert got == [
+            [{"x": 2}, None, None, {"x": 2}],
+            [{"y": "b1"}, None],
+            [],
+            [{"x": 1, "nope": None}],
+        ]
+        for part, answer in zip(reads, got, strict=True):
+            alone = online_store.read(
+                part.view, part.keys, part.features, ttl_seconds=part.ttl_seconds, now=at(100)
+            )
+            assert alone == answer
+        got[0][0]["x"] = "changed"  # results are the caller's to keep
+        assert got[0][3] == {"x": 2}
 
     # --- threads ------------------------------------------------------------------------
 
