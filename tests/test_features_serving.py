@@ -344,3 +344,106 @@ def test_plain_deployments_keep_the_plain_path(platform: Any, model: Any, plane:
         orjson.loads(answer.body)["predictions"]
         == model.predict(_frame()[FEATURES].head(2)).tolist()
     )
+
+
+def test_request_fields_follow_the_features(platform: Any, store_data: Any) -> None:
+    from mlrig.registry.packaging import register_model
+
+    frame = store_data.assign(amount=np.linspace(1, 50, len(store_data)))
+    columns = [*FEATURES, "amount"]
+    estimator = _train(frame, columns)
+    register_model(platform, estimator, name="churn", actor=ACTOR, sample=frame[columns].head(5))
+    _deploy(platform, request_fields=["amount"])
+    plane = DataPlane(platform, load_wait_seconds=30.0)
+    try:
+        plane.start(wait=True)
+        rows = [{"customer_id": 4, "amount": 99.5}, {"customer_id": 9, "amount": 0.5}]
+        got = orjson.loads(_ask(plane, "churn", {"entities": rows}).body)
+        import pandas as pd
+
+        indexed = _frame().set_index("customer_id")
+        expected = pd.DataFrame(
+            [[*indexed.loc[r["customer_id"], FEATURES].tolist(), r["amount"]] for r in rows],
+            columns=columns,
+        )
+        np.testing.assert_allclose(
+            got["probabilities"], estimator.predict_proba(expected), rtol=1e-12
+        )
+        with pytest.raises(ValidationError, match="misses amount"):
+            _ask(plane, "churn", {"entities": [{"customer_id": 4}]})
+        with pytest.raises(ValidationError, match="not a number"):
+            _ask(plane, "churn", {"entities": [{"customer_id": 4, "amount": "lots"}]})
+    finally:
+        plane.stop()
+
+
+def test_a_changed_view_is_picked_up_and_a_used_feature_guarded(
+    platform: Any, model: Any, plane: DataPlane, tmp_path: Path
+) -> None:
+    from mlrig.errors import ConflictError
+
+    _deploy(platform)
+    plane.start(wait=True)
+    first = plane.table.get("churn").features
+    assert first.requests[0][0].ttl_seconds == 86400
+    view = platform.features.get_view("customer_stats")
+    body = {
+        "entities": ["customer"],
+        "source": {"kind": "file", "uri": str(tmp_path / "customer_stats.parquet")},
+        "features": [{"name": n, "type": "numerical"} for n in FEATURES],
+        "ttl_seconds": 60,  # the rows written an hour ago are now expired
+    }
+    platform.features.update_view("customer_stats", body, actor=ACTOR)
+    assert platform.features.get_view("customer_stats")["version"] > view["version"]
+    plane.wait_refreshed(plane.request_refresh())
+    second = plane.table.get("churn").features
+    assert second is not first and second.requests[0][0].ttl_seconds == 60
+    with pytest.raises(ValidationError, match="features are missing"):
+        _ask(plane, "churn", {"entities": [{"customer_id": 3}]})
+    # a type change of a feature the deployment uses is refused, naming it
+    retyped = {
+        **body,
+        "features": [{"name": "avg_spend", "type": "categorical"}, *body["features"][1:]],
+    }
+    with pytest.raises(ConflictError, match="churn"):
+        platform.features.update_view("customer_stats", retyped, actor=ACTOR)
+
+
+def test_features_over_the_rest_api(platform: Any, model: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlrig.api import create_app
+
+    with TestClient(create_app(platform)) as http:
+        made = http.post(
+            "/api/ml/deployments",
+            json={
+                "name": "churn",
+                "model": "churn",
+                "version": "1",
+                "runtime": "sklearn",
+                "features": {"refs": FEATURES, "fill_value": 0},
+            },
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["features"]["refs"] == [f"customer_stats:{n}" for n in FEATURES]
+        unknown = http.post(
+            "/api/ml/deployments",
+            json={"name": "x", "model": "churn", "version": "1", "features": {"refs": ["nope"]}},
+        )
+        assert unknown.status_code == 404, unknown.text
+        assert "nope" in unknown.json()["error"]["message"]
+        bad = http.post(
+            "/api/ml/deployments",
+            json={"name": "x", "model": "churn", "version": "1", "features": {"refs": ["a b"]}},
+        )
+        assert bad.status_code == 422, bad.text
+        answer = http.post(
+            "/api/ml/deployments/churn/predict",
+            json={"entities": [{"customer_id": 1}, {"customer_id": 12345}]},
+        )
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["predictions"]) == 2  # the unknown customer filled with 0
+        cleared = http.put("/api/ml/deployments/churn", json={"features": None})
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json()["features"] is None

@@ -308,7 +308,12 @@ class DataPlane:
         for deployment in snapshot:
             dep_id = str(deployment["id"])
             old = current.get(dep_id)
-            if old is not None and old.revision == deployment.get("revision") and old.routes:
+            if (
+                old is not None
+                and old.revision == deployment.get("revision")
+                and old.routes
+                and (old.features is None or old.features.current(deployment))
+            ):
                 old.view = deployment  # informational fields may change with the revision
                 self._report_loaded(deployment, old)
                 continue

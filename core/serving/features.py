@@ -83,6 +83,14 @@ class FeatureBinding:
             max_entities=int(limit),
         )
 
+    def current(self, deployment: Mapping[str, Any]) -> bool:
+        """Whether the views loaded are the versions a snapshot names (``feature_views``);
+        a changed view makes the data plane load the binding again."""
+        versions = deployment.get("feature_views")
+        if not versions:
+            return True
+        return all(versions.get(name) in (None, version) for name, version in self.views)
+
     def describe(self) -> dict[str, Any]:
         """What health shows of the binding."""
         return {

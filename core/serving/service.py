@@ -725,11 +725,37 @@ class DeploymentService:
                 view["targets"] = spec.targets(row)
                 view["revision"] = spec.revision(row, view)
                 out.append(view)
+            self._feature_view_versions(session, out)
             moved_views = [(self._view(session, row), details) for row, details in moves]
         for view, details in moved_views:
             self._system_audit("deployment_alias_moved", view, details)
             self._fire("alias_moved", view)
         return out
+
+    @staticmethod
+    def _feature_view_versions(session: Session, views: list[dict[str, Any]]) -> None:
+        """Give each feature-backed deployment of a snapshot ``feature_views`` (view name
+        -> definition version): a changed view (its TTL...) is re-resolved by the data
+        plane without a new revision. One query, only when some deployment has features."""
+        wanted = {
+            ref.split(":", 1)[0]
+            for view in views
+            for ref in (view.get("features") or {}).get("refs") or ()
+        }
+        if not wanted:
+            return
+        from mlrig.db.models.features import FeatureView
+
+        versions = dict(
+            session.execute(
+                select(FeatureView.name, FeatureView.version).where(FeatureView.name.in_(wanted))
+            ).all()
+        )
+        for view in views:
+            refs = (view.get("features") or {}).get("refs")
+            if refs:
+                names = dict.fromkeys(r.split(":", 1)[0] for r in refs)
+                view["feature_views"] = {n: versions.get(n) for n in names}
 
     def _follow_alias(self, session: Session, row: ModelDeployment) -> dict[str, Any] | None:
         """Point ``row`` at the version its alias names now; what changed, or ``None``.
