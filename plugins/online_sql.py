@@ -24,17 +24,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
-    cast,
     create_engine,
     func,
-    literal,
-    or_,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.types import TypeDecorator
 
 from mlrig.contracts.online_store import (
     EntityKey,
@@ -54,30 +49,6 @@ TABLE = "feature_online_values"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class _JsonText(TypeDecorator[Any]):
-    """Values bound as JSON text made by orjson (fast; NaN becomes ``null``): stored in the
-    migration's JSON column as is on SQLite."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        if value is None:
-            return None
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-class _JsonbText(_JsonText):
-    """The same, cast to ``JSONB`` by PostgreSQL."""
-
-    cache_ok = True
-
-    def bind_expression(self, bindvalue: Any) -> Any:
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        return cast(bindvalue, JSONB)
-
-
 def _table(dialect: str) -> Table:
     """The columns this store uses (the migration owns the table's definition)."""
     return Table(
@@ -85,7 +56,7 @@ def _table(dialect: str) -> Table:
         MetaData(),
         Column("view", String(255), primary_key=True),
         Column("entity_key", String(1024), primary_key=True),
-        Column("values", _JsonbText() if dialect == "postgresql" else _JsonText()),
+        Column("values", Text),
         Column("event_timestamp", UTCDateTime, nullable=False),
         Column("created_timestamp", UTCDateTime, nullable=True),
         Column("written_at", UTCDateTime, nullable=True),
@@ -111,7 +82,6 @@ class SqlOnlineStore(OnlineStore):
     def __init__(self, options: BaseModel) -> None:
         super().__init__(options)
         self._db: Database | None = None
-        self._upsert: Any = None
         self._table = _table("sqlite")
         self._dialect = "sqlite"
         self._read_sql: dict[tuple[bool, ...], str] = {}
@@ -127,7 +97,6 @@ class SqlOnlineStore(OnlineStore):
         """Use ``db`` (the contract tests and tools without a platform)."""
         self._db = db
         self._table = _table(db.dialect)
-        self._upsert = _upsert_statement(db.dialect, self._table)
         self._dialect = db.dialect
         self._read_sql: dict[tuple[bool, ...], str] = {}
         self._reads = _read_engine(db)
@@ -153,25 +122,35 @@ class SqlOnlineStore(OnlineStore):
         newest = list(newest_per_key(rows).values())
         size = self.options.batch_size
         now = utcnow()
+        sql = _UPSERT[self._dialect]
+        when = self._bind_time
+        dumps = orjson.dumps
+        option = orjson.OPT_SERIALIZE_NUMPY
+        written_at = when(now)
         written = 0
         try:
             with db.bulk_write_lock, db.engine.begin() as conn:
-                for start in range(0, len(newest), size):
-                    batch = newest[start : start + size]
-                    params = [
-                        {
-                            "view": view,
-                            "entity_key": encode_stored_key(row.key),
-                            "values": row.values,
-                            "event_timestamp": _aware(row.event_timestamp),
-                            "created_timestamp": _aware(row.created_timestamp),
-                            "written_at": now,
-                        }
-                        for row in batch
-                    ]
-                    result = conn.execute(self._upsert.values(params))
-                    written += max(result.rowcount, 0)
-        except SQLAlchemyError as exc:
+                cursor = conn.connection.cursor()  # executemany on the driver: no compiling
+                try:
+                    for start in range(0, len(newest), size):
+                        params = [
+                            (
+                                view,
+                                encode_stored_key(row.key),
+                                dumps(row.values, option=option).decode(),
+                                when(_aware(row.event_timestamp)),
+                                None
+                                if row.created_timestamp is None
+                                else when(_aware(row.created_timestamp)),
+                                written_at,
+                            )
+                            for row in newest[start : start + size]
+                        ]
+                        cursor.executemany(sql, params)
+                        written += max(cursor.rowcount, 0)
+                finally:
+                    cursor.close()
+        except (SQLAlchemyError, *_driver_errors()) as exc:
             raise self._error("write", view, exc) from exc
         return written
 
@@ -276,6 +255,45 @@ class SqlOnlineStore(OnlineStore):
         return OnlineStoreError(msg, details={"view": view, "table": TABLE})
 
 
+_COLUMNS = '(view, entity_key, "values", event_timestamp, created_timestamp, written_at)'
+_NEWER = (
+    "excluded.event_timestamp > {t}.event_timestamp OR (excluded.event_timestamp = "
+    "{t}.event_timestamp AND COALESCE(excluded.created_timestamp, {epoch}) >= "
+    "COALESCE({t}.created_timestamp, {epoch}))"
+)
+_SET = (
+    'SET "values" = excluded."values", event_timestamp = excluded.event_timestamp, '
+    "created_timestamp = excluded.created_timestamp, written_at = excluded.written_at"
+)
+#: the upsert, newest (event, created) winning, in each driver's parameter style
+_UPSERT = {
+    "sqlite": (
+        f"INSERT INTO {TABLE} {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?) "
+        f"ON CONFLICT (view, entity_key) DO UPDATE {_SET} WHERE "
+        + _NEWER.format(t=TABLE, epoch="'1970-01-01 00:00:00.000000'")
+    ),
+    "postgresql": (
+        f"INSERT INTO {TABLE} {_COLUMNS} VALUES (%s, %s, %s::jsonb, %s, %s, %s) "
+        f"ON CONFLICT (view, entity_key) DO UPDATE {_SET} WHERE "
+        + _NEWER.format(t=TABLE, epoch="'1970-01-01 00:00:00+00'::timestamptz")
+    ),
+}
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """The DBAPI errors of the drivers (raw cursors are not wrapped by SQLAlchemy)."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
 def _read_engine(db: Database) -> Engine:
     """The engine reads go through. PostgreSQL: a pool of its own in autocommit, without
     pre-ping, so that a read is one round trip (no ``BEGIN``/``ROLLBACK``, no ping); a
@@ -334,37 +352,3 @@ def _aware(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
-
-
-def _upsert_statement(dialect: str, table: Table) -> Any:
-    """``INSERT ... ON CONFLICT (view, entity_key) DO UPDATE`` where the new row is at
-    least as new as the stored one (by event, then created timestamp)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        msg = f"the sql online store supports SQLite and PostgreSQL, not {dialect!r}"
-        raise ConfigError(msg)
-    stmt = insert(table)
-    new, old = stmt.excluded, table.c
-    epoch = literal(_EPOCH, UTCDateTime)
-    newer = or_(
-        new.event_timestamp > old.event_timestamp,
-        and_(
-            new.event_timestamp == old.event_timestamp,
-            func.coalesce(new.created_timestamp, epoch)
-            >= func.coalesce(old.created_timestamp, epoch),
-        ),
-    )
-    # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked to
-    return stmt.execution_options(preserve_rowcount=True).on_conflict_do_update(
-        index_elements=[old.view, old.entity_key],
-        set_={
-            "values": new["values"],
-            "event_timestamp": new.event_timestamp,
-            "created_timestamp": new.created_timestamp,
-            "written_at": new.written_at,
-        },
-        where=newer,
-    )
