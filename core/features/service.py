@@ -177,7 +177,26 @@ class FeatureService:
                 # install (no features extra) still gets the local file checked
                 _check_local_file(spec)
             else:
-                validate_source(self.platform, spec)
+                try:
+                    validate_source(self.platform, spec)
+                except ValidationError as exc:  # say which field of the body it is about
+                    details = exc.details
+                    column = details.get("column")
+                    if details.get("feature"):
+                        where = f"features.{details['feature']}"
+                    elif column and column in (
+                        spec.source.timestamp_field,
+                        spec.source.created_timestamp_field,
+                    ):
+                        where = "source.timestamp_field"
+                    elif "uri" in details:
+                        where = "source.uri"
+                    elif "query" in details:
+                        where = "source.query"
+                    else:
+                        where = "source"
+                    details.setdefault("field", where)
+                    raise
             return
         _check_function(spec.function)
         if spec.inputs:
@@ -220,7 +239,8 @@ class FeatureService:
             .where(FeatureDefinition.name.in_(list(names)))
         ).all()
         if taken:
-            name, view = taken[0]
+            order = {n: i for i, n in enumerate(names)}
+            name, view = min(taken, key=lambda row: order.get(row[0], 0))
             where = f" (in view {view!r})" if view else ""
             msg = (
                 f"a feature named {name!r} exists{where}; feature names are unique across "
@@ -352,12 +372,12 @@ class FeatureService:
                 msg = f"view {name!r} is a {row.kind} view; its kind cannot change"
                 raise ValidationError(msg, details={"field": "kind"})
             old = {f.name: _feature_spec(f) for f in self._feature_rows(session, row)}
-        self._validate(spec)
         new = {f.name: f for f in spec.features}
         removed = [n for n in old if n not in new]
         retyped = [n for n in old if n in new and d.is_breaking(old[n], new[n])]
         self._refuse_if_deployed(removed, "removing", name)
         self._refuse_if_deployed(retyped, "changing the type of", name)
+        self._validate(spec)
         with self.db.session() as session:
             self.db.begin_write(session)
             row = self._view_row(session, name)
