@@ -243,7 +243,10 @@ class SqlOnlineStore(OnlineStore):
         instant; SQLite compares the naive UTC text SQLAlchemy stored."""
         if self._dialect == "postgresql":
             return value
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        if value.utcoffset():
+            value = value.astimezone(timezone.utc)
+        # SQLAlchemy's SQLite DATETIME text: always six digits of microseconds
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def _error(self, action: str, view: str | None, exc: Exception) -> OnlineStoreError:
         first = " ".join(str(getattr(exc, "orig", exc) or exc).split())[:300]
