@@ -291,7 +291,12 @@ def _need(view: FeatureViewSpec, columns: dict[str, str], column: str, what: str
             f"view {view.name!r}: the {what} column {column!r} is not in the source "
             f"{_where(view)} (columns: {', '.join(shown) or 'none'})"
         )
-        raise ValidationError(msg, details={"column": column, "reason": "missing_column"})
+        field = {
+            view.source.timestamp_field: "source.timestamp_field",
+            view.source.created_timestamp_field: "source.created_timestamp_field",
+        }.get(column, "entities" if column in view.join_keys else "features")
+        details = {"column": column, "reason": "missing_column", "field": field}
+        raise ValidationError(msg, details=details)
     return columns[column]
 
 
@@ -316,7 +321,11 @@ def _ts_sql(view: FeatureViewSpec, columns: dict[str, str], column: str, what: s
         "expected a timestamp or date (store it typed; ISO 8601 text is accepted in CSV "
         "files only)"
     )
-    raise ValidationError(msg, details={"column": column, "type": kind, "reason": "wrong_type"})
+    field = "source.timestamp_field"
+    if what != "event-timestamp":
+        field = "source.created_timestamp_field"
+    details = {"column": column, "type": kind, "reason": "wrong_type", "field": field}
+    raise ValidationError(msg, details=details)
 
 
 def _check_expression(con: Any, view: FeatureViewSpec, feature: FeatureSpec) -> None:
@@ -334,7 +343,8 @@ def _check_expression(con: Any, view: FeatureViewSpec, feature: FeatureSpec) -> 
             bad = "one scalar expression over the source's columns is allowed (no subqueries)"
     if bad:
         msg = f"view {view.name!r}: feature {feature.name!r} expression {feature.sql!r}: {bad}"
-        raise ValidationError(msg, details={"feature": feature.name, "reason": "bad_expression"})
+        details = {"feature": feature.name, "reason": "bad_expression", "field": "features"}
+        raise ValidationError(msg, details=details)
 
 
 def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
@@ -352,7 +362,7 @@ def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
             f"rejected by DuckDB: {' '.join(str(exc).split())[:300]}"
         )
         raise ValidationError(
-            msg, details={"feature": feature.name, "reason": "bad_expression"}
+            msg, details={"feature": feature.name, "reason": "bad_expression", "field": "features"}
         ) from None
     kind = str(rows[0][1]).upper()
     exact, prefixes = _FITS[feature.dtype]
@@ -363,7 +373,13 @@ def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
         f"computes {kind}; expected {_EXPECTED[feature.dtype]}"
     )
     raise ValidationError(
-        msg, details={"feature": feature.name, "type": kind, "reason": "wrong_type"}
+        msg,
+        details={
+            "feature": feature.name,
+            "type": kind,
+            "reason": "wrong_type",
+            "field": "features",
+        },
     )
 
 

@@ -92,7 +92,12 @@ def register_source(
     :func:`lock_down`, to call before any user expression runs."""
     source = view.source
     if source.kind == "file":
-        _register_file(platform, con, view, name, allowed)
+        try:
+            _register_file(platform, con, view, name, allowed)
+        except ValidationError as exc:  # the API names the field at fault
+            if "field" in exc.details:
+                raise
+            raise type(exc)(exc.message, details={**exc.details, "field": "source.uri"}) from None
     elif source.kind == "sql":
         _register_arrow(con, name, _sql_table(platform, view))
     elif source.kind == "push":
