@@ -268,8 +268,15 @@ def test_predict_with_entity_keys_only(platform: Any, model: Any, plane: DataPla
         ({"dataframe_records": [{"customer_id": i} for i in ids]}, "application/json"),
         ({"inputs": {"customer_id": ids}}, "application/json"),
         (b"customer_id\n3\n17\n40\n1\n", "text/csv"),
+        ({"instances": [{"customer_id": i} for i in ids]}, "application/json"),
+        (
+            {"inputs": [{"name": "customer_id", "shape": [4], "datatype": "INT64", "data": ids}]},
+            "application/json",
+        ),
     ]:
         other = orjson.loads(_ask(plane, "churn", body, ctype).body)
+        if "outputs" in other:  # KServe v2 answers in tensors
+            other = {"predictions": other["outputs"][0]["data"]}
         assert other["predictions"] == got["predictions"], body
     health = plane.health(plane.table.get("churn"))
     assert health["features"]["columns"] == FEATURES

@@ -315,6 +315,12 @@ def _rows_of(parsed: ParsedRequest) -> list[dict[str, Any]]:
     if parsed.records is not None:
         return parsed.records
     columns = parsed.columns
+    if columns is None and parsed.array is not None and len(parsed.v2_inputs or ()) == 1:
+        # one v2 tensor [N] (or [N, 1]): the column its name says
+        array = parsed.array
+        if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
+            parsed.array = array.reshape(-1, 1)
+            columns = [str(parsed.v2_inputs[0]["name"])]  # type: ignore[index]
     if columns is None:
         msg = (
             "this deployment is feature-backed: send entity rows by name, e.g. "
