@@ -417,7 +417,7 @@ class Settings(BaseSettings):
         data["storage"]["previous_master_keys"] = ["********"] * len(
             self.storage.previous_master_keys
         )
-        for section in ("storage", "executor", "search", "plugins"):
+        for section in ("storage", "executor", "search", "features", "plugins"):
             for key, table in data[section].items():
                 if isinstance(table, dict):
                     extra = (secret_options or {}).get(key, set()) if section == "plugins" else ()
@@ -429,15 +429,19 @@ _SECRET_KEY = re.compile(r"(secret|password|token|key)", re.I)
 
 
 def _redact_table(table: dict[str, Any], secrets: Any = ()) -> dict[str, Any]:
-    return {
-        k: ("********" if (_SECRET_KEY.search(k) or k in secrets) and v else v)
-        for k, v in table.items()
-    }
+    def hidden(key: str, value: Any) -> Any:
+        if (_SECRET_KEY.search(key) or key in secrets) and value:
+            return "********"
+        if isinstance(value, str) and "://" in value:  # a backend URL may hold a password
+            return redact_url(value)
+        return value
+
+    return {k: hidden(k, v) for k, v in table.items()}
 
 
 def redact_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host`` URLs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", url)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1********@", url)
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:

@@ -120,6 +120,18 @@ def test_config_show_json_redacts_secrets(tmp_path, run_cli):
     assert data["source"].endswith("mlrig.toml")
 
 
+def test_config_show_redacts_a_password_in_an_online_store_url(tmp_path, run_cli):
+    (tmp_path / "mlrig.toml").write_text(
+        '[features]\nbackend = "redis"\n[features.redis]\nurl = "redis://:s3cret@cache:6379/2"\n'
+    )
+    result = run_cli("config", "show", "--json", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    data = json.loads(result.stdout)
+    assert data["features"]["redis"]["url"] == "redis://:********@cache:6379/2"
+    assert data["features"]["backend"] == "redis"
+
+
 def test_job_processes_inherit_the_previous_master_keys(monkeypatch):
     """A job reads artifacts its worker can read: the old keys travel with the settings."""
     from mlrig.config import INHERITED_ENV, load_settings
