@@ -454,3 +454,103 @@ def test_features_over_the_rest_api(platform: Any, model: Any) -> None:
         cleared = http.put("/api/ml/deployments/churn", json={"features": None})
         assert cleared.status_code == 200, cleared.text
         assert cleared.json()["features"] is None
+
+
+@pytest.fixture
+def ratio_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    import sys
+    import textwrap
+
+    from mlrig.features.ondemand import forget_functions
+
+    (tmp_path / "serving_odfv.py").write_text(
+        textwrap.dedent(
+            """
+            import pandas as pd
+
+            def ratio(df):
+                return pd.DataFrame({"spend_ratio": df["avg_spend"] / df["amount"]})
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget_functions()
+    yield "serving_odfv"
+    forget_functions()
+    sys.modules.pop("serving_odfv", None)
+
+
+def test_on_demand_features_from_request_values(
+    platform: Any, store_data: Any, ratio_module: str
+) -> None:
+    """An on-demand feature over a stored feature (not asked for itself) and a request
+    field: the row sends the key and the field, the model gets the computed value."""
+    import pandas as pd
+
+    from mlrig.registry.packaging import register_model
+
+    platform.features.create_view(
+        {
+            "name": "spend",
+            "kind": "on_demand",
+            "function": f"{ratio_module}:ratio",
+            "inputs": ["customer_stats:avg_spend"],
+            "request_fields": {"amount": "numerical"},
+            "features": [{"name": "spend_ratio", "type": "numerical"}],
+        },
+        actor=ACTOR,
+    )
+    columns = ["orders_7d", "spend_ratio"]
+    frame = store_data.assign(spend_ratio=store_data["avg_spend"] / 10.0)
+    estimator = _train(frame, columns)
+    register_model(platform, estimator, name="churn", actor=ACTOR, sample=frame[columns].head(5))
+    made = platform.deployments.create(
+        name="churn",
+        model="churn",
+        version="1",
+        runtime="sklearn",
+        actor=ACTOR,
+        features={"refs": ["orders_7d", "spend:spend_ratio"]},
+    )
+    assert made["features"]["entity_keys"] == ["customer_id"]  # from the input's view
+    plane = DataPlane(platform, load_wait_seconds=30.0)
+    try:
+        plane.start(wait=True)
+        assert plane.table.get("churn").features.ondemand_fields == ("amount",)
+        rows = [{"customer_id": 6, "amount": 4.0}, {"customer_id": 11, "amount": 20.0}]
+        store = platform.online_store
+        reads: list[tuple[str, list[str]]] = []
+        real = store.read
+
+        def counted(view: str, keys: Any, features: Any, **kw: Any) -> Any:
+            reads.append((view, list(features)))
+            return real(view, keys, features, **kw)
+
+        store.read = counted  # type: ignore[method-assign]
+        try:
+            got = orjson.loads(_ask(plane, "churn", {"entities": rows}).body)
+        finally:
+            del store.read
+        # one round trip for the view, the on-demand input read with the asked feature
+        assert reads == [("customer_stats", ["orders_7d", "avg_spend"])]
+        indexed = _frame().set_index("customer_id")
+        expected = pd.DataFrame(
+            [
+                [
+                    indexed.loc[r["customer_id"], "orders_7d"],
+                    indexed.loc[r["customer_id"], "avg_spend"] / r["amount"],
+                ]
+                for r in rows
+            ],
+            columns=columns,
+        )
+        np.testing.assert_allclose(
+            got["probabilities"], estimator.predict_proba(expected), rtol=1e-12
+        )
+        with pytest.raises(ValidationError, match="misses amount"):
+            _ask(plane, "churn", {"entities": [{"customer_id": 6}]})
+        plane.inference_log.flush()
+        logged = _inference_rows(platform)[-1]["inputs"]
+        assert logged["features"][0]["spend_ratio"] == pytest.approx(expected.iloc[0, 1])
+    finally:
+        plane.stop()

@@ -57,6 +57,8 @@ class FeatureBinding:
     views: tuple[tuple[str, int], ...] = ()
     #: how many entities one request may ask for (``[features] max_entities_per_request``)
     max_entities: int = 10_000
+    #: request fields on-demand views read that are no model column (rows send them too)
+    ondemand_fields: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, platform: Platform, config: Mapping[str, Any]) -> FeatureBinding:
@@ -66,9 +68,23 @@ class FeatureBinding:
         requests = tuple((view, tuple(names)) for view, names in groups)
         features = tuple(r.rsplit(":", 1)[-1] for r in refs)
         request_fields = tuple(config.get("request_fields") or ())
+        on_demand = [v for v, _ in requests if getattr(v, "join_keys", None) is None]
+        asked = {n for _, names in requests for n in names}
+        needed = sorted(
+            {r for v in on_demand for r in v.inputs if r.rpartition(":")[2] not in asked}
+        )
+        if needed:  # read with the asked features of their views: one read per view
+            merged = {v.name: (v, list(names)) for v, names in requests}
+            for view, names in platform.features.resolve(needed):
+                held = merged.setdefault(view.name, (view, []))[1]
+                held += [n for n in names if n not in held]
+            requests = tuple((v, tuple(names)) for v, names in merged.values())
         join_keys: list[str] = []
         for view, _ in requests:
-            join_keys += [k for k in getattr(view, "join_keys", ()) if k not in join_keys]
+            join_keys += [k for k in getattr(view, "join_keys", None) or () if k not in join_keys]
+        ondemand_fields = tuple(
+            dict.fromkeys(f for v in on_demand for f in v.request_fields if f not in request_fields)
+        )
         keys = tuple(config.get("entity_keys") or join_keys)
         limit = getattr(platform.settings.features, "max_entities_per_request", None) or 10_000
         return cls(
@@ -81,6 +97,7 @@ class FeatureBinding:
             fill_value=config.get("fill_value"),
             views=tuple((v.name, int(getattr(v, "version", 1))) for v, _ in requests),
             max_entities=int(limit),
+            ondemand_fields=ondemand_fields,
         )
 
     def current(self, deployment: Mapping[str, Any]) -> bool:
@@ -97,6 +114,7 @@ class FeatureBinding:
             "columns": list(self.columns),
             "entity_keys": list(self.entity_keys),
             "request_fields": list(self.request_fields),
+            "on_demand_fields": list(self.ondemand_fields),
             "views": [{"name": n, "version": v} for n, v in self.views],
             "fill_value": self.fill_value,
         }
@@ -114,7 +132,7 @@ class FeatureBinding:
                 "request ([features] max_entities_per_request)"
             )
             raise ValidationError(msg, details={"problem": "too_many"})
-        wanted = self.entity_keys + self.request_fields
+        wanted = self.entity_keys + self.request_fields + self.ondemand_fields
         allowed = frozenset(wanted)
         for i, row in enumerate(rows):
             if type(row) is not dict:
@@ -128,21 +146,18 @@ class FeatureBinding:
                     parts.append(f"misses {', '.join(lacking)}")
                 if unknown:
                     parts.append(f"has unknown field(s) {', '.join(unknown[:_SHOWN])}")
+                fields = self.request_fields + self.ondemand_fields
                 msg = (
                     f"entity row {i} {' and '.join(parts)}; a row holds the entity keys "
                     f"({', '.join(self.entity_keys)})"
-                    + (
-                        f" and request fields ({', '.join(self.request_fields)})"
-                        if self.request_fields
-                        else ""
-                    )
+                    + (f" and request fields ({', '.join(fields)})" if fields else "")
                 )
                 raise ValidationError(
                     msg,
                     details={
                         "row": i,
                         "entity_keys": list(self.entity_keys),
-                        "request_fields": list(self.request_fields),
+                        "request_fields": list(self.request_fields + self.ondemand_fields),
                     },
                 )
 

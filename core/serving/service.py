@@ -286,26 +286,26 @@ class DeploymentService:
         if self._feature_store is None:
             msg = "this platform has no feature store: a deployment cannot declare features"
             raise ValidationError(msg, details={"field": "features"})
-        groups = self._feature_store().resolve(checked["refs"])
+        store = self._feature_store()
+        groups = store.resolve(checked["refs"])
         owner: dict[str, str] = {}
         join_keys: list[str] = []
+        batch = []
         for view, names in groups:
-            keys = getattr(view, "join_keys", None)
-            if keys is None:  # an on-demand view: computed from other features
-                msg = (
-                    f"features.refs: {', '.join(names)} of on-demand view {view.name!r} cannot "
-                    "back a deployment yet; reference batch view features"
-                )
-                raise ValidationError(msg, details={"field": "features.refs", "view": view.name})
+            for name in names:
+                owner[name] = view.name
+            if getattr(view, "join_keys", None) is None:  # on demand: keyed by its inputs'
+                batch += [v for v, _ in store.resolve(list(view.inputs), batch_only=True)]
+            else:
+                batch.append(view)
+        for view in batch:
             if not getattr(view, "online", True):
                 msg = (
                     f"features.refs: view {view.name!r} is not online (online = false): its "
                     "values are not materialised for serving"
                 )
                 raise ValidationError(msg, details={"field": "features.refs", "view": view.name})
-            for name in names:
-                owner[name] = view.name
-            join_keys += [k for k in keys if k not in join_keys]
+            join_keys += [k for k in view.join_keys if k not in join_keys]
         names = [r.rsplit(":", 1)[-1] for r in checked["refs"]]
         checked["refs"] = [f"{owner[n]}:{n}" for n in names]
         keys = checked["entity_keys"] or join_keys
