@@ -128,6 +128,7 @@ class SqlOnlineStore(OnlineStore):
         option = orjson.OPT_SERIALIZE_NUMPY
         written_at = when(now)
         written = 0
+        copy = self._dialect == "postgresql"
         try:
             with db.bulk_write_lock, db.engine.begin() as conn:
                 cursor = conn.connection.cursor()  # executemany on the driver: no compiling
@@ -146,8 +147,11 @@ class SqlOnlineStore(OnlineStore):
                             )
                             for row in newest[start : start + size]
                         ]
-                        cursor.executemany(sql, params)
-                        written += max(cursor.rowcount, 0)
+                        if copy and len(params) >= _COPY_FROM:
+                            written += _copy_upsert(cursor, params)
+                        else:
+                            cursor.executemany(sql, params)
+                            written += max(cursor.rowcount, 0)
                 finally:
                     cursor.close()
         except (SQLAlchemyError, *_driver_errors()) as exc:
@@ -281,6 +285,33 @@ _UPSERT = {
         + _NEWER.format(t=TABLE, epoch="'1970-01-01 00:00:00+00'::timestamptz")
     ),
 }
+
+
+#: PostgreSQL batches at least this long go through COPY into a temporary table
+_COPY_FROM = 200
+_STAGE = "mlrig_online_stage"
+_STAGE_SQL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (view text, entity_key text, "
+    '"values" jsonb, event_timestamp timestamptz, created_timestamp timestamptz, '
+    "written_at timestamptz) ON COMMIT DELETE ROWS"
+)
+_STAGE_UPSERT = (
+    f"INSERT INTO {TABLE} {_COLUMNS} SELECT * FROM {_STAGE} "
+    f"ON CONFLICT (view, entity_key) DO UPDATE {_SET} WHERE "
+    + _NEWER.format(t=TABLE, epoch="'1970-01-01 00:00:00+00'::timestamptz")
+)
+
+
+def _copy_upsert(cursor: Any, params: list[tuple[Any, ...]]) -> int:
+    """PostgreSQL: ``COPY`` the batch into a session-local staging table, then one
+    ``INSERT ... SELECT ... ON CONFLICT`` (several times faster than ``executemany``)."""
+    cursor.execute(_STAGE_SQL)
+    cursor.execute(f"TRUNCATE {_STAGE}")
+    with cursor.copy(f"COPY {_STAGE} FROM STDIN") as copy:
+        for row in params:
+            copy.write_row(row)
+    cursor.execute(_STAGE_UPSERT)
+    return max(cursor.rowcount, 0)
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
