@@ -383,11 +383,14 @@ def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
     )
 
 
-def _computed(prep: _Prepared, names: Sequence[str]) -> str:
-    """The source with normalised timestamps and the named features computed."""
+def _computed(prep: _Prepared, names: Sequence[str], *, narrow: bool = False) -> str:
+    """The source with normalised timestamps and the named features computed
+    (``narrow``: only the features and the row's position)."""
     view = prep.view
-    parts = [quote(k) for k in view.join_keys]
-    parts += [f"{prep.ts_sql} AS {_TS}", f"{prep.cts_sql} AS {_CTS}"]
+    parts = []
+    if not narrow:
+        parts += [quote(k) for k in view.join_keys]
+        parts += [f"{prep.ts_sql} AS {_TS}", f"{prep.cts_sql} AS {_CTS}"]
     for name in names:
         feature = view.feature(name)
         if feature.expression is None:
@@ -428,20 +431,29 @@ def _join(
         if view.ttl_seconds is not None:
             earliest = span[0] - timedelta(seconds=float(view.ttl_seconds))
             where += f" AND {_TS} >= {_stamp_literal(earliest)}"
+    # 1. which source row each entity row gets, on narrow rows (keys, times, position):
+    # the newest of equal (keys, event_ts) first (created_ts, then the last in the source)
     latest = (
-        f"SELECT * FROM ({_computed(prep, names)}) WHERE {where} "
+        f"SELECT * FROM ({_computed(prep, [])}) WHERE {where} "
         f"QUALIFY row_number() OVER (PARTITION BY {', '.join(quote(k) for k in keys)}, {_TS} "
         f"ORDER BY {_CTS} DESC NULLS LAST, {FILE_COLUMN} DESC, {ORDER_COLUMN} DESC) = 1"
     )
+    fresh = "TRUE"
     if view.ttl_seconds is not None:
         micros = round(float(view.ttl_seconds) * 1_000_000)
         fresh = f"f.{_TS} >= e.{_TS} - to_microseconds({micros})"
-        picks = [f"CASE WHEN {fresh} THEN f.{quote(n)} END AS {quote(n)}" for n in names]
-    else:
-        picks = [f"f.{quote(n)} AS {quote(n)}" for n in names]
+    matched = (
+        f"SELECT e.{_ROW}, CASE WHEN {fresh} THEN f.{FILE_COLUMN} END AS {FILE_COLUMN}, "
+        f"CASE WHEN {fresh} THEN f.{ORDER_COLUMN} END AS {ORDER_COLUMN} "
+        f"FROM __mlrig_entity e ASOF LEFT JOIN ({latest}) f ON {on}"
+    )
+    # 2. the features of those rows, computed once per matched source row
+    values = _computed(prep, names, narrow=True)
+    picks = ", ".join(f"s.{quote(n)}" for n in names)
     sql = (
-        f"SELECT {', '.join(picks)} FROM __mlrig_entity e "
-        f"ASOF LEFT JOIN ({latest}) f ON {on} ORDER BY e.{_ROW}"
+        f"SELECT {picks} FROM ({matched}) m LEFT JOIN ({values}) s "
+        f"ON m.{FILE_COLUMN} = s.{FILE_COLUMN} AND m.{ORDER_COLUMN} = s.{ORDER_COLUMN} "
+        f"ORDER BY m.{_ROW}"
     )
     return _run(con, view, sql)
 
