@@ -123,6 +123,10 @@ def _frame(n: int = 40) -> Any:
 
 @pytest.fixture
 def store_data(platform: Any, tmp_path: Path) -> Any:
+    return _store_data(platform, tmp_path)
+
+
+def _store_data(platform: Any, tmp_path: Path) -> Any:
     """Entity ``customer``, view ``customer_stats`` over a Parquet file (TTL one day), its
     rows written to the online store directly (as materialisation would)."""
     frame = _frame()
@@ -554,3 +558,48 @@ def test_on_demand_features_from_request_values(
         assert logged["features"][0]["spend_ratio"] == pytest.approx(expected.iloc[0, 1])
     finally:
         plane.stop()
+
+
+@pytest.mark.parametrize("backend", ["sql", "redis"])
+def test_feature_backed_predict_on_each_store_and_database(
+    tmp_path: Path, db_url: str, database: Any, backend: str
+) -> None:
+    """The same deployment over the sql store (SQLite, PostgreSQL) and Redis: the model
+    gets the stored values, an unknown key is a 422."""
+    import uuid
+
+    from mlrig.registry.packaging import register_model
+
+    options: dict[str, Any] = {"backend": backend}
+    prefix = f"mlrig-test:{uuid.uuid4().hex[:12]}:"
+    if backend == "redis":
+        pytest.importorskip("redis")
+        options["redis"] = {"url": "redis://127.0.0.1:6379/0", "prefix": prefix}
+    plat = make_platform(
+        tmp_path / "home",
+        database={"url": db_url},
+        auth={"enabled": False},
+        serving={"refresh_seconds": 0.1},
+        datasets={"allowed_roots": [str(tmp_path)]},
+        features=options,
+    )
+    plane = DataPlane(plat, load_wait_seconds=30.0)
+    try:
+        frame = _store_data(plat, tmp_path)
+        estimator = _train(frame, FEATURES)
+        register_model(plat, estimator, name="churn", actor=ACTOR, sample=frame[FEATURES].head(5))
+        _deploy(plat)
+        plane.start(wait=True)
+        ids = [8, 2, 33]
+        got = orjson.loads(_ask(plane, "churn", {"entities": {"customer_id": ids}}).body)
+        expected = frame.set_index("customer_id").loc[ids, FEATURES]
+        np.testing.assert_allclose(
+            got["probabilities"], estimator.predict_proba(expected), rtol=1e-12
+        )
+        with pytest.raises(ValidationError, match="customer_id=77777"):
+            _ask(plane, "churn", {"entities": [{"customer_id": 77777}]})
+    finally:
+        plane.stop()
+        if backend == "redis":
+            plat.online_store.delete_view("customer_stats")
+        plat.close()
