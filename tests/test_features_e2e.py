@@ -1,9 +1,9 @@
 """The feature store end to end (issue 14's "Must show"), over a real uvicorn server on
-loopback: define an entity and a feature view over a Parquet file, materialise it on the
-job engine, read online over HTTP, build a point-in-time training set, train a model on
-it through the engine (sklearn trainer), deploy it with feature references, predict with
-entity keys only: the answers are the model's own on the same features, and the inference
-log keeps the features used."""
+loopback, on SQLite and on PostgreSQL: define an entity and a feature view over a Parquet
+file, materialise it on the job engine, read online over HTTP, build a point-in-time
+training set, train a model on it through the engine (sklearn trainer), deploy it with
+feature references, predict with entity keys only: the answers are the model's own on the
+same features, and the inference log keeps the features used."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _ok(response: httpx.Response, status: int = 200) -> Any:
     return response.json()
 
 
-def test_feature_store_end_to_end(tmp_path: Path) -> None:
+def test_feature_store_end_to_end(tmp_path: Path, db_url: str, database: Any) -> None:
     now = datetime.now(timezone.utc)
     data = tmp_path / "data"
     data.mkdir()
@@ -75,7 +75,10 @@ def test_feature_store_end_to_end(tmp_path: Path) -> None:
     history = _history(now)
     history.to_parquet(source)
     platform = make_platform(
-        tmp_path / "home", datasets={"allowed_roots": [str(data)]}, serving={"refresh_seconds": 0.2}
+        tmp_path / "home",
+        database={"url": db_url},
+        datasets={"allowed_roots": [str(data)]},
+        serving={"refresh_seconds": 0.2},
     )
     try:
         from mlrig.api import create_app
