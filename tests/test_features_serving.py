@@ -603,3 +603,46 @@ def test_feature_backed_predict_on_each_store_and_database(
         if backend == "redis":
             plat.online_store.delete_view("customer_stats")
         plat.close()
+
+
+def test_an_unreachable_online_store_is_a_503_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    from mlrig.contracts.online_store import OnlineStoreError
+    from mlrig.registry.packaging import register_model
+
+    plat = make_platform(
+        tmp_path / "home",
+        auth={"enabled": False},
+        datasets={"allowed_roots": [str(tmp_path)]},
+        features={
+            "backend": "redis",
+            "redis": {"url": "redis://127.0.0.1:1/0", "socket_timeout": 1},
+        },
+    )
+    plane = DataPlane(plat, load_wait_seconds=30.0)
+    try:
+        frame = _frame()
+        path = tmp_path / "customer_stats.parquet"
+        frame.to_parquet(path)
+        plat.features.create_entity({"name": "customer", "join_keys": ["customer_id"]}, actor=ACTOR)
+        plat.features.create_view(
+            {
+                "name": "customer_stats",
+                "entities": ["customer"],
+                "source": {"kind": "file", "uri": str(path)},
+                "features": [{"name": n, "type": "numerical"} for n in FEATURES],
+            },
+            actor=ACTOR,
+        )
+        register_model(
+            plat, _train(frame, FEATURES), name="churn", actor=ACTOR, sample=frame[FEATURES].head(5)
+        )
+        _deploy(plat)
+        plane.start(wait=True)
+        with pytest.raises(OnlineStoreError) as caught:
+            _ask(plane, "churn", {"entities": [{"customer_id": 1}]})
+        assert caught.value.http_status == 503
+        assert "127.0.0.1:1" in caught.value.message
+    finally:
+        plane.stop()
+        plat.close()
