@@ -432,3 +432,15 @@ def test_a_folder_of_parquet_files_is_one_source(tmp_path: Path) -> None:
     want = oracle(entity, view, rows, DRIVER_COMPUTE)
     assert plain(got["trips"]) == want["trips"]
     assert plain(got["conv_rate"]) == want["conv_rate"]
+
+
+def test_importing_the_offline_store_loads_no_heavy_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mlrig.features.offline, mlrig.features.sources; "
+        "print(sorted({'duckdb', 'pandas', 'pyarrow'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -64,7 +64,14 @@ def literal(value: str) -> str:
 def connect() -> Any:
     """A fresh in-memory DuckDB connection with bounded memory (spills to a temp folder)."""
     duckdb = require_extra()
-    con = duckdb.connect(config={"memory_limit": os.environ.get("MLRIG_DUCKDB_MEMORY", "2GB")})
+    import tempfile
+
+    config = {
+        "memory_limit": os.environ.get("MLRIG_DUCKDB_MEMORY", "2GB"),
+        # spills go to the system's temp folder, never the server's working directory
+        "temp_directory": os.path.join(tempfile.gettempdir(), "mlrig-duckdb"),
+    }
+    con = duckdb.connect(config=config)
     con.execute("SET TimeZone = 'UTC'")  # aware results come back in UTC
     return con
 
