@@ -140,6 +140,9 @@ class LocalExecutor(Executor):
     """Run jobs as processes of this machine, with rlimits, CPU affinity and GPU masks."""
 
     Options = LocalExecutorOptions
+    #: its jobs run on this machine, in the folder the worker gave them: they can leave
+    #: their outcome there for the worker to record (:data:`mlrig.engine.runner.OUTCOME_ENV`)
+    shares_workdir = True
 
     def __init__(self, options: BaseModel) -> None:
         super().__init__(options)

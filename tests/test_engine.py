@@ -406,3 +406,130 @@ def test_errors_retrying_cannot_fix_fail_at_once_with_the_reason(platform, test_
         assert "not retried" in row.status_detail and why in row.status_detail
         line = next(x for x in lines if x.startswith(f"{row.name} attempt 1 failed"))
         assert "cannot succeed by retrying" in line and why in line, line
+
+
+# --- what the worker hands a job, and what a job hands back --------------------------------
+
+
+def test_a_job_reads_the_experiment_its_worker_handed_it_only_for_its_attempt(
+    db_platform, tmp_path, monkeypatch
+):
+    from mlrig.engine import runner
+
+    job_id = add_job(db_platform, "handed", params={"steps": 2})
+    job = db_platform.queue.claim("w1", lease_seconds=30)
+    path = tmp_path / "experiment.json"
+    assert runner.hand_over(path, job.experiment, job.attempt)
+    monkeypatch.setenv(runner.EXPERIMENT_ENV, str(path))
+    handed = runner.handed_experiment(job_id, job.attempt)
+    loaded = runner.load_experiment(db_platform, job_id)
+    assert handed is not None and "creator_name" not in handed
+    assert {**handed, "creator_name": loaded["creator_name"]} == loaded
+    assert runner.handed_experiment(job_id, job.attempt + 1) is None  # another attempt's
+    assert runner.handed_experiment(uuid.uuid4(), job.attempt) is None
+    path.write_text("{not json")
+    assert runner.handed_experiment(job_id, job.attempt) is None  # the job reads its own
+
+
+def _outcome(monkeypatch, path, job, points):
+    from datetime import datetime, timezone
+
+    from mlrig.engine import runner
+
+    monkeypatch.setenv(runner.OUTCOME_ENV, str(path))
+    closing = {
+        "points": points,
+        "at": datetime.now(timezone.utc).isoformat(),
+        "supersede": True,
+    }
+    facts = {"seed": 7, "config_hash": "abc"}
+    result = {"metrics": {"loss": 0.5}, "model_version_id": None, "resumed_from_step": None}
+    assert runner._hand_outcome(job.id, job.attempt, None, result, facts, closing)
+
+
+def test_the_worker_records_a_handed_over_completion_fenced_by_the_attempt(
+    db_platform, tmp_path, monkeypatch
+):
+    """The completion a job left for its worker is recorded in one transaction with its
+    last points and reproducibility facts, only while that attempt holds the job; the
+    outcome of another attempt is refused."""
+    from mlrig.engine.runner import record_handed_outcome
+    from mlrig.experiments.metrics import AttemptFence, write_points
+
+    job_id = add_job(db_platform, "handed-back")
+    queue = db_platform.queue
+    first = queue.claim("w1", lease_seconds=0.01)
+    time.sleep(0.05)
+    queue.requeue_expired()
+    second = queue.claim("w2", lease_seconds=30)
+    # an earlier attempt's point, which the completing attempt supersedes
+    fence = AttemptFence(second.owner, second.attempt)
+    write_points(db_platform.db, job_id, [("old", 1.0, 9, 0, "train")], fence=fence)
+    stale = tmp_path / "stale.json"
+    _outcome(monkeypatch, stale, first, [["loss", 0.5, 0, 0, "train"]])
+    assert record_handed_outcome(db_platform, first, stale) == (
+        False,
+        "[mlrig] this attempt lost the job before completing it",
+    )
+    with pytest.raises(ValueError, match="another attempt"):
+        record_handed_outcome(db_platform, second, stale)
+    row = job_row(db_platform, job_id)
+    assert row.status == "running" and _points(db_platform, job_id) == [("old", 9, "train")]
+    assert record_handed_outcome(db_platform, second, tmp_path / "none.json") is None
+    good = tmp_path / "outcome.json"
+    _outcome(monkeypatch, good, second, [["loss", 0.5, 0, 0, "train"]])
+    assert record_handed_outcome(db_platform, second, good) == (True, "[mlrig] completed")
+    row = job_row(db_platform, job_id)
+    assert row.status == "completed" and row.lease_owner is None
+    assert row.configuration["result"]["metrics"] == {"loss": 0.5}
+    assert row.reproducibility["config_hash"] == "abc"
+    assert _points(db_platform, job_id) == [("loss", 0, "train")]
+    # recorded once: a second try of the same outcome no longer holds the job
+    assert record_handed_outcome(db_platform, second, good)[0] is False
+
+
+def test_a_worker_job_leaves_its_completion_to_the_worker(db_platform, test_trainers):
+    """End to end (both databases): the job exits after training, its worker records the
+    completion, its points and facts, and says so in the job's output."""
+    from mlrig.experiments.logs import LogStore
+
+    job_id = add_job(db_platform, "steps-handed", params={"steps": 3, "sleep": 0.01})
+    run_worker(db_platform)
+    row = job_row(db_platform, job_id)
+    assert (row.status, row.attempts) == ("completed", 1), row.status_detail
+    assert row.configuration["result"]["metrics"] == {"steps": 3.0}
+    assert row.reproducibility["config_hash"] and "python" in row.reproducibility
+    assert sorted(_points(db_platform, job_id)) == [("value", s, "train") for s in range(3)]
+    folder = db_platform.settings.resolve_path(".mlrig/work") / str(job_id) / "attempt-1"
+    assert (folder / "outcome.json").exists() and (folder / "experiment.json").exists()
+    log, _ = LogStore(db_platform.artifacts).read(str(job_id))
+    assert log.rstrip().endswith(b"[mlrig] completed"), log[-300:]
+
+
+def test_the_sweep_driver_rounds_back_off_while_no_sweep_runs(platform, monkeypatch):
+    from mlrig.engine import worker as worker_module
+
+    calls = []
+    advance = platform.sweeps.advance
+
+    def counted(*, owner):
+        calls.append(owner)
+        return advance(owner=owner)
+
+    monkeypatch.setattr(platform.sweeps, "advance", counted)
+    worker = Worker(platform)
+    base = platform.settings.search.driver_interval_seconds
+    worker._drive_sweeps(100.0, force=False)
+    assert len(calls) == 1 and worker._drive_every == 2 * base
+    worker._drive_sweeps(100.0 + 1.5 * base, force=False)  # within the backed-off interval
+    assert len(calls) == 1
+    for i in range(10):
+        worker._drive_sweeps(200.0 + 10 * i, force=False)
+    assert worker._drive_every == worker_module.IDLE_DRIVE_SECONDS
+    worker._drive_sweeps(300.0, force=True)  # a job ended: driven at once
+    assert len(calls) == 12
+    monkeypatch.setattr(platform.sweeps.driver, "_due_sweeps", lambda: [])
+    platform.sweeps.driver.idle = False
+    monkeypatch.setattr(platform.sweeps, "advance", lambda *, owner: 0)
+    worker._drive_sweeps(400.0, force=True)  # a sweep runs: the configured interval again
+    assert worker._drive_every is None

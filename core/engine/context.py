@@ -110,6 +110,7 @@ class JobContext:
         self._creator_known = "creator_name" in experiment
         self._submitted_by: str | None = experiment.get("submitted_by")
         self._closing_points = 0
+        self._closing: dict[str, Any] = {}
         #: configuration["sweep"] of a sweep's trial (mlrig.sweeps), else None
         self.sweep: dict[str, Any] | None = experiment.get("sweep") or None
         self._pruning = self._make_pruning(self.sweep)
@@ -280,18 +281,22 @@ class JobContext:
         rows = check_points(points, now=now) if points else []
         supersede = not self._superseded
         key = self.job.id
+        self._closing = {
+            "points": [list(row[:5]) for row in rows],
+            "at": now.isoformat(),
+            "supersede": supersede,
+        }
 
         def write(session: Session) -> None:
-            if supersede:
-                from sqlalchemy import delete
-
-                from mlrig.db.models import TrainingMetric
-
-                session.execute(delete(TrainingMetric).where(TrainingMetric.experiment_id == key))
-            insert_checked(session, key, rows, batch_time=now)
+            write_closing(session, key, rows, supersede=supersede, batch_time=now)
 
         self._closing_points = len(rows)
         return write
+
+    def closing_record(self) -> dict[str, Any]:
+        """What :meth:`closing_writes` writes, as JSON (:func:`closing_from_record` turns
+        it back into the writes, in the worker that records a handed-over completion)."""
+        return dict(self._closing)
 
     def closed(self) -> None:
         """The completing transaction with :meth:`closing_writes` committed."""
@@ -469,3 +474,38 @@ class JobContext:
         )
         self.model_version_id = version["id"]
         return version
+
+
+def write_closing(
+    session: Session,
+    key: uuid.UUID,
+    rows: list[tuple[Any, ...]],
+    *,
+    supersede: bool,
+    batch_time: datetime,
+) -> None:
+    """An attempt's last flush in the transaction completing its job: what earlier
+    attempts logged goes (``supersede``), then the checked ``rows`` are inserted."""
+    if supersede:
+        from sqlalchemy import delete
+
+        from mlrig.db.models import TrainingMetric
+
+        session.execute(delete(TrainingMetric).where(TrainingMetric.experiment_id == key))
+    insert_checked(session, key, rows, batch_time=batch_time)
+
+
+def closing_from_record(
+    key: uuid.UUID, record: dict[str, Any]
+) -> tuple[Callable[[Session], None], int]:
+    """:meth:`JobContext.closing_record` back into the writes (the points checked again)
+    and how many points they write."""
+    at = datetime.fromisoformat(record["at"])
+    points = [tuple(point) for point in record.get("points") or ()]
+    rows = check_points(points, now=at) if points else []
+    supersede = bool(record.get("supersede"))
+
+    def write(session: Session) -> None:
+        write_closing(session, key, rows, supersede=supersede, batch_time=at)
+
+    return write, len(rows)

@@ -38,6 +38,10 @@ ORIGIN_GIT_ENV = "MLRIG_ORIGIN_GIT"
 #: a file with the experiment as the worker's claim read it (:func:`hand_over`); without
 #: it, or when it is not this attempt's, the job reads the experiment itself
 EXPERIMENT_ENV = "MLRIG_JOB_EXPERIMENT"
+#: where a job that completed leaves its outcome for its worker to record
+#: (:func:`record_handed_outcome`) instead of recording it itself; set by a worker whose
+#: executor runs jobs on its own machine (``shares_workdir``)
+OUTCOME_ENV = "MLRIG_JOB_OUTCOME"
 #: a platform a fork server built before forking this process: ``(settings JSON,
 #: platform)`` (see :func:`prepare_platform`)
 _PREPARED: list[tuple[str, Any] | None] = [None]
@@ -183,6 +187,73 @@ def handed_experiment(job_id: uuid.UUID, attempt: int) -> dict[str, Any] | None:
     return experiment
 
 
+def _hand_outcome(
+    job_id: uuid.UUID,
+    attempt: int,
+    detail: str | None,
+    outcome: dict[str, Any],
+    facts: dict[str, Any],
+    closing: dict[str, Any],
+) -> bool:
+    """Leave a completed attempt's outcome for the worker (:data:`OUTCOME_ENV`): the
+    completion, its last metric points and the reproducibility record, which the worker
+    records in one transaction fenced by this attempt (:func:`record_handed_outcome`).
+    Returns whether it did; ``False`` (no such file wanted, a value JSON cannot carry):
+    the job records its completion itself."""
+    where = os.environ.get(OUTCOME_ENV)
+    if not where:
+        return False
+    record = {
+        "id": str(job_id),
+        "attempt": attempt,
+        "detail": detail,
+        "result": outcome,
+        "facts": facts,
+        "closing": closing,
+    }
+    try:
+        text = json.dumps(record)
+        part = f"{where}.part"
+        with open(part, "w") as fh:
+            fh.write(text)
+        os.replace(part, where)  # whole or absent: the worker never reads half of it
+    except (TypeError, ValueError, OSError):
+        return False
+    return True
+
+
+def record_handed_outcome(platform: Any, job: Any, path: Path) -> tuple[bool, str] | None:
+    """Worker: record the completion the job of ``job`` (a ``ClaimedJob``) left in
+    ``path`` (:func:`_hand_outcome`) after it exited 0, fenced by its attempt as the job
+    would have. Returns ``None`` when it left none (it recorded its own), else whether it
+    completed the job and the line for the job's output.
+
+    :raises ValueError: the file is not this attempt's outcome (or unreadable)."""
+    from mlrig.engine.context import closing_from_record
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    record = json.loads(text)
+    if record.get("id") != str(job.id) or record.get("attempt") != job.attempt:
+        msg = f"{path} holds the outcome of another attempt"
+        raise ValueError(msg)
+    closing, count = closing_from_record(job.id, record["closing"])
+    facts = record["facts"]
+    detail = record.get("detail")
+
+    def also(session: Any) -> None:
+        closing(session)
+        _store_facts(session, job.id, facts)
+
+    if not platform.queue.complete(job, detail=detail, result=record["result"], also=also):
+        return False, "[mlrig] this attempt lost the job before completing it"
+    if count:
+        platform.hooks.metrics_logged(str(job.id), count)
+    return True, f"[mlrig] completed{': ' + detail if detail else ''}"
+
+
 def reproducibility_facts(
     experiment: dict[str, Any], datasets: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -290,10 +361,11 @@ def _compile_job_statements(platform: Any) -> None:
         session.execute(delete(TrainingMetric).where(TrainingMetric.experiment_id == nobody))
 
 
-def _prepared_platform() -> Any:
+def _prepared_platform(*, check_schema: bool = True) -> Any:
     """The platform the fork server prepared, if this job's settings are the ones it was
     built for, with what a fresh one does per process: the schema policy (one query on
-    the job's own, first connection) and the ``platform_started`` hook."""
+    the job's own, first connection; not for a job its worker handed its experiment,
+    read with the schema the worker checked) and the ``platform_started`` hook."""
     from mlrig.config import INHERITED_ENV
     from mlrig.engine import runner  # this code runs as ``__main__``: the server's module
 
@@ -306,7 +378,8 @@ def _prepared_platform() -> Any:
     if None in counts or any(count() for count in counts):  # type: ignore[misc]
         # the server disposed of its pool; if a connection were left, drop it unused
         platform.db.engine.dispose(close=False)
-    platform.db.ensure_schema()
+    if check_schema:
+        platform.db.ensure_schema()
     platform.hooks.platform_started()
     return platform
 
@@ -320,10 +393,11 @@ def run(job_id: str, attempt: int, owner: str) -> int:
 
     # The worker hands down its effective settings (MLRIG_SETTINGS_JSON); a fork server
     # may have built the platform of those settings already.
-    platform = _prepared_platform() or Platform.from_config()
     key = uuid.UUID(job_id)
-    # what the worker's claim read, else one read of our own
-    experiment = handed_experiment(key, attempt) or load_experiment(platform, key)
+    # what the worker's claim read (no query, no connection yet), else a read of our own
+    handed = handed_experiment(key, attempt)
+    platform = _prepared_platform(check_schema=handed is None) or Platform.from_config()
+    experiment = handed or load_experiment(platform, key)
     job = ClaimedJob(
         id=key,
         name=experiment["name"],
@@ -384,6 +458,12 @@ def run(job_id: str, attempt: int, owner: str) -> int:
     pruned = context.pruned is not None
     if pruned:
         outcome["pruned"] = context.pruned.as_outcome()
+
+    if not pruned and _hand_outcome(
+        key, attempt, detail, outcome, facts, context.closing_record()
+    ):  # the worker records it (a warm process, its connection open)
+        platform.close()
+        return 0
 
     def also(session: Any) -> None:
         """In the transaction completing the job: the last metric points, the

@@ -27,8 +27,10 @@ from mlrig.engine.runner import (
     EXIT_PERMANENT,
     EXPERIMENT_ENV,
     ORIGIN_GIT_ENV,
+    OUTCOME_ENV,
     PERMANENT_MARKER,
     hand_over,
+    record_handed_outcome,
 )
 from mlrig.engine.states import COMPLETED
 
@@ -48,6 +50,10 @@ REAP_POLL_SECONDS = 0.005
 STOP_CHECK_SECONDS = 0.05
 #: the origin folder's git state handed to jobs is at most this old (seconds)
 GIT_STATE_SECONDS = 5.0
+#: while no sweep runs, the sweep driver's rounds back off (doubling) up to this many
+#: seconds; a job that ended, or a running sweep found, brings them back to
+#: ``[search] driver_interval_seconds`` (a new sweep asks its first trials itself)
+IDLE_DRIVE_SECONDS = 5.0
 
 
 def _describe_exit(code: int) -> str:
@@ -71,6 +77,9 @@ class RunningJob:
     shipped_at: float = 0.0
     #: when the job was seen completed while its process was still exiting
     completed_at: float | None = None
+    #: where the job leaves its outcome for this worker to record (``None``: it records
+    #: its own)
+    outcome_path: Path | None = None
 
 
 class Worker:
@@ -102,6 +111,7 @@ class Worker:
         self.finished = 0
         self._logs: LogStore | None = None
         self._last_drive = 0.0
+        self._drive_every: float | None = None  # seconds; None: the configured interval
         self._settings_json: str | None = None
         self._git: tuple[float, str] | None = None  # (when, "[commit, dirty]")
 
@@ -215,6 +225,12 @@ class Worker:
         handed = folder / "experiment.json"
         if job.experiment is not None and hand_over(handed, job.experiment, job.attempt):
             env[EXPERIMENT_ENV] = str(handed)
+        # a job on this machine leaves its completion to this worker (warm, connected)
+        outcome: Path | None = None
+        if getattr(self.platform.executor, "shares_workdir", False):
+            outcome = folder / "outcome.json"
+            outcome.unlink(missing_ok=True)  # an earlier run's, in the same folder
+            env[OUTCOME_ENV] = str(outcome)
         args = (str(job.id), str(job.attempt), self.owner)
         spec = JobSpec(
             argv=(sys.executable, "-m", "mlrig.engine.runner", *args),
@@ -232,7 +248,7 @@ class Worker:
             self.allocator.release(job.id)
             self.platform.queue.fail(job, f"could not launch: {exc}")
             return
-        self.running[job.id] = RunningJob(job, handle, log_path)
+        self.running[job.id] = RunningJob(job, handle, log_path, outcome_path=outcome)
         self.echo(f"started {job.name} ({job.id}) attempt {job.attempt}, cpus {resources.cpus}")
 
     def _origin_git(self, folder: Path) -> str:
@@ -269,6 +285,8 @@ class Worker:
             code = running.handle.poll()
             if code is None:
                 continue
+            if code == 0:
+                self._record_outcome(running)
             self._ship_logs(running, final=True)
             del self.running[job_id]
             self.allocator.release(job_id)
@@ -294,6 +312,33 @@ class Worker:
             self.echo(
                 f"{job.name} attempt {job.attempt} failed (exit {code}; {why}{reason}) -> {outcome}"
             )
+
+    def _record_outcome(self, running: RunningJob) -> None:
+        """Record the completion a job that exited 0 left to this worker (see
+        :func:`mlrig.engine.runner.record_handed_outcome`), with its line in the job's
+        output. One that cannot be recorded is a failed attempt (retried while attempts
+        remain; the database away: its lease expires and it is requeued)."""
+        if running.outcome_path is None:
+            return
+        job = running.job
+        try:
+            done = record_handed_outcome(self.platform, job, running.outcome_path)
+        except Exception as exc:
+            line = f"[mlrig] the completion could not be recorded: {exc}"
+            try:
+                status = self.platform.queue.fail(job, line.removeprefix("[mlrig] "))
+            except Exception as again:
+                status = f"not recorded either ({again})"
+            self.echo(f"{job.name} attempt {job.attempt}: {line} -> {status}")
+        else:
+            if done is None:
+                return
+            line = done[1]
+        try:
+            with running.log_path.open("a") as fh:
+                fh.write(line + "\n")
+        except OSError:
+            pass
 
     @staticmethod
     def _last_line(path: Path) -> str | None:
@@ -323,13 +368,20 @@ class Worker:
         ``[search] driver_interval_seconds``, or at once after a job ended. A failure is
         reported and retried on the next round, never fatal to the loop."""
         interval = self.platform.settings.search.driver_interval_seconds
-        if not force and now - self._last_drive < interval:
+        if not force and now - self._last_drive < (self._drive_every or interval):
             return
         self._last_drive = now
         try:
-            self.platform.sweeps.advance(owner=self.owner)
+            sweeps = self.platform.sweeps
+            sweeps.advance(owner=self.owner)
         except Exception as exc:  # the database may be briefly away: the next round retries
             self.echo(f"worker {self.owner}: sweeps not advanced: {exc}")
+            return
+        if getattr(sweeps.driver, "idle", False):  # none running: look less often
+            every = 2 * (self._drive_every or interval)
+            self._drive_every = max(interval, min(every, IDLE_DRIVE_SECONDS))
+        else:
+            self._drive_every = None
 
     def _beat_worker(self) -> None:
         """Tell the queue this worker is alive (waiting commands ask it); a database

@@ -121,6 +121,9 @@ class SweepDriver:
         self.restores = 0
         self._leftovers_at = -LEFTOVER_SECONDS
         self._tidied_at = -TIDY_SECONDS
+        #: whether the last :meth:`advance` found no running sweep (a worker's rounds
+        #: back off meanwhile)
+        self.idle = False
 
     @property
     def db(self) -> Any:
@@ -152,9 +155,16 @@ class SweepDriver:
             return cached[1]
         return self._restore(sweep)
 
-    def _warm(self, sweep_id: uuid.UUID) -> None:
+    def _warm(self, sweep_id: uuid.UUID, version: int | None = None) -> None:
         """Restore a stale cached strategy before taking the lock: a long search's restore
-        (nevergrad replays its log) must not hold the sweep, or SQLite's write lock."""
+        (nevergrad replays its log) must not hold the sweep, or SQLite's write lock. A
+        strategy cached at ``version`` (just read) is warm: no read. (Either way the
+        locked step checks the version it finds and restores again when it moved.)"""
+        if version is not None:
+            with self._cache_lock:
+                cached = self._cache.get(sweep_id)
+            if cached is not None and cached[0] == version:
+                return
         with self.db.session() as session:
             version = session.scalar(select(Sweep.state_version).where(Sweep.id == sweep_id))
             with self._cache_lock:
@@ -217,19 +227,11 @@ class SweepDriver:
         """One step of every running sweep; cancel the live trials of sweeps that ended
         (stopped as an experiment, or failed early) and drop their leftover candidates.
         Returns how many trials were told or queued."""
-        with self.db.session() as session:
-            running = list(
-                session.scalars(
-                    select(Sweep.id)
-                    .join(TrainingExperiment, TrainingExperiment.id == Sweep.id)
-                    .where(TrainingExperiment.status == states.RUNNING)
-                    .order_by(TrainingExperiment.created_at)
-                )
-            )
+        due = self._due_sweeps()  # sets self.idle
         done, errors = 0, []
-        for sweep_id in running:
+        for sweep_id, version in due:
             try:
-                done += self.step(sweep_id, owner=owner)
+                done += self._step(sweep_id, owner=owner, version=version)
             except Exception as exc:  # one broken sweep must not stop the others
                 errors.append(exc)
         now = time.monotonic()
@@ -243,6 +245,41 @@ class SweepDriver:
             raise errors[0]
         return done
 
+    def _due_sweeps(self) -> list[tuple[uuid.UUID, int]]:
+        """The running sweeps that have something to do now (:meth:`_due`) with their
+        ``state_version``, oldest first: two cheap unlocked reads for all of them (their
+        settings, and the statuses of the trials not told yet)."""
+        now = utcnow()
+        with self.db.session() as session:
+            sweeps = session.execute(
+                select(
+                    Sweep.id,
+                    Sweep.parallelism,
+                    Sweep.trials_asked,
+                    Sweep.max_trials,
+                    Sweep.max_seconds,
+                    Sweep.driver_owner,
+                    Sweep.driver_expires_at,
+                    Sweep.state_version,
+                    TrainingExperiment.started_at,
+                )
+                .join(TrainingExperiment, TrainingExperiment.id == Sweep.id)
+                .where(TrainingExperiment.status == states.RUNNING)
+                .order_by(TrainingExperiment.created_at)
+            ).all()
+            self.idle = not sweeps
+            if not sweeps:
+                return []
+            statuses: dict[uuid.UUID, list[str | None]] = {s.id: [] for s in sweeps}
+            for sweep_id, status in session.execute(
+                select(SweepTrial.sweep_id, TrainingExperiment.status)
+                .select_from(SweepTrial)
+                .outerjoin(TrainingExperiment, TrainingExperiment.id == SweepTrial.experiment_id)
+                .where(SweepTrial.sweep_id.in_(list(statuses)), SweepTrial.told.is_(False))
+            ):
+                statuses[sweep_id].append(status)
+        return [(s.id, s.state_version) for s in sweeps if self._due(s, s, statuses[s.id], now)]
+
     def _needs_step(self, sweep_id: uuid.UUID) -> bool:
         """A cheap unlocked read: does the sweep have anything to do now?"""
         now = utcnow()
@@ -252,9 +289,6 @@ class SweepDriver:
             row = session.get(TrainingExperiment, sweep_id)
             if sweep is None or row is None or row.status != states.RUNNING:
                 return False
-            held = as_utc(sweep.driver_expires_at)
-            if sweep.driver_owner is not None and held is not None and held > now:
-                return False  # its best model is being registered
             statuses = list(
                 session.scalars(
                     select(TrainingExperiment.status)
@@ -265,15 +299,25 @@ class SweepDriver:
                     .where(SweepTrial.sweep_id == sweep_id, SweepTrial.told.is_(False))
                 )
             )
-            if any(s not in _LIVE for s in statuses):
-                return True  # a trial ended: tell it
-            outstanding = len(statuses)
-            if outstanding == 0:
-                return True  # ask the first ones, or end
-            return outstanding < sweep.parallelism and not self._budget_spent(sweep, row, now)
+            return self._due(sweep, row, statuses, now)
+
+    def _due(self, sweep: Any, row: Any, statuses: list[str | None], now: datetime) -> bool:
+        """Whether a running sweep has something to do: not held by the driver registering
+        its best model, and a trial ended (tell it), or none outstanding (ask the first
+        ones, or end), or room for more within the budget. ``sweep`` and ``row``: the
+        sweep's and its experiment's values (rows, or one row with both)."""
+        held = as_utc(sweep.driver_expires_at)
+        if sweep.driver_owner is not None and held is not None and held > now:
+            return False  # its best model is being registered
+        if any(s not in _LIVE for s in statuses):
+            return True  # a trial ended: tell it
+        outstanding = len(statuses)
+        if outstanding == 0:
+            return True  # ask the first ones, or end
+        return outstanding < sweep.parallelism and not self._budget_spent(sweep, row, now)
 
     @staticmethod
-    def _budget_spent(sweep: Sweep, row: TrainingExperiment, now: datetime) -> bool:
+    def _budget_spent(sweep: Any, row: Any, now: datetime) -> bool:
         """No more trials: ``max_trials`` asked or the wall-time budget spent."""
         if sweep.trials_asked >= sweep.max_trials:
             return True
@@ -289,8 +333,13 @@ class SweepDriver:
         were told or queued."""
         if not self._needs_step(sweep_id):
             return 0
+        return self._step(sweep_id, owner=owner)
+
+    def _step(self, sweep_id: uuid.UUID, *, owner: str, version: int | None = None) -> int:
+        """:meth:`step` of a sweep found due (``version``: its ``state_version`` as read
+        then: a cached strategy of that version needs no read to be warm)."""
         try:
-            self._warm(sweep_id)
+            self._warm(sweep_id, version)
         except StrategyError as exc:
             self._fail(sweep_id, f"the search strategy failed: {exc}")
             return 0
