@@ -456,3 +456,31 @@ def test_two_identical_creates_at_once_make_one_view(plat, data_dir):
         assert session.scalar(select(func.count()).select_from(FeatureView)) == 1
         assert session.scalar(select(func.count()).select_from(FeatureDefinition)) == 3
         assert session.scalar(select(func.count()).select_from(FeatureDefinitionVersion)) == 3
+
+
+def test_resolve_is_cached_and_sees_changes_from_elsewhere(plat, data_dir, monkeypatch, db_url):
+    from mlrig.features import service as service_module
+
+    _customer(plat)
+    plat.features.create_view(_view_body(data_dir), actor=ALICE)
+    first = plat.features.resolve(["spend"])
+    assert plat.features.resolve(["spend"]) == first
+    other = make_platform(
+        Path(str(data_dir)).parent / "other",
+        database={"url": db_url},
+        datasets={"allowed_roots": [str(data_dir)]},
+    )
+    try:  # another process's change: seen once the generation is read again
+        other.features.update_feature("spend", {"tags": ["money"]}, actor=BOB)
+    finally:
+        other.close()
+    monkeypatch.setattr(service_module, "RESOLVE_CHECK_SECONDS", 0.0)
+    spec, _ = plat.features.resolve(["spend"])[0]
+    assert spec.feature("spend").tags == ("money",)
+    # a change in this process is seen at once
+    monkeypatch.setattr(service_module, "RESOLVE_CHECK_SECONDS", 3600.0)
+    plat.features.update_feature("spend", {"tags": ["cash"]}, actor=BOB)
+    spec, _ = plat.features.resolve(["spend"])[0]
+    assert spec.feature("spend").tags == ("cash",)
+    with pytest.raises(ValidationError):
+        plat.features.get_online_features(["bad ref"], [{"customer_id": 1}])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,10 @@ Requests = list[tuple[AnyView, list[str]]]
 #: the most rows one push, one JSON training set or one batch read may carry
 MAX_PUSH_ROWS = 10_000
 MAX_TRAINING_ROWS = 10_000
+#: how often resolve() asks the database whether definitions changed elsewhere
+RESOLVE_CHECK_SECONDS = 1.0
+#: distinct reference lists resolve() keeps
+RESOLVE_CACHE_SIZE = 1024
 #: experiment statuses that are final
 _ENDED = ("completed", "failed", "cancelled")
 
@@ -104,6 +109,43 @@ class FeatureService:
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+        # resolve() on the online read path: refs -> (generation, requests), the
+        # generation being the views table's (count, max updated_at, sum version), read
+        # at most every RESOLVE_CHECK_SECONDS; a change in this process clears it at once
+        self._resolved: dict[tuple[tuple[str, ...], bool], Requests] = {}
+        self._generation: tuple[Any, ...] | None = None
+        self._checked_at = 0.0
+        self._cache_lock = threading.Lock()
+
+    def _forget(self) -> None:
+        with self._cache_lock:
+            self._resolved.clear()
+            self._generation = None
+            self._checked_at = 0.0
+
+    def _current_generation(self) -> tuple[Any, ...] | None:
+        """The views' generation, from the database at most every
+        :data:`RESOLVE_CHECK_SECONDS` (else the last one read)."""
+        now = time.monotonic()
+        if self._generation is not None and now - self._checked_at < RESOLVE_CHECK_SECONDS:
+            return self._generation
+        with self.db.session() as session:
+            row = session.execute(
+                select(
+                    func.count(FeatureView.id),
+                    func.max(FeatureView.updated_at),
+                    func.sum(FeatureView.version),
+                    func.count(FeatureDefinition.id),
+                )
+                .select_from(FeatureDefinition)
+                .outerjoin(FeatureView, FeatureView.id == FeatureDefinition.view_id)
+            ).one()
+        generation = tuple(row)
+        with self._cache_lock:
+            if generation != self._generation:
+                self._resolved.clear()
+            self._generation, self._checked_at = generation, now
+        return generation
 
     @property
     def db(self) -> Any:
@@ -230,6 +272,7 @@ class FeatureService:
                 session.flush()
         except IntegrityError:
             raise _taken("feature view or feature", spec.name) from None
+        self._forget()
         return self.get_view(spec.name)
 
     def _check_feature_names_free(self, session: Session, names: Sequence[str]) -> None:
@@ -406,6 +449,7 @@ class FeatureService:
                 session.flush()
             except IntegrityError:
                 raise _taken("feature", ", ".join(added)) from None
+        self._forget()
         return self.get_view(name)
 
     def view_spec(self, name: str) -> AnyView:
@@ -652,6 +696,19 @@ class FeatureService:
         :raises NotFoundError: unknown names (all listed) or a name in another view.
         :raises ValidationError: a malformed reference.
         """
+        key = (tuple(refs), batch_only)
+        self._current_generation()
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return [(spec, list(names)) for spec, names in cached]
+        resolved = self._resolve(refs, batch_only=batch_only)
+        with self._cache_lock:
+            if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+                self._resolved.clear()
+            self._resolved[key] = [(spec, list(names)) for spec, names in resolved]
+        return resolved
+
+    def _resolve(self, refs: Sequence[str], *, batch_only: bool) -> Requests:
         parsed = [d.check_ref(r, field="features") for r in refs]
         names = list(dict.fromkeys(n for _, n in parsed))
         with self.db.session() as session:
@@ -723,7 +780,7 @@ class FeatureService:
         ``None`` and listed in ``missing`` (per row)."""
         from mlrig.features.online import read_online
 
-        refs = d.check_refs(features)
+        refs = _refs(features)
         rows = _check_entity_rows(
             entity_rows, self.platform.settings.features.max_entities_per_request
         )
@@ -1173,6 +1230,18 @@ def _check_function(path: str) -> None:
     if not callable(target):
         msg = f"function {path!r}: {module_name!r} has no function {attribute!r}"
         raise ValidationError(msg, details={"field": "function"})
+
+
+def _refs(features: object) -> list[str]:
+    """``features`` deduplicated; each reference is checked where resolve() first sees
+    it (a cached list was checked then), the list's shape here."""
+    if (
+        isinstance(features, (list, tuple))
+        and 0 < len(features) <= 1000
+        and all(type(r) is str for r in features)
+    ):
+        return list(dict.fromkeys(features))
+    return d.check_refs(features)
 
 
 def _check_local_file(spec: FeatureViewSpec) -> None:
