@@ -646,3 +646,56 @@ def test_an_unreachable_online_store_is_a_503_naming_it(tmp_path: Path) -> None:
     finally:
         plane.stop()
         plat.close()
+
+
+def test_pii_features_reach_the_model_but_are_masked_in_the_log(
+    platform: Any, store_data: Any, tmp_path: Path
+) -> None:
+    import hashlib
+    import json
+
+    from mlrig.registry.packaging import register_model
+
+    frame = store_data.assign(income=np.linspace(1000, 9000, len(store_data)))
+    path = tmp_path / "private.parquet"
+    frame[["customer_id", "event_timestamp", "income"]].to_parquet(path)
+    platform.features.create_view(
+        {
+            "name": "private",
+            "entities": ["customer"],
+            "source": {"kind": "file", "uri": str(path)},
+            "features": [{"name": "income", "type": "numerical", "tags": ["pii"]}],
+        },
+        actor=ACTOR,
+    )
+    platform.online_store.write(
+        "private",
+        [
+            OnlineRow((str(int(r.customer_id)),), {"income": float(r.income)}, r.event_timestamp)
+            for r in frame.itertuples()
+        ],
+    )
+    columns = ["avg_spend", "income"]
+    estimator = _train(frame, columns)
+    register_model(platform, estimator, name="churn", actor=ACTOR, sample=frame[columns].head(5))
+    platform.deployments.create(
+        name="churn",
+        model="churn",
+        version="1",
+        runtime="sklearn",
+        actor=ACTOR,
+        features={"refs": ["avg_spend", "private:income"]},
+    )
+    plane = DataPlane(platform, load_wait_seconds=30.0)
+    try:
+        plane.start(wait=True)
+        got = orjson.loads(_ask(plane, "churn", {"entities": [{"customer_id": 5}]}).body)
+        row = frame.set_index("customer_id").loc[[5], columns]
+        np.testing.assert_allclose(got["probabilities"], estimator.predict_proba(row), rtol=1e-12)
+        plane.inference_log.flush()
+        logged = _inference_rows(platform)[-1]["inputs"]["features"][0]
+    finally:
+        plane.stop()
+    income = float(row.loc[5, "income"])
+    assert logged["income"] == hashlib.sha256(json.dumps(income).encode()).hexdigest()
+    assert logged["avg_spend"] == float(row.loc[5, "avg_spend"])  # not PII: as is

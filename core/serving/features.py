@@ -59,6 +59,9 @@ class FeatureBinding:
     max_entities: int = 10_000
     #: request fields on-demand views read that are no model column (rows send them too)
     ondemand_fields: tuple[str, ...] = ()
+    #: features tagged ``pii``: masked in the inference log (``[features] pii_mask``)
+    pii: tuple[str, ...] = ()
+    pii_mask: str = "hash"
 
     @classmethod
     def load(cls, platform: Platform, config: Mapping[str, Any]) -> FeatureBinding:
@@ -98,6 +101,8 @@ class FeatureBinding:
             views=tuple((v.name, int(getattr(v, "version", 1))) for v, _ in requests),
             max_entities=int(limit),
             ondemand_fields=ondemand_fields,
+            pii=tuple(n for n in features if _is_pii(groups, n)),
+            pii_mask=str(getattr(platform.settings.features, "pii_mask", "hash")),
         )
 
     def current(self, deployment: Mapping[str, Any]) -> bool:
@@ -240,6 +245,25 @@ class FeatureBinding:
                 ],
             },
         )
+
+
+def _is_pii(groups: Sequence[tuple[Any, Sequence[str]]], name: str) -> bool:
+    for view, names in groups:
+        if name in names:
+            return any(f.name == name and f.pii for f in view.features)
+    return False
+
+
+def logged_features(binding: FeatureBinding, used: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feature values as the inference log keeps them: PII features masked."""
+    if not binding.pii:
+        return used
+    from mlrig.features.service import mask_value
+
+    mode = binding.pii_mask
+    return [
+        {k: mask_value(v, mode) if k in binding.pii else v for k, v in row.items()} for row in used
+    ]
 
 
 def _is_missing(value: Any) -> bool:
@@ -439,7 +463,7 @@ async def predict_features(
     if future is not None:
         recent.finish(client_id, digest, future, out)  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
-    logged: dict[str, Any] = {"entities": rows, "features": used}
+    logged: dict[str, Any] = {"entities": rows, "features": logged_features(binding, used)}
     if any(filled):
         logged["filled"] = filled
     if binding.request_fields:
