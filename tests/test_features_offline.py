@@ -444,3 +444,18 @@ def test_importing_the_offline_store_loads_no_heavy_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_duplicate_index_and_other_columns_are_kept(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    drivers = driver_rows(rng, 60)
+    view = driver_view(write(drivers, tmp_path / "d.parquet"), ttl=None)
+    entity = entity_frame(rng, 30, aware=True)
+    entity.index = ["same"] * 10 + list(range(len(entity) - 10))
+    got = offline.historical_features(None, entity, [(view, ["trips"])])
+    assert list(got.index) == list(entity.index)
+    assert plain(got["label"]) == plain(entity["label"])
+    assert (
+        plain(got["trips"])
+        == oracle(entity, view, drivers, {"trips": DRIVER_COMPUTE["trips"]})["trips"]
+    )

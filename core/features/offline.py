@@ -184,12 +184,15 @@ def historical_features(
         try:
             prepared = _prepare(platform, con, [spec for spec, _ in batch])
             con.register("__mlrig_entity", entities)
+            fetched: dict[str, Any] = {}
             for (_spec, names), prep in zip(batch, prepared, strict=True):
                 table = _join(con, prep, names, span)
                 for name in names:
-                    out[name] = table.column(name).to_pandas().set_axis(entity_df.index)
+                    fetched[name] = table.column(name).to_pandas().set_axis(entity_df.index)
         finally:
             con.close()
+        # one concat, not a column at a time (a frame of hundreds of features stays whole)
+        out = pd.concat([out, pd.DataFrame(fetched, index=entity_df.index)], axis=1)
     if on_demand:
         from mlrig.features.ondemand import apply_on_demand
 
