@@ -484,3 +484,46 @@ def test_resolve_is_cached_and_sees_changes_from_elsewhere(plat, data_dir, monke
     assert spec.feature("spend").tags == ("cash",)
     with pytest.raises(ValidationError):
         plat.features.get_online_features(["bad ref"], [{"customer_id": 1}])
+
+
+ON_DEMAND = """
+def ratio(frame):
+    import pandas as pd
+
+    return pd.DataFrame({"spend_per_amount": frame["spend"] / frame["amount"]}, index=frame.index)
+"""
+
+
+def test_on_demand_views_offline_and_online(plat, data_dir, tmp_path, monkeypatch):
+    (tmp_path / "fs_ondemand_mod.py").write_text(ON_DEMAND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _customer(plat)
+    plat.features.create_view(_view_body(data_dir), actor=ALICE)
+    body = {
+        "name": "ratios",
+        "kind": "on_demand",
+        "function": "fs_ondemand_mod:ratio",
+        "inputs": ["spend"],
+        "request_fields": {"amount": "numerical"},
+        "features": [{"name": "spend_per_amount", "type": "numerical"}],
+    }
+    view = plat.features.create_view(body, actor=ALICE)
+    assert view["kind"] == "on_demand" and view["inputs"] == ["spend"]
+    with pytest.raises(ValidationError) as caught:
+        plat.features.create_view(
+            {**body, "name": "r2", "function": "fs_no_such_mod:f"}, actor=ALICE
+        )
+    assert caught.value.details["field"] == "function"
+    with pytest.raises(ValidationError) as caught:
+        plat.features.create_view({**body, "name": "r3", "inputs": ["nope"]}, actor=ALICE)
+    assert caught.value.details["field"] == "inputs"
+    entity_df = pd.DataFrame(
+        {
+            "customer_id": [1],
+            "event_timestamp": pd.to_datetime(["2026-01-03T12:00"], utc=True),
+            "amount": [2.0],
+        }
+    )
+    frame = plat.features.get_historical_features(entity_df, ["spend_per_amount"])
+    assert frame["spend_per_amount"].tolist() == [1.5]
+    assert "spend" not in frame.columns  # an input not asked for is not returned

@@ -745,9 +745,7 @@ class FeatureService:
 
     def _pii(self, requests: Requests) -> list[str]:
         return (
-            [n for spec, names in requests for n in names if spec.feature(n).pii]
-            if requests
-            else []
+            [n for spec, names in requests for n in names if _is_pii(spec, n)] if requests else []
         )
 
     def _audit_pii(self, names: Sequence[str], rows: int, actor: Principal | None) -> None:
@@ -1230,6 +1228,10 @@ def _check_function(path: str) -> None:
     if not callable(target):
         msg = f"function {path!r}: {module_name!r} has no function {attribute!r}"
         raise ValidationError(msg, details={"field": "function"})
+
+
+def _is_pii(spec: AnyView, name: str) -> bool:
+    return any(f.pii for f in spec.features if f.name == name)
 
 
 def _refs(features: object) -> list[str]:
