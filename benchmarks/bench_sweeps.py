@@ -29,10 +29,12 @@ everything a trial costs on top of its own work (the sweep driver telling the st
 and queueing the next trial, the claim, the launch, the runner's start-up and its reads,
 flushing the metrics, completing, the worker seeing the exit). The phases (means, ms)
 come from the experiments' events and the trainer's own timestamps: ``start`` (claimed ->
-loop started: launch, fork or interpreter and imports, config, loading the experiment),
-``finish`` (loop ended -> ``completed`` recorded: metrics flush, reproducibility record,
-``complete``), ``turnaround`` (completed -> the next trial claimed: process exit, the
-worker noticing it, the sweep driver's step, the claim). Medians over ``--runs`` runs.
+loop started: launch, fork or interpreter and imports, config, the experiment the worker
+handed over), ``finish`` (loop ended -> ``completed`` recorded: the job hands its outcome
+to the worker and exits, the worker notices the exit and records the completion with the
+last metric points and the reproducibility record in one transaction), ``turnaround``
+(completed -> the next trial claimed: the sweep driver's step, the claim). Medians over
+``--runs`` runs.
 
 **(b) speed-up** (``speedup``): ``--cpu-trials`` trials of about ``--cpu-work-ms`` of
 CPU-bound loop each, with parallelism 1 (a worker with 1 slot) and 2 (a worker with 2
