@@ -12,6 +12,9 @@ Options (``[features.sql]``): ``batch_size`` (rows per upsert statement).
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -86,6 +89,8 @@ class SqlOnlineStore(OnlineStore):
         self._dialect = "sqlite"
         self._read_sql: dict[tuple[bool, ...], str] = {}
         self._reads: Engine | None = None
+        self._unanalyzed = 0
+        self._analyzed_at = -math.inf
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -156,7 +161,25 @@ class SqlOnlineStore(OnlineStore):
                     cursor.close()
         except (SQLAlchemyError, *_driver_errors()) as exc:
             raise self._error("write", view, exc) from exc
+        if copy:
+            self._analyze_after(len(newest))
         return written
+
+    def _analyze_after(self, rows: int) -> None:
+        """PostgreSQL: refresh the table's statistics after bulk writes (at most every
+        ``_ANALYZE_EVERY_S``). Right after a load, stale statistics make the planner scan
+        the whole view for a read instead of looking the keys up (20 ms instead of 1 ms
+        for 100 keys of a 10,000-entity view) until autovacuum catches up."""
+        self._unanalyzed += rows
+        if self._unanalyzed < _ANALYZE_ROWS:
+            return
+        now = time.monotonic()
+        if now - self._analyzed_at < _ANALYZE_EVERY_S:
+            return
+        self._analyzed_at, self._unanalyzed = now, 0
+        engine = self._reads or self.db.engine
+        with contextlib.suppress(SQLAlchemyError), engine.connect() as conn:
+            conn.exec_driver_sql(f"ANALYZE {TABLE}")
 
     def read(
         self,
@@ -287,6 +310,9 @@ _UPSERT = {
 }
 
 
+#: PostgreSQL: ANALYZE after this many rows written (and at most every so many seconds)
+_ANALYZE_ROWS = 1000
+_ANALYZE_EVERY_S = 10.0
 #: PostgreSQL batches at least this long go through COPY into a temporary table
 _COPY_FROM = 200
 _STAGE = "mlrig_online_stage"
