@@ -793,9 +793,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mlrig-historical", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.entities, args.requests, args.warmup, args.training_rows = 200, 20, 2, 2000
-        args.rows_per_entity = min(args.rows_per_entity, 5)
+    if args.tiny:  # the sizes not given on the command line
+        tiny = {"entities": 200, "requests": 20, "warmup": 2, "training_rows": 2000}
+        tiny["rows_per_entity"] = 5
+        for key, value in tiny.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
     args.stores = [s for s in args.stores.split(",") if s]
     if unknown := set(args.stores) - set(STORES):
         parser.error(f"unknown store {sorted(unknown)}: use {', '.join(STORES)}")
