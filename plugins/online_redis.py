@@ -170,10 +170,14 @@ class RedisOnlineStore(OnlineStore):
         self, reads: Sequence[ViewRead], *, now: datetime
     ) -> list[list[dict[str, Any] | None]]:
         """Every view's keys in one ``MGET`` (one round trip)."""
-        names: list[str] = []
+        names: list[bytes] = []
+        texts: dict[int, list[bytes]] = {}
         for part in reads:
-            prefix = self._view_prefix(part.view)
-            names.extend(self._key(prefix, k) for k in part.keys)
+            prefix = self._view_prefix(part.view).encode()
+            encoded = texts.get(id(part.keys))
+            if encoded is None:  # views of the same entities often share one key list
+                encoded = texts[id(part.keys)] = [orjson.dumps(list(k)) for k in part.keys]
+            names.extend(prefix + k for k in encoded)
         if not names:
             return [[] for _ in reads]
         try:

@@ -199,7 +199,14 @@ class SqlOnlineStore(OnlineStore):
     ) -> list[list[dict[str, Any] | None]]:
         """Every view's keys in one statement (a ``UNION ALL`` of one indexed lookup per
         view, each with its TTL): one round trip."""
-        stored = [[encode_stored_key(k) for k in part.keys] for part in reads]
+        texts: dict[int, list[str]] = {}
+        stored = []
+        for part in reads:  # views of the same entities often share one key list
+            found_texts = texts.get(id(part.keys))
+            if found_texts is None:
+                found_texts = [encode_stored_key(k) for k in part.keys]
+                texts[id(part.keys)] = found_texts
+            stored.append(found_texts)
         params: list[Any] = []
         shape: list[bool] = []
         for i, part in enumerate(reads):

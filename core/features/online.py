@@ -144,13 +144,17 @@ def read_online(
     missing: list[list[str]] = [[] for _ in range(n)]
     on_demand: list[tuple[OnDemandViewSpec, Sequence[str]]] = []
 
+    encoded: dict[tuple[str, ...], list[EntityKey]] = {}
+
     def fetch(parts: Sequence[tuple[FeatureViewSpec, Sequence[str], bool]]) -> None:
         """Read ``parts`` (view, names, whether missing values are reported): one store
         call for all of them where the store reads many views at once, else one per view."""
-        reads = [
-            ViewRead(view.name, row_keys(view, entity_rows), list(names), view.ttl_seconds)
-            for view, names, _ in parts
-        ]
+        reads = []
+        for view, names, _ in parts:
+            keys = encoded.get(view.join_keys)
+            if keys is None:  # views on the same entities share one encoding per call
+                keys = encoded[view.join_keys] = row_keys(view, entity_rows)
+            reads.append(ViewRead(view.name, keys, list(names), view.ttl_seconds))
         if len(reads) > 1 and isinstance(store, ReadsManyViews):
             results = store.read_many(reads, now=now)
         else:

@@ -266,6 +266,11 @@ class OnlineStoreContract:
             assert alone == answer
         got[0][0]["x"] = "changed"  # results are the caller's to keep
         assert got[0][3] == {"x": 2}
+        shared = [("1",), ("2",)]  # one key list for two views (views of one entity)
+        got = online_store.read_many(
+            [ViewRead("a", shared, ["x"], None), ViewRead("b", shared, ["y"], None)], now=at(100)
+        )
+        assert got == [[{"x": 1}, {"x": 2}], [{"y": "b1"}, None]]
 
     # --- threads ------------------------------------------------------------------------
 
