@@ -252,7 +252,7 @@ def test_materialize_is_202_and_statistics_mask_pii(env, data_dir):
                 "source": {"kind": "push"},
                 "features": [{"name": "x", "type": "text"}],
             },
-            422,
+            404,
         ),
         (
             "post",
@@ -342,6 +342,7 @@ def test_materialize_is_202_and_statistics_mask_pii(env, data_dir):
         ),
         ("put", "/features/spend", {"type": "float"}, 422),
         ("put", "/features/spend", {"name": "other"}, 422),
+        ("get", "/features/bad%20name", None, 422),
         (
             "put",
             "/feature-views/stats",
@@ -358,6 +359,7 @@ def test_materialize_is_202_and_statistics_mask_pii(env, data_dir):
         ("get", "/features/spend/values", None, 422),
         ("get", "/features/spend/values?key=customer_id:1&as_of=yesterday", None, 422),
         ("get", "/features/no_such", None, 404),
+        ("get", "/features/bad%20name", None, 422),
         ("get", "/feature-views/no_such/statistics", None, 404),
         ("get", "/entities/no_such", None, 404),
     ],

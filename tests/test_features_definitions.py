@@ -244,7 +244,6 @@ def test_name_clashes_create_nothing(plat, data_dir):
     [
         ({"source": {"kind": "file", "uri": "MISSING"}}, "source.uri"),
         ({"source": {"kind": "ftp"}}, "source.kind"),
-        ({"entities": ["driver"]}, "entities[0]"),
         ({"features": [{"name": "spend", "type": "float"}]}, "features[0].type"),
         ({"features": [{"name": "spend"}]}, "features[0].type"),
         ({"features": [{"name": "bad name", "type": "text"}]}, "features[0].name"),
@@ -266,6 +265,13 @@ def test_bad_views_name_the_field(plat, data_dir, change, field):
     )
     with pytest.raises(NotFoundError):
         plat.features.get_view("customer_stats")
+
+
+def test_an_unknown_entity_is_404_naming_it(plat, data_dir):
+    _customer(plat)
+    with pytest.raises(NotFoundError, match="no entity named 'driver'") as caught:
+        plat.features.create_view(_view_body(data_dir, entities=["driver"]), actor=ALICE)
+    assert caught.value.details["field"] == "entities[0]"
 
 
 def test_a_missing_column_and_a_bad_timestamp_are_refused(plat, data_dir):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import Field, StrictInt, StrictStr
 
 from mlrig.api.deps import PlatformDep
@@ -59,6 +59,12 @@ Expression = Annotated[
         "of the feature's name).",
     ),
 ]
+#: a feature in a path: ``name`` or ``view:name``
+FeaturePath = Annotated[str, Path(min_length=1, max_length=257, pattern=REF_PATTERN)]
+#: one entity in ``?key=``: ``join_key:value[,join_key:value...]``
+KEY_PATTERN = (
+    r"^[A-Za-z_][A-Za-z0-9_]{0,127}:[^,\u0000]*(,[A-Za-z_][A-Za-z0-9_]{0,127}:[^,\u0000]*)*$"
+)
 KeyValue = StrictInt | Annotated[StrictStr, Field(max_length=1000)]
 EntityRow = Annotated[
     dict[Name, KeyValue],
@@ -86,8 +92,6 @@ class FeatureUpdate(InputModel):
     """The fields to change (the others are kept). A type change is refused (409) while a
     deployment uses the feature."""
 
-    name: Name | None = None
-    view: Name | None = None
     type: FeatureType | None = None
     expression: Expression | None = None
     description: Description | None = None
@@ -138,7 +142,9 @@ class ViewCreate(InputModel):
 
 
 class ViewUpdate(ViewCreate):
-    name: Name | None = None  # type: ignore[assignment]
+    """The whole definition, as at creation, without the name (views are not renamed)."""
+
+    name: None = Field(default=None, exclude=True)  # type: ignore[assignment]
 
 
 class OnlineRequest(InputModel):
@@ -481,7 +487,7 @@ def training_set(body: TrainingSetRequest, platform: PlatformDep, actor: Reader)
 
 
 @router.get("/features/{name}", summary="Get a feature (name or view:name)", responses=errors(404))
-def get_feature(name: str, platform: PlatformDep, _: Reader) -> Feature:
+def get_feature(name: FeaturePath, platform: PlatformDep, _: Reader) -> Feature:
     return platform.features.get_feature(name)  # type: ignore[return-value]
 
 
@@ -490,7 +496,9 @@ def get_feature(name: str, platform: PlatformDep, _: Reader) -> Feature:
     summary="Change a feature (a new version is recorded)",
     responses=errors(404, 409, e409="A type change while a deployment uses the feature."),
 )
-def update_feature(name: str, body: FeatureUpdate, platform: PlatformDep, actor: Writer) -> Feature:
+def update_feature(
+    name: FeaturePath, body: FeatureUpdate, platform: PlatformDep, actor: Writer
+) -> Feature:
     return platform.features.update_feature(  # type: ignore[return-value]
         name, body.model_dump(exclude_unset=True), actor=actor
     )
@@ -501,7 +509,7 @@ def update_feature(name: str, body: FeatureUpdate, platform: PlatformDep, actor:
     summary="Every definition the feature has had, with who and when",
     responses=errors(404),
 )
-def feature_history(name: str, platform: PlatformDep, _: Reader) -> FeatureHistory:
+def feature_history(name: FeaturePath, platform: PlatformDep, _: Reader) -> FeatureHistory:
     return platform.features.feature_history(name)  # type: ignore[return-value]
 
 
@@ -511,11 +519,11 @@ def feature_history(name: str, platform: PlatformDep, _: Reader) -> FeatureHisto
     responses=errors(404),
 )
 def feature_values(
-    name: str,
+    name: FeaturePath,
     platform: PlatformDep,
     actor: Reader,
     key: Annotated[
-        list[Annotated[str, Query(min_length=3, max_length=2000)]],
+        list[Annotated[str, Query(min_length=3, max_length=2000, pattern=KEY_PATTERN)]],
         Query(
             min_length=1,
             max_length=1000,

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlrig import validation as v
-from mlrig.errors import ValidationError
+from mlrig.errors import NotFoundError, ValidationError
 from mlrig.features.spec import (
     FEATURE_TYPES,
     EntitySpec,
@@ -303,7 +303,7 @@ def check_batch_view(body: object, entities: Mapping[str, EntitySpec]) -> Featur
         if key not in entities:
             known = ", ".join(sorted(entities)[:20]) or "none yet"
             msg = f"entities[{index}]: no entity named {key!r} (known: {known}); create it first"
-            raise _invalid(f"entities[{index}]", msg)
+            raise NotFoundError(msg, details={"field": f"entities[{index}]", "name": key})
         specs.append(entities[key])
     keys = [k for e in specs for k in e.join_keys]
     if len(set(keys)) != len(keys):

@@ -115,7 +115,8 @@ class RemoteFeatures(RemoteService):
     def update_view(
         self, name: str, body: Mapping[str, Any], *, actor: Principal | None = None
     ) -> Any:
-        return self.http.request("PUT", f"/feature-views/{segment(name)}", json=dict(body))
+        definition = {k: v for k, v in body.items() if k != "name"}  # the path names it
+        return self.http.request("PUT", f"/feature-views/{segment(name)}", json=definition)
 
     def create_feature(self, body: Mapping[str, Any], *, actor: Principal | None = None) -> Any:
         return self.http.request("POST", "/features", json=dict(body))

@@ -90,6 +90,8 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
         elif path == "/api/ml/deployments":
             body.update(model=FUZZ_MODEL, version="1", alias=None, runtime="auto")
             _deployable(body)
+        elif path.startswith("/api/ml/feature") or path == "/api/ml/entities":
+            _feature_store(path, body)
         elif path.endswith("/predict") and "inputs" in body:
             body["inputs"] = FUZZ_ROWS  # what fits the model's signature depends on the model
     if (
@@ -102,7 +104,49 @@ def map_case(context: object, case: schemathesis.Case) -> schemathesis.Case:
             body.update(version="1", alias=None)
         body.pop("runtime", None)
         _deployable(body)
+    if (
+        isinstance(body, dict)
+        and method == "PUT"
+        and path == "/api/ml/feature-views/{name}"
+        and _valid(case, ParameterLocation.BODY)
+    ):
+        _feature_store(path, body)
     return case
+
+
+#: columns a feature store body may not use as a feature or join key
+_RESERVED = {"event_timestamp", "created_timestamp"}
+
+
+def _feature_store(path: str, body: dict[str, object]) -> None:
+    """What a feature store body needs beyond its shape: distinct join keys and feature
+    names, none a timestamp column; a view over a push source (a file or a query must
+    exist, an on-demand function must import: the world's, not the request's); entity
+    rows that name a join key; a training-set row's event time; end after start."""
+    if path == "/api/ml/entities":
+        keys = [k for k in dict.fromkeys(body.get("join_keys") or []) if k not in _RESERVED]
+        body["join_keys"] = keys or ["fuzz_id"]
+    elif path.startswith("/api/ml/feature-views") and "features" in body:
+        for key in ("function", "inputs", "request_fields"):
+            body.pop(key, None)
+        body.update(
+            kind="batch", source={"kind": "push"}, entities=body.get("entities") or ["fuzz"]
+        )
+        seen: dict[str, object] = {}
+        for feature in body.get("features") or []:
+            if isinstance(feature, dict) and feature.get("name") not in _RESERVED:
+                seen.setdefault(str(feature.get("name")), feature)
+        body["features"] = list(seen.values()) or [{"name": "fuzz_feature", "type": "text"}]
+    elif path.endswith("/materialize"):
+        body.pop("end", None)
+    elif path == "/api/ml/features/batch":
+        body["entities"] = [{"fuzz_id": 1}]
+        body.pop("request_data", None)
+    elif path == "/api/ml/features/training-set":
+        body["entities"] = [{"fuzz_id": 1, "event_timestamp": "2026-01-01T00:00:00Z"}]
+        body["timestamp_column"] = "event_timestamp"
+    elif path == "/api/ml/features" and body.get("name") in _RESERVED:
+        body["name"] = "fuzz_feature"
 
 
 #: a space every strategy can search (grid included) whose sample the trainer accepts
