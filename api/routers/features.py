@@ -128,7 +128,7 @@ class ViewCreate(InputModel):
     entities: list[Name] | None = Field(default=None, max_length=d.MAX_ENTITIES_PER_VIEW)
     source: SourceIn | None = None
     features: list[FeatureIn] = Field(min_length=1, max_length=d.MAX_FEATURES_PER_VIEW)
-    ttl_seconds: int | None = Field(default=None, ge=1, le=d.MAX_TTL_SECONDS)
+    ttl_seconds: StrictInt | None = Field(default=None, ge=1, le=d.MAX_TTL_SECONDS)
     online: bool | None = None
     tags: Tags | None = None
     description: Description | None = None

@@ -464,7 +464,14 @@ def parse_key(text: str) -> dict[str, int | str]:
         name, value = match.groups()
         if name in row:
             raise _invalid("key", v.scrub(f"key {text[:100]!r} repeats {name!r}"))
-        row[name] = int(value) if _INTEGER.match(value) and abs(int(value)) < 2**63 else value
+        if _INTEGER.match(value) or value.lstrip("-").isdigit():
+            number = int(value) if value.lstrip("-").isascii() else None
+            if number is None or not v.INT64_MIN <= number <= v.INT64_MAX:
+                msg = f"key {name}: {value[:40]!r} is not an integer within 64 bits"
+                raise _invalid("key", v.scrub(msg))
+            row[name] = number
+        else:
+            row[name] = value
     return row
 
 

@@ -113,6 +113,7 @@ class FeatureService:
         # generation being the views table's (count, max updated_at, sum version), read
         # at most every RESOLVE_CHECK_SECONDS; a change in this process clears it at once
         self._resolved: dict[tuple[tuple[str, ...], bool], Requests] = {}
+        self._pii_names: dict[tuple[Any, ...], list[str]] = {}
         self._generation: tuple[Any, ...] | None = None
         self._checked_at = 0.0
         self._cache_lock = threading.Lock()
@@ -120,6 +121,7 @@ class FeatureService:
     def _forget(self) -> None:
         with self._cache_lock:
             self._resolved.clear()
+            self._pii_names.clear()
             self._generation = None
             self._checked_at = 0.0
 
@@ -144,6 +146,7 @@ class FeatureService:
         with self._cache_lock:
             if generation != self._generation:
                 self._resolved.clear()
+                self._pii_names.clear()
             self._generation, self._checked_at = generation, now
         return generation
 
@@ -257,6 +260,7 @@ class FeatureService:
         """
         with self.db.session() as session:
             spec = self._check_view(body, session)
+        _check_rights(spec, {}, actor)
         self._validate(spec)
         try:
             with self.db.session() as session:
@@ -416,6 +420,7 @@ class FeatureService:
                 raise ValidationError(msg, details={"field": "kind"})
             old = {f.name: _feature_spec(f) for f in self._feature_rows(session, row)}
         new = {f.name: f for f in spec.features}
+        _check_rights(spec, old, actor)
         removed = [n for n in old if n not in new]
         retyped = [n for n in old if n in new and d.is_breaking(old[n], new[n])]
         self._refuse_if_deployed(removed, "removing", name)
@@ -744,9 +749,21 @@ class FeatureService:
     # --- values ---------------------------------------------------------------------------
 
     def _pii(self, requests: Requests) -> list[str]:
-        return (
-            [n for spec, names in requests for n in names if _is_pii(spec, n)] if requests else []
-        )
+        """The asked features that are PII: tagged so, or on-demand features computed
+        from a PII input (their values carry it)."""
+        key = tuple((spec.name, spec.version, tuple(names)) for spec, names in requests)
+        found = self._pii_names.get(key)
+        if found is None:
+            found = []
+            for spec, names in requests:
+                tainted = isinstance(spec, OnDemandViewSpec) and bool(
+                    spec.inputs and self._pii(self.resolve(spec.inputs, batch_only=True))
+                )
+                found += [n for n in names if tainted or _is_pii(spec, n)]
+            if len(self._pii_names) >= RESOLVE_CACHE_SIZE:
+                self._pii_names.clear()
+            self._pii_names[key] = found
+        return list(found)
 
     def _audit_pii(self, names: Sequence[str], rows: int, actor: Principal | None) -> None:
         if not names:
@@ -806,7 +823,9 @@ class FeatureService:
             self._audit_pii(pii, len(rows), actor)
         return {
             "features": names,
-            "results": [{n: row.get(n) for n in names} for row in values],
+            "results": values
+            if all(len(row) == len(names) for row in values)
+            else [{n: row.get(n) for n in names} for row in values],
             "missing": missing,
         }
 
@@ -1228,6 +1247,29 @@ def _check_function(path: str) -> None:
     if not callable(target):
         msg = f"function {path!r}: {module_name!r} has no function {attribute!r}"
         raise ValidationError(msg, details={"field": "function"})
+
+
+def _check_rights(spec: AnyView, old: Mapping[str, FeatureSpec], actor: Principal) -> None:
+    """An on-demand view runs its function on the server for every reader: defining one
+    needs the admin permission. Untagging a PII feature (or removing it) shows its values
+    to everyone: that needs the read_pii permission."""
+    from mlrig.errors import PermissionDeniedError
+    from mlrig.security.roles import Permission
+
+    if isinstance(spec, OnDemandViewSpec) and not actor.can(Permission.ADMIN):
+        msg = (
+            f"defining the on-demand view {spec.name!r} runs its function on the server: "
+            "it needs the admin permission"
+        )
+        raise PermissionDeniedError(msg, details={"permission": Permission.ADMIN.value})
+    new = {f.name: f for f in spec.features}
+    untagged = [n for n, f in old.items() if f.pii and (n not in new or not new[n].pii)]
+    if untagged and not actor.can(Permission.READ_PII):
+        msg = (
+            f"removing the pii tag of {', '.join(untagged)} (or the feature) needs the "
+            "read_pii permission (role deployer or higher)"
+        )
+        raise PermissionDeniedError(msg, details={"permission": Permission.READ_PII.value})
 
 
 def _is_pii(spec: AnyView, name: str) -> bool:
