@@ -533,3 +533,34 @@ def test_on_demand_views_offline_and_online(plat, data_dir, tmp_path, monkeypatc
     frame = plat.features.get_historical_features(entity_df, ["spend_per_amount"])
     assert frame["spend_per_amount"].tolist() == [1.5]
     assert "spend" not in frame.columns  # an input not asked for is not returned
+
+
+def test_review_findings_rights_and_pii_taint(plat, data_dir, tmp_path, monkeypatch):
+    from mlrig.errors import PermissionDeniedError
+
+    (tmp_path / "fs_taint_mod.py").write_text(
+        "def same(frame):\n    import pandas as pd\n"
+        "    return pd.DataFrame({'email_copy': frame['email']}, index=frame.index)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _customer(plat)
+    plat.features.create_view(_view_body(data_dir), actor=ALICE)
+    body = {
+        "name": "copies",
+        "kind": "on_demand",
+        "function": "fs_taint_mod:same",
+        "inputs": ["email"],
+        "features": [{"name": "email_copy", "type": "text"}],
+    }
+    with pytest.raises(PermissionDeniedError, match="admin"):
+        plat.features.create_view(body, actor=BOB)
+    plat.features.create_view(body, actor=ALICE)
+    entity_df = pd.DataFrame(
+        {"customer_id": [1], "event_timestamp": pd.to_datetime(["2026-01-02"], utc=True)}
+    )
+    frame = plat.features.get_historical_features(entity_df, ["email_copy"], can_read_pii=False)
+    assert frame["email_copy"].tolist() == [mask_value("a@x.org", "hash")]  # tainted by email
+    with pytest.raises(PermissionDeniedError, match="read_pii"):
+        plat.features.update_feature("email", {"tags": []}, actor=BOB)
+    deployer = Principal(name="dee", role="deployer")
+    assert plat.features.update_feature("email", {"tags": []}, actor=deployer)["pii"] is False
