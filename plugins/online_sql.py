@@ -2,12 +2,17 @@
 
 Rows live in the table ``feature_online_values`` (created by the platform's migrations):
 primary key ``(view, entity_key)``, the feature values as one JSON document, the event
-and created timestamps. A read is one indexed query (``WHERE view = ? AND entity_key IN
-(...)``, the TTL applied in the same ``WHERE``); a write is a batched upsert
-(``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the new row is not older) on SQLite and
-PostgreSQL alike, so concurrent writers cannot make an older row win.
+and created timestamps.
 
-Options (``[features.sql]``): ``batch_size`` (rows per upsert statement).
+- A read is one indexed statement whatever the number of keys (they travel as one
+  parameter: ``json_each`` on SQLite, ``= ANY(array)`` on PostgreSQL; the TTL in the same
+  ``WHERE``; several views: one ``UNION ALL``), run on the driver without compiling SQL;
+  PostgreSQL reads use an autocommit pool without pre-ping: one round trip.
+- A write is a batched upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` the new row
+  is not older: ``executemany`` on SQLite, ``COPY`` into a staging table then one
+  ``INSERT ... SELECT`` on PostgreSQL), so concurrent writers cannot make an older row win.
+
+Options (``[features.sql]``): ``batch_size`` (rows per upsert batch).
 """
 
 from __future__ import annotations
