@@ -134,6 +134,9 @@ def odfv_module(tmp_path, monkeypatch):
 
             def boom(df):
                 raise RuntimeError("no way")
+
+            from os import system
+            from subprocess import call
             """
         )
     )
@@ -191,6 +194,33 @@ def test_apply_on_demand_checks_function_and_columns(odfv_module):
         apply_on_demand(_odfv(f"{odfv_module}:nope"), frame)
     with pytest.raises(ValidationError, match="does not import"):
         apply_on_demand(_odfv("no_such_module_xyz:f"), frame)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "subprocess:call",
+        "os:system",
+        "builtins:exec",
+        "shutil:rmtree",
+        "pickle:loads",
+        "pandas:read_pickle",
+        "mlrig.features.ondemand:load_function",
+        "odfv_funcs:system",  # re-exported from os
+        "odfv_funcs:call",  # re-exported from subprocess
+    ],
+)
+def test_functions_that_could_run_anything_are_refused(odfv_module, reference, tmp_path):
+    import pandas as pd
+
+    from mlrig.features.ondemand import apply_on_demand
+
+    marker = tmp_path / "rce_marker"
+    frame = pd.DataFrame({"touch": [str(marker)], str(marker): [1]})
+    refused = r"cannot be (an )?on-demand transformation|not a Python"
+    with pytest.raises(ValidationError, match=refused):
+        apply_on_demand(_odfv(reference), frame)
+    assert not marker.exists()
 
 
 def test_the_online_path_imports_no_pandas(tmp_path):

@@ -5,11 +5,18 @@ The function is named by an import string ``package.module:function`` (never a f
 path), imported on first use and cached. It takes a pandas DataFrame (one column per
 input feature and request field) and returns a DataFrame with exactly the view's
 features, row for row.
+
+It runs on the server for every reader, so only a plain Python function of the user's own
+code qualifies: nothing from the standard library or builtins (``subprocess:call``,
+``os:system``, ``builtins:exec``, ``pickle:loads``), from mlrig itself, or from the data and
+serialisation libraries whose functions read files or unpickle (pandas, numpy, pyarrow,
+duckdb, joblib...), also when the user's module merely re-exports one.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import threading
 from collections.abc import Callable
@@ -21,6 +28,31 @@ from mlrig.features.spec import OnDemandViewSpec
 _IMPORT_STRING = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
     r"(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+#: top-level packages whose functions never qualify (besides the standard library)
+DENIED_PACKAGES = frozenset(
+    {
+        "builtins",
+        "mlrig",
+        "pandas",
+        "numpy",
+        "pyarrow",
+        "duckdb",
+        "sqlalchemy",
+        "joblib",
+        "dill",
+        "cloudpickle",
+        "sh",
+        "plumbum",
+        "pexpect",
+        "paramiko",
+        "fabric",
+        "IPython",
+        "setuptools",
+        "pip",
+        "_pytest",
+        "pytest",
+    }
 )
 _cache: dict[str, Callable[[Any], Any]] = {}
 _lock = threading.Lock()
@@ -43,16 +75,43 @@ def check_function_reference(reference: str) -> str:
     return reference
 
 
+def _denied(module: str | None) -> bool:
+    import sys
+
+    top = (module or "").partition(".")[0]
+    return not top or top in DENIED_PACKAGES or top in sys.stdlib_module_names
+
+
+def check_function_safety(reference: str) -> str:
+    """``reference`` if its shape is right and its module is not one whose functions never
+    qualify (the standard library, builtins, mlrig, data and serialisation libraries).
+    Imports nothing: call it before importing the module.
+
+    :raises ValidationError: naming the reference and why.
+    """
+    check_function_reference(reference)
+    module_name = reference.partition(":")[0]
+    if _denied(module_name):
+        msg = (
+            f"on-demand function {reference!r}: functions of {module_name.partition('.')[0]!r} "
+            "cannot be on-demand transformations (they run on the server for every reader); "
+            "name a function of your own module"
+        )
+        raise ValidationError(msg, details={"field": "function"})
+    return reference
+
+
 def load_function(reference: str) -> Callable[[Any], Any]:
     """The function at ``package.module:function`` (imported once, then cached).
 
-    :raises ValidationError: a bad reference, a module that does not import, a missing or
-        non-callable attribute.
+    :raises ValidationError: a bad reference, a denied module (see
+        :func:`check_function_safety`), a module that does not import, a missing attribute,
+        anything but a plain Python function, or one defined in a denied module.
     """
     found = _cache.get(reference)
     if found is not None:
         return found
-    check_function_reference(reference)
+    check_function_safety(reference)
     module_name, _, attribute = reference.partition(":")
     with _lock:
         found = _cache.get(reference)
@@ -70,8 +129,18 @@ def load_function(reference: str) -> Callable[[Any], Any]:
             if target is None:
                 msg = f"on-demand function {reference!r}: {module_name!r} has no {attribute!r}"
                 raise ValidationError(msg)
-        if not callable(target):
-            msg = f"on-demand function {reference!r} is not callable"
+        if not inspect.isfunction(target):
+            msg = (
+                f"on-demand function {reference!r} is not a Python function "
+                f"(got {type(target).__name__})"
+            )
+            raise ValidationError(msg)
+        if _denied(getattr(target, "__module__", None)):
+            msg = (
+                f"on-demand function {reference!r} is {target.__module__}."
+                f"{target.__qualname__}, which cannot be an on-demand transformation; "
+                "define the function in your own module"
+            )
             raise ValidationError(msg)
         _cache[reference] = target
     return target
