@@ -51,6 +51,17 @@ workers = 1
 # The server requires a token unless this is false AND it binds to loopback only.
 enabled = true
 
+# [datasets]
+# Folders whose files evaluations, training sets and feature views may read (nothing
+# outside them is read; relative paths start at this file's folder).
+# allowed_roots = ["data"]
+
+# [features]
+# The online feature store: "sql" (this database) or "redis" (`pip install 'mlrig[redis]'`).
+# backend = "sql"
+# [features.redis]
+# url = "redis://127.0.0.1:6379/0"
+
 # [api]
 # Request body limits; a bigger body is refused with 413 before it is read.
 # max_body_bytes = "1MiB"            # JSON routes

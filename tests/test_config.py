@@ -94,6 +94,14 @@ def test_init_writes_a_valid_commented_file(tmp_path, run_cli):
     again = run_cli("init", cwd=tmp_path)
     assert again.exit_code != 0
     assert "--force" in again.stderr
+    # the commented hints are valid config once uncommented
+    for hint in ("# [datasets]", '# allowed_roots = ["data"]', "# [features]", '# backend = "sql"'):
+        assert hint in text
+        text = text.replace(hint, hint[2:], 1)
+    (tmp_path / "mlrig.toml").write_text(text)
+    settings = load_settings(tmp_path / "mlrig.toml")
+    assert settings.datasets.allowed_roots == ["data"]
+    assert settings.features.backend == "sql"
 
 
 def test_config_show_json_redacts_secrets(tmp_path, run_cli):
