@@ -6,10 +6,12 @@ from typing import Any
 
 import click
 
+from mlrig.backends import KINDS
 from mlrig.cli.context import get_state
 from mlrig.cli.output import json_option, print_json, print_mapping, print_table
 
-KIND_CHOICES = ["storage", "trainers", "runtimes", "search", "monitors", "executors", "hooks"]
+#: every backend kind (from mlrig.backends, so a new kind is listed) and the hook plugins
+KIND_CHOICES = [*KINDS, "hooks"]
 
 
 def _backend_rows(kind: str | None, check: bool) -> list[dict[str, Any]]:
