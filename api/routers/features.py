@@ -65,7 +65,7 @@ FeaturePath = Annotated[str, Path(min_length=1, max_length=257, pattern=REF_PATT
 KEY_PATTERN = (
     r"^[A-Za-z_][A-Za-z0-9_]{0,127}:[^,\u0000]*(,[A-Za-z_][A-Za-z0-9_]{0,127}:[^,\u0000]*)*$"
 )
-KeyValue = StrictInt | Annotated[StrictStr, Field(max_length=1000)]
+KeyValue = StrictInt | Annotated[StrictStr, Field(max_length=1000, pattern=r"^[^\u0000]*$")]
 EntityRow = Annotated[
     dict[Name, KeyValue],
     Field(min_length=1, max_length=d.MAX_JOIN_KEYS * d.MAX_ENTITIES_PER_VIEW),
