@@ -1,12 +1,18 @@
 """The job process: ``python -m mlrig.engine.runner EXPERIMENT_ID ATTEMPT OWNER``.
 
 Started by a worker through its executor, with the worker's config in the environment.
-It loads the experiment, builds the :class:`JobContext`, runs the trainer and records the
-outcome itself, fenced by the attempt it was given: a job whose worker died is killed with
-it (the executor sets a parent-death signal), and a stale attempt cannot complete a job
-that another worker has since taken over.
+It takes the experiment its worker's claim read (:func:`handed_experiment`; else it
+reads it), builds the :class:`JobContext`, runs the trainer and records the outcome,
+fenced by the attempt it was given: a job whose worker died is killed with it (the
+executor sets a parent-death signal), and a stale attempt cannot complete a job that
+another worker has since taken over. A job on its worker's machine (``OUTCOME_ENV``
+set) leaves the outcome (result, last metric points, reproducibility record) to the
+worker, which records it with the same fence in one transaction once the job exited 0
+(:func:`record_handed_outcome`); a pruned trial, or an outcome JSON cannot carry, is
+recorded by the job itself.
 
-Exit codes: 0 completed; 3 the attempt lost the job (nothing recorded); 4 interrupted by
+Exit codes: 0 completed (or its outcome handed to the worker); 3 the attempt lost the job
+(nothing recorded); 4 interrupted by
 SIGTERM after checkpointing; 1 the trainer failed; 5 the trainer failed in a way retrying
 cannot fix (:func:`is_permanent`), the last output line saying why. On 1 and 4 the worker
 records the failed attempt and requeues the job while attempts remain; on 5 it fails the
