@@ -12,7 +12,8 @@ prints one JSON object on stdout. Commands:
 - ``materialize``: ``store.materialize(START, END + 1 s)`` of every view, timed;
 - ``online``: ``store.get_online_features(features, entity_rows).to_dict()`` for each of
   ``keys`` (lists of driver ids), timed per call after ``warmup`` calls, plus a checksum
-  of the values of the first request (compared with mlrig's);
+  of the values of the first request (compared with mlrig's); ``rounds`` times over
+  (``ms``: one list per round);
 - ``historical``: ``store.get_historical_features(entity_df, features).to_df()`` over the
   entity rows' Parquet file, timed, with this process's peak RSS (``ru_maxrss``).
 - ``clean_redis``: deletes this project's keys from the Redis database.
@@ -139,12 +140,15 @@ def online(args: dict[str, Any]) -> dict[str, Any]:
     for batch in keys[: args["warmup"]]:
         call(batch)
     first = call(keys[0])
-    ms = []
-    for batch in keys:
-        started = time.perf_counter()
-        call(batch)
-        ms.append((time.perf_counter() - started) * 1000)
-    return {"ms": ms, "check": checksum(first, names)}
+    rounds = []
+    for _ in range(args.get("rounds", 1)):
+        ms = []
+        for batch in keys:
+            started = time.perf_counter()
+            call(batch)
+            ms.append((time.perf_counter() - started) * 1000)
+        rounds.append(ms)
+    return {"ms": rounds, "check": checksum(first, names)}
 
 
 def historical(args: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ the same entity and views (``FileSource`` with ``created_timestamp_column``).
    ``store.materialize(start, end)``; rows/s = source rows read over the whole window
    divided by the wall time (both write the latest row per driver and view);
 2. *online, in process*: ``--requests`` calls of 1 driver x 50 features and of 100
-   drivers x 50 features (the same seeded keys for both), after ``--warmup`` calls:
+   drivers x 50 features (the same seeded keys for both), after ``--warmup`` calls,
+   ``--rounds`` times over (3; each figure is the median of the rounds' figures):
    ``platform.features.get_online_features`` (mlrig's public call: resolving the names
    and one store read per view) against ``store.get_online_features(...).to_dict()``;
    p50/p99. mlrig's ``read_online`` (the store reads alone, names resolved once) is shown
@@ -60,6 +61,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +107,16 @@ BATCH_PATH = "/api/ml/features/batch"
 
 
 # --- shared helpers -------------------------------------------------------------------------
+
+
+def summary_rounds(rounds: list[list[float]]) -> dict[str, Any]:
+    """p50/p99/mean: the medians over the rounds of each round's figure (a burst of load
+    from elsewhere spoils one round's p99, not the figure), and each round's p99."""
+    each = [summary(ms) for ms in rounds]
+    return {
+        key: round(statistics.median(s[key] for s in each), 2)
+        for key in ("p50_ms", "p99_ms", "mean_ms")
+    } | {"rounds": len(each), "p99_by_round": [s["p99_ms"] for s in each]}
 
 
 def free_port() -> int:
@@ -184,8 +196,13 @@ def server(command: list[str], port: int, ready: str, **kwargs: Any) -> Iterator
 
 
 def http_timings(
-    port: int, path: str, bodies: list[bytes], headers: dict[str, str], warmup: int
-) -> tuple[list[float], Any]:
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    warmup: int,
+    rounds: int = 1,
+) -> tuple[list[list[float]], Any]:
     """POST each body on one keep-alive connection, one at a time; latencies (ms) of the
     timed ones and the first answer's JSON. A non-200 answer stops the benchmark."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -205,13 +222,16 @@ def http_timings(
     for body in bodies[:warmup]:
         post(body)
     first = json.loads(post(bodies[0]))
-    ms = []
-    for body in bodies:
-        started = time.perf_counter()
-        post(body)
-        ms.append((time.perf_counter() - started) * 1000)
+    out = []
+    for _ in range(rounds):
+        ms = []
+        for body in bodies:
+            started = time.perf_counter()
+            post(body)
+            ms.append((time.perf_counter() - started) * 1000)
+        out.append(ms)
     conn.close()
-    return ms, first
+    return out, first
 
 
 def rss_watch(proc: subprocess.Popen[Any], cap_mib: float, hit: list[bool]) -> None:
@@ -328,9 +348,10 @@ class Feast:
             "features": refs(self.layout),
             "keys": keys,
             "warmup": self.args.warmup,
+            "rounds": self.args.rounds,
         }
         done = self.call("online", payload)
-        return {**summary(done["ms"]), "check": done["check"]}
+        return {**summary_rounds(done["ms"]), "check": done["check"]}
 
     def http(self, online: str, keys: dict[int, list[list[int]]]) -> dict[int, dict[str, Any]]:
         port = free_port()
@@ -347,8 +368,10 @@ class Feast:
                     ).encode()
                     for request in requests
                 ]
-                ms, first = http_timings(port, "/get-online-features", bodies, {}, self.args.warmup)
-                results[batch] = {**summary(ms), "check": feast_http_sum(first, names)}
+                ms, first = http_timings(
+                    port, "/get-online-features", bodies, {}, self.args.warmup, self.args.rounds
+                )
+                results[batch] = {**summary_rounds(ms), "check": feast_http_sum(first, names)}
         return results
 
     def historical(self, offline: str) -> dict[str, Any]:
@@ -505,20 +528,25 @@ def mlrig_materialize(platform: Any, layout: Layout) -> dict[str, Any]:
     }
 
 
-def timed(call: Any, requests: list[list[int]], warmup: int) -> tuple[list[float], Any]:
+def timed(
+    call: Any, requests: list[list[int]], warmup: int, rounds: int = 1
+) -> tuple[list[list[float]], Any]:
     for request in requests[:warmup]:
         call(request)
     first = call(requests[0])
-    ms = []
-    for request in requests:
-        started = time.perf_counter()
-        call(request)
-        ms.append((time.perf_counter() - started) * 1000)
-    return ms, first
+    out = []
+    for _ in range(rounds):
+        ms = []
+        for request in requests:
+            started = time.perf_counter()
+            call(request)
+            ms.append((time.perf_counter() - started) * 1000)
+        out.append(ms)
+    return out, first
 
 
 def mlrig_online(
-    platform: Any, layout: Layout, keys: dict[int, list[list[int]]], warmup: int
+    platform: Any, layout: Layout, keys: dict[int, list[list[int]]], warmup: int, rounds: int
 ) -> dict[str, Any]:
     """In process: the façade (``platform.features.get_online_features``) and the bare
     ``read_online`` with the names resolved once."""
@@ -538,18 +566,23 @@ def mlrig_online(
         def bare(request: list[int]) -> list[dict[str, Any]]:
             return read_online(store, requests, [{JOIN_KEY: k} for k in request])[0]
 
-        ms, first = timed(facade, requests_keys, warmup)
-        bare_ms, _ = timed(bare, requests_keys, warmup)
+        ms, first = timed(facade, requests_keys, warmup, rounds)
+        bare_ms, _ = timed(bare, requests_keys, warmup, rounds)
         out[str(batch)] = {
-            **summary(ms),
-            "read_online": summary(bare_ms),
+            **summary_rounds(ms),
+            "read_online": summary_rounds(bare_ms),
             "check": value_sum(first, names),
         }
     return out
 
 
 def mlrig_http(
-    config: Path, token: str, layout: Layout, keys: dict[int, list[list[int]]], warmup: int
+    config: Path,
+    token: str,
+    layout: Layout,
+    keys: dict[int, list[list[int]]],
+    warmup: int,
+    rounds: int,
 ) -> dict[str, Any]:
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-mlrig", str(config)]
@@ -566,8 +599,8 @@ def mlrig_http(
                 for request in requests
             ]
             auth = {"Authorization": f"Bearer {token}"}
-            ms, first = http_timings(port, BATCH_PATH, bodies, auth, warmup)
-            out[str(batch)] = {**summary(ms), "check": value_sum(first["results"], names)}
+            ms, first = http_timings(port, BATCH_PATH, bodies, auth, warmup, rounds)
+            out[str(batch)] = {**summary_rounds(ms), "check": value_sum(first["results"], names)}
     return out
 
 
@@ -601,11 +634,11 @@ def mlrig_store(
         try:
             define(platform, layout)
             row["materialize"] = mlrig_materialize(platform, layout)
-            row["in_process"] = mlrig_online(platform, layout, keys, args.warmup)
+            row["in_process"] = mlrig_online(platform, layout, keys, args.warmup, args.rounds)
             if args.http:
                 platform.security.create_user(name="bench", role="developer")
                 token = platform.security.create_token(user="bench")["token"]
-                row["http"] = mlrig_http(config, token, layout, keys, args.warmup)
+                row["http"] = mlrig_http(config, token, layout, keys, args.warmup, args.rounds)
         finally:
             if backend == "redis":
                 for name in layout.view_names():
@@ -756,6 +789,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows-per-entity", type=int, default=10, help="per driver and view")
     parser.add_argument("--requests", type=int, default=500, help="timed calls per figure")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls first")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="of --requests each: figures are the medians"
+    )
     parser.add_argument("--training-rows", type=int, default=1_000_000)
     parser.add_argument("--training-features", type=int, default=20)
     parser.add_argument(
@@ -794,7 +830,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlrig-historical", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tiny:  # the sizes not given on the command line
-        tiny = {"entities": 200, "requests": 20, "warmup": 2, "training_rows": 2000}
+        tiny = {"entities": 200, "requests": 20, "warmup": 2, "training_rows": 2000, "rounds": 1}
         tiny["rows_per_entity"] = 5
         for key, value in tiny.items():
             if getattr(args, key) == parser.get_default(key):
@@ -856,6 +892,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "batches": batches,
         "requests": args.requests,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "training_rows": args.training_rows,
         "training_features": args.training_features,
         "feast_requirement": None if feast is None else FEAST_REQUIREMENT,
