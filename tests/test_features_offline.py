@@ -459,3 +459,85 @@ def test_a_duplicate_index_and_other_columns_are_kept(tmp_path: Path) -> None:
         plain(got["trips"])
         == oracle(entity, view, drivers, {"trips": DRIVER_COMPUTE["trips"]})["trips"]
     )
+
+
+# --- expressions: one scalar over the source row (review findings 2 and 8) -------------
+
+
+def with_expression(view: FeatureViewSpec, expression: str) -> FeatureViewSpec:
+    feature = FeatureSpec("computed", "numerical", expression=expression)
+    return replace(view, features=(*view.features, feature))
+
+
+def test_an_expression_with_a_trailing_line_comment_is_computed(tmp_path: Path) -> None:
+    rows = driver_rows(random.Random(5), 30)
+    view = with_expression(driver_view(write(rows, tmp_path / "d.parquet")), "trips * 2 -- x2")
+    offline.validate_source(None, view)
+    frame = pd.DataFrame({"driver_id": [r["driver_id"] for r in rows]}).assign(
+        event_timestamp=BASE + timedelta(days=400)
+    )
+    got = offline.historical_features(
+        None,
+        frame,
+        [(view, ["trips", "computed"])],
+    )
+    pairs = [(t, c) for t, c in zip(plain(got["trips"]), plain(got["computed"]), strict=True)]
+    assert pairs and all(c == t * 2 for t, c in pairs if t is not None)
+    window = offline.read_window(None, view, None, None).to_pylist()
+    assert window and all(r["computed"] == r["trips"] * 2 for r in window)
+
+
+@pytest.mark.parametrize(
+    ("expression", "why"),
+    [
+        ('trips) AS x FROM "__mlrig_src0" --', "syntax error"),  # its own FROM, comment
+        ("trips) AS x FROM read_csv('/etc/passwd') --", "syntax error"),
+        ("trips), (1", "found 2 select-list entries"),
+        ("1) AS y FROM t UNION SELECT (1", "set operations"),
+        ("trips) AS y FROM t WHERE (true", "syntax error"),
+        ("COLUMNS('.*')", r"no \* or COLUMNS"),
+        ("(SELECT 1)", "no subqueries"),
+        ("trips); SELECT (1", "statements"),
+    ],
+)
+def test_an_expression_that_is_not_one_scalar_is_refused(
+    tmp_path: Path, expression: str, why: str
+) -> None:
+    rows = driver_rows(random.Random(6), 10)
+    view = with_expression(driver_view(write(rows, tmp_path / "d.parquet")), expression)
+    with pytest.raises(ValidationError, match=why) as info:
+        offline.validate_source(None, view)
+    assert info.value.details["reason"] == "bad_expression"
+    assert info.value.details["feature"] == "computed"
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("SELECT (a) AS x FROM t JOIN u ON true", "no FROM clause, joins"),
+        ("SELECT (a) AS x FROM read_csv('f.csv')", "no FROM clause, joins"),
+        ("SELECT (a) AS x FROM s.t", "no FROM clause, joins"),
+        ("SELECT (a) AS x FROM u", "no FROM clause, joins"),
+        ("SELECT (a) AS x", "no FROM clause, joins"),
+        ("SELECT (a) AS x FROM t WHERE b", "no WHERE"),
+        ("SELECT (a) AS x FROM t LIMIT 1", "no WHERE"),
+        ("WITH c AS (SELECT 1) SELECT (a) AS x FROM t", "no WHERE"),
+        ("SELECT (a) AS x FROM t UNION ALL SELECT 1", "set operations"),
+        ("SELECT (a) AS x FROM t; SELECT 1", "2 statements"),
+    ],
+)
+def test_the_parsed_tree_must_be_one_select_item_over_the_base_table(sql: str, why: str) -> None:
+    import json
+
+    from mlrig.features.sources import connect
+
+    con = connect()
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+        assert not tree.get("error"), tree
+        assert why in (offline._not_one_expression(tree) or "")
+        good = "SELECT (\na * 2\n) AS x FROM t"
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [good]).fetchall()[0][0])
+        assert offline._not_one_expression(tree) is None
+    finally:
+        con.close()

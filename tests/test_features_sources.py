@@ -4,6 +4,7 @@ ValidationError that names the file or column and what is expected."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -415,3 +416,109 @@ def test_artifact_store_source(plat: Any) -> None:
     assert {r["driver_id"]: r["trips"] for r in window} == {1: 4, 2: 8}
     with pytest.raises(ValidationError, match=r"'artifact://features/missing\.parquet' not found"):
         offline.validate_source(plat, file_view("artifact://features/missing.parquet"))
+
+
+# --- SQL: what the check sees through (review finding 1) --------------------------------
+
+LEAKS = [
+    # dynamic SQL: the table name is built at run time
+    (
+        "SELECT query_to_xml('select * from ' || chr(117) || 'sers', true, false, '')",
+        "query_to_xml",
+    ),
+    ("SELECT pg_catalog . query_to_xml ('x', true, false, '')", "query_to_xml"),
+    ("SELECT \"QUERY_TO_XML\"('x', true, false, '')", "query_to_xml"),
+    ("SELECT query_to_xml/* hidden */('x', true, false, '')", "query_to_xml"),
+    ("SELECT query_to_xml --\n('x', true, false, '')", "query_to_xml"),
+    ("SELECT table_to_xml('users', true, false, '')", "table_to_xml"),
+    ("SELECT schema_to_xml_and_xmlschema('public', true, false, '')", "schema_to_xml"),
+    ("SELECT xpath('/a', x) FROM t", "xpath"),
+    ("SELECT ts_stat('select 1')", "ts_stat"),
+    # identifiers and strings the database unescapes
+    ('SELECT name FROM U&"\\0075sers"', "Unicode escapes"),
+    ("SELECT name FROM u&'x'", "Unicode escapes"),
+    ("SELECT $$select 1$$", "dollar-quoted"),
+    ("SELECT $q$select 1$q$", "dollar-quoted"),
+    # the server's files, settings, time and other sessions
+    ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+    ("SELECT pg_read_binary_file('/etc/passwd')", "pg_read_binary_file"),
+    ("SELECT * FROM pg_ls_dir('.')", "pg_ls_dir"),
+    ("SELECT current_setting('data_directory')", "current_setting"),
+    ("SELECT * FROM t, LATERAL set_config('role', 'x', true)", "set_config"),
+    ("SELECT pg_sleep(300)", "pg_sleep"),
+    ("SELECT pg_sleep_for('5 minutes')", "pg_sleep_for"),
+    ("SELECT lo_import('/etc/passwd')", "lo_import"),
+    ("SELECT * FROM dblink('host=x', 'select 1')", "dblink"),
+    ("SELECT pg_terminate_backend(1)", "pg_terminate_backend"),
+    ("SELECT pg_reload_conf()", "pg_reload_conf"),
+    ("SELECT name, setting FROM pg_settings", "pg_settings"),
+    ("SELECT * FROM pragma_database_list", "pragma_database_list"),
+    ('SELECT * FROM "sqlite_master"', "sqlite_master"),
+    ("SELECT * FROM [users]", "users"),
+    # the lexer and the database agree on where strings and comments end
+    ("SELECT E'\\'', pg_sleep(1) --'", "pg_sleep"),
+    ("SELECT 1 /* /* */, pg_sleep(1) */", "nested"),
+    ("SELECT 1 /* open", "unterminated"),
+    ("SELECT 'open", "unterminated"),
+    ("SELECT 1; SELECT 2", "exactly one SELECT"),
+]
+
+
+@pytest.mark.parametrize(("query", "named"), LEAKS)
+def test_sql_source_tricks_are_refused_by_name(query: str, named: str) -> None:
+    from mlrig.features.sources import check_query
+
+    with pytest.raises(ValidationError, match=named) as info:
+        check_query(query)
+    assert info.value.message.startswith("source.query: ")
+    assert info.value.details["field"] == "source.query"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT driver_id, trips FROM driver_src",
+        "SELECT driver_id FROM driver_src WHERE city = 'users; pg_sleep(1) -- '",
+        'SELECT "my col" FROM driver_src -- the users of the app',
+        "SELECT a /* a comment */ FROM driver_src;",
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+        "SELECT lower(city), arr[1] FROM driver_src",
+    ],
+)
+def test_ordinary_queries_pass_the_check(query: str) -> None:
+    from mlrig.features.sources import check_query
+
+    assert check_query(query).startswith(("SELECT", "WITH"))
+
+
+def test_the_plan_check_refuses_mlrig_tables_and_denied_functions() -> None:
+    from mlrig.features.sources import check_plan
+
+    scan = {"Plan": {"Node Type": "Seq Scan", "Relation Name": "USERS", "Output": ["name"]}}
+    with pytest.raises(ValidationError, match="users, found in the query's plan"):
+        check_plan([scan])
+    call = {"Plan": {"Node Type": "Result", "Output": ["pg_catalog.current_setting('x'::text)"]}}
+    with pytest.raises(ValidationError, match="current_setting"):
+        check_plan(json.dumps([call]))  # the driver may hand the plan back as text
+    function = {"Plan": {"Node Type": "Function Scan", "Function Name": "pg_ls_dir"}}
+    with pytest.raises(ValidationError, match="pg_ls_dir"):
+        check_plan([function])
+    fine = {"Plan": {"Node Type": "Seq Scan", "Relation Name": "driver_src", "Output": ["a"]}}
+    check_plan([fine])
+
+
+def test_sql_source_cannot_reach_mlrig_tables_through_a_view(db_platform: Any) -> None:
+    """On PostgreSQL the server's own plan is checked: a view over ``users`` is refused."""
+    with db_platform.db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW people AS SELECT * FROM users")
+    try:
+        query = "SELECT 1 AS driver_id, now() AS event_timestamp, now() AS created FROM people"
+        if db_platform.db.dialect == "postgresql":
+            with pytest.raises(ValidationError, match="users, found in the query's plan"):
+                offline.validate_source(db_platform, sql_view(query))
+        for query, named in LEAKS[:3]:
+            with pytest.raises(ValidationError, match=named):
+                offline.validate_source(db_platform, sql_view(query))
+    finally:
+        with db_platform.db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW people")

@@ -331,9 +331,18 @@ def _ts_sql(view: FeatureViewSpec, columns: dict[str, str], column: str, what: s
     raise ValidationError(msg, details=details)
 
 
+def _wrapped(feature: FeatureSpec) -> str:
+    """The feature's SQL in parentheses, on lines of its own: a trailing ``--`` comment
+    ends with its line and cannot swallow the SQL mlrig writes after it."""
+    return f"(\n{feature.sql}\n)"
+
+
 def _check_expression(con: Any, view: FeatureViewSpec, feature: FeatureSpec) -> None:
-    """One scalar expression: no second statement, no subquery."""
-    sql = f"SELECT ({feature.sql}) AS x FROM t"
+    """One scalar expression over the source row: the parsed ``SELECT (expr) AS x FROM t``
+    must be one statement with exactly one select-list entry over the base table ``t``
+    (no second statement, no subquery, no other FROM item, join, table function, set
+    operation, WHERE/GROUP BY/..., no ``*`` or ``COLUMNS(...)``)."""
+    sql = f"SELECT {_wrapped(feature)} AS x FROM t"
     bad = None
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
@@ -342,12 +351,55 @@ def _check_expression(con: Any, view: FeatureViewSpec, feature: FeatureSpec) -> 
     else:
         if tree.get("error"):
             bad = tree.get("error_message") or "syntax error"
-        elif len(tree.get("statements", [])) != 1 or '"SUBQUERY"' in json.dumps(tree):
-            bad = "one scalar expression over the source's columns is allowed (no subqueries)"
+        else:
+            bad = _not_one_expression(tree)
     if bad:
         msg = f"view {view.name!r}: feature {feature.name!r} expression {feature.sql!r}: {bad}"
         details = {"feature": feature.name, "reason": "bad_expression", "field": "features"}
         raise ValidationError(msg, details=details)
+
+
+_ONE = "one scalar expression over the source's columns is allowed"
+
+
+def _not_one_expression(tree: dict[str, Any]) -> str | None:
+    """Why the parsed tree is not ``SELECT (one expression) AS x FROM t``, or None."""
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        return f"{_ONE} (found {len(statements)} statements)"
+    node = statements[0].get("node") or {}
+    if node.get("type") != "SELECT_NODE":
+        return f"{_ONE} (no UNION, INTERSECT, EXCEPT or other set operations)"
+    if len(node.get("select_list") or []) != 1:
+        return f"{_ONE} (found {len(node.get('select_list') or [])} select-list entries)"
+    base = node.get("from_table") or {}
+    if (
+        base.get("type") != "BASE_TABLE"
+        or base.get("table_name") != "t"
+        or base.get("schema_name")
+        or base.get("catalog_name")
+        or base.get("sample")
+        or base.get("at_clause")
+    ):
+        return f"{_ONE} (no FROM clause, joins or table functions of its own)"
+    extra = [
+        k
+        for k in ("where_clause", "group_expressions", "group_sets", "having", "sample", "qualify")
+        if node.get(k)
+    ]
+    if (
+        extra
+        or node.get("modifiers")
+        or (node.get("cte_map") or {}).get("map")
+        or node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING"
+    ):
+        return f"{_ONE} (no WHERE, GROUP BY, HAVING, QUALIFY, ORDER BY, LIMIT or WITH)"
+    text = json.dumps(node["select_list"])
+    if '"SUBQUERY"' in text:
+        return f"{_ONE} (no subqueries)"
+    if '"class": "STAR"' in text:
+        return f"{_ONE} (no * or COLUMNS(...))"
+    return None
 
 
 def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
@@ -357,7 +409,7 @@ def _feature_type(con: Any, prep: _Prepared, feature: FeatureSpec) -> str:
         _need(view, prep.columns, feature.name, f"feature {feature.name!r}'s")
     try:
         rows = con.execute(
-            f"DESCRIBE SELECT ({feature.sql}) AS x FROM {quote(prep.source)}"
+            f"DESCRIBE SELECT {_wrapped(feature)} AS x FROM {quote(prep.source)}"
         ).fetchall()
     except Exception as exc:  # DuckDB's BinderException, ParserException...
         msg = (
@@ -400,7 +452,7 @@ def _computed(prep: _Prepared, names: Sequence[str], *, narrow: bool = False) ->
             _need(view, prep.columns, name, f"feature {name!r}'s")
         else:
             _check_expression(prep.con, view, feature)
-        parts.append(f"({feature.sql}) AS {quote(name)}")
+        parts.append(f"{_wrapped(feature)} AS {quote(name)}")
     parts += [FILE_COLUMN, ORDER_COLUMN]
     return f"SELECT {', '.join(parts)} FROM {quote(prep.source)}"
 

@@ -284,48 +284,267 @@ def _why(exc: Exception) -> str:
 
 # --- SQL --------------------------------------------------------------------------------
 
-_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
-_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
+_DOLLAR = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
 
 
-def check_query(query: str | None) -> str:
-    """``query`` if it is one ``SELECT`` (or ``WITH ... SELECT``) that names none of
-    mlrig's own tables.
+def _refuse(text: str, **details: Any) -> ValidationError:
+    msg = f"source.query: {text}"
+    return ValidationError(msg, details={"field": "source.query", **details})
 
-    :raises ValidationError: anything else.
+
+def _tokens(query: str, dialect: str) -> list[tuple[str, str]]:
+    """The query's tokens, comments dropped: ``("word", lowercased)``, ``("ident",
+    lowercased quoted identifier)``, ``("string", "")`` (contents never matter) and
+    ``("symbol", char)``. ``dialect``: ``"postgresql"`` (``"..."`` identifiers, ``E'...'``
+    strings with backslash escapes) or ``"sqlite"`` (``"..."``, ```...``` and ``[...]``
+    identifiers, no escapes).
+
+    Refused (the lexer and the database must never disagree on where code is): Unicode
+    escapes (``U&'...'``, ``U&"..."``), dollar-quoted strings, a block comment inside a
+    block comment (nested in PostgreSQL, not in SQLite), anything left open.
     """
+    out: list[tuple[str, str]] = []
+    pg = dialect != "sqlite"
+    quotes = "'\"" if pg else "'\"`["
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if c.isspace():
+            i += 1
+        elif query.startswith("--", i):
+            end = query.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif query.startswith("/*", i):
+            end = query.find("*/", i + 2)
+            if end < 0:
+                raise _refuse("an unterminated /* comment", reason="unterminated")
+            if "/*" in query[i + 2 : end]:
+                raise _refuse("nested /* comments are not allowed", reason="nested_comment")
+            i = end + 2
+        elif c in quotes:
+            close = {"'": "'", '"': '"', "`": "`", "[": "]"}[c]
+            backslash = pg and c == "'" and out[-1:] == [("word", "e")] and query[i - 1] in "eE"
+            if backslash:
+                out.pop()  # E'...': the E is the string's prefix
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise _refuse(f"an unterminated {c}...{close}", reason="unterminated")
+                if backslash and query[j] == "\\":
+                    j += 2
+                    continue
+                if query[j] == close:
+                    if close != "]" and query.startswith(close * 2, j):
+                        j += 2  # a doubled quote inside the quotes
+                        continue
+                    break
+                j += 1
+            if c == "'":
+                out.append(("string", ""))
+            else:
+                out.append(("ident", query[i + 1 : j].replace(close * 2, close).lower()))
+            i = j + 1
+        elif c == "$" and _DOLLAR.match(query, i) and not query[i + 1 : i + 2].isdigit():
+            raise _refuse(
+                "dollar-quoted strings ($$...$$) are not allowed: use '...' strings",
+                reason="dollar_quote",
+            )
+        elif c == "&" and out and out[-1] == ("word", "u") and query[i + 1 : i + 2] in ("'", '"'):
+            raise _refuse(
+                "Unicode escapes (U&\"...\" identifiers, U&'...' strings) are not allowed",
+                reason="unicode_escape",
+            )
+        else:
+            word = _WORD.match(query, i)
+            if word:
+                out.append(("word", word.group().lower()))
+                i = word.end()
+            else:
+                out.append(("symbol", c))
+                i += 1
+    return out
+
+
+def check_query(query: str | None, dialect: str | None = None) -> str:
+    """``query`` if it is one ``SELECT`` (or ``WITH ... SELECT``) that names none of
+    mlrig's own tables and calls none of the functions that run SQL of their own or
+    reach the database server (:data:`DENIED_FUNCTIONS`, :func:`denied_function`).
+
+    Names are compared as the database reads them: comments dropped, case folded, quoted
+    identifiers unquoted; a name inside a string literal is data, never code (which is
+    why the functions that would run a string as SQL are refused).
+
+    ``dialect``: the platform database's (``"postgresql"``, ``"sqlite"``); None: the
+    query must pass the rules of both.
+
+    :raises ValidationError: anything else (422, field ``source.query``).
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise _refuse("a SELECT statement is required", reason="empty")
+    if "\x00" in query:
+        raise _refuse("NUL characters are not allowed", reason="nul")
+    for each in (dialect,) if dialect in ("postgresql", "sqlite") else ("postgresql", "sqlite"):
+        _check_tokens(_tokens(query, each))
+    return query.strip().rstrip(";").rstrip()
+
+
+def _check_tokens(tokens: list[tuple[str, str]]) -> None:
+    while tokens and tokens[-1] == ("symbol", ";"):
+        tokens.pop()
+    if ("symbol", ";") in tokens:
+        raise _refuse("exactly one SELECT statement is allowed (found ';')", reason="statements")
+    if not tokens or tokens[0] not in (("word", "select"), ("word", "with")):
+        msg = "only a read-only SELECT (or WITH ... SELECT) is allowed"
+        raise _refuse(msg, reason="not_select")
+    check_names(tokens)
+
+
+def check_names(tokens: list[tuple[str, str]]) -> None:
+    """Refuse mlrig's tables, the catalogs that hold secrets and the denied functions
+    among ``tokens`` (words and quoted identifiers)."""
+    names = [(i, v) for i, (k, v) in enumerate(tokens) if k in ("word", "ident")]
+    own = sorted({v for _, v in names} & own_tables())
+    if own:
+        raise _refuse(
+            f"mlrig's own tables cannot be read by a feature source ({', '.join(own)}); "
+            "query your data tables",
+            reason="own_table",
+            tables=own,
+        )
+    calls = {v for i, v in names if i + 1 < len(tokens) and tokens[i + 1] == ("symbol", "(")}
+    risky = sorted(
+        {v for _, v in names if v in _DENIED_NAMES or v.startswith(_DENIED_NAME_PREFIXES)}
+        | {v for v in calls if denied_function(v)}
+    )
+    if risky:
+        raise _refuse(
+            f"{', '.join(risky)} cannot be used by a feature source (functions that run "
+            "SQL of their own, read server files or settings, sleep or signal, and the "
+            "system catalogs are refused)",
+            reason="denied_name",
+            names=risky,
+        )
+
+
+def own_tables() -> set[str]:
     from mlrig.db.models import Base
 
-    if not isinstance(query, str) or not query.strip():
-        raise ValidationError("source query: a SELECT statement is required")
-    body = _COMMENT.sub(" ", query).strip().rstrip(";").strip()
-    if ";" in body:
-        msg = "source query: exactly one SELECT statement is allowed (found ';')"
-        raise ValidationError(msg, details={"field": "source.query"})
-    if not _START.match(body):
-        msg = "source query: only a read-only SELECT (or WITH ... SELECT) is allowed"
-        raise ValidationError(msg, details={"field": "source.query"})
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", body.lower()))
-    own = sorted(words & {t.lower() for t in Base.metadata.tables} | (words & {"alembic_version"}))
-    if own:
-        msg = (
-            f"source query: mlrig's own tables cannot be read by a feature source "
-            f"({', '.join(own)}); query your data tables"
-        )
-        raise ValidationError(msg, details={"field": "source.query", "tables": own})
-    risky = sorted(words & _SERVER_FILES)
-    if risky:
-        msg = f"source query: {', '.join(risky)} cannot be used by a feature source"
-        raise ValidationError(msg, details={"field": "source.query", "names": risky})
-    return body
+    return {t.lower() for t in Base.metadata.tables} | {"alembic_version"}
 
 
-#: PostgreSQL functions and catalogs that reach the server's files or secrets
-_SERVER_FILES = {
+#: functions refused by exact name (PostgreSQL, SQLite): dynamic SQL, server files,
+#: settings, sleeping, signalling other sessions, large objects, remote databases
+DENIED_FUNCTIONS = frozenset({
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+    "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+    "cursor_to_xml", "cursor_to_xmlschema", "database_to_xml", "database_to_xmlschema",
+    "database_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema", "ts_stat", "ts_rewrite",
+    "set_config", "current_setting", "pg_ls_dir", "pg_stat_file", "copy",
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
+    "pg_current_logfile", "pg_file_write", "pg_file_rename", "pg_file_unlink",
+    "pg_logdir_ls", "pg_switch_wal", "pg_create_restore_point", "pg_promote",
+    "pg_logical_emit_message", "pg_notify", "pg_import_system_collations",
+    "load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "zipfile",
+})  # fmt: skip
+#: name prefixes of refused functions
+DENIED_PREFIXES = (
+    "pg_sleep", "pg_read", "pg_ls_", "lo_", "dblink", "xpath", "pg_advisory",
+    "pg_try_advisory", "pg_stat_reset", "pg_replication_", "pg_create_", "pg_drop_",
+    "pg_backup", "pg_start_backup", "pg_stop_backup", "pg_wal_", "pg_xlog",
+)  # fmt: skip
+#: names refused wherever they appear (catalogs with secrets or server details, SQLite's
+#: schema table and table-valued pragmas)
+_DENIED_NAMES = frozenset({
+    "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_settings",
+    "pg_file_settings", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_config",
+    "pg_stat_activity", "pg_stat_statements", "pg_largeobject", "pg_roles",
+    "sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema",
+    "sqlite_dbpage", "sqlite_dbstat", "dbstat",
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
-    "lo_get", "lo_export", "dblink", "pg_authid", "pg_shadow", "pg_user_mapping",
-    "sqlite_master", "sqlite_schema", "load_extension", "readfile",
-}  # fmt: skip
+    "lo_export", "lo_get", "dblink", "query_to_xml", "set_config", "current_setting",
+})  # fmt: skip
+_DENIED_NAME_PREFIXES = ("pragma_",)
+
+
+def denied_function(name: str) -> bool:
+    """Whether ``name`` (lowercased, unqualified) is a refused function."""
+    return (
+        name in DENIED_FUNCTIONS
+        or name.startswith(DENIED_PREFIXES)
+        or (name.endswith(("_to_xml", "_to_xmlschema", "_to_xml_and_xmlschema")))
+    )
+
+
+def check_plan(plan: Any) -> None:
+    """Refuse a PostgreSQL ``EXPLAIN (VERBOSE, FORMAT JSON)`` plan that scans one of
+    mlrig's tables or a refused catalog, or calls a refused function: the server's own
+    parse, which sees through quoting, escapes and string tricks in names (not through
+    SQL a function would build and run itself: those functions are refused by name)."""
+    import json
+
+    if isinstance(plan, (str, bytes)):
+        plan = json.loads(plan)
+    relations: set[str] = set()
+    functions: set[str] = set()
+    texts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "Relation Name" and isinstance(value, str):
+                    relations.add(value.lower())
+                elif key == "Function Name" and isinstance(value, str):
+                    functions.add(value.lower())
+                elif isinstance(value, str) and key not in ("Node Type", "Alias", "Schema"):
+                    texts.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, str):
+                    texts.append(item)
+                else:
+                    walk(item)
+
+    walk(plan)
+    own = sorted(relations & own_tables())
+    if own:
+        raise _refuse(
+            f"mlrig's own tables cannot be read by a feature source ({', '.join(own)}, "
+            "found in the query's plan); query your data tables",
+            reason="own_table",
+            tables=own,
+        )
+    risky = sorted(
+        {r for r in relations if r in _DENIED_NAMES or r.startswith(_DENIED_NAME_PREFIXES)}
+        | {f for f in functions if denied_function(f)}
+    )
+    if risky:
+        raise _refuse(
+            f"{', '.join(risky)} cannot be used by a feature source (found in the query's plan)",
+            reason="denied_name",
+            names=risky,
+        )
+    for text in texts:  # deparsed expressions (Output, Filter, ...): the functions called
+        try:
+            tokens = _tokens(text, "postgresql")
+        except ValidationError:
+            continue  # not an expression (a strategy, a sort order...)
+        calls = {
+            v
+            for i, (k, v) in enumerate(tokens)
+            if k in ("word", "ident") and tokens[i + 1 : i + 2] == [("symbol", "(")]
+        }
+        risky = sorted(c for c in calls if denied_function(c))
+        if risky:
+            raise _refuse(
+                f"{', '.join(risky)} cannot be used by a feature source (found in the "
+                "query's plan)",
+                reason="denied_name",
+                names=risky,
+            )
 
 
 def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
@@ -334,8 +553,8 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
 
     if platform is None:
         raise ValidationError(f"view {view.name!r}: a SQL source needs the platform database")
-    query = check_query(view.source.query)
     db = platform.db
+    query = check_query(view.source.query, db.dialect)
     with db.engine.connect() as conn:
         sqlite = db.dialect == "sqlite"
         try:
@@ -344,9 +563,14 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
             else:
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 conn.exec_driver_sql("SET LOCAL statement_timeout = '300s'")
+                conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
+                check_plan(conn.execute(text("EXPLAIN (VERBOSE, FORMAT JSON) " + query)).scalar())
             result = conn.execute(text(query))
             names = list(result.keys())
             rows = result.fetchall()
+        except ValidationError:
+            conn.rollback()
+            raise
         except Exception as exc:  # the database's error: a bad query is the user's
             conn.rollback()
             msg = f"view {view.name!r}: the source query failed ({_why(exc)})"
