@@ -205,11 +205,6 @@ def test_sql_source_that_is_not_one_select_on_user_tables_is_refused(db_env, que
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: the SQL source's word check is bypassed on PostgreSQL "
-    "(query_to_xml dynamic SQL, U& identifiers): mlrig's own tables and server files readable",
-)
 @pytest.mark.parametrize(
     "query",
     [
@@ -272,11 +267,6 @@ def test_feature_expression_cannot_read_files_or_run_statements(env, expression,
     assert not Path("/tmp/x.csv").exists() or Path("/tmp/x.csv").stat().st_mtime < 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: an expression may close the parenthesis and carry its own FROM clause "
-    "(a comment hides the rest); it is accepted and then breaks every read of the view",
-)
 def test_expression_with_its_own_from_clause_is_refused(env):
     client, h, _, data = env
     expression = 'spend) AS x FROM "__mlrig_src0" --'
@@ -622,11 +612,6 @@ def test_many_features_in_a_read_are_bounded(env):
     assert "nope0" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 8: a feature expression ending in a -- comment is refused with "
-    "'syntax error at or near \"2\"' (the comment swallows mlrig's own SQL after it)",
-)
 def test_expression_with_a_trailing_line_comment_works(env):
     client, h, _, data = env
     body = _view("cm", _file(data), [{"name": "cm_x", "type": "numerical",
