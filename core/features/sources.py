@@ -15,7 +15,15 @@ comes last in the source wins.
   at most ``[datasets] max_bytes``. CSV is parsed by pyarrow everywhere (ISO 8601
   timestamps become timestamps, ``YYYY-MM-DD`` dates become dates).
 - ``sql``: one read-only ``SELECT`` (or ``WITH ... SELECT``) on the platform database, run
-  in a read-only transaction; mlrig's own tables may not be named.
+  in a read-only transaction (PostgreSQL: 300 s statement timeout). Checked by tokens
+  (comments dropped, quoted identifiers unquoted, case folded; :func:`check_query`): no
+  mlrig table, no function that runs SQL of its own or reaches the server (files,
+  settings, sleep, signals, large objects, dblink; :data:`DENIED_FUNCTIONS`), no system
+  catalog with secrets, no SQLite ``pragma_*``, no ``U&`` escapes or dollar quotes. On
+  PostgreSQL the server's ``EXPLAIN (VERBOSE, FORMAT JSON)`` plan is checked too
+  (:func:`check_plan`: the relations scanned, through views, and the functions called).
+  Defence in depth: SQL sources are for trusted users (the query runs with the platform's
+  database role).
 - ``push``: the ``feature_push_rows`` of the view, in push order.
 
 Nothing here is imported by ``import mlrig``: duckdb, pyarrow and pandas load on use.
@@ -453,6 +461,7 @@ DENIED_PREFIXES = (
     "pg_sleep", "pg_read", "pg_ls_", "lo_", "dblink", "xpath", "pg_advisory",
     "pg_try_advisory", "pg_stat_reset", "pg_replication_", "pg_create_", "pg_drop_",
     "pg_backup", "pg_start_backup", "pg_stop_backup", "pg_wal_", "pg_xlog",
+    "pg_stat_get_activity", "pg_stat_get_backend", "pg_logical_slot_",
 )  # fmt: skip
 #: names refused wherever they appear (catalogs with secrets or server details, SQLite's
 #: schema table and table-valued pragmas)
