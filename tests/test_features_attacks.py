@@ -1174,3 +1174,53 @@ def test_materialize_wait_without_a_worker_says_so(tmp_path):
             (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
         )
     assert "mlrig worker" in output, output
+
+
+_ENDLESS_QUERY = """
+import sys
+from pathlib import Path
+from mlrig.errors import ValidationError
+from mlrig.security import Principal
+from mlrig.testing.fixtures import make_platform
+
+home = Path(sys.argv[1])
+platform = make_platform(home, database={"url": f"sqlite:///{home / 'x.db'}"})
+actor = Principal("local", "admin")
+platform.features.create_entity({"name": "c", "join_keys": ["customer_id"]}, actor=actor)
+query = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT x AS customer_id, CURRENT_TIMESTAMP AS event_timestamp, 1.0 AS spend FROM c"
+)
+body = {"name": "endless", "entities": ["c"], "source": {"kind": "sql", "query": query},
+        "features": [{"name": "spend", "type": "numerical"}]}
+try:
+    platform.features.create_view(body, actor=actor)
+except ValidationError as exc:
+    print("REFUSED", exc.message)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 14: a SQL source's result is fetched whole, with no row cap (and no "
+    "timeout on SQLite): an endless recursive CTE hangs the request and grows memory",
+)
+def test_an_endless_sql_source_is_refused_quickly_without_exhausting_memory(tmp_path):
+    import resource
+    import subprocess
+
+    def limit() -> None:  # the child may not take the machine down
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _ENDLESS_QUERY, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            preexec_fn=limit,  # a resource limit only
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("creating a view over an endless SQL source ran for 20 s")
+    output = done.stdout + done.stderr
+    assert "REFUSED" in output and "MemoryError" not in output, output[-500:]
