@@ -1236,6 +1236,9 @@ def _clean(body: dict[str, Any]) -> dict[str, Any]:
 def _check_function(path: str) -> None:
     import importlib
 
+    from mlrig.features.ondemand import check_function_safety, load_function
+
+    check_function_safety(path)  # before importing anything
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -1247,6 +1250,11 @@ def _check_function(path: str) -> None:
     if not callable(target):
         msg = f"function {path!r}: {module_name!r} has no function {attribute!r}"
         raise ValidationError(msg, details={"field": "function"})
+    try:
+        load_function(path)  # the loader's own rules (a plain function of the user's module)
+    except ValidationError as exc:
+        exc.details.setdefault("field", "function")
+        raise
 
 
 def _check_rights(spec: AnyView, old: Mapping[str, FeatureSpec], actor: Principal) -> None:
