@@ -1086,6 +1086,12 @@ def test_concurrent_materialisations_keep_the_watermark_and_the_newest_values(pg
 
 
 @pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=False,  # a race: it deadlocks often, not always (strict would flip at random)
+    reason="finding 15: a push during a materialisation deadlocks in the sql online store on "
+    "PostgreSQL (multi-row upserts in different key orders): the push gets 503 after its "
+    "offline rows were stored",
+)
 def test_push_while_materialising_keeps_the_newest_value(pg_env):
     client, h, platform, _ = pg_env
     _push_view(client, h)
@@ -1102,7 +1108,7 @@ def test_push_while_materialising_keeps_the_newest_value(pg_env):
             "event_timestamp": (T0 + timedelta(days=1)).isoformat(),
             "email": f"new{i}",
         }
-        for i in range(500)
+        for i in reversed(range(500))  # the other key order than the materialisation's
     ]
 
     def work(i):
