@@ -290,19 +290,9 @@ def test_expression_with_its_own_from_clause_is_refused(env):
 # --- (2) on-demand functions -------------------------------------------------------------
 
 
-#: a developer is refused since bfa1b5f (on-demand views need admin); an admin still
-#: names any callable
-ROLES_ON_DEMAND = [
-    "developer",
-    pytest.param(
-        "admin",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="finding 3: an admin can name any importable callable (os:system, "
-            "subprocess:call, builtins:exec) as an on-demand function; no allow-list",
-        ),
-    ),
-]
+#: finding 3, fixed: a developer is refused (bfa1b5f: on-demand views need admin); an admin
+#: too for a callable outside the user's own modules (aff9093 + a20fdaa)
+ROLES_ON_DEMAND = ["developer", "admin"]
 
 
 @pytest.mark.parametrize(
