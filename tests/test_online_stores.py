@@ -131,3 +131,36 @@ def test_platform_loads_the_configured_store(tmp_path):
     finally:
         redis_platform.close()
         _delete_prefix(prefix)
+
+
+@pytest.mark.postgres
+def test_sql_store_on_postgresql_looks_up_keys_of_a_view_loaded_right_after_another(pg_url):
+    """A second view bulk-loaded within seconds of the first is analysed too: with
+    statistics that had never seen it, the planner walked every row of the view for a
+    one-key read (6-9 ms instead of 0.3 ms)."""
+    from datetime import datetime, timedelta, timezone
+
+    from mlrig.db import migrate
+    from mlrig.plugins.online_sql import _read_sql
+
+    db = Database(pg_url, pool_size=2, max_overflow=2)
+    migrate.upgrade(db)
+    store = SqlOnlineStore.from_options({}, where="features.sql")
+    store.bind_database(db)
+    try:
+        base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        for view in ("first", "second"):
+            rows = [OnlineRow((str(k),), {"x": float(k)}, base) for k in range(5000)]
+            assert store.write(view, rows) == 5000
+        sql = _read_sql("postgresql", ttl=False)
+        with db.engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN {sql}", (0, "second", ['["42"]'])).scalars().all()
+        conditions = " ".join(line for line in plan if "Index Cond" in line)
+        assert "entity_key" in conditions, plan
+        found = store.read(
+            "second", [("42",), ("nope",)], ["x"], ttl_seconds=None, now=base + timedelta(seconds=1)
+        )
+        assert found == [{"x": 42.0}, None]
+    finally:
+        store.close()
+        db.dispose()
