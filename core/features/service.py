@@ -1258,8 +1258,9 @@ def _check_function(path: str) -> None:
 
 
 def _check_rights(spec: AnyView, old: Mapping[str, FeatureSpec], actor: Principal) -> None:
-    """An on-demand view runs its function on the server for every reader: defining one
-    needs the admin permission. Untagging a PII feature (or removing it) shows its values
+    """An on-demand view runs its function on the server for every reader, a SQL source
+    runs its query with the platform's database role: defining either needs the admin
+    permission. Untagging a PII feature (or removing it) shows its values
     to everyone: that needs the read_pii permission."""
     from mlrig.errors import PermissionDeniedError
     from mlrig.security.roles import Permission
@@ -1268,6 +1269,16 @@ def _check_rights(spec: AnyView, old: Mapping[str, FeatureSpec], actor: Principa
         msg = (
             f"defining the on-demand view {spec.name!r} runs its function on the server: "
             "it needs the admin permission"
+        )
+        raise PermissionDeniedError(msg, details={"permission": Permission.ADMIN.value})
+    if (
+        isinstance(spec, FeatureViewSpec)
+        and spec.source.kind == "sql"
+        and not actor.can(Permission.ADMIN)
+    ):
+        msg = (
+            f"defining the view {spec.name!r} over a SQL query runs that query with the "
+            "platform's own database role: it needs the admin permission"
         )
         raise PermissionDeniedError(msg, details={"permission": Permission.ADMIN.value})
     new = {f.name: f for f in spec.features}
