@@ -225,7 +225,11 @@ def test_sql_source_cannot_reach_mlrig_tables_or_server_files_on_postgresql(pg_e
         {"kind": "sql", "query": query},
         [{"name": "leak", "type": "text"}],
     )
-    answer = client.post(f"{API}/feature-views", json=body, headers=h["developer"])
+    # a SQL source needs the admin role (its query runs with the platform's database role)
+    refused = client.post(f"{API}/feature-views", json=body, headers=h["developer"])
+    assert _error(refused, 403)["details"]["permission"] == "admin"
+    # and even an admin's query is checked: no dynamic SQL, escapes or server files
+    answer = client.post(f"{API}/feature-views", json=body, headers=h["admin"])
     if answer.status_code == 201:  # show what a viewer then reads
         rows = client.post(
             f"{API}/features/training-set",
