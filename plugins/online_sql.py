@@ -131,7 +131,9 @@ class SqlOnlineStore(OnlineStore):
         if not rows:
             return 0
         db = self.db
-        newest = list(newest_per_key(rows).values())
+        # in key order: two writers upserting overlapping keys (a push during a
+        # materialisation) then lock rows in the same order and cannot deadlock
+        newest = sorted(newest_per_key(rows).values(), key=lambda r: encode_stored_key(r.key))
         size = self.options.batch_size
         now = utcnow()
         sql = _UPSERT[self._dialect]
@@ -340,7 +342,9 @@ _STAGE_SQL = (
     "written_at timestamptz) ON COMMIT DELETE ROWS"
 )
 _STAGE_UPSERT = (
-    f"INSERT INTO {TABLE} {_COLUMNS} SELECT * FROM {_STAGE} "
+    # rows in the same (bytewise = Python's) key order as executemany's, so that two
+    # writers lock overlapping keys in one order
+    f'INSERT INTO {TABLE} {_COLUMNS} SELECT * FROM {_STAGE} ORDER BY entity_key COLLATE "C" '
     f"ON CONFLICT (view, entity_key) DO UPDATE {_SET} WHERE "
     + _NEWER.format(t=TABLE, epoch="'1970-01-01 00:00:00+00'::timestamptz")
 )
