@@ -987,7 +987,9 @@ class FeatureService:
         from mlrig.features import offline
         from mlrig.features.online import encode_key
 
-        written = offline.append_push(self.platform, spec, checked)
+        # the online store first: its writes are idempotent (newest wins), so when it fails
+        # no offline row is stored yet and a retry duplicates nothing; the offline rows
+        # (one transaction) last
         online = 0
         if spec.online:
             ts, created = spec.source.timestamp_field, spec.source.created_timestamp_field
@@ -1004,6 +1006,7 @@ class FeatureService:
                 ],
                 ttl_seconds=spec.ttl_seconds,
             )
+        written = offline.append_push(self.platform, spec, checked)
         return {"view": spec.name, "rows": len(checked), "offline": written, "online": online}
 
     def materialize(
