@@ -743,15 +743,8 @@ def test_int64_extremes_read_back(db_env):
     assert [float(g) for g in got] == [float(v) for v in values]
 
 
-def test_the_largest_ttl_the_api_accepts_is_stored(db_env, db_url, request):
-    if db_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="finding 13: ttl_seconds up to 100 years passes validation but "
-                "feature_views.ttl_seconds is INTEGER: 500 on PostgreSQL over 2**31-1",
-            )
-        )
+def test_the_largest_ttl_the_api_accepts_is_stored(db_env):
+    """Finding 13: 100 years passed validation and was a 500 on PostgreSQL (INTEGER)."""
     client, h, _, data = db_env
     from mlrig.features.definitions import MAX_TTL_SECONDS
 
@@ -1196,11 +1189,6 @@ except ValidationError as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 14: a SQL source's result is fetched whole, with no row cap (and no "
-    "timeout on SQLite): an endless recursive CTE hangs the request and grows memory",
-)
 def test_an_endless_sql_source_is_refused_quickly_without_exhausting_memory(tmp_path):
     import resource
     import subprocess

@@ -53,8 +53,9 @@ MAX_TAG_LENGTH = 100
 MAX_EXPRESSION_LENGTH = 4000
 MAX_URI_LENGTH = 1024
 MAX_QUERY_LENGTH = 20_000
-#: a TTL of at most 100 years
-MAX_TTL_SECONDS = 100 * 365 * 86400
+#: a TTL of at most 2**31 - 1 seconds (about 68 years: ``feature_views.ttl_seconds`` is
+#: a 32-bit integer on every database)
+MAX_TTL_SECONDS = 2**31 - 1
 #: the columns a push row may carry besides join keys and features
 RESERVED = ("event_timestamp", "created_timestamp")
 
