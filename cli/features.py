@@ -437,7 +437,10 @@ def _watch(experiment: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     from rich.live import Live
     from rich.text import Text
 
+    from mlrig.cli.experiments import _job_watch
+
     service = get_platform().experiments
+    workers = _job_watch(service)  # no worker alive for a while: say so and exit 3
     since = time.monotonic()
     view = experiment
     console = Console(stderr=True, quiet=quiet)
@@ -450,6 +453,7 @@ def _watch(experiment: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
             time.sleep(POLL_SECONDS)
             view = service.get(view["id"])
             live.update(line(view))
+            workers.check(view)
     if not console.is_terminal:
         console.line()
     return view
