@@ -288,6 +288,10 @@ class FeaturesSection(BackendSection):
     pii_mask: Literal["hash", "null"] = "hash"
     #: the most entity keys one online read may ask for
     max_entities_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: the most rows a SQL source's query may return (fetched in chunks; more is refused)
+    max_sql_source_rows: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    #: seconds a SQL source's query may run (PostgreSQL statement_timeout; SQLite: a deadline)
+    sql_source_timeout_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class PluginsSection(Section):

@@ -15,7 +15,9 @@ comes last in the source wins.
   at most ``[datasets] max_bytes``. CSV is parsed by pyarrow everywhere (ISO 8601
   timestamps become timestamps, ``YYYY-MM-DD`` dates become dates).
 - ``sql``: one read-only ``SELECT`` (or ``WITH ... SELECT``) on the platform database, run
-  in a read-only transaction (PostgreSQL: 300 s statement timeout). Checked by tokens
+  in a read-only transaction, fetched in chunks, at most ``[features] max_sql_source_rows``
+  rows and ``sql_source_timeout_seconds`` (PostgreSQL: its statement timeout; SQLite: a
+  progress handler's deadline), more refused. Checked by tokens
   (comments dropped, quoted identifiers unquoted, case folded; :func:`check_query`): no
   mlrig table, no function that runs SQL of its own or reaches the server (files,
   settings, sleep, signals, large objects, dblink; :data:`DENIED_FUNCTIONS`), no system
@@ -498,6 +500,7 @@ def check_plan(plan: Any) -> None:
     relations: set[str] = set()
     functions: set[str] = set()
     texts: list[str] = []
+    modifies: list[bool] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
@@ -506,6 +509,8 @@ def check_plan(plan: Any) -> None:
                     relations.add(value.lower())
                 elif key == "Function Name" and isinstance(value, str):
                     functions.add(value.lower())
+                elif key == "Node Type" and value == "ModifyTable":
+                    modifies.append(True)  # a data-modifying WITH
                 elif isinstance(value, str) and key not in ("Node Type", "Alias", "Schema"):
                     texts.append(value)
                 else:
@@ -518,6 +523,12 @@ def check_plan(plan: Any) -> None:
                     walk(item)
 
     walk(plan)
+    if modifies:  # refused by the read-only transaction too, with less clarity
+        raise _refuse(
+            "a feature source is a read-only query: it cannot insert, update or delete "
+            "(found in the query's plan)",
+            reason="read_only",
+        )
     own = sorted(relations & own_tables())
     if own:
         raise _refuse(
@@ -556,7 +567,23 @@ def check_plan(plan: Any) -> None:
             )
 
 
+#: rows fetched from a SQL source's cursor at a time (memory stays bounded while fetching)
+_SQL_CHUNK_ROWS = 10_000
+#: SQLite virtual machine steps between two checks of a SQL source's deadline
+_SQLITE_PROGRESS_STEPS = 10_000
+
+
+def _sql_limits(platform: Platform) -> tuple[int, float]:
+    """``[features] max_sql_source_rows`` and ``sql_source_timeout_seconds``."""
+    section = getattr(getattr(platform, "settings", None), "features", None)
+    rows = int(getattr(section, "max_sql_source_rows", None) or 1_000_000)
+    seconds = float(getattr(section, "sql_source_timeout_seconds", None) or 300.0)
+    return rows, seconds
+
+
 def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
+    import time
+
     import pyarrow as pa
     from sqlalchemy import text
 
@@ -564,33 +591,101 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
         raise ValidationError(f"view {view.name!r}: a SQL source needs the platform database")
     db = platform.db
     query = check_query(view.source.query, db.dialect)
+    max_rows, seconds = _sql_limits(platform)
+    too_many = ValidationError(
+        f"view {view.name!r}: source.query returns more than {max_rows} rows "
+        "([features] max_sql_source_rows)",
+        details={"field": "source.query", "limit": "max_sql_source_rows", "max_rows": max_rows},
+    )
+    too_long = ValidationError(
+        f"view {view.name!r}: source.query ran for more than {seconds:g} s "
+        "([features] sql_source_timeout_seconds)",
+        details={
+            "field": "source.query",
+            "limit": "sql_source_timeout_seconds",
+            "seconds": seconds,
+        },
+    )
+    deadline = time.monotonic() + seconds
+    expired = False
+
+    def _progress() -> int:  # SQLite: a non-zero answer interrupts the statement
+        nonlocal expired
+        expired = time.monotonic() > deadline
+        return 1 if expired else 0
+
+    chunks: list[Any] = []
+    names: list[str] = []
     with db.engine.connect() as conn:
         sqlite = db.dialect == "sqlite"
+        raw = conn.connection.dbapi_connection if sqlite else None
+        handler = raw is not None and hasattr(raw, "set_progress_handler")
         try:
             if sqlite:
                 conn.exec_driver_sql("PRAGMA query_only = ON")
+                if handler:
+                    raw.set_progress_handler(_progress, _SQLITE_PROGRESS_STEPS)
             else:
+                ms = max(1, int(seconds * 1000))
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                conn.exec_driver_sql("SET LOCAL statement_timeout = '300s'")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{ms}ms'")
                 conn.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
                 check_plan(conn.execute(text("EXPLAIN (VERBOSE, FORMAT JSON) " + query)).scalar())
-            result = conn.execute(text(query))
+            # a server-side cursor on PostgreSQL: the rows come as they are fetched
+            result = conn.execution_options(stream_results=True).execute(text(query))
             names = list(result.keys())
-            rows = result.fetchall()
+            if len(set(names)) != len(names):
+                msg = (
+                    f"view {view.name!r}: the source query returns duplicate column names ({names})"
+                )
+                raise ValidationError(msg, details={"field": "source.query"})
+            count = 0
+            while True:
+                rows = result.fetchmany(_SQL_CHUNK_ROWS)
+                if not rows:
+                    break
+                count += len(rows)
+                if count > max_rows:
+                    raise too_many
+                if time.monotonic() > deadline:
+                    raise too_long
+                chunks.append(_sql_chunk(view, names, rows))
+            result.close()
         except ValidationError:
             conn.rollback()
             raise
         except Exception as exc:  # the database's error: a bad query is the user's
             conn.rollback()
+            if expired or _is_statement_timeout(exc):
+                raise too_long from None
             msg = f"view {view.name!r}: the source query failed ({_why(exc)})"
             raise ValidationError(msg, details={"field": "source.query"}) from None
         finally:
             if sqlite:
+                if handler:
+                    raw.set_progress_handler(None, 0)
                 conn.rollback()
                 conn.exec_driver_sql("PRAGMA query_only = OFF")
-    if len(set(names)) != len(names):
-        msg = f"view {view.name!r}: the source query returns duplicate column names ({names})"
-        raise ValidationError(msg, details={"field": "source.query"})
+    if not chunks:
+        return pa.table({n: pa.nulls(0) for n in names})
+    try:
+        return pa.concat_tables(chunks, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # chunks of different types
+        msg = f"view {view.name!r}: the source query returns mixed types ({_why(exc)})"
+        raise ValidationError(msg, details={"field": "source.query"}) from None
+
+
+def _is_statement_timeout(exc: Exception) -> bool:
+    """PostgreSQL's ``query_canceled`` (SQLSTATE 57014) from ``statement_timeout``."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code == "57014" and "statement timeout" in str(orig)
+
+
+def _sql_chunk(view: FeatureViewSpec, names: list[str], rows: list[Any]) -> Any:
+    """One fetched chunk of a SQL source's rows as an Arrow table."""
+    import pyarrow as pa
+
     columns = {n: [r[i] for r in rows] for i, n in enumerate(names)}
     for name in (view.source.timestamp_field, view.source.created_timestamp_field):
         if name in columns:  # SQLite has no timestamp type: ISO 8601 text is parsed
@@ -598,7 +693,7 @@ def _sql_table(platform: Platform | None, view: FeatureViewSpec) -> Any:
     arrays = []
     for values in columns.values():
         try:
-            arrays.append(pa.array(values) if values else pa.nulls(0))
+            arrays.append(pa.array(values))
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             msg = f"view {view.name!r}: the source query returns mixed types ({_why(exc)})"
             raise ValidationError(msg, details={"field": "source.query"}) from None
