@@ -901,11 +901,7 @@ def test_removing_a_pii_tag_needs_read_pii(env):
     _error(answer, 403)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 12b: an untagged feature over the same source column as a PII feature "
-    "(a new view on the same file, or upper(col) added to the view) reads in the clear",
-)
+# finding 12b (fixed: PII follows the source column)
 def test_a_copy_of_a_pii_column_is_pii(env):
     client, h, _, data = env
     frame = pd.DataFrame(

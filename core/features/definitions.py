@@ -21,8 +21,11 @@ Every check raises :class:`~mlrig.errors.ValidationError` naming the field (``de
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from mlrig import validation as v
@@ -479,3 +482,67 @@ def parse_key(text: str) -> dict[str, int | str]:
 def key_text(row: Mapping[str, Any]) -> str:
     """An entity row as :func:`parse_key` reads it."""
     return ",".join(f"{k}:{val}" for k, val in row.items())
+
+
+# --- PII follows the source column -----------------------------------------------------------
+
+#: what :func:`column_refs` answers for an expression it cannot read: every column
+ALL_COLUMNS: frozenset[str] = frozenset({"*"})
+
+
+@functools.lru_cache(maxsize=4096)
+def column_refs(expression: str | None, name: str) -> frozenset[str]:
+    """The source columns (lower case) a feature reads: the column references in
+    ``expression`` (DuckDB's parse tree), or ``name`` when it has none. Conservative: an
+    expression that does not parse, or uses ``*`` / ``COLUMNS(...)``, reads
+    :data:`ALL_COLUMNS`; every part of a qualified reference (``a.b``) is counted."""
+    if not expression:
+        return frozenset({name.lower()})
+    import duckdb
+
+    try:
+        with duckdb.connect() as con:
+            text = con.execute(
+                "SELECT json_serialize_sql(?)", [f"SELECT (\n{expression}\n) FROM t"]
+            ).fetchone()[0]
+        tree = json.loads(text)
+    except Exception:  # unreadable: assume it reads everything
+        return ALL_COLUMNS
+    if tree.get("error"):
+        return ALL_COLUMNS
+    found: set[str] = set()
+    stack: list[Any] = [tree.get("statements")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("class") or node.get("type")
+            if kind == "COLUMN_REF":
+                found.update(str(p).lower() for p in node.get("column_names") or ())
+            elif kind in ("STAR", "COLUMNS"):
+                return ALL_COLUMNS
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return frozenset(found)
+
+
+def source_key(source: Mapping[str, Any] | None, view: str) -> tuple[str, str]:
+    """What identifies a view's source for PII: the file's uri, the SQL query (spaces
+    normalised), or the push view itself."""
+    source = source or {"kind": "push"}
+    kind = str(source.get("kind") or "push")
+    if kind == "file":
+        uri = str(source.get("uri") or "")
+        if "://" not in uri:
+            uri = os.path.normpath(uri)
+        return ("file", uri)
+    if kind == "sql":
+        return ("sql", " ".join(str(source.get("query") or "").split()).lower())
+    return (kind, view)
+
+
+def reads_pii(columns: frozenset[str], pii_columns: Set[str]) -> bool:
+    """Whether a feature reading ``columns`` reads one of ``pii_columns``."""
+    if not pii_columns:
+        return False
+    return bool(columns & pii_columns) or "*" in columns or "*" in pii_columns

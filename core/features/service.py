@@ -23,6 +23,7 @@ clear read by a holder is audited (action ``features.read_pii``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,6 +50,7 @@ from mlrig.db.models import (
 from mlrig.errors import ConflictError, NotFoundError, ValidationError
 from mlrig.features import definitions as d
 from mlrig.features.spec import (
+    PII_TAG,
     EntitySpec,
     FeatureSpec,
     FeatureViewSpec,
@@ -114,6 +116,8 @@ class FeatureService:
         # at most every RESOLVE_CHECK_SECONDS; a change in this process clears it at once
         self._resolved: dict[tuple[tuple[str, ...], bool], Requests] = {}
         self._pii_names: dict[tuple[Any, ...], list[str]] = {}
+        # source key -> the columns PII features over that source read (per generation)
+        self._pii_columns: tuple[Any, dict[tuple[str, str], set[str]]] | None = None
         self._generation: tuple[Any, ...] | None = None
         self._checked_at = 0.0
         self._cache_lock = threading.Lock()
@@ -122,6 +126,7 @@ class FeatureService:
         with self._cache_lock:
             self._resolved.clear()
             self._pii_names.clear()
+            self._pii_columns = None
             self._generation = None
             self._checked_at = 0.0
 
@@ -261,6 +266,8 @@ class FeatureService:
         with self.db.session() as session:
             spec = self._check_view(body, session)
         _check_rights(spec, {}, actor)
+        with self.db.session() as session:
+            spec = self._derive_pii(session, spec)
         self._validate(spec)
         try:
             with self.db.session() as session:
@@ -326,7 +333,7 @@ class FeatureService:
                 feature_name=feature.name,
                 view_name=view.name,
                 version=1,
-                definition=d.feature_definition(feature),
+                definition=_with_note(d.feature_definition(feature), spec, feature.name),
                 changed_by=actor.name,
                 change="created",
             )
@@ -419,8 +426,10 @@ class FeatureService:
                 msg = f"view {name!r} is a {row.kind} view; its kind cannot change"
                 raise ValidationError(msg, details={"field": "kind"})
             old = {f.name: _feature_spec(f) for f in self._feature_rows(session, row)}
-        new = {f.name: f for f in spec.features}
         _check_rights(spec, old, actor)
+        with self.db.session() as session:
+            spec = self._derive_pii(session, spec)
+        new = {f.name: f for f in spec.features}
         removed = [n for n in old if n not in new]
         retyped = [n for n in old if n in new and d.is_breaking(old[n], new[n])]
         self._refuse_if_deployed(removed, "removing", name)
@@ -444,7 +453,9 @@ class FeatureService:
                     changed = True
                     continue
                 if _feature_spec(held) != feature or held.position != position:
-                    changed |= self._update_feature_row(session, row, held, feature, actor=actor)
+                    changed |= self._update_feature_row(
+                        session, row, held, feature, actor=actor, view_spec=spec
+                    )
                     held.position = position
             before = _view_fields(row)
             _fill_view(row, spec)
@@ -467,6 +478,11 @@ class FeatureService:
         self, session: Session, row: FeatureView, entities: Mapping[str, EntitySpec]
     ) -> AnyView:
         features = tuple(_feature_spec(f) for f in self._feature_rows(session, row))
+        if row.kind != "on_demand":
+            columns = self._source_pii_columns(session).get(
+                d.source_key(row.source, row.name), set()
+            )
+            features = tuple(_tag_pii(f) if _reads(f, columns) else f for f in features)
         if row.kind == "on_demand":
             return OnDemandViewSpec(
                 name=row.name,
@@ -490,6 +506,62 @@ class FeatureService:
             version=row.version,
             extra={"materialized_until": row.materialized_until},
         )
+
+    # --- PII follows the source column -----------------------------------------------------
+
+    def _source_pii_columns(
+        self, session: Session, *, without_view: str | None = None
+    ) -> dict[tuple[str, str], set[str]]:
+        """Source key -> the columns the PII features of the views over it read (cached
+        per generation; ``without_view`` leaves one view out, uncached)."""
+        generation = self._generation
+        cached = self._pii_columns
+        if without_view is None and cached is not None and cached[0] == generation:
+            return cached[1]
+        query = (
+            select(FeatureView.name, FeatureView.source, FeatureDefinition)
+            .join(FeatureView, FeatureView.id == FeatureDefinition.view_id)
+            .where(FeatureDefinition.pii.is_(True), FeatureView.kind != "on_demand")
+        )
+        if without_view is not None:
+            query = query.where(FeatureView.name != without_view)
+        found: dict[tuple[str, str], set[str]] = {}
+        for view_name, source, feature in session.execute(query):
+            found.setdefault(d.source_key(source, view_name), set()).update(
+                d.column_refs(feature.transformation_logic, feature.name)
+            )
+        if without_view is None and generation is not None:
+            with self._cache_lock:
+                self._pii_columns = (generation, found)
+        return found
+
+    def _derive_pii(self, session: Session, spec: AnyView) -> AnyView:
+        """``spec`` with every feature that reads a column a PII feature over the same
+        source reads (in any view, this one included) tagged ``pii``; the names so
+        tagged, with the columns, in ``spec.extra["pii_derived"]``."""
+        if not isinstance(spec, FeatureViewSpec):
+            return spec
+        key = d.source_key(d.source_dict(spec.source), spec.name)
+        columns = set(self._source_pii_columns(session, without_view=spec.name).get(key, ()))
+        derived: dict[str, list[str]] = {}
+        features = list(spec.features)
+        while True:  # a newly tagged feature's columns are PII too (over-tagging is safe)
+            for f in features:
+                if f.pii:
+                    columns |= d.column_refs(f.expression, f.name)
+            more = [i for i, f in enumerate(features) if not f.pii and _reads(f, columns)]
+            if not more:
+                break
+            for i in more:
+                f = features[i]
+                refs = d.column_refs(f.expression, f.name)
+                derived[f.name] = sorted(refs & columns) or sorted(refs)
+                features[i] = _tag_pii(f)
+        if not derived:
+            return spec
+        out = dataclasses.replace(spec, features=tuple(features))
+        out.extra["pii_derived"] = derived
+        return out
 
     # --- features -------------------------------------------------------------------------
 
@@ -614,6 +686,7 @@ class FeatureService:
         feature: FeatureSpec,
         *,
         actor: Principal,
+        view_spec: AnyView | None = None,
     ) -> bool:
         if _feature_spec(row) == feature:
             return False
@@ -629,7 +702,7 @@ class FeatureService:
                 feature_name=feature.name,
                 view_name=view.name,
                 version=row.version,
-                definition=d.feature_definition(feature),
+                definition=_with_note(d.feature_definition(feature), view_spec, feature.name),
                 changed_by=actor.name,
                 change="updated",
             )
@@ -1292,6 +1365,26 @@ def _check_rights(spec: AnyView, old: Mapping[str, FeatureSpec], actor: Principa
             "read_pii permission (role deployer or higher)"
         )
         raise PermissionDeniedError(msg, details={"permission": Permission.READ_PII.value})
+
+
+def _reads(feature: FeatureSpec, columns: set[str]) -> bool:
+    return not feature.pii and d.reads_pii(d.column_refs(feature.expression, feature.name), columns)
+
+
+def _tag_pii(feature: FeatureSpec) -> FeatureSpec:
+    return dataclasses.replace(feature, tags=(*feature.tags, PII_TAG))
+
+
+def _with_note(definition: dict[str, Any], spec: AnyView | None, name: str) -> dict[str, Any]:
+    """The history's definition, saying why a feature was tagged ``pii`` by the store."""
+    derived = (getattr(spec, "extra", None) or {}).get("pii_derived") or {}
+    if name in derived:
+        definition = dict(definition)
+        definition["pii_derived"] = (
+            f"tagged pii: reads column(s) {', '.join(derived[name])} that a pii feature "
+            "over the same source reads"
+        )
+    return definition
 
 
 def _is_pii(spec: AnyView, name: str) -> bool:
