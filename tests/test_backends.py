@@ -25,6 +25,7 @@ def test_groups_have_the_documented_names():
         "search": "mlrig.search",
         "monitors": "mlrig.monitors",
         "executors": "mlrig.executors",
+        "online_stores": "mlrig.online_stores",
     }
 
 
