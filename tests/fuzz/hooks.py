@@ -184,9 +184,11 @@ FUZZ_ROWS = [[0.5, -1.0, 2.0, 0.0]]
 
 def _deployable(body: dict[str, object]) -> None:
     """What a deployment of ``fuzz-model`` 1 can be: no canary or shadow (the model has
-    one version), replicas in order."""
+    one version), replicas in order, no feature references (they must name features the
+    store has, and fuzz-model's signature takes 4 numbers, not them)."""
     body["traffic"] = []
     body["shadow"] = None
+    body.pop("features", None)
     replicas = body.get("replicas")
     if isinstance(replicas, dict):
         given = [n for n in (replicas.get("min"), replicas.get("max")) if n is not None]
