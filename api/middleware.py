@@ -148,6 +148,28 @@ class AuditMiddleware:
 
 # --- the request guard: route, method, authentication, body size ------------------------
 
+
+def online_read(fast: Any = None) -> Any:
+    """Mark a route as a read on the online (prediction) path; a decorator, under
+    ``@router.get``/``@router.post``.
+
+    The guard then checks its token through the token cache, as for predictions (``[serving]
+    token_cache_seconds``: a revocation takes effect within that TTL), and writes no audit
+    entry per call (a read that happens to be a ``POST``; refusals are still audited).
+    ``fast``: a raw ASGI handler (:mod:`mlrig.api.fastpath`) that the guard calls in place
+    of FastAPI's routing and dependencies, after the same token, permission and body
+    checks; it must answer exactly as the route does (the route stays the schema, and
+    what runs when ``app.state.mlrig_fast_routes`` is false).
+    """
+
+    def mark(endpoint: Any) -> Any:
+        endpoint.mlrig_online_read = True
+        endpoint.mlrig_fast = fast
+        return endpoint
+
+    return mark
+
+
 BodyClass = Literal["json", "metrics", "upload", "predict"]
 #: the setting (``section.key``) that bounds each body class
 BODY_LIMIT_SETTINGS: dict[str, str] = {
@@ -194,6 +216,10 @@ class RouteEntry:
     regex: Any
     #: a WebSocket route (matched only by WebSocket connections)
     websocket: bool = False
+    #: an online read (:func:`online_read`): the token cache, no audit entry per call
+    online_read: bool = False
+    #: a raw ASGI handler the guard calls in place of the framework (:func:`online_read`)
+    fast: Any = None
 
 
 def _body_class_of(dependant: Any) -> str:
@@ -246,15 +272,20 @@ def _build_route_table(app: Any) -> list[RouteEntry]:
             methods = frozenset(context.methods or ())
             kind = _body_class_of(dependant)
         websocket = isinstance(original, WebSocketRoute)
-        table.append(RouteEntry(path, context.name, methods, permission, kind, regex, websocket))
+        endpoint = getattr(context, "endpoint", None)
+        online = bool(getattr(endpoint, "mlrig_online_read", False))
+        fast = getattr(endpoint, "mlrig_fast", None)
+        table.append(
+            RouteEntry(path, context.name, methods, permission, kind, regex, websocket, online, fast)
+        )
     return table
 
 
 def _routes_key(routes: Any) -> tuple[Any, ...]:
-    # identity of every route, into included routers: a route added later is seen
-    key: list[Any] = []
+    # how many routes each router holds, into included routers: a route added later is
+    # seen. Lengths, not identities: this runs on every request, over every route.
+    key: list[Any] = [len(routes)]
     for route in routes:
-        key.append(id(route))
         included = getattr(route, "original_router", None)
         if included is not None:
             key.append(_routes_key(included.routes))
@@ -356,9 +387,9 @@ class RequestGuardMiddleware:
             platform = app.state.platform
             token = bearer_token(headers)
             try:
-                if entry.permission is Permission.PREDICT:
-                    # predictions: the token cache, no thread hop when it knows the token;
-                    # and no audit entry per prediction (no database write per request)
+                if entry.permission is Permission.PREDICT or entry.online_read:
+                    # predictions and online reads: the token cache, no thread hop when it
+                    # knows the token; and no audit entry per call (no database write each)
                     scope.setdefault("state", {})["audit"] = False
                     principal = cached_principal(platform, token)
                     if principal is None:
@@ -394,7 +425,12 @@ class RequestGuardMiddleware:
             if over:
                 await self._too_large(scope, receive, send, _too_large_error(limit, setting))
                 return
-        await self._call_bounded(scope, receive, send, limit, setting)
+        inner = self.app
+        if entry.fast is not None and getattr(app.state, "mlrig_fast_routes", True):
+            scope["route"] = entry  # what the audit entry of a refusal names
+            scope["path_params"] = match.groupdict()
+            inner = entry.fast
+        await self._call_bounded(inner, scope, receive, send, limit, setting)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket route needs the same token and permission; a refused handshake is
@@ -437,7 +473,7 @@ class RequestGuardMiddleware:
         await response(scope, receive, send)
 
     async def _call_bounded(
-        self, scope: Scope, receive: Receive, send: Send, limit: int, setting: str
+        self, inner: ASGIApp, scope: Scope, receive: Receive, send: Send, limit: int, setting: str
     ) -> None:
         received = 0
         exceeded: PayloadTooLargeError | None = None  # made only when the body runs over
@@ -468,7 +504,7 @@ class RequestGuardMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, bounded_receive, guarded_send)
+            await inner(scope, bounded_receive, guarded_send)
         except PayloadTooLargeError as error:
             if not (replaced or started):
                 replaced = True
