@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -275,9 +275,8 @@ def _build_route_table(app: Any) -> list[RouteEntry]:
         endpoint = getattr(context, "endpoint", None)
         online = bool(getattr(endpoint, "mlrig_online_read", False))
         fast = getattr(endpoint, "mlrig_fast", None)
-        table.append(
-            RouteEntry(path, context.name, methods, permission, kind, regex, websocket, online, fast)
-        )
+        entry = RouteEntry(path, context.name, methods, permission, kind, regex, websocket)
+        table.append(replace(entry, online_read=online, fast=fast))
     return table
 
 

@@ -457,9 +457,7 @@ def list_features(
     )
 
 
-def _online_features(
-    platform: Any, body: OnlineRequest, actor: Principal
-) -> dict[str, Any]:
+def _online_features(platform: Any, body: OnlineRequest, actor: Principal) -> dict[str, Any]:
     answer = platform.features.get_online_features(
         body.features,
         body.entities,
