@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -50,6 +51,8 @@ def fast_route(handler: Handler) -> Callable[[Scope, Receive, Send], Awaitable[N
             response = await errors._mlrig_error(request, exc)
         except RequestValidationError as exc:
             response = await errors._validation_error(request, exc)
+        except HTTPException as exc:
+            response = await errors._http_error(request, exc)
         except Exception as exc:
             response = await errors._unexpected_error(request, exc)
         await response(scope, receive, send)
@@ -60,9 +63,10 @@ def fast_route(handler: Handler) -> Callable[[Scope, Receive, Send], Awaitable[N
 
 
 def _is_json(content_type: str | None) -> bool:
-    # FastAPI's rule: no Content-Type, or application/json, or application/*+json
+    # FastAPI's rule (strict_content_type, its default): application/json or
+    # application/*+json; a body without a Content-Type is not read as JSON
     if not content_type:
-        return True
+        return False
     message = _ContentType()
     message["content-type"] = content_type
     if message.get_content_maintype() != "application":
@@ -80,20 +84,20 @@ async def json_body(request: Request, model: type[Model]) -> Model:
     elif _is_json(request.headers.get("content-type")):
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            pos = getattr(exc, "pos", getattr(exc, "start", 0))
-            reason = getattr(exc, "msg", None) or getattr(exc, "reason", str(exc))
+        except json.JSONDecodeError as exc:
             raise RequestValidationError(
                 [
                     {
                         "type": "json_invalid",
-                        "loc": ("body", pos),
+                        "loc": ("body", exc.pos),
                         "msg": "JSON decode error",
                         "input": {},
-                        "ctx": {"error": reason},
+                        "ctx": {"error": exc.msg},
                     }
                 ]
             ) from None
+        except ValueError:  # not UTF-8
+            raise HTTPException(400, "There was an error parsing the body") from None
     else:
         data = raw
     if data is None:
@@ -101,7 +105,7 @@ async def json_body(request: Request, model: type[Model]) -> Model:
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, from_attributes=True)  # as FastAPI validates
     except PydanticValidationError as exc:
         problems = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(problems) from None
