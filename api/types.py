@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -162,6 +163,17 @@ Requirements = Annotated[
 # --- numbers and times --------------------------------------------------------------------
 
 Int64 = Annotated[int, Field(ge=v.INT64_MIN, le=v.INT64_MAX)]
+
+
+def _integral_float(value: Any) -> Any:
+    # JSON Schema's "integer" holds 5.0; a string or a bool stays refused (StrictInt)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: a JSON integer, ``5.0`` included (what JSON Schema calls an integer); not ``"5"`` or ``true``
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral_float)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=v.INT64_MAX)]
 
 

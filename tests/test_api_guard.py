@@ -300,8 +300,17 @@ def _concrete(template: str) -> str:
     return re.sub(r"\{[^}]+\}", "x1", template)
 
 
+#: a fixed path segment beside a parameter route: the parameter never takes it
+#: (``PUT /api/ml/features/batch`` is 405, not an update of a feature named ``batch``)
+ROUTE_SEGMENTS = {"/api/ml/features/": ("batch", "training-set")}
+
+
 def _matches(template: str, path: str) -> bool:
     pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+    for prefix, segments in ROUTE_SEGMENTS.items():
+        if template.startswith(prefix + "{") and path.startswith(prefix):
+            if path[len(prefix) :].split("/", 1)[0] in segments:
+                return False
     return re.fullmatch(pattern, path) is not None
 
 

@@ -392,3 +392,40 @@ def test_nasty_but_valid_values_read_back(env, data_dir):
         headers=h["deployer"],
     ).json()
     assert back["results"] == [{"visits": 2**62, "email": text}]
+
+
+def test_schema_edges_the_fuzzer_found(env, data_dir):
+    """The first fuzz run's findings: a reserved feature name, an integral-float TTL, the
+    405 of a method that the fixed routes beside ``/features/{name}`` lack."""
+    client, h, _ = env
+    _setup(client, h["admin"], data_dir)
+    admin = h["admin"]
+    clash = {"view": "profile", "name": "batch", "type": "numerical"}
+    error = _error(client.post(f"{API}/features", json=clash, headers=admin), 422)
+    assert "reserved" in error["message"] and "batch" in error["message"]
+    view = client.get(f"{API}/feature-views/profile", headers=admin).json()
+    body = {
+        "entities": ["customer"],
+        "source": {"kind": "push"},
+        "features": [
+            {"name": f["name"], "type": f["type"], "tags": f["tags"]} for f in view["features"]
+        ],
+        "ttl_seconds": 3600.0,
+    }
+    updated = client.put(f"{API}/feature-views/profile", json=body, headers=admin)
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["ttl_seconds"] == 3600
+    for bad in ("3600", True, 3600.5):
+        _error(
+            client.put(
+                f"{API}/feature-views/profile", json={**body, "ttl_seconds": bad}, headers=admin
+            ),
+            422,
+        )
+    for method, path in (("PUT", "batch"), ("OPTIONS", "batch"), ("PUT", "training-set")):
+        error = _error(
+            client.request(method, f"{API}/features/{path}", json={}, headers=admin), 405
+        )
+        assert error["details"]["allowed"] == ["POST"]
+    too_many = [("key", f"customer_id:{i}") for i in range(101)]
+    _error(client.get(f"{API}/features/visits/values", params=too_many, headers=admin), 422)

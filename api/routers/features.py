@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import Field, StrictInt, StrictStr
+from starlette.convertors import Convertor, register_url_convertor
 
 from mlrig.api.deps import PlatformDep
 from mlrig.api.fastpath import fast_route, json_body, orjson_response
@@ -30,13 +31,39 @@ from mlrig.api.openapi import errors
 from mlrig.api.pagination import offset_page
 from mlrig.api.schemas import Experiment, Out, Page, Timestamp
 from mlrig.api.security import Reader, Writer
-from mlrig.api.types import Cursor, Description, InputModel, JsonObject, Offset, UtcDatetime
+from mlrig.api.types import (
+    Cursor,
+    Description,
+    InputModel,
+    JsonObject,
+    Offset,
+    UtcDatetime,
+    WholeNumber,
+)
 from mlrig.features import definitions as d
 from mlrig.features.service import MAX_PUSH_ROWS, MAX_TRAINING_ROWS
 from mlrig.features.spec import FEATURE_TYPES
 from mlrig.security import Permission, Principal
+from mlrig.validation import MAX_PARAM_REPEATS
 
 router = APIRouter(tags=["features"])
+
+
+class _FeatureInPath(Convertor[str]):
+    """``{name:feature}``: any segment but the names of the routes beside it
+    (``/features/batch``, ``/features/training-set``), so that ``PUT /features/batch`` is
+    405 (the path has only POST), not an update of a feature called ``batch``."""
+
+    regex = r"(?!(?:batch|training-set)(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("feature", _FeatureInPath())
 
 # --- bodies -----------------------------------------------------------------------------
 
@@ -130,7 +157,7 @@ class ViewCreate(InputModel):
     entities: list[Name] | None = Field(default=None, max_length=d.MAX_ENTITIES_PER_VIEW)
     source: SourceIn | None = None
     features: list[FeatureIn] = Field(min_length=1, max_length=d.MAX_FEATURES_PER_VIEW)
-    ttl_seconds: StrictInt | None = Field(default=None, ge=1, le=d.MAX_TTL_SECONDS)
+    ttl_seconds: WholeNumber | None = Field(default=None, ge=1, le=d.MAX_TTL_SECONDS)
     online: bool | None = None
     tags: Tags | None = None
     description: Description | None = None
@@ -326,7 +353,12 @@ def get_entity(name: str, platform: PlatformDep, _: Reader) -> Entity:
     "/feature-views",
     status_code=status.HTTP_201_CREATED,
     summary="Create a feature view with its features",
-    responses=errors(409, e409="A view or one of its features' names is taken."),
+    responses=errors(
+        404,
+        409,
+        e404="An entity it names does not exist.",
+        e409="A view or one of its features' names is taken.",
+    ),
 )
 def create_view(
     body: ViewCreate, request: Request, platform: PlatformDep, actor: Writer
@@ -509,13 +541,15 @@ def training_set(body: TrainingSetRequest, platform: PlatformDep, actor: Reader)
     )
 
 
-@router.get("/features/{name}", summary="Get a feature (name or view:name)", responses=errors(404))
+@router.get(
+    "/features/{name:feature}", summary="Get a feature (name or view:name)", responses=errors(404)
+)
 def get_feature(name: FeaturePath, platform: PlatformDep, _: Reader) -> Feature:
     return platform.features.get_feature(name)  # type: ignore[return-value]
 
 
 @router.put(
-    "/features/{name}",
+    "/features/{name:feature}",
     summary="Change a feature (a new version is recorded)",
     responses=errors(404, 409, e409="A type change while a deployment uses the feature."),
 )
@@ -528,7 +562,7 @@ def update_feature(
 
 
 @router.get(
-    "/features/{name}/history",
+    "/features/{name:feature}/history",
     summary="Every definition the feature has had, with who and when",
     responses=errors(404),
 )
@@ -537,7 +571,7 @@ def feature_history(name: FeaturePath, platform: PlatformDep, _: Reader) -> Feat
 
 
 @router.get(
-    "/features/{name}/values",
+    "/features/{name:feature}/values",
     summary="A feature's online values for entity keys (as_of: an offline point lookup)",
     responses=errors(404),
 )
@@ -550,7 +584,7 @@ def feature_values(
         list[Annotated[str, Query(min_length=3, max_length=2000, pattern=KEY_PATTERN)]],
         Query(
             min_length=1,
-            max_length=1000,
+            max_length=MAX_PARAM_REPEATS,
             description="One entity per parameter: join_key:value[,join_key:value...]; "
             "digits are integers.",
         ),

@@ -61,6 +61,8 @@ MAX_QUERY_LENGTH = 20_000
 MAX_TTL_SECONDS = 2**31 - 1
 #: the columns a push row may carry besides join keys and features
 RESERVED = ("event_timestamp", "created_timestamp")
+#: feature names that are routes of ``/api/ml/features/...`` (``POST /features/batch``)
+ROUTE_NAMES = ("batch",)
 
 Body = Mapping[str, Any]
 
@@ -168,6 +170,9 @@ def check_feature(body: object, *, field: str = "feature") -> FeatureSpec:
     name = check_name(body.get("name"), field=f"{field}.name")
     if name in RESERVED:
         raise _invalid(f"{field}.name", f"feature name {name!r} is reserved (a timestamp column)")
+    if name in ROUTE_NAMES:
+        msg = f"feature name {name!r} is reserved (the route /api/ml/features/{name}); pick another"
+        raise _invalid(f"{field}.name", msg)
     if "type" not in body:
         msg = f"{field}.type is required: one of {', '.join(FEATURE_TYPES)}"
         raise _invalid(f"{field}.type", msg, allowed=list(FEATURE_TYPES))
