@@ -25,7 +25,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StrictInt,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -172,8 +171,13 @@ def _integral_float(value: Any) -> Any:
     return value
 
 
-#: a JSON integer, ``5.0`` included (what JSON Schema calls an integer); not ``"5"`` or ``true``
-WholeNumber = Annotated[StrictInt, BeforeValidator(_integral_float)]
+def whole_number(*, ge: int = v.INT64_MIN, le: int = v.INT64_MAX) -> Any:
+    """A JSON integer between ``ge`` and ``le``, ``5.0`` included (what JSON Schema calls an
+    integer); not ``"5"`` or ``true``. (The bounds come before the validator, or the
+    schema would show them as pydantic's ``ge``/``le`` rather than ``minimum``/``maximum``.)"""
+    return Annotated[int, Field(ge=ge, le=le, strict=True), BeforeValidator(_integral_float)]
+
+
 NonNegativeInt = Annotated[int, Field(ge=0, le=v.INT64_MAX)]
 
 

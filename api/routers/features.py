@@ -38,7 +38,7 @@ from mlrig.api.types import (
     JsonObject,
     Offset,
     UtcDatetime,
-    WholeNumber,
+    whole_number,
 )
 from mlrig.features import definitions as d
 from mlrig.features.service import MAX_PUSH_ROWS, MAX_TRAINING_ROWS
@@ -77,7 +77,7 @@ Ref = Annotated[
     str, Field(min_length=1, max_length=257, pattern=REF_PATTERN, description="name or view:name")
 ]
 FeatureType = Literal["numerical", "categorical", "boolean", "text"]
-Tag = Annotated[str, Field(min_length=1, max_length=d.MAX_TAG_LENGTH)]
+Tag = Annotated[str, Field(min_length=1, max_length=d.MAX_TAG_LENGTH, pattern=d.TAG_PATTERN)]
 Tags = Annotated[list[Tag], Field(max_length=d.MAX_TAGS, description='e.g. ["pii"]')]
 Expression = Annotated[
     str,
@@ -157,7 +157,7 @@ class ViewCreate(InputModel):
     entities: list[Name] | None = Field(default=None, max_length=d.MAX_ENTITIES_PER_VIEW)
     source: SourceIn | None = None
     features: list[FeatureIn] = Field(min_length=1, max_length=d.MAX_FEATURES_PER_VIEW)
-    ttl_seconds: WholeNumber | None = Field(default=None, ge=1, le=d.MAX_TTL_SECONDS)
+    ttl_seconds: whole_number(ge=1, le=d.MAX_TTL_SECONDS) | None = None  # type: ignore[valid-type]
     online: bool | None = None
     tags: Tags | None = None
     description: Description | None = None

@@ -111,12 +111,23 @@ def _description(value: object, field: str) -> str:
     return v.check_text(value, field=field, max_length=v.MAX_DESCRIPTION_LENGTH)
 
 
+#: what counts as blank: Python's whitespace and JSON Schema's (ECMA-262 ``\s``) together,
+#: spelled out so that the schema's pattern and this check agree on every character
+BLANK_CHARS = (
+    "\\t\\n\\v\\f\\r \\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+)
+#: a tag: some character that is not blank (and no NUL)
+TAG_PATTERN = f"^[^\\x00]*[^{BLANK_CHARS}\\x00][^\\x00]*$"
+_TAG = re.compile(TAG_PATTERN)
+
+
 def _tags(value: object, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
     tags = v.check_text_list(value, field=field, max_items=MAX_TAGS, max_length=MAX_TAG_LENGTH)
     for index, tag in enumerate(tags):
-        if not tag.strip():
+        if not _TAG.match(tag):
             raise _invalid(f"{field}[{index}]", f"{field}[{index}] must not be empty")
     return tuple(dict.fromkeys(tags))
 
