@@ -142,12 +142,12 @@ def _feature_store(path: str, body: dict[str, object]) -> None:
     elif path.startswith("/api/ml/feature-views") and "features" in body:
         for key in ("function", "inputs", "request_fields"):
             body.pop(key, None)
-        body.update(
-            kind="batch", source={"kind": "push"}, entities=body.get("entities") or ["fuzz"]
-        )
+        # the run's entity "fuzz" (join key fuzz_id): an entity an earlier case made may
+        # have a join key that clashes with a generated feature name
+        body.update(kind="batch", source={"kind": "push"}, entities=["fuzz"])
         seen: dict[str, object] = {}
         for feature in body.get("features") or []:
-            if isinstance(feature, dict) and feature.get("name") not in _RESERVED:
+            if isinstance(feature, dict) and feature.get("name") not in _RESERVED | {"fuzz_id"}:
                 seen.setdefault(str(feature.get("name")), feature)
         body["features"] = list(seen.values()) or [{"name": "fuzz_feature", "type": "text"}]
     elif path.endswith("/materialize"):
