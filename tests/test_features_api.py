@@ -429,3 +429,10 @@ def test_schema_edges_the_fuzzer_found(env, data_dir):
         assert error["details"]["allowed"] == ["POST"]
     too_many = [("key", f"customer_id:{i}") for i in range(101)]
     _error(client.get(f"{API}/features/visits/values", params=too_many, headers=admin), 422)
+    kept = client.put(
+        f"{API}/features/visits",
+        json={"type": None, "tags": None, "description": "n"},
+        headers=admin,
+    )
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["type"] == "numerical" and kept.json()["description"] == "n"

@@ -556,9 +556,13 @@ def get_feature(name: FeaturePath, platform: PlatformDep, _: Reader) -> Feature:
 def update_feature(
     name: FeaturePath, body: FeatureUpdate, platform: PlatformDep, actor: Writer
 ) -> Feature:
-    return platform.features.update_feature(  # type: ignore[return-value]
-        name, body.model_dump(exclude_unset=True), actor=actor
-    )
+    # an explicit null type or tags is "keep it", as leaving the field out
+    changes = {
+        k: v
+        for k, v in body.model_dump(exclude_unset=True).items()
+        if v is not None or k not in ("type", "tags")
+    }
+    return platform.features.update_feature(name, changes, actor=actor)  # type: ignore[return-value]
 
 
 @router.get(
