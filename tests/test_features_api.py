@@ -159,7 +159,10 @@ def test_pii_by_role_and_audit(env, data_dir):
     }
     for role in ("viewer", "developer"):
         answer = client.post(f"{API}/features/batch", json=body, headers=h[role]).json()
-        assert answer["results"][0] == {"visits": 4, "email": mask_value("a@x.org", "hash")}
+        assert answer["results"][0] == {
+            "visits": 4,
+            "email": mask_value("a@x.org", "hash", platform.features.pii_mask_key),
+        }
         assert answer["results"][1] == {"visits": None, "email": None}
         assert answer["missing"] == [[], ["visits", "email"]]
         assert answer["entities"] == body["entities"]
@@ -180,7 +183,10 @@ def test_pii_by_role_and_audit(env, data_dir):
         params={"key": ["customer_id:2", "customer_id:3"]},
         headers=h["developer"],
     ).json()
-    assert values["results"] == [{"email": mask_value("b@x.org", "hash")}, {"email": None}]
+    assert values["results"] == [
+        {"email": mask_value("b@x.org", "hash", platform.features.pii_mask_key)},
+        {"email": None},
+    ]
     assert values["entities"] == [{"customer_id": 2}, {"customer_id": 3}]
 
 

@@ -310,7 +310,7 @@ def test_pii_is_masked_without_the_right_and_audited_with_it(plat):
     )
     assert masked["results"][0] == {
         "clicks_count": 3,
-        "clicks_email": mask_value("z@x.org", "hash"),
+        "clicks_email": mask_value("z@x.org", "hash", plat.features.pii_mask_key),
     }
     assert masked["results"][1] == {"clicks_count": None, "clicks_email": None}
     assert masked["missing"] == [[], ["clicks_count", "clicks_email"]]
@@ -331,7 +331,7 @@ def test_pii_is_masked_without_the_right_and_audited_with_it(plat):
     # the training set masks the same way
     entities = [{"customer_id": 7, "event_timestamp": "2026-02-01T00:00:00Z"}]
     rows = plat.features.training_set(["clicks_email"], entities, can_read_pii=False)["rows"]
-    assert rows[0]["clicks_email"] == mask_value("z@x.org", "hash")
+    assert rows[0]["clicks_email"] == mask_value("z@x.org", "hash", plat.features.pii_mask_key)
 
 
 def test_null_mask(tmp_path):
@@ -559,7 +559,9 @@ def test_review_findings_rights_and_pii_taint(plat, data_dir, tmp_path, monkeypa
         {"customer_id": [1], "event_timestamp": pd.to_datetime(["2026-01-02"], utc=True)}
     )
     frame = plat.features.get_historical_features(entity_df, ["email_copy"], can_read_pii=False)
-    assert frame["email_copy"].tolist() == [mask_value("a@x.org", "hash")]  # tainted by email
+    assert frame["email_copy"].tolist() == [
+        mask_value("a@x.org", "hash", plat.features.pii_mask_key)
+    ]  # tainted by email
     with pytest.raises(PermissionDeniedError, match="read_pii"):
         plat.features.update_feature("email", {"tags": []}, actor=BOB)
     deployer = Principal(name="dee", role="deployer")

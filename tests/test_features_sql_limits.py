@@ -43,19 +43,34 @@ def sql_view(query: str) -> FeatureViewSpec:
     return FeatureViewSpec("drivers", (DRIVER,), source, (FeatureSpec("trips", "numerical"),))
 
 
+def _limited(root: Path, db_url: str, timeout_seconds: float) -> Any:
+    features = {"max_sql_source_rows": 25_000, "sql_source_timeout_seconds": timeout_seconds}
+    return make_platform(root, database={"url": db_url}, features=features)
+
+
 @pytest.fixture
 def limited(tmp_path: Path, db_url: str, database: Any) -> Any:
-    features = {"max_sql_source_rows": 25_000, "sql_source_timeout_seconds": 1.0}
-    plat = make_platform(tmp_path / "limited", database={"url": db_url}, features=features)
+    """A 25,000-row cap and a 1 s time limit."""
+    plat = _limited(tmp_path / "limited", db_url, 1.0)
     yield plat
     plat.close()
 
 
-def test_a_source_over_the_row_cap_is_refused_while_fetching(limited: Any) -> None:
+@pytest.fixture
+def row_capped(tmp_path: Path, db_url: str, database: Any) -> Any:
+    """The same row cap with a time limit a loaded CI machine cannot reach first (fetching
+    25,000 rows took over 1 s there, and the time limit answered instead of the cap)."""
+    plat = _limited(tmp_path / "row-capped", db_url, 60.0)
+    yield plat
+    plat.close()
+
+
+def test_a_source_over_the_row_cap_is_refused_while_fetching(row_capped: Any) -> None:
     started = time.monotonic()
     with pytest.raises(ValidationError) as caught:
-        offline.validate_source(limited, sql_view(ENDLESS[limited.db.dialect]))
-    assert time.monotonic() - started < 10
+        offline.validate_source(row_capped, sql_view(ENDLESS[row_capped.db.dialect]))
+    # stopped by the cap while streaming, long before the time limit
+    assert time.monotonic() - started < 30
     err = caught.value
     assert "source.query returns more than 25000 rows" in err.message
     assert "max_sql_source_rows" in err.message
@@ -63,16 +78,16 @@ def test_a_source_over_the_row_cap_is_refused_while_fetching(limited: Any) -> No
     assert err.details["limit"] == "max_sql_source_rows"
 
 
-def test_a_source_at_the_row_cap_is_read_whole(limited: Any) -> None:
+def test_a_source_at_the_row_cap_is_read_whole(row_capped: Any) -> None:
     # 25 000 rows: three chunks of the fetch, one table of the right types
     query = {
         "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 25000) "
         f"SELECT {COLUMNS} FROM c",
         "postgresql": f"SELECT {COLUMNS} FROM generate_series(1, 25000) AS g(x)",
-    }[limited.db.dialect]
+    }[row_capped.db.dialect]
     from mlrig.features.sources import _sql_table
 
-    table = _sql_table(limited, sql_view(query))
+    table = _sql_table(row_capped, sql_view(query))
     assert table.num_rows == 25_000
     assert table.column("driver_id").to_pylist()[-1] == 25_000
     assert str(table.schema.field("event_timestamp").type).startswith("timestamp")

@@ -16,8 +16,8 @@ Views (what the methods return, the REST API's bodies)::
     online:  {"features": [names], "results": [{name: value}], "missing": [[names]]}
 
 Feature names are unique across the store; a reference is ``name`` or ``view:name``.
-PII: a feature tagged ``pii`` is masked (``[features] pii_mask``: ``hash``, the SHA-256
-hex of the value's text, or ``null``) for readers without ``Permission.READ_PII``; every
+PII: a feature tagged ``pii`` is masked (``[features] pii_mask``: ``hash``, the keyed
+HMAC-SHA256 hex of the value's text, or ``null``) for readers without ``Permission.READ_PII``; every
 clear read by a holder is audited (action ``features.read_pii``).
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
 import threading
@@ -87,13 +88,20 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def mask_value(value: Any, mode: str) -> Any:
+#: the name of the PII hash mask's key among the installation's secrets
+PII_MASK_SECRET = "features.pii_mask"
+
+
+def mask_value(value: Any, mode: str, key: bytes) -> Any:
     """``value`` masked: ``None`` stays ``None``; ``null`` mode gives ``None``; ``hash``
-    the SHA-256 hex of the value's text (strings as they are, others as JSON)."""
+    the HMAC-SHA256 hex, under the installation's ``key``, of the value's text (strings
+    as they are, others as JSON). Keyed, so a reader of masks cannot confirm a guessed
+    value (an email, a phone number) by hashing it; one key per installation, so equal
+    values still mask alike and can be joined or counted."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or mode == "null":
         return None
     text = value if isinstance(value, str) else json.dumps(_plain(value), default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -121,6 +129,7 @@ class FeatureService:
         self._generation: tuple[Any, ...] | None = None
         self._checked_at = 0.0
         self._cache_lock = threading.Lock()
+        self._pii_mask_key: bytes | None = None
 
     def _forget(self) -> None:
         with self._cache_lock:
@@ -854,6 +863,17 @@ class FeatureService:
     def _mask_mode(self) -> str:
         return self.platform.settings.features.pii_mask
 
+    @property
+    def pii_mask_key(self) -> bytes:
+        """The key of the ``hash`` mask: made once per installation, kept in the database
+        (:func:`mlrig.security.secrets.installation_secret`), read once per process."""
+        key = self._pii_mask_key
+        if key is None:
+            from mlrig.security.secrets import installation_secret
+
+            key = self._pii_mask_key = installation_secret(self.platform.db, PII_MASK_SECRET)
+        return key
+
     def get_online_features(
         self,
         features: Sequence[str],
@@ -887,11 +907,11 @@ class FeatureService:
         names = [n for _, ns in requests for n in ns]
         pii = self._pii(requests)
         if pii and not can_read_pii:
-            mode = self._mask_mode
+            mode, key = self._mask_mode, self.pii_mask_key
             for row in values:
                 for name in pii:
                     if name in row:
-                        row[name] = mask_value(row[name], mode)
+                        row[name] = mask_value(row[name], mode, key)
         elif pii:
             self._audit_pii(pii, len(rows), actor)
         return {
@@ -975,9 +995,9 @@ class FeatureService:
             frame = frame.drop(columns=extra)
         pii = self._pii(requests)
         if pii and not can_read_pii:
-            mode = self._mask_mode
+            mode, key = self._mask_mode, self.pii_mask_key
             for name in pii:
-                frame[name] = frame[name].map(lambda x: mask_value(x, mode)).astype(object)
+                frame[name] = frame[name].map(lambda x: mask_value(x, mode, key)).astype(object)
         elif pii:
             self._audit_pii(pii, len(frame), actor)
         return frame

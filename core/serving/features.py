@@ -62,6 +62,8 @@ class FeatureBinding:
     #: features tagged ``pii``: masked in the inference log (``[features] pii_mask``)
     pii: tuple[str, ...] = ()
     pii_mask: str = "hash"
+    #: the installation's key of the ``hash`` mask (read only when a feature is PII)
+    pii_mask_key: bytes = b""
 
     @classmethod
     def load(cls, platform: Platform, config: Mapping[str, Any]) -> FeatureBinding:
@@ -90,6 +92,7 @@ class FeatureBinding:
         )
         keys = tuple(config.get("entity_keys") or join_keys)
         limit = getattr(platform.settings.features, "max_entities_per_request", None) or 10_000
+        pii = tuple(n for n in features if _is_pii(groups, n))
         return cls(
             requests=requests,
             store=platform.online_store,
@@ -101,8 +104,9 @@ class FeatureBinding:
             views=tuple((v.name, int(getattr(v, "version", 1))) for v, _ in requests),
             max_entities=int(limit),
             ondemand_fields=ondemand_fields,
-            pii=tuple(n for n in features if _is_pii(groups, n)),
+            pii=pii,
             pii_mask=str(getattr(platform.settings.features, "pii_mask", "hash")),
+            pii_mask_key=platform.features.pii_mask_key if pii else b"",
         )
 
     def current(self, deployment: Mapping[str, Any]) -> bool:
@@ -260,9 +264,10 @@ def logged_features(binding: FeatureBinding, used: list[dict[str, Any]]) -> list
         return used
     from mlrig.features.service import mask_value
 
-    mode = binding.pii_mask
+    mode, key = binding.pii_mask, binding.pii_mask_key
     return [
-        {k: mask_value(v, mode) if k in binding.pii else v for k, v in row.items()} for row in used
+        {k: mask_value(v, mode, key) if k in binding.pii else v for k, v in row.items()}
+        for row in used
     ]
 
 

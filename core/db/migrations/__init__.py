@@ -1,4 +1,4 @@
 """Alembic migration environment of mlrig (run through :mod:`mlrig.db.migrate`)."""
 
 #: The newest migration's revision: update it with every new migration script.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"

@@ -5,7 +5,7 @@ tables (users, tokens, audit, registry grouping, aliases, approvals, evaluations
 experiment events) sit beside them.
 """
 
-from mlrig.db.models.auth import ROLES, ApiToken, AuditLog, User
+from mlrig.db.models.auth import ROLES, ApiToken, AuditLog, PlatformSecret, User
 from mlrig.db.models.base import NAMING_CONVENTION, Base
 from mlrig.db.models.features import (
     FeatureDefinition,
@@ -88,6 +88,7 @@ __all__ = [
     "ModelDeployment",
     "ModelEvaluation",
     "ModelPerformanceMetric",
+    "PlatformSecret",
     "RegisteredModel",
     "RunArtifact",
     "RunGroup",

@@ -71,3 +71,16 @@ class AuditLog(Base):
     outcome: Mapped[str] = mapped_column(String(50))
     request_id: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = json_object(nullable=False)
+
+
+class PlatformSecret(Base):
+    """A secret the installation makes for itself once (migration 0010): the key of the
+    PII hash mask. The database already holds what such a key protects (the clear
+    values), so keeping it there gives no reader of the database anything new."""
+
+    __tablename__ = "platform_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: hex of the secret's bytes
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = created_at()
