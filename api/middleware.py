@@ -280,25 +280,64 @@ def _build_route_table(app: Any) -> list[RouteEntry]:
     return table
 
 
-def _routes_key(routes: Any) -> tuple[Any, ...]:
-    # how many routes each router holds, into included routers: a route added later is
-    # seen. Lengths, not identities: this runs on every request, over every route.
-    key: list[Any] = [len(routes)]
+def _route_lists(routes: list[Any]) -> list[list[Any]]:
+    # the route lists of the app's router and of every included router, into included
+    # routers: a route added to any of them later changes one of their lengths
+    lists = [routes]
     for route in routes:
         included = getattr(route, "original_router", None)
         if included is not None:
-            key.append(_routes_key(included.routes))
-    return tuple(key)
+            lists.extend(_route_lists(included.routes))
+    return lists
+
+
+#: how many leading path segments the guard's index keys on (``/api/ml/<component>``)
+_INDEX_SEGMENTS = 3
+
+
+def _segments_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/", _INDEX_SEGMENTS + 1)[1 : _INDEX_SEGMENTS + 1])
+
+
+def _index_routes(table: list[RouteEntry]) -> tuple[dict[tuple[str, ...], list], list]:
+    """HTTP routes by their leading literal segments, each list in the table's order with
+    the routes that a parameter in those segments lets match anything (mounts too): a
+    request is matched against its own bucket, not against every route."""
+    http = [e for e in table if not e.websocket]
+
+    def literal(e: RouteEntry) -> bool:
+        return "{" not in "/".join(_segments_key(e.path)) and e.methods is not None
+
+    keys = {_segments_key(e.path) for e in http if literal(e)}
+    anywhere = [e for e in http if not literal(e)]
+    buckets = {
+        key: [e for e in http if not literal(e) or _segments_key(e.path) == key] for key in keys
+    }
+    return buckets, anywhere
+
+
+def _cached_routes(app: Any) -> tuple[Any, ...]:
+    # Runs on every request: the lengths of the route lists seen last time (a couple of
+    # microseconds), the lists walked again and the table rebuilt only when one changed.
+    cached = getattr(app.state, "mlrig_route_table", None)
+    if cached is not None and cached[1] == tuple(map(len, cached[0])):
+        return cached
+    lists = _route_lists(app.router.routes)
+    table = _build_route_table(app)
+    cached = (lists, tuple(map(len, lists)), table, *_index_routes(table))
+    app.state.mlrig_route_table = cached
+    return cached
 
 
 def route_table(app: Any) -> list[RouteEntry]:
     """The guard's view of ``app``'s routes, built again whenever the routes change."""
-    key = _routes_key(app.router.routes)
-    cached = getattr(app.state, "mlrig_route_table", None)
-    if cached is None or cached[0] != key:
-        cached = (key, _build_route_table(app))
-        app.state.mlrig_route_table = cached
-    return cached[1]
+    return _cached_routes(app)[2]
+
+
+def routes_for(app: Any, path: str) -> list[RouteEntry]:
+    """The HTTP routes that may match ``path``, in the table's order (the index's bucket)."""
+    *_, buckets, anywhere = _cached_routes(app)
+    return buckets.get(_segments_key(path), anywhere)
 
 
 def _route_path(scope: Scope) -> str:
@@ -364,7 +403,7 @@ class RequestGuardMiddleware:
         app = scope["app"]
         path = _route_path(scope)
         method = scope["method"]
-        found = [(e, m) for e in route_table(app) if not e.websocket and (m := e.regex.match(path))]
+        found = [(e, m) for e in routes_for(app, path) if (m := e.regex.match(path))]
         if not found:
             await self.app(scope, receive, send)
             return

@@ -605,14 +605,14 @@ def mlrig_http(
 
 
 def serve_mlrig(config: Path, port: int) -> None:
-    """``--serve-mlrig``: the API of the platform of ``config`` under uvicorn."""
-    import uvicorn
-
+    """``--serve-mlrig``: the API of the platform of ``config``, served as ``mlrig server``
+    serves it (the same parser and heap freeze), without the embedded job worker."""
     from mlrig.api import create_app
+    from mlrig.cli.server import run_api
     from mlrig.platform import Platform
 
     platform = Platform.from_config(config)
-    uvicorn.run(create_app(platform), host="127.0.0.1", port=port, log_level="warning")
+    run_api(create_app(platform), host="127.0.0.1", port=port, log_level="warning")
 
 
 def mlrig_store(

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import click
 
 from mlrig.cli.context import get_platform
 
-#: longest request line + headers uvicorn reads (its default, 16 KiB, is below what the
-#: schema's query bounds allow, and uvicorn's own 400 for it is not in the error shape)
+#: longest request line + headers the server reads (uvicorn's h11 default, 16 KiB, is below
+#: what the schema's query bounds allow); over it: 431 in the error shape, then close
 MAX_REQUEST_HEAD_BYTES = 1024 * 1024
-#: the control plane parses HTTP with h11, whose head limit above bounds what one request
-#: can make the server hold (httptools, installed for `mlrig serve`, has no such bound)
-HTTP_IMPLEMENTATION = "h11"
+
+
+def http_protocol() -> object:
+    """The parser ``mlrig server`` runs, the data plane's: httptools with a bound on the
+    request head (:mod:`mlrig.serving.http`; httptools bounds nothing itself), h11 with
+    its own limit where httptools is missing."""
+    from mlrig.serving.http import protocol_class
+
+    return protocol_class(MAX_REQUEST_HEAD_BYTES)
 
 
 @click.command()
@@ -24,8 +31,6 @@ HTTP_IMPLEMENTATION = "h11"
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 def server(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Run the REST API (under /api/ml, OpenAPI docs at /docs)."""
-    import uvicorn
-
     platform = get_platform()
     settings = platform.settings.server
     host = host or settings.host
@@ -38,28 +43,41 @@ def server(host: str | None, port: int | None, workers: int | None, log_level: s
 
         stop = _start_embedded_workers(platform, settings.embedded_workers)
         try:
-            uvicorn.run(
-                create_app(platform),
-                host=host,
-                port=port,
-                log_level=log_level,
-                http=HTTP_IMPLEMENTATION,
-                h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
-            )
+            run_api(create_app(platform), host=host, port=port, log_level=log_level)
         finally:
             stop.set()
         return
     # Several processes: each builds its own platform from the same config file.
     if platform.settings.source:
         os.environ["MLRIG_CONFIG"] = str(platform.settings.source)
-    uvicorn.run(
+    run_api(
         "mlrig.api.server:app_from_config",
-        factory=True,
         host=host,
         port=port,
-        workers=workers,
         log_level=log_level,
-        http=HTTP_IMPLEMENTATION,
+        workers=workers,
+    )
+
+
+def run_api(app: Any, *, host: str, port: int, log_level: str = "info", workers: int = 1) -> None:
+    """Serve ``app`` (an app, or a factory's import string for ``workers`` > 1) as
+    ``mlrig server`` does: the bounded httptools parser, and the objects built so far
+    frozen out of the garbage collector's passes (:func:`freeze_heap`)."""
+    import uvicorn
+
+    from mlrig.api.server import freeze_heap
+
+    factory = isinstance(app, str)
+    if not factory:
+        freeze_heap()
+    uvicorn.run(
+        app,
+        factory=factory,
+        host=host,
+        port=port,
+        workers=workers if factory else None,
+        log_level=log_level,
+        http=http_protocol(),
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
 

@@ -3,7 +3,7 @@
 httptools (about 3x the requests per second of h11 here) keeps a request line and headers
 in memory for as long as a client sends them; h11 has a limit, httptools none. A replica
 serves whoever can reach its port, so a head larger than :data:`MAX_HEAD_BYTES` gets 431
-and the connection is closed, as h11's limit does for ``mlrig server``.
+and the connection is closed. ``mlrig server`` runs the same parser.
 """
 
 from __future__ import annotations
@@ -40,7 +40,35 @@ def _refusal(limit: int) -> bytes:
 def protocol_class(max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
     """The ``http`` protocol class for :class:`uvicorn.Config`: httptools with the head
     bound when httptools is installed, else ``"h11"`` (whose own limit uvicorn applies
-    through ``h11_max_incomplete_event_size``)."""
+    through ``h11_max_incomplete_event_size``).
+
+    At the default bound it is always the same class, ``BoundedHttpToolsProtocol`` of this
+    module, which pickle finds by name: uvicorn pickles its config into each worker
+    process of ``mlrig server --workers N``.
+    """
+    if max_head_bytes == MAX_HEAD_BYTES:
+        try:
+            return globals()["BoundedHttpToolsProtocol"]
+        except KeyError:
+            pass
+    cls = _bounded_protocol(max_head_bytes)
+    if max_head_bytes == MAX_HEAD_BYTES and not isinstance(cls, str):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()["BoundedHttpToolsProtocol"] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # unpickling in a worker process looks the class up before anything built it there
+    if name == "BoundedHttpToolsProtocol":
+        cls = protocol_class(MAX_HEAD_BYTES)
+        if not isinstance(cls, str):
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _bounded_protocol(max_head_bytes: int) -> Any:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools missing
