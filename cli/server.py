@@ -65,7 +65,7 @@ def run_api(app: Any, *, host: str, port: int, log_level: str = "info", workers:
     frozen out of the garbage collector's passes (:func:`freeze_heap`)."""
     import uvicorn
 
-    from mlrig.api.server import freeze_heap
+    from mlrig.serving.http import freeze_heap
 
     factory = isinstance(app, str)
     if not factory:

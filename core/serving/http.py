@@ -8,6 +8,7 @@ and the connection is closed. ``mlrig server`` runs the same parser.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import orjson
@@ -112,3 +113,16 @@ def _bounded_protocol(max_head_bytes: int) -> Any:
             self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     return BoundedHttpToolsProtocol
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (modules, the app, its routes and schemas: some 170,000
+    objects for the REST API) out of the cyclic garbage collector's reach, once the app is built.
+
+    Each full collection walks every tracked object: about 100-190 ms here with the whole
+    app tracked, a pause that lands on whichever request is running. Frozen, a collection
+    walks only what requests made since. Garbage made before the freeze is collected
+    first, so nothing dead is kept for good.
+    """
+    gc.collect()
+    gc.freeze()

@@ -363,11 +363,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from mlrig.serving.http import MAX_HEAD_BYTES, protocol_class
+    from mlrig.serving.http import MAX_HEAD_BYTES, freeze_heap, protocol_class
 
     ctrl = socket.socket(fileno=args.ctrl_fd)
     listen = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
     meter = Meter(load_app(args.app))
+    freeze_heap()  # the runtimes and models loaded: out of the collector's passes
     config = uvicorn.Config(
         meter,
         log_level=args.log_level,

@@ -217,13 +217,24 @@ def st_run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("database", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "database",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        help="one or both: two run at once, each with its own server (output after both)",
+    )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--max-examples", type=int, default=25, help="per operation and phase")
     parser.add_argument("--seed", type=int, default=20269, help="reproducible runs")
     parser.add_argument("--report-dir", type=Path, default=Path("schemathesis-report"))
-    parser.add_argument("st_args", nargs="*", help="after --: passed to `st run`")
-    args = parser.parse_args(argv)
+    parser.epilog = "Arguments after -- go to `st run` unchanged."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.st_args = argv[cut + 1 :]
+    if len(args.database) > 1:
+        return fuzz_at_once(args, argv)
+    args.database = args.database[0]
 
     from mlrig.testing.fixtures import free_port
 
@@ -251,6 +262,32 @@ def main(argv: list[str] | None = None) -> int:
                 return main or revoke
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def fuzz_at_once(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this script once per database, at the same time; print each run's output when
+    all have ended; the first non-zero status, else 0.
+
+    Most of a run is waiting on its own server, so two of them on two cores take little
+    longer than one."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:cut] if a not in args.database] + argv[cut:]
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for kind in dict.fromkeys(args.database):
+        log = args.report_dir / f"{kind}.log"
+        with log.open("wb") as out:
+            command = [sys.executable, __file__, kind, *rest]
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        runs.append((kind, log, proc))
+    status = 0
+    for kind, log, proc in runs:
+        code = proc.wait()
+        print(f"===== fuzz on {kind}: exit {code} =====", flush=True)
+        sys.stdout.buffer.write(log.read_bytes())
+        sys.stdout.flush()
+        status = status or code
+    return status
 
 
 if __name__ == "__main__":
