@@ -83,6 +83,31 @@ def _shape_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Accept NaN inputs (default: refuse with 422).",
         ),
+        click.option(
+            "--feature",
+            "feature_refs",
+            multiple=True,
+            help="A feature the model reads from the feature store ('name' or 'view:name'), "
+            "in the model's input order; repeatable. Requests then send entity keys.",
+        ),
+        click.option(
+            "--entity-key",
+            "entity_keys",
+            multiple=True,
+            help="With --feature: a key field each request row sends (default: the views' "
+            "join keys); repeatable.",
+        ),
+        click.option(
+            "--request-field",
+            "request_fields",
+            multiple=True,
+            help="With --feature: a model input sent with each row at request time; repeatable.",
+        ),
+        click.option(
+            "--fill-value",
+            help="With --feature: the value (JSON) of a feature the store has no value for "
+            "(default: such a row is refused with 422).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -101,6 +126,10 @@ def _shape(
     shadow: str | None,
     resources: tuple[str, ...],
     allow_nan: bool | None,
+    feature_refs: tuple[str, ...],
+    entity_keys: tuple[str, ...],
+    request_fields: tuple[str, ...],
+    fill_value: str | None,
 ) -> dict[str, Any]:
     """The service fields the options set (unset options left out)."""
     fields: dict[str, Any] = {}
@@ -122,7 +151,45 @@ def _shape(
         fields["resources"] = _resources(resources)
     if allow_nan is not None:
         fields["allow_nan"] = allow_nan
+    features = _features(feature_refs, entity_keys, request_fields, fill_value)
+    if features is not None:
+        fields["features"] = features
     return fields
+
+
+def _features(
+    refs: tuple[str, ...],
+    entity_keys: tuple[str, ...],
+    request_fields: tuple[str, ...],
+    fill_value: str | None,
+) -> dict[str, Any] | None:
+    """The ``features`` field of the --feature options (the service checks it)."""
+    if not refs:
+        given = [
+            name
+            for name, value in (
+                ("--entity-key", entity_keys),
+                ("--request-field", request_fields),
+                ("--fill-value", fill_value),
+            )
+            if value
+        ]
+        if given:
+            msg = f"{given[0]} needs the features it applies to: give --feature NAME"
+            raise click.UsageError(msg)
+        return None
+    features: dict[str, Any] = {"refs": list(refs)}
+    if entity_keys:
+        features["entity_keys"] = list(entity_keys)
+    if request_fields:
+        features["request_fields"] = list(request_fields)
+    if fill_value is not None:
+        try:
+            features["fill_value"] = json.loads(fill_value)
+        except ValueError:
+            msg = f"--fill-value {fill_value!r}: give a JSON value, e.g. 0, 0.5 or null"
+            raise click.BadParameter(msg) from None
+    return features
 
 
 def _target(view: dict[str, Any]) -> str:
@@ -239,6 +306,7 @@ def _render(view: dict[str, Any]) -> None:
         ),
         ("allow NaN", "yes" if view["allow_nan"] else "no"),
         ("resources", json.dumps(view["resources"]) if view["resources"] else None),
+        ("features", _features_line(view.get("features"))),
         ("endpoint", f"POST {view['endpoint_url']}"),
         ("created", f"{(view['created_at'] or '')[:19]} by {view['created_by'] or '-'}"),
         ("deployed", (view["deployed_at"] or "")[:19] or None),
@@ -248,6 +316,17 @@ def _render(view: dict[str, Any]) -> None:
     Console().print(Panel(grid, title=Text(view["name"], style="bold"), title_align="left"))
 
 
+def _features_line(features: dict[str, Any] | None) -> str | None:
+    if not features:
+        return None
+    line = ", ".join(features["refs"]) + f"; keys {', '.join(features['entity_keys'])}"
+    if features.get("request_fields"):
+        line += f"; request fields {', '.join(features['request_fields'])}"
+    if features.get("fill_value") is not None:
+        line += f"; missing -> {json.dumps(features['fill_value'])}"
+    return line
+
+
 @deployments.command("update")
 @click.argument("ref")
 @click.option("--version", help="Serve this version (pinned; drops an alias).")
@@ -255,6 +334,9 @@ def _render(view: dict[str, Any]) -> None:
 @_shape_options
 @click.option("--no-canary", is_flag=True, help="Remove the canary versions.")
 @click.option("--no-shadow", is_flag=True, help="Remove the shadow version.")
+@click.option(
+    "--no-features", is_flag=True, help="Stop reading features: requests send model inputs."
+)
 @click.option("--stop", is_flag=True, help="Stop serving (status inactive).")
 @click.option("--start", is_flag=True, help="Serve again (status pending until loaded).")
 @json_option
@@ -264,19 +346,25 @@ def update(
     alias: str | None,
     no_canary: bool,
     no_shadow: bool,
+    no_features: bool,
     stop: bool,
     start: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Change deployment REF: what it serves, how, or whether it runs."""
+    """Change deployment REF: what it serves, how, or whether it runs. --feature
+    replaces the deployment's feature references (and their options) as a whole."""
     if stop and start:
         raise click.UsageError("give --stop or --start, not both")
     if no_canary and options["canaries"]:
         raise click.UsageError("give --canary or --no-canary, not both")
     if no_shadow and options["shadow"] is not None:
         raise click.UsageError("give --shadow or --no-shadow, not both")
+    if no_features and options["feature_refs"]:
+        raise click.UsageError("give --feature or --no-features, not both")
     changes = _shape(**options)
+    if no_features:
+        changes["features"] = None
     if version is not None:
         changes["version"] = version
     if alias is not None:

@@ -159,3 +159,58 @@ def test_errors_are_one_line(cli_mode, tmp_path):
     )
     bad_push = cli_mode("features", "push", "clicks", str(rows))
     assert "rows[0].click_count" in _one_line_error(bad_push)
+
+
+def _register_click_model(cli_mode) -> None:
+    """A model whose one input column is the ``click_count`` feature."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mlrig.registry.packaging import register_model
+
+    sample = pd.DataFrame({"click_count": [3.0, 5.0, 0.0, 9.0]})
+    estimator = LogisticRegression().fit(sample, [0, 1, 0, 1])
+    register_model(
+        cli_mode.platform, estimator, name="clicker", actor=cli_mode.admin, sample=sample
+    )
+
+
+def test_deployments_take_features_and_show_them(cli_mode, tmp_path):
+    """`mlrig deployments create --feature`: a feature-backed deployment from the CLI;
+    `update --feature` replaces the references, `--no-features` drops them."""
+    assert _apply(cli_mode, tmp_path).exit_code == 0
+    _register_click_model(cli_mode)
+    created = cli_mode(
+        "deployments", "create", "clicks-api", "--model", "clicker", "--version", "1",
+        "--feature", "click_count", "--fill-value", "0", "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.output)["features"] == {
+        "refs": ["clicks:click_count"],
+        "entity_keys": ["customer_id"],
+        "request_fields": [],
+        "fill_value": 0,
+    }
+    shown = cli_mode("deployments", "show", "clicks-api")
+    assert "clicks:click_count; keys customer_id; missing -> 0" in shown.output, shown.output
+    updated = cli_mode(
+        "deployments", "update", "clicks-api", "--feature", "clicks:click_count", "--json"
+    )
+    assert json.loads(updated.output)["features"]["fill_value"] is None, updated.output
+    plain = cli_mode("deployments", "update", "clicks-api", "--no-features", "--json")
+    assert json.loads(plain.output)["features"] is None, plain.output
+
+
+def test_deployment_feature_options_refuse_bad_input_in_one_line(cli_mode, tmp_path):
+    assert _apply(cli_mode, tmp_path).exit_code == 0
+    _register_click_model(cli_mode)
+    base = ["deployments", "create", "clicks-api", "--model", "clicker", "--version", "1"]
+    orphan = cli_mode(*base, "--entity-key", "customer_id")
+    assert "give --feature" in _one_line_error(orphan, code=2)
+    bad_fill = cli_mode(*base, "--feature", "click_count", "--fill-value", "zero")
+    assert "give a JSON value" in _one_line_error(bad_fill, code=2)
+    unknown = cli_mode(*base, "--feature", "nope")
+    assert "nope" in _one_line_error(unknown)
+    both = cli_mode("deployments", "update", "clicks-api", "--feature", "x", "--no-features")
+    assert "not both" in _one_line_error(both, code=2)
+    listed = json.loads(cli_mode("deployments", "list", "--json").output)
+    assert listed == []  # nothing refused was created
