@@ -387,6 +387,9 @@ def _read_engine(db: Database) -> Engine:
         db.url,
         isolation_level="AUTOCOMMIT",
         pool_pre_ping=False,
+        # the connection used last: its server process has the view's pages and the
+        # prepared statement warm, where a FIFO pool cycles through every connection
+        pool_use_lifo=True,
         pool_size=getattr(pool, "size", lambda: 10)(),
         max_overflow=getattr(pool, "_max_overflow", 20),
     )
