@@ -507,7 +507,7 @@ def test_a_worker_job_leaves_its_completion_to_the_worker(db_platform, test_trai
 
 
 def test_the_sweep_driver_rounds_back_off_while_no_sweep_runs(platform, monkeypatch):
-    from mlrig.engine import worker as worker_module
+    from mlrig.sweeps import driver as driver_module
 
     calls = []
     advance = platform.sweeps.advance
@@ -525,7 +525,7 @@ def test_the_sweep_driver_rounds_back_off_while_no_sweep_runs(platform, monkeypa
     assert len(calls) == 1
     for i in range(10):
         worker._drive_sweeps(200.0 + 10 * i, force=False)
-    assert worker._drive_every == worker_module.IDLE_DRIVE_SECONDS
+    assert worker._drive_every == driver_module.IDLE_DRIVE_SECONDS
     worker._drive_sweeps(300.0, force=True)  # a job ended: driven at once
     assert len(calls) == 12
     monkeypatch.setattr(platform.sweeps.driver, "_due_sweeps", lambda: [])

@@ -4,6 +4,7 @@ stop, permissions, paging, and a sweep run to the end by a worker, read through
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -421,3 +422,37 @@ def test_create_read_and_stop_on_each_database(db_platform, trainer):
         assert client.post(f"{BASE}/sw/stop").json()["status"] == "cancelled"
         _error(client.post(f"{BASE}/sw/stop"), 409, "conflict")
         assert [s["status"] for s in client.get(BASE).json()["items"]] == ["cancelled"]
+
+
+def test_the_server_s_driver_backs_off_while_no_sweep_runs_and_stops_at_once(tmp_path, monkeypatch):
+    """An idle server looks for running sweeps less and less often (doubling up to
+    IDLE_DRIVE_SECONDS), not every interval; a stop still ends the loop within one."""
+    import threading
+
+    from mlrig.api.routers.sweeps import drive_sweeps
+    from mlrig.testing.fixtures import make_platform
+
+    interval = 0.02
+    platform = make_platform(tmp_path / "home", search={"driver_interval_seconds": interval})
+    try:
+        calls = []
+        advance = platform.sweeps.advance
+
+        def counted(*, owner):
+            calls.append(time.monotonic())
+            return advance(owner=owner)
+
+        monkeypatch.setattr(platform.sweeps, "advance", counted)
+        stop = threading.Event()
+        thread = threading.Thread(target=drive_sweeps, args=(platform, stop), daemon=True)
+        thread.start()
+        time.sleep(1.5)  # 75 intervals: without the back-off, about 75 rounds
+        stop.set()
+        thread.join(1.0)
+        assert not thread.is_alive(), "the driver did not see its stop within a second"
+        assert platform.sweeps.driver.idle
+        assert 2 <= len(calls) <= 10, len(calls)
+        # the waits grew: some round came at least 8 intervals after the one before
+        assert max(b - a for a, b in itertools.pairwise(calls)) >= 8 * interval, calls
+    finally:
+        platform.close()

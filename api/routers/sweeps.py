@@ -41,6 +41,7 @@ from mlrig.api.types import (
     Offset,
 )
 from mlrig.backends import usable_backend_names
+from mlrig.sweeps.driver import next_drive_interval
 from mlrig.sweeps.service import MAX_PARALLELISM, MAX_SECONDS
 from mlrig.validation import INT32_MAX
 
@@ -57,15 +58,26 @@ def driver_owner() -> str:
 
 def drive_sweeps(platform: Any, stop: threading.Event) -> None:
     """Until ``stop`` is set: advance the running sweeps every ``[search]
-    driver_interval_seconds`` (errors are logged, never fatal: the database may be
-    briefly away, or one sweep broken)."""
+    driver_interval_seconds``, less often while none runs (doubling up to
+    ``IDLE_DRIVE_SECONDS``); errors are logged, never fatal (the database may be briefly
+    away, or one sweep broken)."""
     owner = driver_owner()
     interval = platform.settings.search.driver_interval_seconds
+    every: float | None = None  # backed off while no sweep runs (next_drive_interval)
+    waited = 0.0
+    # wakes every interval, so that a stop is seen at once; drives when the wait is over
     while not stop.wait(interval):
+        waited += interval
+        if waited < (every or interval):
+            continue
+        waited = 0.0
         try:
-            platform.sweeps.advance(owner=owner)
+            sweeps = platform.sweeps
+            sweeps.advance(owner=owner)
+            every = next_drive_interval(getattr(sweeps, "driver", None), every, interval)
         except Exception:
             log.warning("driving the sweeps failed (retried in %.1f s)", interval, exc_info=True)
+            every = None
 
 
 driver_lifespan = thread_lifespan(drive_sweeps, name="mlrig-sweep-driver")

@@ -33,6 +33,7 @@ from mlrig.engine.runner import (
     record_handed_outcome,
 )
 from mlrig.engine.states import COMPLETED
+from mlrig.sweeps.driver import next_drive_interval
 
 if TYPE_CHECKING:
     from mlrig.engine.queue import ClaimedJob
@@ -50,10 +51,6 @@ REAP_POLL_SECONDS = 0.005
 STOP_CHECK_SECONDS = 0.05
 #: the origin folder's git state handed to jobs is at most this old (seconds)
 GIT_STATE_SECONDS = 5.0
-#: while no sweep runs, the sweep driver's rounds back off (doubling) up to this many
-#: seconds; a job that ended, or a running sweep found, brings them back to
-#: ``[search] driver_interval_seconds`` (a new sweep asks its first trials itself)
-IDLE_DRIVE_SECONDS = 5.0
 
 
 def _describe_exit(code: int) -> str:
@@ -377,11 +374,8 @@ class Worker:
         except Exception as exc:  # the database may be briefly away: the next round retries
             self.echo(f"worker {self.owner}: sweeps not advanced: {exc}")
             return
-        if getattr(sweeps.driver, "idle", False):  # none running: look less often
-            every = 2 * (self._drive_every or interval)
-            self._drive_every = max(interval, min(every, IDLE_DRIVE_SECONDS))
-        else:
-            self._drive_every = None
+        # none running: look less often (a job that ended forces the next round)
+        self._drive_every = next_drive_interval(sweeps.driver, self._drive_every, interval)
 
     def _beat_worker(self) -> None:
         """Tell the queue this worker is alive (waiting commands ask it); a database

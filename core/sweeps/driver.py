@@ -69,9 +69,22 @@ REGISTER_LEASE_SECONDS = 300
 CACHE_SIZE = 64
 #: how often a process looks for live trials of ended sweeps (seconds)
 TIDY_SECONDS = 2.0
+#: while no sweep runs, a process's driving rounds back off (doubling) up to this many
+#: seconds; a running sweep found brings them back to ``[search] driver_interval_seconds``
+#: (a new sweep asks its first trials itself, so nothing waits on the back-off)
+IDLE_DRIVE_SECONDS = 5.0
 #: how often a process looks for candidates left in ended sweeps (seconds)
 LEFTOVER_SECONDS = 30.0
 _LIVE = ("created", "queued", "running")
+
+
+def next_drive_interval(driver: Any, every: float | None, interval: float) -> float | None:
+    """The wait before a process's next driving round, after one that just ran: ``None``
+    (the configured ``interval``) while a sweep runs; doubled, up to
+    :data:`IDLE_DRIVE_SECONDS`, while none does (``driver.idle``)."""
+    if not getattr(driver, "idle", False):
+        return None
+    return max(interval, min(2 * (every or interval), IDLE_DRIVE_SECONDS))
 
 
 def better(value: float, than: float | None, direction: str) -> bool:
