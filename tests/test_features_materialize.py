@@ -142,7 +142,8 @@ needs_offline = pytest.mark.skipif(
 
 
 def run_worker(platform, timeout=180):
-    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)), lease_seconds=10)
+    # a lease long enough that a loaded machine cannot let it lapse (which runs the job twice)
+    worker = Worker(platform, concurrency=1, capacity=Capacity(cpus=(0,)), lease_seconds=60)
     stop = threading.Event()
     timer = threading.Timer(timeout, stop.set)
     timer.start()
