@@ -338,7 +338,7 @@ def test_the_driver_thread_survives_errors_and_names_its_process(caplog):
 
     platform = SimpleNamespace(
         settings=SimpleNamespace(search=SimpleNamespace(driver_interval_seconds=0.01)),
-        sweeps=SimpleNamespace(advance=advance),
+        sweeps=SimpleNamespace(advance=advance, driver=SimpleNamespace(idle=False)),
     )
     stop = threading.Event()
     thread = threading.Thread(target=drive_sweeps, args=(platform, stop))

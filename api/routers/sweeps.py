@@ -74,7 +74,7 @@ def drive_sweeps(platform: Any, stop: threading.Event) -> None:
         try:
             sweeps = platform.sweeps
             sweeps.advance(owner=owner)
-            every = next_drive_interval(getattr(sweeps, "driver", None), every, interval)
+            every = next_drive_interval(sweeps.driver, every, interval)
         except Exception:
             log.warning("driving the sweeps failed (retried in %.1f s)", interval, exc_info=True)
             every = None

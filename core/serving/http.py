@@ -8,6 +8,7 @@ and the connection is closed. ``mlrig server`` runs the same parser.
 
 from __future__ import annotations
 
+import functools
 import gc
 from typing import Any
 
@@ -43,21 +44,11 @@ def protocol_class(max_head_bytes: int = MAX_HEAD_BYTES) -> Any:
     bound when httptools is installed, else ``"h11"`` (whose own limit uvicorn applies
     through ``h11_max_incomplete_event_size``).
 
-    At the default bound it is always the same class, ``BoundedHttpToolsProtocol`` of this
+    One class per bound. At the default bound it is ``BoundedHttpToolsProtocol`` of this
     module, which pickle finds by name: uvicorn pickles its config into each worker
     process of ``mlrig server --workers N``.
     """
-    if max_head_bytes == MAX_HEAD_BYTES:
-        try:
-            return globals()["BoundedHttpToolsProtocol"]
-        except KeyError:
-            pass
-    cls = _bounded_protocol(max_head_bytes)
-    if max_head_bytes == MAX_HEAD_BYTES and not isinstance(cls, str):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        globals()["BoundedHttpToolsProtocol"] = cls
-    return cls
+    return _bounded_protocol(max_head_bytes)
 
 
 def __getattr__(name: str) -> Any:
@@ -69,6 +60,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@functools.cache
 def _bounded_protocol(max_head_bytes: int) -> Any:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -112,6 +104,8 @@ def _bounded_protocol(max_head_bytes: int) -> Any:
                 self.transport.write_eof()
             self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
+    if max_head_bytes == MAX_HEAD_BYTES:  # the name pickle looks up (module __getattr__)
+        BoundedHttpToolsProtocol.__qualname__ = "BoundedHttpToolsProtocol"
     return BoundedHttpToolsProtocol
 
 

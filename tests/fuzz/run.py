@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:cut])
     args.st_args = argv[cut + 1 :]
     if len(args.database) > 1:
-        return fuzz_at_once(args, argv)
+        return fuzz_at_once(args)
     args.database = args.database[0]
 
     from mlrig.testing.fixtures import free_port
@@ -264,14 +264,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def fuzz_at_once(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run this script once per database, at the same time; print each run's output when
-    all have ended; the first non-zero status, else 0.
+def fuzz_at_once(args: argparse.Namespace) -> int:
+    """Run this script once per database, at the same time, with the options of ``args``;
+    print each run's output when all have ended; the first non-zero status, else 0.
 
     Most of a run is waiting on its own server, so two of them on two cores take little
     longer than one."""
-    cut = argv.index("--") if "--" in argv else len(argv)
-    rest = [a for a in argv[:cut] if a not in args.database] + argv[cut:]
+    rest = [
+        f"--postgres-url={args.postgres_url}",
+        f"--max-examples={args.max_examples}",
+        f"--seed={args.seed}",
+        f"--report-dir={args.report_dir}",
+        "--",
+        *args.st_args,
+    ]
     args.report_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for kind in dict.fromkeys(args.database):
