@@ -33,10 +33,14 @@ the same entity and views (``FileSource`` with ``created_timestamp_column``).
    too. mlrig's ``sql`` store runs on SQLite and on PostgreSQL (``--postgres-url``, a
    throwaway database), ``redis`` on a unique key prefix; both sql rows are compared with
    Feast's SQLite store, redis with Feast's Redis store;
+   In process, a round of Feast's reads runs before each round of mlrig's (Feast's paired
+   store is timed again with each mlrig store), so both sample the same minutes;
 3. *online, over HTTP*: the same calls to a real server on loopback, one keep-alive
-   connection from this process, one request at a time: mlrig's ``POST
+   connection per server from this process, one request at a time: mlrig's ``POST
    /api/ml/features/batch`` (uvicorn, authentication on: a bearer token) against ``feast
-   serve`` (its Python feature server, one worker, ``POST /get-online-features``);
+   serve`` (its Python feature server, one worker, ``POST /get-online-features``). Both
+   servers are up at once and request ``i`` goes to each in turn (the order flipping
+   every request), so a busy moment of this shared machine falls on both alike;
 4. *training set*: ``--training-rows`` entity rows x ``--training-features`` features
    (20: two views) point-in-time joined from the Parquet files, each system in a fresh
    process: mlrig's ``mlrig.features.offline.historical_features`` against Feast's
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -68,7 +73,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -195,6 +200,65 @@ def server(command: list[str], port: int, ready: str, **kwargs: Any) -> Iterator
         log.close()
 
 
+class KeepAlive:
+    """One keep-alive connection (TCP_NODELAY) posting JSON bodies to one path."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
+        self.path = path
+        self.headers = {"Content-Type": "application/json", **headers}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.conn.connect()
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self, body: bytes) -> bytes:
+        """The answer's body; a non-200 answer stops the benchmark."""
+        self.conn.request("POST", self.path, body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            msg = f"POST {self.path}: HTTP {response.status}: {data[:500]!r}"
+            raise SystemExit(msg)
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+#: one server to time: (port, path, request bodies, headers)
+Target = tuple[int, str, list[bytes], dict[str, str]]
+
+
+def http_timings_together(
+    targets: list[Target], warmup: int, rounds: int = 1
+) -> list[tuple[list[list[float]], Any]]:
+    """Time several servers over the same minutes: request ``i`` goes to every target in
+    turn (the order flipping every request), one at a time, so that a busy moment of the
+    machine falls on all of them alike. Per target: the latencies (ms) of each round and
+    the first answer's JSON."""
+    posters = [KeepAlive(port, path, headers) for port, path, _, headers in targets]
+    try:
+        count = min(len(bodies) for _, _, bodies, _ in targets)
+        for i in range(min(warmup, count)):
+            for poster, (_, _, bodies, _) in zip(posters, targets, strict=True):
+                poster.post(bodies[i])
+        firsts = [json.loads(p.post(t[2][0])) for p, t in zip(posters, targets, strict=True)]
+        out: list[list[list[float]]] = [[] for _ in targets]
+        order = list(range(len(targets)))
+        for _ in range(rounds):
+            ms: list[list[float]] = [[] for _ in targets]
+            for i in range(count):
+                for j in order if i % 2 == 0 else order[::-1]:
+                    started = time.perf_counter()
+                    posters[j].post(targets[j][2][i])
+                    ms[j].append((time.perf_counter() - started) * 1000)
+            for j, timings in enumerate(ms):
+                out[j].append(timings)
+    finally:
+        for poster in posters:
+            poster.close()
+    return list(zip(out, firsts, strict=True))
+
+
 def http_timings(
     port: int,
     path: str,
@@ -203,35 +267,8 @@ def http_timings(
     warmup: int,
     rounds: int = 1,
 ) -> tuple[list[list[float]], Any]:
-    """POST each body on one keep-alive connection, one at a time; latencies (ms) of the
-    timed ones and the first answer's JSON. A non-200 answer stops the benchmark."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    head = {"Content-Type": "application/json", **headers}
-
-    def post(body: bytes) -> bytes:
-        conn.request("POST", path, body=body, headers=head)
-        response = conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            msg = f"POST {path}: HTTP {response.status}: {data[:500]!r}"
-            raise SystemExit(msg)
-        return data
-
-    for body in bodies[:warmup]:
-        post(body)
-    first = json.loads(post(bodies[0]))
-    out = []
-    for _ in range(rounds):
-        ms = []
-        for body in bodies:
-            started = time.perf_counter()
-            post(body)
-            ms.append((time.perf_counter() - started) * 1000)
-        out.append(ms)
-    conn.close()
-    return out, first
+    """One server's latencies (ms) per round and its first answer's JSON."""
+    return http_timings_together([(port, path, bodies, headers)], warmup, rounds)[0]
 
 
 def rss_watch(proc: subprocess.Popen[Any], cap_mib: float, hit: list[bool]) -> None:
@@ -342,37 +379,35 @@ class Feast:
     def materialize(self, online: str) -> dict[str, Any]:
         return self.call("materialize", self.repo(online))
 
-    def online(self, online: str, keys: list[list[int]]) -> dict[str, Any]:
+    def online_round(self, online: str, keys: list[list[int]]) -> tuple[list[float], Any]:
+        """One round of in-process reads (after the warm-up): latencies (ms), value check."""
         payload = {
             **self.repo(online),
             "features": refs(self.layout),
             "keys": keys,
             "warmup": self.args.warmup,
-            "rounds": self.args.rounds,
+            "rounds": 1,
         }
         done = self.call("online", payload)
-        return {**summary_rounds(done["ms"]), "check": done["check"]}
+        return done["ms"][0], done["check"]
 
-    def http(self, online: str, keys: dict[int, list[list[int]]]) -> dict[int, dict[str, Any]]:
+    @contextlib.contextmanager
+    def serving(self, online: str) -> Iterator[int]:
+        """``feast serve`` of the ``online`` repo on a free loopback port (yielded)."""
         port = free_port()
         feast = self.python.parent / "feast"
         command = [str(feast), "-c", self.repo(online)["repo"], "serve", "-h", "127.0.0.1"]
         command += ["-p", str(port), "--no-access-log", "--max-requests", "100000000"]
-        names = [r.split(":", 1)[1] for r in refs(self.layout)]
-        results = {}
         with server(command, port, "/health", env=self.env):
-            for batch, requests in keys.items():
-                bodies = [
-                    json.dumps(
-                        {"features": refs(self.layout), "entities": {JOIN_KEY: request}}
-                    ).encode()
-                    for request in requests
-                ]
-                ms, first = http_timings(
-                    port, "/get-online-features", bodies, {}, self.args.warmup, self.args.rounds
-                )
-                results[batch] = {**summary_rounds(ms), "check": feast_http_sum(first, names)}
-        return results
+            yield port
+
+    def http_bodies(self, requests: list[list[int]]) -> list[bytes]:
+        """``POST /get-online-features`` bodies of ``requests`` (entity keys)."""
+        features = refs(self.layout)
+        return [
+            json.dumps({"features": features, "entities": {JOIN_KEY: request}}).encode()
+            for request in requests
+        ]
 
     def historical(self, offline: str) -> dict[str, Any]:
         payload = {
@@ -546,10 +581,17 @@ def timed(
 
 
 def mlrig_online(
-    platform: Any, layout: Layout, keys: dict[int, list[list[int]]], warmup: int, rounds: int
-) -> dict[str, Any]:
+    platform: Any,
+    layout: Layout,
+    keys: dict[int, list[list[int]]],
+    warmup: int,
+    rounds: int,
+    peer: Callable[[list[list[int]]], tuple[list[float], Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """In process: the façade (``platform.features.get_online_features``) and the bare
-    ``read_online`` with the names resolved once."""
+    ``read_online`` with the names resolved once; with ``peer`` (one round of Feast's
+    reads), a Feast round before each of mlrig's, so that both see the same minutes.
+    Returns mlrig's figures and the peer's, per batch size."""
     from mlrig.features.online import read_online
 
     features = refs(layout)
@@ -557,6 +599,7 @@ def mlrig_online(
     requests = platform.features.resolve(features)
     store = platform.online_store
     out: dict[str, Any] = {}
+    theirs: dict[str, Any] = {}
     for batch, requests_keys in keys.items():
 
         def facade(request: list[int]) -> list[dict[str, Any]]:
@@ -566,14 +609,26 @@ def mlrig_online(
         def bare(request: list[int]) -> list[dict[str, Any]]:
             return read_online(store, requests, [{JOIN_KEY: k} for k in request])[0]
 
-        ms, first = timed(facade, requests_keys, warmup, rounds)
-        bare_ms, _ = timed(bare, requests_keys, warmup, rounds)
+        ms: list[list[float]] = []
+        bare_ms: list[list[float]] = []
+        peer_ms: list[list[float]] = []
+        first: Any = None
+        peer_check: Any = None
+        for _ in range(rounds):
+            if peer is not None:
+                round_ms, peer_check = peer(requests_keys)
+                peer_ms.append(round_ms)
+            mine, first = timed(facade, requests_keys, warmup)
+            ms += mine
+            bare_ms += timed(bare, requests_keys, warmup)[0]
         out[str(batch)] = {
             **summary_rounds(ms),
             "read_online": summary_rounds(bare_ms),
             "check": value_sum(first, names),
         }
-    return out
+        if peer is not None:
+            theirs[str(batch)] = {**summary_rounds(peer_ms), "check": peer_check}
+    return out, theirs
 
 
 def mlrig_http(
@@ -583,14 +638,21 @@ def mlrig_http(
     keys: dict[int, list[list[int]]],
     warmup: int,
     rounds: int,
-) -> dict[str, Any]:
+    peer: tuple[Feast, str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Over HTTP, mlrig's server (and, with ``peer``, Feast's server of that online store,
+    both up at once and timed request by request in turn). Returns mlrig's figures and
+    the peer's, per batch size."""
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-mlrig", str(config)]
     command += ["--port", str(port)]
     features = refs(layout)
     names = [r.split(":", 1)[1] for r in features]
     out: dict[str, Any] = {}
-    with server(command, port, "/api/ml/health"):
+    theirs: dict[str, Any] = {}
+    auth = {"Authorization": f"Bearer {token}"}
+    peer_serving = peer[0].serving(peer[1]) if peer else contextlib.nullcontext(None)
+    with server(command, port, "/api/ml/health"), peer_serving as peer_port:
         for batch, requests in keys.items():
             bodies = [
                 json.dumps(
@@ -598,10 +660,17 @@ def mlrig_http(
                 ).encode()
                 for request in requests
             ]
-            auth = {"Authorization": f"Bearer {token}"}
-            ms, first = http_timings(port, BATCH_PATH, bodies, auth, warmup, rounds)
+            targets: list[Target] = [(port, BATCH_PATH, bodies, auth)]
+            if peer is not None:
+                peer_bodies = peer[0].http_bodies(requests)
+                targets.append((peer_port, "/get-online-features", peer_bodies, {}))
+            timings = http_timings_together(targets, warmup, rounds)
+            ms, first = timings[0]
             out[str(batch)] = {**summary_rounds(ms), "check": value_sum(first["results"], names)}
-    return out
+            if peer is not None:
+                ms, first = timings[1]
+                theirs[str(batch)] = {**summary_rounds(ms), "check": feast_http_sum(first, names)}
+    return out, theirs
 
 
 def serve_mlrig(config: Path, port: int) -> None:
@@ -621,8 +690,11 @@ def mlrig_store(
     keys: dict[int, list[list[int]]],
     args: argparse.Namespace,
     work: Path,
+    feast: Feast | None = None,
 ) -> dict[str, Any]:
-    """One of mlrig's online stores: define, materialise, read in process and over HTTP."""
+    """One of mlrig's online stores: define, materialise, read in process and over HTTP
+    (with ``feast``: Feast's paired store timed in the same minutes, round by round in
+    process, request by request over HTTP)."""
     from mlrig.platform import Platform
 
     backend, database = STORES[label]
@@ -634,11 +706,23 @@ def mlrig_store(
         try:
             define(platform, layout)
             row["materialize"] = mlrig_materialize(platform, layout)
-            row["in_process"] = mlrig_online(platform, layout, keys, args.warmup, args.rounds)
+            pair = FEAST_PAIR[label]
+            peer_round = None if feast is None else functools.partial(feast.online_round, pair)
+            row["in_process"], row["feast_in_process"] = mlrig_online(
+                platform, layout, keys, args.warmup, args.rounds, peer_round
+            )
             if args.http:
                 platform.security.create_user(name="bench", role="developer")
                 token = platform.security.create_token(user="bench")["token"]
-                row["http"] = mlrig_http(config, token, layout, keys, args.warmup, args.rounds)
+                row["http"], row["feast_http"] = mlrig_http(
+                    config,
+                    token,
+                    layout,
+                    keys,
+                    args.warmup,
+                    args.rounds,
+                    None if feast is None else (feast, pair),
+                )
         finally:
             if backend == "redis":
                 for name in layout.view_names():
@@ -687,16 +771,15 @@ def online_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (mlrig store, shape, side) beside Feast's pair, with the goals."""
     rows = []
     n = report["features_online"]
-    feast = report.get("feast") or {}
     for store in report["mlrig"]["stores"]:
         pair = FEAST_PAIR[store["store"]]
-        peer = (feast.get("online") or {}).get(pair) or {}
         for side in ("in_process", "http"):
             for batch in report["batches"]:
                 mine = (store.get(side) or {}).get(str(batch))
                 if mine is None:
                     continue
-                theirs = (peer.get(side) or {}).get(str(batch))
+                # Feast's figure from the same minutes as this store's
+                theirs = (store.get(f"feast_{side}") or {}).get(str(batch))
                 ratio = round(mine["p99_ms"] / theirs["p99_ms"], 3) if theirs else None
                 goals = [f"p99 <= {GOAL_P99_RATIO} x Feast's"]
                 met = ratio is not None and ratio <= GOAL_P99_RATIO
@@ -905,8 +988,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     phases: dict[str, float] = {}
     try:
         for label in args.stores:
-            # Feast's pair just before the first mlrig store compared with it, so that
-            # the two run close together on a machine whose load changes
+            # Feast's paired store set up and materialised before the first mlrig store
+            # compared with it; its reads are timed with each mlrig store's (same minutes)
             online = FEAST_PAIR[label]
             if feast is not None and online not in feast_online:
                 phase = time.perf_counter()
@@ -914,15 +997,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 entry: dict[str, Any] = {"feature_store_yaml": setup["feature_store_yaml"]}
                 done = feast.materialize(online)
                 materialize.append({"system": "feast", "store": online, **done})
-                entry["in_process"] = {str(b): feast.online(online, keys[b]) for b in batches}
-                if args.http:
-                    entry["http"] = {str(b): v for b, v in feast.http(online, keys).items()}
                 feast_online[online] = entry
                 report["feast_version"] = feast.version
                 phases[f"feast {online}"] = round(time.perf_counter() - phase, 1)
             phase = time.perf_counter()
             try:
-                row = mlrig_store(label, layout, keys, args, work)
+                row = mlrig_store(label, layout, keys, args, work, feast)
             except Exception as exc:  # one store failing leaves the others' figures
                 if not args.keep_going:
                     raise

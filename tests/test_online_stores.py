@@ -152,15 +152,74 @@ def test_sql_store_on_postgresql_looks_up_keys_of_a_view_loaded_right_after_anot
         for view in ("first", "second"):
             rows = [OnlineRow((str(k),), {"x": float(k)}, base) for k in range(5000)]
             assert store.write(view, rows) == 5000
-        sql = _read_sql("postgresql", ttl=False)
+        sql = _read_sql("postgresql", 0, 0, None)
         with db.engine.connect() as conn:
-            plan = conn.exec_driver_sql(f"EXPLAIN {sql}", (0, "second", ['["42"]'])).scalars().all()
+            params = {"v0": "second", "k0": ['["42"]']}
+            plan = conn.exec_driver_sql(f"EXPLAIN {sql}", params).scalars().all()
         conditions = " ".join(line for line in plan if "Index Cond" in line)
         assert "entity_key" in conditions, plan
+        # the read pool runs generic plans: the plan that serves every read looks keys up too
+        prepared = sql.replace("%(v0)s", "$1").replace("%(k0)s", "$2")
+        with store._reads.connect() as conn:
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_generic_plan"
+            conn.exec_driver_sql(f"PREPARE read_one(text, text[]) AS {prepared}")
+            generic = (
+                conn.exec_driver_sql("EXPLAIN EXECUTE read_one('second', '{\"[\\\"42\\\"]\"}')")
+                .scalars()
+                .all()
+            )
+            conn.exec_driver_sql("DEALLOCATE read_one")
+        conditions = " ".join(line for line in generic if "Index Cond" in line)
+        assert "entity_key" in conditions and "$2" in conditions, generic
         found = store.read(
             "second", [("42",), ("nope",)], ["x"], ttl_seconds=None, now=base + timedelta(seconds=1)
         )
         assert found == [{"x": 42.0}, None]
+    finally:
+        store.close()
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_sql_store_read_survives_the_server_closing_its_pooled_connections(pg_url):
+    """The read pool has no pre-ping: a connection the server closed is dropped from the
+    pool and the read runs once more on a new one; the next read works too. When the
+    server refuses every connection, the read fails with a clear OnlineStoreError."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from mlrig.db import migrate
+
+    db = Database(pg_url, pool_size=2, max_overflow=2)
+    migrate.upgrade(db)
+    store = SqlOnlineStore.from_options({}, where="features.sql")
+    store.bind_database(db)
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    name = db.url.database
+    admin = str(pg_url).replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    try:
+        assert store.write("v", [OnlineRow(("1",), {"x": 1.0}, base)]) == 1
+        assert store.read("v", [("1",)], ["x"], ttl_seconds=None, now=base) == [{"x": 1.0}]
+        with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()[0]
+            assert killed >= 1
+            assert store.read("v", [("1",)], ["x"], ttl_seconds=None, now=base) == [{"x": 1.0}]
+            assert store.read("v", [("1",)], ["x"], ttl_seconds=None, now=base) == [{"x": 1.0}]
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                with pytest.raises(OnlineStoreError, match="could not read view 'v'"):
+                    store.read("v", [("1",)], ["x"], ttl_seconds=None, now=base)
+            finally:
+                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     finally:
         store.close()
         db.dispose()

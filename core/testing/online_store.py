@@ -271,6 +271,16 @@ class OnlineStoreContract:
             [ViewRead("a", shared, ["x"], None), ViewRead("b", shared, ["y"], None)], now=at(100)
         )
         assert got == [[{"x": 1}, {"x": 2}], [{"y": "b1"}, None]]
+        # one key list under two TTLs, one of them shared by two views
+        got = online_store.read_many(
+            [
+                ViewRead("a", shared, ["x"], 10),
+                ViewRead("b", shared, ["y"], 10),
+                ViewRead("a", shared, ["x"], None),
+            ],
+            now=at(100),
+        )
+        assert got == [[None, {"x": 2}], [None, None], [{"x": 1}, {"x": 2}]]
 
     # --- threads ------------------------------------------------------------------------
 
