@@ -15,6 +15,7 @@ FastAPI validates it: ``json.loads`` then the model), the same parameter checks
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from email.message import Message as _ContentType
@@ -31,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from mlrig.errors import MlrigError, PayloadTooLargeError
 
 Model = TypeVar("Model", bound=BaseModel)
+Result = TypeVar("Result")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -109,6 +111,15 @@ async def json_body(request: Request, model: type[Model]) -> Model:
     except PydanticValidationError as exc:
         problems = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(problems) from None
+
+
+async def in_thread(call: Callable[..., Result], *args: Any) -> Result:
+    """``call(*args)`` in the event loop's thread pool: a blocking store read off the loop.
+    The loop's own executor is a third of the cost of ``anyio.to_thread`` per hop (no
+    capacity limiter, cancel scope or backend lookup: 40-50 us of CPU per request on a
+    small machine); a fast route's call needs neither cancellation nor context variables.
+    """
+    return await asyncio.get_running_loop().run_in_executor(None, call, *args)
 
 
 def orjson_response(content: dict[str, Any]) -> Response:

@@ -117,6 +117,11 @@ class SqlOnlineStore(OnlineStore):
         self._reads = _read_engine(db)
 
     @property
+    def local_reads(self) -> bool:  # type: ignore[override]
+        """On SQLite (WAL: a read never waits for a writer) reads are local file reads."""
+        return self._db is not None and self._dialect == "sqlite"
+
+    @property
     def db(self) -> Database:
         if self._db is None:
             msg = (

@@ -20,6 +20,9 @@ What callers assume, and :class:`mlrig.testing.online_store.OnlineStoreContract`
 - **Errors.** A failure of the library below is translated into
   :class:`~mlrig.errors.MlrigError` subclasses (:class:`OnlineStoreError` for a store that
   cannot be reached or answered wrongly) with a message that says what to fix.
+- **Local reads.** A store whose reads touch only local files and never wait (SQLite in
+  WAL mode) may set :attr:`OnlineStore.local_reads`; small reads are then run on a
+  server's event loop. Reads of a network store must stay off it (the default).
 - **Expiry hint.** :meth:`write` may be given the view's ``ttl_seconds``; a store may use
   it to drop rows that can no longer be read (Redis ``PEXPIREAT``). Reads still check the
   TTL themselves: the hint only bounds memory.
@@ -85,6 +88,11 @@ class OnlineStoreError(MlrigError):
 
 class OnlineStore(Backend, ABC):
     """Write and read the latest feature values by entity key, TTL honoured."""
+
+    #: reads are local file reads that never wait on a network or a lock (SQLite in WAL
+    #: mode): a server may then run a small read on its event loop instead of handing it
+    #: to a thread (the hop costs more than such a read). A network store leaves it False.
+    local_reads: bool = False
 
     @abstractmethod
     def write(

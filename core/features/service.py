@@ -48,7 +48,7 @@ from mlrig.db.models import (
     ModelDeployment,
     User,
 )
-from mlrig.errors import ConflictError, NotFoundError, ValidationError
+from mlrig.errors import ConflictError, MlrigError, NotFoundError, ValidationError
 from mlrig.features import definitions as d
 from mlrig.features.spec import (
     PII_TAG,
@@ -76,6 +76,9 @@ MAX_TRAINING_ROWS = 10_000
 RESOLVE_CHECK_SECONDS = 1.0
 #: distinct reference lists resolve() keeps
 RESOLVE_CACHE_SIZE = 1024
+#: the most values (entities x features) a read may have to run on a server's event loop
+#: (:meth:`FeatureService.reads_locally`): 1 x 50 takes about 0.2 ms; 2,000 stays a few ms
+LOCAL_READ_MAX_VALUES = 2_000
 #: experiment statuses that are final
 _ENDED = ("completed", "failed", "cancelled")
 
@@ -873,6 +876,35 @@ class FeatureService:
 
             key = self._pii_mask_key = installation_secret(self.platform.db, PII_MASK_SECRET)
         return key
+
+    def reads_locally(self, features: Sequence[str], entities: int, *, can_read_pii: bool) -> bool:
+        """Whether :meth:`get_online_features` of ``features`` for ``entities`` rows would
+        touch only local files and do little work: a server may then run it on its event
+        loop, where a thread hop costs more than the read (1 x 50 features over HTTP: 0.39
+        instead of 0.94 ms in the app). True only when the platform database is SQLite (its
+        generation check and name lookups are local reads that never wait, in WAL mode),
+        the store's reads are local (:attr:`OnlineStore.local_reads`), the read is at most
+        :data:`LOCAL_READ_MAX_VALUES` values, no on-demand view runs user code, and no PII
+        read is to be audited nor the PII mask's key to be fetched (a write may wait for
+        the write lock)."""
+        if entities * len(features) > LOCAL_READ_MAX_VALUES:
+            return False
+        if self.platform.db.dialect != "sqlite":
+            return False
+        if not getattr(self.platform.online_store, "local_reads", False):
+            return False
+        try:
+            requests = self.resolve(_refs(features))
+        except MlrigError:
+            return False  # the full call answers the error
+        if any(isinstance(spec, OnDemandViewSpec) for spec, _ in requests):
+            return False
+        if not self._pii(requests):
+            return True
+        if can_read_pii:
+            return False  # audited
+        # masked: the hash mask's key is read (or made: a write) once per process
+        return self._pii_mask_key is not None or self._mask_mode != "hash"
 
     def get_online_features(
         self,
