@@ -115,10 +115,10 @@ async def json_body(request: Request, model: type[Model]) -> Model:
 
 async def in_thread(call: Callable[..., Result], *args: Any) -> Result:
     """``call(*args)`` in the event loop's thread pool: a blocking store read off the loop.
-    The loop's own executor is a third of the cost of ``anyio.to_thread`` per hop (no
-    capacity limiter, cancel scope or backend lookup: 40-50 us of CPU per request on a
-    small machine); a fast route's call needs neither cancellation nor context variables.
-    """
+    The loop's own executor is cheaper per hop than ``anyio.to_thread`` (no capacity
+    limiter, cancel scope or backend lookup: about 0.10 instead of 0.13 ms for an empty
+    call, measured on uvloop here); a fast route's call needs neither cancellation nor
+    context variables."""
     return await asyncio.get_running_loop().run_in_executor(None, call, *args)
 
 

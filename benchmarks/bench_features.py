@@ -259,18 +259,6 @@ def http_timings_together(
     return list(zip(out, firsts, strict=True))
 
 
-def http_timings(
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    headers: dict[str, str],
-    warmup: int,
-    rounds: int = 1,
-) -> tuple[list[list[float]], Any]:
-    """One server's latencies (ms) per round and its first answer's JSON."""
-    return http_timings_together([(port, path, bodies, headers)], warmup, rounds)[0]
-
-
 def rss_watch(proc: subprocess.Popen[Any], cap_mib: float, hit: list[bool]) -> None:
     """Kill ``proc``'s process group when its process tree's RSS passes ``cap_mib``."""
     page = os.sysconf("SC_PAGE_SIZE")
