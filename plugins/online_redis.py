@@ -18,7 +18,9 @@ Options (``[features.redis]``): ``url`` (``redis://127.0.0.1:6379/0``), ``prefix
 
 from __future__ import annotations
 
+import asyncio
 import re
+import weakref
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -111,6 +113,9 @@ class RedisOnlineStore(OnlineStore):
             msg = f"features.redis.url: {exc} (expected redis://HOST:PORT/DB)"
             raise OnlineStoreError(msg) from exc
         self._client = redis.Redis(connection_pool=self._pool)
+        #: per event loop, a redis.asyncio client (made on the loop's first read)
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]
+        self._async_clients = weakref.WeakKeyDictionary()
         self._write_script = self._client.register_script(_WRITE_NEWEST)
 
     # --- keys ---------------------------------------------------------------------------
@@ -170,6 +175,33 @@ class RedisOnlineStore(OnlineStore):
         self, reads: Sequence[ViewRead], *, now: datetime
     ) -> list[list[dict[str, Any] | None]]:
         """Every view's keys in one ``MGET`` (one round trip)."""
+        names = self._names(reads)
+        if not names:
+            return [[] for _ in reads]
+        try:
+            raw = self._client.mget(names)
+        except self._redis_errors as exc:
+            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
+        return _decoded(reads, raw, now)
+
+    #: :meth:`aread_many` awaits redis.asyncio on the loop
+    async_reads = True
+
+    async def aread_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """:meth:`read_many` on the event loop: the same ``MGET`` through a redis.asyncio
+        client of the loop's own (its connections belong to the loop)."""
+        names = self._names(reads)
+        if not names:
+            return [[] for _ in reads]
+        try:
+            raw = await self._async_client().mget(names)
+        except self._redis_errors as exc:
+            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
+        return _decoded(reads, raw, now)
+
+    def _names(self, reads: Sequence[ViewRead]) -> list[bytes]:
         names: list[bytes] = []
         texts: dict[int, list[bytes]] = {}
         for part in reads:
@@ -178,32 +210,22 @@ class RedisOnlineStore(OnlineStore):
             if encoded is None:  # views of the same entities often share one key list
                 encoded = texts[id(part.keys)] = [orjson.dumps(list(k)) for k in part.keys]
             names.extend(prefix + k for k in encoded)
-        if not names:
-            return [[] for _ in reads]
-        try:
-            raw = self._client.mget(names)
-        except self._redis_errors as exc:
-            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
-        now_us = _micros(now)
-        out: list[list[dict[str, Any] | None]] = []
-        at = 0
-        for part in reads:
-            ttl = part.ttl_seconds
-            cutoff = -1 if ttl is None else now_us - int(ttl * 1_000_000)
-            wanted = set(part.features)
-            found: list[dict[str, Any] | None] = []
-            for value in raw[at : at + len(part.keys)]:
-                if value is None or (cutoff >= 0 and int(value[:_DIGITS]) < cutoff):
-                    found.append(None)
-                    continue
-                values = orjson.loads(value[_HEADER:])
-                if values.keys() == wanted:
-                    found.append(values)
-                else:
-                    found.append({name: values.get(name) for name in part.features})
-            at += len(part.keys)
-            out.append(found)
-        return out
+        return names
+
+    def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.options.url,
+                max_connections=self.options.max_connections,
+                socket_timeout=self.options.socket_timeout,
+                socket_connect_timeout=self.options.socket_timeout,
+            )
+            self._async_clients[loop] = client
+        return client
 
     def delete_view(self, view: str) -> None:
         pattern = _glob_escape(self._view_prefix(view)) + "*"
@@ -233,6 +255,9 @@ class RedisOnlineStore(OnlineStore):
 
     def close(self) -> None:
         self._pool.disconnect()
+        # the async clients' connections belong to their loops (which may be gone): they
+        # close when collected
+        self._async_clients.clear()
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -247,6 +272,33 @@ class RedisOnlineStore(OnlineStore):
             f"{reason}; is Redis running there? (set [features.redis] url)"
         )
         return OnlineStoreError(msg, details={"url": self._display_url(), "view": view})
+
+
+def _decoded(
+    reads: Sequence[ViewRead], raw: Sequence[bytes | None], now: datetime
+) -> list[list[dict[str, Any] | None]]:
+    """``MGET``'s values, in :meth:`RedisOnlineStore._names`'s order, as one result per
+    part: ``None`` where a key has no value or an expired one."""
+    now_us = _micros(now)
+    out: list[list[dict[str, Any] | None]] = []
+    at = 0
+    for part in reads:
+        ttl = part.ttl_seconds
+        cutoff = -1 if ttl is None else now_us - int(ttl * 1_000_000)
+        wanted = set(part.features)
+        found: list[dict[str, Any] | None] = []
+        for value in raw[at : at + len(part.keys)]:
+            if value is None or (cutoff >= 0 and int(value[:_DIGITS]) < cutoff):
+                found.append(None)
+                continue
+            values = orjson.loads(value[_HEADER:])
+            if values.keys() == wanted:
+                found.append(values)
+            else:
+                found.append({name: values.get(name) for name in part.features})
+        at += len(part.keys)
+        out.append(found)
+    return out
 
 
 def _glob_escape(text: str) -> str:

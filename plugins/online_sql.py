@@ -55,6 +55,7 @@ from mlrig.features.online import newest_per_key
 
 if TYPE_CHECKING:
     from mlrig.db import Database
+    from mlrig.plugins.pg_async import AsyncReadPool
 
 TABLE = "feature_online_values"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -97,6 +98,7 @@ class SqlOnlineStore(OnlineStore):
         self._dialect = "sqlite"
         self._read_sql: dict[tuple[tuple[int, int, int | None], ...], str] = {}
         self._reads: Engine | None = None
+        self._async: AsyncReadPool | None = None
         self._unanalyzed = 0
         self._analyzed_at = -math.inf
         #: views this process has analysed the table after writing
@@ -115,6 +117,7 @@ class SqlOnlineStore(OnlineStore):
         self._dialect = db.dialect
         self._read_sql: dict[tuple[tuple[int, int, int | None], ...], str] = {}
         self._reads = _read_engine(db)
+        self._async = _async_pool(db) if db.dialect == "postgresql" else None
 
     @property
     def local_reads(self) -> bool:  # type: ignore[override]
@@ -223,6 +226,50 @@ class SqlOnlineStore(OnlineStore):
         key list, and views of the same TTL one cutoff: each travels once (named
         parameters), where dumping the same array five times was a third of the
         client's time of a five-view read."""
+        plan = self._plan(reads, now)
+        if plan is None:
+            return [[] for _ in reads]
+        sql, params, stored = plan
+        engine = self._reads or self.db.engine
+        try:
+            try:
+                rows = _fetch(engine, sql, params)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # a pooled connection the server closed (no pre-ping on this path): once more
+                rows = _fetch(engine, sql, params)
+        except SQLAlchemyError as exc:
+            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
+        return _picked(reads, stored, rows)
+
+    @property
+    def async_reads(self) -> bool:  # type: ignore[override]
+        """On PostgreSQL, :meth:`aread_many` awaits psycopg's async connections."""
+        return self._async is not None
+
+    async def aread_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """:meth:`read_many` on the event loop (PostgreSQL: an async connection of the
+        loop's own, the same statement; SQLite: in a thread)."""
+        if self._async is None:
+            return await super().aread_many(reads, now=now)
+        plan = self._plan(reads, now)
+        if plan is None:
+            return [[] for _ in reads]
+        sql, params, stored = plan
+        try:
+            rows = await self._async.fetch(sql, params)
+        except _driver_errors() as exc:
+            raise self._error("read", ", ".join(r.view for r in reads), exc) from exc
+        return _picked(reads, stored, rows)
+
+    def _plan(
+        self, reads: Sequence[ViewRead], now: datetime
+    ) -> tuple[str, dict[str, Any], list[list[str]]] | None:
+        """The read's statement, its parameters, and per part the stored keys' texts in
+        the asked order (``None``: no key asked at all)."""
         params: dict[str, Any] = {}
         slots: dict[Any, int] = {}  # id(key list) or cutoff -> its parameter's number
         texts: dict[int, list[str]] = {}  # id(key list) -> the stored keys' texts
@@ -250,25 +297,9 @@ class SqlOnlineStore(OnlineStore):
                     params[f"c{cut}"] = cutoff
             shape.append((i, slot, cut))
         if not shape:
-            return [[] for _ in reads]
+            return None
         key = tuple(shape)
-        sql = self._read_sql.get(key) or self._remember_sql(key)
-        engine = self._reads or self.db.engine
-        views = ", ".join(r.view for r in reads)
-        try:
-            try:
-                rows = _fetch(engine, sql, params)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                # a pooled connection the server closed (no pre-ping on this path): once more
-                rows = _fetch(engine, sql, params)
-        except SQLAlchemyError as exc:
-            raise self._error("read", views, exc) from exc
-        found: list[dict[str, Any]] = [{} for _ in reads]
-        for part, key_text, text in rows:
-            found[part][key_text] = text
-        return [_pick(stored[i], found[i], part.features) for i, part in enumerate(reads)]
+        return self._read_sql.get(key) or self._remember_sql(key), params, stored
 
     def _remember_sql(self, shape: tuple[tuple[int, int, int | None], ...]) -> str:
         sql = " UNION ALL ".join(_read_sql(self._dialect, *part) for part in shape)
@@ -295,6 +326,8 @@ class SqlOnlineStore(OnlineStore):
         """Release the read pool (the platform owns the database itself)."""
         if self._reads is not None and self._db is not None and self._reads is not self._db.engine:
             self._reads.dispose()
+        if self._async is not None:
+            self._async.close()
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -448,6 +481,29 @@ def _read_engine(db: Database) -> Engine:
     )
 
 
+def _async_pool(db: Database) -> AsyncReadPool:
+    """The async twin of :func:`_read_engine`'s pool: the same server and options
+    (generic plans), as many connections."""
+    from psycopg.conninfo import make_conninfo
+
+    from mlrig.plugins.pg_async import AsyncReadPool
+
+    url = db.url
+    query = {k: " ".join(v) if isinstance(v, tuple) else v for k, v in url.query.items()}
+    query["options"] = _with_generic_plans(url.query.get("options"))
+    given = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    conninfo = make_conninfo(**{k: v for k, v in given.items() if v is not None}, **query)
+    pool = db.engine.pool
+    keep = getattr(pool, "size", lambda: 10)()
+    return AsyncReadPool(conninfo, keep=keep, limit=keep + getattr(pool, "_max_overflow", 20))
+
+
 def _with_generic_plans(options: str | tuple[str, ...] | None) -> str:
     """libpq ``options`` of the read pool: the URL's own, plus generic plans."""
     given = " ".join(options) if isinstance(options, tuple) else (options or "")
@@ -470,6 +526,16 @@ def _read_sql(dialect: str, part: int, keys: int, cutoff: int | None) -> str:
         f"WHERE view = :v{part:d} AND entity_key IN (SELECT value FROM json_each(:k{keys:d}))"
     )
     return sql + ("" if cutoff is None else f" AND event_timestamp >= :c{cutoff:d}")
+
+
+def _picked(
+    reads: Sequence[ViewRead], stored: Sequence[Sequence[str]], rows: Sequence[Any]
+) -> list[list[dict[str, Any] | None]]:
+    """The statement's rows ``(part, stored key, values text)`` as one result per part."""
+    found: list[dict[str, Any]] = [{} for _ in reads]
+    for part, key_text, text in rows:
+        found[part][key_text] = text
+    return [_pick(stored[i], found[i], part.features) for i, part in enumerate(reads)]
 
 
 def _pick(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,64 @@ def test_a_network_store_reads_off_the_loop(tmp_path: Path):
     finally:
         platform.online_store.delete_view("profile")
         platform.close()
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the calls handed to a thread."""
+
+    calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def _on_a_loop(service, *calls):
+    """Run ``get_online_features_async`` for each (features, kwargs) on one new loop with a
+    counting default executor: per call, its answer and how many thread hops it made."""
+    import asyncio
+
+    async def main():
+        executor = _CountingExecutor(2)
+        asyncio.get_running_loop().set_default_executor(executor)
+        out = []
+        for features, kwargs in calls:
+            before = executor.calls
+            answer = await service.get_online_features_async(
+                features, [{"customer_id": 1}, {"customer_id": 9}], **kwargs
+            )
+            out.append((answer, executor.calls - before))
+        return out
+
+    return asyncio.run(main())
+
+
+def test_async_reads_answer_as_the_blocking_ones(features_platform, db_url):
+    """``get_online_features_async`` gives ``get_online_features``'s answer; PostgreSQL
+    reads plain and masked features on the loop (no thread), and hands to a thread what
+    would block it: a PII read to audit, an on-demand view, definitions not checked
+    within the last second. SQLite's store has no async driver: always a thread."""
+    service = features_platform.features
+    network = db_url.startswith("postgresql")
+    rows = [{"customer_id": 1}, {"customer_id": 9}]
+    cases = [
+        (["visits"], {}),
+        (["email"], {"can_read_pii": False}),
+        (["visits", "email"], {"can_read_pii": True}),
+        (["derived:twice"], {}),
+    ]
+    expected = [service.get_online_features(f, rows, **kw) for f, kw in cases]
+    assert expected[0]["results"] == [{"visits": 4}, {"visits": None}]
+    assert expected[0]["missing"] == [[], ["visits"]]
+    assert expected[3]["results"][0] == {"twice": 8}
+    got = _on_a_loop(service, *cases)
+    assert [answer for answer, _ in got] == expected
+    assert [hops for _, hops in got] == ([0, 0, 1, 1] if network else [1, 1, 1, 1])
+    # the audited read wrote its audit row on both ways
+    audit = features_platform.audit.query(action="features.read_pii")
+    assert len(audit) == 2
+    # definitions last checked over a second ago: one read in a thread checks them again
+    service._checked_at -= 60
+    got = _on_a_loop(service, (["visits"], {}), (["visits"], {}))
+    assert [answer for answer, _ in got] == [expected[0]] * 2
+    assert [hops for _, hops in got] == ([1, 0] if network else [1, 1])

@@ -223,3 +223,53 @@ def test_sql_store_read_survives_the_server_closing_its_pooled_connections(pg_ur
     finally:
         store.close()
         db.dispose()
+
+
+def test_sql_store_async_read_survives_the_server_closing_its_connections(pg_url):
+    """The same on the event loop: ``aread_many`` replaces an async connection the server
+    closed and reads once more; a server refusing connections gives OnlineStoreError."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from mlrig.contracts.online_store import ViewRead
+    from mlrig.db import migrate
+
+    db = Database(pg_url, pool_size=2, max_overflow=2)
+    migrate.upgrade(db)
+    store = SqlOnlineStore.from_options({}, where="features.sql")
+    store.bind_database(db)
+    assert store.async_reads
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    name = db.url.database
+    admin = str(pg_url).replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    read = [ViewRead("v", [("1",)], ["x"])]
+
+    def kill_sessions(conn):
+        return conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()[0]
+
+    async def scenario(conn):
+        assert await store.aread_many(read, now=base) == [[{"x": 1.0}]]
+        assert kill_sessions(conn) >= 1
+        assert await store.aread_many(read, now=base) == [[{"x": 1.0}]]
+        assert await store.aread_many(read, now=base) == [[{"x": 1.0}]]
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            kill_sessions(conn)
+            with pytest.raises(OnlineStoreError, match="could not read view 'v'"):
+                await store.aread_many(read, now=base)
+        finally:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    try:
+        assert store.write("v", [OnlineRow(("1",), {"x": 1.0}, base)]) == 1
+        with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
+            asyncio.run(scenario(conn))
+    finally:
+        store.close()
+        db.dispose()

@@ -25,7 +25,7 @@ from pydantic import Field, StrictInt, StrictStr
 from starlette.convertors import Convertor, register_url_convertor
 
 from mlrig.api.deps import PlatformDep
-from mlrig.api.fastpath import fast_route, in_thread, json_body, orjson_response
+from mlrig.api.fastpath import fast_route, json_body, orjson_response
 from mlrig.api.middleware import online_read
 from mlrig.api.openapi import errors
 from mlrig.api.pagination import offset_page
@@ -506,13 +506,21 @@ async def _batch_values_fast(request: Request) -> Response:
     body = await json_body(request, OnlineRequest)
     platform = request.app.state.platform
     actor = request.state.principal
-    if platform.features.reads_locally(body.features, len(body.entities), can_read_pii=_pii(actor)):
+    service = platform.features
+    if service.reads_locally(body.features, len(body.entities), can_read_pii=_pii(actor)):
         # a small read of local files (SQLite): on the loop, where a thread hop would
         # cost more than the read itself
-        answer = _online_features(platform, body, actor)
-    else:
-        answer = await in_thread(_online_features, platform, body, actor)
-    return orjson_response(answer)
+        return orjson_response(_online_features(platform, body, actor))
+    # a network store's async read awaited on the loop where nothing else would block
+    # it; else the whole read in a thread
+    answer = await service.get_online_features_async(
+        body.features,
+        body.entities,
+        request_data=body.request_data,
+        can_read_pii=_pii(actor),
+        actor=actor,
+    )
+    return orjson_response({**answer, "entities": body.entities})
 
 
 @router.post(

@@ -23,6 +23,11 @@ What callers assume, and :class:`mlrig.testing.online_store.OnlineStoreContract`
 - **Local reads.** A store whose reads touch only local files and never wait (SQLite in
   WAL mode) may set :attr:`OnlineStore.local_reads`; small reads are then run on a
   server's event loop. Reads of a network store must stay off it (the default).
+- **Async reads.** :meth:`OnlineStore.aread_many` is the read for an event loop; by
+  default it runs the blocking read in a thread. A store with an async driver overrides
+  it (it must never block the loop) and sets :attr:`OnlineStore.async_reads`; a server
+  then awaits it on its loop. The loop may change between calls (each ``asyncio.run``
+  makes a new one): connections belong to the loop they were made on.
 - **Expiry hint.** :meth:`write` may be given the view's ``ttl_seconds``; a store may use
   it to drop rows that can no longer be read (Redis ``PEXPIREAT``). Reads still check the
   TTL themselves: the hint only bounds memory.
@@ -30,6 +35,8 @@ What callers assume, and :class:`mlrig.testing.online_store.OnlineStoreContract`
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,6 +100,9 @@ class OnlineStore(Backend, ABC):
     #: mode): a server may then run a small read on its event loop instead of handing it
     #: to a thread (the hop costs more than such a read). A network store leaves it False.
     local_reads: bool = False
+    #: :meth:`aread_many` waits on the event loop through an async driver, not in a
+    #: thread (PostgreSQL through psycopg's async connections, Redis through redis.asyncio)
+    async_reads: bool = False
 
     @abstractmethod
     def write(
@@ -121,9 +131,30 @@ class OnlineStore(Backend, ABC):
     def delete_view(self, view: str) -> None:
         """Forget every row of ``view`` (a dropped or re-created view)."""
 
+    async def aread_many(
+        self, reads: Sequence[ViewRead], *, now: datetime
+    ) -> list[list[dict[str, Any] | None]]:
+        """:func:`read_views` for an event loop: one result list per :class:`ViewRead`.
+        This default runs the blocking read in the loop's default thread pool; a store
+        with an async driver overrides it and sets :attr:`async_reads`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(read_views, self, reads, now))
+
     def check(self) -> dict[str, Any]:
         """Probe the store; raise when it cannot work. Returns JSON-able facts."""
         return {}
 
     def close(self) -> None:
         """Release connections."""
+
+
+def read_views(
+    store: OnlineStore, reads: Sequence[ViewRead], now: datetime
+) -> list[list[dict[str, Any] | None]]:
+    """``reads`` in one store call where the store reads many views at once
+    (:class:`ReadsManyViews`), else one :meth:`OnlineStore.read` per view."""
+    if len(reads) > 1 and isinstance(store, ReadsManyViews):
+        return store.read_many(reads, now=now)
+    return [
+        store.read(r.view, r.keys, r.features, ttl_seconds=r.ttl_seconds, now=now) for r in reads
+    ]

@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from mlrig.contracts.online_store import EntityKey, OnlineRow, ReadsManyViews, ViewRead
+from mlrig.contracts.online_store import EntityKey, OnlineRow, ViewRead, read_views
 from mlrig.errors import ValidationError
 from mlrig.features.spec import FeatureViewSpec, OnDemandViewSpec
 
@@ -149,29 +149,8 @@ def read_online(
     def fetch(parts: Sequence[tuple[FeatureViewSpec, Sequence[str], bool]]) -> None:
         """Read ``parts`` (view, names, whether missing values are reported): one store
         call for all of them where the store reads many views at once, else one per view."""
-        reads = []
-        for view, names, _ in parts:
-            keys = encoded.get(view.join_keys)
-            if keys is None:  # views on the same entities share one encoding per call
-                keys = encoded[view.join_keys] = row_keys(view, entity_rows)
-            reads.append(ViewRead(view.name, keys, list(names), view.ttl_seconds))
-        if len(reads) > 1 and isinstance(store, ReadsManyViews):
-            results = store.read_many(reads, now=now)
-        else:
-            results = [
-                store.read(r.view, r.keys, r.features, ttl_seconds=r.ttl_seconds, now=now)
-                for r in reads
-            ]
-        for (_, names, report), found in zip(parts, results, strict=True):
-            for i, row in enumerate(found):
-                if row is None:
-                    out = values[i]
-                    for name in names:
-                        out[name] = None
-                    if report:
-                        missing[i].extend(names)
-                else:
-                    values[i].update(row)
+        reads = _view_reads(parts, entity_rows, encoded)
+        _merge(parts, read_views(store, reads, now), values, missing)
 
     stored: list[tuple[FeatureViewSpec, Sequence[str], bool]] = []
     for view, names in requests:
@@ -194,6 +173,70 @@ def read_online(
             for name in hidden:
                 row.pop(name, None)
     return values, missing
+
+
+async def read_online_async(
+    store: OnlineStore,
+    requests: Requests,
+    entity_rows: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime | None = None,
+) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """:func:`read_online` through the store's :meth:`~OnlineStore.aread_many`, for an
+    event loop: stored views only (an on-demand view runs user code, which may block).
+
+    :raises ValidationError: a row without a join key, or an on-demand view asked for.
+    """
+    now = now or datetime.now(timezone.utc)
+    parts: list[tuple[FeatureViewSpec, Sequence[str], bool]] = []
+    for view, names in requests:
+        if isinstance(view, OnDemandViewSpec):
+            msg = f"on-demand view {view.name!r} cannot be read on an event loop"
+            raise ValidationError(msg, details={"view": view.name})
+        parts.append((view, names, True))
+    n = len(entity_rows)
+    values: list[dict[str, Any]] = [{} for _ in range(n)]
+    missing: list[list[str]] = [[] for _ in range(n)]
+    if parts:
+        reads = _view_reads(parts, entity_rows, {})
+        _merge(parts, await store.aread_many(reads, now=now), values, missing)
+    return values, missing
+
+
+def _view_reads(
+    parts: Sequence[tuple[FeatureViewSpec, Sequence[str], bool]],
+    entity_rows: Sequence[Mapping[str, Any]],
+    encoded: dict[tuple[str, ...], list[EntityKey]],
+) -> list[ViewRead]:
+    """One :class:`ViewRead` per part; views on the same entities share one key list
+    (``encoded``, per join keys), which stores may send once."""
+    reads = []
+    for view, names, _ in parts:
+        keys = encoded.get(view.join_keys)
+        if keys is None:
+            keys = encoded[view.join_keys] = row_keys(view, entity_rows)
+        reads.append(ViewRead(view.name, keys, list(names), view.ttl_seconds))
+    return reads
+
+
+def _merge(
+    parts: Sequence[tuple[FeatureViewSpec, Sequence[str], bool]],
+    results: Sequence[Sequence[dict[str, Any] | None]],
+    values: list[dict[str, Any]],
+    missing: list[list[str]],
+) -> None:
+    """Fold the store's per-part results into the rows' values (``None`` where a key has
+    no live row, its names then listed as missing where the part reports them)."""
+    for (_, names, report), found in zip(parts, results, strict=True):
+        for i, row in enumerate(found):
+            if row is None:
+                out = values[i]
+                for name in names:
+                    out[name] = None
+                if report:
+                    missing[i].extend(names)
+            else:
+                values[i].update(row)
 
 
 def _fetch_inputs(

@@ -23,7 +23,9 @@ clear read by a holder is audited (action ``features.read_pii``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -897,14 +899,7 @@ class FeatureService:
             requests = self.resolve(_refs(features))
         except MlrigError:
             return False  # the full call answers the error
-        if any(isinstance(spec, OnDemandViewSpec) for spec, _ in requests):
-            return False
-        if not self._pii(requests):
-            return True
-        if can_read_pii:
-            return False  # audited
-        # masked: the hash mask's key is read (or made: a write) once per process
-        return self._pii_mask_key is not None or self._mask_mode != "hash"
+        return self._loop_safe(requests, can_read_pii)
 
     def get_online_features(
         self,
@@ -921,13 +916,7 @@ class FeatureService:
         from mlrig.features.online import read_online
 
         refs = _refs(features)
-        rows = _check_entity_rows(
-            entity_rows, self.platform.settings.features.max_entities_per_request
-        )
-        if request_data is not None:
-            if not isinstance(request_data, Sequence) or len(request_data) != len(rows):
-                msg = "request_data must be a list with one object per entity row"
-                raise ValidationError(msg, details={"field": "request_data"})
+        rows = self._online_rows(entity_rows, request_data)
         requests = self.resolve(refs)
         values, missing = read_online(
             self.platform.online_store,
@@ -936,6 +925,66 @@ class FeatureService:
             request_data=request_data,
             resolve=self.resolve,
         )
+        return self._online_answer(requests, values, missing, can_read_pii, actor)
+
+    async def get_online_features_async(
+        self,
+        features: Sequence[str],
+        entity_rows: Sequence[Mapping[str, Any]],
+        *,
+        request_data: Sequence[Mapping[str, Any]] | None = None,
+        can_read_pii: bool = True,
+        actor: Principal | None = None,
+    ) -> View:
+        """:meth:`get_online_features` for an event loop (the same answer). The store's
+        async read is awaited on the loop when nothing else of the call would block it:
+        the store has one (:attr:`OnlineStore.async_reads`), the references were resolved
+        within the last :data:`RESOLVE_CHECK_SECONDS`, no on-demand view is asked for and
+        no PII read is to be audited. Otherwise the whole call runs in a thread."""
+        from mlrig.features.online import read_online_async
+
+        store = self.platform.online_store
+        requests = self._resolved_fresh(_refs(features)) if store.async_reads else None
+        if requests is None or not self._loop_safe(requests, can_read_pii):
+            call = functools.partial(
+                self.get_online_features,
+                features,
+                entity_rows,
+                request_data=request_data,
+                can_read_pii=can_read_pii,
+                actor=actor,
+            )
+            # the loop's own executor: cheaper per hop than anyio.to_thread (no capacity
+            # limiter or cancel scope: 0.10 instead of 0.13 ms for an empty call, uvloop)
+            return await asyncio.get_running_loop().run_in_executor(None, call)
+        rows = self._online_rows(entity_rows, request_data)
+        values, missing = await read_online_async(store, requests, rows)
+        return self._online_answer(requests, values, missing, can_read_pii, actor)
+
+    def _online_rows(
+        self,
+        entity_rows: Sequence[Mapping[str, Any]],
+        request_data: Sequence[Mapping[str, Any]] | None,
+    ) -> list[dict[str, Any]]:
+        rows = _check_entity_rows(
+            entity_rows, self.platform.settings.features.max_entities_per_request
+        )
+        if request_data is not None:
+            if not isinstance(request_data, Sequence) or len(request_data) != len(rows):
+                msg = "request_data must be a list with one object per entity row"
+                raise ValidationError(msg, details={"field": "request_data"})
+        return rows
+
+    def _online_answer(
+        self,
+        requests: Requests,
+        values: list[dict[str, Any]],
+        missing: list[list[str]],
+        can_read_pii: bool,
+        actor: Principal | None,
+    ) -> View:
+        """The read's answer: PII masked for readers without the permission, else the
+        read audited."""
         names = [n for _, ns in requests for n in ns]
         pii = self._pii(requests)
         if pii and not can_read_pii:
@@ -945,7 +994,7 @@ class FeatureService:
                     if name in row:
                         row[name] = mask_value(row[name], mode, key)
         elif pii:
-            self._audit_pii(pii, len(rows), actor)
+            self._audit_pii(pii, len(values), actor)
         return {
             "features": names,
             "results": values
@@ -953,6 +1002,29 @@ class FeatureService:
             else [{n: row.get(n) for n in names} for row in values],
             "missing": missing,
         }
+
+    def _resolved_fresh(self, refs: Sequence[str]) -> Requests | None:
+        """:meth:`resolve`'s answer when it needs no database read (cached, and the
+        generation checked within :data:`RESOLVE_CHECK_SECONDS`), else ``None``."""
+        if self._generation is None or time.monotonic() - self._checked_at >= RESOLVE_CHECK_SECONDS:
+            return None
+        cached = self._resolved.get((tuple(refs), False))
+        if cached is None:
+            return None
+        return [(spec, list(names)) for spec, names in cached]
+
+    def _loop_safe(self, requests: Requests, can_read_pii: bool) -> bool:
+        """Whether reading ``requests`` runs no user code (on-demand views) and writes
+        nothing (a PII read's audit row, the PII mask's key made): what an event loop
+        must not wait on."""
+        if any(isinstance(spec, OnDemandViewSpec) for spec, _ in requests):
+            return False
+        if not self._pii(requests):
+            return True
+        if can_read_pii:
+            return False  # audited
+        # masked: the hash mask's key is read (or made: a write) once per process
+        return self._pii_mask_key is not None or self._mask_mode != "hash"
 
     def feature_values(
         self,

@@ -17,7 +17,8 @@ optionally ``broken_online_store`` (the store pointed at a server that is not th
 The suite checks what :mod:`mlrig.contracts.online_store` documents: newest wins (by
 event, then created timestamp, also within one batch and across threads), TTL expiry
 (an expired row is missing, never stale), unknown keys, the order of results, several
-views (and ``read_many`` where a store has it), multi-part keys, ``None`` values,
+views (and ``read_many`` where a store has it), reads on an event loop (``aread_many``,
+on two loops one after the other), multi-part keys, ``None`` values,
 concurrent writers and readers, ``delete_view``, and ``check``. The class needs no pytest plugin.
 """
 
@@ -282,6 +283,38 @@ class OnlineStoreContract:
         )
         assert got == [[None, {"x": 2}], [None, None], [{"x": 1}, {"x": 2}]]
 
+    # --- on an event loop ---------------------------------------------------------------
+
+    def test_async_reads_answer_as_the_blocking_ones(self, online_store: OnlineStore) -> None:
+        """``aread_many`` (native where ``async_reads``, else the default in a thread)
+        gives what ``read`` gives per part, on one loop and then on a new one (a store's
+        async connections belong to the loop they were made on)."""
+        import asyncio
+
+        online_store.write("a", [row("1", 0, x=1), row("2", 95, x=2)])
+        online_store.write("b", [row("1", 0, y="b1")])
+        shared = [("2",), ("1",), ("9",), ("2",)]
+        reads = [
+            ViewRead("a", shared, ["x"], 10),
+            ViewRead("b", shared, ["y"], None),
+            ViewRead("empty", [], ["x"], None),
+            ViewRead("a", [("1",)], ["x", "nope"], None),
+        ]
+        expected = [
+            online_store.read(p.view, p.keys, p.features, ttl_seconds=p.ttl_seconds, now=at(100))
+            for p in reads
+        ]
+        assert expected[0] == [{"x": 2}, None, None, {"x": 2}]
+
+        async def many_at_once() -> list[Any]:
+            return await asyncio.gather(
+                *(online_store.aread_many(reads, now=at(100)) for _ in range(self.threads))
+            )
+
+        for _ in range(2):  # a second asyncio.run is a new loop
+            assert asyncio.run(many_at_once()) == [expected] * self.threads
+        assert asyncio.run(online_store.aread_many([ViewRead("a", [], ["x"])], now=T0)) == [[]]
+
     # --- threads ------------------------------------------------------------------------
 
     def test_concurrent_writers_newest_wins(self, online_store: OnlineStore) -> None:
@@ -352,6 +385,10 @@ class OnlineStoreContract:
             broken_online_store.read("v", [("k",)], ["a"], ttl_seconds=None, now=T0)
         with pytest.raises(OnlineStoreError):
             broken_online_store.write("v", [row("k", 0, a=1)])
+        import asyncio
+
+        with pytest.raises(OnlineStoreError):
+            asyncio.run(broken_online_store.aread_many([ViewRead("v", [("k",)], ["a"])], now=T0))
 
 
 __all__ = ["T0", "OnlineStoreContract", "at", "row"]
