@@ -4,7 +4,8 @@ A deployment that declares ``features`` (see :func:`mlrig.serving.spec.check_fea
 gets a :class:`FeatureBinding` when the data plane loads it: the views' definitions are
 resolved then (``platform.features.resolve``) and kept, so a request reads no definition;
 its only I/O is the online store read, one round trip per view
-(:func:`mlrig.features.online.read_online`), run off the event loop.
+(:func:`mlrig.features.online.read_online`), run off the event loop (awaited on it
+through the store's async read where the store has one).
 
 Requests send entity rows: ``{"entities": [{"customer_id": 42, "amount": 3.5}, ...]}``
 (mlrig), or the same rows as records / columns through the other JSON formats (mlrig
@@ -175,6 +176,22 @@ class FeatureBinding:
         from mlrig.features.online import read_online
 
         return read_online(self.store, self.requests, rows)
+
+    async def fetch_async(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        """:meth:`fetch` for the event loop: the store's async read awaited there when the
+        store has one and no on-demand view runs user code; else :meth:`fetch` in a thread."""
+        import asyncio
+
+        from mlrig.features.online import read_online_async
+        from mlrig.features.spec import OnDemandViewSpec
+
+        if getattr(self.store, "async_reads", False) and not any(
+            isinstance(view, OnDemandViewSpec) for view, _ in self.requests
+        ):
+            return await read_online_async(self.store, self.requests, rows)
+        return await asyncio.to_thread(self.fetch, rows)
 
     def assemble(
         self,
@@ -410,10 +427,10 @@ async def predict_features(
     header_length: int | None,
 ) -> Answer:
     """:meth:`DataPlane.predict` for a feature-backed deployment: read the entity rows,
-    fetch their features (one online-store read per view, in a thread), build the model's
+    fetch their features (one online-store read, awaited on the loop for a store with
+    async reads, else in a thread), build the model's
     rows, answer as the plain path does; the inference log gets the entities and the
     feature values the model was given."""
-    import asyncio
 
     from mlrig.errors import MlrigError
     from mlrig.serving import dataplane as dp
@@ -437,7 +454,7 @@ async def predict_features(
         rid = parsed.request_id or request_id or dp._new_request_id()
     metrics = dataplane.metrics
     try:
-        values, missing = await asyncio.to_thread(binding.fetch, rows)
+        values, missing = await binding.fetch_async(rows)
         matrix, used, filled = binding.assemble(rows, values, missing)
         model_input = ParsedRequest("mlrig", rows=matrix, columns=list(binding.columns))
         route = dp._pick(state, client_key, version)
