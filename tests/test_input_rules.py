@@ -82,6 +82,24 @@ def test_json_documents_are_bounded():
             v.check_json(value, field="p")
 
 
+def test_lists_of_strings_are_checked_as_every_string_is():
+    """A list of strings is searched in one go; a bad one is still found and named, and
+    its characters still count towards ``max_chars``."""
+    names = [f"view:feature_{i}" for i in range(50)]
+    assert v.json_problem({"features": names}, max_depth=8) is None
+    for bad, what in (("a\x00b", "NUL character"), ("\udc80", "lone UTF-16 surrogate")):
+        where, problem = v.json_problem({"features": [*names[:7], bad, *names]}, max_depth=8)
+        assert where == ".features[7]"
+        assert what in problem
+    # mixed lists walk item by item
+    assert v.json_problem({"x": [1, "a\x00"]}, max_depth=8)[0] == ".x[1]"
+    assert v.json_problem({"x": ["ab"] * 30}, max_depth=8, max_chars=60) == (
+        "",
+        "more than 60 characters of text",
+    )
+    assert v.json_problem({"x": ["ab"] * 30}, max_depth=8, max_chars=61) is None  # and the key
+
+
 def test_tags_are_bounded():
     assert v.check_tags({f"k{i}": "v" for i in range(v.MAX_TAGS)})
     for tags, match in [
