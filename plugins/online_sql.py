@@ -483,7 +483,10 @@ def _read_engine(db: Database) -> Engine:
 
 def _async_pool(db: Database) -> AsyncReadPool:
     """The async twin of :func:`_read_engine`'s pool: the same server and options
-    (generic plans), as many connections."""
+    (generic plans), at most the pool's size of connections per loop and no overflow
+    (a read holds one for a fraction of a millisecond, so ten serve thousands of reads a
+    second; a burst beyond them waits its turn instead of opening connections that
+    several server processes together could run the server out of)."""
     from psycopg.conninfo import make_conninfo
 
     from mlrig.plugins.pg_async import AsyncReadPool
@@ -499,9 +502,8 @@ def _async_pool(db: Database) -> AsyncReadPool:
         "dbname": url.database,
     }
     conninfo = make_conninfo(**{k: v for k, v in given.items() if v is not None}, **query)
-    pool = db.engine.pool
-    keep = getattr(pool, "size", lambda: 10)()
-    return AsyncReadPool(conninfo, keep=keep, limit=keep + getattr(pool, "_max_overflow", 20))
+    keep = getattr(db.engine.pool, "size", lambda: 10)()
+    return AsyncReadPool(conninfo, keep=keep, limit=keep)
 
 
 def _with_generic_plans(options: str | tuple[str, ...] | None) -> str:
