@@ -944,7 +944,8 @@ class FeatureService:
         from mlrig.features.online import read_online_async
 
         store = self.platform.online_store
-        requests = self._resolved_fresh(_refs(features)) if store.async_reads else None
+        native = getattr(store, "async_reads", False)  # (a store not built on OnlineStore)
+        requests = self._resolved_fresh(_refs(features)) if native else None
         if requests is None or not self._loop_safe(requests, can_read_pii):
             call = functools.partial(
                 self.get_online_features,
