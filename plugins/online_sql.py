@@ -502,8 +502,7 @@ def _async_pool(db: Database) -> AsyncReadPool:
         "dbname": url.database,
     }
     conninfo = make_conninfo(**{k: v for k, v in given.items() if v is not None}, **query)
-    keep = getattr(db.engine.pool, "size", lambda: 10)()
-    return AsyncReadPool(conninfo, keep=keep, limit=keep)
+    return AsyncReadPool(conninfo, size=getattr(db.engine.pool, "size", lambda: 10)())
 
 
 def _with_generic_plans(options: str | tuple[str, ...] | None) -> str:

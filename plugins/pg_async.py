@@ -20,16 +20,15 @@ import psycopg
 
 
 class AsyncReadPool:
-    """Autocommit connections made on first use; per event loop at most ``limit`` at once
-    (a caller past it waits for one to come back) and at most ``keep`` kept idle.
+    """Autocommit connections made on first use, kept for the next read; per event loop
+    at most ``size`` of them (a caller past it waits for one to come back).
 
     :param conninfo: a libpq connection string (``psycopg.conninfo.make_conninfo``).
     """
 
-    def __init__(self, conninfo: str, *, keep: int, limit: int) -> None:
+    def __init__(self, conninfo: str, *, size: int) -> None:
         self._conninfo = conninfo
-        self._keep = keep
-        self._limit = max(limit, keep, 1)
+        self._size = max(size, 1)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections]
         self._loops = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -44,7 +43,7 @@ class AsyncReadPool:
         mine = self._loops.get(loop)
         if mine is None:
             with self._lock:
-                mine = self._loops.setdefault(loop, _LoopConnections(self._limit))
+                mine = self._loops.setdefault(loop, _LoopConnections(self._size))
         async with mine.slots:
             conn = mine.idle.pop() if mine.idle else None
             if conn is not None:
@@ -72,10 +71,7 @@ class AsyncReadPool:
             # cancelled mid-statement, or broken: the connection's state is unknown
             _discard(conn)
             raise
-        if len(mine.idle) < self._keep:
-            mine.idle.append(conn)
-        else:
-            _discard(conn)
+        mine.idle.append(conn)  # never more than size: only size exist on this loop at once
         return rows
 
     def close(self) -> None:

@@ -175,6 +175,11 @@ def read_online(
     return values, missing
 
 
+def has_on_demand(requests: Requests) -> bool:
+    """Whether ``requests`` ask for an on-demand view (user code, run after the fetch)."""
+    return any(isinstance(view, OnDemandViewSpec) for view, _ in requests)
+
+
 async def read_online_async(
     store: OnlineStore,
     requests: Requests,

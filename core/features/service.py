@@ -1018,7 +1018,9 @@ class FeatureService:
         """Whether reading ``requests`` runs no user code (on-demand views) and writes
         nothing (a PII read's audit row, the PII mask's key made): what an event loop
         must not wait on."""
-        if any(isinstance(spec, OnDemandViewSpec) for spec, _ in requests):
+        from mlrig.features.online import has_on_demand
+
+        if has_on_demand(requests):
             return False
         if not self._pii(requests):
             return True

@@ -184,12 +184,9 @@ class FeatureBinding:
         store has one and no on-demand view runs user code; else :meth:`fetch` in a thread."""
         import asyncio
 
-        from mlrig.features.online import read_online_async
-        from mlrig.features.spec import OnDemandViewSpec
+        from mlrig.features.online import has_on_demand, read_online_async
 
-        if getattr(self.store, "async_reads", False) and not any(
-            isinstance(view, OnDemandViewSpec) for view, _ in self.requests
-        ):
+        if getattr(self.store, "async_reads", False) and not has_on_demand(self.requests):
             return await read_online_async(self.store, self.requests, rows)
         return await asyncio.to_thread(self.fetch, rows)
 
@@ -431,7 +428,6 @@ async def predict_features(
     async reads, else in a thread), build the model's
     rows, answer as the plain path does; the inference log gets the entities and the
     feature values the model was given."""
-
     from mlrig.errors import MlrigError
     from mlrig.serving import dataplane as dp
 
